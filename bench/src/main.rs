@@ -1,0 +1,64 @@
+//! `nokv-bench`: NoKV benchmarks. `dbbench` mirrors RocksDB's db_bench (same flags, key
+//! layout, value generator and result lines); `parse` reads either tool's output.
+
+mod db;
+mod error;
+mod flags;
+mod gen;
+mod nokv_db;
+mod report;
+mod runner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::BenchError;
+
+/// NoKV benchmark driver.
+#[derive(Debug, Parser)]
+#[command(name = "nokv-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run db_bench-compatible workloads against NoKV (flags use db_bench's names).
+    Dbbench(flags::DbBenchArgs),
+    /// Parse db_bench or `nokv-bench dbbench` output (plus optional `time -v` output) into
+    /// tab-separated lines: result, settle, write_amp, peak_rss_kib.
+    Parse {
+        /// Files holding one run's output; they are read as one text.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Dbbench(args) => runner::run(&args, &mut std::io::stdout().lock()),
+        Command::Parse { files } => parse_files(&files),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nokv-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_files(files: &[PathBuf]) -> error::Result<()> {
+    let mut text = String::new();
+    for f in files {
+        let bytes = std::fs::read(f).map_err(|e| BenchError::io("reading", f, e))?;
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        text.push('\n');
+    }
+    print!("{}", report::render_tsv(&report::parse_output(&text)));
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! Leveled compaction: choosing work ([`pick`]) and doing it in resumable steps ([`MergeJob`]).
+//!
+//! Level targets are dynamic: the last level's size sets the targets of the
+//! levels above it (each `level_multiplier` times smaller), and L0 flushes
+//! into the highest level whose target is still above `level_base_bytes /
+//! level_multiplier` (the base level). A flush is a [`MergeJob`] too, with a
+//! memtable as its only input and L0 as its output.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::cache::BlockCache;
+use crate::error::{IoContext, Result};
+use crate::filename;
+use crate::fs::{FileSystem, OpenMode};
+use crate::iter::InternalIterator;
+use crate::key::{logical_key, parse_trailer, Kind};
+use crate::options::{Compression, Options};
+use crate::sst::{Table, TableBuilder, TableBuilderOptions};
+use crate::version::{FileDesc, FileMeta, Version};
+
+/// Size targets per level and the level L0 compacts into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelTargets {
+    /// The level L0 flushes into.
+    pub base_level: usize,
+    /// Target bytes per level (index 0 unused; 0 for levels above the base).
+    pub targets: Vec<u64>,
+}
+
+/// Computes dynamic level targets from the current shape of the tree.
+///
+/// The largest level sets the size of the last level. The base level is the
+/// highest level needed so that, going up from the last level, sizes shrink
+/// to `level_base_bytes` with a ratio of at most `level_multiplier`; the ratio
+/// actually used is the same between every pair of levels (which minimizes
+/// the write amplification for that number of levels).
+pub fn level_targets(v: &Version, opts: &Options) -> LevelTargets {
+    let sizes: Vec<u64> = (0..v.levels.len()).map(|l| v.level_bytes(l)).collect();
+    targets_for_sizes(&sizes, opts)
+}
+
+/// [`level_targets`] for given per-level byte counts.
+pub fn targets_for_sizes(sizes: &[u64], opts: &Options) -> LevelTargets {
+    let n = opts.num_levels;
+    let last = n - 1;
+    let mult = opts.level_multiplier.max(2) as f64;
+    let base = opts.level_base_bytes.max(1) as f64;
+    let largest = sizes.iter().skip(1).copied().max().unwrap_or(0) as f64;
+    let size = largest.max(base);
+    let mut levels_below_base = 0usize;
+    let mut cap = base;
+    while cap < size && levels_below_base < last - 1 {
+        cap *= mult;
+        levels_below_base += 1;
+    }
+    let mut targets = vec![0u64; n];
+    let base_level = last - levels_below_base;
+    let ratio = if levels_below_base == 0 {
+        1.0
+    } else {
+        (size / base).powf(1.0 / levels_below_base as f64).max(1.0)
+    };
+    let mut t = size;
+    for level in (base_level..=last).rev() {
+        targets[level] = t as u64;
+        t /= ratio;
+    }
+    LevelTargets {
+        base_level,
+        targets,
+    }
+}
+
+/// One unit of compaction work.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The level the inputs come from.
+    pub level: usize,
+    /// The level the outputs go to.
+    pub output_level: usize,
+    /// Input files from `level`.
+    pub inputs: Vec<Arc<FileMeta>>,
+    /// Overlapping input files from `output_level`.
+    pub next_inputs: Vec<Arc<FileMeta>>,
+    /// Move the single input file down without rewriting it.
+    pub trivial_move: bool,
+    /// No level below the output holds keys in range: tombstones may be dropped.
+    pub bottommost: bool,
+    /// How far over its target the input level was.
+    pub score: f64,
+}
+
+impl Plan {
+    /// Every input file.
+    pub fn all_inputs(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.inputs.iter().chain(self.next_inputs.iter())
+    }
+
+    /// Marks or unmarks every input as being compacted.
+    pub fn set_being_compacted(&self, on: bool) {
+        for f in self.all_inputs() {
+            f.being_compacted.store(on, Ordering::Release);
+        }
+    }
+}
+
+fn busy(files: &[Arc<FileMeta>]) -> bool {
+    files
+        .iter()
+        .any(|f| f.being_compacted.load(Ordering::Acquire))
+}
+
+fn key_range(files: &[Arc<FileMeta>]) -> (Vec<u8>, Vec<u8>) {
+    let lo = files
+        .iter()
+        .map(|f| f.desc.smallest_logical())
+        .min()
+        .unwrap_or_default()
+        .to_vec();
+    let hi = files
+        .iter()
+        .map(|f| f.desc.largest_logical())
+        .max()
+        .unwrap_or_default()
+        .to_vec();
+    (lo, hi)
+}
+
+/// Chooses the most urgent compaction, or `None` when every level is within its target.
+pub fn pick(v: &Version, opts: &Options) -> Option<Plan> {
+    let t = level_targets(v, opts);
+    let last = opts.num_levels - 1;
+    let mut best: Option<(f64, usize)> = None;
+    let l0_idle = v.levels[0]
+        .iter()
+        .filter(|f| !f.being_compacted.load(Ordering::Acquire))
+        .count();
+    if !busy(&v.levels[0]) && l0_idle > 0 {
+        let s = l0_idle as f64 / opts.l0_compaction_trigger.max(1) as f64;
+        best = Some((s, 0));
+    }
+    for level in 1..last {
+        let bytes = v.level_bytes(level);
+        if bytes == 0 {
+            continue;
+        }
+        let s = if t.targets[level] == 0 {
+            // A level above the base level that still holds data drains downwards.
+            f64::MAX / 2.0
+        } else {
+            bytes as f64 / t.targets[level] as f64
+        };
+        if best.is_none_or(|(b, _)| s > b) {
+            best = Some((s, level));
+        }
+    }
+    let (score, level) = best.filter(|(s, _)| *s >= 1.0)?;
+    if level == 0 {
+        let inputs = v.levels[0].clone();
+        let out = t.base_level;
+        let (lo, hi) = key_range(&inputs);
+        let next_inputs = v.overlapping(out, Some(&lo), Some(&hi));
+        if busy(&next_inputs) {
+            return None;
+        }
+        return Some(finish_plan(v, 0, out, inputs, next_inputs, score));
+    }
+    let out = (level + 1).max(t.base_level).min(last);
+    // Pick the file whose rewrite costs the least per byte moved down.
+    let mut chosen: Option<(f64, Arc<FileMeta>, Vec<Arc<FileMeta>>)> = None;
+    for f in &v.levels[level] {
+        if f.being_compacted.load(Ordering::Acquire) {
+            continue;
+        }
+        let next = v.overlapping(
+            out,
+            Some(f.desc.smallest_logical()),
+            Some(f.desc.largest_logical()),
+        );
+        if busy(&next) {
+            continue;
+        }
+        let overlap: u64 = next.iter().map(|n| n.desc.size).sum();
+        let ratio = overlap as f64 / f.desc.size.max(1) as f64;
+        if chosen.as_ref().is_none_or(|(r, _, _)| ratio < *r) {
+            chosen = Some((ratio, f.clone(), next));
+        }
+    }
+    let (_, f, next) = chosen?;
+    Some(finish_plan(v, level, out, vec![f], next, score))
+}
+
+fn finish_plan(
+    v: &Version,
+    level: usize,
+    output_level: usize,
+    inputs: Vec<Arc<FileMeta>>,
+    next_inputs: Vec<Arc<FileMeta>>,
+    score: f64,
+) -> Plan {
+    let mut all = inputs.clone();
+    all.extend(next_inputs.iter().cloned());
+    let (lo, hi) = key_range(&all);
+    let bottommost = ((output_level + 1)..v.levels.len())
+        .all(|l| v.overlapping(l, Some(&lo), Some(&hi)).is_empty());
+    let trivial_move = level > 0 && inputs.len() == 1 && next_inputs.is_empty();
+    Plan {
+        level,
+        output_level,
+        inputs,
+        next_inputs,
+        trivial_move,
+        bottommost,
+        score,
+    }
+}
+
+/// Settings a [`MergeJob`] needs, taken from the options once.
+#[derive(Clone)]
+pub struct JobSettings {
+    /// Where outputs are written.
+    pub dir: PathBuf,
+    /// The filesystem.
+    pub fs: Arc<dyn FileSystem>,
+    /// Allocator of file numbers.
+    pub next_file_number: Arc<AtomicU64>,
+    /// Table format settings.
+    pub table: TableBuilderOptions,
+    /// Cut outputs at this size (at a key boundary).
+    pub target_file_bytes: u64,
+    /// Block cache handed to opened outputs.
+    pub cache: Option<Arc<BlockCache>>,
+}
+
+impl JobSettings {
+    /// Settings for outputs at `level`.
+    pub fn new(
+        opts: &Options,
+        level: usize,
+        dir: PathBuf,
+        fs: Arc<dyn FileSystem>,
+        next_file_number: Arc<AtomicU64>,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Self {
+        let compression = opts
+            .compression_per_level
+            .get(level)
+            .or(opts.compression_per_level.last())
+            .copied()
+            .unwrap_or(Compression::None);
+        JobSettings {
+            dir,
+            fs,
+            next_file_number,
+            table: TableBuilderOptions {
+                block_bytes: opts.block_bytes,
+                restart_interval: opts.block_restart_interval,
+                bloom_bits_per_key: opts.bloom_bits_per_key,
+                compression,
+            },
+            target_file_bytes: if level == 0 {
+                u64::MAX
+            } else {
+                opts.target_file_bytes
+            },
+            cache,
+        }
+    }
+}
+
+/// A finished output table.
+pub struct Output {
+    /// What goes into the manifest.
+    pub desc: FileDesc,
+    /// The table, opened for reads.
+    pub table: Arc<Table>,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// Merges sorted input into new tables, dropping what no reader can see, one step at a time.
+pub struct MergeJob {
+    input: Box<dyn InternalIterator>,
+    settings: JobSettings,
+    smallest_snapshot: u64,
+    bottommost: bool,
+    started: bool,
+    current_key: Vec<u8>,
+    has_current_key: bool,
+    last_seq_for_key: u64,
+    builder: Option<(u64, PathBuf, TableBuilder)>,
+    outputs: Vec<Output>,
+    /// Entries read from the input.
+    pub entries_read: u64,
+    /// Entries dropped as invisible.
+    pub entries_dropped: u64,
+}
+
+/// What a step left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Call `step` again.
+    More,
+    /// All input consumed; call `finish`.
+    Done,
+}
+
+impl MergeJob {
+    /// A job over `input`; versions older than `smallest_snapshot` and hidden by newer ones are dropped.
+    pub fn new(
+        input: Box<dyn InternalIterator>,
+        settings: JobSettings,
+        smallest_snapshot: u64,
+        bottommost: bool,
+    ) -> Self {
+        MergeJob {
+            input,
+            settings,
+            smallest_snapshot,
+            bottommost,
+            started: false,
+            current_key: Vec::new(),
+            has_current_key: false,
+            last_seq_for_key: u64::MAX,
+            builder: None,
+            outputs: Vec::new(),
+            entries_read: 0,
+            entries_dropped: 0,
+        }
+    }
+
+    /// Processes up to `max_entries` input entries.
+    pub fn step(&mut self, max_entries: usize) -> Result<Step> {
+        if !self.started {
+            self.input.seek_to_first();
+            self.started = true;
+        }
+        for _ in 0..max_entries {
+            if !self.input.valid() {
+                self.input.status()?;
+                return Ok(Step::Done);
+            }
+            let ikey = self.input.key();
+            let logical = logical_key(ikey);
+            let (seq, kind) = parse_trailer(ikey);
+            self.entries_read += 1;
+            let new_key = !self.has_current_key || logical != &self.current_key[..];
+            if new_key {
+                self.current_key.clear();
+                self.current_key.extend_from_slice(logical);
+                self.has_current_key = true;
+                self.last_seq_for_key = u64::MAX;
+            }
+            let drop = if self.last_seq_for_key <= self.smallest_snapshot {
+                true
+            } else {
+                kind == Kind::Delete as u8 && seq <= self.smallest_snapshot && self.bottommost
+            };
+            self.last_seq_for_key = seq;
+            if drop {
+                self.entries_dropped += 1;
+            } else {
+                let cut = new_key
+                    && self.builder.as_ref().is_some_and(|(_, _, b)| {
+                        b.estimated_size() >= self.settings.target_file_bytes
+                    });
+                if cut {
+                    self.finish_output()?;
+                }
+                if self.builder.is_none() {
+                    self.start_output()?;
+                }
+                let (_, _, b) = self.builder.as_mut().expect("builder was just started");
+                b.add(self.input.key(), self.input.value())?;
+            }
+            self.input.next();
+        }
+        Ok(Step::More)
+    }
+
+    fn start_output(&mut self) -> Result<()> {
+        let number = self
+            .settings
+            .next_file_number
+            .fetch_add(1, Ordering::SeqCst);
+        let path = filename::table(&self.settings.dir, number);
+        let file = self
+            .settings
+            .fs
+            .open(&path, OpenMode::CreateNew)
+            .ctx("create", &path)?;
+        let b = TableBuilder::new(file, path.clone(), self.settings.table);
+        self.builder = Some((number, path, b));
+        Ok(())
+    }
+
+    fn finish_output(&mut self) -> Result<()> {
+        let Some((number, path, b)) = self.builder.take() else {
+            return Ok(());
+        };
+        match self.open_output(number, &path, b) {
+            Ok(o) => {
+                self.outputs.push(o);
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_quietly(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_output(&self, number: u64, path: &std::path::Path, b: TableBuilder) -> Result<Output> {
+        let props = b.finish()?;
+        let file = self
+            .settings
+            .fs
+            .open(path, OpenMode::Read)
+            .ctx("open", path)?;
+        let table = Table::open(
+            file,
+            path.to_path_buf(),
+            number,
+            props.file_size,
+            self.settings.cache.clone(),
+        )?;
+        Ok(Output {
+            desc: FileDesc {
+                number,
+                size: props.file_size,
+                entries: props.num_entries,
+                smallest: props.smallest,
+                largest: props.largest,
+            },
+            table,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn remove_quietly(&self, p: &std::path::Path) {
+        if self.settings.fs.exists(p) {
+            if let Err(e) = self.settings.fs.remove_file(p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove abandoned table");
+            }
+        }
+    }
+
+    /// Completes the last output and returns every output table.
+    pub fn finish(mut self) -> Result<Vec<Output>> {
+        // The new tables' directory entries must be durable before a manifest edit names them.
+        let res = self.finish_output().and_then(|()| {
+            let dir = &self.settings.dir;
+            self.settings.fs.sync_dir(dir).ctx("fsync dir", dir)
+        });
+        match res {
+            Ok(()) => Ok(std::mem::take(&mut self.outputs)),
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes every file this job wrote (after a failure or cancellation).
+    pub fn abandon(&mut self) {
+        let mut paths: Vec<PathBuf> = self.outputs.drain(..).map(|o| o.path).collect();
+        if let Some((_, p, _)) = self.builder.take() {
+            paths.push(p);
+        }
+        for p in paths {
+            self.remove_quietly(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            level_base_bytes: 256,
+            level_multiplier: 10,
+            num_levels: 7,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn small_trees_compact_l0_into_the_last_level() {
+        let t = level_targets(&Version::new(7), &opts());
+        assert_eq!(t.base_level, 6);
+        assert_eq!(t.targets[6], 256);
+        let t = targets_for_sizes(&[0, 0, 0, 0, 0, 0, 200], &opts());
+        assert_eq!((t.base_level, t.targets[6]), (6, 256));
+    }
+
+    #[test]
+    fn ratios_are_balanced_and_never_above_the_multiplier() {
+        // 1000x the base needs three levels below the base: ratio 10.
+        let t = targets_for_sizes(&[0, 0, 0, 0, 0, 0, 256_000], &opts());
+        assert_eq!(t.base_level, 3);
+        assert_eq!(t.targets[3], 256);
+        // 4x the base needs one level below the base: ratio 4, not 10.
+        let t = targets_for_sizes(&[0, 0, 0, 0, 0, 0, 1024], &opts());
+        assert_eq!(t.base_level, 5);
+        assert_eq!((t.targets[5], t.targets[6]), (256, 1024));
+        assert_eq!(t.targets[4], 0);
+        // 40x: two levels, ratio sqrt(40) ~ 6.3.
+        let t = targets_for_sizes(&[0, 0, 0, 0, 0, 0, 10_240], &opts());
+        assert_eq!(t.base_level, 4);
+        assert!(
+            t.targets[5] > 1600 && t.targets[5] < 1630,
+            "{:?}",
+            t.targets
+        );
+    }
+}

@@ -1,0 +1,1393 @@
+//! The database handle: open/recovery, the group-commit write path, reads, and background work.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::batch::{decode_batch, WriteBatch};
+use crate::cache::BlockCache;
+use crate::compaction::{self, JobSettings, MergeJob, Plan, Step};
+use crate::db_iter::DbIterator;
+use crate::error::{Error, IoContext, Result};
+use crate::filename::{self, FileKind};
+use crate::fs::{DirLock, FileSystem, OpenMode, StdFs, UringFs};
+use crate::iter::InternalIterator;
+use crate::key::{lookup_key, parse_trailer, Kind, NS_KV};
+use crate::manifest::{self, ManifestState, ManifestWriter};
+use crate::memtable::{Lookup, Memtable};
+use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
+use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
+use crate::snapshot::SnapshotList;
+use crate::sst::Table;
+use crate::stats::{Counters, LevelStats, Stats};
+use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
+use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
+
+/// Bytes of batches one group commit gathers at most (beyond the first batch).
+const GROUP_BYTES_MAX: usize = 1 << 20;
+/// Entries a background job merges between checks for shutdown.
+const STEP_ENTRIES: usize = 4096;
+
+/// An open database. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Db {
+    handle: Arc<Handle>,
+}
+
+/// Closes the engine when the last user handle goes away.
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Err(e) = self.inner.shutdown() {
+            tracing::warn!(error = %e, "error while closing the database");
+        }
+    }
+}
+
+/// What a reader needs: the memtables and the file set, swapped as one.
+struct SuperVersion {
+    mem: Arc<Memtable>,
+    /// Frozen memtables, newest first.
+    imms: Vec<Arc<Memtable>>,
+    version: Arc<Version>,
+}
+
+/// A frozen memtable waiting for flush.
+struct Immutable {
+    mem: Arc<Memtable>,
+    /// First WAL segment of the memtable that replaced it: the log floor once it is flushed.
+    next_gen: u64,
+    /// Highest sequence number it holds.
+    last_seq: u64,
+    /// Raft applied index per region recorded with its data.
+    applied: BTreeMap<u64, u64>,
+    /// Ordinal of this memtable among all frozen ones.
+    ordinal: u64,
+}
+
+/// State owned by the commit leader (whoever holds the lock).
+struct WriteState {
+    wal: Wal,
+    mem: Arc<Memtable>,
+    applied: BTreeMap<u64, u64>,
+    last_seq: u64,
+    scratch: Vec<u8>,
+}
+
+/// Shared state behind the state lock.
+struct State {
+    version: Arc<Version>,
+    mem: Arc<Memtable>,
+    imms: VecDeque<Immutable>,
+    frozen_total: u64,
+    flushed_total: u64,
+    manifest: ManifestWriter,
+    manifest_state: ManifestState,
+    log_floor: u64,
+    flushing: bool,
+    compacting: usize,
+    bg_error: Option<String>,
+    /// Number of background failures so far (lets a waiter see only new ones).
+    bg_errors: u64,
+    shutting_down: bool,
+}
+
+/// One caller's write waiting in the group-commit queue.
+struct PendingWrite {
+    batch: WriteBatch,
+    opaque: Vec<(u8, Vec<u8>)>,
+    logged: bool,
+    applied: Option<(u64, u64)>,
+    sync: bool,
+    /// Set (under the queue lock) once a leader has committed this write.
+    done: AtomicBool,
+    result: Mutex<Option<Result<WalPosition>>>,
+    /// Signalled (with the queue lock) when the write is done or its owner must lead.
+    cv: Condvar,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    fs: Arc<dyn FileSystem>,
+    lock: Mutex<Option<Box<dyn DirLock>>>,
+    cache: Option<Arc<BlockCache>>,
+    snapshots: Arc<SnapshotList>,
+    last_seq: AtomicU64,
+    next_file_number: Arc<AtomicU64>,
+    pending: Mutex<VecDeque<Arc<PendingWrite>>>,
+    write: Mutex<WriteState>,
+    state: Mutex<State>,
+    state_cv: Condvar,
+    sv: RwLock<Arc<SuperVersion>>,
+    poisoned: Mutex<Option<String>>,
+    is_poisoned: AtomicBool,
+    closed: AtomicBool,
+    counters: Counters,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn validate_options(o: &Options) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if o.num_levels < 2 || o.num_levels > 16 {
+        return bad(format!(
+            "num_levels must be in 2..=16, got {}",
+            o.num_levels
+        ));
+    }
+    if o.write_buffer_bytes < 64 << 10 {
+        return bad("write_buffer_bytes must be at least 64 KiB".into());
+    }
+    if o.max_batch_bytes as u64 + 4096 > o.wal_segment_bytes {
+        return bad(format!(
+            "max_batch_bytes ({}) must be at least 4 KiB below wal_segment_bytes ({})",
+            o.max_batch_bytes, o.wal_segment_bytes
+        ));
+    }
+    if o.wal_segment_bytes > 1 << 30 {
+        return bad("wal_segment_bytes must be at most 1 GiB".into());
+    }
+    if o.l0_compaction_trigger == 0
+        || o.l0_slowdown_trigger < o.l0_compaction_trigger
+        || o.l0_stop_trigger <= o.l0_slowdown_trigger
+    {
+        return bad(
+            "need 0 < l0_compaction_trigger <= l0_slowdown_trigger < l0_stop_trigger".into(),
+        );
+    }
+    if o.max_immutable_memtables == 0 {
+        return bad("max_immutable_memtables must be at least 1".into());
+    }
+    if o.block_bytes < 256 || o.block_restart_interval == 0 {
+        return bad("block_bytes must be >= 256 and block_restart_interval >= 1".into());
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Opens (or creates) the database in `path`, recovering from its WAL.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        validate_options(&opts)?;
+        let dir = path.as_ref().to_path_buf();
+        let fs: Arc<dyn FileSystem> = match (&opts.fs, opts.io_backend) {
+            (Some(fs), _) => fs.clone(),
+            (None, IoBackend::Std) => Arc::new(StdFs::new()),
+            (None, IoBackend::Uring) => Arc::new(UringFs::new().ctx("io_uring setup", &dir)?),
+        };
+        if opts.create_if_missing {
+            fs.create_dir_all(&dir).ctx("create dir", &dir)?;
+        }
+        let lock_path = dir.join(filename::LOCK);
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked { path: dir.clone() }
+            } else {
+                Error::io("lock", &lock_path, e)
+            }
+        })?;
+        let cache =
+            (opts.block_cache_bytes > 0).then(|| Arc::new(BlockCache::new(opts.block_cache_bytes)));
+        let inner = recover(dir, opts, fs, lock, cache)?;
+        let inner = Arc::new(inner);
+        inner.start_threads();
+        Ok(Db {
+            handle: Arc::new(Handle { inner }),
+        })
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.handle.inner
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_opt(key, value, &WriteOptions::default())
+    }
+
+    /// Stores `value` under `key` with per-write options.
+    pub fn put_opt(&self, key: &[u8], value: &[u8], wo: &WriteOptions) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(key, value);
+        self.write_owned(b, wo)
+    }
+
+    /// Deletes `key` (a no-op if it is absent).
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(key);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
+    /// Applies every write in `batch` atomically.
+    pub fn write(&self, batch: &WriteBatch, wo: &WriteOptions) -> Result<()> {
+        self.write_owned(batch.clone(), wo)
+    }
+
+    fn write_owned(&self, batch: WriteBatch, wo: &WriteOptions) -> Result<()> {
+        let sync = wo.durability.unwrap_or(self.inner().opts.durability) == Durability::Sync;
+        self.inner()
+            .submit(batch, Vec::new(), true, None, sync)
+            .map(|_| ())
+    }
+
+    /// Appends opaque records (e.g. raft entries) to the WAL atomically, to be handed back on recovery.
+    ///
+    /// Returns the position of the first record. Records are replayed through
+    /// `Options::opaque_replay` until released with [`Db::set_opaque_floor`].
+    pub fn append_opaque(&self, records: &[(u8, &[u8])], wo: &WriteOptions) -> Result<WalPosition> {
+        let total: usize = records.iter().map(|(_, p)| p.len() + 1).sum();
+        if total > self.inner().opts.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                len: total,
+                max: self.inner().opts.max_batch_bytes,
+            });
+        }
+        let sync = wo.durability.unwrap_or(self.inner().opts.durability) == Durability::Sync;
+        let recs = records.iter().map(|(t, p)| (*t, p.to_vec())).collect();
+        self.inner()
+            .submit(WriteBatch::new(), recs, true, None, sync)
+    }
+
+    /// Applies `batch` to the memtable without logging it: its durability comes from
+    /// a record already in the WAL (e.g. a raft entry). `applied` = (region, index) is
+    /// persisted with the flush that makes this data durable (see [`Db::applied_index`]).
+    pub fn apply_unlogged(&self, batch: &WriteBatch, applied: Option<(u64, u64)>) -> Result<()> {
+        self.inner()
+            .submit(batch.clone(), Vec::new(), false, applied, false)
+            .map(|_| ())
+    }
+
+    /// The highest applied index of `region` whose data is durable in SST files.
+    pub fn applied_index(&self, region: u64) -> Option<u64> {
+        self.inner()
+            .state
+            .lock()
+            .manifest_state
+            .applied
+            .get(&region)
+            .copied()
+    }
+
+    /// Allows WAL segments older than `segment` to be reused once their batches are flushed.
+    /// `None` means the owner needs no opaque records.
+    pub fn set_opaque_floor(&self, segment: Option<u64>) -> Result<()> {
+        let inner = self.inner();
+        let mut st = inner.state.lock();
+        let edit = VersionEdit {
+            opaque_floor: segment,
+            ..Default::default()
+        };
+        inner.log_and_apply(&mut st, edit, &[])?;
+        Ok(())
+    }
+
+    /// Reads the value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_ns(NS_KV, key)
+    }
+
+    /// Reads the value stored under `key` in namespace `ns`.
+    pub fn get_ns(&self, ns: u8, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let seq = inner.last_seq.load(Ordering::Acquire);
+        let sv = inner.sv.read().clone();
+        let mut logical = Vec::with_capacity(key.len() + 1);
+        logical.push(ns);
+        logical.extend_from_slice(key);
+        for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+            match m.get(&logical, seq) {
+                Some(Lookup::Value(v)) => return Ok(Some(v)),
+                Some(Lookup::Deleted) => return Ok(None),
+                None => {}
+            }
+        }
+        let lookup = lookup_key(&logical, seq);
+        let v = &sv.version;
+        for f in &v.levels[0] {
+            if f.desc.overlaps(Some(&logical), Some(&logical)) {
+                if let Some(r) = table_get(&f.table, &lookup)? {
+                    return Ok(r);
+                }
+            }
+        }
+        for level in 1..v.levels.len() {
+            if let Some(i) = v.find_file(level, &logical) {
+                if let Some(r) = table_get(&v.levels[level][i].table, &lookup)? {
+                    return Ok(r);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// An iterator over the ordered-KV namespace as of now.
+    pub fn iter(&self, ro: ReadOptions) -> Result<DbIterator> {
+        self.iter_ns(NS_KV, ro)
+    }
+
+    /// An iterator over namespace `ns` as of now.
+    pub fn iter_ns(&self, ns: u8, ro: ReadOptions) -> Result<DbIterator> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let seq = inner.last_seq.load(Ordering::Acquire);
+        let guard = inner.snapshots.acquire(seq);
+        let sv = inner.sv.read().clone();
+        let fill = !ro.skip_cache_fill;
+        let mut lo = vec![ns];
+        lo.extend_from_slice(
+            ro.lower_bound
+                .as_deref()
+                .or(ro.prefix.as_deref())
+                .unwrap_or(&[]),
+        );
+        let hi = vec![ns + 1];
+        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+        children.push(Box::new(sv.mem.iter()));
+        for m in &sv.imms {
+            children.push(Box::new(m.iter()));
+        }
+        for f in &sv.version.levels[0] {
+            if f.desc.smallest_logical() < &hi[..] && f.desc.largest_logical() >= &lo[..] {
+                children.push(Box::new(f.table.iter(fill)));
+            }
+        }
+        for files in sv.version.levels.iter().skip(1) {
+            if level_may_overlap(files, Some(&lo), Some(&hi)) {
+                children.push(Box::new(LevelIterator::new(files.clone(), fill)));
+            }
+        }
+        Ok(DbIterator::new(
+            Box::new(MergingIterator::new(children)),
+            seq,
+            ns,
+            ro.lower_bound.as_deref(),
+            ro.upper_bound.as_deref(),
+            ro.prefix.as_deref(),
+            guard,
+        ))
+    }
+
+    /// Freezes the active memtable and waits until every frozen memtable is in an SST file.
+    pub fn flush(&self) -> Result<()> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let target = {
+            let mut ws = inner.write.lock();
+            inner.check_writable()?;
+            if !ws.mem.is_empty() {
+                inner.switch_memtable(&mut ws, true)?;
+            }
+            inner.state.lock().frozen_total
+        };
+        let mut st = inner.state.lock();
+        let errors_before = st.bg_errors;
+        loop {
+            if st.flushed_total >= target {
+                return Ok(());
+            }
+            // Background work stops on a poisoned database: report that instead of waiting.
+            inner.check_writable()?;
+            if st.bg_errors > errors_before {
+                let e = st.bg_error.clone().unwrap_or_default();
+                return Err(Error::Background(format!("flush failed: {e}")));
+            }
+            if st.shutting_down {
+                return Err(Error::Closed);
+            }
+            inner.state_cv.wait_for(&mut st, Duration::from_millis(100));
+        }
+    }
+
+    /// Blocks until no flush or compaction is pending or running.
+    pub fn wait_for_compaction(&self) -> Result<()> {
+        let inner = self.inner();
+        let mut st = inner.state.lock();
+        let errors_before = st.bg_errors;
+        loop {
+            if st.bg_errors > errors_before {
+                let e = st.bg_error.clone().unwrap_or_default();
+                return Err(Error::Background(format!("compaction failed: {e}")));
+            }
+            inner.check_writable()?;
+            if st.shutting_down {
+                return Err(Error::Closed);
+            }
+            let idle = st.imms.is_empty()
+                && !st.flushing
+                && st.compacting == 0
+                && compaction::pick(&st.version, &inner.opts).is_none();
+            if idle {
+                return Ok(());
+            }
+            inner.state_cv.wait_for(&mut st, Duration::from_millis(100));
+        }
+    }
+
+    /// Flushes, then compacts until every level is within its target.
+    pub fn compact_all(&self) -> Result<()> {
+        self.flush()?;
+        self.wait_for_compaction()
+    }
+
+    /// A snapshot of the engine's statistics.
+    pub fn stats(&self) -> Stats {
+        self.inner().stats()
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.inner().dir
+    }
+
+    /// Syncs the WAL, stops background work and releases the directory lock.
+    pub fn close(self) -> Result<()> {
+        self.handle.inner.shutdown()
+    }
+}
+
+fn table_get(t: &Table, lookup: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+    match t.get(lookup, true)? {
+        Some((ikey, value)) => {
+            let (_, kind) = parse_trailer(&ikey);
+            Ok(Some((kind == Kind::Put as u8).then_some(value)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Opens every table the manifest lists, then replays the WAL into a memtable and flushes it.
+fn recover(
+    dir: PathBuf,
+    opts: Options,
+    fs: Arc<dyn FileSystem>,
+    lock: Box<dyn DirLock>,
+    cache: Option<Arc<BlockCache>>,
+) -> Result<Inner> {
+    let loaded = manifest::load(&*fs, &dir, opts.num_levels)?;
+    let mut state = match loaded {
+        Some(_) if opts.error_if_exists => {
+            return Err(Error::InvalidArgument(format!(
+                "database {} already exists",
+                dir.display()
+            )))
+        }
+        Some((s, _)) => s,
+        None if !opts.create_if_missing => {
+            return Err(Error::InvalidArgument(format!(
+                "no database in {} and create_if_missing is off",
+                dir.display()
+            )))
+        }
+        None => ManifestState::new(opts.num_levels),
+    };
+    if state.levels.len() != opts.num_levels {
+        return Err(Error::InvalidArgument(format!(
+            "database has {} levels but num_levels is {}",
+            state.levels.len(),
+            opts.num_levels
+        )));
+    }
+    // Open every live table; a missing or damaged one fails the open and nothing is deleted.
+    let mut metas: Vec<Arc<FileMeta>> = Vec::new();
+    let mut version = Version::new(opts.num_levels);
+    for (level, files) in state.levels.iter().enumerate() {
+        for desc in files.values() {
+            let meta = open_table(&fs, &dir, desc, cache.clone())?;
+            version.levels[level].push(meta.clone());
+            metas.push(meta);
+        }
+    }
+    let version = version.apply(&VersionEdit::default(), &[]);
+    let names = fs.list_dir(&dir).ctx("list", &dir)?;
+    let max_number = names
+        .iter()
+        .filter_map(|n| match filename::parse(n) {
+            Some(FileKind::Table(x)) | Some(FileKind::Manifest(x)) => Some(x),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let next_file_number = Arc::new(AtomicU64::new(state.next_file_number.max(max_number + 1)));
+
+    // Replay the WAL.
+    let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
+    let mut last_seq = state.last_seq;
+    let flushed_seq = state.last_seq;
+    let replay_cb = opts.opaque_replay.clone();
+    let outcome = wal::replay(
+        &*fs,
+        &dir,
+        state.log_floor,
+        state.opaque_floor,
+        opts.wal_segment_bytes,
+        |rec, path, off| {
+            match rec {
+                Replayed::Batch(payload) => {
+                    let b = decode_batch(payload)
+                        .ok_or_else(|| Error::corruption(path, off, "malformed batch record"))?;
+                    for (i, e) in b.entries.iter().enumerate() {
+                        let seq = b.seq + i as u64;
+                        if seq > flushed_seq {
+                            mem.add(seq, e.kind, e.logical_key, e.value);
+                            last_seq = last_seq.max(seq);
+                        }
+                    }
+                }
+                Replayed::Opaque(tag, payload) => {
+                    if let Some(cb) = &replay_cb {
+                        cb(tag, payload);
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let new_gen = outcome.max_gen.max(state.log_floor).max(1) + 1;
+    let mut edit = VersionEdit {
+        log_floor: Some(new_gen),
+        last_seq: Some(last_seq),
+        ..Default::default()
+    };
+    let mut opened = Vec::new();
+    if !mem.is_empty() {
+        let settings = JobSettings::new(
+            &opts,
+            0,
+            dir.clone(),
+            fs.clone(),
+            next_file_number.clone(),
+            cache.clone(),
+        );
+        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, false);
+        while job.step(STEP_ENTRIES)? == Step::More {}
+        for o in job.finish()? {
+            let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
+            edit.added.push((0, o.desc));
+            opened.push(meta);
+        }
+    }
+    let manifest_number = next_file_number.fetch_add(1, Ordering::SeqCst);
+    edit.next_file_number = Some(next_file_number.load(Ordering::SeqCst));
+    state
+        .apply(&edit)
+        .map_err(|m| Error::corruption(&dir, 0, m))?;
+    let version = version.apply(&edit, &opened);
+    let manifest =
+        ManifestWriter::create(fs.clone(), &dir, manifest_number, &state.snapshot_edit())?;
+    manifest.remove_others()?;
+    // The replayed data is in an SST now; old segments are needed only for opaque records.
+    let keep_from = state.opaque_floor.map_or(new_gen, |o| o.min(new_gen));
+    let (live, obsolete): (Vec<u64>, Vec<u64>) = outcome
+        .live
+        .iter()
+        .chain(outcome.obsolete.iter())
+        .partition(|g| **g >= keep_from);
+    let mut live = live;
+    live.sort_unstable();
+    let wal = Wal::create(
+        fs.clone(),
+        &dir,
+        new_gen,
+        opts.wal_segment_bytes,
+        opts.wal_recycle_segments,
+        live,
+        obsolete,
+    )?;
+    // Files no version references are leftovers of work that never committed.
+    let live_numbers: std::collections::HashSet<u64> = version
+        .levels
+        .iter()
+        .flatten()
+        .map(|f| f.desc.number)
+        .collect();
+    for name in &names {
+        let remove = match filename::parse(name) {
+            Some(FileKind::Table(n)) => !live_numbers.contains(&n),
+            Some(FileKind::Temp) => true,
+            _ => false,
+        };
+        if remove {
+            let p = dir.join(name);
+            fs.remove_file(&p).ctx("remove", &p)?;
+        }
+    }
+    drop(metas);
+    let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
+    let version = Arc::new(version);
+    let sv = Arc::new(SuperVersion {
+        mem: mem.clone(),
+        imms: Vec::new(),
+        version: version.clone(),
+    });
+    let state = State {
+        version,
+        mem: mem.clone(),
+        imms: VecDeque::new(),
+        frozen_total: 0,
+        flushed_total: 0,
+        manifest,
+        manifest_state: state,
+        log_floor: new_gen,
+        flushing: false,
+        compacting: 0,
+        bg_error: None,
+        bg_errors: 0,
+        shutting_down: false,
+    };
+    Ok(Inner {
+        dir,
+        fs,
+        lock: Mutex::new(Some(lock)),
+        cache,
+        snapshots: Arc::new(SnapshotList::default()),
+        last_seq: AtomicU64::new(last_seq),
+        next_file_number,
+        pending: Mutex::new(VecDeque::new()),
+        write: Mutex::new(WriteState {
+            wal,
+            mem,
+            applied: BTreeMap::new(),
+            last_seq,
+            scratch: Vec::new(),
+        }),
+        state: Mutex::new(state),
+        state_cv: Condvar::new(),
+        sv: RwLock::new(sv),
+        poisoned: Mutex::new(None),
+        is_poisoned: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        counters: Counters::default(),
+        threads: Mutex::new(Vec::new()),
+        opts,
+    })
+}
+
+fn open_table(
+    fs: &Arc<dyn FileSystem>,
+    dir: &Path,
+    desc: &FileDesc,
+    cache: Option<Arc<BlockCache>>,
+) -> Result<Arc<FileMeta>> {
+    let path = filename::table(dir, desc.number);
+    let file = fs.open(&path, OpenMode::Read).ctx("open table", &path)?;
+    let len = file.len().ctx("stat", &path)?;
+    if len != desc.size {
+        return Err(Error::corruption(
+            &path,
+            len,
+            format!("table is {len} bytes but the manifest says {}", desc.size),
+        ));
+    }
+    let table = Table::open(file, path.clone(), desc.number, desc.size, cache)?;
+    Ok(Arc::new(FileMeta::new(
+        desc.clone(),
+        table,
+        fs.clone(),
+        path,
+    )))
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        if self.is_poisoned.load(Ordering::Acquire) {
+            let m = self.poisoned.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned(m));
+        }
+        Ok(())
+    }
+
+    fn poison(&self, e: &Error) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            tracing::error!(error = %e, "durability failure: the database refuses writes until reopened");
+            *p = Some(e.to_string());
+        }
+        self.is_poisoned.store(true, Ordering::Release);
+    }
+
+    /// The error a follower sees when its group's commit failed with `e`.
+    fn error_for_follower(&self, e: &Error) -> Error {
+        match e {
+            Error::Closed => Error::Closed,
+            Error::Background(m) => Error::Background(m.clone()),
+            Error::Poisoned(m) => Error::Poisoned(m.clone()),
+            e if self.is_poisoned.load(Ordering::Acquire) => Error::Poisoned(e.to_string()),
+            e => Error::Background(format!("group commit failed: {e}")),
+        }
+    }
+
+    /// Queues a write and commits it, as the group leader or as a follower.
+    fn submit(
+        &self,
+        batch: WriteBatch,
+        opaque: Vec<(u8, Vec<u8>)>,
+        logged: bool,
+        applied: Option<(u64, u64)>,
+        sync: bool,
+    ) -> Result<WalPosition> {
+        self.check_writable()?;
+        let o = &self.opts;
+        batch.validate(o.max_key_bytes, o.max_value_bytes, o.max_batch_bytes)?;
+        let req = Arc::new(PendingWrite {
+            batch,
+            opaque,
+            logged,
+            applied,
+            sync,
+            done: AtomicBool::new(false),
+            result: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        let mut queue = self.pending.lock();
+        queue.push_back(req.clone());
+        // Followers sleep until a leader has committed them or they reach the front.
+        while !req.done.load(Ordering::Acquire)
+            && !queue.front().is_some_and(|f| Arc::ptr_eq(f, &req))
+        {
+            req.cv.wait(&mut queue);
+        }
+        if req.done.load(Ordering::Acquire) {
+            drop(queue);
+            return req.result.lock().take().unwrap_or(Err(Error::Closed));
+        }
+        // Leader: take everything queued (bounded), commit it with one WAL write and sync.
+        let mut bytes = 0;
+        let mut group = Vec::new();
+        for r in queue.iter() {
+            let n = r.batch.encoded_len() + r.opaque.iter().map(|(_, v)| v.len()).sum::<usize>();
+            if !group.is_empty() && bytes + n > GROUP_BYTES_MAX {
+                break;
+            }
+            bytes += n;
+            group.push(r.clone());
+        }
+        drop(queue);
+        let res = {
+            let mut ws = self.write.lock();
+            self.commit_group(&mut ws, &group)
+        };
+        let mut queue = self.pending.lock();
+        for r in &group {
+            let front = queue
+                .pop_front()
+                .expect("the group is at the front of the queue");
+            debug_assert!(
+                Arc::ptr_eq(&front, r),
+                "the queue's front is the committed group"
+            );
+            if Arc::ptr_eq(r, &req) {
+                continue;
+            }
+            *r.result.lock() = Some(match &res {
+                Ok(pos) => Ok(*pos),
+                Err(e) => Err(self.error_for_follower(e)),
+            });
+            r.done.store(true, Ordering::Release);
+            r.cv.notify_one();
+        }
+        if let Some(next) = queue.front() {
+            next.cv.notify_one();
+        }
+        drop(queue);
+        res
+    }
+
+    /// Writes one group to the WAL (one write, at most one fdatasync) and applies it.
+    fn commit_group(
+        &self,
+        ws: &mut WriteState,
+        group: &[Arc<PendingWrite>],
+    ) -> Result<WalPosition> {
+        self.check_writable()?;
+        self.make_room(ws)?;
+        let mut seq = ws.last_seq;
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut types: Vec<u8> = Vec::new();
+        let mut sync = false;
+        let mut user_bytes = 0u64;
+        let mut user_writes = 0u64;
+        for r in group {
+            let first = seq + 1;
+            seq += r.batch.len() as u64;
+            if r.logged && !r.batch.is_empty() {
+                let mut p = std::mem::take(&mut ws.scratch);
+                p.clear();
+                r.batch.encode_with_seq(first, &mut p);
+                payloads.push(p);
+                types.push(REC_BATCH);
+            }
+            for (tag, data) in &r.opaque {
+                let mut p = Vec::with_capacity(data.len() + 1);
+                p.push(*tag);
+                p.extend_from_slice(data);
+                payloads.push(p);
+                types.push(REC_OPAQUE);
+            }
+            sync |= r.sync;
+            for e in r.batch.iter_entries() {
+                user_bytes += (e.logical_key.len() - 1 + e.value.len()) as u64;
+            }
+            user_writes += r.batch.len() as u64;
+        }
+        let mut pos = WalPosition {
+            segment: ws.wal.active_segment(),
+            offset: 0,
+        };
+        if !payloads.is_empty() {
+            let records: Vec<(u8, &[u8])> = types
+                .iter()
+                .copied()
+                .zip(payloads.iter().map(|p| &p[..]))
+                .collect();
+            let wal_bytes: usize = records
+                .iter()
+                .map(|(_, p)| p.len() + crate::record::HEADER_LEN)
+                .sum();
+            pos = ws.wal.append(&records).inspect_err(|e| self.poison(e))?;
+            Counters::add(
+                &self.counters.wal_bytes,
+                "nokv_wal_bytes_total",
+                wal_bytes as u64,
+            );
+            let need_sync = (sync && !self.opts.unsafe_ack_before_sync)
+                || ws.wal.unsynced_bytes() >= self.opts.relaxed_sync_interval_bytes;
+            if need_sync {
+                ws.wal.sync().inspect_err(|e| self.poison(e))?;
+                Counters::add(&self.counters.wal_syncs, "nokv_wal_syncs_total", 1);
+            }
+            Counters::add(&self.counters.wal_groups, "nokv_wal_groups_total", 1);
+            Counters::add(
+                &self.counters.wal_group_writes,
+                "nokv_wal_group_batches_total",
+                group.len() as u64,
+            );
+        }
+        if let Some(p) = payloads.pop() {
+            ws.scratch = p;
+        }
+        let mut seq = ws.last_seq;
+        for r in group {
+            for e in r.batch.iter_entries() {
+                seq += 1;
+                ws.mem.add(seq, e.kind, e.logical_key, e.value);
+            }
+            if let Some((region, index)) = r.applied {
+                let slot = ws.applied.entry(region).or_insert(0);
+                *slot = (*slot).max(index);
+            }
+        }
+        ws.last_seq = seq;
+        self.last_seq.store(seq, Ordering::Release);
+        Counters::add(
+            &self.counters.user_bytes,
+            "nokv_user_bytes_total",
+            user_bytes,
+        );
+        Counters::add(
+            &self.counters.user_writes,
+            "nokv_user_writes_total",
+            user_writes,
+        );
+        Ok(pos)
+    }
+
+    /// Freezes a full memtable and applies L0 back-pressure before a group is written.
+    fn make_room(&self, ws: &mut WriteState) -> Result<()> {
+        let mut slowed = false;
+        loop {
+            self.check_writable()?;
+            let (l0, imms, bg_error) = {
+                let st = self.state.lock();
+                (
+                    st.version.levels[0].len(),
+                    st.imms.len(),
+                    st.bg_error.clone(),
+                )
+            };
+            let mem_full = ws.mem.approximate_bytes() >= self.opts.write_buffer_bytes;
+            if l0 >= self.opts.l0_slowdown_trigger && l0 < self.opts.l0_stop_trigger && !slowed {
+                // Slow this group down so compaction can keep up, once per group.
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                slowed = true;
+                Counters::add(&self.counters.slowdowns, "nokv_write_slowdowns_total", 1);
+                Counters::add(
+                    &self.counters.stall_micros,
+                    "nokv_write_stall_micros_total",
+                    t.elapsed().as_micros() as u64,
+                );
+                continue;
+            }
+            let must_wait = l0 >= self.opts.l0_stop_trigger
+                || (mem_full && imms >= self.opts.max_immutable_memtables);
+            if must_wait {
+                if let Some(e) = bg_error {
+                    return Err(Error::Background(format!(
+                        "writes are stalled and background work is failing: {e}"
+                    )));
+                }
+                let t = Instant::now();
+                let mut st = self.state.lock();
+                if st.shutting_down {
+                    return Err(Error::Closed);
+                }
+                self.state_cv.wait_for(&mut st, Duration::from_millis(50));
+                drop(st);
+                Counters::add(
+                    &self.counters.stall_micros,
+                    "nokv_write_stall_micros_total",
+                    t.elapsed().as_micros() as u64,
+                );
+                continue;
+            }
+            if mem_full {
+                self.switch_memtable(ws, false)?;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Rotates the WAL, freezes the active memtable and wakes the flusher.
+    fn switch_memtable(&self, ws: &mut WriteState, _forced: bool) -> Result<()> {
+        let next_gen = ws.wal.rotate().inspect_err(|e| self.poison(e))?;
+        let new_mem = Arc::new(Memtable::new(self.opts.write_buffer_bytes));
+        let old = std::mem::replace(&mut ws.mem, new_mem.clone());
+        let applied = std::mem::take(&mut ws.applied);
+        let mut st = self.state.lock();
+        st.frozen_total += 1;
+        let ordinal = st.frozen_total;
+        st.imms.push_back(Immutable {
+            mem: old,
+            next_gen,
+            last_seq: ws.last_seq,
+            applied,
+            ordinal,
+        });
+        st.mem = new_mem;
+        self.install_sv(&st);
+        let floor = st.log_floor;
+        let opaque = st.manifest_state.opaque_floor;
+        drop(st);
+        self.state_cv.notify_all();
+        ws.wal
+            .release_below(opaque.map_or(floor, |o| o.min(floor)))
+            .inspect_err(|e| self.poison(e))?;
+        Ok(())
+    }
+
+    fn install_sv(&self, st: &State) {
+        let sv = Arc::new(SuperVersion {
+            mem: st.mem.clone(),
+            imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
+            version: st.version.clone(),
+        });
+        *self.sv.write() = sv;
+    }
+
+    /// Records `edit` in the manifest, then installs the resulting version.
+    fn log_and_apply(
+        &self,
+        st: &mut State,
+        mut edit: VersionEdit,
+        opened: &[Arc<FileMeta>],
+    ) -> Result<()> {
+        edit.next_file_number = Some(self.next_file_number.load(Ordering::SeqCst));
+        if let Err(e) = st.manifest.append(&edit) {
+            self.poison(&e);
+            return Err(e);
+        }
+        st.manifest_state
+            .apply(&edit)
+            .map_err(|m| Error::corruption(&self.dir, 0, m))?;
+        st.version = Arc::new(st.version.apply(&edit, opened));
+        if let Some(v) = edit.log_floor {
+            st.log_floor = v;
+        }
+        self.install_sv(st);
+        if st.manifest.len() > self.opts.manifest_rewrite_bytes {
+            let number = self.next_file_number.fetch_add(1, Ordering::SeqCst);
+            st.manifest_state.next_file_number = self.next_file_number.load(Ordering::SeqCst);
+            let snap = st.manifest_state.snapshot_edit();
+            match ManifestWriter::create(self.fs.clone(), &self.dir, number, &snap) {
+                Ok(m) => {
+                    st.manifest = m;
+                    st.manifest.remove_others()?;
+                }
+                Err(e) => {
+                    self.poison(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn smallest_snapshot(&self) -> u64 {
+        let last = self.last_seq.load(Ordering::Acquire);
+        self.snapshots.oldest().map_or(last, |s| s.min(last))
+    }
+
+    fn start_threads(self: &Arc<Self>) {
+        let mut threads = self.threads.lock();
+        let me = self.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("nokv-flush".into())
+                .spawn(move || me.flush_loop())
+                .expect("spawning the flush thread"),
+        );
+        for i in 0..self.opts.compaction_threads.max(1) {
+            let me = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("nokv-compact-{i}"))
+                    .spawn(move || me.compaction_loop())
+                    .expect("spawning a compaction thread"),
+            );
+        }
+    }
+
+    fn flush_loop(&self) {
+        let mut st = self.state.lock();
+        loop {
+            if st.shutting_down {
+                return;
+            }
+            let ready =
+                !st.imms.is_empty() && !st.flushing && !self.is_poisoned.load(Ordering::Acquire);
+            if !ready {
+                self.state_cv.wait_for(&mut st, Duration::from_millis(200));
+                continue;
+            }
+            let imm = st.imms.front().expect("checked non-empty");
+            let (mem, next_gen, last_seq, applied, ordinal) = (
+                imm.mem.clone(),
+                imm.next_gen,
+                imm.last_seq,
+                imm.applied.clone(),
+                imm.ordinal,
+            );
+            st.flushing = true;
+            drop(st);
+            let t = Instant::now();
+            let res = self.run_flush(&mem);
+            st = self.state.lock();
+            st.flushing = false;
+            match res {
+                Ok(outputs) => {
+                    let bytes: u64 = outputs.iter().map(|m| m.desc.size).sum();
+                    let edit = VersionEdit {
+                        added: outputs.iter().map(|m| (0, m.desc.clone())).collect(),
+                        log_floor: Some(next_gen),
+                        last_seq: Some(last_seq),
+                        applied: applied.into_iter().collect(),
+                        ..Default::default()
+                    };
+                    let front_matches = st.imms.front().is_some_and(|i| i.ordinal == ordinal);
+                    debug_assert!(front_matches, "only the flusher pops frozen memtables");
+                    st.imms.pop_front();
+                    if let Err(e) = self.log_and_apply(&mut st, edit, &outputs) {
+                        for m in &outputs {
+                            m.mark_obsolete();
+                        }
+                        self.note_bg_error(&mut st, &e);
+                        continue;
+                    }
+                    st.flushed_total += 1;
+                    st.bg_error = None;
+                    Counters::add(&self.counters.flushes, "nokv_flushes_total", 1);
+                    Counters::add(&self.counters.flush_bytes, "nokv_flush_bytes_total", bytes);
+                    Counters::add(
+                        &self.counters.flush_micros,
+                        "nokv_flush_micros_total",
+                        t.elapsed().as_micros() as u64,
+                    );
+                    self.state_cv.notify_all();
+                }
+                Err(e) => {
+                    self.note_bg_error(&mut st, &e);
+                    // Back off before retrying so a full disk is not hammered.
+                    self.state_cv.wait_for(&mut st, Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn note_bg_error(&self, st: &mut State, e: &Error) {
+        tracing::error!(error = %e, "background work failed");
+        Counters::add(
+            &self.counters.background_errors,
+            "nokv_background_errors_total",
+            1,
+        );
+        st.bg_error = Some(e.to_string());
+        st.bg_errors += 1;
+        self.state_cv.notify_all();
+    }
+
+    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<Vec<Arc<FileMeta>>> {
+        if mem.is_empty() {
+            return Ok(Vec::new());
+        }
+        let settings = JobSettings::new(
+            &self.opts,
+            0,
+            self.dir.clone(),
+            self.fs.clone(),
+            self.next_file_number.clone(),
+            self.cache.clone(),
+        );
+        let mut job = MergeJob::new(
+            Box::new(mem.iter()),
+            settings,
+            self.smallest_snapshot(),
+            false,
+        );
+        self.drive(&mut job)?;
+        Ok(job
+            .finish()?
+            .into_iter()
+            .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
+            .collect())
+    }
+
+    /// Runs a job's steps until done, abandoning it if the database shuts down.
+    fn drive(&self, job: &mut MergeJob) -> Result<()> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                job.abandon();
+                return Err(Error::Closed);
+            }
+            match job.step(STEP_ENTRIES) {
+                Ok(Step::More) => {}
+                Ok(Step::Done) => return Ok(()),
+                Err(e) => {
+                    job.abandon();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn compaction_loop(&self) {
+        let mut st = self.state.lock();
+        loop {
+            if st.shutting_down {
+                return;
+            }
+            let plan = if self.is_poisoned.load(Ordering::Acquire) {
+                None
+            } else {
+                compaction::pick(&st.version, &self.opts)
+            };
+            let Some(plan) = plan else {
+                self.state_cv.wait_for(&mut st, Duration::from_millis(200));
+                continue;
+            };
+            plan.set_being_compacted(true);
+            st.compacting += 1;
+            drop(st);
+            let t = Instant::now();
+            let res = self.run_compaction(&plan);
+            st = self.state.lock();
+            st.compacting -= 1;
+            plan.set_being_compacted(false);
+            match res {
+                Ok((edit, outputs)) => {
+                    let written: u64 = outputs.iter().map(|m| m.desc.size).sum();
+                    if let Err(e) = self.log_and_apply(&mut st, edit, &outputs) {
+                        for m in &outputs {
+                            m.mark_obsolete();
+                        }
+                        self.note_bg_error(&mut st, &e);
+                        continue;
+                    }
+                    if plan.trivial_move {
+                        Counters::add(&self.counters.trivial_moves, "nokv_trivial_moves_total", 1);
+                    } else {
+                        for f in plan.all_inputs() {
+                            f.mark_obsolete();
+                        }
+                        let read: u64 = plan.all_inputs().map(|f| f.desc.size).sum();
+                        Counters::add(&self.counters.compactions, "nokv_compactions_total", 1);
+                        Counters::add(
+                            &self.counters.compaction_bytes_read,
+                            "nokv_compaction_bytes_read_total",
+                            read,
+                        );
+                        Counters::add(
+                            &self.counters.compaction_bytes_written,
+                            "nokv_compaction_bytes_written_total",
+                            written,
+                        );
+                        Counters::add(
+                            &self.counters.compaction_micros,
+                            "nokv_compaction_micros_total",
+                            t.elapsed().as_micros() as u64,
+                        );
+                    }
+                    self.state_cv.notify_all();
+                }
+                Err(Error::Closed) => return,
+                Err(e) => {
+                    self.note_bg_error(&mut st, &e);
+                    self.state_cv.wait_for(&mut st, Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn run_compaction(&self, plan: &Plan) -> Result<(VersionEdit, Vec<Arc<FileMeta>>)> {
+        let mut edit = VersionEdit::default();
+        for f in &plan.inputs {
+            edit.deleted.push((plan.level, f.desc.number));
+        }
+        for f in &plan.next_inputs {
+            edit.deleted.push((plan.output_level, f.desc.number));
+        }
+        if plan.trivial_move {
+            let f = &plan.inputs[0];
+            edit.added.push((plan.output_level, f.desc.clone()));
+            return Ok((edit, vec![f.clone()]));
+        }
+        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+        if plan.level == 0 {
+            for f in &plan.inputs {
+                children.push(Box::new(f.table.iter(false)));
+            }
+        } else {
+            children.push(Box::new(LevelIterator::new(plan.inputs.clone(), false)));
+        }
+        if !plan.next_inputs.is_empty() {
+            children.push(Box::new(LevelIterator::new(
+                plan.next_inputs.clone(),
+                false,
+            )));
+        }
+        let settings = JobSettings::new(
+            &self.opts,
+            plan.output_level,
+            self.dir.clone(),
+            self.fs.clone(),
+            self.next_file_number.clone(),
+            self.cache.clone(),
+        );
+        let mut job = MergeJob::new(
+            Box::new(MergingIterator::new(children)),
+            settings,
+            self.smallest_snapshot(),
+            plan.bottommost,
+        );
+        self.drive(&mut job)?;
+        let outputs: Vec<Arc<FileMeta>> = job
+            .finish()?
+            .into_iter()
+            .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
+            .collect();
+        for m in &outputs {
+            edit.added.push((plan.output_level, m.desc.clone()));
+        }
+        Ok((edit, outputs))
+    }
+
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let st = self.state.lock();
+        let levels: Vec<LevelStats> = st
+            .version
+            .levels
+            .iter()
+            .map(|files| LevelStats {
+                files: files.len(),
+                bytes: files.iter().map(|f| f.desc.size).sum(),
+            })
+            .collect();
+        let base_level = compaction::level_targets(&st.version, &self.opts).base_level;
+        let memtable_bytes = (st.mem.approximate_bytes()
+            + st.imms
+                .iter()
+                .map(|i| i.mem.approximate_bytes())
+                .sum::<usize>()) as u64;
+        let immutable_memtables = st.imms.len();
+        drop(st);
+        let wal_segments = self.write.try_lock().map_or(0, |ws| ws.wal.live_segments());
+        let user_bytes = ld(&c.user_bytes);
+        let sst_written = ld(&c.flush_bytes) + ld(&c.compaction_bytes_written);
+        Stats {
+            user_bytes,
+            user_writes: ld(&c.user_writes),
+            wal_bytes: ld(&c.wal_bytes),
+            wal_syncs: ld(&c.wal_syncs),
+            wal_groups: ld(&c.wal_groups),
+            wal_group_writes: ld(&c.wal_group_writes),
+            flushes: ld(&c.flushes),
+            flush_bytes: ld(&c.flush_bytes),
+            flush_micros: ld(&c.flush_micros),
+            compactions: ld(&c.compactions),
+            trivial_moves: ld(&c.trivial_moves),
+            compaction_bytes_read: ld(&c.compaction_bytes_read),
+            compaction_bytes_written: ld(&c.compaction_bytes_written),
+            compaction_micros: ld(&c.compaction_micros),
+            stall_micros: ld(&c.stall_micros),
+            slowdowns: ld(&c.slowdowns),
+            background_errors: ld(&c.background_errors),
+            write_amplification: if user_bytes == 0 {
+                0.0
+            } else {
+                sst_written as f64 / user_bytes as f64
+            },
+            levels,
+            base_level,
+            block_cache_hits: self.cache.as_ref().map_or(0, |c| c.hits()),
+            block_cache_misses: self.cache.as_ref().map_or(0, |c| c.misses()),
+            block_cache_bytes: self.cache.as_ref().map_or(0, |c| c.usage_bytes() as u64),
+            memtable_bytes,
+            immutable_memtables,
+            wal_segments,
+            last_sequence: self.last_seq.load(Ordering::Acquire),
+        }
+    }
+
+    /// Syncs the WAL, stops and joins background threads, releases the lock. Idempotent.
+    fn shutdown(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let sync_res = {
+            let mut ws = self.write.lock();
+            if self.is_poisoned.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                ws.wal.sync()
+            }
+        };
+        self.state.lock().shutting_down = true;
+        self.state_cv.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a background thread panicked");
+            }
+        }
+        self.lock.lock().take();
+        sync_res
+    }
+}

@@ -1,0 +1,277 @@
+//! The user-facing iterator: newest visible version of each key, bounded, both directions.
+
+use crate::error::Result;
+use crate::iter::InternalIterator;
+use crate::key::{lookup_key, make_internal_key, parse_trailer, Kind, MAX_SEQ};
+use crate::snapshot::SnapshotGuard;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// Iterates over the user keys of one namespace as of a fixed sequence number.
+///
+/// In the forward direction the cursor reads key and value from the merged
+/// internal cursor; in reverse it copies the newest visible entry of the
+/// current key (entries of one key are met oldest first when moving back).
+pub struct DbIterator {
+    inner: Box<dyn InternalIterator>,
+    seq: u64,
+    ns: u8,
+    /// Inclusive lower bound as a logical key (namespace byte included).
+    lower: Vec<u8>,
+    /// Exclusive upper bound as a logical key.
+    upper: Vec<u8>,
+    direction: Direction,
+    valid: bool,
+    saved_key: Vec<u8>,
+    saved_value: Vec<u8>,
+    _snapshot: SnapshotGuard,
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last != 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+impl DbIterator {
+    /// Wraps a merged internal cursor; bounds are user keys within namespace `ns`.
+    pub(crate) fn new(
+        inner: Box<dyn InternalIterator>,
+        seq: u64,
+        ns: u8,
+        lower: Option<&[u8]>,
+        upper: Option<&[u8]>,
+        prefix: Option<&[u8]>,
+        snapshot: SnapshotGuard,
+    ) -> DbIterator {
+        let mut lo = vec![ns];
+        let mut lo_user: &[u8] = lower.unwrap_or(&[]);
+        if let Some(p) = prefix {
+            lo_user = lo_user.max(p);
+        }
+        lo.extend_from_slice(lo_user);
+        let mut up_user: Option<Vec<u8>> = upper.map(|u| u.to_vec());
+        if let Some(succ) = prefix.and_then(prefix_successor) {
+            up_user = Some(match up_user {
+                Some(u) if u < succ => u,
+                _ => succ,
+            });
+        }
+        let up = match up_user {
+            Some(u) => {
+                let mut v = vec![ns];
+                v.extend_from_slice(&u);
+                v
+            }
+            None => vec![ns + 1],
+        };
+        DbIterator {
+            inner,
+            seq,
+            ns,
+            lower: lo,
+            upper: up,
+            direction: Direction::Forward,
+            valid: false,
+            saved_key: Vec::new(),
+            saved_value: Vec::new(),
+            _snapshot: snapshot,
+        }
+    }
+
+    /// True when the iterator points at a key.
+    pub fn valid(&self) -> bool {
+        self.valid
+    }
+
+    /// The current user key; requires `valid()`.
+    pub fn key(&self) -> &[u8] {
+        assert!(self.valid, "key() on an invalid iterator");
+        match self.direction {
+            Direction::Forward => &crate::key::logical_key(self.inner.key())[1..],
+            Direction::Reverse => &self.saved_key[1..],
+        }
+    }
+
+    /// The current value; requires `valid()`.
+    pub fn value(&self) -> &[u8] {
+        assert!(self.valid, "value() on an invalid iterator");
+        match self.direction {
+            Direction::Forward => self.inner.value(),
+            Direction::Reverse => &self.saved_value,
+        }
+    }
+
+    /// The first IO or corruption error met, if any.
+    pub fn status(&self) -> Result<()> {
+        self.inner.status()
+    }
+
+    /// Positions at the first key within the bounds.
+    pub fn seek_to_first(&mut self) {
+        let lo = self.lower.clone();
+        self.seek_logical(&lo);
+    }
+
+    /// Positions at the last key within the bounds.
+    pub fn seek_to_last(&mut self) {
+        let target = lookup_key(&self.upper, MAX_SEQ);
+        self.inner.seek_for_prev(&target);
+        self.direction = Direction::Reverse;
+        self.find_prev_user_entry();
+    }
+
+    /// Positions at the first key >= `key` (clamped to the bounds).
+    pub fn seek(&mut self, key: &[u8]) {
+        let mut logical = Vec::with_capacity(key.len() + 1);
+        logical.push(self.ns);
+        logical.extend_from_slice(key);
+        if logical < self.lower {
+            logical = self.lower.clone();
+        }
+        self.seek_logical(&logical);
+    }
+
+    /// Positions at the last key <= `key` (clamped to the bounds).
+    pub fn seek_for_prev(&mut self, key: &[u8]) {
+        let mut logical = Vec::with_capacity(key.len() + 1);
+        logical.push(self.ns);
+        logical.extend_from_slice(key);
+        if logical >= self.upper {
+            self.seek_to_last();
+            return;
+        }
+        self.inner.seek_for_prev(&make_internal_key(&logical, 0, 0));
+        self.direction = Direction::Reverse;
+        self.find_prev_user_entry();
+    }
+
+    /// Moves to the next key; requires `valid()`.
+    pub fn next(&mut self) {
+        assert!(self.valid, "next() on an invalid iterator");
+        if self.direction == Direction::Reverse {
+            self.direction = Direction::Forward;
+            let target = lookup_key(&self.saved_key, MAX_SEQ);
+            self.inner.seek(&target);
+        } else {
+            self.saved_key.clear();
+            self.saved_key
+                .extend_from_slice(crate::key::logical_key(self.inner.key()));
+        }
+        // The inner cursor is at some entry of saved_key: skip all of them.
+        self.find_next_user_entry(true);
+    }
+
+    /// Moves to the previous key; requires `valid()`.
+    pub fn prev(&mut self) {
+        assert!(self.valid, "prev() on an invalid iterator");
+        if self.direction == Direction::Forward {
+            self.saved_key.clear();
+            self.saved_key
+                .extend_from_slice(crate::key::logical_key(self.inner.key()));
+            loop {
+                self.inner.prev();
+                if !self.inner.valid() {
+                    self.valid = false;
+                    self.saved_key.clear();
+                    return;
+                }
+                if crate::key::logical_key(self.inner.key()) < &self.saved_key[..] {
+                    break;
+                }
+            }
+            self.direction = Direction::Reverse;
+        }
+        self.find_prev_user_entry();
+    }
+
+    fn seek_logical(&mut self, logical: &[u8]) {
+        self.direction = Direction::Forward;
+        self.inner.seek(&lookup_key(logical, self.seq));
+        self.find_next_user_entry(false);
+    }
+
+    /// Advances the inner cursor to the newest visible put of a key not yet returned.
+    fn find_next_user_entry(&mut self, mut skipping: bool) {
+        while self.inner.valid() {
+            let ikey = self.inner.key();
+            let logical = crate::key::logical_key(ikey);
+            if logical >= &self.upper[..] {
+                break;
+            }
+            let (seq, kind) = parse_trailer(ikey);
+            if seq <= self.seq && !(skipping && logical <= &self.saved_key[..]) {
+                if kind == Kind::Delete as u8 {
+                    self.saved_key.clear();
+                    self.saved_key.extend_from_slice(logical);
+                    skipping = true;
+                } else {
+                    self.valid = true;
+                    return;
+                }
+            }
+            self.inner.next();
+        }
+        self.valid = false;
+    }
+
+    /// Moves back to the newest visible put of the previous key and copies it.
+    fn find_prev_user_entry(&mut self) {
+        let mut found_put = false;
+        while self.inner.valid() {
+            let ikey = self.inner.key();
+            let logical = crate::key::logical_key(ikey);
+            if found_put && logical < &self.saved_key[..] {
+                break;
+            }
+            if logical < &self.lower[..] {
+                break;
+            }
+            let (seq, kind) = parse_trailer(ikey);
+            if seq <= self.seq && logical < &self.upper[..] {
+                if kind == Kind::Delete as u8 {
+                    found_put = false;
+                    self.saved_key.clear();
+                    self.saved_value.clear();
+                } else {
+                    found_put = true;
+                    self.saved_key.clear();
+                    self.saved_key.extend_from_slice(logical);
+                    self.saved_value.clear();
+                    self.saved_value.extend_from_slice(self.inner.value());
+                }
+            }
+            self.inner.prev();
+        }
+        if found_put {
+            self.valid = true;
+        } else {
+            self.valid = false;
+            self.saved_key.clear();
+            self.saved_value.clear();
+            self.direction = Direction::Forward;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff\xff"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The engine's error type: every failure names what it was doing and where.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the embedded engine can return.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An IO call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What the engine was doing ("open", "write", "fdatasync", ...).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Persistent data failed a checksum or structural check.
+    #[error("corruption in {path} at offset {offset}: {msg}")]
+    Corruption {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damaged record or block.
+        offset: u64,
+        /// What was wrong.
+        msg: String,
+    },
+    /// A file written by a newer or unknown format version.
+    #[error("{path}: unsupported format version {version} (this build reads up to {max})")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Version found in the file.
+        version: u32,
+        /// Highest version this build understands.
+        max: u32,
+    },
+    /// A key of length zero was given.
+    #[error("empty key")]
+    EmptyKey,
+    /// A key longer than `Options::max_key_bytes`.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// Length of the key.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A value longer than `Options::max_value_bytes`.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Length of the value.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A batch whose encoded size exceeds `Options::max_batch_bytes`.
+    #[error("write batch of {len} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge {
+        /// Encoded size of the batch.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// The directory is already open in this or another process.
+    #[error("database directory {path} is locked: it is open in another process or handle")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// A durability failure happened earlier; the database refuses writes until reopened.
+    #[error("database is read-only after an earlier failure ({0}); close and reopen it")]
+    Poisoned(String),
+    /// A flush or compaction failed (e.g. disk full); it is retried in the background.
+    #[error("background work failed: {0}")]
+    Background(String),
+    /// The database was closed.
+    #[error("database is closed")]
+    Closed,
+    /// An argument or option is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Wraps an IO error with the operation and path it came from.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds a corruption error for `path` at `offset`.
+    pub fn corruption(path: impl Into<PathBuf>, offset: u64, msg: impl Into<String>) -> Error {
+        Error::Corruption {
+            path: path.into(),
+            offset,
+            msg: msg.into(),
+        }
+    }
+
+    /// True when the error is the OS reporting a full disk.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// Attaches an operation and path to `std::io::Result`s.
+pub(crate) trait IoContext<T> {
+    /// Converts the IO error into [`Error::Io`] naming `op` and `path`.
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}

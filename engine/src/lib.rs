@@ -1,0 +1,44 @@
+//! NoKV's embedded storage engine: a durable, crash-safe LSM key-value store.
+//!
+//! ```no_run
+//! let db = nokv::Db::open("/tmp/nokv-example", nokv::Options::default())?;
+//! db.put(b"hello", b"world")?;
+//! assert_eq!(db.get(b"hello")?, Some(b"world".to_vec()));
+//! db.close()?;
+//! # Ok::<(), nokv::Error>(())
+//! ```
+//!
+//! Layout: [`wal`] (write-ahead log), [`memtable`], [`sst`] (tables),
+//! [`manifest`] + [`version`] (which files are live), [`compaction`], [`fs`]
+//! (the IO boundary), and [`Db`] tying them together. The byte formats are
+//! described in `docs/format.md`.
+
+pub mod batch;
+pub mod cache;
+pub mod codec;
+pub mod compaction;
+pub mod db;
+pub mod db_iter;
+pub mod error;
+pub mod filename;
+pub mod fs;
+pub mod iter;
+pub mod key;
+pub mod manifest;
+pub mod memtable;
+pub mod merge;
+pub mod options;
+pub mod record;
+pub mod snapshot;
+pub mod sst;
+pub mod stats;
+pub mod version;
+pub mod wal;
+
+pub use batch::WriteBatch;
+pub use db::Db;
+pub use db_iter::DbIterator;
+pub use error::{Error, Result};
+pub use options::{Compression, Durability, IoBackend, Options, ReadOptions, WriteOptions};
+pub use stats::{LevelStats, Stats};
+pub use wal::WalPosition;

@@ -1,0 +1,198 @@
+//! The in-memory write buffer: an arena-backed concurrent skiplist of internal keys.
+//!
+//! One writer at a time inserts (callers are serialized by an internal mutex);
+//! readers — point lookups and iterators — never take a lock and never block
+//! on the writer. Entries are never removed; the whole memtable (with its
+//! arena) is freed when the last [`Arc`] to it drops.
+
+mod arena;
+mod skiplist;
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::iter::InternalIterator;
+use crate::key::{encode_trailer, parse_trailer, Kind, KIND_SEEK, MAX_SEQ, TRAILER_LEN};
+use skiplist::{Node, NodeRef, SkipList, Target};
+
+/// Result of a point lookup that found an entry for the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The newest visible entry is a tombstone.
+    Deleted,
+    /// The newest visible entry is a value.
+    Value(Vec<u8>),
+}
+
+/// A sorted, insert-only in-memory table of internal keys (`Send + Sync`).
+pub struct Memtable {
+    list: SkipList,
+}
+
+impl Memtable {
+    /// Creates an empty memtable expecting about `capacity_hint` bytes (sizes its arena chunks).
+    pub fn new(capacity_hint: usize) -> Memtable {
+        Memtable {
+            list: SkipList::new(capacity_hint),
+        }
+    }
+
+    /// Inserts one entry; concurrent callers are serialized, readers are never blocked.
+    ///
+    /// Inserting an internal key (logical key, `seq`, `kind`) that is already
+    /// present shadows the older copy; the engine never does this.
+    pub fn add(&self, seq: u64, kind: Kind, logical_key: &[u8], value: &[u8]) {
+        self.list
+            .insert(logical_key, encode_trailer(seq, kind as u8), value);
+    }
+
+    /// Newest entry for `logical_key` with sequence <= `seq` (`seq` above `MAX_SEQ` means "latest").
+    pub fn get(&self, logical_key: &[u8], seq: u64) -> Option<Lookup> {
+        let trailer = encode_trailer(seq.min(MAX_SEQ), KIND_SEEK);
+        let target = Target {
+            logical: logical_key,
+            trailer: u64::from_be_bytes(trailer),
+        };
+        let node = self.list.find_ge(&target)?;
+        let key = node.key();
+        let (logical, trailer) = key.split_at(key.len() - TRAILER_LEN);
+        if logical != logical_key {
+            return None;
+        }
+        match Kind::from_u8(parse_trailer(trailer).1) {
+            Some(Kind::Delete) => Some(Lookup::Deleted),
+            Some(Kind::Put) => Some(Lookup::Value(node.value().to_vec())),
+            None => unreachable!("memtable holds an entry of unknown kind"),
+        }
+    }
+
+    /// Arena bytes used by entries (drives rotation by size).
+    pub fn approximate_bytes(&self) -> usize {
+        self.list.bytes()
+    }
+
+    /// Number of entries (versions and tombstones each count).
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// True when nothing was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A cursor over all entries in internal key order; it keeps the memtable alive.
+    pub fn iter(self: &Arc<Self>) -> MemtableIterator {
+        MemtableIterator {
+            mem: Arc::clone(self),
+            node: None,
+        }
+    }
+}
+
+impl fmt::Debug for Memtable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memtable")
+            .field("len", &self.len())
+            .field("approximate_bytes", &self.approximate_bytes())
+            .finish()
+    }
+}
+
+/// A bidirectional cursor over a memtable; entries inserted while it is open may or may not be seen.
+pub struct MemtableIterator {
+    /// Keeps the arena (and so `node`) alive.
+    mem: Arc<Memtable>,
+    /// Current node; None when not valid.
+    node: Option<NonNull<Node>>,
+}
+
+// SAFETY: `node` points into the arena of `mem`, which this iterator keeps alive
+// through the Arc; the node is immutable except for atomic links, so the
+// cursor may move to and be used from another thread.
+unsafe impl Send for MemtableIterator {}
+// SAFETY: `&MemtableIterator` only allows reading immutable node data.
+unsafe impl Sync for MemtableIterator {}
+
+impl MemtableIterator {
+    /// The current node, if valid.
+    #[inline]
+    fn current(&self) -> Option<NodeRef<'_>> {
+        // SAFETY: `node` was obtained from `self.mem.list` and the list lives as long
+        // as `self.mem`, which outlives the returned borrow of `self`.
+        self.node.map(|p| unsafe { NodeRef::from_raw(p) })
+    }
+
+    /// The current node; panics when the cursor is not valid (a caller bug).
+    #[inline]
+    fn current_valid(&self) -> NodeRef<'_> {
+        match self.current() {
+            Some(n) => n,
+            None => panic!("MemtableIterator used while not valid"),
+        }
+    }
+
+    /// The memtable this cursor reads.
+    pub fn memtable(&self) -> &Arc<Memtable> {
+        &self.mem
+    }
+}
+
+impl fmt::Debug for MemtableIterator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemtableIterator")
+            .field("valid", &self.node.is_some())
+            .finish()
+    }
+}
+
+impl InternalIterator for MemtableIterator {
+    fn valid(&self) -> bool {
+        self.node.is_some()
+    }
+
+    fn seek_to_first(&mut self) {
+        self.node = self.mem.list.head().next(0).map(NodeRef::as_raw);
+    }
+
+    fn seek_to_last(&mut self) {
+        self.node = self.mem.list.find_last().map(NodeRef::as_raw);
+    }
+
+    fn seek(&mut self, target: &[u8]) {
+        let t = Target::from_internal(target);
+        self.node = self.mem.list.find_ge(&t).map(NodeRef::as_raw);
+    }
+
+    fn seek_for_prev(&mut self, target: &[u8]) {
+        let t = Target::from_internal(target);
+        self.node = self.mem.list.find_before(&t, true).map(NodeRef::as_raw);
+    }
+
+    fn next(&mut self) {
+        self.node = self.current_valid().next(0).map(NodeRef::as_raw);
+    }
+
+    fn prev(&mut self) {
+        let key = self.current_valid().key();
+        let t = Target::from_internal(key);
+        self.node = self.mem.list.find_before(&t, false).map(NodeRef::as_raw);
+    }
+
+    fn key(&self) -> &[u8] {
+        self.current_valid().key()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.current_valid().value()
+    }
+
+    fn status(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! Tuning knobs for [`crate::Db`], with defaults sized for a small server.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::fs::FileSystem;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledge after the WAL record is fdatasync'ed (no acknowledged write is lost).
+    #[default]
+    Sync,
+    /// Acknowledge after the WAL record is handed to the OS. A process crash loses
+    /// nothing; a power loss or kernel crash loses the writes since the last sync,
+    /// at most `Options::relaxed_sync_interval_bytes` of WAL.
+    Relaxed,
+}
+
+/// Block compression for SST files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Blocks are stored as written.
+    #[default]
+    None,
+    /// LZ4 block compression (kept only when it saves at least 1/8 of the block).
+    Lz4,
+}
+
+/// Which IO backend the engine uses for its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// Plain positional syscalls.
+    #[default]
+    Std,
+    /// WAL and SST writes and syncs submitted through io_uring.
+    Uring,
+}
+
+/// Called for every opaque WAL record during recovery: (record type, payload).
+pub type OpaqueReplay = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+
+/// Options for [`crate::Db::open`].
+#[derive(Clone)]
+pub struct Options {
+    /// Create the directory and an empty database if none exists.
+    pub create_if_missing: bool,
+    /// Fail if a database already exists.
+    pub error_if_exists: bool,
+    /// Default durability of writes (overridable per write).
+    pub durability: Durability,
+    /// With `Relaxed` writes, fdatasync the WAL after this many unsynced bytes.
+    pub relaxed_sync_interval_bytes: u64,
+    /// Size at which the active memtable is frozen and flushed.
+    pub write_buffer_bytes: usize,
+    /// Frozen memtables waiting for flush before writes stop.
+    pub max_immutable_memtables: usize,
+    /// Size of one preallocated WAL segment.
+    pub wal_segment_bytes: u64,
+    /// Obsolete WAL segments kept for reuse instead of being deleted.
+    pub wal_recycle_segments: usize,
+    /// Target size of an uncompressed SST data block.
+    pub block_bytes: usize,
+    /// Keys between restart points inside a block (prefix compression span).
+    pub block_restart_interval: usize,
+    /// Bloom filter bits per key (0 disables filters).
+    pub bloom_bits_per_key: usize,
+    /// Block cache budget in bytes (0 disables the cache).
+    pub block_cache_bytes: usize,
+    /// Target size of one SST file written by compaction.
+    pub target_file_bytes: u64,
+    /// Target size of the base level (dynamic level targets grow down from the last level).
+    pub level_base_bytes: u64,
+    /// Size ratio between adjacent levels.
+    pub level_multiplier: u64,
+    /// Number of levels, L0 included.
+    pub num_levels: usize,
+    /// L0 file count that triggers a compaction.
+    pub l0_compaction_trigger: usize,
+    /// L0 file count at which writes are slowed down.
+    pub l0_slowdown_trigger: usize,
+    /// L0 file count at which writes stop until compaction catches up.
+    pub l0_stop_trigger: usize,
+    /// Compression for each level; levels past the end use the last entry.
+    pub compression_per_level: Vec<Compression>,
+    /// Background compaction threads.
+    pub compaction_threads: usize,
+    /// Manifest size after which it is rewritten as a snapshot.
+    pub manifest_rewrite_bytes: u64,
+    /// Largest accepted user key.
+    pub max_key_bytes: usize,
+    /// Largest accepted value.
+    pub max_value_bytes: usize,
+    /// Largest accepted encoded write batch.
+    pub max_batch_bytes: usize,
+    /// IO backend used when `fs` is not set.
+    pub io_backend: IoBackend,
+    /// Filesystem override (fault injection in tests).
+    pub fs: Option<Arc<dyn FileSystem>>,
+    /// Receives opaque WAL records during recovery, oldest first.
+    pub opaque_replay: Option<OpaqueReplay>,
+    /// TEST ONLY: acknowledge `Sync` writes without fdatasync. Exists so crash
+    /// tests can prove they detect lost writes. Never set this in production.
+    #[doc(hidden)]
+    pub unsafe_ack_before_sync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: true,
+            error_if_exists: false,
+            durability: Durability::Sync,
+            relaxed_sync_interval_bytes: 4 << 20,
+            write_buffer_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            wal_segment_bytes: 64 << 20,
+            wal_recycle_segments: 4,
+            block_bytes: 4096,
+            block_restart_interval: 16,
+            bloom_bits_per_key: 10,
+            block_cache_bytes: 64 << 20,
+            target_file_bytes: 64 << 20,
+            level_base_bytes: 256 << 20,
+            level_multiplier: 10,
+            num_levels: 7,
+            l0_compaction_trigger: 4,
+            l0_slowdown_trigger: 20,
+            l0_stop_trigger: 36,
+            compression_per_level: vec![Compression::None],
+            compaction_threads: 1,
+            manifest_rewrite_bytes: 8 << 20,
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 16 << 20,
+            max_batch_bytes: 32 << 20,
+            io_backend: IoBackend::Std,
+            fs: None,
+            opaque_replay: None,
+            unsafe_ack_before_sync: false,
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .field("wal_segment_bytes", &self.wal_segment_bytes)
+            .field("block_bytes", &self.block_bytes)
+            .field("bloom_bits_per_key", &self.bloom_bits_per_key)
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("target_file_bytes", &self.target_file_bytes)
+            .field("level_base_bytes", &self.level_base_bytes)
+            .field("l0_compaction_trigger", &self.l0_compaction_trigger)
+            .field("compression_per_level", &self.compression_per_level)
+            .field("io_backend", &self.io_backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-write options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Overrides the database's default durability for this write.
+    pub durability: Option<Durability>,
+}
+
+/// Options for reads and iterators.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Inclusive lower bound on user keys.
+    pub lower_bound: Option<Vec<u8>>,
+    /// Exclusive upper bound on user keys.
+    pub upper_bound: Option<Vec<u8>>,
+    /// Only keys starting with this prefix.
+    pub prefix: Option<Vec<u8>>,
+    /// Skip adding blocks read by this operation to the block cache.
+    pub skip_cache_fill: bool,
+}

@@ -1,0 +1,163 @@
+//! Counters the engine keeps, and the [`Stats`] snapshot returned by `Db::stats()`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters, updated with relaxed atomics and mirrored to the `metrics` facade.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub user_bytes: AtomicU64,
+    pub user_writes: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_groups: AtomicU64,
+    pub wal_group_writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_bytes: AtomicU64,
+    pub flush_micros: AtomicU64,
+    pub compactions: AtomicU64,
+    pub trivial_moves: AtomicU64,
+    pub compaction_bytes_read: AtomicU64,
+    pub compaction_bytes_written: AtomicU64,
+    pub compaction_micros: AtomicU64,
+    pub stall_micros: AtomicU64,
+    pub slowdowns: AtomicU64,
+    pub background_errors: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `v` to counter `c` and to the metric `name`.
+    pub fn add(c: &AtomicU64, name: &'static str, v: u64) {
+        c.fetch_add(v, Ordering::Relaxed);
+        metrics::counter!(name).increment(v);
+    }
+}
+
+/// Files and bytes in one level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelStats {
+    /// Number of SST files.
+    pub files: usize,
+    /// Total bytes of those files.
+    pub bytes: u64,
+}
+
+/// A point-in-time snapshot of engine statistics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Key and value bytes written by callers.
+    pub user_bytes: u64,
+    /// Write operations (batch entries) by callers.
+    pub user_writes: u64,
+    /// Bytes appended to the WAL.
+    pub wal_bytes: u64,
+    /// fdatasync calls on the WAL.
+    pub wal_syncs: u64,
+    /// Group commits (WAL writes), each carrying one or more batches.
+    pub wal_groups: u64,
+    /// Batches committed through group commits.
+    pub wal_group_writes: u64,
+    /// Memtable flushes.
+    pub flushes: u64,
+    /// Bytes written by flushes.
+    pub flush_bytes: u64,
+    /// Time spent in flushes, microseconds.
+    pub flush_micros: u64,
+    /// Compactions that rewrote data.
+    pub compactions: u64,
+    /// Compactions that only moved a file to another level.
+    pub trivial_moves: u64,
+    /// Bytes read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Bytes written by compactions.
+    pub compaction_bytes_written: u64,
+    /// Time spent in compactions, microseconds.
+    pub compaction_micros: u64,
+    /// Time writers spent stalled or slowed, microseconds.
+    pub stall_micros: u64,
+    /// Write groups that were slowed down by L0 pressure.
+    pub slowdowns: u64,
+    /// Flush or compaction failures.
+    pub background_errors: u64,
+    /// SST bytes written per user byte: (flush + compaction writes) / user bytes.
+    pub write_amplification: f64,
+    /// Files and bytes per level.
+    pub levels: Vec<LevelStats>,
+    /// The level L0 compacts into.
+    pub base_level: usize,
+    /// Block cache hits.
+    pub block_cache_hits: u64,
+    /// Block cache misses.
+    pub block_cache_misses: u64,
+    /// Bytes held by the block cache.
+    pub block_cache_bytes: u64,
+    /// Bytes held by the active and frozen memtables.
+    pub memtable_bytes: u64,
+    /// Frozen memtables waiting for flush.
+    pub immutable_memtables: usize,
+    /// Live WAL segments.
+    pub wal_segments: usize,
+    /// Last published sequence number.
+    pub last_sequence: u64,
+}
+
+impl Stats {
+    /// Block cache hit rate in [0, 1] (0 when nothing was read).
+    pub fn block_cache_hit_rate(&self) -> f64 {
+        let total = self.block_cache_hits + self.block_cache_misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.block_cache_hits as f64 / total as f64
+        }
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "level  files        bytes")?;
+        for (i, l) in self.levels.iter().enumerate() {
+            let mark = if i == self.base_level { " (base)" } else { "" };
+            writeln!(f, "L{i:<5} {:>5} {:>12}{mark}", l.files, l.bytes)?;
+        }
+        writeln!(
+            f,
+            "writes: {} ops, {} user bytes, {} WAL bytes, {} syncs, {} groups ({:.1} batches/group)",
+            self.user_writes,
+            self.user_bytes,
+            self.wal_bytes,
+            self.wal_syncs,
+            self.wal_groups,
+            self.wal_group_writes as f64 / self.wal_groups.max(1) as f64
+        )?;
+        writeln!(
+            f,
+            "flush: {} runs, {} bytes, {} ms; compaction: {} runs (+{} moves), {} read, {} written, {} ms",
+            self.flushes,
+            self.flush_bytes,
+            self.flush_micros / 1000,
+            self.compactions,
+            self.trivial_moves,
+            self.compaction_bytes_read,
+            self.compaction_bytes_written,
+            self.compaction_micros / 1000
+        )?;
+        writeln!(
+            f,
+            "write amplification: {:.2}; stalls: {} ms ({} slowdowns); background errors: {}",
+            self.write_amplification,
+            self.stall_micros / 1000,
+            self.slowdowns,
+            self.background_errors
+        )?;
+        write!(
+            f,
+            "block cache: {} bytes, hit rate {:.3}; memtables: {} bytes ({} frozen); WAL segments: {}",
+            self.block_cache_bytes,
+            self.block_cache_hit_rate(),
+            self.memtable_bytes,
+            self.immutable_memtables,
+            self.wal_segments
+        )
+    }
+}

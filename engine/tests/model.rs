@@ -1,0 +1,211 @@
+//! Model test: random put/delete/batch/flush/compact/reopen sequences against a `BTreeMap`,
+//! comparing point reads and full scans in both directions, bounds and prefixes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use common::*;
+use nokv::{Db, ReadOptions, WriteBatch};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum OpKind {
+    Put(u16, u16),
+    Delete(u16),
+    Batch(Vec<(u16, Option<u16>)>),
+    Get(u16),
+    Scan {
+        lo: Option<u16>,
+        hi: Option<u16>,
+        reverse: bool,
+    },
+    Prefix(u8),
+    Flush,
+    Compact,
+    Reopen,
+}
+
+fn k(i: u16) -> Vec<u8> {
+    format!("k{:02}{i:05}", i % 37).into_bytes()
+}
+
+fn v(i: u16, len: u16) -> Vec<u8> {
+    value_for(i as u64, len as u64, (len % 700) as usize + 1)
+}
+
+fn op() -> impl Strategy<Value = OpKind> {
+    let key = 0u16..400;
+    prop_oneof![
+        30 => (key.clone(), any::<u16>()).prop_map(|(a, b)| OpKind::Put(a, b)),
+        8 => key.clone().prop_map(OpKind::Delete),
+        6 => proptest::collection::vec((key.clone(), proptest::option::of(any::<u16>())), 1..12).prop_map(OpKind::Batch),
+        10 => key.clone().prop_map(OpKind::Get),
+        3 => (proptest::option::of(key.clone()), proptest::option::of(key.clone()), any::<bool>())
+            .prop_map(|(lo, hi, reverse)| OpKind::Scan { lo, hi, reverse }),
+        2 => (0u8..37).prop_map(OpKind::Prefix),
+        2 => Just(OpKind::Flush),
+        1 => Just(OpKind::Compact),
+        1 => Just(OpKind::Reopen),
+    ]
+}
+
+fn scan(db: &Db, ro: ReadOptions, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut it = db.iter(ro).expect("iter");
+    let mut out = Vec::new();
+    if reverse {
+        it.seek_to_last();
+        while it.valid() {
+            out.push((it.key().to_vec(), it.value().to_vec()));
+            it.prev();
+        }
+        out.reverse();
+    } else {
+        it.seek_to_first();
+        while it.valid() {
+            out.push((it.key().to_vec(), it.value().to_vec()));
+            it.next();
+        }
+    }
+    it.status().expect("iter status");
+    out
+}
+
+fn run(ops: Vec<OpKind>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = small_options();
+    let mut db = Db::open(dir.path(), opts.clone()).expect("open");
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (step, o) in ops.into_iter().enumerate() {
+        match o {
+            OpKind::Put(a, b) => {
+                db.put(&k(a), &v(a, b)).expect("put");
+                model.insert(k(a), v(a, b));
+            }
+            OpKind::Delete(a) => {
+                db.delete(&k(a)).expect("delete");
+                model.remove(&k(a));
+            }
+            OpKind::Batch(entries) => {
+                let mut b = WriteBatch::new();
+                for (a, val) in &entries {
+                    match val {
+                        Some(x) => {
+                            b.put(&k(*a), &v(*a, *x));
+                            model.insert(k(*a), v(*a, *x));
+                        }
+                        None => {
+                            b.delete(&k(*a));
+                            model.remove(&k(*a));
+                        }
+                    }
+                }
+                db.write(&b, &Default::default()).expect("batch");
+            }
+            OpKind::Get(a) => {
+                assert_eq!(
+                    db.get(&k(a)).expect("get"),
+                    model.get(&k(a)).cloned(),
+                    "step {step}"
+                );
+            }
+            OpKind::Scan { lo, hi, reverse } => {
+                let (lo, hi) = (lo.map(k), hi.map(k));
+                let ro = ReadOptions {
+                    lower_bound: lo.clone(),
+                    upper_bound: hi.clone(),
+                    ..Default::default()
+                };
+                if lo.is_some() && hi.is_some() && lo > hi {
+                    continue;
+                }
+                let want: Vec<_> = model
+                    .range::<Vec<u8>, _>((
+                        lo.as_ref().map_or(Bound::Unbounded, Bound::Included),
+                        hi.as_ref().map_or(Bound::Unbounded, Bound::Excluded),
+                    ))
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect();
+                assert_eq!(
+                    scan(&db, ro, reverse),
+                    want,
+                    "step {step} reverse {reverse}"
+                );
+            }
+            OpKind::Prefix(p) => {
+                let prefix = format!("k{p:02}").into_bytes();
+                let ro = ReadOptions {
+                    prefix: Some(prefix.clone()),
+                    ..Default::default()
+                };
+                let want: Vec<_> = model
+                    .iter()
+                    .filter(|(a, _)| a.starts_with(&prefix))
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect();
+                assert_eq!(scan(&db, ro.clone(), false), want, "step {step}");
+                assert_eq!(scan(&db, ro, true), want, "step {step} reverse");
+            }
+            OpKind::Flush => db.flush().expect("flush"),
+            OpKind::Compact => db.compact_all().expect("compact"),
+            OpKind::Reopen => {
+                db.close().expect("close");
+                db = Db::open(dir.path(), opts.clone()).expect("reopen");
+            }
+        }
+    }
+    let all: Vec<_> = model.into_iter().collect();
+    assert_eq!(scan(&db, ReadOptions::default(), false), all);
+    assert_eq!(scan(&db, ReadOptions::default(), true), all);
+    db.close().expect("close");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_btreemap_model(ops in proptest::collection::vec(op(), 1..300)) {
+        run(ops);
+    }
+}
+
+#[test]
+fn mixed_direction_iteration_matches_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), small_options()).expect("open");
+    let mut model = BTreeMap::new();
+    for i in 0..2000u16 {
+        let a = ((i as u32 * 7919) % 1000) as u16;
+        if i % 5 == 0 {
+            db.delete(&k(a)).expect("delete");
+            model.remove(&k(a));
+        } else {
+            db.put(&k(a), &v(a, i)).expect("put");
+            model.insert(k(a), v(a, i));
+        }
+        if i % 500 == 499 {
+            db.flush().expect("flush");
+        }
+    }
+    let keys: Vec<_> = model.keys().cloned().collect();
+    let mut it = db.iter(ReadOptions::default()).expect("iter");
+    it.seek(&keys[keys.len() / 2]);
+    let mut pos = keys.len() / 2;
+    // Walk a zig-zag: 3 forward, 2 back, repeatedly, checking each step.
+    for step in 0..400 {
+        assert!(it.valid(), "step {step}");
+        assert_eq!(it.key(), &keys[pos][..], "step {step}");
+        assert_eq!(it.value(), &model[&keys[pos]][..]);
+        if step % 5 < 3 {
+            if pos + 1 == keys.len() {
+                break;
+            }
+            it.next();
+            pos += 1;
+        } else {
+            it.prev();
+            pos -= 1;
+        }
+    }
+}
