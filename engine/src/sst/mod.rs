@@ -1,6 +1,6 @@
 //! Sorted string tables: immutable files of sorted internal keys.
 //!
-//! Layout (see `docs/format-sst.md`): data blocks, filter block, index block,
+//! Layout (see `docs/format.md`): data blocks, filter block, index block,
 //! properties block, 64-byte footer. Every block carries a 5-byte trailer
 //! (compression type + crc32).
 
