@@ -80,6 +80,8 @@ struct WriteState {
     applied: BTreeMap<u64, u64>,
     last_seq: u64,
     scratch: Vec<u8>,
+    /// Writes are stopped by L0 pressure; they resume only below the stop trigger minus a margin.
+    l0_stopped: bool,
 }
 
 /// Shared state behind the state lock.
@@ -658,6 +660,7 @@ fn recover(
             applied: BTreeMap::new(),
             last_seq,
             scratch: Vec::new(),
+            l0_stopped: false,
         }),
         state: Mutex::new(state),
         state_cv: Condvar::new(),
@@ -935,8 +938,12 @@ impl Inner {
                 );
                 continue;
             }
-            let must_wait = l0 >= self.opts.l0_stop_trigger
-                || (mem_full && imms >= self.opts.max_immutable_memtables);
+            // Hysteresis: once stopped, wait until L0 is a margin below the stop trigger.
+            let margin = ((self.opts.l0_stop_trigger - self.opts.l0_slowdown_trigger) / 4).max(1);
+            ws.l0_stopped = l0 >= self.opts.l0_stop_trigger
+                || (ws.l0_stopped && l0 + margin > self.opts.l0_stop_trigger);
+            let must_wait =
+                ws.l0_stopped || (mem_full && imms >= self.opts.max_immutable_memtables);
             if must_wait {
                 if let Some(e) = bg_error {
                     return Err(Error::Background(format!(
