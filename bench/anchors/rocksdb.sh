@@ -211,14 +211,23 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
 
+# wall TOOL WORKLOAD: the whole process's wall-clock seconds (open, work, settle, close).
+wall() {
+    awk -F': ' '/Elapsed \(wall clock\)/ {
+        n = split($2, p, ":"); s = 0
+        for (i = 1; i <= n; i++) s = s * 60 + p[i]
+        printf "%.2f", s; found = 1
+    } END { if (!found) print "-" }' "$LOGS/$1-$2.time"
+}
+
 mib() {
     awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else printf "%.0f", k / 1024 }'
 }
 
 TABLE=$LOGS/table.md
 {
-    echo "| workload | RocksDB ops/s | NoKV ops/s | NoKV/RocksDB | NoKV settle s | NoKV ops/s excl. settle | excl./RocksDB | RocksDB WA | NoKV WA | RocksDB peak RSS MiB | NoKV peak RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| workload | RocksDB ops/s | NoKV ops/s | NoKV/RocksDB | NoKV settle s | NoKV ops/s excl. settle | excl./RocksDB | RocksDB WA | NoKV WA | RocksDB peak RSS MiB | NoKV peak RSS MiB | RocksDB process s | NoKV process s | process RocksDB/NoKV |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for wl in fillrandom overwrite readrandom seekrandom fillrandom-sync; do
         bench=${wl%-sync}
         r_ops=$(field rocksdb "$wl" result "$bench" 3)
@@ -230,9 +239,11 @@ TABLE=$LOGS/table.md
         case $bench in readrandom | seekrandom) r_wa=-; n_wa=- ;; esac
         r_rss=$(mib "$(field rocksdb "$wl" peak_rss_kib "" 2)")
         n_rss=$(mib "$(field nokv "$wl" peak_rss_kib "" 2)")
+        r_wall=$(wall rocksdb "$wl")
+        n_wall=$(wall nokv "$wl")
         label=$wl
         [[ $wl == fillrandom-sync ]] && label="fillrandom sync=1 threads=$SYNC_THREADS num=$SYNC_NUM/thread"
-        echo "| $label | $r_ops | $n_ops | $(ratio "$n_ops" "$r_ops") | $n_settle | $n_ingest | $(ratio "$n_ingest" "$r_ops") | $r_wa | $n_wa | $r_rss | $n_rss |"
+        echo "| $label | $r_ops | $n_ops | $(ratio "$n_ops" "$r_ops") | $n_settle | $n_ingest | $(ratio "$n_ingest" "$r_ops") | $r_wa | $n_wa | $r_rss | $n_rss | $r_wall | $n_wall | $(ratio "$r_wall" "$n_wall") |"
     done
 } >"$TABLE"
 
@@ -243,6 +254,7 @@ echo
 echo "NoKV ops/s includes flush+compaction settling (fill benchmarks); RocksDB's does not."
 echo "'excl.' columns compare NoKV without settling against RocksDB like for like."
 echo "WA = (flush + compaction bytes written) / user bytes written, measured after settling."
+echo "'process s' is each tool's whole run (open, work, flush and compaction settle, close) by time -v."
 
 if [[ -n ${RESULTS_DIR:-} ]]; then
     mkdir -p "$RESULTS_DIR"
