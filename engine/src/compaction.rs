@@ -16,7 +16,7 @@ use crate::filename;
 use crate::fs::{FileSystem, OpenMode};
 use crate::iter::InternalIterator;
 use crate::key::{logical_key, parse_trailer, Kind};
-use crate::options::{Compression, Options};
+use crate::options::Options;
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
 
@@ -244,22 +244,11 @@ impl JobSettings {
         next_file_number: Arc<AtomicU64>,
         cache: Option<Arc<BlockCache>>,
     ) -> Self {
-        let compression = opts
-            .compression_per_level
-            .get(level)
-            .or(opts.compression_per_level.last())
-            .copied()
-            .unwrap_or(Compression::None);
         JobSettings {
             dir,
             fs,
             next_file_number,
-            table: TableBuilderOptions {
-                block_bytes: opts.block_bytes,
-                restart_interval: opts.block_restart_interval,
-                bloom_bits_per_key: opts.bloom_bits_per_key,
-                compression,
-            },
+            table: TableBuilderOptions::from_options(opts, level),
             target_file_bytes: if level == 0 {
                 u64::MAX
             } else {

@@ -386,7 +386,7 @@ impl Db {
             let mut ws = inner.write.lock();
             inner.check_writable()?;
             if !ws.mem.is_empty() {
-                inner.switch_memtable(&mut ws, true)?;
+                inner.switch_memtable(&mut ws)?;
             }
             inner.state.lock().frozen_total
         };
@@ -965,14 +965,14 @@ impl Inner {
                 continue;
             }
             if mem_full {
-                self.switch_memtable(ws, false)?;
+                self.switch_memtable(ws)?;
             }
             return Ok(());
         }
     }
 
     /// Rotates the WAL, freezes the active memtable and wakes the flusher.
-    fn switch_memtable(&self, ws: &mut WriteState, _forced: bool) -> Result<()> {
+    fn switch_memtable(&self, ws: &mut WriteState) -> Result<()> {
         let next_gen = ws.wal.rotate().inspect_err(|e| self.poison(e))?;
         let new_mem = Arc::new(Memtable::new(self.opts.write_buffer_bytes));
         let old = std::mem::replace(&mut ws.mem, new_mem.clone());
@@ -1017,12 +1017,14 @@ impl Inner {
     ) -> Result<()> {
         edit.next_file_number = Some(self.next_file_number.load(Ordering::SeqCst));
         if let Err(e) = st.manifest.append(&edit) {
+            // Nothing changed in memory: the caller still owns the edit's inputs.
             self.poison(&e);
             return Err(e);
         }
-        st.manifest_state
-            .apply(&edit)
-            .map_err(|m| Error::corruption(&self.dir, 0, m))?;
+        // The edit is durable from here on; the in-memory state must follow it.
+        if let Err(m) = st.manifest_state.apply(&edit) {
+            panic!("an edit built from the current state does not apply to it: {m}");
+        }
         st.version = Arc::new(st.version.apply(&edit, opened));
         if let Some(v) = edit.log_floor {
             st.log_floor = v;
@@ -1035,12 +1037,13 @@ impl Inner {
             match ManifestWriter::create(self.fs.clone(), &self.dir, number, &snap) {
                 Ok(m) => {
                     st.manifest = m;
-                    st.manifest.remove_others()?;
+                    if let Err(e) = st.manifest.remove_others() {
+                        tracing::warn!(error = %e, "could not remove an old manifest");
+                    }
                 }
-                Err(e) => {
-                    self.poison(&e);
-                    return Err(e);
-                }
+                // The edit is in the old manifest (and maybe the new one): it stands, but
+                // which manifest CURRENT names is uncertain, so no further edit may be written.
+                Err(e) => self.poison(&e),
             }
         }
         Ok(())
@@ -1109,8 +1112,13 @@ impl Inner {
                     };
                     let front_matches = st.imms.front().is_some_and(|i| i.ordinal == ordinal);
                     debug_assert!(front_matches, "only the flusher pops frozen memtables");
-                    st.imms.pop_front();
+                    let flushed = st.imms.pop_front();
                     if let Err(e) = self.log_and_apply(&mut st, edit, &outputs) {
+                        // Not applied: the memtable stays readable (its data is still in the WAL).
+                        if let Some(imm) = flushed {
+                            st.imms.push_front(imm);
+                        }
+                        self.install_sv(&st);
                         for m in &outputs {
                             m.mark_obsolete();
                         }
@@ -1226,6 +1234,18 @@ impl Inner {
                         self.note_bg_error(&mut st, &e);
                         continue;
                     }
+                    tracing::debug!(
+                        level = plan.level,
+                        output_level = plan.output_level,
+                        input_files = plan.inputs.len(),
+                        input_bytes = plan.inputs.iter().map(|f| f.desc.size).sum::<u64>(),
+                        next_files = plan.next_inputs.len(),
+                        next_bytes = plan.next_inputs.iter().map(|f| f.desc.size).sum::<u64>(),
+                        output_bytes = written,
+                        trivial_move = plan.trivial_move,
+                        score = plan.score,
+                        "compaction finished"
+                    );
                     if plan.trivial_move {
                         Counters::add(&self.counters.trivial_moves, "nokv_trivial_moves_total", 1);
                     } else {

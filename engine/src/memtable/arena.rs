@@ -62,18 +62,7 @@ impl Arena {
     /// Returns `size` bytes (uninitialized, aligned to [`ALIGN`]) that live until the arena drops.
     #[inline]
     pub(crate) fn alloc(&mut self, size: usize) -> NonNull<u8> {
-        let size = round_up(size.max(1));
-        self.used += size;
-        if size <= self.remaining {
-            let p = self.cur;
-            // SAFETY: `cur..cur + remaining` lies inside the current chunk, and
-            // `size <= remaining`, so the result stays in (or one past) that block.
-            self.cur = unsafe { p.add(size) };
-            self.remaining -= size;
-            // SAFETY: `remaining > 0` implies a chunk exists, so `p` is non-null.
-            return unsafe { NonNull::new_unchecked(p) };
-        }
-        self.alloc_slow(size)
+        self.bump(round_up(size.max(1)))
     }
 
     /// Returns `size` bytes with no alignment guarantee (for value bytes); `size` may be 0.
@@ -84,10 +73,17 @@ impl Arena {
         if size == 0 {
             return NonNull::dangling();
         }
+        self.bump(size)
+    }
+
+    /// Hands out the next `size` bytes of the current chunk, or starts a new one.
+    #[inline]
+    fn bump(&mut self, size: usize) -> NonNull<u8> {
         self.used += size;
         if size <= self.remaining {
             let p = self.cur;
-            // SAFETY: as in `alloc`: the result stays inside (or one past) the current chunk.
+            // SAFETY: `cur..cur + remaining` lies inside the current chunk, and
+            // `size <= remaining`, so the result stays in (or one past) that block.
             self.cur = unsafe { p.add(size) };
             self.remaining -= size;
             // SAFETY: `remaining > 0` implies a chunk exists, so `p` is non-null.
