@@ -1,13 +1,16 @@
 //! `nokv-bench`: NoKV benchmarks. `dbbench` mirrors RocksDB's db_bench (same flags, key
-//! layout, value generator and result lines); `parse` reads either tool's output.
+//! layout, value generator and result lines); `ycsb` runs the YCSB core workloads against
+//! NoKV and fjall; `parse` reads db_bench-format output.
 
 mod db;
 mod error;
+mod fjall_db;
 mod flags;
 mod gen;
 mod nokv_db;
 mod report;
 mod runner;
+mod ycsb;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run db_bench-compatible workloads against NoKV (flags use db_bench's names).
     Dbbench(flags::DbBenchArgs),
+    /// Run the YCSB core workloads A-F against NoKV and fjall with the same settings.
+    Ycsb(ycsb::flags::YcsbArgs),
     /// Parse db_bench or `nokv-bench dbbench` output (plus optional `time -v` output) into
     /// tab-separated lines: result, settle, write_amp, peak_rss_kib.
     Parse {
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Dbbench(args) => runner::run(&args, &mut std::io::stdout().lock()),
+        Command::Ycsb(args) => ycsb::run(&args, &mut std::io::stdout().lock()),
         Command::Parse { files } => parse_files(&files),
     };
     match res {
