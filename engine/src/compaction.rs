@@ -13,10 +13,10 @@ use std::sync::Arc;
 use crate::cache::BlockCache;
 use crate::error::{IoContext, Result};
 use crate::filename;
-use crate::fs::{FileSystem, OpenMode};
+use crate::fs::{new_queue, FileSystem, OpenMode, QueueKind};
 use crate::iter::InternalIterator;
 use crate::key::{logical_key, parse_trailer, Kind};
-use crate::options::Options;
+use crate::options::{IoBackend, Options};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
 
@@ -232,6 +232,8 @@ pub struct JobSettings {
     pub target_file_bytes: u64,
     /// Block cache handed to opened outputs.
     pub cache: Option<Arc<BlockCache>>,
+    /// How output tables submit their writes and syncs.
+    pub io_queue: QueueKind,
 }
 
 impl JobSettings {
@@ -255,6 +257,13 @@ impl JobSettings {
                 opts.target_file_bytes
             },
             cache,
+            // An overridden filesystem (in-memory, fault injection) gets synchronous IO, so
+            // its fault and power-loss semantics stay exact and deterministic.
+            io_queue: match (&opts.fs, opts.io_backend) {
+                (Some(_), _) => QueueKind::Inline,
+                (None, IoBackend::Std) => QueueKind::Thread,
+                (None, IoBackend::Uring) => QueueKind::Uring,
+            },
         }
     }
 }
@@ -380,7 +389,8 @@ impl MergeJob {
             .fs
             .open(&path, OpenMode::CreateNew)
             .ctx("create", &path)?;
-        let b = TableBuilder::new(file, path.clone(), self.settings.table);
+        let queue = new_queue(self.settings.io_queue);
+        let b = TableBuilder::with_queue(file, path.clone(), self.settings.table, queue);
         self.builder = Some((number, path, b));
         Ok(())
     }

@@ -2,17 +2,24 @@
 //!
 //! Backends: [`StdFs`] (plain syscalls), [`UringFs`] (writes and syncs through an
 //! io_uring instance) and, for tests, [`FaultFs`] (failure injection and
-//! simulated power loss) wrapping either of them.
+//! simulated power loss) wrapping either of them. [`IoQueue`] is the completion-based
+//! interface writers use to overlap their work with IO.
 
 mod fault;
+mod queue;
 mod std_fs;
 mod uring;
 
 pub use fault::{FaultFs, FaultMode, FaultRule, Op, PowerLoss};
+pub use queue::{
+    new_queue, Completion, InlineQueue, IoQueue, QueueKind, ThreadQueue, Ticket, UringQueue,
+    DEFAULT_QUEUE_DEPTH,
+};
 pub use std_fs::StdFs;
 pub use uring::UringFs;
 
 use std::io;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,6 +52,11 @@ pub trait File: Send + Sync {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Current file length in bytes.
     fn len(&self) -> io::Result<u64>;
+
+    /// The OS descriptor, for backends that submit IO on it directly (`None`: not a real file).
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 
     /// True when the file is zero bytes long.
     fn is_empty(&self) -> io::Result<bool> {

@@ -109,6 +109,10 @@ impl File for StdFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
 }
 
 /// An exclusive `flock` held for as long as the descriptor stays open.

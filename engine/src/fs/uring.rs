@@ -276,6 +276,10 @@ impl File for UringFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.inner.file.as_raw_fd())
+    }
 }
 
 /// Backend that submits file reads, writes and syncs through io_uring; metadata goes through [`StdFs`].
