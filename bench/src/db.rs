@@ -195,6 +195,54 @@ pub fn prepare_db_dir(path: &Path) -> Result<()> {
         .map_err(|e| BenchError::io("writing marker", marker, e))
 }
 
+/// Expectations every engine adapter must meet: 2000 even keys with 1000-byte values,
+/// point reads, seeks with nexts, and scans.
+#[cfg(test)]
+pub(crate) fn check_adapter(
+    db: &dyn BenchDb,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut key = Vec::new();
+    for i in 0..2000u64 {
+        crate::gen::key_from_int(i * 2, 16, &mut key);
+        db.put(&key, &[b'v'; 1000], i % 500 == 0)?;
+    }
+    db.flush_and_wait()?;
+    let s = db.stats();
+    assert_eq!(s.user_bytes, 2000 * 1016);
+    assert!(s.levels.iter().map(|l| l.0).sum::<usize>() > 0);
+    crate::gen::key_from_int(10, 16, &mut key);
+    assert_eq!(db.get(&key)?.map(|v| v.len()), Some(1000));
+    crate::gen::key_from_int(11, 16, &mut key);
+    assert_eq!(db.get(&key)?, None);
+    // 11 is missing: the seek lands on 12, and three nexts read three entries.
+    let r = db.seek_next(&key, 3)?;
+    assert_eq!(
+        r,
+        SeekResult {
+            found: false,
+            bytes: 3 * 1016
+        }
+    );
+    crate::gen::key_from_int(3998, 16, &mut key);
+    assert_eq!(
+        db.seek_next(&key, 5)?,
+        SeekResult {
+            found: true,
+            bytes: 1016
+        }
+    );
+    assert_eq!(
+        db.seek_next(&key, 0)?,
+        SeekResult {
+            found: true,
+            bytes: 0
+        }
+    );
+    assert_eq!(db.scan(u64::MAX)?.entries, 2000);
+    assert_eq!(db.scan(7)?.entries, 7);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

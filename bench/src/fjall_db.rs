@@ -235,44 +235,7 @@ mod tests {
     fn adapter_round_trip() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let db = Box::new(FjallDb::open(dir.path(), &cfg())?);
-        let mut key = Vec::new();
-        for i in 0..2000u64 {
-            crate::gen::key_from_int(i * 2, 16, &mut key);
-            db.put(&key, &[b'v'; 1000], i % 500 == 0)?;
-        }
-        db.flush_and_wait()?;
-        let s = db.stats();
-        assert_eq!(s.user_bytes, 2000 * 1016);
-        assert!(s.levels.iter().map(|l| l.0).sum::<usize>() > 0);
-        crate::gen::key_from_int(10, 16, &mut key);
-        assert_eq!(db.get(&key)?.map(|v| v.len()), Some(1000));
-        crate::gen::key_from_int(11, 16, &mut key);
-        assert_eq!(db.get(&key)?, None);
-        // Same expectations as the NoKV adapter's test.
-        assert_eq!(
-            db.seek_next(&key, 3)?,
-            SeekResult {
-                found: false,
-                bytes: 3 * 1016
-            }
-        );
-        crate::gen::key_from_int(3998, 16, &mut key);
-        assert_eq!(
-            db.seek_next(&key, 5)?,
-            SeekResult {
-                found: true,
-                bytes: 1016
-            }
-        );
-        assert_eq!(
-            db.seek_next(&key, 0)?,
-            SeekResult {
-                found: true,
-                bytes: 0
-            }
-        );
-        assert_eq!(db.scan(u64::MAX)?.entries, 2000);
-        assert_eq!(db.scan(7)?.entries, 7);
+        crate::db::check_adapter(&*db)?;
         assert!(db.stats_text().contains("fjall"));
         db.close()?;
         // Reopens with the data.

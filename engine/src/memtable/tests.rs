@@ -506,7 +506,7 @@ fn concurrent_writers_are_serialized() {
 
 /// Throughput probe: `cargo test --release -- --ignored --nocapture insert_throughput`.
 #[test]
-#[ignore]
+#[ignore = "timing probe: prints ns/insert; run by hand with --release -- --ignored"]
 fn insert_throughput() {
     const N: usize = 1_000_000;
     let value = vec![0x5au8; 1000];

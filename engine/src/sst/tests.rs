@@ -731,7 +731,7 @@ proptest! {
 }
 
 #[test]
-#[ignore]
+#[ignore = "timing probe: prints build and lookup speed; run by hand with --release -- --ignored"]
 fn perf_smoke() {
     use std::time::Instant;
     let dir = tempfile::tempdir().expect("tempdir");
