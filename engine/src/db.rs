@@ -758,6 +758,12 @@ impl Inner {
             result: Mutex::new(None),
             cv: Condvar::new(),
         });
+        if !sync {
+            // Nothing to share: a write that needs no fdatasync commits on its own rather
+            // than sleeping in the queue while a leader writes for it.
+            let mut ws = self.write.lock();
+            return self.commit_group(&mut ws, std::slice::from_ref(&req));
+        }
         let mut queue = self.pending.lock();
         queue.push_back(req.clone());
         // Followers sleep until a leader has committed them or they reach the front.
