@@ -22,7 +22,7 @@ use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Lookup, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
-use crate::snapshot::SnapshotList;
+use crate::snapshot::{Snapshot, SnapshotGuard, SnapshotList};
 use crate::sst::Table;
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
@@ -298,9 +298,34 @@ impl Db {
 
     /// Reads the value stored under `key` in namespace `ns`.
     pub fn get_ns(&self, ns: u8, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let seq = self.inner().last_seq.load(Ordering::Acquire);
+        self.get_at_seq(ns, key, seq)
+    }
+
+    /// A consistent point-in-time view: reads through it see exactly the writes
+    /// acknowledged before it was taken, and compaction keeps what it needs while it lives.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.inner();
+        let seq = inner.last_seq.load(Ordering::Acquire);
+        Snapshot {
+            guard: Arc::new(inner.snapshots.acquire(seq)),
+        }
+    }
+
+    /// Reads `key` as of `snapshot`.
+    pub fn get_at(&self, key: &[u8], snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
+        self.get_at_seq(NS_KV, key, snapshot.sequence())
+    }
+
+    /// An iterator over the ordered-KV namespace as of `snapshot`.
+    pub fn iter_at(&self, ro: ReadOptions, snapshot: &Snapshot) -> Result<DbIterator> {
+        let guard = self.inner().snapshots.acquire(snapshot.sequence());
+        self.iter_at_seq(NS_KV, ro, guard)
+    }
+
+    fn get_at_seq(&self, ns: u8, key: &[u8], seq: u64) -> Result<Option<Vec<u8>>> {
         let inner = self.inner();
         inner.check_open()?;
-        let seq = inner.last_seq.load(Ordering::Acquire);
         let sv = inner.sv.read().clone();
         let mut logical = Vec::with_capacity(key.len() + 1);
         logical.push(ns);
@@ -339,9 +364,15 @@ impl Db {
     /// An iterator over namespace `ns` as of now.
     pub fn iter_ns(&self, ns: u8, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();
-        inner.check_open()?;
         let seq = inner.last_seq.load(Ordering::Acquire);
         let guard = inner.snapshots.acquire(seq);
+        self.iter_at_seq(ns, ro, guard)
+    }
+
+    fn iter_at_seq(&self, ns: u8, ro: ReadOptions, guard: SnapshotGuard) -> Result<DbIterator> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let seq = guard.seq();
         let sv = inner.sv.read().clone();
         let fill = !ro.skip_cache_fill;
         let mut lo = vec![ns];

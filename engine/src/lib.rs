@@ -40,5 +40,6 @@ pub use db::Db;
 pub use db_iter::DbIterator;
 pub use error::{Error, Result};
 pub use options::{Compression, Durability, IoBackend, Options, ReadOptions, WriteOptions};
+pub use snapshot::Snapshot;
 pub use stats::{LevelStats, Stats};
 pub use wal::WalPosition;

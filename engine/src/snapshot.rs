@@ -32,6 +32,19 @@ impl SnapshotList {
     }
 }
 
+/// A pinned point-in-time view of the database (see `Db::snapshot`); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub(crate) guard: Arc<SnapshotGuard>,
+}
+
+impl Snapshot {
+    /// The last sequence number this snapshot sees.
+    pub fn sequence(&self) -> u64 {
+        self.guard.seq()
+    }
+}
+
 /// Keeps one snapshot registered while it lives.
 #[derive(Debug)]
 pub struct SnapshotGuard {

@@ -25,6 +25,8 @@ enum OpKind {
     Flush,
     Compact,
     Reopen,
+    TakeSnapshot,
+    CheckSnapshot(u8, bool),
 }
 
 fn k(i: u16) -> Vec<u8> {
@@ -48,11 +50,16 @@ fn op() -> impl Strategy<Value = OpKind> {
         2 => Just(OpKind::Flush),
         1 => Just(OpKind::Compact),
         1 => Just(OpKind::Reopen),
+        2 => Just(OpKind::TakeSnapshot),
+        3 => (any::<u8>(), any::<bool>()).prop_map(|(i, r)| OpKind::CheckSnapshot(i, r)),
     ]
 }
 
 fn scan(db: &Db, ro: ReadOptions, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut it = db.iter(ro).expect("iter");
+    walk(db.iter(ro).expect("iter"), reverse)
+}
+
+fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     if reverse {
         it.seek_to_last();
@@ -77,6 +84,7 @@ fn run(ops: Vec<OpKind>) {
     let opts = small_options();
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut snapshots: Vec<(nokv::Snapshot, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
     for (step, o) in ops.into_iter().enumerate() {
         match o {
             OpKind::Put(a, b) => {
@@ -149,7 +157,28 @@ fn run(ops: Vec<OpKind>) {
             }
             OpKind::Flush => db.flush().expect("flush"),
             OpKind::Compact => db.compact_all().expect("compact"),
+            OpKind::TakeSnapshot => {
+                if snapshots.len() == 3 {
+                    snapshots.remove(0);
+                }
+                snapshots.push((db.snapshot(), model.clone()));
+            }
+            OpKind::CheckSnapshot(i, reverse) => {
+                if let Some((snap, then)) = snapshots.get(i as usize % snapshots.len().max(1)) {
+                    let want: Vec<_> = then.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+                    let it = db.iter_at(ReadOptions::default(), snap).expect("iter_at");
+                    assert_eq!(walk(it, reverse), want, "step {step}: snapshot scan");
+                    for a in (0..400).step_by(23) {
+                        assert_eq!(
+                            db.get_at(&k(a), snap).expect("get_at"),
+                            then.get(&k(a)).cloned(),
+                            "step {step}: snapshot get"
+                        );
+                    }
+                }
+            }
             OpKind::Reopen => {
+                snapshots.clear();
                 db.close().expect("close");
                 db = Db::open(dir.path(), opts.clone()).expect("reopen");
             }
