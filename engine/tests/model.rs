@@ -55,6 +55,9 @@ fn op() -> impl Strategy<Value = OpKind> {
     ]
 }
 
+/// The expected contents: user key -> value.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
 fn scan(db: &Db, ro: ReadOptions, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     walk(db.iter(ro).expect("iter"), reverse)
 }
@@ -84,7 +87,7 @@ fn run(ops: Vec<OpKind>) {
     let opts = small_options();
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    let mut snapshots: Vec<(nokv::Snapshot, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+    let mut snapshots: Vec<(nokv::Snapshot, Model)> = Vec::new();
     for (step, o) in ops.into_iter().enumerate() {
         match o {
             OpKind::Put(a, b) => {
