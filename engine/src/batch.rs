@@ -40,7 +40,7 @@ pub struct BatchEntry<'a> {
     pub kind: Kind,
     /// Namespace byte + user key.
     pub logical_key: &'a [u8],
-    /// Value (empty for deletes).
+    /// Stored value: empty for deletes, `[expiry u64 LE][value]` for `PutWithExpiry`.
     pub value: &'a [u8],
 }
 
@@ -68,6 +68,29 @@ impl WriteBatch {
     pub fn put_ns(&mut self, ns: u8, key: &[u8], value: &[u8]) -> &mut Self {
         self.has_empty_key |= key.is_empty();
         self.push(Kind::Put, ns, key, Some(value));
+        self
+    }
+
+    /// Adds a put of `key` (ordered-KV namespace) that expires at `expiry_unix_ms`.
+    ///
+    /// The expiry is absolute so that every replica applying the batch stores the same data.
+    pub fn put_with_expiry(&mut self, key: &[u8], value: &[u8], expiry_unix_ms: u64) -> &mut Self {
+        self.put_ns_with_expiry(NS_KV, key, value, expiry_unix_ms)
+    }
+
+    /// Adds a put in namespace `ns` that expires at `expiry_unix_ms`.
+    pub fn put_ns_with_expiry(
+        &mut self,
+        ns: u8,
+        key: &[u8],
+        value: &[u8],
+        expiry_unix_ms: u64,
+    ) -> &mut Self {
+        self.has_empty_key |= key.is_empty();
+        let mut v = Vec::with_capacity(crate::key::EXPIRY_LEN + value.len());
+        v.extend_from_slice(&expiry_unix_ms.to_le_bytes());
+        v.extend_from_slice(value);
+        self.push(Kind::PutWithExpiry, ns, key, Some(&v));
         self
     }
 
@@ -188,6 +211,7 @@ fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
     }
     let value = match kind {
         Kind::Put => r.bytes()?,
+        Kind::PutWithExpiry => Some(r.bytes()?).filter(|v| v.len() >= crate::key::EXPIRY_LEN)?,
         Kind::Delete => &[][..],
     };
     Some(BatchEntry {

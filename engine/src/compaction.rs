@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::cache::BlockCache;
+use crate::clock::Clock;
 use crate::error::{IoContext, Result};
 use crate::filename;
 use crate::fs::{new_queue, FileSystem, OpenMode, QueueKind};
 use crate::iter::InternalIterator;
-use crate::key::{logical_key, parse_trailer, Kind};
+use crate::key::{encode_trailer, logical_key, parse_trailer, resolve, Kind, Resolved};
 use crate::options::{IoBackend, Options};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
@@ -234,6 +235,8 @@ pub struct JobSettings {
     pub cache: Option<Arc<BlockCache>>,
     /// How output tables submit their writes and syncs.
     pub io_queue: QueueKind,
+    /// Wall clock deciding which values have expired.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl JobSettings {
@@ -259,6 +262,7 @@ impl JobSettings {
             cache,
             // An overridden filesystem (in-memory, fault injection) gets synchronous IO, so
             // its fault and power-loss semantics stay exact and deterministic.
+            clock: opts.clock.clone(),
             io_queue: match (&opts.fs, opts.io_backend) {
                 (Some(_), _) => QueueKind::Inline,
                 (None, IoBackend::Std) => QueueKind::Thread,
@@ -294,6 +298,11 @@ pub struct MergeJob {
     pub entries_read: u64,
     /// Entries dropped as invisible.
     pub entries_dropped: u64,
+    /// Expired values rewritten as tombstones (above the bottom level).
+    pub expired_to_tombstones: u64,
+    /// Wall-clock time the job judges expiry at.
+    now_ms: u64,
+    tombstone: Vec<u8>,
 }
 
 /// What a step left to do.
@@ -313,7 +322,9 @@ impl MergeJob {
         smallest_snapshot: u64,
         bottommost: bool,
     ) -> Self {
+        let now_ms = settings.clock.now_ms();
         MergeJob {
+            now_ms,
             input,
             settings,
             smallest_snapshot,
@@ -326,6 +337,8 @@ impl MergeJob {
             outputs: Vec::new(),
             entries_read: 0,
             entries_dropped: 0,
+            expired_to_tombstones: 0,
+            tombstone: Vec::new(),
         }
     }
 
@@ -351,10 +364,15 @@ impl MergeJob {
                 self.has_current_key = true;
                 self.last_seq_for_key = u64::MAX;
             }
+            // An expired value reads as absent, exactly like a tombstone; it must not be
+            // dropped above the bottom, or it would let an older version show through.
+            let expired = kind == Kind::PutWithExpiry as u8
+                && resolve(kind, self.input.value(), self.now_ms) == Resolved::Gone;
+            let absent = kind == Kind::Delete as u8 || expired;
             let drop = if self.last_seq_for_key <= self.smallest_snapshot {
                 true
             } else {
-                kind == Kind::Delete as u8 && seq <= self.smallest_snapshot && self.bottommost
+                absent && seq <= self.smallest_snapshot && self.bottommost
             };
             self.last_seq_for_key = seq;
             if drop {
@@ -371,7 +389,17 @@ impl MergeJob {
                     self.start_output()?;
                 }
                 let (_, _, b) = self.builder.as_mut().expect("builder was just started");
-                b.add(self.input.key(), self.input.value())?;
+                if expired {
+                    self.tombstone.clear();
+                    self.tombstone
+                        .extend_from_slice(logical_key(self.input.key()));
+                    self.tombstone
+                        .extend_from_slice(&encode_trailer(seq, Kind::Delete as u8));
+                    b.add(&self.tombstone, &[])?;
+                    self.expired_to_tombstones += 1;
+                } else {
+                    b.add(self.input.key(), self.input.value())?;
+                }
             }
             self.input.next();
         }

@@ -17,7 +17,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::filename::{self, FileKind};
 use crate::fs::{DirLock, FileSystem, OpenMode, StdFs, UringFs};
 use crate::iter::InternalIterator;
-use crate::key::{lookup_key, parse_trailer, Kind, NS_KV};
+use crate::key::{lookup_key, parse_trailer, resolve, Kind, Resolved, NS_KV};
 use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Lookup, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
@@ -221,6 +221,19 @@ impl Db {
         self.write_owned(b, wo)
     }
 
+    /// Stores `value` under `key` until `ttl` from now; the expiry is fixed at write time.
+    pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: std::time::Duration) -> Result<()> {
+        let expiry = self
+            .inner()
+            .opts
+            .clock
+            .now_ms()
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut b = WriteBatch::new();
+        b.put_with_expiry(key, value, expiry);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
     /// Deletes `key` (a no-op if it is absent).
     pub fn delete(&self, key: &[u8]) -> Result<()> {
         let mut b = WriteBatch::new();
@@ -326,6 +339,7 @@ impl Db {
     fn get_at_seq(&self, ns: u8, key: &[u8], seq: u64) -> Result<Option<Vec<u8>>> {
         let inner = self.inner();
         inner.check_open()?;
+        let now_ms = inner.opts.clock.now_ms();
         let sv = inner.sv.read().clone();
         let mut logical = Vec::with_capacity(key.len() + 1);
         logical.push(ns);
@@ -334,6 +348,12 @@ impl Db {
             match m.get(&logical, seq) {
                 Some(Lookup::Value(v)) => return Ok(Some(v)),
                 Some(Lookup::Deleted) => return Ok(None),
+                Some(Lookup::Expiring(raw)) => {
+                    return Ok(match resolve(Kind::PutWithExpiry as u8, &raw, now_ms) {
+                        Resolved::Value(v) => Some(v.to_vec()),
+                        Resolved::Gone => None,
+                    })
+                }
                 None => {}
             }
         }
@@ -341,14 +361,14 @@ impl Db {
         let v = &sv.version;
         for f in &v.levels[0] {
             if f.desc.overlaps(Some(&logical), Some(&logical)) {
-                if let Some(r) = table_get(&f.table, &lookup)? {
+                if let Some(r) = table_get(&f.table, &lookup, now_ms)? {
                     return Ok(r);
                 }
             }
         }
         for level in 1..v.levels.len() {
             if let Some(i) = v.find_file(level, &logical) {
-                if let Some(r) = table_get(&v.levels[level][i].table, &lookup)? {
+                if let Some(r) = table_get(&v.levels[level][i].table, &lookup, now_ms)? {
                     return Ok(r);
                 }
             }
@@ -372,7 +392,6 @@ impl Db {
     fn iter_at_seq(&self, ns: u8, ro: ReadOptions, guard: SnapshotGuard) -> Result<DbIterator> {
         let inner = self.inner();
         inner.check_open()?;
-        let seq = guard.seq();
         let sv = inner.sv.read().clone();
         let fill = !ro.skip_cache_fill;
         let mut lo = vec![ns];
@@ -400,12 +419,10 @@ impl Db {
         }
         Ok(DbIterator::new(
             Box::new(MergingIterator::new(children)),
-            seq,
             ns,
-            ro.lower_bound.as_deref(),
-            ro.upper_bound.as_deref(),
-            ro.prefix.as_deref(),
+            &ro,
             guard,
+            inner.opts.clock.now_ms(),
         ))
     }
 
@@ -487,11 +504,20 @@ impl Db {
     }
 }
 
-fn table_get(t: &Table, lookup: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+/// Looks `lookup` up in one table: `None` if the table has no entry for the key,
+/// `Some(None)` if its newest visible entry makes the key absent.
+fn table_get(t: &Table, lookup: &[u8], now_ms: u64) -> Result<Option<Option<Vec<u8>>>> {
     match t.get(lookup, true)? {
-        Some((ikey, value)) => {
+        Some((ikey, mut value)) => {
             let (_, kind) = parse_trailer(&ikey);
-            Ok(Some((kind == Kind::Put as u8).then_some(value)))
+            Ok(Some(match resolve(kind, &value, now_ms) {
+                Resolved::Value(v) => {
+                    let skip = value.len() - v.len();
+                    value.drain(..skip);
+                    Some(value)
+                }
+                Resolved::Gone => None,
+            }))
         }
         None => Ok(None),
     }

@@ -2,7 +2,8 @@
 
 use crate::error::Result;
 use crate::iter::InternalIterator;
-use crate::key::{lookup_key, make_internal_key, parse_trailer, Kind, MAX_SEQ};
+use crate::key::{lookup_key, make_internal_key, parse_trailer, resolve, Resolved, MAX_SEQ};
+use crate::options::ReadOptions;
 use crate::snapshot::SnapshotGuard;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,10 @@ pub struct DbIterator {
     upper: Vec<u8>,
     direction: Direction,
     valid: bool,
+    /// Wall-clock time the iterator reads at: entries expired by then are absent.
+    now_ms: u64,
+    /// Forward direction: bytes of expiry header in front of the current value.
+    value_skip: usize,
     saved_key: Vec<u8>,
     saved_value: Vec<u8>,
     _snapshot: SnapshotGuard,
@@ -44,16 +49,21 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl DbIterator {
-    /// Wraps a merged internal cursor; bounds are user keys within namespace `ns`.
+    /// Wraps a merged internal cursor reading at `snapshot`'s sequence and at `now_ms`;
+    /// `ro`'s bounds and prefix are user keys within namespace `ns`.
     pub(crate) fn new(
         inner: Box<dyn InternalIterator>,
-        seq: u64,
         ns: u8,
-        lower: Option<&[u8]>,
-        upper: Option<&[u8]>,
-        prefix: Option<&[u8]>,
+        ro: &ReadOptions,
         snapshot: SnapshotGuard,
+        now_ms: u64,
     ) -> DbIterator {
+        let (lower, upper, prefix) = (
+            ro.lower_bound.as_deref(),
+            ro.upper_bound.as_deref(),
+            ro.prefix.as_deref(),
+        );
+        let seq = snapshot.seq();
         let mut lo = vec![ns];
         let mut lo_user: &[u8] = lower.unwrap_or(&[]);
         if let Some(p) = prefix {
@@ -83,6 +93,8 @@ impl DbIterator {
             upper: up,
             direction: Direction::Forward,
             valid: false,
+            now_ms,
+            value_skip: 0,
             saved_key: Vec::new(),
             saved_value: Vec::new(),
             _snapshot: snapshot,
@@ -107,7 +119,7 @@ impl DbIterator {
     pub fn value(&self) -> &[u8] {
         assert!(self.valid, "value() on an invalid iterator");
         match self.direction {
-            Direction::Forward => self.inner.value(),
+            Direction::Forward => &self.inner.value()[self.value_skip..],
             Direction::Reverse => &self.saved_value,
         }
     }
@@ -211,13 +223,18 @@ impl DbIterator {
             }
             let (seq, kind) = parse_trailer(ikey);
             if seq <= self.seq && !(skipping && logical <= &self.saved_key[..]) {
-                if kind == Kind::Delete as u8 {
-                    self.saved_key.clear();
-                    self.saved_key.extend_from_slice(logical);
-                    skipping = true;
-                } else {
-                    self.valid = true;
-                    return;
+                let raw = self.inner.value();
+                match resolve(kind, raw, self.now_ms) {
+                    Resolved::Gone => {
+                        self.saved_key.clear();
+                        self.saved_key.extend_from_slice(logical);
+                        skipping = true;
+                    }
+                    Resolved::Value(v) => {
+                        self.value_skip = raw.len() - v.len();
+                        self.valid = true;
+                        return;
+                    }
                 }
             }
             self.inner.next();
@@ -239,16 +256,19 @@ impl DbIterator {
             }
             let (seq, kind) = parse_trailer(ikey);
             if seq <= self.seq && logical < &self.upper[..] {
-                if kind == Kind::Delete as u8 {
-                    found_put = false;
-                    self.saved_key.clear();
-                    self.saved_value.clear();
-                } else {
-                    found_put = true;
-                    self.saved_key.clear();
-                    self.saved_key.extend_from_slice(logical);
-                    self.saved_value.clear();
-                    self.saved_value.extend_from_slice(self.inner.value());
+                match resolve(kind, self.inner.value(), self.now_ms) {
+                    Resolved::Gone => {
+                        found_put = false;
+                        self.saved_key.clear();
+                        self.saved_value.clear();
+                    }
+                    Resolved::Value(v) => {
+                        found_put = true;
+                        self.saved_key.clear();
+                        self.saved_key.extend_from_slice(logical);
+                        self.saved_value.clear();
+                        self.saved_value.extend_from_slice(v);
+                    }
                 }
             }
             self.inner.prev();

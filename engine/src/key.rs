@@ -26,6 +26,8 @@ pub enum Kind {
     Delete = 0,
     /// A value.
     Put = 1,
+    /// A value with an absolute expiry: the stored value is `[expiry unix ms u64 LE][value]`.
+    PutWithExpiry = 2,
 }
 
 /// Kind used in lookup keys: sorts before every real entry of the same sequence.
@@ -37,9 +39,42 @@ impl Kind {
         match b {
             0 => Some(Kind::Delete),
             1 => Some(Kind::Put),
+            2 => Some(Kind::PutWithExpiry),
             _ => None,
         }
     }
+}
+
+/// Bytes of the expiry header in front of a [`Kind::PutWithExpiry`] value.
+pub const EXPIRY_LEN: usize = 8;
+
+/// What a stored entry means to a reader at time `now_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    /// The key has this value.
+    Value(&'a [u8]),
+    /// The key is absent: deleted, or expired at `now_ms`.
+    Gone,
+}
+
+/// Interprets an entry of raw kind `kind` with stored value `raw` at `now_ms`.
+///
+/// A value whose expiry header is missing reads as absent; codecs reject such entries earlier.
+pub fn resolve(kind: u8, raw: &[u8], now_ms: u64) -> Resolved<'_> {
+    match Kind::from_u8(kind) {
+        Some(Kind::Put) => Resolved::Value(raw),
+        Some(Kind::PutWithExpiry) => match expiry_of(raw) {
+            Some(at) if at > now_ms => Resolved::Value(&raw[EXPIRY_LEN..]),
+            _ => Resolved::Gone,
+        },
+        Some(Kind::Delete) | None => Resolved::Gone,
+    }
+}
+
+/// The expiry (unix ms) stored in front of a [`Kind::PutWithExpiry`] value.
+pub fn expiry_of(raw: &[u8]) -> Option<u64> {
+    let h: [u8; EXPIRY_LEN] = raw.get(..EXPIRY_LEN)?.try_into().ok()?;
+    Some(u64::from_le_bytes(h))
 }
 
 /// Encodes the 8-byte trailer for `seq` and raw kind byte `kind`.

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod clock;
 pub mod codec;
 pub mod compaction;
 pub mod db;

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::clock::{Clock, SystemClock};
 use crate::fs::FileSystem;
 
 /// When a write is acknowledged.
@@ -99,6 +100,8 @@ pub struct Options {
     pub fs: Option<Arc<dyn FileSystem>>,
     /// Receives opaque WAL records during recovery, oldest first.
     pub opaque_replay: Option<OpaqueReplay>,
+    /// Wall clock used for TTLs (expiry is decided against it at read and compaction time).
+    pub clock: Arc<dyn Clock>,
     /// TEST ONLY: acknowledge `Sync` writes without fdatasync. Exists so crash
     /// tests can prove they detect lost writes. Never set this in production.
     #[doc(hidden)]
@@ -136,6 +139,7 @@ impl Default for Options {
             io_backend: IoBackend::Std,
             fs: None,
             opaque_replay: None,
+            clock: Arc::new(SystemClock),
             unsafe_ack_before_sync: false,
         }
     }

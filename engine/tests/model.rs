@@ -1,12 +1,16 @@
-//! Model test: random put/delete/batch/flush/compact/reopen sequences against a `BTreeMap`,
+//! Model test: random put/put-with-TTL/delete/batch/flush/compact/reopen/snapshot sequences,
+//! with an injectable clock that moves forward, against a `BTreeMap`,
 //! comparing point reads and full scans in both directions, bounds and prefixes.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
+use nokv::clock::{Clock, ManualClock};
 use nokv::{Db, ReadOptions, WriteBatch};
 use proptest::prelude::*;
 
@@ -27,6 +31,8 @@ enum OpKind {
     Reopen,
     TakeSnapshot,
     CheckSnapshot(u8, bool),
+    PutTtl(u16, u16, u16),
+    Advance(u16),
 }
 
 fn k(i: u16) -> Vec<u8> {
@@ -52,11 +58,25 @@ fn op() -> impl Strategy<Value = OpKind> {
         1 => Just(OpKind::Reopen),
         2 => Just(OpKind::TakeSnapshot),
         3 => (any::<u8>(), any::<bool>()).prop_map(|(i, r)| OpKind::CheckSnapshot(i, r)),
+        6 => (key.clone(), any::<u16>(), 1u16..3000).prop_map(|(a, b, t)| OpKind::PutTtl(a, b, t)),
+        3 => (0u16..2000).prop_map(OpKind::Advance),
     ]
 }
 
 /// The expected contents: user key -> value.
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What was written: user key -> (value, expiry in unix ms).
+type Stored = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+/// The keys a reader sees at `now_ms`: values whose expiry is still ahead.
+fn visible(stored: &Stored, now_ms: u64) -> Model {
+    stored
+        .iter()
+        .filter(|(_, (_, exp))| exp.is_none_or(|e| e > now_ms))
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect()
+}
 
 fn scan(db: &Db, ro: ReadOptions, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     walk(db.iter(ro).expect("iter"), reverse)
@@ -84,37 +104,54 @@ fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 fn run(ops: Vec<OpKind>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = small_options();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let opts = nokv::Options {
+        clock: clock.clone(),
+        ..small_options()
+    };
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
-    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    let mut snapshots: Vec<(nokv::Snapshot, Model)> = Vec::new();
+    let mut stored: Stored = BTreeMap::new();
+    let mut snapshots: Vec<(nokv::Snapshot, Stored)> = Vec::new();
     for (step, o) in ops.into_iter().enumerate() {
+        let now = clock.now_ms();
         match o {
             OpKind::Put(a, b) => {
                 db.put(&k(a), &v(a, b)).expect("put");
-                model.insert(k(a), v(a, b));
+                stored.insert(k(a), (v(a, b), None));
             }
+            OpKind::PutTtl(a, b, ttl) => {
+                db.put_with_ttl(&k(a), &v(a, b), Duration::from_millis(ttl as u64))
+                    .expect("put_with_ttl");
+                stored.insert(k(a), (v(a, b), Some(now + ttl as u64)));
+            }
+            OpKind::Advance(ms) => clock.advance(ms as u64),
             OpKind::Delete(a) => {
                 db.delete(&k(a)).expect("delete");
-                model.remove(&k(a));
+                stored.remove(&k(a));
             }
             OpKind::Batch(entries) => {
                 let mut b = WriteBatch::new();
                 for (a, val) in &entries {
                     match val {
+                        Some(x) if x % 3 == 0 => {
+                            let exp = now + (*x as u64 % 2000) + 1;
+                            b.put_with_expiry(&k(*a), &v(*a, *x), exp);
+                            stored.insert(k(*a), (v(*a, *x), Some(exp)));
+                        }
                         Some(x) => {
                             b.put(&k(*a), &v(*a, *x));
-                            model.insert(k(*a), v(*a, *x));
+                            stored.insert(k(*a), (v(*a, *x), None));
                         }
                         None => {
                             b.delete(&k(*a));
-                            model.remove(&k(*a));
+                            stored.remove(&k(*a));
                         }
                     }
                 }
                 db.write(&b, &Default::default()).expect("batch");
             }
             OpKind::Get(a) => {
+                let model = visible(&stored, now);
                 assert_eq!(
                     db.get(&k(a)).expect("get"),
                     model.get(&k(a)).cloned(),
@@ -123,14 +160,15 @@ fn run(ops: Vec<OpKind>) {
             }
             OpKind::Scan { lo, hi, reverse } => {
                 let (lo, hi) = (lo.map(k), hi.map(k));
+                if lo.is_some() && hi.is_some() && lo > hi {
+                    continue;
+                }
                 let ro = ReadOptions {
                     lower_bound: lo.clone(),
                     upper_bound: hi.clone(),
                     ..Default::default()
                 };
-                if lo.is_some() && hi.is_some() && lo > hi {
-                    continue;
-                }
+                let model = visible(&stored, now);
                 let want: Vec<_> = model
                     .range::<Vec<u8>, _>((
                         lo.as_ref().map_or(Bound::Unbounded, Bound::Included),
@@ -150,10 +188,9 @@ fn run(ops: Vec<OpKind>) {
                     prefix: Some(prefix.clone()),
                     ..Default::default()
                 };
-                let want: Vec<_> = model
-                    .iter()
+                let want: Vec<_> = visible(&stored, now)
+                    .into_iter()
                     .filter(|(a, _)| a.starts_with(&prefix))
-                    .map(|(a, b)| (a.clone(), b.clone()))
                     .collect();
                 assert_eq!(scan(&db, ro.clone(), false), want, "step {step}");
                 assert_eq!(scan(&db, ro, true), want, "step {step} reverse");
@@ -164,10 +201,12 @@ fn run(ops: Vec<OpKind>) {
                 if snapshots.len() == 3 {
                     snapshots.remove(0);
                 }
-                snapshots.push((db.snapshot(), model.clone()));
+                snapshots.push((db.snapshot(), stored.clone()));
             }
             OpKind::CheckSnapshot(i, reverse) => {
                 if let Some((snap, then)) = snapshots.get(i as usize % snapshots.len().max(1)) {
+                    // A snapshot fixes which writes are seen; expiry is judged at read time.
+                    let then = visible(then, now);
                     let want: Vec<_> = then.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
                     let it = db.iter_at(ReadOptions::default(), snap).expect("iter_at");
                     assert_eq!(walk(it, reverse), want, "step {step}: snapshot scan");
@@ -187,7 +226,7 @@ fn run(ops: Vec<OpKind>) {
             }
         }
     }
-    let all: Vec<_> = model.into_iter().collect();
+    let all: Vec<_> = visible(&stored, clock.now_ms()).into_iter().collect();
     assert_eq!(scan(&db, ReadOptions::default(), false), all);
     assert_eq!(scan(&db, ReadOptions::default(), true), all);
     db.close().expect("close");

@@ -24,6 +24,8 @@ pub enum Lookup {
     Deleted,
     /// The newest visible entry is a value.
     Value(Vec<u8>),
+    /// The newest visible entry is a value with an expiry: `[expiry u64 LE][value]`.
+    Expiring(Vec<u8>),
 }
 
 /// A sorted, insert-only in-memory table of internal keys (`Send + Sync`).
@@ -64,6 +66,7 @@ impl Memtable {
         match Kind::from_u8(parse_trailer(trailer).1) {
             Some(Kind::Delete) => Some(Lookup::Deleted),
             Some(Kind::Put) => Some(Lookup::Value(node.value().to_vec())),
+            Some(Kind::PutWithExpiry) => Some(Lookup::Expiring(node.value().to_vec())),
             None => unreachable!("memtable holds an entry of unknown kind"),
         }
     }
