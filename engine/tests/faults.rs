@@ -262,3 +262,47 @@ fn checksum_mismatch_in_the_middle_of_the_wal_fails_open_with_file_and_offset() 
         "the damaged segment is kept for inspection"
     );
 }
+
+#[test]
+fn disk_full_during_compaction_is_reported_cleaned_up_and_retried() {
+    let (fs, db) = mem_db();
+    // Two flushes write one table each; the third table write (the compaction's output) fails.
+    fs.add_rule(
+        FaultRule::after_n(Op::Write, 2)
+            .path_contains(".sst")
+            .errno(libc::ENOSPC),
+    );
+    for round in 0..2u64 {
+        for k in 0..200 {
+            db.put(&key(k), &value_for(k, round, 40)).expect("put");
+        }
+        db.flush().expect("flush");
+    }
+    let err = db
+        .wait_for_compaction()
+        .expect_err("compaction must fail on a full disk");
+    assert!(matches!(err, nokv::Error::Background(_)), "{err:?}");
+    let tables = |fs: &FaultFs| {
+        fs.list_dir(Path::new("/db"))
+            .expect("list")
+            .into_iter()
+            .filter(|n| n.ends_with(".sst"))
+            .count()
+    };
+    assert_eq!(
+        tables(&fs),
+        2,
+        "only the two flushed tables remain; the partial output is gone"
+    );
+    for k in 0..200 {
+        assert_eq!(
+            db.get(&key(k)).expect("readable"),
+            Some(value_for(k, 1, 40))
+        );
+    }
+    fs.clear_rules();
+    db.wait_for_compaction()
+        .expect("the compaction is retried once space is back");
+    assert_eq!(db.stats().levels[0].files, 0);
+    assert_eq!(scan_all(&db).len(), 200);
+}
