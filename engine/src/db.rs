@@ -199,7 +199,11 @@ impl Db {
             (opts.block_cache_bytes > 0).then(|| Arc::new(BlockCache::new(opts.block_cache_bytes)));
         let inner = recover(dir, opts, fs, lock, cache)?;
         let inner = Arc::new(inner);
-        inner.start_threads();
+        if let Err(e) = inner.start_threads() {
+            // Stop whatever did start, then report.
+            let _ = inner.shutdown();
+            return Err(e);
+        }
         Ok(Db {
             handle: Arc::new(Handle { inner }),
         })
@@ -1117,14 +1121,16 @@ impl Inner {
         self.snapshots.oldest().map_or(last, |s| s.min(last))
     }
 
-    fn start_threads(self: &Arc<Self>) {
+    /// Starts the flush thread and the compaction threads.
+    fn start_threads(self: &Arc<Self>) -> Result<()> {
         let mut threads = self.threads.lock();
         let me = self.clone();
+        let spawn_err = |e| Error::io("spawn background thread", &self.dir, e);
         threads.push(
             std::thread::Builder::new()
                 .name("nokv-flush".into())
                 .spawn(move || me.flush_loop())
-                .expect("spawning the flush thread"),
+                .map_err(spawn_err)?,
         );
         for i in 0..self.opts.compaction_threads.max(1) {
             let me = self.clone();
@@ -1132,9 +1138,10 @@ impl Inner {
                 std::thread::Builder::new()
                     .name(format!("nokv-compact-{i}"))
                     .spawn(move || me.compaction_loop())
-                    .expect("spawning a compaction thread"),
+                    .map_err(spawn_err)?,
             );
         }
+        Ok(())
     }
 
     fn flush_loop(&self) {
