@@ -17,7 +17,7 @@
 #   SEED [42]                     key generator seed (workload i uses SEED+i), both tools
 #   WORKDIR [mktemp -d /tmp/nokv-bench-XXXX]  databases and logs; removed at exit
 #   KEEP [0]                      1 keeps WORKDIR (databases and raw logs)
-#   RESULTS_DIR []                if set, raw logs and the table are copied there
+#   RESULTS_DIR []                if set, raw logs, the table and dbbench.svg are copied there
 #   DB_BENCH []                   path to db_bench (found or installed otherwise)
 #   SKIP_BUILD [0]                1 uses an existing target/release/nokv-bench
 #   NOKV_BENCH []                 path to a built nokv-bench (skips the build)
@@ -256,8 +256,28 @@ echo "'excl.' columns compare NoKV without settling against RocksDB like for lik
 echo "WA = (flush + compaction bytes written) / user bytes written, measured after settling."
 echo "'process s' is each tool's whole run (open, work, flush and compaction settle, close) by time -v."
 
+# Chart of the same runs; the second fillrandom group is the sync=1 run.
+SVG=$LOGS/dbbench.svg
+ROCKS_OUTS=()
+NOKV_OUTS=()
+for wl in fillrandom overwrite readrandom seekrandom fillrandom-sync; do
+    ROCKS_OUTS+=("$LOGS/rocksdb-$wl.out")
+    NOKV_OUTS+=("$LOGS/nokv-$wl.out")
+done
+if ! "$NOKV_BENCH" plot dbbench --rocksdb "${ROCKS_OUTS[@]}" --nokv "${NOKV_OUTS[@]}" --out "$SVG" \
+    --title "db_bench: NoKV vs RocksDB, NUM=$NUM (fillrandom #2: sync=1, $SYNC_THREADS threads)"; then
+    echo "rocksdb.sh: nokv-bench plot failed; no chart" >&2
+    rm -f "$SVG"
+    SVG=
+fi
+
 if [[ -n ${RESULTS_DIR:-} ]]; then
     mkdir -p "$RESULTS_DIR"
     cp "$LOGS"/* "$RESULTS_DIR"/
-    echo "== raw logs and table copied to $RESULTS_DIR"
+    echo "== raw logs, table${SVG:+ and chart} copied to $RESULTS_DIR"
+    if [[ -n $SVG ]]; then
+        echo "== chart: $RESULTS_DIR/dbbench.svg"
+    fi
+elif [[ -n $SVG ]]; then
+    echo "== chart: $SVG$([[ $KEEP == 1 ]] || echo ' (removed at exit; set KEEP=1 or RESULTS_DIR to keep it)')"
 fi

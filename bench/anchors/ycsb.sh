@@ -18,7 +18,7 @@
 #   SEED [42]
 #   WORKDIR [mktemp -d /tmp/nokv-ycsb-XXXX]  databases and logs; removed at exit
 #   KEEP [0]                             1 keeps WORKDIR (the raw log)
-#   RESULTS_DIR []                       if set, the raw log and the table are copied there
+#   RESULTS_DIR []                       if set, the raw log, the table and ycsb.svg are copied there
 #   SKIP_BUILD [0]                       1 uses an existing target/release/nokv-bench
 #   NOKV_BENCH []                        path to a built nokv-bench (skips the build)
 set -euo pipefail
@@ -131,8 +131,20 @@ cat "$TABLE"
 echo
 echo "load = the insert phase (before settling); A-F run on the same data in the order shown."
 
+SVG=$WORKDIR/ycsb.svg
+if ! "$NOKV_BENCH" plot ycsb --input "$LOG" --out "$SVG" \
+    --title "YCSB: NoKV vs fjall ($RECORDS records, $OPERATIONS ops, $THREADS threads)"; then
+    echo "ycsb.sh: nokv-bench plot failed; no chart" >&2
+    SVG=
+fi
+
 if [[ -n ${RESULTS_DIR:-} ]]; then
     mkdir -p "$RESULTS_DIR"
-    cp "$LOG" "$TABLE" "$RESULTS_DIR"/
-    echo "== raw log and table copied to $RESULTS_DIR"
+    cp "$LOG" "$TABLE" ${SVG:+"$SVG"} "$RESULTS_DIR"/
+    echo "== raw log, table${SVG:+ and chart} copied to $RESULTS_DIR"
+    if [[ -n $SVG ]]; then
+        echo "== chart: $RESULTS_DIR/ycsb.svg"
+    fi
+elif [[ -n $SVG ]]; then
+    echo "== chart: $SVG$([[ $KEEP == 1 ]] || echo ' (removed at exit; set KEEP=1 or RESULTS_DIR to keep it)')"
 fi

@@ -30,6 +30,9 @@ pub enum BenchError {
         /// The engine's error message.
         msg: String,
     },
+    /// Benchmark output that cannot be plotted.
+    #[error("plot: {0}")]
+    Plot(String),
     /// A worker thread panicked.
     #[error("benchmark thread panicked")]
     ThreadPanic,

@@ -1,6 +1,6 @@
 //! `nokv-bench`: NoKV benchmarks. `dbbench` mirrors RocksDB's db_bench (same flags, key
 //! layout, value generator and result lines); `ycsb` runs the YCSB core workloads against
-//! NoKV and fjall; `parse` reads db_bench-format output.
+//! NoKV and fjall; `parse` reads db_bench-format output; `plot` draws SVG charts of both.
 
 mod db;
 mod error;
@@ -8,6 +8,7 @@ mod fjall_db;
 mod flags;
 mod gen;
 mod nokv_db;
+mod plot;
 mod report;
 mod runner;
 mod ycsb;
@@ -40,6 +41,11 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Draw an SVG bar chart of `ycsb` or db_bench-format output.
+    Plot {
+        #[command(subcommand)]
+        kind: plot::PlotKind,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         Command::Dbbench(args) => runner::run(&args, &mut std::io::stdout().lock()),
         Command::Ycsb(args) => ycsb::run(&args, &mut std::io::stdout().lock()),
         Command::Parse { files } => parse_files(&files),
+        Command::Plot { kind } => plot::run(&kind),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -142,7 +142,6 @@ pub fn ratio_line(workload: &str, nokv: &PhaseResult, fjall: &PhaseResult) -> St
     format!("ycsb ratio workload={workload} nokv_over_fjall={ratio}")
 }
 
-#[cfg(test)]
 /// Parses the `key=value` fields of a `ycsb engine=...` line; None for other lines.
 pub fn parse_result_fields(line: &str) -> Option<Vec<(String, String)>> {
     let rest = line.strip_prefix("ycsb engine=")?;
