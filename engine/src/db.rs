@@ -1129,7 +1129,7 @@ impl Inner {
         threads.push(
             std::thread::Builder::new()
                 .name("nokv-flush".into())
-                .spawn(move || me.flush_loop())
+                .spawn(move || me.guarded("flush", Inner::flush_loop))
                 .map_err(spawn_err)?,
         );
         for i in 0..self.opts.compaction_threads.max(1) {
@@ -1137,11 +1137,20 @@ impl Inner {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("nokv-compact-{i}"))
-                    .spawn(move || me.compaction_loop())
+                    .spawn(move || me.guarded("compaction", Inner::compaction_loop))
                     .map_err(spawn_err)?,
             );
         }
         Ok(())
+    }
+
+    /// Runs a background loop; if it panics (a broken invariant), the database is poisoned
+    /// so that writers get an error instead of waiting forever for work that will not happen.
+    fn guarded(&self, what: &'static str, body: fn(&Inner)) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self))).is_err() {
+            self.poison(&Error::Background(format!("the {what} thread panicked")));
+            self.state_cv.notify_all();
+        }
     }
 
     fn flush_loop(&self) {
