@@ -324,6 +324,12 @@ pub struct MergeJob {
     /// Wall-clock time the job judges expiry at.
     now_ms: u64,
     tombstone: Vec<u8>,
+    /// Largest logical keys of the files one level below the output, ascending.
+    boundaries: Vec<Vec<u8>>,
+    /// Index of the first boundary not yet passed by the keys written.
+    next_boundary: usize,
+    /// True once the current output has passed a boundary (cutting there is preferred).
+    crossed_boundary: bool,
 }
 
 /// What a step left to do.
@@ -360,7 +366,17 @@ impl MergeJob {
             entries_dropped: 0,
             expired_to_tombstones: 0,
             tombstone: Vec::new(),
+            boundaries: Vec::new(),
+            next_boundary: 0,
+            crossed_boundary: false,
         }
+    }
+
+    /// Sets the largest logical keys of the files below the output level, ascending;
+    /// outputs are preferably cut where those files end.
+    pub fn with_boundaries(mut self, boundaries: Vec<Vec<u8>>) -> Self {
+        self.boundaries = boundaries;
+        self
     }
 
     /// Processes up to `max_entries` input entries.
@@ -399,15 +415,33 @@ impl MergeJob {
             if drop {
                 self.entries_dropped += 1;
             } else {
+                if new_key {
+                    while self
+                        .boundaries
+                        .get(self.next_boundary)
+                        .is_some_and(|b| b.as_slice() < logical_key(self.input.key()))
+                    {
+                        self.next_boundary += 1;
+                        self.crossed_boundary = true;
+                    }
+                }
+                let size = self
+                    .builder
+                    .as_ref()
+                    .map_or(0, |(_, _, b)| b.estimated_size());
+                // Cut at the target size, or earlier (past a quarter of it) where the next
+                // level's files end, so that a later compaction of this output overlaps
+                // as few of them as possible.
                 let cut = new_key
-                    && self.builder.as_ref().is_some_and(|(_, _, b)| {
-                        b.estimated_size() >= self.settings.target_file_bytes
-                    });
+                    && self.builder.is_some()
+                    && (size >= self.settings.target_file_bytes
+                        || (self.crossed_boundary && size >= self.settings.target_file_bytes / 4));
                 if cut {
                     self.finish_output()?;
                 }
                 if self.builder.is_none() {
                     self.start_output()?;
+                    self.crossed_boundary = false;
                 }
                 let (_, _, b) = self.builder.as_mut().expect("builder was just started");
                 if expired {
