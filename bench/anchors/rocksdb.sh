@@ -99,32 +99,11 @@ if [[ ! -x /usr/bin/time ]]; then
     apt_install time
 fi
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [[ -n ${NOKV_BENCH:-} ]]; then
-    SKIP_BUILD=1
-else
-    NOKV_BENCH=$TARGET_DIR/release/nokv-bench
-fi
+# shellcheck source=bench/anchors/common.sh
+source "$SCRIPT_DIR/common.sh"
+anchor_setup rocksdb.sh nokv-bench
 read -r -a NOKV_EXTRA <<<"${NOKV_BENCH_FLAGS:-}"
-if [[ $SKIP_BUILD != 1 ]]; then
-    echo "== cargo build --release -p nokv-bench"
-    (cd "$REPO" && cargo build --release -p nokv-bench)
-fi
-if [[ ! -x $NOKV_BENCH ]]; then
-    echo "rocksdb.sh: $NOKV_BENCH not found (build failed or SKIP_BUILD=1 without a build)" >&2
-    exit 1
-fi
-
-WORKDIR=${WORKDIR:-$(mktemp -d /tmp/nokv-bench-XXXX)}
 mkdir -p "$WORKDIR/logs"
-cleanup() {
-    if [[ $KEEP == 1 ]]; then
-        echo "== kept $WORKDIR"
-    else
-        rm -rf "$WORKDIR"
-    fi
-}
-trap cleanup EXIT
 LOGS=$WORKDIR/logs
 
 # --- pinned settings --------------------------------------------------------------------

@@ -54,31 +54,9 @@ for v in RECORDS OPERATIONS THREADS VALUE_SIZE MAX_SCAN_LEN CACHE_BYTES WRITE_BU
     fi
 done
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [[ -n ${NOKV_BENCH:-} ]]; then
-    SKIP_BUILD=1
-else
-    NOKV_BENCH=$TARGET_DIR/release/nokv-bench
-fi
-if [[ $SKIP_BUILD != 1 ]]; then
-    echo "== cargo build --release -p nokv-bench"
-    (cd "$REPO" && cargo build --release -p nokv-bench)
-fi
-if [[ ! -x $NOKV_BENCH ]]; then
-    echo "ycsb.sh: $NOKV_BENCH not found (build failed or SKIP_BUILD=1 without a build)" >&2
-    exit 1
-fi
-
-WORKDIR=${WORKDIR:-$(mktemp -d /tmp/nokv-ycsb-XXXX)}
-mkdir -p "$WORKDIR"
-cleanup() {
-    if [[ $KEEP == 1 ]]; then
-        echo "== kept $WORKDIR"
-    else
-        rm -rf "$WORKDIR"
-    fi
-}
-trap cleanup EXIT
+# shellcheck source=bench/anchors/common.sh
+source "$SCRIPT_DIR/common.sh"
+anchor_setup ycsb.sh nokv-ycsb
 LOG=$WORKDIR/ycsb.out
 
 CMD=("$NOKV_BENCH" ycsb --engines nokv,fjall --workloads "$WORKLOADS"

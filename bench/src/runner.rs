@@ -257,15 +257,26 @@ fn levels_text(s: &EngineStats) -> String {
 
 /// Peak resident set size of this process in KiB (VmHWM from /proc/self/status).
 pub fn peak_rss_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+/// Current resident set size of this process in KiB (VmRSS from /proc/self/status).
+pub fn rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+/// A `kB` field of /proc/self/status, e.g. `VmHWM:`.
+fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
 
-fn w(out: &mut dyn Write, s: std::fmt::Arguments<'_>) -> Result<()> {
+/// Writes and flushes one piece of output, mapping failures to a stdout error.
+pub(crate) fn w(out: &mut dyn Write, s: std::fmt::Arguments<'_>) -> Result<()> {
     out.write_fmt(s)
         .and_then(|_| out.flush())
         .map_err(|e| BenchError::io("writing results to", "stdout", e))

@@ -113,6 +113,21 @@ fn busy(files: &[Arc<FileMeta>]) -> bool {
         .any(|f| f.being_compacted.load(Ordering::Acquire))
 }
 
+/// Largest logical keys of the files below `plan`'s output level that overlap its inputs,
+/// ascending: where [`MergeJob`] prefers to cut its outputs.
+pub fn next_level_boundaries(v: &Version, plan: &Plan) -> Vec<Vec<u8>> {
+    let Some(below) = v.levels.get(plan.output_level + 1) else {
+        return Vec::new();
+    };
+    let inputs: Vec<Arc<FileMeta>> = plan.all_inputs().cloned().collect();
+    let (lo, hi) = key_range(&inputs);
+    below
+        .iter()
+        .filter(|f| f.desc.overlaps(Some(&lo), Some(&hi)))
+        .map(|f| f.desc.largest_logical().to_vec())
+        .collect()
+}
+
 fn key_range(files: &[Arc<FileMeta>]) -> (Vec<u8>, Vec<u8>) {
     let lo = files
         .iter()

@@ -1395,29 +1395,7 @@ impl Inner {
             self.next_file_number.clone(),
             self.cache.clone(),
         );
-        let boundaries = match self.state.lock().version.levels.get(plan.output_level + 1) {
-            Some(below) => {
-                let all: Vec<&Arc<FileMeta>> = plan.all_inputs().collect();
-                let lo = all
-                    .iter()
-                    .map(|f| f.desc.smallest_logical())
-                    .min()
-                    .unwrap_or_default()
-                    .to_vec();
-                let hi = all
-                    .iter()
-                    .map(|f| f.desc.largest_logical())
-                    .max()
-                    .unwrap_or_default()
-                    .to_vec();
-                below
-                    .iter()
-                    .filter(|f| f.desc.overlaps(Some(&lo), Some(&hi)))
-                    .map(|f| f.desc.largest_logical().to_vec())
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let boundaries = compaction::next_level_boundaries(&self.state.lock().version, plan);
         let mut job = MergeJob::new(
             Box::new(MergingIterator::new(children)),
             settings,

@@ -15,7 +15,7 @@ use crate::error::{BenchError, Result};
 use crate::flags::CompressionType;
 use crate::gen::{Mt19937_64, ValueGenerator};
 use crate::report::PEAK_RSS_PREFIX;
-use crate::runner::{peak_rss_kib, EngineConfig};
+use crate::runner::{peak_rss_kib, rss_kib, w, EngineConfig};
 
 use dist::{key_name, uniform_below, InsertCounter, Latest, ScrambledZipfian};
 use flags::{Distribution, Workload, YcsbArgs, YcsbEngine};
@@ -154,22 +154,6 @@ pub fn parse_result_fields(line: &str) -> Option<Vec<(String, String)>> {
         fields.push((k.to_string(), v.to_string()));
     }
     Some(fields)
-}
-
-/// Current resident set size of this process in KiB (VmRSS).
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn w(out: &mut dyn Write, s: std::fmt::Arguments<'_>) -> Result<()> {
-    out.write_fmt(s)
-        .and_then(|_| out.flush())
-        .map_err(|e| BenchError::io("writing results to", "stdout", e))
 }
 
 /// What one thread measured.

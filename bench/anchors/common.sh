@@ -1,0 +1,33 @@
+# Shared by the anchor scripts (sourced, not run): finds or builds nokv-bench and makes a
+# work directory that is removed at exit unless KEEP=1.
+# Needs: REPO, SKIP_BUILD, KEEP. Sets: NOKV_BENCH, WORKDIR.
+
+# anchor_setup SCRIPT_NAME WORKDIR_PREFIX
+anchor_setup() {
+    local name=$1 prefix=$2
+    local target_dir=${CARGO_TARGET_DIR:-$REPO/target}
+    if [[ -n ${NOKV_BENCH:-} ]]; then
+        SKIP_BUILD=1
+    else
+        NOKV_BENCH=$target_dir/release/nokv-bench
+    fi
+    if [[ $SKIP_BUILD != 1 ]]; then
+        echo "== cargo build --release -p nokv-bench"
+        (cd "$REPO" && cargo build --release -p nokv-bench)
+    fi
+    if [[ ! -x $NOKV_BENCH ]]; then
+        echo "$name: $NOKV_BENCH not found (build failed or SKIP_BUILD=1 without a build)" >&2
+        exit 1
+    fi
+    WORKDIR=${WORKDIR:-$(mktemp -d "/tmp/$prefix-XXXX")}
+    mkdir -p "$WORKDIR"
+    trap anchor_cleanup EXIT
+}
+
+anchor_cleanup() {
+    if [[ $KEEP == 1 ]]; then
+        echo "== kept $WORKDIR"
+    else
+        rm -rf "$WORKDIR"
+    fi
+}
