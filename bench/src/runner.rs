@@ -448,8 +448,16 @@ Engine options: {}\n\
     };
     result?;
     closed?;
+    print_peak_rss(out, "")
+}
+
+/// Prints the `peak RSS` line (`note` is appended inside the parentheses).
+pub(crate) fn print_peak_rss(out: &mut dyn Write, note: &str) -> Result<()> {
     match peak_rss_kib() {
-        Some(kib) => w(out, format_args!("{PEAK_RSS_PREFIX}{kib} kB (VmHWM)\n")),
+        Some(kib) => w(
+            out,
+            format_args!("{PEAK_RSS_PREFIX}{kib} kB (VmHWM{note})\n"),
+        ),
         None => w(out, format_args!("{PEAK_RSS_PREFIX}unknown (no VmHWM)\n")),
     }
 }

@@ -14,8 +14,7 @@ use crate::db::{destroy_db_dir, prepare_db_dir, BenchDb, MemDb};
 use crate::error::{BenchError, Result};
 use crate::flags::CompressionType;
 use crate::gen::{Mt19937_64, ValueGenerator};
-use crate::report::PEAK_RSS_PREFIX;
-use crate::runner::{peak_rss_kib, rss_kib, w, EngineConfig};
+use crate::runner::{print_peak_rss, rss_kib, w, EngineConfig};
 
 use dist::{key_name, uniform_below, InsertCounter, Latest, ScrambledZipfian};
 use flags::{Distribution, Workload, YcsbArgs, YcsbEngine};
@@ -550,13 +549,7 @@ write_buffer_bytes={} seed={} dir={}\n",
             w(out, format_args!("{}\n", ratio_line(wl, n, f)))?;
         }
     }
-    match peak_rss_kib() {
-        Some(kib) => w(
-            out,
-            format_args!("{PEAK_RSS_PREFIX}{kib} kB (VmHWM, whole process, all engines)\n"),
-        ),
-        None => w(out, format_args!("{PEAK_RSS_PREFIX}unknown (no VmHWM)\n")),
-    }
+    print_peak_rss(out, ", whole process, all engines")
 }
 
 #[cfg(test)]
