@@ -911,9 +911,6 @@ impl Inner {
                 types.push(REC_OPAQUE);
             }
             sync |= r.sync;
-            for e in r.batch.iter_entries() {
-                user_bytes += (e.logical_key.len() - 1 + e.value.len()) as u64;
-            }
             user_writes += r.batch.len() as u64;
         }
         let mut pos = WalPosition {
@@ -957,6 +954,7 @@ impl Inner {
             for e in r.batch.iter_entries() {
                 seq += 1;
                 ws.mem.add(seq, e.kind, e.logical_key, e.value);
+                user_bytes += (e.logical_key.len() - 1 + e.value.len()) as u64;
             }
             if let Some((region, index)) = r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
