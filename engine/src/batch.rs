@@ -2,13 +2,17 @@
 //!
 //! Encoding (also the WAL `Batch` record payload):
 //! `[first seq u64 LE][count u32 LE]` then per entry
-//! `[kind u8][varint key len][logical key][varint value len][value]` (no value for deletes).
+//! `[kind u8 | 0x80 if versioned][varint key len][logical key]`
+//! `[varint version, if versioned][varint value len][value]` (no value for deletes).
+//! An entry without an explicit version gets its sequence number as version.
 
-use crate::codec::{put_bytes, Reader};
+use crate::codec::{put_bytes, put_varint, Reader};
 use crate::error::{Error, Result};
-use crate::key::{Kind, NS_KV};
+use crate::key::{KeySpace, Kind, PREFIX_LEN};
 
 const HEADER: usize = 12;
+/// Flag on the kind byte: an explicit version follows the key.
+const VERSIONED: u8 = 0x80;
 
 /// A set of writes applied atomically: all of them or none survive a crash.
 #[derive(Clone, PartialEq, Eq)]
@@ -16,6 +20,7 @@ pub struct WriteBatch {
     rep: Vec<u8>,
     count: u32,
     has_empty_key: bool,
+    has_zero_version: bool,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -38,8 +43,10 @@ impl Default for WriteBatch {
 pub struct BatchEntry<'a> {
     /// Put or delete.
     pub kind: Kind,
-    /// Namespace byte + user key.
+    /// Namespace byte + column family byte + user key.
     pub logical_key: &'a [u8],
+    /// Explicit version; `None` means the entry's sequence number.
+    pub version: Option<u64>,
     /// Stored value: empty for deletes, `[expiry u64 LE][value]` for `PutWithExpiry`.
     pub value: &'a [u8],
 }
@@ -51,23 +58,29 @@ impl WriteBatch {
             rep: vec![0u8; HEADER],
             count: 0,
             has_empty_key: false,
+            has_zero_version: false,
         }
     }
 
-    /// Adds a put of `key` in the ordered-KV namespace.
+    /// Adds a put of `key` in the ordered-KV namespace's default column family.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
-        self.put_ns(NS_KV, key, value)
+        self.put_in(KeySpace::KV, key, value)
     }
 
-    /// Adds a delete of `key` in the ordered-KV namespace.
+    /// Adds a delete of `key` in the ordered-KV namespace's default column family.
     pub fn delete(&mut self, key: &[u8]) -> &mut Self {
-        self.delete_ns(NS_KV, key)
+        self.delete_in(KeySpace::KV, key)
     }
 
-    /// Adds a put in namespace `ns` (see [`crate::key`] for the reserved namespaces).
-    pub fn put_ns(&mut self, ns: u8, key: &[u8], value: &[u8]) -> &mut Self {
-        self.has_empty_key |= key.is_empty();
-        self.push(Kind::Put, ns, key, Some(value));
+    /// Adds a put in `space` (see [`crate::key`] for the reserved namespaces and column families).
+    pub fn put_in(&mut self, space: KeySpace, key: &[u8], value: &[u8]) -> &mut Self {
+        self.push(Kind::Put, space, key, None, Some(value));
+        self
+    }
+
+    /// Adds a delete in `space`.
+    pub fn delete_in(&mut self, space: KeySpace, key: &[u8]) -> &mut Self {
+        self.push(Kind::Delete, space, key, None, None);
         self
     }
 
@@ -75,37 +88,55 @@ impl WriteBatch {
     ///
     /// The expiry is absolute so that every replica applying the batch stores the same data.
     pub fn put_with_expiry(&mut self, key: &[u8], value: &[u8], expiry_unix_ms: u64) -> &mut Self {
-        self.put_ns_with_expiry(NS_KV, key, value, expiry_unix_ms)
+        self.put_in_with_expiry(KeySpace::KV, key, None, value, expiry_unix_ms)
     }
 
-    /// Adds a put in namespace `ns` that expires at `expiry_unix_ms`.
-    pub fn put_ns_with_expiry(
+    /// Adds a put in `space`, at `version` (`None`: the write's sequence number), expiring at `expiry_unix_ms`.
+    pub fn put_in_with_expiry(
         &mut self,
-        ns: u8,
+        space: KeySpace,
         key: &[u8],
+        version: Option<u64>,
         value: &[u8],
         expiry_unix_ms: u64,
     ) -> &mut Self {
-        self.has_empty_key |= key.is_empty();
         let mut v = Vec::with_capacity(crate::key::EXPIRY_LEN + value.len());
         v.extend_from_slice(&expiry_unix_ms.to_le_bytes());
         v.extend_from_slice(value);
-        self.push(Kind::PutWithExpiry, ns, key, Some(&v));
+        self.push(Kind::PutWithExpiry, space, key, version, Some(&v));
         self
     }
 
-    /// Adds a delete in namespace `ns`.
-    pub fn delete_ns(&mut self, ns: u8, key: &[u8]) -> &mut Self {
+    /// Adds a put in `space` at an explicit `version` (>= 1), as replicas applying one log must.
+    pub fn put_at(&mut self, space: KeySpace, key: &[u8], version: u64, value: &[u8]) -> &mut Self {
+        self.push(Kind::Put, space, key, Some(version), Some(value));
+        self
+    }
+
+    /// Adds a delete in `space` at an explicit `version` (>= 1): readers at or after it see no value.
+    pub fn delete_at(&mut self, space: KeySpace, key: &[u8], version: u64) -> &mut Self {
+        self.push(Kind::Delete, space, key, Some(version), None);
+        self
+    }
+
+    fn push(
+        &mut self,
+        kind: Kind,
+        space: KeySpace,
+        key: &[u8],
+        version: Option<u64>,
+        value: Option<&[u8]>,
+    ) {
         self.has_empty_key |= key.is_empty();
-        self.push(Kind::Delete, ns, key, None);
-        self
-    }
-
-    fn push(&mut self, kind: Kind, ns: u8, key: &[u8], value: Option<&[u8]>) {
-        self.rep.push(kind as u8);
-        crate::codec::put_varint(&mut self.rep, key.len() as u64 + 1);
-        self.rep.push(ns);
+        self.has_zero_version |= version == Some(0);
+        let flag = if version.is_some() { VERSIONED } else { 0 };
+        self.rep.push(kind as u8 | flag);
+        put_varint(&mut self.rep, (key.len() + PREFIX_LEN) as u64);
+        self.rep.extend_from_slice(&space.prefix());
         self.rep.extend_from_slice(key);
+        if let Some(v) = version {
+            put_varint(&mut self.rep, v);
+        }
         if let Some(v) = value {
             put_bytes(&mut self.rep, v);
         }
@@ -132,6 +163,7 @@ impl WriteBatch {
         self.rep.truncate(HEADER);
         self.count = 0;
         self.has_empty_key = false;
+        self.has_zero_version = false;
     }
 
     /// Checks every entry against the limits and returns the first violation.
@@ -144,6 +176,9 @@ impl WriteBatch {
         if self.has_empty_key {
             return Err(Error::EmptyKey);
         }
+        if self.has_zero_version {
+            return Err(Error::InvalidVersion);
+        }
         if self.rep.len() > max_batch {
             return Err(Error::BatchTooLarge {
                 len: self.rep.len(),
@@ -151,7 +186,7 @@ impl WriteBatch {
             });
         }
         for e in self.iter_entries() {
-            let klen = e.logical_key.len() - 1;
+            let klen = e.logical_key.len() - PREFIX_LEN;
             if klen > max_key {
                 return Err(Error::KeyTooLarge {
                     len: klen,
@@ -204,11 +239,17 @@ impl<'a> Iterator for EntryIter<'a> {
 }
 
 fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
-    let kind = Kind::from_u8(r.u8()?)?;
+    let tag = r.u8()?;
+    let kind = Kind::from_u8(tag & !VERSIONED)?;
     let logical_key = r.bytes()?;
-    if logical_key.is_empty() {
+    if logical_key.len() <= PREFIX_LEN {
         return None;
     }
+    let version = if tag & VERSIONED != 0 {
+        Some(r.varint().filter(|v| *v != 0)?)
+    } else {
+        None
+    };
     let value = match kind {
         Kind::Put => r.bytes()?,
         Kind::PutWithExpiry => Some(r.bytes()?).filter(|v| v.len() >= crate::key::EXPIRY_LEN)?,
@@ -217,6 +258,7 @@ fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
     Some(BatchEntry {
         kind,
         logical_key,
+        version,
         value,
     })
 }
@@ -267,6 +309,12 @@ mod tests {
             Err(Error::ValueTooLarge { len: 11, .. })
         ));
         let mut b = WriteBatch::new();
+        b.put_at(KeySpace::KV, b"k", 0, b"v");
+        assert!(matches!(
+            b.validate(10, 10, 100),
+            Err(Error::InvalidVersion)
+        ));
+        let mut b = WriteBatch::new();
         for _ in 0..20 {
             b.put(b"k", b"v");
         }
@@ -278,20 +326,33 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encode_decode_roundtrip(ops in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 1..20), proptest::collection::vec(any::<u8>(), 0..50)), 0..30), seq in 0u64..1<<50) {
+        fn encode_decode_roundtrip(
+            ops in proptest::collection::vec(
+                (any::<bool>(), any::<u8>(), proptest::option::of(1u64..), proptest::collection::vec(any::<u8>(), 1..20), proptest::collection::vec(any::<u8>(), 0..50)),
+                0..30,
+            ),
+            seq in 0u64..1<<50,
+        ) {
             let mut b = WriteBatch::new();
-            for (put, k, v) in &ops {
-                if *put { b.put(k, v); } else { b.delete(k); }
+            for (put, cf, version, k, v) in &ops {
+                let space = KeySpace::kv(*cf);
+                match (put, version) {
+                    (true, Some(ver)) => b.put_at(space, k, *ver, v),
+                    (true, None) => b.put_in(space, k, v),
+                    (false, Some(ver)) => b.delete_at(space, k, *ver),
+                    (false, None) => b.delete_in(space, k),
+                };
             }
             let mut out = Vec::new();
             b.encode_with_seq(seq, &mut out);
             let d = decode_batch(&out).expect("decodes");
             prop_assert_eq!(d.seq, seq);
             prop_assert_eq!(d.entries.len(), ops.len());
-            for (e, (put, k, v)) in d.entries.iter().zip(&ops) {
+            for (e, (put, cf, version, k, v)) in d.entries.iter().zip(&ops) {
                 prop_assert_eq!(e.kind, if *put { Kind::Put } else { Kind::Delete });
-                prop_assert_eq!(&e.logical_key[1..], &k[..]);
-                prop_assert_eq!(e.logical_key[0], NS_KV);
+                prop_assert_eq!(&e.logical_key[PREFIX_LEN..], &k[..]);
+                prop_assert_eq!(&e.logical_key[..PREFIX_LEN], &KeySpace::kv(*cf).prefix()[..]);
+                prop_assert_eq!(e.version, *version);
                 if *put { prop_assert_eq!(e.value, &v[..]); }
             }
         }

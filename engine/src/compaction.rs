@@ -16,7 +16,9 @@ use crate::error::{IoContext, Result};
 use crate::filename;
 use crate::fs::{new_queue, FileSystem, OpenMode, QueueKind};
 use crate::iter::InternalIterator;
-use crate::key::{encode_trailer, logical_key, parse_trailer, resolve, Kind, Resolved};
+use crate::key::{
+    encode_trailer, logical_key, parse_trailer, parse_version, resolve, Kind, Resolved,
+};
 use crate::options::{IoBackend, Options};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
@@ -323,11 +325,14 @@ pub struct MergeJob {
     input: Box<dyn InternalIterator>,
     settings: JobSettings,
     smallest_snapshot: u64,
+    safe_point: u64,
     bottommost: bool,
     started: bool,
     current_key: Vec<u8>,
     has_current_key: bool,
-    last_seq_for_key: u64,
+    /// An earlier entry of the current key is seen by every possible reader, so nothing
+    /// after it can be.
+    shadowed: bool,
     builder: Option<(u64, PathBuf, TableBuilder)>,
     outputs: Vec<Output>,
     /// Entries read from the input.
@@ -357,11 +362,17 @@ pub enum Step {
 }
 
 impl MergeJob {
-    /// A job over `input`; versions older than `smallest_snapshot` and hidden by newer ones are dropped.
+    /// A job over `input` that drops what no reader can see.
+    ///
+    /// Readers read at a version >= `safe_point` and a sequence >= `smallest_snapshot`:
+    /// an entry at (version <= `safe_point`, seq <= `smallest_snapshot`) is seen by all of
+    /// them, so the entries of its key that sort after it are dropped; such an entry that
+    /// reads as absent is dropped too when `bottommost` (nothing older lies below).
     pub fn new(
         input: Box<dyn InternalIterator>,
         settings: JobSettings,
         smallest_snapshot: u64,
+        safe_point: u64,
         bottommost: bool,
     ) -> Self {
         let now_ms = settings.clock.now_ms();
@@ -370,11 +381,12 @@ impl MergeJob {
             input,
             settings,
             smallest_snapshot,
+            safe_point,
             bottommost,
             started: false,
             current_key: Vec::new(),
             has_current_key: false,
-            last_seq_for_key: u64::MAX,
+            shadowed: false,
             builder: None,
             outputs: Vec::new(),
             entries_read: 0,
@@ -414,19 +426,17 @@ impl MergeJob {
                 self.current_key.clear();
                 self.current_key.extend_from_slice(logical);
                 self.has_current_key = true;
-                self.last_seq_for_key = u64::MAX;
+                self.shadowed = false;
             }
+            let version = parse_version(ikey);
             // An expired value reads as absent, exactly like a tombstone; it must not be
             // dropped above the bottom, or it would let an older version show through.
             let expired = kind == Kind::PutWithExpiry as u8
                 && resolve(kind, self.input.value(), self.now_ms) == Resolved::Gone;
             let absent = kind == Kind::Delete as u8 || expired;
-            let drop = if self.last_seq_for_key <= self.smallest_snapshot {
-                true
-            } else {
-                absent && seq <= self.smallest_snapshot && self.bottommost
-            };
-            self.last_seq_for_key = seq;
+            let seen_by_all = version <= self.safe_point && seq <= self.smallest_snapshot;
+            let drop = self.shadowed || (absent && seen_by_all && self.bottommost);
+            self.shadowed |= seen_by_all;
             if drop {
                 self.entries_dropped += 1;
             } else {
@@ -463,8 +473,11 @@ impl MergeJob {
                     self.tombstone.clear();
                     self.tombstone
                         .extend_from_slice(logical_key(self.input.key()));
-                    self.tombstone
-                        .extend_from_slice(&encode_trailer(seq, Kind::Delete as u8));
+                    self.tombstone.extend_from_slice(&encode_trailer(
+                        version,
+                        seq,
+                        Kind::Delete as u8,
+                    ));
                     b.add(&self.tombstone, &[])?;
                     self.expired_to_tombstones += 1;
                 } else {

@@ -17,12 +17,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::filename::{self, FileKind};
 use crate::fs::{DirLock, FileSystem, OpenMode, StdFs, UringFs};
 use crate::iter::InternalIterator;
-use crate::key::{lookup_key, parse_trailer, resolve, Kind, Resolved, NS_KV};
+use crate::key::{
+    expiry_of, lookup_key, resolve, KeySpace, Kind, Resolved, MAX_VERSION, PREFIX_LEN,
+};
 use crate::manifest::{self, ManifestState, ManifestWriter};
-use crate::memtable::{Lookup, Memtable};
+use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
-use crate::snapshot::{Snapshot, SnapshotGuard, SnapshotList};
+use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::Table;
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
@@ -32,6 +34,17 @@ use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
 const GROUP_BYTES_MAX: usize = 1 << 20;
 /// Entries a background job merges between checks for shutdown.
 const STEP_ENTRIES: usize = 4096;
+
+/// A value read with its metadata (see [`Db::get_entry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The stored value.
+    pub value: Vec<u8>,
+    /// The version it was written at.
+    pub version: u64,
+    /// When it expires (unix ms), if it was written with a TTL.
+    pub expiry_unix_ms: Option<u64>,
+}
 
 /// An open database. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
@@ -124,6 +137,8 @@ struct Inner {
     cache: Option<Arc<BlockCache>>,
     snapshots: Arc<SnapshotList>,
     last_seq: AtomicU64,
+    /// GC safe point set by the owner (`Options::retain_versions`).
+    gc_safe_point: AtomicU64,
     next_file_number: Arc<AtomicU64>,
     pending: Mutex<VecDeque<Arc<PendingWrite>>>,
     write: Mutex<WriteState>,
@@ -308,19 +323,78 @@ impl Db {
         Ok(())
     }
 
-    /// Reads the value stored under `key`.
+    /// Reads the newest value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get_ns(NS_KV, key)
+        self.get_in(KeySpace::KV, key, &ReadOptions::default())
     }
 
-    /// Reads the value stored under `key` in namespace `ns`.
-    pub fn get_ns(&self, ns: u8, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let seq = self.inner().last_seq.load(Ordering::Acquire);
-        self.get_at_seq(ns, key, seq)
+    /// Reads the value of `key` at version `ts`: the newest version at or below it.
+    pub fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Vec<u8>>> {
+        let ro = ReadOptions {
+            read_ts: Some(ts),
+            ..Default::default()
+        };
+        self.get_in(KeySpace::KV, key, &ro)
     }
 
-    /// A consistent point-in-time view: reads through it see exactly the writes
-    /// acknowledged before it was taken, and compaction keeps what it needs while it lives.
+    /// Reads the value of `key` in `space` at `ro`'s timestamp and snapshot.
+    pub fn get_in(&self, space: KeySpace, key: &[u8], ro: &ReadOptions) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_entry(space, key, ro)?.map(|e| e.value))
+    }
+
+    /// Reads the value of `key` in `space` with its version and expiry.
+    pub fn get_entry(
+        &self,
+        space: KeySpace,
+        key: &[u8],
+        ro: &ReadOptions,
+    ) -> Result<Option<Entry>> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let (ts, seq) = inner.read_point(ro)?;
+        let logical = space.logical(key);
+        let Some(found) = inner.find(&logical, ts, seq, !ro.skip_cache_fill)? else {
+            return Ok(None);
+        };
+        let now_ms = inner.opts.clock.now_ms();
+        Ok(match resolve(found.kind, &found.value, now_ms) {
+            Resolved::Gone => None,
+            Resolved::Value(v) => {
+                let skip = found.value.len() - v.len();
+                let expiry_unix_ms =
+                    (found.kind == Kind::PutWithExpiry as u8).then(|| expiry_of(&found.value));
+                let mut value = found.value;
+                value.drain(..skip);
+                Some(Entry {
+                    value,
+                    version: found.version,
+                    expiry_unix_ms: expiry_unix_ms.flatten(),
+                })
+            }
+        })
+    }
+
+    /// Stores `value` under `key` at an explicit `version` (>= 1).
+    ///
+    /// Per key, write versions in increasing order: a write below the version of an
+    /// existing delete of the key may show through once that delete falls below the GC
+    /// safe point and is reclaimed.
+    pub fn put_at(&self, key: &[u8], version: u64, value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put_at(KeySpace::KV, key, version, value);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
+    /// Deletes `key` at an explicit `version` (>= 1): reads at or after it see no value.
+    pub fn delete_at(&self, key: &[u8], version: u64) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete_at(KeySpace::KV, key, version);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
+    /// A consistent point-in-time view: reads through it (`ReadOptions::snapshot`) see
+    /// exactly the writes acknowledged before it was taken, and compaction keeps what it
+    /// needs while it lives.
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.inner();
         let seq = inner.last_seq.load(Ordering::Acquire);
@@ -329,83 +403,34 @@ impl Db {
         }
     }
 
-    /// Reads `key` as of `snapshot`.
-    pub fn get_at(&self, key: &[u8], snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
-        self.get_at_seq(NS_KV, key, snapshot.sequence())
+    /// Raises the GC safe point to `ts` (never lowers it): compaction may then drop every
+    /// version older than the newest one at or below `ts`, and reads below `ts` are refused.
+    /// Only meaningful with `Options::retain_versions`; the value is not persisted (it
+    /// starts at 0 on every open, which reclaims nothing until the owner sets it again).
+    pub fn set_gc_safe_point(&self, ts: u64) {
+        self.inner().gc_safe_point.fetch_max(ts, Ordering::AcqRel);
     }
 
-    /// An iterator over the ordered-KV namespace as of `snapshot`.
-    pub fn iter_at(&self, ro: ReadOptions, snapshot: &Snapshot) -> Result<DbIterator> {
-        let guard = self.inner().snapshots.acquire(snapshot.sequence());
-        self.iter_at_seq(NS_KV, ro, guard)
+    /// The current GC safe point (see [`Db::set_gc_safe_point`]).
+    pub fn gc_safe_point(&self) -> u64 {
+        self.inner().safe_point()
     }
 
-    fn get_at_seq(&self, ns: u8, key: &[u8], seq: u64) -> Result<Option<Vec<u8>>> {
-        let inner = self.inner();
-        inner.check_open()?;
-        let now_ms = inner.opts.clock.now_ms();
-        let sv = inner.sv.read().clone();
-        let mut logical = Vec::with_capacity(key.len() + 1);
-        logical.push(ns);
-        logical.extend_from_slice(key);
-        for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
-            match m.get(&logical, seq) {
-                Some(Lookup::Value(v)) => return Ok(Some(v)),
-                Some(Lookup::Deleted) => return Ok(None),
-                Some(Lookup::Expiring(raw)) => {
-                    return Ok(match resolve(Kind::PutWithExpiry as u8, &raw, now_ms) {
-                        Resolved::Value(v) => Some(v.to_vec()),
-                        Resolved::Gone => None,
-                    })
-                }
-                None => {}
-            }
-        }
-        let lookup = lookup_key(&logical, seq);
-        let v = &sv.version;
-        for f in &v.levels[0] {
-            if f.desc.overlaps(Some(&logical), Some(&logical)) {
-                if let Some(r) = table_get(&f.table, &lookup, now_ms)? {
-                    return Ok(r);
-                }
-            }
-        }
-        for level in 1..v.levels.len() {
-            if let Some(i) = v.find_file(level, &logical) {
-                if let Some(r) = table_get(&v.levels[level][i].table, &lookup, now_ms)? {
-                    return Ok(r);
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// An iterator over the ordered-KV namespace as of now.
+    /// An iterator over the ordered-KV namespace's default column family.
     pub fn iter(&self, ro: ReadOptions) -> Result<DbIterator> {
-        self.iter_ns(NS_KV, ro)
+        self.iter_in(KeySpace::KV, ro)
     }
 
-    /// An iterator over namespace `ns` as of now.
-    pub fn iter_ns(&self, ns: u8, ro: ReadOptions) -> Result<DbIterator> {
-        let inner = self.inner();
-        let seq = inner.last_seq.load(Ordering::Acquire);
-        let guard = inner.snapshots.acquire(seq);
-        self.iter_at_seq(ns, ro, guard)
-    }
-
-    fn iter_at_seq(&self, ns: u8, ro: ReadOptions, guard: SnapshotGuard) -> Result<DbIterator> {
+    /// An iterator over `space` at `ro`'s timestamp and snapshot.
+    pub fn iter_in(&self, space: KeySpace, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();
         inner.check_open()?;
+        let (ts, seq) = inner.read_point(&ro)?;
+        let guard = inner.snapshots.acquire(seq);
         let sv = inner.sv.read().clone();
         let fill = !ro.skip_cache_fill;
-        let mut lo = vec![ns];
-        lo.extend_from_slice(
-            ro.lower_bound
-                .as_deref()
-                .or(ro.prefix.as_deref())
-                .unwrap_or(&[]),
-        );
-        let hi = vec![ns + 1];
+        let lo = space.prefix().to_vec();
+        let hi = space.end();
         let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
         children.push(Box::new(sv.mem.iter()));
         for m in &sv.imms {
@@ -423,8 +448,9 @@ impl Db {
         }
         Ok(DbIterator::new(
             Box::new(MergingIterator::new(children)),
-            ns,
+            space,
             &ro,
+            ts,
             guard,
             inner.opts.clock.now_ms(),
         ))
@@ -508,25 +534,6 @@ impl Db {
     }
 }
 
-/// Looks `lookup` up in one table: `None` if the table has no entry for the key,
-/// `Some(None)` if its newest visible entry makes the key absent.
-fn table_get(t: &Table, lookup: &[u8], now_ms: u64) -> Result<Option<Option<Vec<u8>>>> {
-    match t.get(lookup, true)? {
-        Some((ikey, mut value)) => {
-            let (_, kind) = parse_trailer(&ikey);
-            Ok(Some(match resolve(kind, &value, now_ms) {
-                Resolved::Value(v) => {
-                    let skip = value.len() - v.len();
-                    value.drain(..skip);
-                    Some(value)
-                }
-                Resolved::Gone => None,
-            }))
-        }
-        None => Ok(None),
-    }
-}
-
 /// Opens every table the manifest lists, then replays the WAL into a memtable and flushes it.
 fn recover(
     dir: PathBuf,
@@ -600,7 +607,13 @@ fn recover(
                     for (i, e) in b.entries.iter().enumerate() {
                         let seq = b.seq + i as u64;
                         if seq > flushed_seq {
-                            mem.add(seq, e.kind, e.logical_key, e.value);
+                            mem.add(
+                                e.version.unwrap_or(seq),
+                                seq,
+                                e.kind,
+                                e.logical_key,
+                                e.value,
+                            );
                             last_seq = last_seq.max(seq);
                         }
                     }
@@ -630,7 +643,8 @@ fn recover(
             next_file_number.clone(),
             cache.clone(),
         );
-        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, false);
+        let safe_point = if opts.retain_versions { 0 } else { MAX_VERSION };
+        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false);
         while job.step(STEP_ENTRIES)? == Step::More {}
         for o in job.finish()? {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
@@ -713,6 +727,7 @@ fn recover(
         cache,
         snapshots: Arc::new(SnapshotList::default()),
         last_seq: AtomicU64::new(last_seq),
+        gc_safe_point: AtomicU64::new(0),
         next_file_number,
         pending: Mutex::new(VecDeque::new()),
         write: Mutex::new(WriteState {
@@ -953,8 +968,14 @@ impl Inner {
         for r in group {
             for e in r.batch.iter_entries() {
                 seq += 1;
-                ws.mem.add(seq, e.kind, e.logical_key, e.value);
-                user_bytes += (e.logical_key.len() - 1 + e.value.len()) as u64;
+                ws.mem.add(
+                    e.version.unwrap_or(seq),
+                    seq,
+                    e.kind,
+                    e.logical_key,
+                    e.value,
+                );
+                user_bytes += (e.logical_key.len() - PREFIX_LEN + e.value.len()) as u64;
             }
             if let Some((region, index)) = r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
@@ -1114,6 +1135,75 @@ impl Inner {
         Ok(())
     }
 
+    /// The GC safe point compaction and reads obey: the owner's with
+    /// `Options::retain_versions`, else every version (only snapshots keep old data).
+    fn safe_point(&self) -> u64 {
+        if self.opts.retain_versions {
+            self.gc_safe_point.load(Ordering::Acquire)
+        } else {
+            MAX_VERSION
+        }
+    }
+
+    /// The (version, sequence) a read with `ro` sees; refuses timestamps below the safe point.
+    fn read_point(&self, ro: &ReadOptions) -> Result<(u64, u64)> {
+        let seq = match &ro.snapshot {
+            Some(s) => s.sequence(),
+            None => self.last_seq.load(Ordering::Acquire),
+        };
+        let ts = ro.read_ts.unwrap_or(MAX_VERSION);
+        if ts != MAX_VERSION {
+            let safe_point = self.safe_point();
+            if ts < safe_point {
+                return Err(Error::BelowSafePoint { ts, safe_point });
+            }
+        }
+        Ok((ts, seq))
+    }
+
+    /// The newest entry of `logical` visible at (`ts`, `seq`) in any memtable or table.
+    ///
+    /// Every layer may hold a higher version than the layers above it (explicit versions
+    /// arrive in any order), so a layer is skipped only when its highest version cannot beat
+    /// what was found; with engine-assigned versions that prunes every layer below the first hit.
+    fn find(&self, logical: &[u8], ts: u64, seq: u64, fill_cache: bool) -> Result<Option<Found>> {
+        let sv = self.sv.read().clone();
+        let mut best: Option<Found> = None;
+        let beats = |best: &Option<Found>, max_version: u64| match best {
+            None => true,
+            Some(b) => max_version > b.version,
+        };
+        let offer = |best: &mut Option<Found>, f: Found| {
+            if best.as_ref().is_none_or(|b| f.newer_than(b)) {
+                *best = Some(f);
+            }
+        };
+        for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+            if beats(&best, m.max_version()) {
+                if let Some(f) = m.get(logical, ts, seq) {
+                    offer(&mut best, f);
+                }
+            }
+        }
+        let lookup = lookup_key(logical, ts, seq);
+        let v = &sv.version;
+        let tables = v.levels[0]
+            .iter()
+            .filter(|f| f.desc.overlaps(Some(logical), Some(logical)))
+            .chain(
+                (1..v.levels.len())
+                    .filter_map(|l| v.find_file(l, logical).map(|i| &v.levels[l][i])),
+            );
+        for f in tables {
+            if beats(&best, f.table.properties().max_version) {
+                if let Some((ikey, value)) = f.table.get(&lookup, fill_cache)? {
+                    offer(&mut best, Found::from_entry(&ikey, value));
+                }
+            }
+        }
+        Ok(best)
+    }
+
     fn smallest_snapshot(&self) -> u64 {
         let last = self.last_seq.load(Ordering::Acquire);
         self.snapshots.oldest().map_or(last, |s| s.min(last))
@@ -1250,6 +1340,7 @@ impl Inner {
             Box::new(mem.iter()),
             settings,
             self.smallest_snapshot(),
+            self.safe_point(),
             false,
         );
         self.drive(&mut job)?;
@@ -1398,6 +1489,7 @@ impl Inner {
             Box::new(MergingIterator::new(children)),
             settings,
             self.smallest_snapshot(),
+            self.safe_point(),
             plan.bottommost,
         )
         .with_boundaries(boundaries);

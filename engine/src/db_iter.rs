@@ -2,7 +2,10 @@
 
 use crate::error::Result;
 use crate::iter::InternalIterator;
-use crate::key::{lookup_key, make_internal_key, parse_trailer, resolve, Resolved, MAX_SEQ};
+use crate::key::{
+    first_key, last_key, logical_key, lookup_key, parse_trailer, parse_version, resolve, KeySpace,
+    Resolved, PREFIX_LEN,
+};
 use crate::options::ReadOptions;
 use crate::snapshot::SnapshotGuard;
 
@@ -12,7 +15,7 @@ enum Direction {
     Reverse,
 }
 
-/// Iterates over the user keys of one namespace as of a fixed sequence number.
+/// Iterates over the user keys of one key space as of a fixed version and sequence number.
 ///
 /// In the forward direction the cursor reads key and value from the merged
 /// internal cursor; in reverse it copies the newest visible entry of the
@@ -20,7 +23,9 @@ enum Direction {
 pub struct DbIterator {
     inner: Box<dyn InternalIterator>,
     seq: u64,
-    ns: u8,
+    /// Highest version visible (the read timestamp).
+    ts: u64,
+    space: KeySpace,
     /// Inclusive lower bound as a logical key (namespace byte included).
     lower: Vec<u8>,
     /// Exclusive upper bound as a logical key.
@@ -49,12 +54,13 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl DbIterator {
-    /// Wraps a merged internal cursor reading at `snapshot`'s sequence and at `now_ms`;
-    /// `ro`'s bounds and prefix are user keys within namespace `ns`.
+    /// Wraps a merged internal cursor reading at version `ts`, `snapshot`'s sequence and
+    /// `now_ms`; `ro`'s bounds and prefix are user keys within `space`.
     pub(crate) fn new(
         inner: Box<dyn InternalIterator>,
-        ns: u8,
+        space: KeySpace,
         ro: &ReadOptions,
+        ts: u64,
         snapshot: SnapshotGuard,
         now_ms: u64,
     ) -> DbIterator {
@@ -64,7 +70,7 @@ impl DbIterator {
             ro.prefix.as_deref(),
         );
         let seq = snapshot.seq();
-        let mut lo = vec![ns];
+        let mut lo = space.prefix().to_vec();
         let mut lo_user: &[u8] = lower.unwrap_or(&[]);
         if let Some(p) = prefix {
             lo_user = lo_user.max(p);
@@ -78,17 +84,14 @@ impl DbIterator {
             });
         }
         let up = match up_user {
-            Some(u) => {
-                let mut v = vec![ns];
-                v.extend_from_slice(&u);
-                v
-            }
-            None => vec![ns + 1],
+            Some(u) => space.logical(&u),
+            None => space.end(),
         };
         DbIterator {
             inner,
             seq,
-            ns,
+            ts,
+            space,
             lower: lo,
             upper: up,
             direction: Direction::Forward,
@@ -110,8 +113,8 @@ impl DbIterator {
     pub fn key(&self) -> &[u8] {
         assert!(self.valid, "key() on an invalid iterator");
         match self.direction {
-            Direction::Forward => &crate::key::logical_key(self.inner.key())[1..],
-            Direction::Reverse => &self.saved_key[1..],
+            Direction::Forward => &logical_key(self.inner.key())[PREFIX_LEN..],
+            Direction::Reverse => &self.saved_key[PREFIX_LEN..],
         }
     }
 
@@ -137,7 +140,7 @@ impl DbIterator {
 
     /// Positions at the last key within the bounds.
     pub fn seek_to_last(&mut self) {
-        let target = lookup_key(&self.upper, MAX_SEQ);
+        let target = first_key(&self.upper);
         self.inner.seek_for_prev(&target);
         self.direction = Direction::Reverse;
         self.find_prev_user_entry();
@@ -145,9 +148,7 @@ impl DbIterator {
 
     /// Positions at the first key >= `key` (clamped to the bounds).
     pub fn seek(&mut self, key: &[u8]) {
-        let mut logical = Vec::with_capacity(key.len() + 1);
-        logical.push(self.ns);
-        logical.extend_from_slice(key);
+        let mut logical = self.space.logical(key);
         if logical < self.lower {
             logical = self.lower.clone();
         }
@@ -156,14 +157,12 @@ impl DbIterator {
 
     /// Positions at the last key <= `key` (clamped to the bounds).
     pub fn seek_for_prev(&mut self, key: &[u8]) {
-        let mut logical = Vec::with_capacity(key.len() + 1);
-        logical.push(self.ns);
-        logical.extend_from_slice(key);
+        let logical = self.space.logical(key);
         if logical >= self.upper {
             self.seek_to_last();
             return;
         }
-        self.inner.seek_for_prev(&make_internal_key(&logical, 0, 0));
+        self.inner.seek_for_prev(&last_key(&logical));
         self.direction = Direction::Reverse;
         self.find_prev_user_entry();
     }
@@ -173,12 +172,12 @@ impl DbIterator {
         assert!(self.valid, "next() on an invalid iterator");
         if self.direction == Direction::Reverse {
             self.direction = Direction::Forward;
-            let target = lookup_key(&self.saved_key, MAX_SEQ);
+            let target = first_key(&self.saved_key);
             self.inner.seek(&target);
         } else {
             self.saved_key.clear();
             self.saved_key
-                .extend_from_slice(crate::key::logical_key(self.inner.key()));
+                .extend_from_slice(logical_key(self.inner.key()));
         }
         // The inner cursor is at some entry of saved_key: skip all of them.
         self.find_next_user_entry(true);
@@ -190,7 +189,7 @@ impl DbIterator {
         if self.direction == Direction::Forward {
             self.saved_key.clear();
             self.saved_key
-                .extend_from_slice(crate::key::logical_key(self.inner.key()));
+                .extend_from_slice(logical_key(self.inner.key()));
             loop {
                 self.inner.prev();
                 if !self.inner.valid() {
@@ -198,7 +197,7 @@ impl DbIterator {
                     self.saved_key.clear();
                     return;
                 }
-                if crate::key::logical_key(self.inner.key()) < &self.saved_key[..] {
+                if logical_key(self.inner.key()) < &self.saved_key[..] {
                     break;
                 }
             }
@@ -209,7 +208,7 @@ impl DbIterator {
 
     fn seek_logical(&mut self, logical: &[u8]) {
         self.direction = Direction::Forward;
-        self.inner.seek(&lookup_key(logical, self.seq));
+        self.inner.seek(&lookup_key(logical, self.ts, self.seq));
         self.find_next_user_entry(false);
     }
 
@@ -217,12 +216,13 @@ impl DbIterator {
     fn find_next_user_entry(&mut self, mut skipping: bool) {
         while self.inner.valid() {
             let ikey = self.inner.key();
-            let logical = crate::key::logical_key(ikey);
+            let logical = logical_key(ikey);
             if logical >= &self.upper[..] {
                 break;
             }
             let (seq, kind) = parse_trailer(ikey);
-            if seq <= self.seq && !(skipping && logical <= &self.saved_key[..]) {
+            let visible = seq <= self.seq && parse_version(ikey) <= self.ts;
+            if visible && !(skipping && logical <= &self.saved_key[..]) {
                 let raw = self.inner.value();
                 match resolve(kind, raw, self.now_ms) {
                     Resolved::Gone => {
@@ -247,7 +247,7 @@ impl DbIterator {
         let mut found_put = false;
         while self.inner.valid() {
             let ikey = self.inner.key();
-            let logical = crate::key::logical_key(ikey);
+            let logical = logical_key(ikey);
             if found_put && logical < &self.saved_key[..] {
                 break;
             }
@@ -255,7 +255,8 @@ impl DbIterator {
                 break;
             }
             let (seq, kind) = parse_trailer(ikey);
-            if seq <= self.seq && logical < &self.upper[..] {
+            let visible = seq <= self.seq && parse_version(ikey) <= self.ts;
+            if visible && logical < &self.upper[..] {
                 match resolve(kind, self.inner.value(), self.now_ms) {
                     Resolved::Gone => {
                         found_put = false;

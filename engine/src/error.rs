@@ -85,6 +85,17 @@ pub enum Error {
     /// An argument or option is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An explicit version of 0 (reserved: it means "the write's sequence number").
+    #[error("version 0 is reserved; explicit versions start at 1")]
+    InvalidVersion,
+    /// A read below the GC safe point, whose older versions may already be reclaimed.
+    #[error("read timestamp {ts} is below the GC safe point {safe_point}")]
+    BelowSafePoint {
+        /// The requested read timestamp.
+        ts: u64,
+        /// The current GC safe point.
+        safe_point: u64,
+    },
 }
 
 impl Error {

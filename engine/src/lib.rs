@@ -37,9 +37,10 @@ pub mod version;
 pub mod wal;
 
 pub use batch::WriteBatch;
-pub use db::Db;
+pub use db::{Db, Entry};
 pub use db_iter::DbIterator;
 pub use error::{Error, Result};
+pub use key::{KeySpace, CF_DEFAULT, CF_LOCK, CF_WRITE, NS_KV, NS_META, NS_REDIS};
 pub use options::{Compression, Durability, IoBackend, Options, ReadOptions, WriteOptions};
 pub use snapshot::Snapshot;
 pub use stats::{LevelStats, Stats};

@@ -46,9 +46,9 @@ impl ManifestState {
     /// Folds one edit into the state; `Err` names what is inconsistent.
     pub fn apply(&mut self, e: &VersionEdit) -> Result<(), String> {
         if let Some(v) = e.format_version {
-            if v > MANIFEST_FORMAT {
+            if v != MANIFEST_FORMAT {
                 return Err(format!(
-                    "manifest format {v} is newer than this build ({MANIFEST_FORMAT})"
+                    "manifest format {v} is not this build's ({MANIFEST_FORMAT})"
                 ));
             }
         }
@@ -159,7 +159,8 @@ pub fn load(
         }
         let edit = VersionEdit::decode(&buf[range.clone()])
             .map_err(|m| Error::corruption(&path, range.start as u64, m))?;
-        if let Some(v) = edit.format_version.filter(|v| *v > MANIFEST_FORMAT) {
+        // Format 1 (8-byte key trailers, no column families) is not readable by this build.
+        if let Some(v) = edit.format_version.filter(|v| *v != MANIFEST_FORMAT) {
             return Err(Error::UnsupportedFormat {
                 path,
                 version: v as u32,

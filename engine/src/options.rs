@@ -102,6 +102,11 @@ pub struct Options {
     pub opaque_replay: Option<OpaqueReplay>,
     /// Wall clock used for TTLs (expiry is decided against it at read and compaction time).
     pub clock: Arc<dyn Clock>,
+    /// Keep every version newer than the GC safe point, which starts at 0 and is advanced
+    /// with `Db::set_gc_safe_point` (MVCC users: transactions, replicas). When false, the
+    /// safe point is the newest possible version: older versions are reclaimed as soon as
+    /// no snapshot needs them, and reads with a `read_ts` are refused.
+    pub retain_versions: bool,
     /// TEST ONLY: acknowledge `Sync` writes without fdatasync. Exists so crash
     /// tests can prove they detect lost writes. Never set this in production.
     #[doc(hidden)]
@@ -140,6 +145,7 @@ impl Default for Options {
             fs: None,
             opaque_replay: None,
             clock: Arc::new(SystemClock),
+            retain_versions: false,
             unsafe_ack_before_sync: false,
         }
     }
@@ -181,4 +187,9 @@ pub struct ReadOptions {
     pub prefix: Option<Vec<u8>>,
     /// Skip adding blocks read by this operation to the block cache.
     pub skip_cache_fill: bool,
+    /// Read the newest version at or below this timestamp (`None`: the newest of all).
+    /// Must not be below the GC safe point (see `Db::set_gc_safe_point`).
+    pub read_ts: Option<u64>,
+    /// Read as of this snapshot (`None`: as of now).
+    pub snapshot: Option<crate::Snapshot>,
 }

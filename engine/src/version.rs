@@ -205,7 +205,7 @@ const TAG_OPAQUE_FLOOR: u64 = 7;
 const TAG_FORMAT: u64 = 8;
 
 /// The manifest format this build writes and the highest it reads.
-pub const MANIFEST_FORMAT: u64 = 1;
+pub const MANIFEST_FORMAT: u64 = 2;
 
 impl VersionEdit {
     /// Serializes the edit.
@@ -307,7 +307,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ikey() -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(any::<u8>(), 9..30)
+        proptest::collection::vec(any::<u8>(), 17..40)
     }
 
     proptest! {

@@ -208,11 +208,16 @@ fn run(ops: Vec<OpKind>) {
                     // A snapshot fixes which writes are seen; expiry is judged at read time.
                     let then = visible(then, now);
                     let want: Vec<_> = then.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
-                    let it = db.iter_at(ReadOptions::default(), snap).expect("iter_at");
+                    let at = ReadOptions {
+                        snapshot: Some(snap.clone()),
+                        ..Default::default()
+                    };
+                    let it = db.iter(at.clone()).expect("iter at snapshot");
                     assert_eq!(walk(it, reverse), want, "step {step}: snapshot scan");
                     for a in (0..400).step_by(23) {
                         assert_eq!(
-                            db.get_at(&k(a), snap).expect("get_at"),
+                            db.get_in(nokv::KeySpace::KV, &k(a), &at)
+                                .expect("get at snapshot"),
                             then.get(&k(a)).cloned(),
                             "step {step}: snapshot get"
                         );

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use nokv::fs::{FaultFs, FileSystem};
-use nokv::{Db, Options, WriteBatch, WriteOptions};
+use nokv::{Db, KeySpace, Options, ReadOptions, WriteBatch, WriteOptions};
 
 type Seen = Arc<Mutex<Vec<(u8, Vec<u8>)>>>;
 
@@ -107,30 +107,58 @@ fn unlogged_batches_become_durable_only_with_the_flush_that_records_their_index(
 }
 
 #[test]
-fn namespaces_are_separate_key_spaces() {
+fn namespaces_and_column_families_are_separate_key_spaces() {
     let fs = FaultFs::new();
     fs.create_dir_all(Path::new("/db")).expect("mkdir");
     let db = Db::open("/db", fault_options(&fs)).expect("open");
+    let redis = KeySpace::new(nokv::NS_REDIS, nokv::CF_DEFAULT);
+    let lock = KeySpace::kv(nokv::CF_LOCK);
     let mut b = WriteBatch::new();
-    b.put_ns(nokv::key::NS_REDIS, b"k", b"redis")
+    b.put_in(redis, b"k", b"redis")
+        .put_in(lock, b"k", b"lock")
+        .put_in(KeySpace::new(nokv::NS_KV, 255), b"k", b"last cf")
         .put(b"k", b"kv");
     db.write(&b, &WriteOptions::default()).expect("write");
+    let ro = ReadOptions::default();
     assert_eq!(db.get(b"k").expect("get"), Some(b"kv".to_vec()));
     assert_eq!(
-        db.get_ns(nokv::key::NS_REDIS, b"k").expect("get"),
+        db.get_in(redis, b"k", &ro).expect("get"),
         Some(b"redis".to_vec())
+    );
+    assert_eq!(
+        db.get_in(lock, b"k", &ro).expect("get"),
+        Some(b"lock".to_vec())
+    );
+    assert_eq!(
+        db.get_in(KeySpace::kv(nokv::CF_WRITE), b"k", &ro)
+            .expect("get"),
+        None
     );
     assert_eq!(
         scan_all(&db),
         vec![(b"k".to_vec(), b"kv".to_vec())],
-        "iterators stay in their namespace"
+        "iterators stay in their key space"
     );
-    let mut it = db
-        .iter_ns(nokv::key::NS_REDIS, Default::default())
-        .expect("iter");
-    it.seek_to_first();
-    assert!(it.valid());
-    assert_eq!((it.key(), it.value()), (&b"k"[..], &b"redis"[..]));
-    it.next();
-    assert!(!it.valid());
+    for (space, want) in [
+        (redis, &b"redis"[..]),
+        (lock, &b"lock"[..]),
+        (KeySpace::new(nokv::NS_KV, 255), &b"last cf"[..]),
+    ] {
+        let mut it = db.iter_in(space, ReadOptions::default()).expect("iter");
+        it.seek_to_first();
+        assert!(it.valid());
+        assert_eq!((it.key(), it.value()), (&b"k"[..], want));
+        it.next();
+        assert!(!it.valid(), "{space:?} holds one key");
+        it.seek_to_last();
+        assert_eq!(it.key(), &b"k"[..]);
+    }
+    // A batch across column families is one atomic WAL record: it survives a reopen whole.
+    db.close().expect("close");
+    let db = Db::open("/db", fault_options(&fs)).expect("reopen");
+    assert_eq!(
+        db.get_in(lock, b"k", &ro).expect("get"),
+        Some(b"lock".to_vec())
+    );
+    assert_eq!(db.get(b"k").expect("get"), Some(b"kv".to_vec()));
 }

@@ -45,7 +45,15 @@ fn expired_values_vanish_everywhere() {
     clock.advance(40);
     assert_eq!(db.get(b"short").expect("get"), None, "expiry is exclusive");
     assert_eq!(
-        db.get_at(b"short", &snap).expect("get_at"),
+        db.get_in(
+            nokv::KeySpace::KV,
+            b"short",
+            &nokv::ReadOptions {
+                snapshot: Some(snap.clone()),
+                ..Default::default()
+            }
+        )
+        .expect("get at snapshot"),
         None,
         "snapshots judge expiry at read time"
     );

@@ -10,27 +10,53 @@ mod skiplist;
 
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::iter::InternalIterator;
-use crate::key::{encode_trailer, parse_trailer, Kind, KIND_SEEK, MAX_SEQ, TRAILER_LEN};
+use crate::key::{
+    encode_trailer, logical_key as logical_key_of, parse_trailer, parse_version, Kind, KIND_SEEK,
+    MAX_SEQ,
+};
 use skiplist::{Node, NodeRef, SkipList, Target};
 
-/// Result of a point lookup that found an entry for the key.
+/// The entry a point lookup found: the newest one visible to the reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// The newest visible entry is a tombstone.
-    Deleted,
-    /// The newest visible entry is a value.
-    Value(Vec<u8>),
-    /// The newest visible entry is a value with an expiry: `[expiry u64 LE][value]`.
-    Expiring(Vec<u8>),
+pub struct Found {
+    /// Version of the entry.
+    pub version: u64,
+    /// Sequence number of the entry.
+    pub seq: u64,
+    /// Raw kind byte (see [`Kind`]).
+    pub kind: u8,
+    /// Stored value (`[expiry u64 LE][value]` for `PutWithExpiry`, empty for tombstones).
+    pub value: Vec<u8>,
+}
+
+impl Found {
+    /// Builds a `Found` from an internal key and its stored value.
+    pub fn from_entry(ikey: &[u8], value: Vec<u8>) -> Found {
+        let (seq, kind) = parse_trailer(ikey);
+        Found {
+            version: parse_version(ikey),
+            seq,
+            kind,
+            value,
+        }
+    }
+
+    /// True when this entry sorts before `other` (higher version, then newer sequence).
+    pub fn newer_than(&self, other: &Found) -> bool {
+        (self.version, self.seq) > (other.version, other.seq)
+    }
 }
 
 /// A sorted, insert-only in-memory table of internal keys (`Send + Sync`).
 pub struct Memtable {
     list: SkipList,
+    /// Highest version inserted (lets reads skip a memtable that cannot hold a newer version).
+    max_version: AtomicU64,
 }
 
 impl Memtable {
@@ -38,36 +64,44 @@ impl Memtable {
     pub fn new(capacity_hint: usize) -> Memtable {
         Memtable {
             list: SkipList::new(capacity_hint),
+            max_version: AtomicU64::new(0),
         }
     }
 
     /// Inserts one entry; concurrent callers are serialized, readers are never blocked.
     ///
-    /// Inserting an internal key (logical key, `seq`, `kind`) that is already
-    /// present shadows the older copy; the engine never does this.
-    pub fn add(&self, seq: u64, kind: Kind, logical_key: &[u8], value: &[u8]) {
+    /// Inserting an internal key (logical key, `version`, `seq`, `kind`) that is
+    /// already present shadows the older copy; the engine never does this.
+    pub fn add(&self, version: u64, seq: u64, kind: Kind, logical_key: &[u8], value: &[u8]) {
+        self.max_version.fetch_max(version, Ordering::Relaxed);
         self.list
-            .insert(logical_key, encode_trailer(seq, kind as u8), value);
+            .insert(logical_key, encode_trailer(version, seq, kind as u8), value);
     }
 
-    /// Newest entry for `logical_key` with sequence <= `seq` (`seq` above `MAX_SEQ` means "latest").
-    pub fn get(&self, logical_key: &[u8], seq: u64) -> Option<Lookup> {
-        let trailer = encode_trailer(seq.min(MAX_SEQ), KIND_SEEK);
+    /// Highest version inserted so far (0 when empty).
+    pub fn max_version(&self) -> u64 {
+        self.max_version.load(Ordering::Relaxed)
+    }
+
+    /// Newest entry for `logical_key` visible at version `ts` and sequence `seq`.
+    pub fn get(&self, logical_key: &[u8], ts: u64, seq: u64) -> Option<Found> {
+        let seq = seq.min(MAX_SEQ);
+        let trailer = encode_trailer(ts, seq, KIND_SEEK);
         let target = Target {
             logical: logical_key,
-            trailer: u64::from_be_bytes(trailer),
+            trailer: u128::from_be_bytes(trailer),
         };
-        let node = self.list.find_ge(&target)?;
-        let key = node.key();
-        let (logical, trailer) = key.split_at(key.len() - TRAILER_LEN);
-        if logical != logical_key {
-            return None;
-        }
-        match Kind::from_u8(parse_trailer(trailer).1) {
-            Some(Kind::Delete) => Some(Lookup::Deleted),
-            Some(Kind::Put) => Some(Lookup::Value(node.value().to_vec())),
-            Some(Kind::PutWithExpiry) => Some(Lookup::Expiring(node.value().to_vec())),
-            None => unreachable!("memtable holds an entry of unknown kind"),
+        let mut node = self.list.find_ge(&target)?;
+        // Entries of lower versions written after the reader's sequence sort here too: step past them.
+        loop {
+            let key = node.key();
+            if logical_key_of(key) != logical_key {
+                return None;
+            }
+            if parse_trailer(key).0 <= seq {
+                return Some(Found::from_entry(key, node.value().to_vec()));
+            }
+            node = node.next(0)?;
         }
     }
 

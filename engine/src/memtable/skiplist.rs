@@ -58,8 +58,8 @@ const _: () = {
 pub(crate) struct Target<'a> {
     /// Namespace byte + user key.
     pub(crate) logical: &'a [u8],
-    /// The trailer bytes read as a big-endian `u64`; ascending = internal key order.
-    pub(crate) trailer: u64,
+    /// The trailer bytes read as a big-endian `u128`; ascending = internal key order.
+    pub(crate) trailer: u128,
 }
 
 impl<'a> Target<'a> {
@@ -80,12 +80,12 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Reads 8 trailer bytes as a big-endian integer.
+/// Reads the trailer bytes as a big-endian integer.
 #[inline]
-fn read_trailer(t: &[u8]) -> u64 {
+fn read_trailer(t: &[u8]) -> u128 {
     let mut b = [0u8; TRAILER_LEN];
     b.copy_from_slice(t);
-    u64::from_be_bytes(b)
+    u128::from_be_bytes(b)
 }
 
 /// A published node of a live skiplist, valid for `'a`.
@@ -300,7 +300,7 @@ impl SkipList {
         );
         let target = Target {
             logical,
-            trailer: u64::from_be_bytes(trailer),
+            trailer: u128::from_be_bytes(trailer),
         };
         let mut w = self.writer.lock();
         let height = w.random_height();

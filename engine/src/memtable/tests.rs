@@ -14,6 +14,23 @@ fn lk(user: &str) -> Vec<u8> {
     v
 }
 
+/// What a reader at sequence `seq` (any version) finds for `logical`.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    Deleted,
+    Value(Vec<u8>),
+}
+
+fn get(m: &Memtable, logical: &[u8], seq: u64) -> Option<Lookup> {
+    m.get(logical, crate::key::MAX_VERSION, seq).map(|f| {
+        if f.kind == Kind::Delete as u8 {
+            Lookup::Deleted
+        } else {
+            Lookup::Value(f.value)
+        }
+    })
+}
+
 fn collect_forward(it: &mut MemtableIterator) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     it.seek_to_first();
@@ -46,16 +63,16 @@ fn empty_memtable() {
     let m = Arc::new(Memtable::new(1 << 20));
     assert!(m.is_empty());
     assert_eq!(m.len(), 0);
-    assert_eq!(m.get(&lk("a"), MAX_SEQ), None);
+    assert_eq!(get(&m, &lk("a"), MAX_SEQ), None);
     let mut it = m.iter();
     assert!(!it.valid());
     it.seek_to_first();
     assert!(!it.valid());
     it.seek_to_last();
     assert!(!it.valid());
-    it.seek(&lookup_key(&lk("a"), 5));
+    it.seek(&lookup_key(&lk("a"), 5, 5));
     assert!(!it.valid());
-    it.seek_for_prev(&lookup_key(&lk("a"), 5));
+    it.seek_for_prev(&lookup_key(&lk("a"), 5, 5));
     assert!(!it.valid());
     assert!(it.status().is_ok());
 }
@@ -63,52 +80,52 @@ fn empty_memtable() {
 #[test]
 fn get_versions_tombstones_and_visibility() {
     let m = Memtable::new(0);
-    m.add(1, Kind::Put, &lk("a"), b"a1");
-    m.add(3, Kind::Put, &lk("a"), b"a3");
-    m.add(5, Kind::Delete, &lk("a"), b"");
-    m.add(7, Kind::Put, &lk("a"), b"a7");
-    m.add(2, Kind::Put, &lk("ab"), b"ab2");
-    m.add(4, Kind::Put, &lk(""), b"empty4");
+    m.add(1, 1, Kind::Put, &lk("a"), b"a1");
+    m.add(3, 3, Kind::Put, &lk("a"), b"a3");
+    m.add(5, 5, Kind::Delete, &lk("a"), b"");
+    m.add(7, 7, Kind::Put, &lk("a"), b"a7");
+    m.add(2, 2, Kind::Put, &lk("ab"), b"ab2");
+    m.add(4, 4, Kind::Put, &lk(""), b"empty4");
     assert_eq!(m.len(), 6);
     assert!(!m.is_empty());
 
     let v = |s: &[u8]| Some(Lookup::Value(s.to_vec()));
-    assert_eq!(m.get(&lk("a"), 0), None);
-    assert_eq!(m.get(&lk("a"), 1), v(b"a1"));
-    assert_eq!(m.get(&lk("a"), 2), v(b"a1"));
-    assert_eq!(m.get(&lk("a"), 3), v(b"a3"));
-    assert_eq!(m.get(&lk("a"), 4), v(b"a3"));
-    assert_eq!(m.get(&lk("a"), 5), Some(Lookup::Deleted));
-    assert_eq!(m.get(&lk("a"), 6), Some(Lookup::Deleted));
-    assert_eq!(m.get(&lk("a"), 7), v(b"a7"));
-    assert_eq!(m.get(&lk("a"), MAX_SEQ), v(b"a7"));
-    assert_eq!(m.get(&lk("a"), u64::MAX), v(b"a7"));
+    assert_eq!(get(&m, &lk("a"), 0), None);
+    assert_eq!(get(&m, &lk("a"), 1), v(b"a1"));
+    assert_eq!(get(&m, &lk("a"), 2), v(b"a1"));
+    assert_eq!(get(&m, &lk("a"), 3), v(b"a3"));
+    assert_eq!(get(&m, &lk("a"), 4), v(b"a3"));
+    assert_eq!(get(&m, &lk("a"), 5), Some(Lookup::Deleted));
+    assert_eq!(get(&m, &lk("a"), 6), Some(Lookup::Deleted));
+    assert_eq!(get(&m, &lk("a"), 7), v(b"a7"));
+    assert_eq!(get(&m, &lk("a"), MAX_SEQ), v(b"a7"));
+    assert_eq!(get(&m, &lk("a"), u64::MAX), v(b"a7"));
     // Prefix / extension keys are distinct.
-    assert_eq!(m.get(&lk("ab"), 1), None);
-    assert_eq!(m.get(&lk("ab"), 2), v(b"ab2"));
-    assert_eq!(m.get(&lk("abc"), 100), None);
-    assert_eq!(m.get(&lk(""), 100), v(b"empty4"));
-    assert_eq!(m.get(&lk(""), 3), None);
-    assert_eq!(m.get(&[], 100), None);
-    assert_eq!(m.get(&lk("b"), 100), None);
-    assert_eq!(m.get(b"ra", 100), None);
+    assert_eq!(get(&m, &lk("ab"), 1), None);
+    assert_eq!(get(&m, &lk("ab"), 2), v(b"ab2"));
+    assert_eq!(get(&m, &lk("abc"), 100), None);
+    assert_eq!(get(&m, &lk(""), 100), v(b"empty4"));
+    assert_eq!(get(&m, &lk(""), 3), None);
+    assert_eq!(get(&m, &[], 100), None);
+    assert_eq!(get(&m, &lk("b"), 100), None);
+    assert_eq!(get(&m, b"ra", 100), None);
 }
 
 #[test]
 fn iterator_both_directions_and_seeks() {
     let m = Arc::new(Memtable::new(0));
     // Insert out of order.
-    m.add(2, Kind::Put, &lk("b"), b"b2");
-    m.add(1, Kind::Put, &lk("a"), b"a1");
-    m.add(4, Kind::Delete, &lk("b"), b"");
-    m.add(3, Kind::Put, &lk("c"), b"c3");
-    m.add(5, Kind::Put, &lk("a"), b"a5");
+    m.add(2, 2, Kind::Put, &lk("b"), b"b2");
+    m.add(1, 1, Kind::Put, &lk("a"), b"a1");
+    m.add(4, 4, Kind::Delete, &lk("b"), b"");
+    m.add(3, 3, Kind::Put, &lk("c"), b"c3");
+    m.add(5, 5, Kind::Put, &lk("a"), b"a5");
     let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
-        (make_internal_key(&lk("a"), 5, 1), b"a5".to_vec()),
-        (make_internal_key(&lk("a"), 1, 1), b"a1".to_vec()),
-        (make_internal_key(&lk("b"), 4, 0), b"".to_vec()),
-        (make_internal_key(&lk("b"), 2, 1), b"b2".to_vec()),
-        (make_internal_key(&lk("c"), 3, 1), b"c3".to_vec()),
+        (make_internal_key(&lk("a"), 5, 5, 1), b"a5".to_vec()),
+        (make_internal_key(&lk("a"), 1, 1, 1), b"a1".to_vec()),
+        (make_internal_key(&lk("b"), 4, 4, 0), b"".to_vec()),
+        (make_internal_key(&lk("b"), 2, 2, 1), b"b2".to_vec()),
+        (make_internal_key(&lk("c"), 3, 3, 1), b"c3".to_vec()),
     ];
     let mut it = m.iter();
     assert_eq!(collect_forward(&mut it), expected);
@@ -117,38 +134,38 @@ fn iterator_both_directions_and_seeks() {
     assert_eq!(collect_backward(&mut it), rev);
 
     // seek: first entry >= target.
-    it.seek(&lookup_key(&lk("b"), 3));
+    it.seek(&lookup_key(&lk("b"), 3, 3));
     assert!(it.valid());
-    assert_eq!(it.key(), make_internal_key(&lk("b"), 2, 1).as_slice());
+    assert_eq!(it.key(), make_internal_key(&lk("b"), 2, 2, 1).as_slice());
     it.prev();
-    assert_eq!(it.key(), make_internal_key(&lk("b"), 4, 0).as_slice());
+    assert_eq!(it.key(), make_internal_key(&lk("b"), 4, 4, 0).as_slice());
     it.prev();
-    assert_eq!(it.key(), make_internal_key(&lk("a"), 1, 1).as_slice());
+    assert_eq!(it.key(), make_internal_key(&lk("a"), 1, 1, 1).as_slice());
     it.next();
     it.next();
     assert_eq!(it.value(), b"b2");
-    it.seek(&lookup_key(&lk("bb"), MAX_SEQ));
-    assert_eq!(it.key(), make_internal_key(&lk("c"), 3, 1).as_slice());
-    it.seek(&lookup_key(&lk("d"), MAX_SEQ));
+    it.seek(&lookup_key(&lk("bb"), MAX_SEQ, MAX_SEQ));
+    assert_eq!(it.key(), make_internal_key(&lk("c"), 3, 3, 1).as_slice());
+    it.seek(&lookup_key(&lk("d"), MAX_SEQ, MAX_SEQ));
     assert!(!it.valid());
-    it.seek(&lookup_key(&lk(""), MAX_SEQ));
+    it.seek(&lookup_key(&lk(""), MAX_SEQ, MAX_SEQ));
     assert_eq!(it.key(), expected[0].0.as_slice());
     // Exact hit.
-    it.seek(&make_internal_key(&lk("b"), 4, 0));
+    it.seek(&make_internal_key(&lk("b"), 4, 4, 0));
     assert_eq!(it.key(), expected[2].0.as_slice());
 
     // seek_for_prev: last entry <= target.
-    it.seek_for_prev(&make_internal_key(&lk("b"), 4, 0));
+    it.seek_for_prev(&make_internal_key(&lk("b"), 4, 4, 0));
     assert_eq!(it.key(), expected[2].0.as_slice());
-    it.seek_for_prev(&lookup_key(&lk("b"), 3));
+    it.seek_for_prev(&lookup_key(&lk("b"), 3, 3));
     assert_eq!(it.key(), expected[2].0.as_slice());
-    it.seek_for_prev(&lookup_key(&lk("b"), MAX_SEQ));
+    it.seek_for_prev(&lookup_key(&lk("b"), MAX_SEQ, MAX_SEQ));
     assert_eq!(it.key(), expected[1].0.as_slice());
     it.next();
     assert_eq!(it.key(), expected[2].0.as_slice());
-    it.seek_for_prev(&lookup_key(&lk("a"), MAX_SEQ));
+    it.seek_for_prev(&lookup_key(&lk("a"), MAX_SEQ, MAX_SEQ));
     assert!(!it.valid());
-    it.seek_for_prev(&lookup_key(&lk("zzz"), 0));
+    it.seek_for_prev(&lookup_key(&lk("zzz"), 0, 0));
     assert_eq!(it.key(), expected[4].0.as_slice());
     it.next();
     assert!(!it.valid());
@@ -167,7 +184,13 @@ fn iterator_both_directions_and_seeks() {
 fn iterator_outlives_other_handles() {
     let m = Arc::new(Memtable::new(0));
     for i in 0..100u32 {
-        m.add(i as u64 + 1, Kind::Put, &i.to_be_bytes(), &[i as u8; 3]);
+        m.add(
+            i as u64 + 1,
+            i as u64 + 1,
+            Kind::Put,
+            &i.to_be_bytes(),
+            &[i as u8; 3],
+        );
     }
     let mut it = m.iter();
     drop(m);
@@ -186,23 +209,23 @@ fn large_values_sizes_and_orders() {
     let m = Arc::new(Memtable::new(1 << 20));
     let before = m.approximate_bytes();
     let big = vec![7u8; 300 << 10];
-    m.add(1, Kind::Put, &lk("big"), &big);
+    m.add(1, 1, Kind::Put, &lk("big"), &big);
     assert!(m.approximate_bytes() >= before + big.len());
-    assert_eq!(m.get(&lk("big"), 1), Some(Lookup::Value(big.clone())));
+    assert_eq!(get(&m, &lk("big"), 1), Some(Lookup::Value(big.clone())));
     // Sequential, reverse and interleaved inserts all end up sorted.
     const R: u32 = if cfg!(miri) { 100 } else { 2000 };
     let mut seq = 2;
     for i in 0..R {
-        m.add(seq, Kind::Put, &lk(&format!("s{i:06}")), b"x");
+        m.add(seq, seq, Kind::Put, &lk(&format!("s{i:06}")), b"x");
         seq += 1;
     }
     for i in (0..R).rev() {
-        m.add(seq, Kind::Put, &lk(&format!("r{i:06}")), b"y");
+        m.add(seq, seq, Kind::Put, &lk(&format!("r{i:06}")), b"y");
         seq += 1;
     }
     for i in 0..R {
         let j = (i * 7919) % R;
-        m.add(seq, Kind::Delete, &lk(&format!("s{j:06}")), b"");
+        m.add(seq, seq, Kind::Delete, &lk(&format!("s{j:06}")), b"");
         seq += 1;
     }
     let total = 3 * R as usize + 1;
@@ -212,10 +235,13 @@ fn large_values_sizes_and_orders() {
     for w in all.windows(2) {
         assert_eq!(compare_internal(&w[0].0, &w[1].0), Ordering::Less);
     }
-    assert_eq!(m.get(&lk("s000005"), 7), Some(Lookup::Value(b"x".to_vec())));
-    assert_eq!(m.get(&lk("s000005"), seq), Some(Lookup::Deleted));
     assert_eq!(
-        m.get(&lk("r000005"), seq),
+        get(&m, &lk("s000005"), 7),
+        Some(Lookup::Value(b"x".to_vec()))
+    );
+    assert_eq!(get(&m, &lk("s000005"), seq), Some(Lookup::Deleted));
+    assert_eq!(
+        get(&m, &lk("r000005"), seq),
         Some(Lookup::Value(b"y".to_vec()))
     );
     assert!(m.approximate_bytes() <= m.list.reserved());
@@ -225,9 +251,9 @@ fn large_values_sizes_and_orders() {
 #[test]
 fn duplicate_internal_key_is_shadowed() {
     let m = Memtable::new(0);
-    m.add(3, Kind::Put, &lk("a"), b"old");
-    m.add(3, Kind::Put, &lk("a"), b"new");
-    assert_eq!(m.get(&lk("a"), 3), Some(Lookup::Value(b"new".to_vec())));
+    m.add(3, 3, Kind::Put, &lk("a"), b"old");
+    m.add(3, 3, Kind::Put, &lk("a"), b"new");
+    assert_eq!(get(&m, &lk("a"), 3), Some(Lookup::Value(b"new".to_vec())));
     assert_eq!(m.len(), 2);
 }
 
@@ -277,7 +303,7 @@ fn target_strategy() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![0u64..70, Just(MAX_SEQ)],
         prop_oneof![Just(0u8), Just(1u8), Just(KIND_SEEK)],
     )
-        .prop_map(|(l, s, k)| make_internal_key(&l, s, k))
+        .prop_map(|(l, s, k)| make_internal_key(&l, s, s, k))
 }
 
 proptest! {
@@ -294,8 +320,8 @@ proptest! {
             // Exercise the append fast path with a sorted run first.
             let half = entries.len() / 2;
             entries[..half].sort_by(|a, b| {
-                let ka = make_internal_key(&a.0, a.1, a.2 as u8);
-                let kb = make_internal_key(&b.0, b.1, b.2 as u8);
+                let ka = make_internal_key(&a.0, a.1, a.1, a.2 as u8);
+                let kb = make_internal_key(&b.0, b.1, b.1, b.2 as u8);
                 compare_internal(&ka, &kb)
             });
         }
@@ -303,11 +329,11 @@ proptest! {
         let mut model: BTreeMap<IKey, Vec<u8>> = BTreeMap::new();
         for (logical, seq, put, value) in &entries {
             let kind = if *put { Kind::Put } else { Kind::Delete };
-            let ik = IKey(make_internal_key(logical, *seq, kind as u8));
+            let ik = IKey(make_internal_key(logical, *seq, *seq, kind as u8));
             if model.contains_key(&ik) {
                 continue; // the engine never re-inserts an internal key
             }
-            m.add(*seq, kind, logical, value);
+            m.add(*seq, *seq, kind, logical, value);
             model.insert(ik, value.clone());
         }
         prop_assert_eq!(m.len(), model.len());
@@ -381,14 +407,14 @@ proptest! {
             let logical = crate::key::logical_key(t);
             let (seq, _) = crate::key::parse_trailer(t);
             let expect = model
-                .range(IKey(lookup_key(logical, seq))..)
+                .range(IKey(lookup_key(logical, seq, seq))..)
                 .next()
                 .filter(|(k, _)| crate::key::logical_key(&k.0) == logical)
                 .map(|(k, v)| match crate::key::parse_trailer(&k.0).1 {
                     0 => Lookup::Deleted,
                     _ => Lookup::Value(v.clone()),
                 });
-            prop_assert_eq!(m.get(logical, seq), expect);
+            prop_assert_eq!(get(&m, logical, seq), expect);
         }
     }
 }
@@ -449,7 +475,7 @@ fn concurrent_readers_see_sorted_prefixes() {
                 // Everything published before the pass is visible to point lookups.
                 if lower > 0 {
                     let i = (passes * 7919) % lower;
-                    let got = m.get(&key_of(i), MAX_SEQ);
+                    let got = get(&m, &key_of(i), MAX_SEQ);
                     assert_eq!(got, Some(Lookup::Value((i as u64).to_le_bytes().to_vec())));
                 }
                 passes += 1;
@@ -463,6 +489,7 @@ fn concurrent_readers_see_sorted_prefixes() {
 
     for i in 0..N {
         m.add(
+            i as u64 + 1,
             i as u64 + 1,
             Kind::Put,
             &key_of(i),
@@ -487,7 +514,7 @@ fn concurrent_writers_are_serialized() {
             std::thread::spawn(move || {
                 for i in 0..if cfg!(miri) { 50 } else { 2000u64 } {
                     let seq = t * 10_000 + i + 1;
-                    m.add(seq, Kind::Put, &seq.to_be_bytes(), b"v");
+                    m.add(seq, seq, Kind::Put, &seq.to_be_bytes(), b"v");
                 }
             })
         })
@@ -534,7 +561,7 @@ fn insert_throughput() {
                 if m.approximate_bytes() >= 64 << 20 {
                     m = Memtable::new(64 << 20);
                 }
-                m.add(i as u64 + 1, Kind::Put, k, &value);
+                m.add(i as u64 + 1, i as u64 + 1, Kind::Put, k, &value);
             }
             rotated = start.elapsed();
         }
@@ -542,12 +569,12 @@ fn insert_throughput() {
         let m = Memtable::new(N * 1100);
         let start = std::time::Instant::now();
         for (i, k) in keys.iter().enumerate() {
-            m.add(i as u64 + 1, Kind::Put, k, &value);
+            m.add(i as u64 + 1, i as u64 + 1, Kind::Put, k, &value);
         }
         let el = start.elapsed();
         let start = std::time::Instant::now();
         for k in keys.iter().take(100_000) {
-            assert!(m.get(k, MAX_SEQ).is_some());
+            assert!(get(&m, k, MAX_SEQ).is_some());
         }
         let gel = start.elapsed();
         println!(

@@ -370,7 +370,7 @@ mod tests {
     use crate::key::make_internal_key;
 
     fn ik(i: u32) -> Vec<u8> {
-        make_internal_key(format!("kkey{i:06}").as_bytes(), 7, 1)
+        make_internal_key(format!("kkey{i:06}").as_bytes(), 7, 7, 1)
     }
 
     fn build(n: u32, interval: usize) -> Block {

@@ -12,7 +12,10 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::fs::{Completion, File, InlineQueue, IoQueue, Ticket};
-use crate::key::{encode_trailer, logical_key, parse_trailer, Kind, KIND_SEEK, MAX_SEQ};
+use crate::key::{
+    encode_trailer, logical_key, parse_trailer, parse_version, Kind, KIND_SEEK, MAX_SEQ,
+    MAX_VERSION,
+};
 use crate::options::{Compression, Options};
 
 /// Output is handed to the file in chunks of at least this many bytes.
@@ -147,7 +150,7 @@ fn separator(last: &[u8], next: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(&la[..=diff]);
             out[diff] += 1;
             // The smallest trailer: sorts before every real entry of this logical key.
-            out.extend_from_slice(&encode_trailer(MAX_SEQ, KIND_SEEK));
+            out.extend_from_slice(&encode_trailer(MAX_VERSION, MAX_SEQ, KIND_SEEK));
             return;
         }
     }
@@ -245,6 +248,7 @@ impl TableBuilder {
         if parse_trailer(ikey).1 == Kind::Delete as u8 {
             self.props.num_deletions += 1;
         }
+        self.props.max_version = self.props.max_version.max(parse_version(ikey));
         self.block.add(ikey, value);
         self.props.num_entries += 1;
         if self.block.estimated_size() >= self.opts.block_bytes {
@@ -430,15 +434,15 @@ mod tests {
         ];
         let mut out = Vec::new();
         for (a, b) in cases {
-            let last = make_internal_key(a, 9, 1);
-            let next = make_internal_key(b, 3, 1);
+            let last = make_internal_key(a, 9, 9, 1);
+            let next = make_internal_key(b, 3, 3, 1);
             separator(&last, &next, &mut out);
             assert_ne!(compare_internal(&out, &last), Ordering::Less, "{a:?} {b:?}");
             assert_eq!(compare_internal(&out, &next), Ordering::Less, "{a:?} {b:?}");
         }
         separator(
-            &make_internal_key(b"kabcdef", 1, 1),
-            &make_internal_key(b"kd", 1, 1),
+            &make_internal_key(b"kabcdef", 1, 1, 1),
+            &make_internal_key(b"kd", 1, 1, 1),
             &mut out,
         );
         assert_eq!(logical_key(&out), b"kb");
@@ -449,7 +453,7 @@ mod tests {
         let opts = TableBuilderOptions::default();
         let mut b = TableBuilder::with_queue(file, path.to_path_buf(), opts, new_queue(kind));
         for i in 0..5000u32 {
-            let key = make_internal_key(format!("k{i:08}").as_bytes(), 1, 1);
+            let key = make_internal_key(format!("k{i:08}").as_bytes(), 1, 1, 1);
             b.add(&key, &vec![(i % 251) as u8; 1000])?;
         }
         Ok(b.finish()?.file_size)
@@ -484,7 +488,7 @@ mod tests {
             let mut b = TableBuilder::with_queue(ro, p.clone(), opts, new_queue(kind));
             let mut first = None;
             for i in 0..5000u32 {
-                let key = make_internal_key(format!("k{i:08}").as_bytes(), 1, 1);
+                let key = make_internal_key(format!("k{i:08}").as_bytes(), 1, 1, 1);
                 if let Err(e) = b.add(&key, &[7u8; 1000]) {
                     first = Some(e);
                     break;
@@ -493,7 +497,7 @@ mod tests {
             let err = match first {
                 Some(e) => {
                     // The builder refuses further work once it failed.
-                    let key = make_internal_key(b"zz", 1, 1);
+                    let key = make_internal_key(b"zz", 1, 1, 1);
                     assert!(b.add(&key, b"v").is_err(), "{kind:?}");
                     assert!(b.finish().is_err(), "{kind:?}");
                     e

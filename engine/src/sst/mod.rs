@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// Magic number at the end of every table file ("NoKVSST1" as bytes, little-endian u64).
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"NoKVSST1");
 /// Table format version written by this build (and the highest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed footer at the end of the file.
 pub const FOOTER_LEN: usize = 64;
 /// Size of the trailer after every block: compression type (1) + crc32 (4).
@@ -56,6 +56,8 @@ pub struct TableProperties {
     pub filter_bytes: u64,
     /// Number of tombstones.
     pub num_deletions: u64,
+    /// Highest entry version (reads skip a table that cannot hold a newer version).
+    pub max_version: u64,
 }
 
 impl TableProperties {
@@ -69,6 +71,7 @@ impl TableProperties {
         put_varint(&mut out, self.filter_bytes);
         put_bytes(&mut out, &self.smallest);
         put_bytes(&mut out, &self.largest);
+        put_varint(&mut out, self.max_version);
         out
     }
 
@@ -84,6 +87,7 @@ impl TableProperties {
             filter_bytes: r.varint()?,
             smallest: r.bytes()?.to_vec(),
             largest: r.bytes()?.to_vec(),
+            max_version: r.varint()?,
         })
     }
 }
@@ -162,7 +166,8 @@ impl Footer {
             ));
         }
         let version = u32_at(48);
-        if version > FORMAT_VERSION {
+        // Version 1 tables (8-byte key trailers) are not readable by this build either.
+        if version > FORMAT_VERSION || version == 1 {
             return Err(Error::UnsupportedFormat {
                 path: path.to_path_buf(),
                 version,

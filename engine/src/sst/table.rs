@@ -14,7 +14,7 @@ use crate::cache::BlockCache;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::File;
 use crate::iter::InternalIterator;
-use crate::key::{compare_internal, logical_key, TRAILER_LEN};
+use crate::key::{compare_internal, logical_key, parse_trailer, TRAILER_LEN};
 
 /// An open, immutable table file. Index and filter stay in memory; data blocks
 /// are read on demand (through the block cache when one is given).
@@ -250,14 +250,28 @@ impl Table {
                 "malformed data block entry",
             ));
         }
-        if !c.valid {
-            return Ok(Probe::PastEnd(key));
+        let read_seq = parse_trailer(lookup).0;
+        // Entries of lower versions written after the reader's sequence may sort first: step past them.
+        loop {
+            if c.corrupt {
+                return Err(Error::corruption(
+                    &self.path,
+                    h.offset,
+                    "malformed data block entry",
+                ));
+            }
+            if !c.valid {
+                return Ok(Probe::PastEnd(key));
+            }
+            if logical_key(&key) != logical {
+                return Ok(Probe::Absent);
+            }
+            if parse_trailer(&key).0 <= read_seq {
+                let v = c.value(&block).to_vec();
+                return Ok(Probe::Found(key, v));
+            }
+            c.next(&block, &mut key);
         }
-        if logical_key(&key) != logical {
-            return Ok(Probe::Absent);
-        }
-        let v = c.value(&block).to_vec();
-        Ok(Probe::Found(key, v))
     }
 
     /// Approximate file offset where entries >= `ikey` begin.

@@ -68,7 +68,7 @@ pub(crate) fn raw_block(n: usize) -> Vec<u8> {
     let mut b = BlockBuilder::new(16, 4096);
     for i in 0..n {
         b.add(
-            &make_internal_key(format!("kk{i:05}").as_bytes(), 1, 1),
+            &make_internal_key(format!("kk{i:05}").as_bytes(), 1, 1, 1),
             &[7u8; 50],
         );
     }
@@ -121,7 +121,7 @@ fn random_entries(rng: &mut StdRng, n_keys: usize, big_values: bool) -> Entries 
             } else {
                 (0..vlen).map(|j| (j as u8).wrapping_mul(i as u8)).collect()
             };
-            out.push((make_internal_key(&logical, seq, kind as u8), v));
+            out.push((make_internal_key(&logical, seq, seq, kind as u8), v));
             seq -= rng.gen_range(1..50);
         }
     }
@@ -196,21 +196,21 @@ fn roundtrip_many_keys() {
         while i < entries.len() {
             let logical = logical_key(&entries[i].0).to_vec();
             let got = t
-                .get(&lookup_key(&logical, MAX_SEQ), true)
+                .get(&lookup_key(&logical, MAX_SEQ, MAX_SEQ), true)
                 .expect("get")
                 .expect("present");
             assert_eq!(got, entries[i]);
             let mut j = i;
             while j < entries.len() && logical_key(&entries[j].0) == logical.as_slice() {
                 let (seq, _) = crate::key::parse_trailer(&entries[j].0);
-                let got = t.get(&lookup_key(&logical, seq), false).expect("get");
+                let got = t.get(&lookup_key(&logical, seq, seq), false).expect("get");
                 assert_eq!(got.as_ref(), Some(&entries[j]));
                 j += 1;
             }
             let (oldest, _) = crate::key::parse_trailer(&entries[j - 1].0);
             if oldest > 0 {
                 assert_eq!(
-                    t.get(&lookup_key(&logical, oldest - 1), false)
+                    t.get(&lookup_key(&logical, oldest - 1, oldest - 1), false)
                         .expect("get"),
                     None
                 );
@@ -218,7 +218,8 @@ fn roundtrip_many_keys() {
             let mut absent = logical.clone();
             absent.push(b'x');
             assert_eq!(
-                t.get(&lookup_key(&absent, MAX_SEQ), false).expect("get"),
+                t.get(&lookup_key(&absent, MAX_SEQ, MAX_SEQ), false)
+                    .expect("get"),
                 None
             );
             i = j;
@@ -241,7 +242,7 @@ fn lz4_compresses_and_round_trips() {
     let entries: Entries = (0..5000u32)
         .map(|i| {
             (
-                make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 1),
+                make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 5, 1),
                 format!("value-{}-{}", i % 10, "abc".repeat(20)).into_bytes(),
             )
         })
@@ -266,7 +267,10 @@ fn lz4_compresses_and_round_trips() {
     let noisy: Entries = (0..500u32)
         .map(|i| {
             let v: Vec<u8> = (0..300).map(|_| rng.gen()).collect();
-            (make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 1), v)
+            (
+                make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 5, 1),
+                v,
+            )
         })
         .collect();
     let p3 = dir.path().join("noise.sst");
@@ -291,7 +295,7 @@ fn bloom_false_positive_rate_near_one_percent() {
     let entries: Entries = (0..20000u32)
         .map(|i| {
             (
-                make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 1),
+                make_internal_key(format!("kkey{i:08}").as_bytes(), 5, 5, 1),
                 b"v".to_vec(),
             )
         })
@@ -324,7 +328,7 @@ fn bloom_false_positive_rate_near_one_percent() {
     t.verify_checksums().expect("verify");
     let k = &entries[777].0;
     assert_eq!(
-        t.get(&lookup_key(logical_key(k), MAX_SEQ), false)
+        t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), false)
             .expect("get")
             .map(|e| e.0),
         Some(k.clone())
@@ -345,13 +349,14 @@ fn empty_table() {
     assert!(!it.valid());
     it.seek_to_last();
     assert!(!it.valid());
-    it.seek(&lookup_key(b"ka", MAX_SEQ));
+    it.seek(&lookup_key(b"ka", MAX_SEQ, MAX_SEQ));
     assert!(!it.valid());
-    it.seek_for_prev(&lookup_key(b"ka", MAX_SEQ));
+    it.seek_for_prev(&lookup_key(b"ka", MAX_SEQ, MAX_SEQ));
     assert!(!it.valid());
     it.status().expect("ok");
     assert_eq!(
-        t.get(&lookup_key(b"ka", MAX_SEQ), false).expect("get"),
+        t.get(&lookup_key(b"ka", MAX_SEQ, MAX_SEQ), false)
+            .expect("get"),
         None
     );
 }
@@ -365,7 +370,7 @@ fn cache_fill_and_skip() {
     build(&path, &entries, TableBuilderOptions::default());
     let cache = Arc::new(BlockCache::new(8 << 20));
     let t = open(&path, Some(Arc::clone(&cache))).expect("open");
-    let k = lookup_key(logical_key(&entries[100].0), MAX_SEQ);
+    let k = lookup_key(logical_key(&entries[100].0), MAX_SEQ, MAX_SEQ);
     t.get(&k, false).expect("get");
     assert_eq!(cache.usage_bytes(), 0);
     t.get(&k, true).expect("get");
@@ -402,7 +407,7 @@ fn small_table(dir: &Path, name: &str, n: u32) -> (PathBuf, Entries) {
     let entries: Entries = (0..n)
         .map(|i| {
             (
-                make_internal_key(format!("kkey{i:06}").as_bytes(), 5, 1),
+                make_internal_key(format!("kkey{i:06}").as_bytes(), 5, 5, 1),
                 format!("value{i}").into_bytes(),
             )
         })
@@ -448,7 +453,10 @@ fn corrupt_data_block_is_reported_with_path_and_offset() {
     // Point lookups into the damaged block.
     let errs = entries
         .iter()
-        .filter_map(|(k, _)| t.get(&lookup_key(logical_key(k), MAX_SEQ), true).err())
+        .filter_map(|(k, _)| {
+            t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), true)
+                .err()
+        })
         .map(|e| corruption_at(&e).1)
         .collect::<Vec<_>>();
     assert!(!errs.is_empty() && errs.iter().all(|o| *o == victim));
@@ -476,7 +484,7 @@ fn corrupt_footer_index_and_version() {
 
     // Newer format version (with a valid checksum).
     let mut f: [u8; FOOTER_LEN] = pristine[footer as usize..].try_into().expect("64 bytes");
-    f[48..52].copy_from_slice(&2u32.to_le_bytes());
+    f[48..52].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32fast::hash(&f[..52]);
     f[52..56].copy_from_slice(&crc.to_le_bytes());
     let mut bytes = pristine.clone();
@@ -484,8 +492,8 @@ fn corrupt_footer_index_and_version() {
     std::fs::write(&path, &bytes).expect("write");
     match open(&path, None) {
         Err(Error::UnsupportedFormat {
-            version: 2,
-            max: 1,
+            version: 3,
+            max: 2,
             path: p,
         }) => assert_eq!(p, path),
         other => panic!("expected UnsupportedFormat, got {other:?}"),
@@ -532,7 +540,7 @@ fn every_single_byte_flip_is_detected_without_panic() {
     let entries: Entries = (0..60u32)
         .map(|i| {
             (
-                make_internal_key(format!("kkey{i:04}").as_bytes(), 5, i as u8 % 2),
+                make_internal_key(format!("kkey{i:04}").as_bytes(), 5, 5, i as u8 % 2),
                 format!("v{i}").into_bytes(),
             )
         })
@@ -563,7 +571,7 @@ fn every_single_byte_flip_is_detected_without_panic() {
                 let iter_failed = it.status().is_err();
                 assert!(iter_failed || n == entries.len());
                 for (k, _) in &entries {
-                    let _ = t.get(&lookup_key(logical_key(k), MAX_SEQ), false);
+                    let _ = t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), false);
                 }
                 verify
             }
@@ -604,7 +612,7 @@ fn io_errors_carry_path() {
         other => panic!("expected io error, got {other:?}"),
     }
     let mut b = TableBuilder::new(Arc::new(Failing), p.clone(), TableBuilderOptions::default());
-    b.add(&make_internal_key(b"ka", 1, 1), b"v")
+    b.add(&make_internal_key(b"ka", 1, 1, 1), b"v")
         .expect("buffered");
     match b.finish() {
         Err(Error::Io { path, .. }) => assert_eq!(path, p),
@@ -654,7 +662,7 @@ proptest! {
         let mut entries: Entries = raw
             .iter()
             .map(|((k, s), (kind, vlen))| {
-                (make_internal_key(&model_key(*k), *s, *kind), vec![*k as u8; *vlen])
+                (make_internal_key(&model_key(*k), *s, *s, *kind), vec![*k as u8; *vlen])
             })
             .collect();
         entries.sort_by(|a, b| compare_internal(&a.0, &b.0));
@@ -673,13 +681,13 @@ proptest! {
         for op in ops {
             match op {
                 Op::Seek(k, s) => {
-                    let target = make_internal_key(&model_key(k), s, 1);
+                    let target = make_internal_key(&model_key(k), s, s, 1);
                     it.seek(&target);
                     let i = entries.partition_point(|e| compare_internal(&e.0, &target).is_lt());
                     pos = (i < entries.len()).then_some(i);
                 }
                 Op::SeekForPrev(k, s) => {
-                    let target = make_internal_key(&model_key(k), s, 1);
+                    let target = make_internal_key(&model_key(k), s, s, 1);
                     it.seek_for_prev(&target);
                     let i = entries.partition_point(|e| compare_internal(&e.0, &target).is_le());
                     pos = i.checked_sub(1);
@@ -718,7 +726,7 @@ proptest! {
         // Point lookups agree with the model.
         for k in 0u16..100 {
             for s in [0u64, 3, 9, MAX_SEQ] {
-                let lk = lookup_key(&model_key(k), s);
+                let lk = lookup_key(&model_key(k), s, s);
                 let i = entries.partition_point(|e| compare_internal(&e.0, &lk).is_lt());
                 let want = entries
                     .get(i)
@@ -743,7 +751,14 @@ fn perf_smoke() {
     let mut k = Vec::new();
     for i in 0..n {
         k.clear();
-        crate::key::append_internal_key(&mut k, b'k', format!("user{i:012}").as_bytes(), 5, 1);
+        crate::key::append_internal_key(
+            &mut k,
+            crate::key::KeySpace::KV,
+            format!("user{i:012}").as_bytes(),
+            5,
+            5,
+            1,
+        );
         b.add(&k, &val).expect("add");
     }
     let props = b.finish().expect("finish");
@@ -762,6 +777,7 @@ fn perf_smoke() {
             lookup_key(
                 format!("kuser{:012}", rng.gen_range(0..n)).as_bytes(),
                 MAX_SEQ,
+                MAX_SEQ,
             )
         })
         .collect();
@@ -774,7 +790,7 @@ fn perf_smoke() {
     }
     println!("get (cached): {:?}/op", t0.elapsed() / keys.len() as u32);
     let misses: Vec<Vec<u8>> = (0..200_000)
-        .map(|i| lookup_key(format!("kuser{i:012}x").as_bytes(), MAX_SEQ))
+        .map(|i| lookup_key(format!("kuser{i:012}x").as_bytes(), MAX_SEQ, MAX_SEQ))
         .collect();
     let t0 = Instant::now();
     for k in &misses {
