@@ -15,13 +15,16 @@
 //!   (`to_tombstones`) and compaction (`clip`, `collect_garbage`).
 //! - [`GcPolicy`]: the compaction rule for dropping stamps and entries that no
 //!   reader at or above the GC safe point can tell apart from their absence.
+//! - [`RangeDelCollector`]: the memtable side list (bounded, thread-safe).
 //!
 //! Logical keys are opaque byte strings compared bytewise; they already carry
 //! the namespace / column-family prefix.
 
+mod collector;
 mod fragmented;
 mod gc;
 
+pub use collector::{RangeDelCollector, DEFAULT_MAX_RANGE_TOMBSTONES};
 pub use fragmented::{Fragment, FragmentedTombstones};
 pub use gc::GcPolicy;
 
