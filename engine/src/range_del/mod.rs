@@ -16,14 +16,18 @@
 //! - [`GcPolicy`]: the compaction rule for dropping stamps and entries that no
 //!   reader at or above the GC safe point can tell apart from their absence.
 //! - [`RangeDelCollector`]: the memtable side list (bounded, thread-safe).
+//! - [`encode_block`] / [`decode_block`]: the SST meta block (`docs/format.md`,
+//!   "Range tombstones").
 //!
 //! Logical keys are opaque byte strings compared bytewise; they already carry
 //! the namespace / column-family prefix.
 
+mod block;
 mod collector;
 mod fragmented;
 mod gc;
 
+pub use block::{decode_block, encode_block};
 pub use collector::{RangeDelCollector, DEFAULT_MAX_RANGE_TOMBSTONES};
 pub use fragmented::{Fragment, FragmentedTombstones};
 pub use gc::GcPolicy;
