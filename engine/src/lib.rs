@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod memtable;
 pub mod merge;
 pub mod options;
+pub mod range_del;
 pub mod record;
 pub mod snapshot;
 pub mod sst;
