@@ -8,16 +8,20 @@
 //! manifest edit as the table that points into it. Reads resolve a pointer with
 //! [`SegmentReader::read_value`]: one positional read of the whole record, checksum verified.
 //!
-//! Garbage: compaction reports the records it drops or overwrites to [`DiscardStats`].
+//! Garbage: compaction reports the records it drops or overwrites to [`DiscardStats`];
+//! [`gc::GcJob`] rewrites the live records of the segment with the most garbage into a new
+//! segment and returns the relocations for the caller to re-point (see [`gc`] for the
+//! protocol and its crash safety).
 //!
 //! Modules: [`pointer`] (the pointer and its encoding), [`segment`] (file format, writer,
-//! reader, iterator), [`discard`] (garbage accounting). The byte format is in
+//! reader, iterator), [`discard`] (garbage accounting), [`gc`]. The byte format is in
 //! `docs/format.md`, "Value-log segments".
 //!
 //! This module owns no database state: which segments are live, the discard statistics
 //! and the id allocation belong to the caller (the manifest).
 
 pub mod discard;
+pub mod gc;
 pub mod pointer;
 pub mod segment;
 
@@ -27,6 +31,7 @@ mod tests;
 use std::path::Path;
 
 pub use discard::{DiscardStats, SegmentUsage};
+pub use gc::{GcJob, GcOutcome, GcStep, Relocation};
 pub use pointer::{PointerError, ValuePointer};
 pub use segment::{
     Record, RecordRef, SegmentIter, SegmentMeta, SegmentReader, SegmentWriter, SegmentWriterOptions,
