@@ -511,3 +511,47 @@ fn power_loss_after_a_failed_finish_leaves_no_valid_segment() {
     let err = SegmentReader::open(&*fs, dir(), 1).unwrap_err();
     assert_reported(&err, &crate::filename::vlog(dir(), 1), "after crash");
 }
+
+#[test]
+fn bytes_match_docs_format_md() {
+    use super::segment::{SEGMENT_FOOTER_MAGIC, SEGMENT_MAGIC};
+    assert_eq!(SEGMENT_MAGIC, 0x31474c56564b6f4e);
+    assert_eq!(SEGMENT_FOOTER_MAGIC, 0x444e4556564b6f4e);
+    let (fs, _) = mem_fs();
+    let (entries, _) = write(
+        &fs,
+        dir(),
+        5,
+        small_buffer(),
+        &[(b"ab".to_vec(), b"xyz".to_vec())],
+    );
+    let img = image(&*fs, 5);
+    let mut want = Vec::new();
+    want.extend_from_slice(b"NoKVVLG1");
+    want.extend_from_slice(&1u32.to_le_bytes());
+    want.extend_from_slice(&5u64.to_le_bytes());
+    let crc = crc32fast::hash(&want);
+    want.extend_from_slice(&crc.to_le_bytes());
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&2u32.to_le_bytes());
+    rec.extend_from_slice(&3u32.to_le_bytes());
+    rec.extend_from_slice(b"abxyz");
+    want.extend_from_slice(&crc32fast::hash(&rec).to_le_bytes());
+    want.extend_from_slice(&rec);
+    let mut footer = Vec::new();
+    footer.extend_from_slice(&1u64.to_le_bytes());
+    footer.extend_from_slice(&(24u64 + 17).to_le_bytes());
+    let crc = crc32fast::hash(&footer);
+    footer.extend_from_slice(&crc.to_le_bytes());
+    footer.extend_from_slice(b"NoKVVEND");
+    want.extend_from_slice(&footer);
+    assert_eq!(img, want);
+    assert_eq!(
+        entries[0].2,
+        ValuePointer {
+            segment: 5,
+            offset: 24,
+            len: 17
+        }
+    );
+}
