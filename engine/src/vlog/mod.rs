@@ -13,7 +13,7 @@
 //! segment and returns the relocations for the caller to re-point (see [`gc`] for the
 //! protocol and its crash safety).
 //!
-//! Modules: [`pointer`] (the pointer and its encoding), [`segment`] (file format, writer,
+//! Modules: [`pointer`](mod@pointer) (the pointer and its encoding), [`segment`] (file format, writer,
 //! reader, iterator), [`discard`] (garbage accounting), [`gc`]. The byte format is in
 //! `docs/format.md`, "Value-log segments".
 //!

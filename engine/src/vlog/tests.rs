@@ -555,3 +555,15 @@ fn bytes_match_docs_format_md() {
         }
     );
 }
+
+#[test]
+fn types_can_be_shared_and_moved_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<SegmentReader>();
+    send_sync::<DiscardStats>();
+    send_sync::<ValuePointer>();
+    send::<SegmentWriter>();
+    send::<SegmentIter>();
+    send::<GcJob>();
+}
