@@ -16,6 +16,8 @@ pub enum FileKind {
     Wal(u64),
     /// A manifest with its file number.
     Manifest(u64),
+    /// A value-log segment with its id (ids share the file-number space with tables).
+    ValueLog(u64),
     /// A temporary file left by an interrupted write.
     Temp,
 }
@@ -30,6 +32,11 @@ pub fn wal(dir: &Path, gen: u64) -> PathBuf {
     dir.join(format!("wal-{gen:08}.log"))
 }
 
+/// Path of value-log segment `id`.
+pub fn vlog(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:06}.vlog"))
+}
+
 /// File name (no directory) of manifest `number`.
 pub fn manifest_name(number: u64) -> String {
     format!("MANIFEST-{number:06}")
@@ -39,6 +46,9 @@ pub fn manifest_name(number: u64) -> String {
 pub fn parse(name: &str) -> Option<FileKind> {
     if let Some(n) = name.strip_suffix(".sst") {
         return n.parse().ok().map(FileKind::Table);
+    }
+    if let Some(n) = name.strip_suffix(".vlog") {
+        return n.parse().ok().map(FileKind::ValueLog);
     }
     if let Some(n) = name
         .strip_prefix("wal-")
@@ -72,6 +82,14 @@ mod tests {
             parse(w.file_name().and_then(|n| n.to_str()).unwrap_or("")),
             Some(FileKind::Wal(7))
         );
+        let v = vlog(d, 1234567);
+        assert_eq!(v, Path::new("/x/1234567.vlog"));
+        assert_eq!(
+            parse(v.file_name().and_then(|n| n.to_str()).unwrap_or("")),
+            Some(FileKind::ValueLog(1234567))
+        );
+        assert_eq!(parse("000009.vlog"), Some(FileKind::ValueLog(9)));
+        assert_eq!(parse("x.vlog"), None);
         assert_eq!(parse(&manifest_name(3)), Some(FileKind::Manifest(3)));
         assert_eq!(parse("CURRENT.tmp"), Some(FileKind::Temp));
         assert_eq!(parse("LOCK"), None);

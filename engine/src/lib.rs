@@ -35,6 +35,7 @@ pub mod snapshot;
 pub mod sst;
 pub mod stats;
 pub mod version;
+pub mod vlog;
 pub mod wal;
 
 pub use batch::WriteBatch;
