@@ -543,6 +543,7 @@ impl MergeJob {
                 entries: props.num_entries,
                 smallest: props.smallest,
                 largest: props.largest,
+                global_seq: None,
             },
             table,
             path: path.to_path_buf(),

@@ -24,14 +24,17 @@ use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
+use crate::region_snapshot::{self, ExportOptions, IngestReport, RegionRange, SnapshotManifest};
 use crate::snapshot::{Snapshot, SnapshotList};
-use crate::sst::Table;
+use crate::sst::{Table, TableBuilderOptions};
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
+/// Flushes an ingest tries before giving up on writes racing into its range.
+const INGEST_FLUSH_ATTEMPTS: usize = 4;
 /// Entries a background job merges between checks for shutdown.
 const STEP_ENTRIES: usize = 4096;
 
@@ -427,33 +430,88 @@ impl Db {
         inner.check_open()?;
         let (ts, seq) = inner.read_point(&ro)?;
         let guard = inner.snapshots.acquire(seq);
-        let sv = inner.sv.read().clone();
-        let fill = !ro.skip_cache_fill;
-        let lo = space.prefix().to_vec();
-        let hi = space.end();
-        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
-        children.push(Box::new(sv.mem.iter()));
-        for m in &sv.imms {
-            children.push(Box::new(m.iter()));
-        }
-        for f in &sv.version.levels[0] {
-            if f.desc.smallest_logical() < &hi[..] && f.desc.largest_logical() >= &lo[..] {
-                children.push(Box::new(f.table.iter(fill)));
-            }
-        }
-        for files in sv.version.levels.iter().skip(1) {
-            if level_may_overlap(files, Some(&lo), Some(&hi)) {
-                children.push(Box::new(LevelIterator::new(files.clone(), fill)));
-            }
-        }
+        let merged = inner.merged_iter(&space.prefix(), &space.end(), !ro.skip_cache_fill);
         Ok(DbIterator::new(
-            Box::new(MergingIterator::new(children)),
+            merged,
             space,
             &ro,
             ts,
             guard,
             inner.opts.clock.now_ms(),
         ))
+    }
+
+    /// Writes the entries of `range` (every column family) into `dir` as SST files plus a
+    /// checksummed `SNAPSHOT` manifest, as of now: every version, or with
+    /// `ExportOptions::read_ts` the newest live value at or below it. `dir` must not hold
+    /// a snapshot already. Value-log values are written inline.
+    pub fn export_range(
+        &self,
+        range: &RegionRange,
+        dir: &Path,
+        opts: &ExportOptions,
+    ) -> Result<SnapshotManifest> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let ro = ReadOptions {
+            read_ts: opts.read_ts,
+            ..Default::default()
+        };
+        let (_, seq) = inner.read_point(&ro)?;
+        // Pinned while the export runs, so compaction keeps every entry it reads.
+        let _guard = inner.snapshots.acquire(seq);
+        let src = region_snapshot::ExportSource {
+            iter: inner.merged_iter(&[range.ns], &[range.ns.wrapping_add(1)], false),
+            seq,
+            now_ms: inner.opts.clock.now_ms(),
+            inline: Box::new(|kind, value| Ok((kind, value.to_vec()))),
+        };
+        let last_level = inner.opts.num_levels - 1;
+        region_snapshot::export(
+            &inner.fs,
+            src,
+            range,
+            dir,
+            opts,
+            TableBuilderOptions::from_options(&inner.opts, last_level),
+        )
+    }
+
+    /// Adds the tables of a region snapshot made by [`Db::export_range`], all or nothing.
+    ///
+    /// Checks the manifest checksum and format, every table's size, crc and blocks, and
+    /// that every key lies in the snapshot's range and in `expected` (when given); any
+    /// failure changes nothing. Memtables are flushed first; the tables are hard-linked
+    /// when `dir` is on the same filesystem (else copied), placed at the deepest level
+    /// nothing above overlaps, and become visible at once with one new sequence number,
+    /// newer than everything already stored (range deletes included). To replace a range,
+    /// `delete_range` it first.
+    pub fn ingest(&self, dir: &Path, expected: Option<&RegionRange>) -> Result<IngestReport> {
+        let inner = self.inner();
+        inner.check_writable()?;
+        let (manifest, tables) = region_snapshot::verify(&inner.fs, dir, expected)?;
+        drop(tables);
+        if manifest.files.is_empty() {
+            return Ok(IngestReport {
+                global_seq: inner.last_seq.load(Ordering::Acquire),
+                placed: Vec::new(),
+                bytes: 0,
+                entries: 0,
+                linked: false,
+            });
+        }
+        // Data already in memtables in the range must sit below the ingested tables.
+        for _ in 0..INGEST_FLUSH_ATTEMPTS {
+            if !inner.memtables_hold(&manifest.range) {
+                if let Some(report) = inner.ingest_verified(dir, &manifest)? {
+                    return Ok(report);
+                }
+            }
+            self.flush()?;
+        }
+        Err(Error::Busy(format!(
+            "writes into the ingested range kept arriving through {INGEST_FLUSH_ATTEMPTS} flushes"
+        )))
     }
 
     /// Freezes the active memtable and waits until every frozen memtable is in an SST file.
@@ -590,7 +648,8 @@ fn recover(
 
     // Replay the WAL.
     let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
-    let mut last_seq = state.last_seq;
+    // Ingested files may use sequence numbers above what flushes recorded.
+    let mut last_seq = state.last_seq.max(state.seq_floor);
     let flushed_seq = state.last_seq;
     let replay_cb = opts.opaque_replay.clone();
     let outcome = wal::replay(
@@ -750,6 +809,25 @@ fn recover(
     })
 }
 
+/// Copies `src` to `dst` and (with `sync`) makes the copy durable (when hard links are unavailable).
+fn copy_file(fs: &dyn FileSystem, src: &Path, dst: &Path, sync: bool) -> Result<()> {
+    let from = fs.open(src, OpenMode::Read).ctx("open", src)?;
+    let to = fs.open(dst, OpenMode::CreateNew).ctx("create", dst)?;
+    let len = from.len().ctx("stat", src)?;
+    let mut buf = vec![0u8; (1 << 20).min(len.max(1) as usize)];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        from.read_exact_at(&mut buf[..n], off).ctx("read", src)?;
+        to.write_all_at(&buf[..n], off).ctx("write", dst)?;
+        off += n as u64;
+    }
+    if sync {
+        to.sync_data().ctx("fdatasync", dst)?;
+    }
+    Ok(())
+}
+
 fn open_table(
     fs: &Arc<dyn FileSystem>,
     dir: &Path,
@@ -766,7 +844,14 @@ fn open_table(
             format!("table is {len} bytes but the manifest says {}", desc.size),
         ));
     }
-    let table = Table::open(file, path.clone(), desc.number, desc.size, cache)?;
+    let table = Table::open_with_global_seq(
+        file,
+        path.clone(),
+        desc.number,
+        desc.size,
+        cache,
+        desc.global_seq,
+    )?;
     Ok(Arc::new(FileMeta::new(
         desc.clone(),
         table,
@@ -1135,6 +1220,118 @@ impl Inner {
         Ok(())
     }
 
+    /// True when a memtable (active or frozen) holds a key of `range`.
+    fn memtables_hold(&self, range: &RegionRange) -> bool {
+        let sv = self.sv.read().clone();
+        std::iter::once(&sv.mem)
+            .chain(sv.imms.iter())
+            .any(|m| region_snapshot::has_keys_in(&mut m.iter(), range))
+    }
+
+    /// Installs the checked tables of `manifest` (in `dir`) under one new sequence number;
+    /// `None` when a write into the range slipped in first (the caller flushes and retries).
+    fn ingest_verified(
+        &self,
+        dir: &Path,
+        manifest: &SnapshotManifest,
+    ) -> Result<Option<IngestReport>> {
+        // Writers wait while the tables go in, so the new sequence number is the next one.
+        let ws = self.write.lock();
+        self.check_writable()?;
+        if self.memtables_hold(&manifest.range) {
+            return Ok(None);
+        }
+        let mut ws = ws;
+        let global_seq = ws.last_seq + 1;
+        let mut copied: Vec<PathBuf> = Vec::new();
+        let result = self.link_and_apply(dir, manifest, global_seq, &mut copied);
+        match result {
+            Ok(report) => {
+                ws.last_seq = global_seq;
+                self.last_seq.store(global_seq, Ordering::Release);
+                Ok(Some(report))
+            }
+            Err(e) => {
+                for p in &copied {
+                    let _ = self.fs.remove_file(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn link_and_apply(
+        &self,
+        dir: &Path,
+        manifest: &SnapshotManifest,
+        global_seq: u64,
+        copied: &mut Vec<PathBuf>,
+    ) -> Result<IngestReport> {
+        let mut linked = true;
+        let mut opened = Vec::new();
+        for sf in &manifest.files {
+            let src = dir.join(&sf.name);
+            let number = self.next_file_number.fetch_add(1, Ordering::SeqCst);
+            let dst = filename::table(&self.dir, number);
+            copied.push(dst.clone());
+            if self.fs.hard_link(&src, &dst).is_err() {
+                linked = false;
+                copy_file(&*self.fs, &src, &dst, !self.opts.unsafe_ingest_skip_sync)?;
+            }
+            let desc = FileDesc {
+                number,
+                size: sf.size,
+                entries: sf.entries,
+                smallest: Vec::new(),
+                largest: Vec::new(),
+                global_seq: Some(global_seq),
+            };
+            let meta = open_table(&self.fs, &self.dir, &desc, self.cache.clone())?;
+            let props = meta.table.properties();
+            let desc = FileDesc {
+                smallest: props.smallest.clone(),
+                largest: props.largest.clone(),
+                ..desc
+            };
+            opened.push(Arc::new(FileMeta::new(
+                desc,
+                meta.table.clone(),
+                self.fs.clone(),
+                dst,
+            )));
+        }
+        if !self.opts.unsafe_ingest_skip_sync {
+            self.fs.sync_dir(&self.dir).ctx("fsync dir", &self.dir)?;
+        }
+        let mut st = self.state.lock();
+        let mut edit = VersionEdit {
+            seq_floor: Some(global_seq),
+            ..Default::default()
+        };
+        let mut placed = Vec::new();
+        for m in &opened {
+            let (lo, hi) = (m.desc.smallest_logical(), m.desc.largest_logical());
+            let mut level = 0;
+            for l in (1..st.version.levels.len()).rev() {
+                if (0..=l).all(|u| st.version.overlapping(u, Some(lo), Some(hi)).is_empty()) {
+                    level = l;
+                    break;
+                }
+            }
+            edit.added.push((level, m.desc.clone()));
+            placed.push((m.desc.number, level));
+        }
+        self.log_and_apply(&mut st, edit, &opened)?;
+        self.state_cv.notify_all();
+        Ok(IngestReport {
+            global_seq,
+            placed,
+            bytes: manifest.total_bytes(),
+            entries: manifest.total_entries(),
+            linked,
+        })
+    }
+
     /// The GC safe point compaction and reads obey: the owner's with
     /// `Options::retain_versions`, else every version (only snapshots keep old data).
     fn safe_point(&self) -> u64 {
@@ -1159,6 +1356,27 @@ impl Inner {
             }
         }
         Ok((ts, seq))
+    }
+
+    /// A cursor merging every memtable and table that may hold logical keys in `[lo, hi)`.
+    fn merged_iter(&self, lo: &[u8], hi: &[u8], fill_cache: bool) -> Box<dyn InternalIterator> {
+        let sv = self.sv.read().clone();
+        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+        children.push(Box::new(sv.mem.iter()));
+        for m in &sv.imms {
+            children.push(Box::new(m.iter()));
+        }
+        for f in &sv.version.levels[0] {
+            if f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo {
+                children.push(Box::new(f.table.iter(fill_cache)));
+            }
+        }
+        for files in sv.version.levels.iter().skip(1) {
+            if level_may_overlap(files, Some(lo), Some(hi)) {
+                children.push(Box::new(LevelIterator::new(files.clone(), fill_cache)));
+            }
+        }
+        Box::new(MergingIterator::new(children))
     }
 
     /// The newest entry of `logical` visible at (`ts`, `seq`) in any memtable or table.

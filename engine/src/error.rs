@@ -85,6 +85,9 @@ pub enum Error {
     /// An argument or option is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Concurrent activity kept the operation from finishing; it changed nothing and may be retried.
+    #[error("busy: {0}")]
+    Busy(String),
     /// An explicit version of 0 (reserved: it means "the write's sequence number").
     #[error("version 0 is reserved; explicit versions start at 1")]
     InvalidVersion,

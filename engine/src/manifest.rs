@@ -31,6 +31,8 @@ pub struct ManifestState {
     pub opaque_floor: Option<u64>,
     /// Applied raft index per region covered by SST files.
     pub applied: BTreeMap<u64, u64>,
+    /// Highest sequence number used by ingested files (recovery starts above it).
+    pub seq_floor: u64,
 }
 
 impl ManifestState {
@@ -79,6 +81,9 @@ impl ManifestState {
         if let Some(v) = e.log_floor {
             self.log_floor = self.log_floor.max(v);
         }
+        if let Some(v) = e.seq_floor {
+            self.seq_floor = self.seq_floor.max(v);
+        }
         if let Some(v) = e.opaque_floor {
             self.opaque_floor = Some(v);
         }
@@ -105,6 +110,7 @@ impl ManifestState {
             opaque_floor: self.opaque_floor,
             applied: self.applied.iter().map(|(r, i)| (*r, *i)).collect(),
             format_version: Some(MANIFEST_FORMAT),
+            seq_floor: (self.seq_floor > 0).then_some(self.seq_floor),
         }
     }
 }

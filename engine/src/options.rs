@@ -111,6 +111,10 @@ pub struct Options {
     /// tests can prove they detect lost writes. Never set this in production.
     #[doc(hidden)]
     pub unsafe_ack_before_sync: bool,
+    /// TEST ONLY: skip making ingested tables durable before the manifest names them.
+    /// Exists so crash tests can prove they detect it. Never set this in production.
+    #[doc(hidden)]
+    pub unsafe_ingest_skip_sync: bool,
 }
 
 impl Default for Options {
@@ -147,6 +151,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             retain_versions: false,
             unsafe_ack_before_sync: false,
+            unsafe_ingest_skip_sync: false,
         }
     }
 }

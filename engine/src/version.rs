@@ -23,6 +23,8 @@ pub struct FileDesc {
     pub smallest: Vec<u8>,
     /// Largest internal key.
     pub largest: Vec<u8>,
+    /// For an ingested file: the sequence number every entry reads as (the file stores 0).
+    pub global_seq: Option<u64>,
 }
 
 impl FileDesc {
@@ -193,6 +195,8 @@ pub struct VersionEdit {
     pub applied: Vec<(u64, u64)>,
     /// Manifest format version (present in the first edit of each manifest).
     pub format_version: Option<u64>,
+    /// Sequence numbers up to this one are used (by ingested files): recovery starts above it.
+    pub seq_floor: Option<u64>,
 }
 
 const TAG_NEXT_FILE: u64 = 1;
@@ -203,6 +207,8 @@ const TAG_DELETE_FILE: u64 = 5;
 const TAG_APPLIED: u64 = 6;
 const TAG_OPAQUE_FLOOR: u64 = 7;
 const TAG_FORMAT: u64 = 8;
+const TAG_SEQ_FLOOR: u64 = 9;
+const TAG_ADD_INGESTED_FILE: u64 = 10;
 
 /// The manifest format this build writes and the highest it reads.
 pub const MANIFEST_FORMAT: u64 = 2;
@@ -220,6 +226,7 @@ impl VersionEdit {
             (TAG_LAST_SEQ, self.last_seq),
             (TAG_LOG_FLOOR, self.log_floor),
             (TAG_OPAQUE_FLOOR, self.opaque_floor),
+            (TAG_SEQ_FLOOR, self.seq_floor),
         ] {
             if let Some(v) = v {
                 put_varint(&mut out, tag);
@@ -232,13 +239,20 @@ impl VersionEdit {
             put_varint(&mut out, *number);
         }
         for (level, f) in &self.added {
-            put_varint(&mut out, TAG_ADD_FILE);
+            let tag = match f.global_seq {
+                Some(_) => TAG_ADD_INGESTED_FILE,
+                None => TAG_ADD_FILE,
+            };
+            put_varint(&mut out, tag);
             put_varint(&mut out, *level as u64);
             put_varint(&mut out, f.number);
             put_varint(&mut out, f.size);
             put_varint(&mut out, f.entries);
             put_bytes(&mut out, &f.smallest);
             put_bytes(&mut out, &f.largest);
+            if let Some(g) = f.global_seq {
+                put_varint(&mut out, g);
+            }
         }
         for (region, index) in &self.applied {
             put_varint(&mut out, TAG_APPLIED);
@@ -261,12 +275,13 @@ impl VersionEdit {
                 TAG_LAST_SEQ => e.last_seq = Some(r.varint().ok_or_else(trunc)?),
                 TAG_LOG_FLOOR => e.log_floor = Some(r.varint().ok_or_else(trunc)?),
                 TAG_OPAQUE_FLOOR => e.opaque_floor = Some(r.varint().ok_or_else(trunc)?),
+                TAG_SEQ_FLOOR => e.seq_floor = Some(r.varint().ok_or_else(trunc)?),
                 TAG_DELETE_FILE => {
                     let level = r.varint().ok_or_else(trunc)? as usize;
                     let number = r.varint().ok_or_else(trunc)?;
                     e.deleted.push((level, number));
                 }
-                TAG_ADD_FILE => {
+                TAG_ADD_FILE | TAG_ADD_INGESTED_FILE => {
                     let level = r.varint().ok_or_else(trunc)? as usize;
                     let number = r.varint().ok_or_else(trunc)?;
                     let size = r.varint().ok_or_else(trunc)?;
@@ -278,6 +293,11 @@ impl VersionEdit {
                     {
                         return Err(format!("file {number} has a malformed key range"));
                     }
+                    let global_seq = if tag == TAG_ADD_INGESTED_FILE {
+                        Some(r.varint().ok_or_else(trunc)?)
+                    } else {
+                        None
+                    };
                     e.added.push((
                         level,
                         FileDesc {
@@ -286,6 +306,7 @@ impl VersionEdit {
                             entries,
                             smallest,
                             largest,
+                            global_seq,
                         },
                     ));
                 }
@@ -320,9 +341,10 @@ mod tests {
             applied in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
         ) {
             let e = VersionEdit {
-                added: added.into_iter().map(|(l, n, s, c, a, b)| (l, FileDesc { number: n, size: s, entries: c, smallest: a, largest: b })).collect(),
+                added: added.into_iter().map(|(l, n, s, c, a, b)| (l, FileDesc { number: n, size: s, entries: c, smallest: a, largest: b, global_seq: (n % 3 == 0).then_some(n / 3) })).collect(),
                 deleted, next_file_number: nf, last_seq: ls, log_floor: lf, opaque_floor: of, applied,
                 format_version: Some(MANIFEST_FORMAT),
+                seq_floor: ls.map(|x| x / 2),
             };
             prop_assert_eq!(VersionEdit::decode(&e.encode()), Ok(e));
         }

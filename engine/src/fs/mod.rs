@@ -106,4 +106,13 @@ pub trait FileSystem: Send + Sync + 'static {
     fn exists(&self, path: &Path) -> bool;
     /// Takes an exclusive lock on `path` (created if missing); fails with `WouldBlock` if held.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn DirLock>>;
+    /// Creates `to` as a hard link to `from`; `Unsupported` where links cannot be made
+    /// (callers then copy).
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this filesystem makes no hard links",
+        ))
+    }
 }

@@ -317,6 +317,10 @@ impl FileSystem for UringFs {
         self.std.rename(from, to)
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.std.hard_link(from, to)
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.std.remove_file(path)
     }

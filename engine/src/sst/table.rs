@@ -31,6 +31,8 @@ pub struct Table {
     filter: Option<BloomFilter>,
     props: TableProperties,
     cache: Option<Arc<BlockCache>>,
+    /// For an ingested table: the sequence number every entry reads as.
+    global_seq: Option<u64>,
 }
 
 impl std::fmt::Debug for Table {
@@ -51,6 +53,19 @@ impl Table {
         file_number: u64,
         file_size: u64,
         cache: Option<Arc<BlockCache>>,
+    ) -> Result<Arc<Table>> {
+        Table::open_with_global_seq(file, path, file_number, file_size, cache, None)
+    }
+
+    /// [`Table::open`] for a table whose entries all read as sequence `global_seq`
+    /// (an ingested table, written with sequence 0 and unique (key, version) pairs).
+    pub fn open_with_global_seq(
+        file: Arc<dyn File>,
+        path: PathBuf,
+        file_number: u64,
+        file_size: u64,
+        cache: Option<Arc<BlockCache>>,
+        global_seq: Option<u64>,
     ) -> Result<Arc<Table>> {
         let p: &Path = &path;
         if file_size < FOOTER_LEN as u64 {
@@ -134,9 +149,22 @@ impl Table {
             props_handle: footer.props,
             index: Arc::new(index),
             filter,
-            props,
+            props: match global_seq {
+                Some(g) => TableProperties {
+                    smallest: with_seq(&props.smallest, g),
+                    largest: with_seq(&props.largest, g),
+                    ..props
+                },
+                None => props,
+            },
             cache,
+            global_seq,
         }))
+    }
+
+    /// The sequence number every entry reads as, for an ingested table.
+    pub fn global_seq(&self) -> Option<u64> {
+        self.global_seq
     }
 
     /// The table's properties.
@@ -266,6 +294,14 @@ impl Table {
             if logical_key(&key) != logical {
                 return Ok(Probe::Absent);
             }
+            if let Some(g) = self.global_seq {
+                if g > read_seq {
+                    // Every entry of an ingested table has this sequence: none is visible.
+                    return Ok(Probe::Absent);
+                }
+                let v = c.value(&block).to_vec();
+                return Ok(Probe::Found(with_seq(&key, g), v));
+            }
             if parse_trailer(&key).0 <= read_seq {
                 let v = c.value(&block).to_vec();
                 return Ok(Probe::Found(key, v));
@@ -298,6 +334,7 @@ impl Table {
             data_offset: 0,
             data_cur: BlockCursor::default(),
             data_key: Vec::new(),
+            patched_key: Vec::new(),
             err: None,
         }
     }
@@ -464,6 +501,8 @@ pub struct TableIterator {
     data_offset: u64,
     data_cur: BlockCursor,
     data_key: Vec<u8>,
+    /// `data_key` with the table's global sequence number (ingested tables only).
+    patched_key: Vec<u8>,
     err: Option<Error>,
 }
 
@@ -574,6 +613,35 @@ impl TableIterator {
     }
 }
 
+impl TableIterator {
+    /// Refreshes `patched_key` after a move (ingested tables only).
+    #[inline]
+    fn patch(&mut self) {
+        if let Some(g) = self.table.global_seq {
+            if self.data_cur.valid {
+                self.patched_key.clear();
+                self.patched_key.extend_from_slice(&self.data_key);
+                let n = self.patched_key.len();
+                let (_, kind) = parse_trailer(&self.data_key);
+                self.patched_key[n - 8..]
+                    .copy_from_slice(&(!((g << 8) | kind as u64)).to_be_bytes());
+            }
+        }
+    }
+}
+
+/// `ikey` with its sequence number replaced by `seq` (kind kept).
+fn with_seq(ikey: &[u8], seq: u64) -> Vec<u8> {
+    if ikey.len() < TRAILER_LEN {
+        return ikey.to_vec();
+    }
+    let mut out = ikey.to_vec();
+    let n = out.len();
+    let (_, kind) = parse_trailer(ikey);
+    out[n - 8..].copy_from_slice(&(!((seq << 8) | kind as u64)).to_be_bytes());
+    out
+}
+
 impl InternalIterator for TableIterator {
     #[inline]
     fn valid(&self) -> bool {
@@ -592,6 +660,7 @@ impl InternalIterator for TableIterator {
             }
         }
         self.skip_forward();
+        self.patch();
     }
 
     fn seek_to_last(&mut self) {
@@ -606,6 +675,7 @@ impl InternalIterator for TableIterator {
             }
         }
         self.skip_backward();
+        self.patch();
     }
 
     fn seek(&mut self, target: &[u8]) {
@@ -627,6 +697,7 @@ impl InternalIterator for TableIterator {
             }
         }
         self.skip_forward();
+        self.patch();
     }
 
     fn seek_for_prev(&mut self, target: &[u8]) {
@@ -649,6 +720,7 @@ impl InternalIterator for TableIterator {
         if !self.data_cur.valid {
             self.skip_forward();
         }
+        self.patch();
     }
 
     fn prev(&mut self) {
@@ -659,11 +731,16 @@ impl InternalIterator for TableIterator {
         if !self.data_cur.valid {
             self.skip_backward();
         }
+        self.patch();
     }
 
     #[inline]
     fn key(&self) -> &[u8] {
-        &self.data_key
+        if self.table.global_seq.is_some() {
+            &self.patched_key
+        } else {
+            &self.data_key
+        }
     }
 
     #[inline]
