@@ -5,6 +5,11 @@
 #
 #   bash bench/anchors/rocksdb.sh            # NUM=1000000 KEY_SIZE=16 VALUE_SIZE=1000
 #   QUICK=1 bash bench/anchors/rocksdb.sh    # smoke run, NUM=50000
+#   MODE=large bash bench/anchors/rocksdb.sh # 8 KiB values: fillrandom + overwrite against
+#                                            # RocksDB with and without blob files, space at the end
+#
+# Default mode runs fillrandom, overwrite, readrandom, readrandomwriterandom at 50% and 95%
+# reads, seekrandom, and a sync=1 multi-threaded fillrandom.
 #
 # Environment (defaults in brackets):
 #   NUM [1000000, QUICK: 50000]   keys in the key space; per-thread writes of write runs
@@ -28,13 +33,27 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 QUICK=${QUICK:-0}
-if [[ $QUICK == 1 ]]; then
+MODE=${MODE:-default}
+case $MODE in
+default | large) ;;
+*)
+    echo "rocksdb.sh: MODE must be 'default' or 'large', got '$MODE'" >&2
+    exit 2
+    ;;
+esac
+if [[ $MODE == large ]]; then
+    # 8 KiB values: 200k keys = 1.6 GB of live data.
+    if [[ $QUICK == 1 ]]; then NUM=${NUM:-20000}; else NUM=${NUM:-200000}; fi
+    VALUE_SIZE=${VALUE_SIZE:-8192}
+elif [[ $QUICK == 1 ]]; then
     NUM=${NUM:-50000}
 else
     NUM=${NUM:-1000000}
 fi
 KEY_SIZE=${KEY_SIZE:-16}
 VALUE_SIZE=${VALUE_SIZE:-1000}
+# RocksDB's integrated BlobDB, for MODE=large (values >= MIN_BLOB_SIZE go to blob files).
+MIN_BLOB_SIZE=${MIN_BLOB_SIZE:-2048}
 SYNC_THREADS=${SYNC_THREADS:-16}
 SYNC_NUM=${SYNC_NUM:-$((NUM / 10))}
 CACHE_SIZE=${CACHE_SIZE:-67108864}
@@ -160,21 +179,62 @@ echo "== workdir: $WORKDIR"
 # RocksDB's fill timing excludes settling; `flush,waitforcompaction` after it makes its
 # statistics (write amplification) cover the same flush + compaction work NoKV waits for.
 SETTLE=flush,waitforcompaction
-# Each workload is its own process, so each gets its own seed (the same for both tools):
-# with one seed, overwrite would rewrite fillrandom's keys in the same order and readrandom
-# would only ever ask for keys that exist.
-run_pair fillrandom main "fillrandom,$SETTLE" fillrandom --use_existing_db=0 --threads=1 \
-    --sync=0 --seed="$SEED"
-run_pair overwrite main "overwrite,$SETTLE" overwrite --use_existing_db=1 --threads=1 \
-    --sync=0 --seed="$((SEED + 1))"
-run_pair readrandom main readrandom readrandom --use_existing_db=1 --threads=1 --sync=0 \
-    --seed="$((SEED + 2))"
-run_pair seekrandom main seekrandom seekrandom --use_existing_db=1 --threads=1 --sync=0 \
-    --seed="$((SEED + 3))"
-rm -rf "$WORKDIR/rocksdb-main" "$WORKDIR/nokv-main"
-run_pair fillrandom-sync sync "fillrandom,$SETTLE" fillrandom --use_existing_db=0 \
-    --threads="$SYNC_THREADS" --sync=1 --num="$SYNC_NUM" --seed="$((SEED + 4))"
-rm -rf "$WORKDIR/rocksdb-sync" "$WORKDIR/nokv-sync"
+
+# du_mib DIR: bytes on disk under DIR, in MiB.
+du_mib() {
+    du -sb "$1" 2>/dev/null | awk '{ printf "%.0f", $1 / 1048576 }'
+}
+
+if [[ $MODE == large ]]; then
+    # Three engines write the same keys: RocksDB inline, RocksDB with blob files, NoKV (its
+    # value log takes values >= 2 KiB by default). fillrandom then overwrite on one DB each.
+    BLOB=(--enable_blob_files=true --min_blob_size="$MIN_BLOB_SIZE"
+        --enable_blob_garbage_collection=true --blob_garbage_collection_age_cutoff=0.25)
+    declare -A SPACE
+    for engine in rocksdb rocksdb-blob nokv; do
+        extra=()
+        [[ $engine == rocksdb-blob ]] && extra=("${BLOB[@]}")
+        for wl in fillrandom overwrite; do
+            existing=0
+            [[ $wl == overwrite ]] && existing=1
+            seed=$SEED
+            [[ $wl == overwrite ]] && seed=$((SEED + 1))
+            if [[ $engine == nokv ]]; then
+                run_one nokv "large-$wl" "$NOKV_BENCH" dbbench "${COMMON[@]}" \
+                    ${NOKV_EXTRA[@]+"${NOKV_EXTRA[@]}"} --db="$WORKDIR/db-$engine" \
+                    --benchmarks="$wl" --use_existing_db=$existing --threads=1 --sync=0 --seed="$seed"
+            else
+                run_one "$engine" "large-$wl" "$DB_BENCH" "${COMMON[@]}" "${ROCKS_ONLY[@]}" \
+                    ${extra[@]+"${extra[@]}"} --db="$WORKDIR/db-$engine" \
+                    --benchmarks="$wl,$SETTLE" --use_existing_db=$existing --threads=1 --sync=0 \
+                    --seed="$seed"
+            fi
+        done
+        SPACE[$engine]=$(du_mib "$WORKDIR/db-$engine")
+        rm -rf "$WORKDIR/db-$engine"
+    done
+else
+    # Each workload is its own process, so each gets its own seed (the same for both tools):
+    # with one seed, overwrite would rewrite fillrandom's keys in the same order and readrandom
+    # would only ever ask for keys that exist.
+    run_pair fillrandom main "fillrandom,$SETTLE" fillrandom --use_existing_db=0 --threads=1 \
+        --sync=0 --seed="$SEED"
+    run_pair overwrite main "overwrite,$SETTLE" overwrite --use_existing_db=1 --threads=1 \
+        --sync=0 --seed="$((SEED + 1))"
+    run_pair readrandom main readrandom readrandom --use_existing_db=1 --threads=1 --sync=0 \
+        --seed="$((SEED + 2))"
+    run_pair seekrandom main seekrandom seekrandom --use_existing_db=1 --threads=1 --sync=0 \
+        --seed="$((SEED + 3))"
+    for pct in 50 95; do
+        run_pair "readrandomwriterandom-$pct" main readrandomwriterandom readrandomwriterandom \
+            --use_existing_db=1 --threads=1 --sync=0 --readwritepercent="$pct" \
+            --seed="$((SEED + 5 + pct))"
+    done
+    rm -rf "$WORKDIR/rocksdb-main" "$WORKDIR/nokv-main"
+    run_pair fillrandom-sync sync "fillrandom,$SETTLE" fillrandom --use_existing_db=0 \
+        --threads="$SYNC_THREADS" --sync=1 --num="$SYNC_NUM" --seed="$((SEED + 4))"
+    rm -rf "$WORKDIR/rocksdb-sync" "$WORKDIR/nokv-sync"
+fi
 
 # --- report -----------------------------------------------------------------------------
 
@@ -204,24 +264,56 @@ mib() {
 }
 
 TABLE=$LOGS/table.md
+if [[ $MODE == large ]]; then
+    LIVE_MIB=$(awk -v n="$NUM" -v k="$KEY_SIZE" -v v="$VALUE_SIZE" 'BEGIN { printf "%.0f", n * (k + v) / 1048576 }')
+    {
+        echo "| engine | fillrandom ops/s | fillrandom MB/s | overwrite ops/s | overwrite MB/s | vs RocksDB (fill / overwrite) | space MiB at end | space / live ($LIVE_MIB MiB) | peak RSS MiB | process s (fill + overwrite) |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        r_fill=$(field rocksdb large-fillrandom result fillrandom 3)
+        r_over=$(field rocksdb large-overwrite result overwrite 3)
+        for engine in rocksdb rocksdb-blob nokv; do
+            fill=$(field "$engine" large-fillrandom result fillrandom 3)
+            over=$(field "$engine" large-overwrite result overwrite 3)
+            rss=$(mib "$(field "$engine" large-overwrite peak_rss_kib "" 2)")
+            mbs() { awk -v o="$1" -v b="$((KEY_SIZE + VALUE_SIZE))" 'BEGIN { if (o == "-") print "-"; else printf "%.1f", o * b / 1e6 }'; }
+            secs=$(awk -v a="$(wall "$engine" large-fillrandom)" -v b="$(wall "$engine" large-overwrite)" 'BEGIN { printf "%.1f", a + b }')
+            echo "| $engine | $fill | $(mbs "$fill") | $over | $(mbs "$over") | $(ratio "$fill" "$r_fill") / $(ratio "$over" "$r_over") | ${SPACE[$engine]} | $(ratio "${SPACE[$engine]}" "$LIVE_MIB") | $rss | $secs |"
+        done
+    } >"$TABLE"
+    echo
+    echo "== results ($(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; MODE=large NUM=$NUM KEY_SIZE=$KEY_SIZE VALUE_SIZE=$VALUE_SIZE; QUICK=$QUICK)"
+    cat "$TABLE"
+    echo
+    echo "RocksDB ops/s exclude flush+compaction settling (db_bench reports the fill phase); NoKV's include it."
+    echo "Space is du -sb of each database directory after its overwrite run settled."
+    if [[ -n ${RESULTS_DIR:-} ]]; then
+        mkdir -p "$RESULTS_DIR"
+        cp "$LOGS"/* "$RESULTS_DIR"/
+        echo "== raw logs and table copied to $RESULTS_DIR"
+    fi
+    exit 0
+fi
 {
     echo "| workload | RocksDB ops/s | NoKV ops/s | NoKV/RocksDB | NoKV settle s | NoKV ops/s excl. settle | excl./RocksDB | RocksDB WA | NoKV WA | RocksDB peak RSS MiB | NoKV peak RSS MiB | RocksDB process s | NoKV process s | process RocksDB/NoKV |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for wl in fillrandom overwrite readrandom seekrandom fillrandom-sync; do
+    for wl in fillrandom overwrite readrandom readrandomwriterandom-50 readrandomwriterandom-95 seekrandom fillrandom-sync; do
         bench=${wl%-sync}
+        bench=${bench%-50}
+        bench=${bench%-95}
         r_ops=$(field rocksdb "$wl" result "$bench" 3)
         n_ops=$(field nokv "$wl" result "$bench" 3)
         n_settle=$(field nokv "$wl" settle "$bench" 3)
         n_ingest=$(field nokv "$wl" settle "$bench" 4)
         r_wa=$(field rocksdb "$wl" write_amp statistics 3)
         n_wa=$(field nokv "$wl" write_amp "$bench" 3)
-        case $bench in readrandom | seekrandom) r_wa=-; n_wa=- ;; esac
+        case $bench in readrandom | seekrandom | readrandomwriterandom) r_wa=-; n_wa=- ;; esac
         r_rss=$(mib "$(field rocksdb "$wl" peak_rss_kib "" 2)")
         n_rss=$(mib "$(field nokv "$wl" peak_rss_kib "" 2)")
         r_wall=$(wall rocksdb "$wl")
         n_wall=$(wall nokv "$wl")
         label=$wl
         [[ $wl == fillrandom-sync ]] && label="fillrandom sync=1 threads=$SYNC_THREADS num=$SYNC_NUM/thread"
+        [[ $wl == readrandomwriterandom-* ]] && label="readrandomwriterandom ${wl##*-}% reads"
         echo "| $label | $r_ops | $n_ops | $(ratio "$n_ops" "$r_ops") | $n_settle | $n_ingest | $(ratio "$n_ingest" "$r_ops") | $r_wa | $n_wa | $r_rss | $n_rss | $r_wall | $n_wall | $(ratio "$r_wall" "$n_wall") |"
     done
 } >"$TABLE"
@@ -239,7 +331,7 @@ echo "'process s' is each tool's whole run (open, work, flush and compaction set
 SVG=$LOGS/dbbench.svg
 ROCKS_OUTS=()
 NOKV_OUTS=()
-for wl in fillrandom overwrite readrandom seekrandom fillrandom-sync; do
+for wl in fillrandom overwrite readrandom readrandomwriterandom-50 readrandomwriterandom-95 seekrandom fillrandom-sync; do
     ROCKS_OUTS+=("$LOGS/rocksdb-$wl.out")
     NOKV_OUTS+=("$LOGS/nokv-$wl.out")
 done
