@@ -13,5 +13,6 @@ pub mod error;
 pub mod glob;
 pub mod model;
 pub mod numeric;
+pub mod resp;
 
 pub use error::{Error, Result};
