@@ -9,6 +9,7 @@
 //! and values onto the engine's key spaces. No threads, no blocking, no async
 //! runtime: the caller owns the sockets.
 
+pub mod command;
 pub mod error;
 pub mod glob;
 pub mod model;

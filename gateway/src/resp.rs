@@ -8,7 +8,9 @@
 
 use crate::error::{Error, Result};
 use redis_protocol::resp2::types::{OwnedFrame as Frame2, Resp2Frame};
-use redis_protocol::resp3::types::{FrameMap, OwnedFrame as Frame3, Resp3Frame, VerbatimStringFormat};
+use redis_protocol::resp3::types::{
+    FrameMap, OwnedFrame as Frame3, Resp3Frame, VerbatimStringFormat,
+};
 
 /// Redis's `PROTO_INLINE_MAX_SIZE`: the longest inline request or header line.
 pub const INLINE_MAX_BYTES: usize = 64 * 1024;
@@ -156,7 +158,8 @@ fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Parsed> {
     } else {
         nl
     };
-    let args = split_args(&buf[..line_end]).ok_or_else(|| protocol("unbalanced quotes in request"))?;
+    let args =
+        split_args(&buf[..line_end]).ok_or_else(|| protocol("unbalanced quotes in request"))?;
     if args.is_empty() {
         Ok(Parsed::Empty { consumed: nl + 1 })
     } else {
@@ -308,6 +311,8 @@ pub enum Reply {
     Map(Vec<(Reply, Reply)>),
     /// Verbatim text (RESP3 `=` with format `txt`; a bulk string in RESP2).
     Verbatim(Vec<u8>),
+    /// A set (RESP3 `~`; an array in RESP2).
+    Set(Vec<Reply>),
     /// A SCAN/HSCAN page; the session replaces it with `[cursor, items]`.
     Scan(ScanPage),
 }
@@ -333,8 +338,54 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
+    fn is_aggregate(&self) -> bool {
+        matches!(
+            self,
+            Reply::Array(_) | Reply::Map(_) | Reply::Set(_) | Reply::Scan(_)
+        )
+    }
+
+    /// Whether the RESP3 encoding needs a hand-written header somewhere: the crate
+    /// keeps set members in a hash set, which cannot hold aggregates.
+    fn needs_manual_resp3(&self) -> bool {
+        match self {
+            Reply::Set(items) => items
+                .iter()
+                .any(|i| i.is_aggregate() || i.needs_manual_resp3()),
+            Reply::Array(items) => items.iter().any(Reply::needs_manual_resp3),
+            Reply::Map(pairs) => pairs
+                .iter()
+                .any(|(k, v)| k.needs_manual_resp3() || v.needs_manual_resp3()),
+            _ => false,
+        }
+    }
+
     /// Appends the encoding of `self` in `proto` to `out`.
     pub fn encode(self, proto: Protocol, out: &mut Vec<u8>) -> Result<()> {
+        if proto == Protocol::Resp3 && self.needs_manual_resp3() {
+            let (tag, children) = match self {
+                Reply::Set(items) => ('~', items),
+                Reply::Array(items) => ('*', items),
+                Reply::Map(pairs) => {
+                    out.extend_from_slice(format!("%{}\r\n", pairs.len()).as_bytes());
+                    for (k, v) in pairs {
+                        k.encode(proto, out)?;
+                        v.encode(proto, out)?;
+                    }
+                    return Ok(());
+                }
+                other => return other.encode_with_crate(proto, out),
+            };
+            out.extend_from_slice(format!("{tag}{}\r\n", children.len()).as_bytes());
+            for c in children {
+                c.encode(proto, out)?;
+            }
+            return Ok(());
+        }
+        self.encode_with_crate(proto, out)
+    }
+
+    fn encode_with_crate(self, proto: Protocol, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
         let res = match proto {
             Protocol::Resp2 => {
@@ -376,18 +427,18 @@ impl Reply {
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) | Reply::Verbatim(b) => Frame2::BulkString(b),
             Reply::Null => Frame2::Null,
-            Reply::Array(items) => Frame2::Array(items.into_iter().map(Reply::into_resp2).collect()),
+            Reply::Array(items) | Reply::Set(items) => {
+                Frame2::Array(items.into_iter().map(Reply::into_resp2).collect())
+            }
             Reply::Map(pairs) => Frame2::Array(
                 pairs
                     .into_iter()
                     .flat_map(|(k, v)| [k.into_resp2(), v.into_resp2()])
                     .collect(),
             ),
-            Reply::Scan(page) => Reply::Array(vec![
-                Reply::bulk("0"),
-                Reply::Array(page.items),
-            ])
-            .into_resp2(),
+            Reply::Scan(page) => {
+                Reply::Array(vec![Reply::bulk("0"), Reply::Array(page.items)]).into_resp2()
+            }
         }
     }
 
@@ -415,13 +466,26 @@ impl Reply {
                 attributes: None,
             },
             Reply::Null => Frame3::Null,
+            Reply::Set(items) => {
+                let mut set = redis_protocol::resp3::types::FrameSet::with_capacity(items.len());
+                for i in items {
+                    set.insert(i.into_resp3());
+                }
+                Frame3::Set {
+                    data: set,
+                    attributes: None,
+                }
+            }
             Reply::Array(items) => Frame3::Array {
                 data: items.into_iter().map(Reply::into_resp3).collect(),
                 attributes: None,
             },
             Reply::Map(pairs) => {
                 let scalar_keys = pairs.iter().all(|(k, _)| {
-                    matches!(k, Reply::Simple(_) | Reply::Bulk(_) | Reply::Int(_) | Reply::Null)
+                    matches!(
+                        k,
+                        Reply::Simple(_) | Reply::Bulk(_) | Reply::Int(_) | Reply::Null
+                    )
                 });
                 if !scalar_keys {
                     // Aggregate keys cannot be hashed: send the pairs as a flat array.
@@ -462,7 +526,11 @@ mod tests {
             }
         );
         for cut in 1..20 {
-            assert_eq!(req(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..cut]).unwrap(), Parsed::Incomplete, "{cut}");
+            assert_eq!(
+                req(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..cut]).unwrap(),
+                Parsed::Incomplete,
+                "{cut}"
+            );
         }
         assert_eq!(req(b"*0\r\n").unwrap(), Parsed::Empty { consumed: 4 });
         assert_eq!(req(b"*-1\r\n").unwrap(), Parsed::Empty { consumed: 5 });
@@ -481,7 +549,10 @@ mod tests {
         assert_eq!(msg(req(b"*1\r\n$536870913\r\n")), "invalid bulk length");
         assert_eq!(msg(req(b"\"abc\n")), "unbalanced quotes in request");
         assert_eq!(msg(req(&vec![b'a'; 70_000])), "too big inline request");
-        assert_eq!(msg(req(&[b"*".as_slice(), &vec![b'1'; 70_000]].concat())), "too big mbulk count string");
+        assert_eq!(
+            msg(req(&[b"*".as_slice(), &vec![b'1'; 70_000]].concat())),
+            "too big mbulk count string"
+        );
         assert_eq!(
             msg(parse_request(b"*11\r\n", &Limits::default(), true)),
             "unauthenticated multibulk length"
@@ -527,11 +598,26 @@ mod tests {
         assert_eq!(enc(Reply::Null, Protocol::Resp3), "_\r\n");
         assert_eq!(enc(Reply::Int(-3), Protocol::Resp3), ":-3\r\n");
         assert_eq!(enc(Reply::error("ERR x"), Protocol::Resp3), "-ERR x\r\n");
-        let map = Reply::Map(vec![(Reply::bulk("a"), Reply::bulk("1")), (Reply::bulk("b"), Reply::Int(2))]);
-        assert_eq!(enc(map.clone(), Protocol::Resp2), "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n:2\r\n");
-        assert_eq!(enc(map, Protocol::Resp3), "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n:2\r\n");
-        assert_eq!(enc(Reply::Verbatim(b"hi".to_vec()), Protocol::Resp3), "=6\r\ntxt:hi\r\n");
-        assert_eq!(enc(Reply::Verbatim(b"hi".to_vec()), Protocol::Resp2), "$2\r\nhi\r\n");
+        let map = Reply::Map(vec![
+            (Reply::bulk("a"), Reply::bulk("1")),
+            (Reply::bulk("b"), Reply::Int(2)),
+        ]);
+        assert_eq!(
+            enc(map.clone(), Protocol::Resp2),
+            "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n:2\r\n"
+        );
+        assert_eq!(
+            enc(map, Protocol::Resp3),
+            "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n:2\r\n"
+        );
+        assert_eq!(
+            enc(Reply::Verbatim(b"hi".to_vec()), Protocol::Resp3),
+            "=6\r\ntxt:hi\r\n"
+        );
+        assert_eq!(
+            enc(Reply::Verbatim(b"hi".to_vec()), Protocol::Resp2),
+            "$2\r\nhi\r\n"
+        );
         assert_eq!(enc(Reply::Array(vec![]), Protocol::Resp2), "*0\r\n");
     }
 }
