@@ -11,9 +11,11 @@
 
 pub mod command;
 pub mod error;
+pub mod exec;
 pub mod glob;
 pub mod model;
 pub mod numeric;
 pub mod resp;
+pub mod store;
 
 pub use error::{Error, Result};
