@@ -16,6 +16,11 @@ pub mod glob;
 pub mod model;
 pub mod numeric;
 pub mod resp;
+pub mod session;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use exec::{ReadOp, WriteCommand, WriteOp};
+pub use resp::{Protocol, Reply};
+pub use session::{Action, Config, Session, Shared, State, Ticket};
+pub use store::{Backend, DbStore, ReadView, StateView};
