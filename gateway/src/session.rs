@@ -817,7 +817,7 @@ impl Session {
         }
         if !self.authenticated {
             return Reply::error(
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             );
         }
         if let Some(name) = setname {
@@ -875,7 +875,7 @@ impl Session {
                 let mut list = Vec::new();
                 for a in &args[i + 1..] {
                     match crate::numeric::string2ll(a) {
-                        Some(n) if n > 0 => list.push(n as u64),
+                        Some(n) => list.push(n as u64),
                         _ => return Reply::error("ERR Invalid client ID"),
                     }
                 }

@@ -116,7 +116,7 @@ impl CommandInfo {
             Reply::Int(self.key_step),
             simple_set(self.acl_categories),
             Reply::Set(self.tips.iter().map(|t| Reply::bulk(*t)).collect()),
-            Reply::Array(self.key_specs.iter().map(KeySpec::reply).collect()),
+            Reply::Set(self.key_specs.iter().map(KeySpec::reply).collect()),
             Reply::Set(self.subcommands.iter().map(|c| c.info_reply()).collect()),
         ])
     }

@@ -1037,6 +1037,27 @@ pub static HSET: CommandInfo = CommandInfo {
     subcommands: &[],
 };
 
+/// `HMSET`.
+pub static HMSET: CommandInfo = CommandInfo {
+    name: "hmset",
+    arity: -4,
+    flags: &["write", "denyoom", "fast"],
+    first_key: 1,
+    last_key: 1,
+    key_step: 1,
+    acl_categories: &["@write", "@hash", "@fast"],
+    tips: &[],
+    key_specs: &[KeySpec {
+        notes: None,
+        flags: &["RW", "update"],
+        begin_index: 1,
+        last_key: 0,
+        key_step: 1,
+        limit: 0,
+    }],
+    subcommands: &[],
+};
+
 /// `HGET`.
 pub static HGET: CommandInfo = CommandInfo {
     name: "hget",
@@ -1293,6 +1314,7 @@ pub static DOCS: &[(&str, Doc)] = &[
     ("client", Doc::Map(&[("summary", Doc::Bulk("A container for client connection commands")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("client|id", Doc::Map(&[("summary", Doc::Bulk("Returns the client ID for the current connection")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|getname", Doc::Map(&[("summary", Doc::Bulk("Get the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|setname", Doc::Map(&[("summary", Doc::Bulk("Set the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("connection-name")), ("type", Doc::Bulk("string"))])]))])), ("client|list", Doc::Map(&[("summary", Doc::Bulk("Get the list of client connections")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(N) where N is the number of client connections")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("2.8.12"), Doc::Bulk("Added unique client `id` field.")]), Doc::Array(&[Doc::Bulk("5.0.0"), Doc::Bulk("Added optional `TYPE` filter.")]), Doc::Array(&[Doc::Bulk("6.0.0"), Doc::Bulk("Added `user` field.")]), Doc::Array(&[Doc::Bulk("6.2.0"), Doc::Bulk("Added `argv-mem`, `tot-mem`, `laddr` and `redir` fields and the optional `ID` filter.")]), Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added `resp`, `multi-mem`, `rbs` and `rbp` fields.")]), Doc::Array(&[Doc::Bulk("7.0.3"), Doc::Bulk("Added `ssub` field.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal_master_replica_pubsub")), ("type", Doc::Bulk("oneof")), ("token", Doc::Bulk("TYPE")), ("since", Doc::Bulk("5.0.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("NORMAL"))]), Doc::Map(&[("name", Doc::Bulk("master")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("MASTER"))]), Doc::Map(&[("name", Doc::Bulk("replica")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("REPLICA"))]), Doc::Map(&[("name", Doc::Bulk("pubsub")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("PUBSUB"))])]))]), Doc::Map(&[("name", Doc::Bulk("id")), ("type", Doc::Bulk("block")), ("token", Doc::Bulk("ID")), ("since", Doc::Bulk("6.2.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("client-id")), ("type", Doc::Bulk("integer")), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])]))]))]))])),
     ("config", Doc::Map(&[("summary", Doc::Bulk("A container for server configuration commands")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("config|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("config|get", Doc::Map(&[("summary", Doc::Bulk("Get the values of configuration parameters")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) when N is the number of configuration parameters provided")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added the ability to pass multiple pattern parameters in one call")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("string"))])]))])]))]))]))])),
     ("hset", Doc::Map(&[("summary", Doc::Bulk("Set the string value of a hash field")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1) for each field/value pair added, so O(N) to add N field/value pairs when the command is called with multiple field/value pairs.")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("4.0.0"), Doc::Bulk("Accepts multiple `field` and `value` arguments.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field_value")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))]), Doc::Map(&[("name", Doc::Bulk("value")), ("type", Doc::Bulk("string"))])]))])]))])),
+    ("hmset", Doc::Map(&[("summary", Doc::Bulk("Set multiple hash fields to multiple values")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(N) where N is the number of fields being set.")), ("doc_flags", Doc::Set(&[Doc::Simple("deprecated")])), ("deprecated_since", Doc::Bulk("4.0.0")), ("replaced_by", Doc::Bulk("`HSET` with multiple field-value pairs")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field_value")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))]), Doc::Map(&[("name", Doc::Bulk("value")), ("type", Doc::Bulk("string"))])]))])]))])),
     ("hget", Doc::Map(&[("summary", Doc::Bulk("Get the value of a hash field")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))])]))])),
     ("hmget", Doc::Map(&[("summary", Doc::Bulk("Get the values of all the given hash fields")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(N) where N is the number of fields being requested.")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])),
     ("hdel", Doc::Map(&[("summary", Doc::Bulk("Delete one or more hash fields")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(N) where N is the number of fields to be removed.")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("2.4.0"), Doc::Bulk("Accepts multiple `field` arguments.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])),
@@ -1351,6 +1373,7 @@ pub static COMMANDS: &[&CommandInfo] = &[
     &CLIENT,
     &CONFIG,
     &HSET,
+    &HMSET,
     &HGET,
     &HMGET,
     &HDEL,

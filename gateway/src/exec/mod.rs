@@ -14,7 +14,7 @@ use crate::command::CommandInfo;
 use crate::error::Result;
 use crate::glob;
 use crate::model::{self, Body, Meta, RedisType, META, SUBKEYS};
-use crate::numeric::{string2ll, string2ull, LongDouble};
+use crate::numeric::{string2ll, LongDouble};
 use crate::resp::{Reply, ScanPage};
 use crate::store::{ReadView, StateView};
 use nokv::WriteBatch;
@@ -99,6 +99,8 @@ pub struct ScanArgs {
     pub count: u64,
     /// TYPE filter (SCAN only).
     pub kind: Option<Vec<u8>>,
+    /// An option error HSCAN reports only when the key exists (Redis parses them after the lookup).
+    pub invalid: Option<String>,
 }
 
 /// A write, ready for the Raft log: validated, with absolute times only.
@@ -358,9 +360,24 @@ pub fn prepare(cmd: &'static CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -
         "keys" => Prepared::Read(ReadOp::Keys(take!(1))),
         "scan" => prepare_scan(&args, 1, false)
             .map_or_else(Prepared::Reply, |a| Prepared::Read(ReadOp::Scan(a))),
-        "hscan" => prepare_scan(&args, 2, true).map_or_else(Prepared::Reply, |a| {
-            Prepared::Read(ReadOp::HScan(take!(1), a))
-        }),
+        "hscan" => match prepare_scan(&args, 2, true) {
+            Ok(a) => Prepared::Read(ReadOp::HScan(take!(1), a)),
+            Err(Reply::Error(e)) if e != "ERR invalid cursor" => {
+                let cursor = parse_scan_cursor(&args[2]).unwrap_or(0);
+                Prepared::Read(ReadOp::HScan(
+                    take!(1),
+                    ScanArgs {
+                        cursor,
+                        resume: None,
+                        pattern: None,
+                        count: 10,
+                        kind: None,
+                        invalid: Some(e),
+                    },
+                ))
+            }
+            Err(r) => Prepared::Reply(r),
+        },
         "set" => prepare_set(cmd, args, now_ms),
         "setnx" => write(WriteOp::Set {
             key: take!(1),
@@ -717,13 +734,40 @@ fn prepare_expire(cmd: &CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -> Pre
     })
 }
 
+/// Redis 7.0's `parseScanCursorOrReply`: C `strtoul` over the whole string, no
+/// leading space, no overflow (a minus sign wraps, an empty string is 0).
+pub fn parse_scan_cursor(s: &[u8]) -> Option<u64> {
+    let s = &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())];
+    if s.first()
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+    {
+        return None;
+    }
+    if s.is_empty() {
+        return Some(0);
+    }
+    let (negative, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        v = v.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+    }
+    Some(if negative { v.wrapping_neg() } else { v })
+}
+
 /// Redis's `scanGenericCommand` option parsing; `cursor_at` is the cursor's position.
 fn prepare_scan(
     args: &[Vec<u8>],
     cursor_at: usize,
     hash: bool,
 ) -> std::result::Result<ScanArgs, Reply> {
-    let Some(cursor) = string2ull(&args[cursor_at]) else {
+    let Some(cursor) = parse_scan_cursor(&args[cursor_at]) else {
         return Err(Reply::error("ERR invalid cursor"));
     };
     let mut out = ScanArgs {
@@ -732,6 +776,7 @@ fn prepare_scan(
         pattern: None,
         count: 10,
         kind: None,
+        invalid: None,
     };
     let mut i = cursor_at + 1;
     while i < args.len() {
@@ -923,6 +968,9 @@ fn read_inner(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
                     items: Vec::new(),
                 }));
             };
+            if let Some(e) = &args.invalid {
+                return Ok(Reply::Error(e.clone()));
+            }
             let prefix = model::subkey_prefix(key, generation);
             let end = nokv::db_iter::prefix_successor(&prefix);
             let single_page = len <= HSCAN_SINGLE_PAGE_FIELDS;
