@@ -1086,3 +1086,256 @@ fn validate_client_name(name: &[u8]) -> std::result::Result<(), &'static str> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemView;
+
+    fn session(config: Config) -> Session {
+        Session::new(
+            Shared::new(config, 0),
+            "127.0.0.1:1".into(),
+            "127.0.0.1:2".into(),
+            0,
+        )
+    }
+
+    fn req(line: &str) -> Vec<u8> {
+        resp::encode_request(&resp::split_args(line.as_bytes()).unwrap_or_default())
+    }
+
+    fn out(s: &mut Session) -> String {
+        String::from_utf8_lossy(&s.take_output()).into_owned()
+    }
+
+    /// Evaluates an action against an in-memory view.
+    fn eval(view: &mut MemView, a: &Action, version: u64) -> (Ticket, Reply) {
+        match a {
+            Action::Read { ticket, op } => (*ticket, exec::read(op, view, 0)),
+            Action::Write { ticket, cmd } => (*ticket, exec::apply(cmd, view, version)),
+        }
+    }
+
+    #[test]
+    fn replies_keep_request_order_when_completed_out_of_order() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        s.feed(&[req("set a 1"), req("ping"), req("get a"), req("echo x")].concat())
+            .unwrap();
+        let first = s.next_action(0).unwrap();
+        let second = s.next_action(0).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(s.outstanding(), 2);
+        // Completing the read before the write: nothing can be sent yet.
+        let (t1, r1) = eval(&mut v, &first, 1);
+        let (t2, _) = eval(&mut v, &second, 2);
+        let (_, r2) = eval(&mut v, &second, 2);
+        s.complete(t2, r2);
+        assert_eq!(out(&mut s), "");
+        s.complete(t1, r1);
+        assert_eq!(out(&mut s), "+OK\r\n+PONG\r\n$1\r\n1\r\n$1\r\nx\r\n");
+    }
+
+    #[test]
+    fn pending_replies_keep_the_protocol_of_their_request() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        s.feed(&[req("get nokey"), req("hello 3"), req("get nokey")].concat())
+            .unwrap();
+        let a = s.next_action(0).unwrap();
+        let b = s.next_action(0).unwrap();
+        let (ta, ra) = eval(&mut v, &a, 1);
+        let (tb, rb) = eval(&mut v, &b, 2);
+        s.complete(tb, rb);
+        s.complete(ta, ra);
+        let text = out(&mut s);
+        assert!(text.starts_with("$-1\r\n%7\r\n"), "{text}");
+        assert!(text.ends_with("*0\r\n_\r\n"), "{text}");
+    }
+
+    #[test]
+    fn protocol_errors_reply_then_close() {
+        let mut s = session(Config::default());
+        s.feed(b"*1\r\n$4\r\nPING\r\n*1\r\n!x\r\n").unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "+PONG\r\n-ERR Protocol error: expected '$', got '!'\r\n"
+        );
+        assert_eq!(s.state(), State::CloseAfterFlush);
+        s.feed(&req("ping")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn quit_closes_after_its_reply() {
+        let mut s = session(Config::default());
+        s.feed(&[req("quit"), req("ping")].concat()).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+OK\r\n");
+        assert_eq!(s.state(), State::CloseAfterFlush);
+    }
+
+    #[test]
+    fn query_buffer_limit_closes() {
+        let mut s = session(Config {
+            max_query_buffer_bytes: 10,
+            ..Config::default()
+        });
+        s.feed(b"*1\r\n$100\r\n").unwrap();
+        assert!(matches!(
+            s.feed(b"xxxxxxxxxxxxxxxxxxxxx"),
+            Err(Error::QueryBufferFull { .. })
+        ));
+        assert_eq!(s.state(), State::CloseNow);
+    }
+
+    #[test]
+    fn output_limit_closes() {
+        let mut s = session(Config {
+            max_output_bytes: 16,
+            ..Config::default()
+        });
+        s.feed(&[req("echo 0123456789"), req("echo 0123456789")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(s.state(), State::CloseNow);
+        assert!(matches!(
+            s.limit_error(),
+            Some(Error::OutputBufferFull { .. })
+        ));
+    }
+
+    #[test]
+    fn pipeline_budget_per_read() {
+        let mut s = session(Config {
+            max_pipeline_depth: 2,
+            ..Config::default()
+        });
+        s.feed(&[req("ping"), req("ping"), req("ping")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+PONG\r\n+PONG\r\n");
+        assert!(s.budget_exhausted());
+        s.resume();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+PONG\r\n");
+        assert!(!s.budget_exhausted());
+    }
+
+    #[test]
+    fn pipeline_depth_bounds_outstanding_work() {
+        let mut s = session(Config {
+            max_pipeline_depth: 2,
+            ..Config::default()
+        });
+        s.feed(&[req("get a"), req("get b"), req("get c")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_some());
+        assert!(s.next_action(0).is_some());
+        assert!(
+            s.next_action(0).is_none(),
+            "two reads in flight is the limit"
+        );
+    }
+
+    #[test]
+    fn requirepass_gates_commands() {
+        let mut s = session(Config {
+            requirepass: Some(b"pw".to_vec()),
+            ..Config::default()
+        });
+        s.feed(&[req("get k"), req("auth nope"), req("auth pw"), req("ping")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n+PONG\r\n"
+        );
+    }
+
+    #[test]
+    fn unknown_command_text_matches_redis() {
+        let long = "x".repeat(200);
+        let args = vec![b"foo".to_vec(), long.as_bytes().to_vec(), b"y".to_vec()];
+        let text = unknown_command(&args);
+        assert_eq!(
+            text,
+            format!(
+                "ERR unknown command 'foo', with args beginning with: '{}' ",
+                &long[..128]
+            )
+        );
+        let args = vec![b"f\r\no".to_vec()];
+        assert_eq!(
+            unknown_command(&args),
+            "ERR unknown command 'f  o', with args beginning with: "
+        );
+    }
+
+    #[test]
+    fn scan_cursors_resume_where_they_stopped() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        let keys: Vec<String> = (0..25).map(|i| format!("key{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let cmd = exec::WriteCommand {
+                now_ms: 0,
+                op: exec::WriteOp::Set {
+                    key: k.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                    condition: exec::SetCondition::Always,
+                    expiry: exec::ExpiryUpdate::Clear,
+                    reply: exec::SetReply::Ok,
+                },
+            };
+            exec::apply(&cmd, &mut v, i as u64 + 1);
+        }
+        let mut cursor = "0".to_string();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            s.feed(&req(&format!("scan {cursor} count 7"))).unwrap();
+            let a = s.next_action(0).unwrap();
+            let (t, r) = eval(&mut v, &a, 0);
+            s.complete(t, r);
+            let Reply::Array(parts) = parse_scan(&s.take_output()) else {
+                panic!()
+            };
+            let Reply::Bulk(c) = &parts[0] else { panic!() };
+            cursor = String::from_utf8_lossy(c).into_owned();
+            if let Reply::Array(items) = &parts[1] {
+                for i in items {
+                    if let Reply::Bulk(k) = i {
+                        seen.push(String::from_utf8_lossy(k).into_owned());
+                    }
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(cursor, "0");
+        seen.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(seen, want, "every key exactly once");
+    }
+
+    /// Decodes a `[cursor, [items]]` RESP2 reply.
+    fn parse_scan(bytes: &[u8]) -> Reply {
+        use redis_protocol::resp2::types::OwnedFrame;
+        fn conv(f: OwnedFrame) -> Reply {
+            match f {
+                OwnedFrame::BulkString(b) => Reply::Bulk(b),
+                OwnedFrame::Array(items) => Reply::Array(items.into_iter().map(conv).collect()),
+                _ => Reply::Null,
+            }
+        }
+        match redis_protocol::resp2::decode::decode(bytes) {
+            Ok(Some((f, _))) => conv(f),
+            _ => Reply::Null,
+        }
+    }
+}

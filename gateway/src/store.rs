@@ -164,3 +164,52 @@ impl Backend for DbStore {
         exec::apply(cmd, &mut db, version)
     }
 }
+
+/// An in-memory [`StateView`] (a sorted map per key space), for tests and models.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemView {
+    /// Logical key (namespace, column family, key) -> value.
+    pub map: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Batches committed so far.
+    pub commits: u64,
+}
+
+impl ReadView for MemView {
+    fn get(&self, space: KeySpace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.map.get(&space.logical(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        space: KeySpace,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let lo = space.logical(start);
+        let hi = end.map_or_else(|| space.end(), |e| space.logical(e));
+        for (k, v) in self.map.range(lo..hi) {
+            if !visit(&k[2..], v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateView for MemView {
+    fn commit(&mut self, batch: WriteBatch) -> Result<()> {
+        for e in batch.iter_entries() {
+            match e.kind {
+                nokv::key::Kind::Delete => {
+                    self.map.remove(e.logical_key);
+                }
+                _ => {
+                    self.map.insert(e.logical_key.to_vec(), e.value.to_vec());
+                }
+            }
+        }
+        self.commits += 1;
+        Ok(())
+    }
+}

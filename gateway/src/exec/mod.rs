@@ -1503,3 +1503,285 @@ fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {
 pub fn type_of(view: &dyn ReadView, key: &[u8], now_ms: u64) -> Result<Option<RedisType>> {
     Ok(load(view, key, now_ms)?.map(|m| m.kind()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command;
+    use crate::resp::Protocol;
+    use crate::store::MemView;
+    use proptest::prelude::*;
+
+    fn args(line: &str) -> Vec<Vec<u8>> {
+        crate::resp::split_args(line.as_bytes()).unwrap_or_default()
+    }
+
+    fn prep(line: &str, now: u64) -> Prepared {
+        let a = args(line);
+        let cmd = command::find(&a[0]).unwrap_or_else(|| panic!("no command {line}"));
+        assert!(cmd.arity_ok(a.len()), "arity {line}");
+        prepare(cmd, a, now)
+    }
+
+    /// Runs `line` at `now` against `view` with version `v`; the RESP2 reply as text.
+    fn run(view: &mut MemView, line: &str, now: u64, v: u64) -> String {
+        let reply = match prep(line, now) {
+            Prepared::Read(op) => read(&op, view, now),
+            Prepared::Write(cmd) => {
+                let bytes = cmd.encode();
+                let decoded = WriteCommand::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(decoded, cmd);
+                apply(&decoded, view, v)
+            }
+            Prepared::Reply(r) => r,
+        };
+        String::from_utf8_lossy(&reply.to_bytes(Protocol::Resp2).unwrap_or_default()).into_owned()
+    }
+
+    #[test]
+    fn relative_expiries_become_absolute_at_propose_time() {
+        let at = |line: &str| match prep(line, 1_000_000) {
+            Prepared::Write(WriteCommand {
+                op: WriteOp::Set { expiry, .. },
+                ..
+            })
+            | Prepared::Write(WriteCommand {
+                op: WriteOp::GetEx { expiry, .. },
+                ..
+            }) => expiry,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at("set k v ex 10"), ExpiryUpdate::At(1_010_000));
+        assert_eq!(at("set k v px 10"), ExpiryUpdate::At(1_000_010));
+        assert_eq!(at("set k v exat 10"), ExpiryUpdate::At(10_000));
+        assert_eq!(at("set k v pxat 10"), ExpiryUpdate::At(10));
+        assert_eq!(at("set k v keepttl"), ExpiryUpdate::Keep);
+        assert_eq!(at("set k v"), ExpiryUpdate::Clear);
+        assert_eq!(at("setex k 5 v"), ExpiryUpdate::At(1_005_000));
+        assert_eq!(at("psetex k 5 v"), ExpiryUpdate::At(1_000_005));
+        assert_eq!(at("getex k persist"), ExpiryUpdate::Clear);
+        assert_eq!(at("getex k"), ExpiryUpdate::Keep);
+        match prep("expire k -5", 1_000_000) {
+            Prepared::Write(WriteCommand {
+                op: WriteOp::Expire { at_ms, .. },
+                ..
+            }) => assert_eq!(at_ms, 995_000),
+            other => panic!("{other:?}"),
+        }
+        match prep("pexpireat k 42", 1_000_000) {
+            Prepared::Write(WriteCommand {
+                op: WriteOp::Expire { at_ms, .. },
+                ..
+            }) => assert_eq!(at_ms, 42),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn argument_errors_have_redis_text() {
+        let e = |line: &str| match prep(line, 1000) {
+            Prepared::Reply(Reply::Error(e)) => e,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(e("set k v nx xx"), SYNTAX);
+        assert_eq!(
+            e("set k v ex 0"),
+            "ERR invalid expire time in 'set' command"
+        );
+        assert_eq!(e("set k v ex x"), NOT_INTEGER);
+        assert_eq!(
+            e("setex k -1 v"),
+            "ERR invalid expire time in 'setex' command"
+        );
+        assert_eq!(e("getex k persist ex 1"), SYNTAX);
+        assert_eq!(e("incrby k x"), NOT_INTEGER);
+        assert_eq!(
+            e("decrby k -9223372036854775808"),
+            "ERR decrement would overflow"
+        );
+        assert_eq!(e("incrbyfloat k x"), NOT_FLOAT);
+        assert_eq!(
+            e("mset a b c"),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert_eq!(
+            e("hset h f v g"),
+            "ERR wrong number of arguments for 'hset' command"
+        );
+        assert_eq!(
+            e("expire k 1 nx xx"),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            e("expire k 1 gt lt"),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(e("expire k 1 zz"), "ERR Unsupported option zz");
+        assert_eq!(e("scan x"), "ERR invalid cursor");
+        assert_eq!(e("scan 0 count 0"), SYNTAX);
+        assert_eq!(e("flushdb now"), SYNTAX);
+    }
+
+    #[test]
+    fn reply_types_per_command() {
+        let mut v = MemView::default();
+        let now = 1_000;
+        let cases: &[(&str, &str)] = &[
+            ("get k", "$-1\r\n"),
+            ("set k v", "+OK\r\n"),
+            ("get k", "$1\r\nv\r\n"),
+            ("set k w get", "$1\r\nv\r\n"),
+            ("setnx k x", ":0\r\n"),
+            ("set k v nx", "$-1\r\n"),
+            ("getset k a", "$1\r\nw\r\n"),
+            ("append k bc", ":3\r\n"),
+            ("strlen k", ":3\r\n"),
+            ("getdel k", "$3\r\nabc\r\n"),
+            ("exists k", ":0\r\n"),
+            ("incr n", ":1\r\n"),
+            ("incrby n 9", ":10\r\n"),
+            ("decr n", ":9\r\n"),
+            ("decrby n 10", ":-1\r\n"),
+            ("incrbyfloat f 1.5", "$3\r\n1.5\r\n"),
+            ("mset a 1 b 2", "+OK\r\n"),
+            ("mget a b c", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n"),
+            ("msetnx a 1 z 1", ":0\r\n"),
+            ("type a", "+string\r\n"),
+            ("type nokey", "+none\r\n"),
+            ("ttl a", ":-1\r\n"),
+            ("ttl nokey", ":-2\r\n"),
+            ("expire a 10", ":1\r\n"),
+            ("ttl a", ":10\r\n"),
+            ("pttl a", ":10000\r\n"),
+            ("persist a", ":1\r\n"),
+            ("del a b nokey", ":2\r\n"),
+            ("hset h f1 1 f2 2", ":2\r\n"),
+            ("hget h f1", "$1\r\n1\r\n"),
+            ("hmget h f1 nof", "*2\r\n$1\r\n1\r\n$-1\r\n"),
+            ("hlen h", ":2\r\n"),
+            ("hexists h f2", ":1\r\n"),
+            ("hkeys h", "*2\r\n$2\r\nf1\r\n$2\r\nf2\r\n"),
+            ("hvals h", "*2\r\n$1\r\n1\r\n$1\r\n2\r\n"),
+            (
+                "hgetall h",
+                "*4\r\n$2\r\nf1\r\n$1\r\n1\r\n$2\r\nf2\r\n$1\r\n2\r\n",
+            ),
+            ("hincrby h f1 5", ":6\r\n"),
+            ("hdel h f1 nof", ":1\r\n"),
+            ("type h", "+hash\r\n"),
+            (
+                "get h",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "incr h",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "hget n f",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            (
+                "hset n f v",
+                "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            ),
+            ("dbsize", ":3\r\n"),
+            ("keys h", "*1\r\n$1\r\nh\r\n"),
+            ("flushdb", "+OK\r\n"),
+            ("dbsize", ":0\r\n"),
+        ];
+        for (i, (line, want)) in cases.iter().enumerate() {
+            assert_eq!(run(&mut v, line, now, 10 + i as u64), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_judged_at_the_command_time() {
+        let mut v = MemView::default();
+        run(&mut v, "set k v px 100", 1_000, 1);
+        assert_eq!(run(&mut v, "get k", 1_100, 2), "$1\r\nv\r\n");
+        assert_eq!(run(&mut v, "get k", 1_101, 3), "$-1\r\n");
+        // A write proposed before the expiry still sees the key, whenever it is applied.
+        assert_eq!(run(&mut v, "append k w", 1_050, 4), ":2\r\n");
+        assert_eq!(run(&mut v, "setnx k x", 1_200, 5), ":1\r\n");
+        assert_eq!(run(&mut v, "ttl k", 1_200, 6), ":-1\r\n");
+    }
+
+    #[test]
+    fn deleted_hash_fields_never_come_back() {
+        let mut v = MemView::default();
+        run(&mut v, "hset h a 1 b 2", 1, 10);
+        run(&mut v, "del h", 1, 11);
+        assert_eq!(run(&mut v, "hset h c 3", 1, 12), ":1\r\n");
+        assert_eq!(
+            run(&mut v, "hgetall h", 1, 13),
+            "*2\r\n$1\r\nc\r\n$1\r\n3\r\n"
+        );
+        assert_eq!(run(&mut v, "hlen h", 1, 14), ":1\r\n");
+        // Old generation's fields remain as garbage until collected.
+        let subkeys = v.map.keys().filter(|k| k[1] == model::SUBKEY_CF).count();
+        assert_eq!(subkeys, 3);
+        // Expired hashes behave like deleted ones.
+        run(&mut v, "pexpire h 5", 1, 15);
+        assert_eq!(run(&mut v, "hget h c", 100, 16), "$-1\r\n");
+        assert_eq!(run(&mut v, "hset h d 4", 100, 17), ":1\r\n");
+        assert_eq!(run(&mut v, "hkeys h", 100, 18), "*1\r\n$1\r\nd\r\n");
+    }
+
+    #[test]
+    fn one_batch_per_command() {
+        let mut v = MemView::default();
+        run(&mut v, "hset h a 1 b 2 c 3", 1, 10);
+        run(&mut v, "mset x 1 y 2 z 3", 1, 11);
+        run(&mut v, "get x", 1, 12);
+        run(&mut v, "set x 1 nx", 1, 13);
+        assert_eq!(v.commits, 2, "reads and refused writes commit nothing");
+    }
+
+    fn vocabulary() -> impl Strategy<Value = String> {
+        let key = prop_oneof![Just("a"), Just("b"), Just("h")];
+        let field = prop_oneof![Just("f"), Just("g")];
+        (0usize..14, key, field, 0i64..5).prop_map(|(op, k, f, n)| match op {
+            0 => format!("set {k} {n}"),
+            1 => format!("incrby {k} {n}"),
+            2 => format!("append {k} x"),
+            3 => format!("del {k}"),
+            4 => format!("hset {k} {f} {n}"),
+            5 => format!("hincrby {k} {f} {n}"),
+            6 => format!("hdel {k} {f}"),
+            7 => format!("pexpire {k} {n}"),
+            8 => format!("set {k} v px {}", n + 1),
+            9 => format!("getdel {k}"),
+            10 => format!("incrbyfloat {k} 0.{n}"),
+            11 => format!("persist {k}"),
+            12 => format!("msetnx {k} 1 c 2"),
+            _ => format!("getex {k} px {}", n + 1),
+        })
+    }
+
+    proptest! {
+        /// Replicas applying the same log from the same state end identical, whatever
+        /// their own clocks say: apply judges time by the command's `now_ms` only.
+        #[test]
+        fn replicas_applying_one_log_agree(log in proptest::collection::vec((vocabulary(), 0u64..4), 1..40)) {
+            let mut r1 = MemView::default();
+            let mut r2 = MemView::default();
+            let mut now = 1_000u64;
+            let mut cmds = Vec::new();
+            for (line, dt) in &log {
+                now += dt;
+                if let Prepared::Write(cmd) = prep(line, now) {
+                    cmds.push(cmd.encode());
+                }
+            }
+            let mut replies = (Vec::new(), Vec::new());
+            for (i, bytes) in cmds.iter().enumerate() {
+                let cmd = WriteCommand::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
+                replies.0.push(apply(&cmd, &mut r1, 100 + i as u64));
+                replies.1.push(apply(&cmd, &mut r2, 100 + i as u64));
+            }
+            prop_assert_eq!(replies.0, replies.1);
+            prop_assert_eq!(&r1.map, &r2.map);
+        }
+    }
+}
