@@ -452,7 +452,7 @@ impl LongDouble {
     }
 
     /// `self + other` rounded to nearest even; `None` for NaN (inf - inf).
-    pub fn add(self, other: LongDouble) -> Option<LongDouble> {
+    pub fn checked_add(self, other: LongDouble) -> Option<LongDouble> {
         use LongDouble::*;
         match (self, other) {
             (Infinite { negative: a }, Infinite { negative: b }) => {
@@ -707,7 +707,7 @@ mod tests {
     fn incr(a: &str, b: &str) -> Option<String> {
         let a = LongDouble::parse(a.as_bytes())?;
         let b = LongDouble::parse(b.as_bytes())?;
-        let s = a.add(b)?;
+        let s = a.checked_add(b)?;
         (!s.is_infinite()).then(|| s.to_human())
     }
 
@@ -766,7 +766,7 @@ mod tests {
         #[test]
         fn integers_print_exactly(a in -1_000_000_000i64..1_000_000_000, b in -1_000_000_000i64..1_000_000_000) {
             let sum = LongDouble::parse(a.to_string().as_bytes()).unwrap()
-                .add(LongDouble::parse(b.to_string().as_bytes()).unwrap()).unwrap();
+                .checked_add(LongDouble::parse(b.to_string().as_bytes()).unwrap()).unwrap();
             prop_assert_eq!(sum.to_human(), (a + b).to_string());
         }
 

@@ -212,7 +212,7 @@ fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
-fn expect_closed(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+fn expect_closed(stream: &mut TcpStream, buf: &[u8]) -> bool {
     if !buf.is_empty() {
         return false;
     }
@@ -494,7 +494,7 @@ fn run_case(case: &Case, proto: u8, redis_port: u16, our_port: u16, out: &mut Ou
             Step::Closed => {
                 out.exchanges += 1;
                 let closed: Vec<bool> = (0..2)
-                    .map(|i| expect_closed(&mut conns[i], &mut bufs[i]))
+                    .map(|i| expect_closed(&mut conns[i], &bufs[i]))
                     .collect();
                 if closed == [true, true] {
                     out.matched += 1;

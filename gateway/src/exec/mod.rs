@@ -409,7 +409,7 @@ pub fn prepare(cmd: &'static CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -
         "getdel" => write(WriteOp::GetDel { key: take!(1) }),
         "getex" => prepare_getex(cmd, args, now_ms),
         "mset" | "msetnx" => {
-            if args.len() % 2 == 0 {
+            if args.len().is_multiple_of(2) {
                 return arity_error(cmd);
             }
             let pairs = pairs_from(args.split_off(1));
@@ -463,7 +463,7 @@ pub fn prepare(cmd: &'static CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -
             write(WriteOp::FlushDb)
         }
         "hset" | "hmset" => {
-            if args.len() % 2 == 1 {
+            if !args.len().is_multiple_of(2) {
                 return arity_error(cmd);
             }
             let pairs = pairs_from(args.split_off(2));
@@ -617,16 +617,16 @@ fn ext_expiry(
     args: &[Vec<u8>],
     expire_arg: Option<usize>,
     now_ms: u64,
-) -> std::result::Result<Option<u64>, Prepared> {
+) -> std::result::Result<Option<u64>, Box<Prepared>> {
     let Some(i) = expire_arg else {
         return Ok(None);
     };
     let Some(n) = string2ll(&args[i]) else {
-        return Err(err(NOT_INTEGER));
+        return Err(Box::new(err(NOT_INTEGER)));
     };
     match expire_at(n, f.ex || f.exat, f.ex || f.px, now_ms) {
         Some(at) => Ok(Some(at)),
-        None => Err(expire_error(cmd)),
+        None => Err(Box::new(expire_error(cmd))),
     }
 }
 
@@ -636,7 +636,7 @@ fn prepare_set(cmd: &CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -> Prepar
     };
     let at = match ext_expiry(cmd, &f, &args, expire_arg, now_ms) {
         Ok(at) => at,
-        Err(p) => return p,
+        Err(p) => return *p,
     };
     let expiry = match at {
         Some(at) => ExpiryUpdate::At(at),
@@ -668,7 +668,7 @@ fn prepare_getex(cmd: &CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -> Prep
     };
     let at = match ext_expiry(cmd, &f, &args, expire_arg, now_ms) {
         Ok(at) => at,
-        Err(p) => return p,
+        Err(p) => return *p,
     };
     let expiry = match at {
         Some(at) => ExpiryUpdate::At(at),
@@ -715,7 +715,7 @@ fn prepare_expire(cmd: &CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -> Pre
     let seconds = cmd.name == "expire" || cmd.name == "expireat";
     let relative = cmd.name == "expire" || cmd.name == "pexpire";
     if seconds {
-        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
             return expire_error(cmd);
         }
         when *= 1000;
@@ -1331,7 +1331,7 @@ fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {
                     None => return Ok(Reply::error(NOT_FLOAT)),
                 },
             };
-            let new = match old.add(*delta) {
+            let new = match old.checked_add(*delta) {
                 Some(n) if !n.is_infinite() => n,
                 _ => return Ok(Reply::error("ERR increment would produce NaN or Infinity")),
             };
