@@ -324,10 +324,13 @@ fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-/// Validates a key command (arity already checked) and turns it into a read or a write.
+/// Validates a key command and turns it into a read or a write (or an error reply).
 ///
 /// `now_ms` is the proposer's clock: relative expiries become absolute here.
 pub fn prepare(cmd: &'static CommandInfo, mut args: Vec<Vec<u8>>, now_ms: u64) -> Prepared {
+    if !cmd.arity_ok(args.len()) {
+        return arity_error(cmd);
+    }
     let write = |op: WriteOp| Prepared::Write(WriteCommand { now_ms, op });
     let name = cmd.name;
     // Take owned arguments by position without cloning.
