@@ -1,0 +1,431 @@
+//! A compact, versioned binary codec for [`WriteCommand`] (it travels in Raft log entries).
+//!
+//! Layout: `format u8 (=1) | now_ms varint | op tag u8 | fields`, where byte
+//! strings are `varint len | bytes`, lists are `varint count | items`, integers
+//! are zig-zag varints and booleans/enums one byte. Decoding checks every
+//! length against the bytes left, rejects unknown tags and trailing bytes.
+
+use super::{ExpiryUpdate, SetCondition, SetReply, WriteCommand, WriteOp};
+use crate::error::{Error, Result};
+use crate::numeric::LongDouble;
+
+const FORMAT: u8 = 1;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
+    put_varint(out, items.len() as u64);
+    for i in items {
+        put_bytes(out, i);
+    }
+}
+
+fn put_pairs(out: &mut Vec<u8>, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    put_varint(out, pairs.len() as u64);
+    for (k, v) in pairs {
+        put_bytes(out, k);
+        put_bytes(out, v);
+    }
+}
+
+fn put_expiry(out: &mut Vec<u8>, e: ExpiryUpdate) {
+    match e {
+        ExpiryUpdate::Keep => out.push(0),
+        ExpiryUpdate::Clear => out.push(1),
+        ExpiryUpdate::At(at) => {
+            out.push(2);
+            put_varint(out, at);
+        }
+    }
+}
+
+impl WriteCommand {
+    /// Encodes the command for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        put_varint(&mut out, self.now_ms);
+        match &self.op {
+            WriteOp::Set {
+                key,
+                value,
+                condition,
+                expiry,
+                reply,
+            } => {
+                out.push(1);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+                out.push(match condition {
+                    SetCondition::Always => 0,
+                    SetCondition::IfAbsent => 1,
+                    SetCondition::IfPresent => 2,
+                });
+                put_expiry(&mut out, *expiry);
+                out.push(match reply {
+                    SetReply::Ok => 0,
+                    SetReply::Int => 1,
+                    SetReply::Old => 2,
+                });
+            }
+            WriteOp::GetSet { key, value } => {
+                out.push(2);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            WriteOp::GetDel { key } => {
+                out.push(3);
+                put_bytes(&mut out, key);
+            }
+            WriteOp::GetEx { key, expiry } => {
+                out.push(4);
+                put_bytes(&mut out, key);
+                put_expiry(&mut out, *expiry);
+            }
+            WriteOp::MSet {
+                pairs,
+                if_none_exist,
+            } => {
+                out.push(5);
+                put_pairs(&mut out, pairs);
+                out.push(*if_none_exist as u8);
+            }
+            WriteOp::Append { key, value } => {
+                out.push(6);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            WriteOp::IncrBy { key, delta } => {
+                out.push(7);
+                put_bytes(&mut out, key);
+                put_i64(&mut out, *delta);
+            }
+            WriteOp::IncrByFloat { key, delta } => {
+                out.push(8);
+                put_bytes(&mut out, key);
+                out.extend_from_slice(&delta.to_bytes());
+            }
+            WriteOp::Del { keys } => {
+                out.push(9);
+                put_list(&mut out, keys);
+            }
+            WriteOp::Expire { key, at_ms, flags } => {
+                out.push(10);
+                put_bytes(&mut out, key);
+                put_i64(&mut out, *at_ms);
+                out.push(*flags);
+            }
+            WriteOp::Persist { key } => {
+                out.push(11);
+                put_bytes(&mut out, key);
+            }
+            WriteOp::FlushDb => out.push(12),
+            WriteOp::HSet {
+                key,
+                pairs,
+                reply_ok,
+            } => {
+                out.push(13);
+                put_bytes(&mut out, key);
+                put_pairs(&mut out, pairs);
+                out.push(*reply_ok as u8);
+            }
+            WriteOp::HDel { key, fields } => {
+                out.push(14);
+                put_bytes(&mut out, key);
+                put_list(&mut out, fields);
+            }
+            WriteOp::HIncrBy { key, field, delta } => {
+                out.push(15);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, field);
+                put_i64(&mut out, *delta);
+            }
+        }
+        out
+    }
+
+    /// Decodes [`WriteCommand::encode`]'s output.
+    pub fn decode(buf: &[u8]) -> Result<WriteCommand> {
+        let mut r = Reader { buf, pos: 0 };
+        let format = r.u8()?;
+        if format != FORMAT {
+            return Err(Error::Codec(format!(
+                "unknown WriteCommand format {format}"
+            )));
+        }
+        let now_ms = r.varint()?;
+        let tag = r.u8()?;
+        let op = match tag {
+            1 => WriteOp::Set {
+                key: r.bytes()?,
+                value: r.bytes()?,
+                condition: match r.u8()? {
+                    0 => SetCondition::Always,
+                    1 => SetCondition::IfAbsent,
+                    2 => SetCondition::IfPresent,
+                    t => return Err(Error::Codec(format!("bad SET condition {t}"))),
+                },
+                expiry: r.expiry()?,
+                reply: match r.u8()? {
+                    0 => SetReply::Ok,
+                    1 => SetReply::Int,
+                    2 => SetReply::Old,
+                    t => return Err(Error::Codec(format!("bad SET reply {t}"))),
+                },
+            },
+            2 => WriteOp::GetSet {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
+            3 => WriteOp::GetDel { key: r.bytes()? },
+            4 => WriteOp::GetEx {
+                key: r.bytes()?,
+                expiry: r.expiry()?,
+            },
+            5 => WriteOp::MSet {
+                pairs: r.pairs()?,
+                if_none_exist: r.bool()?,
+            },
+            6 => WriteOp::Append {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
+            7 => WriteOp::IncrBy {
+                key: r.bytes()?,
+                delta: r.i64()?,
+            },
+            8 => {
+                let key = r.bytes()?;
+                let raw = r.take(11)?;
+                let mut b = [0u8; 11];
+                b.copy_from_slice(raw);
+                let delta = LongDouble::from_bytes(&b)
+                    .ok_or_else(|| Error::Codec("bad long double".to_string()))?;
+                WriteOp::IncrByFloat { key, delta }
+            }
+            9 => WriteOp::Del { keys: r.list()? },
+            10 => WriteOp::Expire {
+                key: r.bytes()?,
+                at_ms: r.i64()?,
+                flags: r.u8()?,
+            },
+            11 => WriteOp::Persist { key: r.bytes()? },
+            12 => WriteOp::FlushDb,
+            13 => WriteOp::HSet {
+                key: r.bytes()?,
+                pairs: r.pairs()?,
+                reply_ok: r.bool()?,
+            },
+            14 => WriteOp::HDel {
+                key: r.bytes()?,
+                fields: r.list()?,
+            },
+            15 => WriteOp::HIncrBy {
+                key: r.bytes()?,
+                field: r.bytes()?,
+                delta: r.i64()?,
+            },
+            t => return Err(Error::Codec(format!("unknown WriteCommand op {t}"))),
+        };
+        if r.pos != buf.len() {
+            return Err(Error::Codec(format!(
+                "{} trailing bytes after WriteCommand",
+                buf.len() - r.pos
+            )));
+        }
+        Ok(WriteCommand { now_ms, op })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() - self.pos < n {
+            return Err(Error::Codec(format!(
+                "truncated: need {n} bytes at offset {}",
+                self.pos
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(Error::Codec(format!("bad bool {b}"))),
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Error::Codec("varint longer than 10 bytes".to_string()))
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        let z = self.varint()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        let n = self.varint()?;
+        if n > (self.buf.len() - self.pos) as u64 {
+            return Err(Error::Codec(format!("length {n} exceeds the bytes left")));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let n = self.len()?;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn list(&mut self) -> Result<Vec<Vec<u8>>> {
+        // Every item takes at least one byte, so the count is bounded by the bytes left.
+        let n = self.len()?;
+        (0..n).map(|_| self.bytes()).collect()
+    }
+
+    fn pairs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let n = self.len()?;
+        (0..n).map(|_| Ok((self.bytes()?, self.bytes()?))).collect()
+    }
+
+    fn expiry(&mut self) -> Result<ExpiryUpdate> {
+        Ok(match self.u8()? {
+            0 => ExpiryUpdate::Keep,
+            1 => ExpiryUpdate::Clear,
+            2 => ExpiryUpdate::At(self.varint()?),
+            t => return Err(Error::Codec(format!("bad expiry tag {t}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..12)
+    }
+
+    fn expiry() -> impl Strategy<Value = ExpiryUpdate> {
+        prop_oneof![
+            Just(ExpiryUpdate::Keep),
+            Just(ExpiryUpdate::Clear),
+            any::<u64>().prop_map(ExpiryUpdate::At)
+        ]
+    }
+
+    fn pairs() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+        proptest::collection::vec((bytes(), bytes()), 0..4)
+    }
+
+    fn op() -> impl Strategy<Value = WriteOp> {
+        prop_oneof![
+            (bytes(), bytes(), 0u8..3, expiry(), 0u8..3).prop_map(|(key, value, c, expiry, r)| {
+                WriteOp::Set {
+                    key,
+                    value,
+                    condition: [
+                        SetCondition::Always,
+                        SetCondition::IfAbsent,
+                        SetCondition::IfPresent,
+                    ][c as usize],
+                    expiry,
+                    reply: [SetReply::Ok, SetReply::Int, SetReply::Old][r as usize],
+                }
+            }),
+            (bytes(), bytes()).prop_map(|(key, value)| WriteOp::GetSet { key, value }),
+            bytes().prop_map(|key| WriteOp::GetDel { key }),
+            (bytes(), expiry()).prop_map(|(key, expiry)| WriteOp::GetEx { key, expiry }),
+            (pairs(), any::<bool>()).prop_map(|(pairs, if_none_exist)| WriteOp::MSet {
+                pairs,
+                if_none_exist
+            }),
+            (bytes(), bytes()).prop_map(|(key, value)| WriteOp::Append { key, value }),
+            (bytes(), any::<i64>()).prop_map(|(key, delta)| WriteOp::IncrBy { key, delta }),
+            (bytes(), "-?[0-9]{1,6}\\.[0-9]{1,6}").prop_map(|(key, d)| WriteOp::IncrByFloat {
+                key,
+                delta: LongDouble::parse(d.as_bytes()).unwrap_or(LongDouble::ZERO),
+            }),
+            proptest::collection::vec(bytes(), 0..4).prop_map(|keys| WriteOp::Del { keys }),
+            (bytes(), any::<i64>(), any::<u8>()).prop_map(|(key, at_ms, flags)| WriteOp::Expire {
+                key,
+                at_ms,
+                flags
+            }),
+            bytes().prop_map(|key| WriteOp::Persist { key }),
+            Just(WriteOp::FlushDb),
+            (bytes(), pairs(), any::<bool>()).prop_map(|(key, pairs, reply_ok)| WriteOp::HSet {
+                key,
+                pairs,
+                reply_ok
+            }),
+            (bytes(), proptest::collection::vec(bytes(), 0..4))
+                .prop_map(|(key, fields)| WriteOp::HDel { key, fields }),
+            (bytes(), bytes(), any::<i64>()).prop_map(|(key, field, delta)| WriteOp::HIncrBy {
+                key,
+                field,
+                delta
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn write_commands_round_trip(now_ms in any::<u64>(), op in op()) {
+            let cmd = WriteCommand { now_ms, op };
+            let bytes = cmd.encode();
+            prop_assert_eq!(WriteCommand::decode(&bytes).unwrap(), cmd);
+        }
+
+        #[test]
+        fn truncated_or_extended_input_is_refused(now_ms in any::<u64>(), op in op(), cut in any::<prop::sample::Index>()) {
+            let bytes = WriteCommand { now_ms, op }.encode();
+            let n = cut.index(bytes.len());
+            prop_assert!(WriteCommand::decode(&bytes[..n]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(WriteCommand::decode(&longer).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = WriteCommand::decode(&raw);
+        }
+    }
+}

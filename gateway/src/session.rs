@@ -1,0 +1,1341 @@
+//! Per-connection state machine: bytes in, reply bytes out.
+//!
+//! The caller owns the socket. It [`Session::feed`]s what it read, then pulls
+//! [`Action`]s with [`Session::next_action`]: connection commands (PING, HELLO,
+//! AUTH, CLIENT, CONFIG, COMMAND, ...) are answered inside the session; key
+//! commands come out as a [`ReadOp`] or a [`WriteCommand`] with a [`Ticket`].
+//! The caller evaluates them (locally, or on the owning shard after Raft) in any
+//! order and hands each reply back with [`Session::complete`]; the session keeps
+//! replies in request order, encodes them in the protocol the connection spoke
+//! when the request was made, and exposes the bytes to send with
+//! [`Session::output`] / [`Session::consume_output`]. [`Session::state`] says
+//! when to close.
+
+use crate::command::{self, CommandInfo, Lookup};
+use crate::error::{Error, Result};
+use crate::exec::{self, Prepared, ReadOp, WriteCommand};
+use crate::resp::{self, Limits, Parsed, Protocol, Reply, ScanPage};
+use crate::store::Backend;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Gateway settings shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The default user's password (Redis `requirepass`); None: no AUTH needed.
+    pub requirepass: Option<Vec<u8>>,
+    /// Request parsing limits (bulk length, argument count, inline length).
+    pub limits: Limits,
+    /// Most unparsed input buffered per connection (Redis `client-query-buffer-limit`).
+    pub max_query_buffer_bytes: usize,
+    /// Most reply bytes buffered per connection before it must be closed.
+    pub max_output_bytes: usize,
+    /// Most requests parsed per read, and most replies outstanding per connection.
+    pub max_pipeline_depth: usize,
+    /// Most connections the server should accept (reported by CONFIG GET / INFO).
+    pub max_clients: usize,
+    /// SCAN/HSCAN cursors remembered per connection.
+    pub scan_cursors_per_client: usize,
+    /// The Redis version reported by HELLO and INFO (clients gate features on it).
+    pub redis_version: String,
+    /// The TCP port reported by INFO and CONFIG GET.
+    pub port: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            requirepass: None,
+            limits: Limits::default(),
+            max_query_buffer_bytes: 1 << 30,
+            max_output_bytes: 1 << 30,
+            max_pipeline_depth: 1024,
+            max_clients: 10_000,
+            scan_cursors_per_client: 16,
+            redis_version: "7.0.15".to_string(),
+            port: 6380,
+        }
+    }
+}
+
+/// What CLIENT LIST shows about one connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientEntry {
+    /// Client id.
+    pub id: u64,
+    /// Peer address (`ip:port`).
+    pub addr: String,
+    /// Local address (`ip:port`).
+    pub laddr: String,
+    /// CLIENT SETNAME name.
+    pub name: Vec<u8>,
+    /// When the connection was opened (unix ms).
+    pub created_ms: u64,
+    /// When it last sent a command (unix ms).
+    pub last_ms: u64,
+    /// Its last command's full name.
+    pub last_cmd: String,
+    /// Protocol version (2 or 3).
+    pub resp: u8,
+}
+
+/// Process-wide gateway state: configuration, client registry and counters.
+///
+/// The registry sits behind a short `std::sync::Mutex`, touched on connect,
+/// disconnect, CLIENT SETNAME/LIST and HELLO only, never per command.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    next_client_id: AtomicU64,
+    clients: Mutex<BTreeMap<u64, ClientEntry>>,
+    started_ms: u64,
+    /// Connections accepted since start.
+    pub connections_received: AtomicU64,
+    /// Connections refused (over `max_clients`).
+    pub rejected_connections: AtomicU64,
+    /// Commands processed since start.
+    pub commands_processed: AtomicU64,
+}
+
+impl Shared {
+    /// New shared state; `now_ms` is the start time INFO's uptime counts from.
+    pub fn new(config: Config, now_ms: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            next_client_id: AtomicU64::new(1),
+            clients: Mutex::new(BTreeMap::new()),
+            started_ms: now_ms,
+            connections_received: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections currently registered.
+    pub fn connected_clients(&self) -> usize {
+        self.registry().len()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ClientEntry)) {
+        if let Some(e) = self.registry().get_mut(&id) {
+            f(e);
+        }
+    }
+}
+
+/// Identifies an outstanding read or write of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// Work the caller must do for the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Evaluate `op` with [`exec::read`] on the owning shard(s) (after a lease
+    /// check or ReadIndex) and pass the reply to [`Session::complete`].
+    Read {
+        /// Where the reply goes.
+        ticket: Ticket,
+        /// The read.
+        op: ReadOp,
+    },
+    /// Propose `cmd` to the owning shard's log; once applied with
+    /// [`exec::apply`], pass the reply to [`Session::complete`].
+    Write {
+        /// Where the reply goes.
+        ticket: Ticket,
+        /// The write.
+        cmd: WriteCommand,
+    },
+}
+
+/// Whether the connection should stay open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Keep reading.
+    Open,
+    /// Stop reading; send what is in the output buffer, then close (QUIT, protocol error).
+    CloseAfterFlush,
+    /// Close now without sending more (a buffer limit was hit).
+    CloseNow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanKind {
+    None,
+    Keys,
+    Fields,
+}
+
+#[derive(Debug)]
+struct Slot {
+    proto: Protocol,
+    reply: Option<Reply>,
+    scan: ScanKind,
+}
+
+/// One client connection.
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    input: Vec<u8>,
+    input_pos: usize,
+    output: Vec<u8>,
+    proto: Protocol,
+    authenticated: bool,
+    name: Vec<u8>,
+    /// Replies not yet encoded, oldest first; the front has ticket `front_ticket`.
+    pending: VecDeque<Slot>,
+    front_ticket: u64,
+    /// Requests still allowed before the caller must `resume`.
+    budget: usize,
+    state: State,
+    cursors: VecDeque<(u64, Vec<u8>)>,
+    cursor_seq: u64,
+    limit_error: Option<Error>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.registry().remove(&self.id);
+    }
+}
+
+fn unknown_command(args: &[Vec<u8>]) -> String {
+    let mut list = Vec::new();
+    for a in &args[1..] {
+        if list.len() >= 128 {
+            break;
+        }
+        let room = 128 - list.len();
+        list.push(b'\'');
+        list.extend_from_slice(&a[..a.len().min(room)]);
+        list.extend_from_slice(b"' ");
+    }
+    let name = &args[0][..args[0].len().min(128)];
+    let text = format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(name),
+        String::from_utf8_lossy(&list)
+    );
+    text.replace(['\r', '\n'], " ")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | (a.len() != b.len()) as u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+const NOAUTH: &str = "NOAUTH Authentication required.";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+impl Session {
+    /// A new connection from `addr` to `laddr`, registered in `shared` at `now_ms`.
+    pub fn new(shared: Arc<Shared>, addr: String, laddr: String, now_ms: u64) -> Session {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        shared.connections_received.fetch_add(1, Ordering::Relaxed);
+        shared.registry().insert(
+            id,
+            ClientEntry {
+                id,
+                addr,
+                laddr,
+                name: Vec::new(),
+                created_ms: now_ms,
+                last_ms: now_ms,
+                last_cmd: "NULL".to_string(),
+                resp: 2,
+            },
+        );
+        let authenticated = shared.config.requirepass.is_none();
+        let budget = shared.config.max_pipeline_depth;
+        Session {
+            shared,
+            id,
+            input: Vec::new(),
+            input_pos: 0,
+            output: Vec::new(),
+            proto: Protocol::Resp2,
+            authenticated,
+            name: Vec::new(),
+            pending: VecDeque::new(),
+            front_ticket: 0,
+            budget,
+            state: State::Open,
+            cursors: VecDeque::new(),
+            cursor_seq: 0,
+            limit_error: None,
+        }
+    }
+
+    /// This connection's client id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The protocol the connection speaks now.
+    pub fn protocol(&self) -> Protocol {
+        self.proto
+    }
+
+    /// Whether the connection should stay open.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Why the session wants to close now, if a limit was hit.
+    pub fn limit_error(&self) -> Option<&Error> {
+        self.limit_error.as_ref()
+    }
+
+    /// Buffers bytes read from the socket and renews the per-read request budget.
+    /// Fails (and the caller must close) when the unparsed input outgrows
+    /// `Config::max_query_buffer_bytes`.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.state != State::Open {
+            return Ok(());
+        }
+        let buffered = self.input.len() - self.input_pos;
+        let limit = self.shared.config.max_query_buffer_bytes;
+        if buffered + bytes.len() > limit {
+            self.state = State::CloseNow;
+            let e = Error::QueryBufferFull {
+                len: buffered + bytes.len(),
+                limit,
+            };
+            self.limit_error = Some(Error::QueryBufferFull {
+                len: buffered + bytes.len(),
+                limit,
+            });
+            return Err(e);
+        }
+        if self.input_pos > 0 && self.input_pos * 2 >= self.input.len() {
+            self.input.drain(..self.input_pos);
+            self.input_pos = 0;
+        }
+        self.input.extend_from_slice(bytes);
+        self.budget = self.shared.config.max_pipeline_depth;
+        Ok(())
+    }
+
+    /// Renews the per-read request budget without new input (call after
+    /// flushing output when [`Session::has_buffered_input`] is true).
+    pub fn resume(&mut self) {
+        self.budget = self.shared.config.max_pipeline_depth;
+    }
+
+    /// Whether parsing stopped because the per-read budget ran out with input left:
+    /// flush the output, then [`Session::resume`] and drive again.
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget == 0 && self.has_buffered_input()
+    }
+
+    /// Whether unparsed input is buffered.
+    pub fn has_buffered_input(&self) -> bool {
+        self.input_pos < self.input.len()
+    }
+
+    /// Reply bytes ready to send.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Drops the first `n` bytes of [`Session::output`] (they were sent).
+    pub fn consume_output(&mut self, n: usize) {
+        self.output.drain(..n.min(self.output.len()));
+    }
+
+    /// Takes all ready reply bytes.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Replies still owed by the caller (reads and writes in flight).
+    pub fn outstanding(&self) -> usize {
+        self.pending.iter().filter(|s| s.reply.is_none()).count()
+    }
+
+    /// Parses buffered requests, answering connection commands itself, until a
+    /// read or write needs the caller (returned), input runs out, the per-read
+    /// budget or the pipeline depth is reached, or the connection must close.
+    pub fn next_action(&mut self, now_ms: u64) -> Option<Action> {
+        // Each round consumes input or returns: bounded by the buffered bytes.
+        loop {
+            if self.state != State::Open
+                || self.budget == 0
+                || self.pending.len() >= self.shared.config.max_pipeline_depth
+            {
+                return None;
+            }
+            let unauth = !self.authenticated;
+            let parsed = resp::parse_request(
+                &self.input[self.input_pos..],
+                &self.shared.config.limits,
+                unauth,
+            );
+            match parsed {
+                Err(e) => {
+                    let text = match e {
+                        Error::Protocol(m) => format!("ERR Protocol error: {m}"),
+                        other => format!("ERR Protocol error: {other}"),
+                    };
+                    self.push_local(Reply::Error(text));
+                    self.state = if self.state == State::CloseNow {
+                        State::CloseNow
+                    } else {
+                        State::CloseAfterFlush
+                    };
+                    self.input.clear();
+                    self.input_pos = 0;
+                    return None;
+                }
+                Ok(Parsed::Incomplete) => return None,
+                Ok(Parsed::Empty { consumed }) => self.input_pos += consumed,
+                Ok(Parsed::Request { args, consumed }) => {
+                    self.input_pos += consumed;
+                    if self.input_pos == self.input.len() {
+                        self.input.clear();
+                        self.input_pos = 0;
+                    }
+                    self.budget -= 1;
+                    if let Some(action) = self.dispatch(args, now_ms) {
+                        return Some(action);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands back the reply of an outstanding read or write.
+    pub fn complete(&mut self, ticket: Ticket, reply: Reply) {
+        let Some(idx) = ticket.0.checked_sub(self.front_ticket) else {
+            return;
+        };
+        if let Some(slot) = self.pending.get_mut(idx as usize) {
+            if slot.reply.is_none() {
+                slot.reply = Some(reply);
+            }
+        }
+        self.flush_ready();
+    }
+
+    /// Drives the session synchronously against `backend` until it needs input.
+    /// Returns how many reads and writes were evaluated.
+    pub fn run(&mut self, backend: &dyn Backend) -> usize {
+        let mut n = 0;
+        while let Some(action) = self.next_action(backend.now_ms()) {
+            n += 1;
+            match action {
+                Action::Read { ticket, op } => {
+                    let reply = backend.read(&op);
+                    self.complete(ticket, reply);
+                }
+                Action::Write { ticket, cmd } => {
+                    let reply = backend.write(&cmd);
+                    self.complete(ticket, reply);
+                }
+            }
+        }
+        n
+    }
+
+    fn push_slot(&mut self, slot: Slot) -> Ticket {
+        let ticket = Ticket(self.front_ticket + self.pending.len() as u64);
+        self.pending.push_back(slot);
+        ticket
+    }
+
+    fn push_local(&mut self, reply: Reply) {
+        self.push_slot(Slot {
+            proto: self.proto,
+            reply: Some(reply),
+            scan: ScanKind::None,
+        });
+        self.flush_ready();
+    }
+
+    fn flush_ready(&mut self) {
+        // Bounded by the pending queue's length.
+        while self.pending.front().is_some_and(|s| s.reply.is_some()) {
+            let Some(slot) = self.pending.pop_front() else {
+                break;
+            };
+            self.front_ticket += 1;
+            let Some(mut reply) = slot.reply else {
+                continue;
+            };
+            if let Reply::Scan(page) = reply {
+                reply = self.scan_reply(page, slot.scan);
+            }
+            if self.state == State::CloseNow {
+                continue;
+            }
+            if let Err(e) = reply.encode(slot.proto, &mut self.output) {
+                self.limit_error = Some(e);
+                self.state = State::CloseNow;
+                continue;
+            }
+            let limit = self.shared.config.max_output_bytes;
+            if self.output.len() > limit {
+                self.limit_error = Some(Error::OutputBufferFull {
+                    len: self.output.len(),
+                    limit,
+                });
+                self.state = State::CloseNow;
+            }
+        }
+    }
+
+    fn scan_reply(&mut self, page: ScanPage, kind: ScanKind) -> Reply {
+        let cursor = match page.next {
+            None => 0,
+            Some(pos) => {
+                self.cursor_seq += 1;
+                let slot_bits = match kind {
+                    ScanKind::Keys => pos
+                        .get(..2)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as u64),
+                    _ => 0,
+                };
+                let id = (self.cursor_seq << 14) | (slot_bits & 0x3fff);
+                if self.cursors.len() >= self.shared.config.scan_cursors_per_client.max(1) {
+                    self.cursors.pop_front();
+                }
+                self.cursors.push_back((id, pos));
+                id
+            }
+        };
+        Reply::Array(vec![
+            Reply::bulk(cursor.to_string()),
+            Reply::Array(page.items),
+        ])
+    }
+
+    fn resume_position(&self, cursor: u64) -> Option<Vec<u8>> {
+        self.cursors
+            .iter()
+            .find(|(id, _)| *id == cursor)
+            .map(|(_, pos)| pos.clone())
+    }
+
+    fn dispatch(&mut self, args: Vec<Vec<u8>>, now_ms: u64) -> Option<Action> {
+        self.shared
+            .commands_processed
+            .fetch_add(1, Ordering::Relaxed);
+        let cmd = match command::lookup(&args) {
+            Lookup::Found(c) => c,
+            Lookup::Unknown => {
+                self.push_local(Reply::Error(unknown_command(&args)));
+                return None;
+            }
+            Lookup::UnknownSubcommand(c) => {
+                let sub = &args[1][..args[1].len().min(128)];
+                let text = format!(
+                    "ERR unknown subcommand '{}'. Try {} HELP.",
+                    String::from_utf8_lossy(sub),
+                    c.name.to_ascii_uppercase()
+                );
+                self.push_local(Reply::Error(text.replace(['\r', '\n'], " ")));
+                return None;
+            }
+        };
+        if !cmd.arity_ok(args.len()) {
+            self.push_local(Reply::Error(format!(
+                "ERR wrong number of arguments for '{}' command",
+                cmd.name
+            )));
+            return None;
+        }
+        if !self.authenticated && !cmd.has_flag("no_auth") {
+            self.push_local(Reply::error(NOAUTH));
+            return None;
+        }
+        if let Some(reply) = self.connection_command(cmd, &args, now_ms) {
+            self.push_local(reply);
+            return None;
+        }
+        if cmd.name == "info" {
+            return self.info(&args, now_ms);
+        }
+        match exec::prepare(cmd, args, now_ms) {
+            Prepared::Reply(r) => {
+                self.push_local(r);
+                None
+            }
+            Prepared::Read(mut op) => {
+                let scan = match &mut op {
+                    ReadOp::Scan(a) => {
+                        a.resume = self.resume_position(a.cursor);
+                        ScanKind::Keys
+                    }
+                    ReadOp::HScan(_, a) => {
+                        a.resume = self.resume_position(a.cursor);
+                        ScanKind::Fields
+                    }
+                    _ => ScanKind::None,
+                };
+                let ticket = self.push_slot(Slot {
+                    proto: self.proto,
+                    reply: None,
+                    scan,
+                });
+                Some(Action::Read { ticket, op })
+            }
+            Prepared::Write(cmd) => {
+                let ticket = self.push_slot(Slot {
+                    proto: self.proto,
+                    reply: None,
+                    scan: ScanKind::None,
+                });
+                Some(Action::Write { ticket, cmd })
+            }
+        }
+    }
+
+    fn authenticate(&self, user: &[u8], pass: &[u8]) -> bool {
+        if !user.eq_ignore_ascii_case(b"default") && user != b"default" {
+            return false;
+        }
+        match &self.shared.config.requirepass {
+            None => true,
+            Some(p) => constant_time_eq(p, pass),
+        }
+    }
+
+    /// Commands answered by the session itself; None for key commands and INFO.
+    fn connection_command(
+        &mut self,
+        cmd: &CommandInfo,
+        args: &[Vec<u8>],
+        now_ms: u64,
+    ) -> Option<Reply> {
+        Some(match cmd.name {
+            "ping" => match args.len() {
+                1 => Reply::Simple("PONG".to_string()),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => Reply::error("ERR wrong number of arguments for 'ping' command"),
+            },
+            "echo" => Reply::Bulk(args[1].clone()),
+            "quit" => {
+                self.state = State::CloseAfterFlush;
+                Reply::ok()
+            }
+            "select" => match crate::numeric::string2ll(&args[1]) {
+                Some(n) if i32::try_from(n).is_ok() => {
+                    if n == 0 {
+                        Reply::ok()
+                    } else {
+                        Reply::error("ERR DB index is out of range")
+                    }
+                }
+                _ => Reply::error(exec::NOT_INTEGER),
+            },
+            "auth" => {
+                if args.len() > 3 {
+                    Reply::error(exec::SYNTAX)
+                } else if args.len() == 2 && self.shared.config.requirepass.is_none() {
+                    Reply::error(
+                        "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                    )
+                } else {
+                    let (user, pass) = if args.len() == 2 {
+                        (&b"default"[..], &args[1][..])
+                    } else {
+                        (&args[1][..], &args[2][..])
+                    };
+                    if self.authenticate(user, pass) {
+                        self.authenticated = true;
+                        Reply::ok()
+                    } else {
+                        Reply::error(WRONGPASS)
+                    }
+                }
+            }
+            "hello" => self.hello(args),
+            "client" | "config" | "command" => {
+                // Containers reach here only with too few arguments (arity already failed)
+                // or as COMMAND with no subcommand.
+                if cmd.name == "command" {
+                    Reply::Array(
+                        command::table::COMMANDS
+                            .iter()
+                            .map(|c| c.info_reply())
+                            .collect(),
+                    )
+                } else {
+                    Reply::error(format!(
+                        "ERR wrong number of arguments for '{}' command",
+                        cmd.name
+                    ))
+                }
+            }
+            "client|id" => Reply::Int(self.id as i64),
+            "client|getname" => {
+                if self.name.is_empty() {
+                    Reply::Null
+                } else {
+                    Reply::Bulk(self.name.clone())
+                }
+            }
+            "client|setname" => match validate_client_name(&args[2]) {
+                Err(e) => Reply::error(e),
+                Ok(()) => {
+                    self.name = args[2].clone();
+                    let name = self.name.clone();
+                    self.shared.update(self.id, |e| e.name = name);
+                    Reply::ok()
+                }
+            },
+            "client|list" => self.client_list(args, now_ms),
+            "client|help" => help(&[
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GETNAME",
+                "    Return the name of the current connection.",
+                "ID",
+                "    Return the ID of the current connection.",
+                "LIST [TYPE <normal|master|replica|pubsub>] [ID <id> [<id> ...]]",
+                "    Return information about client connections.",
+                "SETNAME <name>",
+                "    Assign the name <name> to the current connection.",
+                "HELP",
+                "    Print this help.",
+            ]),
+            "config|get" => self.config_get(&args[2..]),
+            "config|help" => help(&[
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "HELP",
+                "    Print this help.",
+            ]),
+            "command|count" => Reply::Int(command::table::COMMANDS.len() as i64),
+            "command|list" => {
+                if args.len() > 2 {
+                    Reply::error(exec::SYNTAX)
+                } else {
+                    Reply::Array(command::all_names().into_iter().map(Reply::bulk).collect())
+                }
+            }
+            "command|info" => {
+                if args.len() == 2 {
+                    Reply::Array(
+                        command::table::COMMANDS
+                            .iter()
+                            .map(|c| c.info_reply())
+                            .collect(),
+                    )
+                } else {
+                    Reply::Array(
+                        args[2..]
+                            .iter()
+                            .map(|n| command::find_full(n).map_or(Reply::Null, |c| c.info_reply()))
+                            .collect(),
+                    )
+                }
+            }
+            "command|docs" => {
+                let mut pairs = Vec::new();
+                if args.len() == 2 {
+                    for (name, doc) in command::table::DOCS {
+                        pairs.push((Reply::bulk(*name), doc.to_reply()));
+                    }
+                } else {
+                    for n in &args[2..] {
+                        if let Some((name, doc)) = command::docs(n) {
+                            pairs.push((Reply::bulk(name), doc.to_reply()));
+                        }
+                    }
+                }
+                Reply::Map(pairs)
+            }
+            "command|help" => help(&[
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return details about all commands.",
+                "COUNT",
+                "    Return the total number of commands in this server.",
+                "LIST",
+                "    Return a list of all commands in this server.",
+                "INFO [<command-name> ...]",
+                "    Return details about multiple commands.",
+                "DOCS [<command-name> ...]",
+                "    Return documentation details about multiple commands.",
+                "HELP",
+                "    Print this help.",
+            ]),
+            _ => return None,
+        })
+    }
+
+    fn hello(&mut self, args: &[Vec<u8>]) -> Reply {
+        let mut version = None;
+        if args.len() >= 2 {
+            match crate::numeric::string2ll(&args[1]) {
+                None => {
+                    return Reply::error("ERR Protocol version is not an integer or out of range")
+                }
+                Some(v) if !(2..=3).contains(&v) => {
+                    return Reply::error("NOPROTO unsupported protocol version")
+                }
+                Some(v) => version = Some(v),
+            }
+        }
+        let mut auth = None;
+        let mut setname = None;
+        let mut j = 2;
+        while j < args.len() {
+            let more = args.len() - 1 - j;
+            if args[j].eq_ignore_ascii_case(b"auth") && more >= 2 {
+                auth = Some((args[j + 1].clone(), args[j + 2].clone()));
+                j += 3;
+            } else if args[j].eq_ignore_ascii_case(b"setname") && more >= 1 {
+                if let Err(e) = validate_client_name(&args[j + 1]) {
+                    return Reply::error(e);
+                }
+                setname = Some(args[j + 1].clone());
+                j += 2;
+            } else {
+                return Reply::Error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[j])
+                ));
+            }
+        }
+        if let Some((user, pass)) = auth {
+            if !self.authenticate(&user, &pass) {
+                return Reply::error(WRONGPASS);
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            return Reply::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            );
+        }
+        if let Some(name) = setname {
+            self.name = name;
+        }
+        if let Some(v) = version {
+            self.proto = if v == 3 {
+                Protocol::Resp3
+            } else {
+                Protocol::Resp2
+            };
+        }
+        let (name, resp) = (
+            self.name.clone(),
+            if self.proto == Protocol::Resp3 { 3 } else { 2 },
+        );
+        self.shared.update(self.id, |e| {
+            e.name = name;
+            e.resp = resp;
+        });
+        let b = |s: &str| Reply::bulk(s);
+        Reply::Map(vec![
+            (b("server"), b("redis")),
+            (
+                b("version"),
+                Reply::bulk(self.shared.config.redis_version.as_str()),
+            ),
+            (b("proto"), Reply::Int(resp as i64)),
+            (b("id"), Reply::Int(self.id as i64)),
+            (b("mode"), b("standalone")),
+            (b("role"), b("master")),
+            (b("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn client_list(&mut self, args: &[Vec<u8>], now_ms: u64) -> Reply {
+        let mut ids: Option<Vec<u64>> = None;
+        let mut only_normal = true;
+        let mut i = 2;
+        while i < args.len() {
+            if args[i].eq_ignore_ascii_case(b"type") && i + 1 < args.len() {
+                let t = args[i + 1].to_ascii_lowercase();
+                match t.as_slice() {
+                    b"normal" => only_normal = true,
+                    b"master" | b"replica" | b"slave" | b"pubsub" => only_normal = false,
+                    _ => {
+                        return Reply::Error(format!(
+                            "ERR Unknown client type '{}'",
+                            String::from_utf8_lossy(&args[i + 1])
+                        ))
+                    }
+                }
+                i += 2;
+            } else if args[i].eq_ignore_ascii_case(b"id") && i + 1 < args.len() {
+                let mut list = Vec::new();
+                for a in &args[i + 1..] {
+                    match crate::numeric::string2ll(a) {
+                        Some(n) => list.push(n as u64),
+                        _ => return Reply::error("ERR Invalid client ID"),
+                    }
+                }
+                ids = Some(list);
+                i = args.len();
+            } else {
+                return Reply::error(exec::SYNTAX);
+            }
+        }
+        let resp = if self.proto == Protocol::Resp3 { 3 } else { 2 };
+        self.shared.update(self.id, |e| {
+            e.last_cmd = "client|list".to_string();
+            e.last_ms = now_ms;
+            e.resp = resp;
+        });
+        let mut text = String::new();
+        if only_normal {
+            let registry = self.shared.registry();
+            for e in registry.values() {
+                if ids.as_ref().is_some_and(|l| !l.contains(&e.id)) {
+                    continue;
+                }
+                text.push_str(&format!(
+                    "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}\n",
+                    e.id,
+                    e.addr,
+                    e.laddr,
+                    String::from_utf8_lossy(&e.name),
+                    now_ms.saturating_sub(e.created_ms) / 1000,
+                    now_ms.saturating_sub(e.last_ms) / 1000,
+                    e.last_cmd,
+                    e.resp
+                ));
+            }
+        }
+        Reply::Verbatim(text.into_bytes())
+    }
+
+    fn config_get(&self, names: &[Vec<u8>]) -> Reply {
+        let cfg = &self.shared.config;
+        let params: Vec<(&str, String)> = vec![
+            ("appendonly", "no".to_string()),
+            ("bind", "127.0.0.1".to_string()),
+            (
+                "client-query-buffer-limit",
+                cfg.max_query_buffer_bytes.to_string(),
+            ),
+            ("databases", "1".to_string()),
+            ("maxclients", cfg.max_clients.to_string()),
+            ("maxmemory", "0".to_string()),
+            ("port", cfg.port.to_string()),
+            ("proto-max-bulk-len", cfg.limits.max_bulk_bytes.to_string()),
+            (
+                "requirepass",
+                cfg.requirepass
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+            ),
+            ("save", String::new()),
+            ("timeout", "0".to_string()),
+        ];
+        let mut out: Vec<(Reply, Reply)> = Vec::new();
+        let mut seen = Vec::new();
+        for n in names {
+            let lower = n.to_ascii_lowercase();
+            let is_pattern = lower.iter().any(|b| matches!(b, b'[' | b'*' | b'?'));
+            for (name, value) in &params {
+                let hit = if is_pattern {
+                    crate::glob::matches(&lower, name.as_bytes())
+                } else {
+                    lower == name.as_bytes()
+                };
+                if hit && !seen.contains(name) {
+                    seen.push(*name);
+                    out.push((Reply::bulk(*name), Reply::bulk(value.as_str())));
+                }
+            }
+        }
+        Reply::Map(out)
+    }
+
+    fn info(&mut self, args: &[Vec<u8>], now_ms: u64) -> Option<Action> {
+        const ALL: [&str; 7] = [
+            "server",
+            "clients",
+            "memory",
+            "persistence",
+            "stats",
+            "replication",
+            "keyspace",
+        ];
+        let mut wanted: Vec<&str> = Vec::new();
+        if args.len() == 1 {
+            wanted.extend(ALL);
+        }
+        for a in &args[1..] {
+            let lower = String::from_utf8_lossy(a).to_ascii_lowercase();
+            match lower.as_str() {
+                "all" | "everything" | "default" => wanted.extend(ALL),
+                s => {
+                    if let Some(found) = ALL.iter().find(|x| **x == s) {
+                        wanted.push(found);
+                    }
+                }
+            }
+        }
+        let mut text = String::new();
+        for section in ALL.iter().filter(|s| wanted.contains(s)) {
+            if *section == "keyspace" {
+                continue;
+            }
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            text.push_str(&self.info_section(section, now_ms));
+        }
+        let op = ReadOp::Info {
+            text,
+            keyspace: wanted.contains(&"keyspace"),
+        };
+        if let ReadOp::Info {
+            text,
+            keyspace: false,
+        } = op
+        {
+            self.push_local(Reply::Verbatim(text.into_bytes()));
+            return None;
+        }
+        let ticket = self.push_slot(Slot {
+            proto: self.proto,
+            reply: None,
+            scan: ScanKind::None,
+        });
+        Some(Action::Read { ticket, op })
+    }
+
+    fn info_section(&self, section: &str, now_ms: u64) -> String {
+        let s = &self.shared;
+        let uptime = now_ms.saturating_sub(s.started_ms) / 1000;
+        let lines: Vec<String> = match section {
+            "server" => vec![
+                "# Server".to_string(),
+                format!("redis_version:{}", s.config.redis_version),
+                format!("nokv_version:{}", env!("CARGO_PKG_VERSION")),
+                "redis_mode:standalone".to_string(),
+                "arch_bits:64".to_string(),
+                "multiplexing_api:nokv".to_string(),
+                format!("process_id:{}", std::process::id()),
+                format!("tcp_port:{}", s.config.port),
+                format!("uptime_in_seconds:{uptime}"),
+                format!("uptime_in_days:{}", uptime / 86_400),
+            ],
+            "clients" => vec![
+                "# Clients".to_string(),
+                format!("connected_clients:{}", s.connected_clients()),
+                format!("maxclients:{}", s.config.max_clients),
+                "blocked_clients:0".to_string(),
+            ],
+            "memory" => vec![
+                "# Memory".to_string(),
+                "maxmemory:0".to_string(),
+                "maxmemory_policy:noeviction".to_string(),
+            ],
+            "persistence" => vec![
+                "# Persistence".to_string(),
+                "loading:0".to_string(),
+                "rdb_changes_since_last_save:0".to_string(),
+                "aof_enabled:0".to_string(),
+            ],
+            "stats" => vec![
+                "# Stats".to_string(),
+                format!(
+                    "total_connections_received:{}",
+                    s.connections_received.load(Ordering::Relaxed)
+                ),
+                format!(
+                    "total_commands_processed:{}",
+                    s.commands_processed.load(Ordering::Relaxed)
+                ),
+                format!(
+                    "rejected_connections:{}",
+                    s.rejected_connections.load(Ordering::Relaxed)
+                ),
+            ],
+            "replication" => vec![
+                "# Replication".to_string(),
+                "role:master".to_string(),
+                "connected_slaves:0".to_string(),
+            ],
+            _ => Vec::new(),
+        };
+        let mut out = lines.join("\r\n");
+        out.push_str("\r\n");
+        out
+    }
+}
+
+fn help(lines: &[&str]) -> Reply {
+    Reply::Array(lines.iter().map(|l| Reply::Simple(l.to_string())).collect())
+}
+
+/// Redis's `validateClientName`: printable ASCII without spaces.
+fn validate_client_name(name: &[u8]) -> std::result::Result<(), &'static str> {
+    if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        Err("ERR Client names cannot contain spaces, newlines or special characters.")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemView;
+
+    fn session(config: Config) -> Session {
+        Session::new(
+            Shared::new(config, 0),
+            "127.0.0.1:1".into(),
+            "127.0.0.1:2".into(),
+            0,
+        )
+    }
+
+    fn req(line: &str) -> Vec<u8> {
+        resp::encode_request(&resp::split_args(line.as_bytes()).unwrap_or_default())
+    }
+
+    fn out(s: &mut Session) -> String {
+        String::from_utf8_lossy(&s.take_output()).into_owned()
+    }
+
+    /// Evaluates an action against an in-memory view.
+    fn eval(view: &mut MemView, a: &Action, version: u64) -> (Ticket, Reply) {
+        match a {
+            Action::Read { ticket, op } => (*ticket, exec::read(op, view, 0)),
+            Action::Write { ticket, cmd } => (*ticket, exec::apply(cmd, view, version)),
+        }
+    }
+
+    #[test]
+    fn replies_keep_request_order_when_completed_out_of_order() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        s.feed(&[req("set a 1"), req("ping"), req("get a"), req("echo x")].concat())
+            .unwrap();
+        let first = s.next_action(0).unwrap();
+        let second = s.next_action(0).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(s.outstanding(), 2);
+        // Completing the read before the write: nothing can be sent yet.
+        let (t1, r1) = eval(&mut v, &first, 1);
+        let (t2, _) = eval(&mut v, &second, 2);
+        let (_, r2) = eval(&mut v, &second, 2);
+        s.complete(t2, r2);
+        assert_eq!(out(&mut s), "");
+        s.complete(t1, r1);
+        assert_eq!(out(&mut s), "+OK\r\n+PONG\r\n$1\r\n1\r\n$1\r\nx\r\n");
+    }
+
+    #[test]
+    fn pending_replies_keep_the_protocol_of_their_request() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        s.feed(&[req("get nokey"), req("hello 3"), req("get nokey")].concat())
+            .unwrap();
+        let a = s.next_action(0).unwrap();
+        let b = s.next_action(0).unwrap();
+        let (ta, ra) = eval(&mut v, &a, 1);
+        let (tb, rb) = eval(&mut v, &b, 2);
+        s.complete(tb, rb);
+        s.complete(ta, ra);
+        let text = out(&mut s);
+        assert!(text.starts_with("$-1\r\n%7\r\n"), "{text}");
+        assert!(text.ends_with("*0\r\n_\r\n"), "{text}");
+    }
+
+    #[test]
+    fn protocol_errors_reply_then_close() {
+        let mut s = session(Config::default());
+        s.feed(b"*1\r\n$4\r\nPING\r\n*1\r\n!x\r\n").unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "+PONG\r\n-ERR Protocol error: expected '$', got '!'\r\n"
+        );
+        assert_eq!(s.state(), State::CloseAfterFlush);
+        s.feed(&req("ping")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "");
+    }
+
+    #[test]
+    fn quit_closes_after_its_reply() {
+        let mut s = session(Config::default());
+        s.feed(&[req("quit"), req("ping")].concat()).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+OK\r\n");
+        assert_eq!(s.state(), State::CloseAfterFlush);
+    }
+
+    #[test]
+    fn query_buffer_limit_closes() {
+        let mut s = session(Config {
+            max_query_buffer_bytes: 10,
+            ..Config::default()
+        });
+        s.feed(b"*1\r\n$100\r\n").unwrap();
+        assert!(matches!(
+            s.feed(b"xxxxxxxxxxxxxxxxxxxxx"),
+            Err(Error::QueryBufferFull { .. })
+        ));
+        assert_eq!(s.state(), State::CloseNow);
+    }
+
+    #[test]
+    fn output_limit_closes() {
+        let mut s = session(Config {
+            max_output_bytes: 16,
+            ..Config::default()
+        });
+        s.feed(&[req("echo 0123456789"), req("echo 0123456789")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(s.state(), State::CloseNow);
+        assert!(matches!(
+            s.limit_error(),
+            Some(Error::OutputBufferFull { .. })
+        ));
+    }
+
+    #[test]
+    fn pipeline_budget_per_read() {
+        let mut s = session(Config {
+            max_pipeline_depth: 2,
+            ..Config::default()
+        });
+        s.feed(&[req("ping"), req("ping"), req("ping")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+PONG\r\n+PONG\r\n");
+        assert!(s.budget_exhausted());
+        s.resume();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(out(&mut s), "+PONG\r\n");
+        assert!(!s.budget_exhausted());
+    }
+
+    #[test]
+    fn pipeline_depth_bounds_outstanding_work() {
+        let mut s = session(Config {
+            max_pipeline_depth: 2,
+            ..Config::default()
+        });
+        s.feed(&[req("get a"), req("get b"), req("get c")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_some());
+        assert!(s.next_action(0).is_some());
+        assert!(
+            s.next_action(0).is_none(),
+            "two reads in flight is the limit"
+        );
+    }
+
+    #[test]
+    fn requirepass_gates_commands() {
+        let mut s = session(Config {
+            requirepass: Some(b"pw".to_vec()),
+            ..Config::default()
+        });
+        s.feed(&[req("get k"), req("auth nope"), req("auth pw"), req("ping")].concat())
+            .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n+PONG\r\n"
+        );
+    }
+
+    #[test]
+    fn unknown_command_text_matches_redis() {
+        let long = "x".repeat(200);
+        let args = vec![b"foo".to_vec(), long.as_bytes().to_vec(), b"y".to_vec()];
+        let text = unknown_command(&args);
+        assert_eq!(
+            text,
+            format!(
+                "ERR unknown command 'foo', with args beginning with: '{}' ",
+                &long[..128]
+            )
+        );
+        let args = vec![b"f\r\no".to_vec()];
+        assert_eq!(
+            unknown_command(&args),
+            "ERR unknown command 'f  o', with args beginning with: "
+        );
+    }
+
+    #[test]
+    fn scan_cursors_resume_where_they_stopped() {
+        let mut s = session(Config::default());
+        let mut v = MemView::default();
+        let keys: Vec<String> = (0..25).map(|i| format!("key{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let cmd = exec::WriteCommand {
+                now_ms: 0,
+                op: exec::WriteOp::Set {
+                    key: k.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                    condition: exec::SetCondition::Always,
+                    expiry: exec::ExpiryUpdate::Clear,
+                    reply: exec::SetReply::Ok,
+                },
+            };
+            exec::apply(&cmd, &mut v, i as u64 + 1);
+        }
+        let mut cursor = "0".to_string();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            s.feed(&req(&format!("scan {cursor} count 7"))).unwrap();
+            let a = s.next_action(0).unwrap();
+            let (t, r) = eval(&mut v, &a, 0);
+            s.complete(t, r);
+            let Reply::Array(parts) = parse_scan(&s.take_output()) else {
+                panic!()
+            };
+            let Reply::Bulk(c) = &parts[0] else { panic!() };
+            cursor = String::from_utf8_lossy(c).into_owned();
+            if let Reply::Array(items) = &parts[1] {
+                for i in items {
+                    if let Reply::Bulk(k) = i {
+                        seen.push(String::from_utf8_lossy(k).into_owned());
+                    }
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(cursor, "0");
+        seen.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(seen, want, "every key exactly once");
+    }
+
+    /// Decodes a `[cursor, [items]]` RESP2 reply.
+    fn parse_scan(bytes: &[u8]) -> Reply {
+        use redis_protocol::resp2::types::OwnedFrame;
+        fn conv(f: OwnedFrame) -> Reply {
+            match f {
+                OwnedFrame::BulkString(b) => Reply::Bulk(b),
+                OwnedFrame::Array(items) => Reply::Array(items.into_iter().map(conv).collect()),
+                _ => Reply::Null,
+            }
+        }
+        match redis_protocol::resp2::decode::decode(bytes) {
+            Ok(Some((f, _))) => conv(f),
+            _ => Reply::Null,
+        }
+    }
+}
