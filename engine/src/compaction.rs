@@ -20,6 +20,7 @@ use crate::key::{
     encode_trailer, logical_key, parse_trailer, parse_version, resolve, Kind, Resolved,
 };
 use crate::options::{IoBackend, Options};
+use crate::range_del::{self, Fragment, FragmentedTombstones, GcPolicy, RangeDelCursor};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
 
@@ -350,6 +351,42 @@ pub struct MergeJob {
     next_boundary: usize,
     /// True once the current output has passed a boundary (cutting there is preferred).
     crossed_boundary: bool,
+    /// With `shadowed`: only entries of the current key below this sequence number are
+    /// shadowed (readers that skip the shadowing entry because a range tombstone hides it
+    /// go on to later entries; those at or above the limit stay).
+    shadow_limit: u64,
+    /// Range tombstones of the inputs, when there are any.
+    range_dels: Option<RangeDels>,
+    /// Entries dropped because a range tombstone hides them from every reader.
+    pub entries_range_deleted: u64,
+}
+
+/// A job's range tombstones: what hides entries, and what is written to the outputs.
+struct RangeDels {
+    /// Walks the inputs' tombstones (before garbage collection) in key order.
+    cursor: RangeDelCursor,
+    /// The readers compaction must preserve.
+    policy: GcPolicy,
+    /// The tombstones the outputs get, after garbage collection.
+    kept: FragmentedTombstones,
+    /// Where the current output's tombstones start (`None`: from the beginning).
+    lower: Option<Vec<u8>>,
+}
+
+/// How the tombstones of `f` affect an entry of sequence `seq`: whether they hide it from
+/// every reader that sees it, and the sequence number below which entries after it are
+/// shadowed by it (the smallest tombstone sequence above `seq`; `u64::MAX` if none).
+fn coverage(f: Fragment<'_>, seq: u64, policy: &GcPolicy) -> (bool, u64) {
+    let e = range_del::entry_stamp(seq);
+    let hidden = f.hides_for_every_reader(e.0, e.1, policy);
+    let limit = f
+        .stamps()
+        .iter()
+        .filter(|&&t| t > e)
+        .map(|t| t.1)
+        .min()
+        .unwrap_or(u64::MAX);
+    (hidden, limit)
 }
 
 /// What a step left to do.
@@ -396,7 +433,35 @@ impl MergeJob {
             boundaries: Vec::new(),
             next_boundary: 0,
             crossed_boundary: false,
+            shadow_limit: u64::MAX,
+            range_dels: None,
+            entries_range_deleted: 0,
         }
+    }
+
+    /// Gives the job the inputs' range tombstones and the live snapshot sequence numbers.
+    ///
+    /// Entries a tombstone hides from every reader (the snapshots, and anyone
+    /// reading at or after the safe point) are dropped; the tombstones
+    /// themselves are garbage collected ([`FragmentedTombstones::collect_garbage`],
+    /// dropping those every reader sees when the job is bottommost) and written
+    /// to the outputs, clipped to each output's key range.
+    pub fn with_range_tombstones(
+        mut self,
+        tombstones: Option<Arc<FragmentedTombstones>>,
+        snapshots: Vec<u64>,
+    ) -> Self {
+        self.range_dels = tombstones.filter(|t| !t.is_empty()).map(|t| {
+            let policy = GcPolicy::new(snapshots, self.safe_point);
+            let kept = t.collect_garbage(&policy, self.bottommost);
+            RangeDels {
+                cursor: RangeDelCursor::new(t, u64::MAX, u64::MAX),
+                policy,
+                kept,
+                lower: None,
+            }
+        });
+        self
     }
 
     /// Sets the largest logical keys of the files below the output level, ascending;
@@ -435,10 +500,29 @@ impl MergeJob {
                 && resolve(kind, self.input.value(), self.now_ms) == Resolved::Gone;
             let absent = kind == Kind::Delete as u8 || expired;
             let seen_by_all = version <= self.safe_point && seq <= self.smallest_snapshot;
-            let drop = self.shadowed || (absent && seen_by_all && self.bottommost);
-            self.shadowed |= seen_by_all;
+            let (range_deleted, limit) = match self.range_dels.as_mut() {
+                Some(rd) => match rd.cursor.fragment(logical) {
+                    Some(f) => coverage(f, seq, &rd.policy),
+                    None => (false, u64::MAX),
+                },
+                None => (false, u64::MAX),
+            };
+            let shadowed = self.shadowed && seq < self.shadow_limit;
+            let drop = range_deleted || shadowed || (absent && seen_by_all && self.bottommost);
+            // An entry every reader meets shadows the rest of its key, except for readers
+            // that skip it because a range tombstone hides it (they see a tombstone of
+            // sequence `limit` or newer, which hides whatever it shadows below `limit`).
+            if seen_by_all && !range_deleted && !shadowed {
+                self.shadow_limit = if self.shadowed {
+                    self.shadow_limit.max(limit)
+                } else {
+                    limit
+                };
+                self.shadowed = true;
+            }
             if drop {
                 self.entries_dropped += 1;
+                self.entries_range_deleted += range_deleted as u64;
             } else {
                 if new_key {
                     while self
@@ -462,6 +546,7 @@ impl MergeJob {
                     && (size >= self.settings.target_file_bytes
                         || (self.crossed_boundary && size >= self.settings.target_file_bytes / 4));
                 if cut {
+                    self.add_output_tombstones(false)?;
                     self.finish_output()?;
                 }
                 if self.builder.is_none() {
@@ -487,6 +572,36 @@ impl MergeJob {
             self.input.next();
         }
         Ok(Step::More)
+    }
+
+    /// Hands the current output its share of the range tombstones before it is finished.
+    ///
+    /// An output that is followed by another gets the tombstones up to just after its
+    /// last key (`last || 0x00`), so that its largest key stays below the next output's
+    /// smallest; the last output gets the rest. With `last` and no output open, an
+    /// output is started for tombstones that remain.
+    fn add_output_tombstones(&mut self, last: bool) -> Result<()> {
+        let upper = match (&self.builder, last) {
+            (Some((_, _, b)), false) if b.num_entries() > 0 => {
+                Some(range_del::successor(logical_key(b.last_key())))
+            }
+            _ => None,
+        };
+        let Some(rd) = self.range_dels.as_mut() else {
+            return Ok(());
+        };
+        let ts = rd.kept.clip(rd.lower.as_deref(), upper.as_deref());
+        rd.lower = upper;
+        if ts.is_empty() {
+            return Ok(());
+        }
+        if self.builder.is_none() {
+            self.start_output()?;
+        }
+        if let Some((_, _, b)) = self.builder.as_mut() {
+            b.add_range_tombstones(ts);
+        }
+        Ok(())
     }
 
     fn start_output(&mut self) -> Result<()> {
@@ -560,7 +675,8 @@ impl MergeJob {
     /// Completes the last output and returns every output table.
     pub fn finish(mut self) -> Result<Vec<Output>> {
         // The new tables' directory entries must be durable before a manifest edit names them.
-        let res = self.finish_output().and_then(|()| {
+        let res = self.add_output_tombstones(true);
+        let res = res.and_then(|()| self.finish_output()).and_then(|()| {
             let dir = &self.settings.dir;
             self.settings.fs.sync_dir(dir).ctx("fsync dir", dir)
         });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::batch::{decode_batch, WriteBatch};
+use crate::batch::{decode_batch, BatchOp, WriteBatch, MAX_RANGE_DELETES_PER_BATCH};
 use crate::cache::BlockCache;
 use crate::compaction::{self, JobSettings, MergeJob, Plan, Step};
 use crate::db_iter::DbIterator;
@@ -24,6 +24,7 @@ use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
+use crate::range_del::FragmentedTombstones;
 use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::Table;
 use crate::stats::{Counters, LevelStats, Stats};
@@ -71,6 +72,16 @@ struct SuperVersion {
     /// Frozen memtables, newest first.
     imms: Vec<Arc<Memtable>>,
     version: Arc<Version>,
+    /// Some table of `version` holds range tombstones (readers consult tables' tombstones only then).
+    table_range_dels: bool,
+}
+
+/// True when some table of `v` holds range tombstones.
+fn has_table_range_dels(v: &Version) -> bool {
+    v.levels
+        .iter()
+        .flatten()
+        .any(|f| f.table.range_tombstones().is_some())
 }
 
 /// A frozen memtable waiting for flush.
@@ -260,6 +271,14 @@ impl Db {
         self.write_owned(b, &WriteOptions::default())
     }
 
+    /// Deletes every key in `[start, end)`: all versions written before it, for readers
+    /// from now on (see [`WriteBatch::delete_range_in`]).
+    pub fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete_range(start, end);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
     /// Applies every write in `batch` atomically.
     pub fn write(&self, batch: &WriteBatch, wo: &WriteOptions) -> Result<()> {
         self.write_owned(batch.clone(), wo)
@@ -446,6 +465,7 @@ impl Db {
                 children.push(Box::new(LevelIterator::new(files.clone(), fill)));
             }
         }
+        let range_dels = read_view_range_dels(&sv, &lo, &hi);
         Ok(DbIterator::new(
             Box::new(MergingIterator::new(children)),
             space,
@@ -453,7 +473,8 @@ impl Db {
             ts,
             guard,
             inner.opts.clock.now_ms(),
-        ))
+        )
+        .with_range_tombstones(range_dels))
     }
 
     /// Freezes the active memtable and waits until every frozen memtable is in an SST file.
@@ -534,6 +555,86 @@ impl Db {
     }
 }
 
+/// The range tombstones of a compaction's input tables as one index; `None` when there are none.
+fn input_range_dels(plan: &Plan) -> Option<Arc<FragmentedTombstones>> {
+    let parts: Vec<&Arc<FragmentedTombstones>> = plan
+        .all_inputs()
+        .filter_map(|f| f.table.range_tombstones())
+        .collect();
+    match parts.as_slice() {
+        [] => None,
+        [one] => Some(Arc::clone(one)),
+        many => Some(Arc::new(FragmentedTombstones::union_clipped(
+            many.iter().map(|p| &***p),
+            None,
+            None,
+        ))),
+    }
+}
+
+/// The range tombstones of every memtable and table of `sv` that may hold keys in
+/// `[lo, hi)`, as one index restricted to that range; `None` when there are none.
+fn read_view_range_dels(
+    sv: &SuperVersion,
+    lo: &[u8],
+    hi: &[u8],
+) -> Option<Arc<FragmentedTombstones>> {
+    let mut parts: Vec<Arc<FragmentedTombstones>> = std::iter::once(&sv.mem)
+        .chain(sv.imms.iter())
+        .filter_map(|m| m.range_tombstones())
+        .collect();
+    if sv.table_range_dels {
+        let in_range =
+            |f: &&Arc<FileMeta>| f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo;
+        for f in sv.version.levels.iter().flatten().filter(in_range) {
+            if let Some(t) = f.table.range_tombstones() {
+                parts.push(t.clone());
+            }
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let index = FragmentedTombstones::union_clipped(parts.iter().map(|p| &**p), Some(lo), Some(hi));
+    (!index.is_empty()).then(|| Arc::new(index))
+}
+
+/// One past the sequence number of the newest range tombstone over `logical` that a reader
+/// at sequence `seq` sees, in any memtable or table of `sv` (0 when there is none): the
+/// smallest sequence number an entry of `logical` needs to be seen.
+///
+/// Every layer is asked, whatever the point lookups find, and a table before its bloom
+/// filter. Without range deletes this is one atomic load per memtable.
+fn range_del_floor(sv: &SuperVersion, logical: &[u8], seq: u64) -> u64 {
+    let mut newest: Option<u64> = None;
+    let mut offer = |index: &FragmentedTombstones| {
+        if let Some((_, t)) = index.covering(logical, MAX_VERSION, seq) {
+            newest = Some(newest.map_or(t, |n| n.max(t)));
+        }
+    };
+    for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+        if let Some(index) = m.range_tombstones() {
+            offer(&index);
+        }
+    }
+    if sv.table_range_dels {
+        let v = &sv.version;
+        let tables = v.levels[0]
+            .iter()
+            .filter(|f| f.desc.overlaps(Some(logical), Some(logical)))
+            .chain(
+                (1..v.levels.len())
+                    .filter_map(|l| v.find_file(l, logical).map(|i| &v.levels[l][i])),
+            );
+        for f in tables {
+            if let Some(index) = f.table.range_tombstones() {
+                offer(index);
+            }
+        }
+    }
+    newest.map_or(0, |t| t.saturating_add(1))
+}
+
 /// Opens every table the manifest lists, then replays the WAL into a memtable and flushes it.
 fn recover(
     dir: PathBuf,
@@ -588,8 +689,12 @@ fn recover(
         .unwrap_or(0);
     let next_file_number = Arc::new(AtomicU64::new(state.next_file_number.max(max_number + 1)));
 
-    // Replay the WAL.
-    let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
+    // Replay the WAL. The memtable takes every range delete the log holds (memtables
+    // that were flushed one by one are replayed into one; it is flushed right after).
+    let mem = Arc::new(Memtable::with_range_tombstone_limit(
+        opts.write_buffer_bytes,
+        usize::MAX,
+    ));
     let mut last_seq = state.last_seq;
     let flushed_seq = state.last_seq;
     let replay_cb = opts.opaque_replay.clone();
@@ -604,9 +709,18 @@ fn recover(
                 Replayed::Batch(payload) => {
                     let b = decode_batch(payload)
                         .ok_or_else(|| Error::corruption(path, off, "malformed batch record"))?;
-                    for (i, e) in b.entries.iter().enumerate() {
+                    let mut range_dels = Vec::new();
+                    for (i, op) in b.ops.iter().enumerate() {
                         let seq = b.seq + i as u64;
                         if seq > flushed_seq {
+                            let e = match op {
+                                BatchOp::Point(e) => e,
+                                BatchOp::RangeDelete(d) => {
+                                    range_dels.push(d.tombstone(seq));
+                                    last_seq = last_seq.max(seq);
+                                    continue;
+                                }
+                            };
                             mem.add(
                                 e.version.unwrap_or(seq),
                                 seq,
@@ -616,6 +730,10 @@ fn recover(
                             );
                             last_seq = last_seq.max(seq);
                         }
+                    }
+                    if !range_dels.is_empty() {
+                        mem.add_range_tombstones(range_dels)
+                            .map_err(|e| Error::corruption(path, off, e.to_string()))?;
                     }
                 }
                 Replayed::Opaque(tag, payload) => {
@@ -644,7 +762,8 @@ fn recover(
             cache.clone(),
         );
         let safe_point = if opts.retain_versions { 0 } else { MAX_VERSION };
-        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false);
+        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false)
+            .with_range_tombstones(mem.range_tombstones(), Vec::new());
         while job.step(STEP_ENTRIES)? == Step::More {}
         for o in job.finish()? {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
@@ -704,6 +823,7 @@ fn recover(
         mem: mem.clone(),
         imms: Vec::new(),
         version: version.clone(),
+        table_range_dels: has_table_range_dels(&version),
     });
     let state = State {
         version,
@@ -854,13 +974,19 @@ impl Inner {
         }
         // Leader: take everything queued (bounded), commit it with one WAL write and sync.
         let mut bytes = 0;
+        let mut range_deletes = 0;
         let mut group = Vec::new();
         for r in queue.iter() {
             let n = r.batch.encoded_len() + r.opaque.iter().map(|(_, v)| v.len()).sum::<usize>();
-            if !group.is_empty() && bytes + n > GROUP_BYTES_MAX {
+            // A group's range deletes must fit in one (fresh) memtable.
+            let rd = r.batch.range_delete_count();
+            if !group.is_empty()
+                && (bytes + n > GROUP_BYTES_MAX || range_deletes + rd > MAX_RANGE_DELETES_PER_BATCH)
+            {
                 break;
             }
             bytes += n;
+            range_deletes += rd;
             group.push(r.clone());
         }
         drop(queue);
@@ -901,7 +1027,8 @@ impl Inner {
         group: &[Arc<PendingWrite>],
     ) -> Result<WalPosition> {
         self.check_writable()?;
-        self.make_room(ws)?;
+        let range_deletes = group.iter().map(|r| r.batch.range_delete_count()).sum();
+        self.make_room(ws, range_deletes)?;
         let mut seq = ws.last_seq;
         let mut payloads: Vec<Vec<u8>> = Vec::new();
         let mut types: Vec<u8> = Vec::new();
@@ -965,9 +1092,17 @@ impl Inner {
             ws.scratch = p;
         }
         let mut seq = ws.last_seq;
+        let mut range_dels = Vec::new();
         for r in group {
-            for e in r.batch.iter_entries() {
+            for op in r.batch.iter_ops() {
                 seq += 1;
+                let e = match op {
+                    BatchOp::Point(e) => e,
+                    BatchOp::RangeDelete(d) => {
+                        range_dels.push(d.tombstone(seq));
+                        continue;
+                    }
+                };
                 ws.mem.add(
                     e.version.unwrap_or(seq),
                     seq,
@@ -980,6 +1115,14 @@ impl Inner {
             if let Some((region, index)) = r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
                 *slot = (*slot).max(index);
+            }
+        }
+        if !range_dels.is_empty() {
+            // `make_room` made room before the group was logged, so this cannot fail; if it
+            // did, the logged group would be half applied: refuse further writes.
+            if let Err(e) = ws.mem.add_range_tombstones(range_dels) {
+                self.poison(&e);
+                return Err(e);
             }
         }
         ws.last_seq = seq;
@@ -998,7 +1141,9 @@ impl Inner {
     }
 
     /// Freezes a full memtable and applies L0 back-pressure before a group is written.
-    fn make_room(&self, ws: &mut WriteState) -> Result<()> {
+    ///
+    /// A memtable without room for the group's `range_deletes` counts as full.
+    fn make_room(&self, ws: &mut WriteState, range_deletes: usize) -> Result<()> {
         let mut slowed = false;
         loop {
             self.check_writable()?;
@@ -1010,7 +1155,8 @@ impl Inner {
                     st.bg_error.clone(),
                 )
             };
-            let mem_full = ws.mem.approximate_bytes() >= self.opts.write_buffer_bytes;
+            let mem_full = ws.mem.approximate_bytes() >= self.opts.write_buffer_bytes
+                || range_deletes > ws.mem.range_tombstone_room();
             if l0 >= self.opts.l0_slowdown_trigger && l0 < self.opts.l0_stop_trigger && !slowed {
                 // Slow this group down so compaction can keep up, once per group.
                 let t = Instant::now();
@@ -1090,6 +1236,7 @@ impl Inner {
             mem: st.mem.clone(),
             imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
             version: st.version.clone(),
+            table_range_dels: has_table_range_dels(&st.version),
         });
         *self.sv.write() = sv;
     }
@@ -1168,6 +1315,8 @@ impl Inner {
     /// what was found; with engine-assigned versions that prunes every layer below the first hit.
     fn find(&self, logical: &[u8], ts: u64, seq: u64, fill_cache: bool) -> Result<Option<Found>> {
         let sv = self.sv.read().clone();
+        // Entries below the newest range tombstone covering the key are gone for this reader.
+        let min_seq = range_del_floor(&sv, logical, seq);
         let mut best: Option<Found> = None;
         let beats = |best: &Option<Found>, max_version: u64| match best {
             None => true,
@@ -1180,7 +1329,7 @@ impl Inner {
         };
         for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
             if beats(&best, m.max_version()) {
-                if let Some(f) = m.get(logical, ts, seq) {
+                if let Some(f) = m.get_from(logical, ts, seq, min_seq) {
                     offer(&mut best, f);
                 }
             }
@@ -1196,7 +1345,7 @@ impl Inner {
             );
         for f in tables {
             if beats(&best, f.table.properties().max_version) {
-                if let Some((ikey, value)) = f.table.get(&lookup, fill_cache)? {
+                if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, fill_cache)? {
                     offer(&mut best, Found::from_entry(&ikey, value));
                 }
             }
@@ -1342,7 +1491,8 @@ impl Inner {
             self.smallest_snapshot(),
             self.safe_point(),
             false,
-        );
+        )
+        .with_range_tombstones(mem.range_tombstones(), self.snapshots.all());
         self.drive(&mut job)?;
         Ok(job
             .finish()?
@@ -1492,7 +1642,8 @@ impl Inner {
             self.safe_point(),
             plan.bottommost,
         )
-        .with_boundaries(boundaries);
+        .with_boundaries(boundaries)
+        .with_range_tombstones(input_range_dels(plan), self.snapshots.all());
         self.drive(&mut job)?;
         let outputs: Vec<Arc<FileMeta>> = job
             .finish()?
