@@ -232,6 +232,84 @@ pub fn pick(v: &Version, opts: &Options) -> Option<Plan> {
     Some(finish_plan(v, level, out, vec![f], next, score))
 }
 
+/// True when `f` lies entirely inside range tombstones of `index` that every reader under
+/// `policy` sees and that are newer than everything in `f`: compaction may delete the file
+/// without reading it (a tombstone newer than all of it hides every entry and every
+/// tombstone it holds, from every reader).
+///
+/// The file's logical range `[smallest, largest]` must be covered without a gap, each
+/// fragment by such a stamp.
+pub fn deleted_whole(f: &FileMeta, index: &FragmentedTombstones, policy: &GcPolicy) -> bool {
+    let (lo, hi) = (f.desc.smallest_logical(), f.desc.largest_logical());
+    let max_seq = f.table.properties().max_seq;
+    let mut i = index.seek(lo);
+    let mut from = lo;
+    while let Some(frag) = index.get(i) {
+        let strong = frag
+            .stamps()
+            .iter()
+            .any(|&t| t.1 > max_seq && policy.seen_by_every_reader(t));
+        if frag.start() > from || !strong {
+            return false;
+        }
+        if hi < frag.end() {
+            return true;
+        }
+        from = frag.end();
+        i += 1;
+    }
+    false
+}
+
+/// A compaction that carries range tombstones down toward files they delete whole
+/// ([`deleted_whole`]), for when [`pick`] finds nothing to do.
+///
+/// Picks the first file (L0 first) whose tombstones delete a whole file of a deeper
+/// level, and compacts it one step down like [`pick`] would (all of L0 into the base
+/// level; a deeper file into the next level). Each such compaction moves the tombstones
+/// a level down, dropping the covered files of the output level unread, until no covered
+/// file is left below them; so a deleted region is reclaimed level by level without
+/// being rewritten.
+pub fn pick_range_del(v: &Version, opts: &Options, policy: &GcPolicy) -> Option<Plan> {
+    let t = level_targets(v, opts);
+    let last = opts.num_levels - 1;
+    for level in 0..last {
+        for f in &v.levels[level] {
+            if f.being_compacted.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(index) = f.table.range_tombstones() else {
+                continue;
+            };
+            let (lo, hi) = (f.desc.smallest_logical(), f.desc.largest_logical());
+            let below = ((level + 1)..=last).any(|l| {
+                v.overlapping(l, Some(lo), Some(hi))
+                    .iter()
+                    .any(|g| deleted_whole(g, index, policy))
+            });
+            if !below {
+                continue;
+            }
+            if level == 0 {
+                let inputs = v.levels[0].clone();
+                let (lo, hi) = key_range(&inputs);
+                let next_inputs = v.overlapping(t.base_level, Some(&lo), Some(&hi));
+                if busy(&inputs) || busy(&next_inputs) {
+                    return None;
+                }
+                return Some(finish_plan(v, 0, t.base_level, inputs, next_inputs, 1.0));
+            }
+            let out = (level + 1).max(t.base_level).min(last);
+            let next = v.overlapping(out, Some(lo), Some(hi));
+            if busy(&next) {
+                continue;
+            }
+            return Some(finish_plan(v, level, out, vec![f.clone()], next, 1.0));
+        }
+    }
+    None
+}
+
 fn finish_plan(
     v: &Version,
     level: usize,

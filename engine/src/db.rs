@@ -24,12 +24,13 @@ use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
-use crate::range_del::FragmentedTombstones;
+use crate::range_del::{FragmentedTombstones, GcPolicy};
 use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::Table;
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
+use std::collections::HashSet;
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
@@ -525,7 +526,7 @@ impl Db {
             let idle = st.imms.is_empty()
                 && !st.flushing
                 && st.compacting == 0
-                && compaction::pick(&st.version, &inner.opts).is_none();
+                && inner.pick_compaction(&st.version).is_none();
             if idle {
                 return Ok(());
             }
@@ -555,10 +556,12 @@ impl Db {
     }
 }
 
-/// The range tombstones of a compaction's input tables as one index; `None` when there are none.
-fn input_range_dels(plan: &Plan) -> Option<Arc<FragmentedTombstones>> {
+/// The range tombstones of a compaction's input tables (except `skip`) as one index;
+/// `None` when there are none.
+fn input_range_dels(plan: &Plan, skip: &HashSet<u64>) -> Option<Arc<FragmentedTombstones>> {
     let parts: Vec<&Arc<FragmentedTombstones>> = plan
         .all_inputs()
+        .filter(|f| !skip.contains(&f.desc.number))
         .filter_map(|f| f.table.range_tombstones())
         .collect();
     match parts.as_slice() {
@@ -570,6 +573,18 @@ fn input_range_dels(plan: &Plan) -> Option<Arc<FragmentedTombstones>> {
             None,
         ))),
     }
+}
+
+/// The input files of `plan` that the inputs' range tombstones delete whole
+/// ([`compaction::deleted_whole`]): the compaction deletes them without reading them.
+fn dropped_unread(plan: &Plan, policy: &GcPolicy) -> HashSet<u64> {
+    let Some(index) = input_range_dels(plan, &HashSet::new()) else {
+        return HashSet::new();
+    };
+    plan.all_inputs()
+        .filter(|f| compaction::deleted_whole(f, &index, policy))
+        .map(|f| f.desc.number)
+        .collect()
 }
 
 /// The range tombstones of every memtable and table of `sv` that may hold keys in
@@ -1353,6 +1368,18 @@ impl Inner {
         Ok(best)
     }
 
+    /// The readers compaction must preserve: live snapshots and the GC safe point.
+    fn gc_policy(&self) -> GcPolicy {
+        GcPolicy::new(self.snapshots.all(), self.safe_point())
+    }
+
+    /// The most urgent compaction ([`compaction::pick`]), else one that carries range
+    /// tombstones down to files they delete whole ([`compaction::pick_range_del`]).
+    fn pick_compaction(&self, v: &Version) -> Option<Plan> {
+        compaction::pick(v, &self.opts)
+            .or_else(|| compaction::pick_range_del(v, &self.opts, &self.gc_policy()))
+    }
+
     fn smallest_snapshot(&self) -> u64 {
         let last = self.last_seq.load(Ordering::Acquire);
         self.snapshots.oldest().map_or(last, |s| s.min(last))
@@ -1528,7 +1555,7 @@ impl Inner {
             let plan = if self.is_poisoned.load(Ordering::Acquire) {
                 None
             } else {
-                compaction::pick(&st.version, &self.opts)
+                self.pick_compaction(&st.version)
             };
             let Some(plan) = plan else {
                 self.state_cv.wait_for(&mut st, Duration::from_millis(200));
@@ -1612,19 +1639,22 @@ impl Inner {
             edit.added.push((plan.output_level, f.desc.clone()));
             return Ok((edit, vec![f.clone()]));
         }
+        // Input files that a range tombstone of the inputs deletes whole are dropped unread.
+        let unread = dropped_unread(plan, &self.gc_policy());
+        let read = |f: &&Arc<FileMeta>| !unread.contains(&f.desc.number);
         let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
         if plan.level == 0 {
-            for f in &plan.inputs {
+            for f in plan.inputs.iter().filter(read) {
                 children.push(Box::new(f.table.iter(false)));
             }
         } else {
-            children.push(Box::new(LevelIterator::new(plan.inputs.clone(), false)));
+            let inputs = plan.inputs.iter().filter(read).cloned().collect();
+            children.push(Box::new(LevelIterator::new(inputs, false)));
         }
-        if !plan.next_inputs.is_empty() {
-            children.push(Box::new(LevelIterator::new(
-                plan.next_inputs.clone(),
-                false,
-            )));
+        let next_inputs: Vec<Arc<FileMeta>> =
+            plan.next_inputs.iter().filter(read).cloned().collect();
+        if !next_inputs.is_empty() {
+            children.push(Box::new(LevelIterator::new(next_inputs, false)));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -1643,13 +1673,31 @@ impl Inner {
             plan.bottommost,
         )
         .with_boundaries(boundaries)
-        .with_range_tombstones(input_range_dels(plan), self.snapshots.all());
+        .with_range_tombstones(input_range_dels(plan, &unread), self.snapshots.all());
         self.drive(&mut job)?;
         let outputs: Vec<Arc<FileMeta>> = job
             .finish()?
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
             .collect();
+        if !unread.is_empty() {
+            let c = &self.counters;
+            let bytes = plan
+                .all_inputs()
+                .filter(|f| !read(f))
+                .map(|f| f.desc.size)
+                .sum();
+            Counters::add(
+                &c.range_del_files_dropped,
+                "nokv_range_del_files_dropped_total",
+                unread.len() as u64,
+            );
+            Counters::add(
+                &c.range_del_bytes_dropped,
+                "nokv_range_del_bytes_dropped_total",
+                bytes,
+            );
+        }
         for m in &outputs {
             edit.added.push((plan.output_level, m.desc.clone()));
         }
@@ -1712,6 +1760,8 @@ impl Inner {
             immutable_memtables,
             wal_segments,
             last_sequence: self.last_seq.load(Ordering::Acquire),
+            range_del_files_dropped: ld(&c.range_del_files_dropped),
+            range_del_bytes_dropped: ld(&c.range_del_bytes_dropped),
         }
     }
 

@@ -404,3 +404,49 @@ fn without_retained_versions_reads_at_a_timestamp_are_refused() {
         Some(b"v".to_vec())
     );
 }
+
+/// A newer version hidden by a range delete only for readers after it must not shadow an
+/// older version written after the delete: compaction keeps the older one.
+#[test]
+fn a_partly_hidden_version_does_not_shadow_an_older_version_written_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = nokv::Options {
+        retain_versions: true,
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), opts.clone()).expect("open");
+    db.put_at(b"k", 100, b"v100").expect("put");
+    let before = db.snapshot();
+    db.delete_range(b"a", b"z").expect("delete_range");
+    db.put_at(b"k", 50, b"v50").expect("put");
+    db.set_gc_safe_point(200);
+    let at_snapshot = ReadOptions {
+        snapshot: Some(before.clone()),
+        ..Default::default()
+    };
+    let check = |db: &Db, with_snapshot: bool| {
+        assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+        if with_snapshot {
+            assert_eq!(
+                db.get_in(KeySpace::KV, b"k", &at_snapshot).expect("get"),
+                Some(b"v100".to_vec())
+            );
+        }
+        assert_eq!(
+            walk(db.iter(ReadOptions::default()).expect("iter"), false),
+            vec![(b"k".to_vec(), b"v50".to_vec())]
+        );
+    };
+    check(&db, true);
+    db.compact_all().expect("compact");
+    check(&db, true);
+    drop(before);
+    db.put(b"other", b"x").expect("put");
+    db.compact_all().expect("compact");
+    assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+    db.close().expect("close");
+    let db = Db::open(dir.path(), opts).expect("reopen");
+    db.set_gc_safe_point(200);
+    assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+    db.close().expect("close");
+}

@@ -236,3 +236,142 @@ fn more_range_deletes_than_a_memtable_holds_rotate_it() {
     check(&db, 3000, &present, "replayed");
     db.close().expect("close");
 }
+
+fn count_space(db: &Db, space: KeySpace) -> usize {
+    let mut it = db.iter_in(space, ReadOptions::default()).expect("iter");
+    let mut n = 0;
+    it.seek_to_first();
+    while it.valid() {
+        n += 1;
+        it.next();
+    }
+    it.status().expect("status");
+    let mut back = 0;
+    it.seek_to_last();
+    while it.valid() {
+        back += 1;
+        it.prev();
+    }
+    assert_eq!(n, back, "both directions agree");
+    n
+}
+
+/// The reason range deletes exist: drop a whole region (one key space) of 100k keys spread
+/// over several levels. Reads see nothing at once; compaction deletes the region's files
+/// without reading or rewriting them, and leaves the neighbouring spaces alone.
+#[test]
+fn deleting_a_whole_region_reclaims_its_files_unread() {
+    const N: u32 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = nokv::Options {
+        durability: nokv::Durability::Relaxed,
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), opts.clone()).expect("open");
+    let region = KeySpace::new(nokv::NS_REDIS, 5);
+    let left = KeySpace::new(nokv::NS_REDIS, 4);
+    let right = KeySpace::new(nokv::NS_REDIS, 6);
+    let value = |i: u32| value_for(i as u64, 7, 60);
+    // Four rounds, a compaction after each: the region's keys end up in several levels.
+    for round in 0..4u32 {
+        let mut b = WriteBatch::new();
+        for i in (round..N).step_by(4) {
+            b.put_in(region, &k(i), &value(i));
+            if b.len() == 1000 {
+                db.write(&b, &Default::default()).expect("write");
+                b.clear();
+            }
+        }
+        for i in (round..2000).step_by(4) {
+            b.put_in(left, &k(i), b"left");
+            b.put_in(right, &k(i), b"right");
+        }
+        db.write(&b, &Default::default()).expect("write");
+        db.compact_all().expect("compact");
+    }
+    let stats = db.stats();
+    let levels_with_data = stats.levels.iter().filter(|l| l.files > 0).count();
+    assert!(levels_with_data >= 2, "data spread over levels: {stats}");
+    let bytes_before: u64 = stats.levels.iter().map(|l| l.bytes).sum();
+    println!("before the delete:\n{stats}");
+    assert!(bytes_before > 5 << 20, "{stats}");
+    let written_before = stats.compaction_bytes_written;
+
+    let before = db.snapshot();
+    let mut b = WriteBatch::new();
+    b.delete_range_in(region, b"\0", None);
+    db.write(&b, &Default::default())
+        .expect("delete the region");
+    let ro = ReadOptions::default();
+    for i in (0..N).step_by(997) {
+        assert_eq!(db.get_in(region, &k(i), &ro).expect("get"), None);
+    }
+    assert_eq!(count_space(&db, region), 0);
+    assert_eq!(count_space(&db, left), 2000);
+    assert_eq!(count_space(&db, right), 2000);
+
+    // A snapshot taken before the delete keeps the region alive through compactions.
+    db.compact_all().expect("compact");
+    let snap = ReadOptions {
+        snapshot: Some(before),
+        ..Default::default()
+    };
+    let mut it = db.iter_in(region, snap.clone()).expect("iter");
+    it.seek_to_first();
+    let mut n = 0;
+    while it.valid() {
+        n += 1;
+        it.next();
+    }
+    it.status().expect("status");
+    assert_eq!(n, N as usize, "the snapshot sees the whole region");
+    assert_eq!(
+        db.get_in(region, &k(N - 1), &snap).expect("get"),
+        Some(value(N - 1))
+    );
+    drop((it, snap));
+
+    db.compact_all().expect("compact");
+    let stats = db.stats();
+    let bytes_after: u64 = stats.levels.iter().map(|l| l.bytes).sum();
+    assert!(
+        bytes_after < 512 << 10,
+        "the region's files are gone: {bytes_before} -> {bytes_after} bytes\n{stats}"
+    );
+    assert!(
+        stats.range_del_bytes_dropped > bytes_before * 8 / 10,
+        "most of the region was dropped unread: {} of {bytes_before} bytes\n{stats}",
+        stats.range_del_bytes_dropped
+    );
+    assert!(
+        stats.compaction_bytes_written - written_before < 1 << 20,
+        "the region was not rewritten: {} bytes written\n{stats}",
+        stats.compaction_bytes_written - written_before
+    );
+    assert_eq!(count_space(&db, region), 0);
+    assert_eq!(count_space(&db, left), 2000);
+    assert_eq!(count_space(&db, right), 2000);
+    assert_eq!(
+        db.get_in(left, &k(1999), &ro).expect("get"),
+        Some(b"left".to_vec())
+    );
+    assert_eq!(
+        db.get_in(right, &k(0), &ro).expect("get"),
+        Some(b"right".to_vec())
+    );
+    println!("before the delete: {bytes_before} bytes; after compaction:\n{stats}");
+    // New writes to the region are visible; the region stays otherwise empty after reopen.
+    let mut b = WriteBatch::new();
+    b.put_in(region, &k(5), b"new");
+    db.write(&b, &Default::default()).expect("write");
+    assert_eq!(
+        db.get_in(region, &k(5), &ro).expect("get"),
+        Some(b"new".to_vec())
+    );
+    db.close().expect("close");
+    let db = Db::open(dir.path(), opts).expect("reopen");
+    assert_eq!(count_space(&db, region), 1);
+    assert_eq!(count_space(&db, left), 2000);
+    assert_eq!(count_space(&db, right), 2000);
+    db.close().expect("close");
+}
