@@ -854,4 +854,175 @@ mod tests {
             t.targets
         );
     }
+
+    // ---- range tombstones ----------------------------------------------------------------
+
+    use crate::fs::StdFs;
+    use crate::key::{logical_key as lk_of, MAX_VERSION};
+    use crate::memtable::Memtable;
+    use crate::range_del::RangeTombstone;
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("kk{i:05}").into_bytes()
+    }
+
+    /// Runs a job over `n` puts (key i*2 at seq i+1) and `tombstones` into a new directory,
+    /// returning the directory, the outputs and the entries range tombstones deleted.
+    fn run_job(
+        n: u32,
+        tombstones: &[RangeTombstone],
+        snapshots: Vec<u64>,
+        bottommost: bool,
+    ) -> (tempfile::TempDir, Vec<Output>, u64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let o = Options {
+            target_file_bytes: 4096,
+            ..Options::default()
+        };
+        let settings = JobSettings::new(
+            &o,
+            1,
+            dir.to_path_buf(),
+            Arc::new(StdFs::new()),
+            Arc::new(AtomicU64::new(1)),
+            None,
+        );
+        let mem = Arc::new(Memtable::new(1 << 20));
+        for i in 0..n {
+            mem.add(i as u64 + 1, i as u64 + 1, Kind::Put, &key(i * 2), &[7; 60]);
+        }
+        let smallest = snapshots.iter().copied().min().unwrap_or(u64::MAX >> 8);
+        let index = Arc::new(FragmentedTombstones::new(tombstones).unwrap());
+        let mut job = MergeJob::new(
+            Box::new(mem.iter()),
+            settings,
+            smallest,
+            MAX_VERSION,
+            bottommost,
+        )
+        .with_range_tombstones(Some(index), snapshots);
+        while job.step(100).unwrap() == Step::More {}
+        let deleted = job.entries_range_deleted;
+        (tmp, job.finish().unwrap(), deleted)
+    }
+
+    fn t(s: &[u8], e: &[u8], seq: u64) -> RangeTombstone {
+        RangeTombstone::new(s.to_vec(), e.to_vec(), 0, seq).unwrap()
+    }
+
+    #[test]
+    fn outputs_share_the_tombstones_without_sharing_a_key() {
+        let ts = vec![
+            t(b"kk", &key(10), 900),       // before the first key
+            t(&key(100), &key(500), 1000), // across several outputs
+            t(&key(301), &key(302), 400),  // nested, older than the snapshot, over no key
+            t(&key(790), b"kl", 1000),     // past the last key
+        ];
+        // A snapshot at 500 keeps every entry: readers at it see no tombstone that covers one.
+        let (_dir, outputs, deleted) = run_job(400, &ts, vec![500], false);
+        assert_eq!(deleted, 0);
+        assert!(outputs.len() >= 3, "{} outputs", outputs.len());
+        for w in outputs.windows(2) {
+            assert!(
+                w[0].desc.largest_logical() < w[1].desc.smallest_logical(),
+                "outputs {} and {} share a logical key",
+                w[0].desc.number,
+                w[1].desc.number
+            );
+        }
+        assert_eq!(outputs[0].desc.smallest_logical(), b"kk");
+        assert_eq!(outputs.last().unwrap().desc.largest_logical(), b"kl");
+        let parts: Vec<Arc<FragmentedTombstones>> = outputs
+            .iter()
+            .filter_map(|o| o.table.range_tombstones().cloned())
+            .collect();
+        assert!(
+            parts.len() >= 3,
+            "the middle tombstone is split between outputs"
+        );
+        let union = FragmentedTombstones::union_clipped(parts.iter().map(|p| &**p), None, None);
+        assert_eq!(
+            union,
+            FragmentedTombstones::new(&ts).unwrap(),
+            "nothing lost or added"
+        );
+        // Each output's tombstones stay inside its key range (the reader checks this too).
+        for o in &outputs {
+            if let Some(r) = o.table.range_tombstones() {
+                for f in r.iter() {
+                    assert!(f.start() >= o.desc.smallest_logical());
+                    assert!(
+                        lk_of(&crate::range_del::largest_bound(f.end()))
+                            <= o.desc.largest_logical()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn covered_entries_go_and_bottom_tombstones_with_them() {
+        let ts = vec![t(b"kk", b"kl", 1000)];
+        // No reader predates the tombstone: every entry is hidden from everybody.
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![], false);
+        assert_eq!(deleted, 300);
+        assert_eq!(outputs.len(), 1, "a tombstone-only table");
+        assert_eq!(outputs[0].desc.entries, 0);
+        assert_eq!(outputs[0].table.properties().num_range_deletions, 1);
+        // At the bottom the tombstone has nothing left to hide.
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![], true);
+        assert_eq!((outputs.len(), deleted), (0, 300));
+        // A snapshot between the entries: the older half goes, the newer half stays.
+        let ts = vec![t(b"kk", b"kl", 150)];
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![200], true);
+        assert_eq!(deleted, 149, "seqs 1..=149 are below the tombstone");
+        let kept: u64 = outputs.iter().map(|o| o.desc.entries).sum();
+        assert_eq!(kept, 151);
+        assert!(
+            outputs.iter().all(|o| o.table.range_tombstones().is_none()),
+            "every reader sees the tombstone: gone at the bottom"
+        );
+    }
+
+    #[test]
+    fn files_deleted_whole_need_full_newer_coverage_every_reader_sees() {
+        // One output holding keys 0..40 (seqs 1..=40), no tombstones of its own.
+        let (_dir, outputs, _) = run_job(40, &[], vec![], false);
+        assert_eq!(outputs.len(), 1);
+        let o = &outputs[0];
+        let f = FileMeta::new(
+            o.desc.clone(),
+            o.table.clone(),
+            Arc::new(StdFs::new()),
+            o.path.clone(),
+        );
+        let idx = |ts: &[RangeTombstone]| FragmentedTombstones::new(ts).unwrap();
+        let all = GcPolicy::new([], MAX_VERSION);
+        let whole = [t(b"kk", b"kl", 500)];
+        assert!(deleted_whole(&f, &idx(&whole), &all));
+        // Two touching tombstones cover it too.
+        let split = [t(b"kk", &key(20), 500), t(&key(20), b"kl", 600)];
+        assert!(deleted_whole(&f, &idx(&split), &all));
+        // A gap, a tombstone older than the file's newest entry, a snapshot before it.
+        let gap = [t(b"kk", &key(20), 500), t(&key(21), b"kl", 600)];
+        assert!(!deleted_whole(&f, &idx(&gap), &all));
+        assert!(!deleted_whole(&f, &idx(&[t(b"kk", b"kl", 40)]), &all));
+        assert!(deleted_whole(&f, &idx(&[t(b"kk", b"kl", 41)]), &all));
+        assert!(!deleted_whole(
+            &f,
+            &idx(&whole),
+            &GcPolicy::new([300], MAX_VERSION)
+        ));
+        // Must reach past the largest key (inclusive) and start at or before the smallest.
+        let largest = o.desc.largest_logical().to_vec();
+        assert!(!deleted_whole(&f, &idx(&[t(b"kk", &largest, 500)]), &all));
+        assert!(deleted_whole(
+            &f,
+            &idx(&[t(b"kk", &crate::range_del::successor(&largest), 500)]),
+            &all
+        ));
+        assert!(!deleted_whole(&f, &idx(&[t(&key(1), b"kl", 500)]), &all));
+        assert!(!deleted_whole(&f, &idx(&[]), &all));
+    }
 }

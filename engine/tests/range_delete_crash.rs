@@ -126,7 +126,10 @@ fn round(seed: u64, crash: Crash) -> Result<(), String> {
                 }
                 let b = random_batch(&mut rng, version);
                 log.lock().expect("log").in_flight = Some(b.clone());
-                if db.write(&to_write_batch(&b), &WriteOptions::default()).is_err() {
+                if db
+                    .write(&to_write_batch(&b), &WriteOptions::default())
+                    .is_err()
+                {
                     break;
                 }
                 let mut l = log.lock().expect("log");
@@ -223,5 +226,8 @@ fn negative_control_ack_before_fdatasync_is_detected() {
     let detected = (900..908)
         .filter(|seed| round(*seed, Crash::PowerAckBeforeSync).is_err())
         .count();
-    assert!(detected > 0, "lost acknowledged range deletes went unnoticed");
+    assert!(
+        detected > 0,
+        "lost acknowledged range deletes went unnoticed"
+    );
 }
