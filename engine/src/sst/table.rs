@@ -165,7 +165,7 @@ impl Table {
         &self.path
     }
 
-    /// Bytes of index and filter held in memory.
+    /// Bytes of index, filter and range tombstones held in memory.
     pub fn memory_usage(&self) -> usize {
         self.index.charge()
             + self.filter.as_ref().map_or(0, |f| f.memory())
