@@ -375,3 +375,25 @@ fn deleting_a_whole_region_reclaims_its_files_unread() {
     assert_eq!(count_space(&db, right), 2000);
     db.close().expect("close");
 }
+
+#[test]
+fn apply_unlogged_takes_range_deletes_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), small_options()).expect("open");
+    for i in 0..20 {
+        db.put(&k(i), b"v").expect("put");
+    }
+    let mut b = WriteBatch::new();
+    b.delete_range(&k(5), &k(15));
+    b.put(&k(7), b"raft");
+    db.apply_unlogged(&b, Some((3, 42))).expect("apply");
+    let present = |i: u32| !(5..15).contains(&i) || i == 7;
+    check(&db, 20, &present, "applied");
+    db.flush().expect("flush");
+    assert_eq!(db.applied_index(3), Some(42));
+    db.close().expect("close");
+    let db = Db::open(dir.path(), small_options()).expect("reopen");
+    check(&db, 20, &present, "flushed and reopened");
+    assert_eq!(db.get(&k(7)).expect("get"), Some(b"raft".to_vec()));
+    db.close().expect("close");
+}
