@@ -5,14 +5,22 @@
 //! `[kind u8 | 0x80 if versioned][varint key len][logical key]`
 //! `[varint version, if versioned][varint value len][value]` (no value for deletes).
 //! An entry without an explicit version gets its sequence number as version.
+//! A range delete is `[5][varint len][start logical key][varint len][end logical key]`
+//! (batch-only: it becomes a range tombstone, never a point entry).
+//! Every entry, range deletes included, takes the next sequence number.
 
 use crate::codec::{put_bytes, put_varint, Reader};
 use crate::error::{Error, Result};
 use crate::key::{KeySpace, Kind, PREFIX_LEN};
+use crate::range_del::{self, RangeTombstone};
 
 const HEADER: usize = 12;
 /// Flag on the kind byte: an explicit version follows the key.
 const VERSIONED: u8 = 0x80;
+/// Entry tag of a range delete. Tags 3 and 4 belong to value pointers.
+pub const RANGE_DELETE: u8 = 5;
+/// Range deletes one batch may hold (a memtable holds at most this many).
+pub const MAX_RANGE_DELETES_PER_BATCH: usize = range_del::DEFAULT_MAX_RANGE_TOMBSTONES;
 
 /// A set of writes applied atomically: all of them or none survive a crash.
 #[derive(Clone, PartialEq, Eq)]
@@ -21,6 +29,8 @@ pub struct WriteBatch {
     count: u32,
     has_empty_key: bool,
     has_zero_version: bool,
+    /// Range deletes among the entries.
+    range_deletes: u32,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -36,6 +46,36 @@ impl Default for WriteBatch {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A decoded range delete: the logical keys `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeDeleteEntry<'a> {
+    /// First logical key deleted (namespace + column family + user key).
+    pub start: &'a [u8],
+    /// First logical key not deleted; the key space's end for "to the end of the space".
+    pub end: &'a [u8],
+}
+
+impl RangeDeleteEntry<'_> {
+    /// The range tombstone this delete becomes at sequence number `seq`.
+    pub fn tombstone(&self, seq: u64) -> RangeTombstone {
+        RangeTombstone {
+            start: self.start.to_vec(),
+            end: self.end.to_vec(),
+            version: range_del::ENGINE_VERSION,
+            seq,
+        }
+    }
+}
+
+/// One decoded batch operation, in batch order; each takes the next sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOp<'a> {
+    /// A put or delete of one key.
+    Point(BatchEntry<'a>),
+    /// A delete of a key range.
+    RangeDelete(RangeDeleteEntry<'a>),
 }
 
 /// One decoded batch entry.
@@ -59,6 +99,7 @@ impl WriteBatch {
             count: 0,
             has_empty_key: false,
             has_zero_version: false,
+            range_deletes: 0,
         }
     }
 
@@ -70,6 +111,48 @@ impl WriteBatch {
     /// Adds a delete of `key` in the ordered-KV namespace's default column family.
     pub fn delete(&mut self, key: &[u8]) -> &mut Self {
         self.delete_in(KeySpace::KV, key)
+    }
+
+    /// Adds a delete of every key in `[start, end)` of the ordered-KV namespace's default column family.
+    ///
+    /// See [`WriteBatch::delete_range_in`].
+    pub fn delete_range(&mut self, start: &[u8], end: &[u8]) -> &mut Self {
+        self.delete_range_in(KeySpace::KV, start, Some(end))
+    }
+
+    /// Adds a delete of every key in `[start, end)` of `space` (`end` `None`: to the end of the space).
+    ///
+    /// The delete is physical: it removes every version of every key in the
+    /// range written before it (lower sequence number, whatever the version),
+    /// for readers at or after it; snapshots taken before it still see them.
+    /// It is atomic with the rest of the batch and, like any entry, takes the
+    /// batch's next sequence number, so a put after it in the same batch
+    /// survives. `start` follows the key rules of puts (not empty, at most
+    /// `Options::max_key_bytes`); `start < end` is required
+    /// (`Error::InvalidArgument` otherwise, when the batch is written). Keys
+    /// are never empty, so `b"\0"` is the smallest `start`.
+    pub fn delete_range_in(
+        &mut self,
+        space: KeySpace,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> &mut Self {
+        self.has_empty_key |= start.is_empty();
+        self.rep.push(RANGE_DELETE);
+        put_varint(&mut self.rep, (start.len() + PREFIX_LEN) as u64);
+        self.rep.extend_from_slice(&space.prefix());
+        self.rep.extend_from_slice(start);
+        match end {
+            Some(end) => {
+                put_varint(&mut self.rep, (end.len() + PREFIX_LEN) as u64);
+                self.rep.extend_from_slice(&space.prefix());
+                self.rep.extend_from_slice(end);
+            }
+            None => put_bytes(&mut self.rep, &space.end()),
+        }
+        self.count += 1;
+        self.range_deletes += 1;
+        self
     }
 
     /// Adds a put in `space` (see [`crate::key`] for the reserved namespaces and column families).
@@ -143,9 +226,14 @@ impl WriteBatch {
         self.count += 1;
     }
 
-    /// Number of entries.
+    /// Number of entries (range deletes included).
     pub fn len(&self) -> usize {
         self.count as usize
+    }
+
+    /// Number of range deletes.
+    pub fn range_delete_count(&self) -> usize {
+        self.range_deletes as usize
     }
 
     /// True when the batch holds no entries.
@@ -164,6 +252,7 @@ impl WriteBatch {
         self.count = 0;
         self.has_empty_key = false;
         self.has_zero_version = false;
+        self.range_deletes = 0;
     }
 
     /// Checks every entry against the limits and returns the first violation.
@@ -185,7 +274,20 @@ impl WriteBatch {
                 max: max_batch,
             });
         }
-        for e in self.iter_entries() {
+        if self.range_delete_count() > MAX_RANGE_DELETES_PER_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "a batch holds at most {MAX_RANGE_DELETES_PER_BATCH} range deletes, this one {}",
+                self.range_deletes
+            )));
+        }
+        for op in self.iter_ops() {
+            let e = match op {
+                BatchOp::Point(e) => e,
+                BatchOp::RangeDelete(d) => {
+                    validate_range(d, max_key)?;
+                    continue;
+                }
+            };
             let klen = e.logical_key.len() - PREFIX_LEN;
             if klen > max_key {
                 return Err(Error::KeyTooLarge {
@@ -211,8 +313,18 @@ impl WriteBatch {
         out[start + 8..start + 12].copy_from_slice(&self.count.to_le_bytes());
     }
 
-    /// Iterates over the entries in insertion order.
+    /// Iterates over the point entries (puts and deletes) in insertion order, skipping range deletes.
+    ///
+    /// Sequence numbers count every entry: use [`WriteBatch::iter_ops`] to number them.
     pub fn iter_entries(&self) -> impl Iterator<Item = BatchEntry<'_>> {
+        self.iter_ops().filter_map(|op| match op {
+            BatchOp::Point(e) => Some(e),
+            BatchOp::RangeDelete(_) => None,
+        })
+    }
+
+    /// Iterates over every operation in insertion order (each takes the next sequence number).
+    pub fn iter_ops(&self) -> impl Iterator<Item = BatchOp<'_>> {
         // The in-memory representation is always well formed.
         EntryIter {
             r: Reader::new(&self.rep[HEADER..]),
@@ -222,20 +334,63 @@ impl WriteBatch {
     }
 }
 
+/// Checks a range delete's keys: the start's length, the end's, and `start < end`.
+fn validate_range(d: RangeDeleteEntry<'_>, max_key: usize) -> Result<()> {
+    let user = |k: &[u8]| k.len().saturating_sub(PREFIX_LEN);
+    for k in [d.start, d.end] {
+        if user(k) > max_key {
+            return Err(Error::KeyTooLarge {
+                len: user(k),
+                max: max_key,
+            });
+        }
+    }
+    if d.start >= d.end {
+        return Err(Error::InvalidArgument(format!(
+            "delete_range: start {} must sort before end {}",
+            range_del::show_key(&d.start[PREFIX_LEN.min(d.start.len())..]),
+            range_del::show_key(&d.end[PREFIX_LEN.min(d.end.len())..])
+        )));
+    }
+    Ok(())
+}
+
 struct EntryIter<'a> {
     r: Reader<'a>,
     left: u32,
 }
 
 impl<'a> Iterator for EntryIter<'a> {
-    type Item = Option<BatchEntry<'a>>;
+    type Item = Option<BatchOp<'a>>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
         }
         self.left -= 1;
-        Some(decode_entry(&mut self.r))
+        Some(decode_op(&mut self.r))
     }
+}
+
+/// Decodes one operation: a range delete (tag [`RANGE_DELETE`]) or a point entry.
+///
+/// Only the structure is checked here (an unvalidated in-memory batch may hold an
+/// inverted range); [`decode_batch`] also checks the range ([`range_is_valid`]).
+fn decode_op<'a>(r: &mut Reader<'a>) -> Option<BatchOp<'a>> {
+    if r.clone().u8()? != RANGE_DELETE {
+        return decode_entry(r).map(BatchOp::Point);
+    }
+    r.u8()?;
+    let start = r.bytes()?;
+    let end = r.bytes()?;
+    Some(BatchOp::RangeDelete(RangeDeleteEntry { start, end }))
+}
+
+/// A logged range delete starts at a key of some space (non-empty user key) and ends after
+/// it, at most at that space's end.
+fn range_is_valid(d: &RangeDeleteEntry<'_>) -> bool {
+    d.start.len() > PREFIX_LEN
+        && d.start < d.end
+        && d.end <= KeySpace::new(d.start[0], d.start[1]).end().as_slice()
 }
 
 fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
@@ -267,8 +422,8 @@ fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
 pub(crate) struct DecodedBatch<'a> {
     /// Sequence number of the first entry.
     pub seq: u64,
-    /// Entries in order.
-    pub entries: Vec<BatchEntry<'a>>,
+    /// Operations in order; operation `i` has sequence number `seq + i`.
+    pub ops: Vec<BatchOp<'a>>,
 }
 
 /// Decodes a WAL batch payload; `None` when it is malformed.
@@ -276,14 +431,20 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Option<DecodedBatch<'_>> {
     let mut r = Reader::new(payload);
     let seq = r.u64_le()?;
     let count = r.u32_le()?;
-    let mut entries = Vec::with_capacity(count.min(1 << 16) as usize);
+    let mut ops = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
-        entries.push(decode_entry(&mut r)?);
+        let op = decode_op(&mut r)?;
+        if let BatchOp::RangeDelete(d) = &op {
+            if !range_is_valid(d) {
+                return None;
+            }
+        }
+        ops.push(op);
     }
     if !r.is_empty() {
         return None;
     }
-    Some(DecodedBatch { seq, entries })
+    Some(DecodedBatch { seq, ops })
 }
 
 #[cfg(test)]
@@ -347,8 +508,17 @@ mod tests {
             b.encode_with_seq(seq, &mut out);
             let d = decode_batch(&out).expect("decodes");
             prop_assert_eq!(d.seq, seq);
-            prop_assert_eq!(d.entries.len(), ops.len());
-            for (e, (put, cf, version, k, v)) in d.entries.iter().zip(&ops) {
+            prop_assert_eq!(d.ops.len(), ops.len());
+            let entries: Vec<BatchEntry> = d
+                .ops
+                .iter()
+                .filter_map(|o| match o {
+                    BatchOp::Point(e) => Some(*e),
+                    BatchOp::RangeDelete(_) => None,
+                })
+                .collect();
+            prop_assert_eq!(entries.len(), ops.len());
+            for (e, (put, cf, version, k, v)) in entries.iter().zip(&ops) {
                 prop_assert_eq!(e.kind, if *put { Kind::Put } else { Kind::Delete });
                 prop_assert_eq!(&e.logical_key[PREFIX_LEN..], &k[..]);
                 prop_assert_eq!(&e.logical_key[..PREFIX_LEN], &KeySpace::kv(*cf).prefix()[..]);
@@ -361,5 +531,163 @@ mod tests {
         fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_batch(&buf);
         }
+
+        /// Range deletes interleave with point entries and keep their positions (sequence numbers).
+        #[test]
+        fn range_deletes_round_trip_in_order(
+            ops in proptest::collection::vec(
+                (any::<bool>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 1..8), proptest::option::of(proptest::collection::vec(any::<u8>(), 1..8))),
+                0..20,
+            ),
+        ) {
+            let mut b = WriteBatch::new();
+            for (range, cf, k, end) in &ops {
+                let space = KeySpace::kv(*cf);
+                if *range {
+                    b.delete_range_in(space, k, end.as_deref());
+                } else {
+                    b.put_in(space, k, b"v");
+                }
+            }
+            let ranges = ops.iter().filter(|o| o.0).count();
+            prop_assert_eq!(b.range_delete_count(), ranges);
+            prop_assert_eq!(b.iter_entries().count(), ops.len() - ranges);
+            let valid = ops.iter().all(|(range, _, k, end)| !range || end.as_ref().is_none_or(|e| k < e));
+            prop_assert_eq!(b.validate(100, 100, 1 << 20).is_ok(), valid);
+            let mut out = Vec::new();
+            b.encode_with_seq(40, &mut out);
+            match decode_batch(&out) {
+                // An inverted range is never logged (validation refuses it first), and the
+                // decoder refuses it too.
+                None => prop_assert!(!valid),
+                Some(d) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(&d.ops, &b.iter_ops().collect::<Vec<_>>());
+                    for (op, (range, cf, k, end)) in d.ops.iter().zip(&ops) {
+                        let space = KeySpace::kv(*cf);
+                        match op {
+                            BatchOp::RangeDelete(r) => {
+                                prop_assert!(*range);
+                                prop_assert_eq!(r.start, &space.logical(k)[..]);
+                                let want_end = end.as_ref().map_or_else(|| space.end(), |e| space.logical(e));
+                                prop_assert_eq!(r.end, &want_end[..]);
+                                let t = r.tombstone(77);
+                                prop_assert_eq!((t.version, t.seq), (0, 77));
+                            }
+                            BatchOp::Point(e) => {
+                                prop_assert!(!*range);
+                                prop_assert_eq!(e.logical_key, &space.logical(k)[..]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn range_delete_rules() {
+        let check = |f: &dyn Fn(&mut WriteBatch)| {
+            let mut b = WriteBatch::new();
+            f(&mut b);
+            b.validate(10, 10, 1 << 20)
+        };
+        assert!(check(&|b| {
+            b.delete_range(b"a", b"b");
+        })
+        .is_ok());
+        assert!(matches!(
+            check(&|b| {
+                b.delete_range(b"", b"b");
+            }),
+            Err(Error::EmptyKey)
+        ));
+        for (s, e) in [(&b"b"[..], &b"b"[..]), (b"b", b"a"), (b"ab", b"a")] {
+            let err = check(&|b| {
+                b.delete_range(s, e);
+            })
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("must sort before")),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            check(&|b| {
+                b.delete_range(b"a", &[b'z'; 11]);
+            }),
+            Err(Error::KeyTooLarge { len: 11, .. })
+        ));
+        assert!(matches!(
+            check(&|b| {
+                b.delete_range(&[b'a'; 11], b"z");
+            }),
+            Err(Error::KeyTooLarge { len: 11, .. })
+        ));
+        // To the end of the space: the end is the next space's prefix.
+        let mut b = WriteBatch::new();
+        b.delete_range_in(KeySpace::kv(CF_WRITE_TEST), b"\0", None);
+        let ops: Vec<BatchOp> = b.iter_ops().collect();
+        assert_eq!(
+            ops,
+            vec![BatchOp::RangeDelete(RangeDeleteEntry {
+                start: &[b'k', CF_WRITE_TEST, 0],
+                end: &[b'k', CF_WRITE_TEST + 1],
+            })]
+        );
+        assert_eq!(b.len(), 1);
+        assert!(b.validate(10, 10, 1 << 20).is_ok());
+        b.clear();
+        assert_eq!(b.range_delete_count(), 0);
+        // At most MAX_RANGE_DELETES_PER_BATCH per batch.
+        for i in 0..=MAX_RANGE_DELETES_PER_BATCH as u32 {
+            b.delete_range(&i.to_be_bytes(), &(i + 1).to_be_bytes());
+        }
+        assert!(matches!(
+            b.validate(10, 10, 1 << 30),
+            Err(Error::InvalidArgument(m)) if m.contains("at most")
+        ));
+    }
+
+    const CF_WRITE_TEST: u8 = crate::key::CF_WRITE;
+
+    #[test]
+    fn malformed_range_deletes_are_refused() {
+        let encode = |start: &[u8], end: &[u8]| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&9u64.to_le_bytes());
+            p.extend_from_slice(&1u32.to_le_bytes());
+            p.push(RANGE_DELETE);
+            put_bytes(&mut p, start);
+            put_bytes(&mut p, end);
+            p
+        };
+        assert!(decode_batch(&encode(b"k\0a", b"k\0b")).is_some());
+        assert!(
+            decode_batch(&encode(b"k\0a", b"k\x01")).is_some(),
+            "to the end of the space"
+        );
+        assert!(
+            decode_batch(&encode(b"k\0a", b"k\0a")).is_none(),
+            "empty range"
+        );
+        assert!(
+            decode_batch(&encode(b"k\0b", b"k\0a")).is_none(),
+            "inverted range"
+        );
+        assert!(
+            decode_batch(&encode(b"k\0", b"k\0b")).is_none(),
+            "empty start key"
+        );
+        assert!(
+            decode_batch(&encode(b"k\0a", b"k\x01\0")).is_none(),
+            "past its space"
+        );
+        let mut versioned = encode(b"k\0a", b"k\0b");
+        versioned[12] |= VERSIONED;
+        assert!(
+            decode_batch(&versioned).is_none(),
+            "kind 5 takes no version"
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::key::{
     encode_trailer, logical_key, parse_trailer, parse_version, resolve, Kind, Resolved,
 };
 use crate::options::{IoBackend, Options};
+use crate::range_del::{self, Fragment, FragmentedTombstones, GcPolicy, RangeDelCursor};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
 
@@ -231,6 +232,84 @@ pub fn pick(v: &Version, opts: &Options) -> Option<Plan> {
     Some(finish_plan(v, level, out, vec![f], next, score))
 }
 
+/// True when `f` lies entirely inside range tombstones of `index` that every reader under
+/// `policy` sees and that are newer than everything in `f`: compaction may delete the file
+/// without reading it (a tombstone newer than all of it hides every entry and every
+/// tombstone it holds, from every reader).
+///
+/// The file's logical range `[smallest, largest]` must be covered without a gap, each
+/// fragment by such a stamp.
+pub fn deleted_whole(f: &FileMeta, index: &FragmentedTombstones, policy: &GcPolicy) -> bool {
+    let (lo, hi) = (f.desc.smallest_logical(), f.desc.largest_logical());
+    let max_seq = f.table.properties().max_seq;
+    let mut i = index.seek(lo);
+    let mut from = lo;
+    while let Some(frag) = index.get(i) {
+        let strong = frag
+            .stamps()
+            .iter()
+            .any(|&t| t.1 > max_seq && policy.seen_by_every_reader(t));
+        if frag.start() > from || !strong {
+            return false;
+        }
+        if hi < frag.end() {
+            return true;
+        }
+        from = frag.end();
+        i += 1;
+    }
+    false
+}
+
+/// A compaction that carries range tombstones down toward files they delete whole
+/// ([`deleted_whole`]), for when [`pick`] finds nothing to do.
+///
+/// Picks the first file (L0 first) whose tombstones delete a whole file of a deeper
+/// level, and compacts it one step down like [`pick`] would (all of L0 into the base
+/// level; a deeper file into the next level). Each such compaction moves the tombstones
+/// a level down, dropping the covered files of the output level unread, until no covered
+/// file is left below them; so a deleted region is reclaimed level by level without
+/// being rewritten.
+pub fn pick_range_del(v: &Version, opts: &Options, policy: &GcPolicy) -> Option<Plan> {
+    let t = level_targets(v, opts);
+    let last = opts.num_levels - 1;
+    for level in 0..last {
+        for f in &v.levels[level] {
+            if f.being_compacted.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(index) = f.table.range_tombstones() else {
+                continue;
+            };
+            let (lo, hi) = (f.desc.smallest_logical(), f.desc.largest_logical());
+            let below = ((level + 1)..=last).any(|l| {
+                v.overlapping(l, Some(lo), Some(hi))
+                    .iter()
+                    .any(|g| deleted_whole(g, index, policy))
+            });
+            if !below {
+                continue;
+            }
+            if level == 0 {
+                let inputs = v.levels[0].clone();
+                let (lo, hi) = key_range(&inputs);
+                let next_inputs = v.overlapping(t.base_level, Some(&lo), Some(&hi));
+                if busy(&inputs) || busy(&next_inputs) {
+                    return None;
+                }
+                return Some(finish_plan(v, 0, t.base_level, inputs, next_inputs, 1.0));
+            }
+            let out = (level + 1).max(t.base_level).min(last);
+            let next = v.overlapping(out, Some(lo), Some(hi));
+            if busy(&next) {
+                continue;
+            }
+            return Some(finish_plan(v, level, out, vec![f.clone()], next, 1.0));
+        }
+    }
+    None
+}
+
 fn finish_plan(
     v: &Version,
     level: usize,
@@ -350,6 +429,42 @@ pub struct MergeJob {
     next_boundary: usize,
     /// True once the current output has passed a boundary (cutting there is preferred).
     crossed_boundary: bool,
+    /// With `shadowed`: only entries of the current key below this sequence number are
+    /// shadowed (readers that skip the shadowing entry because a range tombstone hides it
+    /// go on to later entries; those at or above the limit stay).
+    shadow_limit: u64,
+    /// Range tombstones of the inputs, when there are any.
+    range_dels: Option<RangeDels>,
+    /// Entries dropped because a range tombstone hides them from every reader.
+    pub entries_range_deleted: u64,
+}
+
+/// A job's range tombstones: what hides entries, and what is written to the outputs.
+struct RangeDels {
+    /// Walks the inputs' tombstones (before garbage collection) in key order.
+    cursor: RangeDelCursor,
+    /// The readers compaction must preserve.
+    policy: GcPolicy,
+    /// The tombstones the outputs get, after garbage collection.
+    kept: FragmentedTombstones,
+    /// Where the current output's tombstones start (`None`: from the beginning).
+    lower: Option<Vec<u8>>,
+}
+
+/// How the tombstones of `f` affect an entry of sequence `seq`: whether they hide it from
+/// every reader that sees it, and the sequence number below which entries after it are
+/// shadowed by it (the smallest tombstone sequence above `seq`; `u64::MAX` if none).
+fn coverage(f: Fragment<'_>, seq: u64, policy: &GcPolicy) -> (bool, u64) {
+    let e = range_del::entry_stamp(seq);
+    let hidden = f.hides_for_every_reader(e.0, e.1, policy);
+    let limit = f
+        .stamps()
+        .iter()
+        .filter(|&&t| t > e)
+        .map(|t| t.1)
+        .min()
+        .unwrap_or(u64::MAX);
+    (hidden, limit)
 }
 
 /// What a step left to do.
@@ -396,7 +511,35 @@ impl MergeJob {
             boundaries: Vec::new(),
             next_boundary: 0,
             crossed_boundary: false,
+            shadow_limit: u64::MAX,
+            range_dels: None,
+            entries_range_deleted: 0,
         }
+    }
+
+    /// Gives the job the inputs' range tombstones and the live snapshot sequence numbers.
+    ///
+    /// Entries a tombstone hides from every reader (the snapshots, and anyone
+    /// reading at or after the safe point) are dropped; the tombstones
+    /// themselves are garbage collected ([`FragmentedTombstones::collect_garbage`],
+    /// dropping those every reader sees when the job is bottommost) and written
+    /// to the outputs, clipped to each output's key range.
+    pub fn with_range_tombstones(
+        mut self,
+        tombstones: Option<Arc<FragmentedTombstones>>,
+        snapshots: Vec<u64>,
+    ) -> Self {
+        self.range_dels = tombstones.filter(|t| !t.is_empty()).map(|t| {
+            let policy = GcPolicy::new(snapshots, self.safe_point);
+            let kept = t.collect_garbage(&policy, self.bottommost);
+            RangeDels {
+                cursor: RangeDelCursor::new(t, u64::MAX, u64::MAX),
+                policy,
+                kept,
+                lower: None,
+            }
+        });
+        self
     }
 
     /// Sets the largest logical keys of the files below the output level, ascending;
@@ -435,10 +578,29 @@ impl MergeJob {
                 && resolve(kind, self.input.value(), self.now_ms) == Resolved::Gone;
             let absent = kind == Kind::Delete as u8 || expired;
             let seen_by_all = version <= self.safe_point && seq <= self.smallest_snapshot;
-            let drop = self.shadowed || (absent && seen_by_all && self.bottommost);
-            self.shadowed |= seen_by_all;
+            let (range_deleted, limit) = match self.range_dels.as_mut() {
+                Some(rd) => match rd.cursor.fragment(logical) {
+                    Some(f) => coverage(f, seq, &rd.policy),
+                    None => (false, u64::MAX),
+                },
+                None => (false, u64::MAX),
+            };
+            let shadowed = self.shadowed && seq < self.shadow_limit;
+            let drop = range_deleted || shadowed || (absent && seen_by_all && self.bottommost);
+            // An entry every reader meets shadows the rest of its key, except for readers
+            // that skip it because a range tombstone hides it (they see a tombstone of
+            // sequence `limit` or newer, which hides whatever it shadows below `limit`).
+            if seen_by_all && !range_deleted && !shadowed {
+                self.shadow_limit = if self.shadowed {
+                    self.shadow_limit.max(limit)
+                } else {
+                    limit
+                };
+                self.shadowed = true;
+            }
             if drop {
                 self.entries_dropped += 1;
+                self.entries_range_deleted += range_deleted as u64;
             } else {
                 if new_key {
                     while self
@@ -462,6 +624,7 @@ impl MergeJob {
                     && (size >= self.settings.target_file_bytes
                         || (self.crossed_boundary && size >= self.settings.target_file_bytes / 4));
                 if cut {
+                    self.add_output_tombstones(false)?;
                     self.finish_output()?;
                 }
                 if self.builder.is_none() {
@@ -487,6 +650,36 @@ impl MergeJob {
             self.input.next();
         }
         Ok(Step::More)
+    }
+
+    /// Hands the current output its share of the range tombstones before it is finished.
+    ///
+    /// An output that is followed by another gets the tombstones up to just after its
+    /// last key (`last || 0x00`), so that its largest key stays below the next output's
+    /// smallest; the last output gets the rest. With `last` and no output open, an
+    /// output is started for tombstones that remain.
+    fn add_output_tombstones(&mut self, last: bool) -> Result<()> {
+        let upper = match (&self.builder, last) {
+            (Some((_, _, b)), false) if b.num_entries() > 0 => {
+                Some(range_del::successor(logical_key(b.last_key())))
+            }
+            _ => None,
+        };
+        let Some(rd) = self.range_dels.as_mut() else {
+            return Ok(());
+        };
+        let ts = rd.kept.clip(rd.lower.as_deref(), upper.as_deref());
+        rd.lower = upper;
+        if ts.is_empty() {
+            return Ok(());
+        }
+        if self.builder.is_none() {
+            self.start_output()?;
+        }
+        if let Some((_, _, b)) = self.builder.as_mut() {
+            b.add_range_tombstones(ts);
+        }
+        Ok(())
     }
 
     fn start_output(&mut self) -> Result<()> {
@@ -561,7 +754,8 @@ impl MergeJob {
     /// Completes the last output and returns every output table.
     pub fn finish(mut self) -> Result<Vec<Output>> {
         // The new tables' directory entries must be durable before a manifest edit names them.
-        let res = self.finish_output().and_then(|()| {
+        let res = self.add_output_tombstones(true);
+        let res = res.and_then(|()| self.finish_output()).and_then(|()| {
             let dir = &self.settings.dir;
             self.settings.fs.sync_dir(dir).ctx("fsync dir", dir)
         });
@@ -660,5 +854,176 @@ mod tests {
             "{:?}",
             t.targets
         );
+    }
+
+    // ---- range tombstones ----------------------------------------------------------------
+
+    use crate::fs::StdFs;
+    use crate::key::{logical_key as lk_of, MAX_VERSION};
+    use crate::memtable::Memtable;
+    use crate::range_del::RangeTombstone;
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("kk{i:05}").into_bytes()
+    }
+
+    /// Runs a job over `n` puts (key i*2 at seq i+1) and `tombstones` into a new directory,
+    /// returning the directory, the outputs and the entries range tombstones deleted.
+    fn run_job(
+        n: u32,
+        tombstones: &[RangeTombstone],
+        snapshots: Vec<u64>,
+        bottommost: bool,
+    ) -> (tempfile::TempDir, Vec<Output>, u64) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let o = Options {
+            target_file_bytes: 4096,
+            ..Options::default()
+        };
+        let settings = JobSettings::new(
+            &o,
+            1,
+            dir.to_path_buf(),
+            Arc::new(StdFs::new()),
+            Arc::new(AtomicU64::new(1)),
+            None,
+        );
+        let mem = Arc::new(Memtable::new(1 << 20));
+        for i in 0..n {
+            mem.add(i as u64 + 1, i as u64 + 1, Kind::Put, &key(i * 2), &[7; 60]);
+        }
+        let smallest = snapshots.iter().copied().min().unwrap_or(u64::MAX >> 8);
+        let index = Arc::new(FragmentedTombstones::new(tombstones).unwrap());
+        let mut job = MergeJob::new(
+            Box::new(mem.iter()),
+            settings,
+            smallest,
+            MAX_VERSION,
+            bottommost,
+        )
+        .with_range_tombstones(Some(index), snapshots);
+        while job.step(100).unwrap() == Step::More {}
+        let deleted = job.entries_range_deleted;
+        (tmp, job.finish().unwrap(), deleted)
+    }
+
+    fn t(s: &[u8], e: &[u8], seq: u64) -> RangeTombstone {
+        RangeTombstone::new(s.to_vec(), e.to_vec(), 0, seq).unwrap()
+    }
+
+    #[test]
+    fn outputs_share_the_tombstones_without_sharing_a_key() {
+        let ts = vec![
+            t(b"kk", &key(10), 900),       // before the first key
+            t(&key(100), &key(500), 1000), // across several outputs
+            t(&key(301), &key(302), 400),  // nested, older than the snapshot, over no key
+            t(&key(790), b"kl", 1000),     // past the last key
+        ];
+        // A snapshot at 500 keeps every entry: readers at it see no tombstone that covers one.
+        let (_dir, outputs, deleted) = run_job(400, &ts, vec![500], false);
+        assert_eq!(deleted, 0);
+        assert!(outputs.len() >= 3, "{} outputs", outputs.len());
+        for w in outputs.windows(2) {
+            assert!(
+                w[0].desc.largest_logical() < w[1].desc.smallest_logical(),
+                "outputs {} and {} share a logical key",
+                w[0].desc.number,
+                w[1].desc.number
+            );
+        }
+        assert_eq!(outputs[0].desc.smallest_logical(), b"kk");
+        assert_eq!(outputs.last().unwrap().desc.largest_logical(), b"kl");
+        let parts: Vec<Arc<FragmentedTombstones>> = outputs
+            .iter()
+            .filter_map(|o| o.table.range_tombstones().cloned())
+            .collect();
+        assert!(
+            parts.len() >= 3,
+            "the middle tombstone is split between outputs"
+        );
+        let union = FragmentedTombstones::union_clipped(parts.iter().map(|p| &**p), None, None);
+        assert_eq!(
+            union,
+            FragmentedTombstones::new(&ts).unwrap(),
+            "nothing lost or added"
+        );
+        // Each output's tombstones stay inside its key range (the reader checks this too).
+        for o in &outputs {
+            if let Some(r) = o.table.range_tombstones() {
+                for f in r.iter() {
+                    assert!(f.start() >= o.desc.smallest_logical());
+                    assert!(
+                        lk_of(&crate::range_del::largest_bound(f.end()))
+                            <= o.desc.largest_logical()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn covered_entries_go_and_bottom_tombstones_with_them() {
+        let ts = vec![t(b"kk", b"kl", 1000)];
+        // No reader predates the tombstone: every entry is hidden from everybody.
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![], false);
+        assert_eq!(deleted, 300);
+        assert_eq!(outputs.len(), 1, "a tombstone-only table");
+        assert_eq!(outputs[0].desc.entries, 0);
+        assert_eq!(outputs[0].table.properties().num_range_deletions, 1);
+        // At the bottom the tombstone has nothing left to hide.
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![], true);
+        assert_eq!((outputs.len(), deleted), (0, 300));
+        // A snapshot between the entries: the older half goes, the newer half stays.
+        let ts = vec![t(b"kk", b"kl", 150)];
+        let (_dir, outputs, deleted) = run_job(300, &ts, vec![200], true);
+        assert_eq!(deleted, 149, "seqs 1..=149 are below the tombstone");
+        let kept: u64 = outputs.iter().map(|o| o.desc.entries).sum();
+        assert_eq!(kept, 151);
+        assert!(
+            outputs.iter().all(|o| o.table.range_tombstones().is_none()),
+            "every reader sees the tombstone: gone at the bottom"
+        );
+    }
+
+    #[test]
+    fn files_deleted_whole_need_full_newer_coverage_every_reader_sees() {
+        // One output holding keys 0..40 (seqs 1..=40), no tombstones of its own.
+        let (_dir, outputs, _) = run_job(40, &[], vec![], false);
+        assert_eq!(outputs.len(), 1);
+        let o = &outputs[0];
+        let f = FileMeta::new(
+            o.desc.clone(),
+            o.table.clone(),
+            Arc::new(StdFs::new()),
+            o.path.clone(),
+        );
+        let idx = |ts: &[RangeTombstone]| FragmentedTombstones::new(ts).unwrap();
+        let all = GcPolicy::new([], MAX_VERSION);
+        let whole = [t(b"kk", b"kl", 500)];
+        assert!(deleted_whole(&f, &idx(&whole), &all));
+        // Two touching tombstones cover it too.
+        let split = [t(b"kk", &key(20), 500), t(&key(20), b"kl", 600)];
+        assert!(deleted_whole(&f, &idx(&split), &all));
+        // A gap, a tombstone older than the file's newest entry, a snapshot before it.
+        let gap = [t(b"kk", &key(20), 500), t(&key(21), b"kl", 600)];
+        assert!(!deleted_whole(&f, &idx(&gap), &all));
+        assert!(!deleted_whole(&f, &idx(&[t(b"kk", b"kl", 40)]), &all));
+        assert!(deleted_whole(&f, &idx(&[t(b"kk", b"kl", 41)]), &all));
+        assert!(!deleted_whole(
+            &f,
+            &idx(&whole),
+            &GcPolicy::new([300], MAX_VERSION)
+        ));
+        // Must reach past the largest key (inclusive) and start at or before the smallest.
+        let largest = o.desc.largest_logical().to_vec();
+        assert!(!deleted_whole(&f, &idx(&[t(b"kk", &largest, 500)]), &all));
+        assert!(deleted_whole(
+            &f,
+            &idx(&[t(b"kk", &crate::range_del::successor(&largest), 500)]),
+            &all
+        ));
+        assert!(!deleted_whole(&f, &idx(&[t(&key(1), b"kl", 500)]), &all));
+        assert!(!deleted_whole(&f, &idx(&[]), &all));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::batch::{decode_batch, WriteBatch};
+use crate::batch::{decode_batch, BatchOp, WriteBatch, MAX_RANGE_DELETES_PER_BATCH};
 use crate::cache::BlockCache;
 use crate::compaction::{self, JobSettings, MergeJob, Plan, Step};
 use crate::db_iter::DbIterator;
@@ -24,12 +24,14 @@ use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
 use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
+use crate::range_del::{FragmentedTombstones, GcPolicy, RangeDelCursor};
 use crate::region_snapshot::{self, ExportOptions, IngestReport, RegionRange, SnapshotManifest};
 use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::{Table, TableBuilderOptions};
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
+use std::collections::HashSet;
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
@@ -74,6 +76,16 @@ struct SuperVersion {
     /// Frozen memtables, newest first.
     imms: Vec<Arc<Memtable>>,
     version: Arc<Version>,
+    /// Some table of `version` holds range tombstones (readers consult tables' tombstones only then).
+    table_range_dels: bool,
+}
+
+/// True when some table of `v` holds range tombstones.
+fn has_table_range_dels(v: &Version) -> bool {
+    v.levels
+        .iter()
+        .flatten()
+        .any(|f| f.table.range_tombstones().is_some())
 }
 
 /// A frozen memtable waiting for flush.
@@ -263,6 +275,14 @@ impl Db {
         self.write_owned(b, &WriteOptions::default())
     }
 
+    /// Deletes every key in `[start, end)`: all versions written before it, for readers
+    /// from now on (see [`WriteBatch::delete_range_in`]).
+    pub fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete_range(start, end);
+        self.write_owned(b, &WriteOptions::default())
+    }
+
     /// Applies every write in `batch` atomically.
     pub fn write(&self, batch: &WriteBatch, wo: &WriteOptions) -> Result<()> {
         self.write_owned(batch.clone(), wo)
@@ -430,15 +450,14 @@ impl Db {
         inner.check_open()?;
         let (ts, seq) = inner.read_point(&ro)?;
         let guard = inner.snapshots.acquire(seq);
-        let merged = inner.merged_iter(&space.prefix(), &space.end(), !ro.skip_cache_fill);
-        Ok(DbIterator::new(
-            merged,
-            space,
-            &ro,
-            ts,
-            guard,
-            inner.opts.clock.now_ms(),
-        ))
+        let sv = inner.sv.read().clone();
+        let (lo, hi) = (space.prefix().to_vec(), space.end());
+        let merged = merged_iter(&sv, &lo, &hi, !ro.skip_cache_fill);
+        let range_dels = read_view_range_dels(&sv, &lo, &hi);
+        Ok(
+            DbIterator::new(merged, space, &ro, ts, guard, inner.opts.clock.now_ms())
+                .with_range_tombstones(range_dels),
+        )
     }
 
     /// Writes the entries of `range` (every column family) into `dir` as SST files plus a
@@ -460,11 +479,15 @@ impl Db {
         let (_, seq) = inner.read_point(&ro)?;
         // Pinned while the export runs, so compaction keeps every entry it reads.
         let _guard = inner.snapshots.acquire(seq);
+        let sv = inner.sv.read().clone();
+        let (lo, hi) = ([range.ns], [range.ns.wrapping_add(1)]);
         let src = region_snapshot::ExportSource {
-            iter: inner.merged_iter(&[range.ns], &[range.ns.wrapping_add(1)], false),
+            iter: merged_iter(&sv, &lo, &hi, false),
             seq,
             now_ms: inner.opts.clock.now_ms(),
             inline: Box::new(|kind, value| Ok((kind, value.to_vec()))),
+            range_dels: read_view_range_dels(&sv, &lo, &hi)
+                .map(|t| RangeDelCursor::new(t, MAX_VERSION, seq)),
         };
         let last_level = inner.opts.num_levels - 1;
         region_snapshot::export(
@@ -562,7 +585,7 @@ impl Db {
             let idle = st.imms.is_empty()
                 && !st.flushing
                 && st.compacting == 0
-                && compaction::pick(&st.version, &inner.opts).is_none();
+                && inner.pick_compaction(&st.version).is_none();
             if idle {
                 return Ok(());
             }
@@ -590,6 +613,125 @@ impl Db {
     pub fn close(self) -> Result<()> {
         self.handle.inner.shutdown()
     }
+}
+
+/// The range tombstones of a compaction's input tables (except `skip`) as one index;
+/// `None` when there are none.
+fn input_range_dels(plan: &Plan, skip: &HashSet<u64>) -> Option<Arc<FragmentedTombstones>> {
+    let parts: Vec<&Arc<FragmentedTombstones>> = plan
+        .all_inputs()
+        .filter(|f| !skip.contains(&f.desc.number))
+        .filter_map(|f| f.table.range_tombstones())
+        .collect();
+    match parts.as_slice() {
+        [] => None,
+        [one] => Some(Arc::clone(one)),
+        many => Some(Arc::new(FragmentedTombstones::union_clipped(
+            many.iter().map(|p| &***p),
+            None,
+            None,
+        ))),
+    }
+}
+
+/// The input files of `plan` that the inputs' range tombstones delete whole
+/// ([`compaction::deleted_whole`]): the compaction deletes them without reading them.
+fn dropped_unread(plan: &Plan, policy: &GcPolicy) -> HashSet<u64> {
+    let Some(index) = input_range_dels(plan, &HashSet::new()) else {
+        return HashSet::new();
+    };
+    plan.all_inputs()
+        .filter(|f| compaction::deleted_whole(f, &index, policy))
+        .map(|f| f.desc.number)
+        .collect()
+}
+
+/// The range tombstones of every memtable and table of `sv` that may hold keys in
+/// `[lo, hi)`, as one index restricted to that range; `None` when there are none.
+/// A cursor merging every memtable and table of `sv` that may hold logical keys in `[lo, hi)`.
+fn merged_iter(
+    sv: &SuperVersion,
+    lo: &[u8],
+    hi: &[u8],
+    fill_cache: bool,
+) -> Box<dyn InternalIterator> {
+    let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+    children.push(Box::new(sv.mem.iter()));
+    for m in &sv.imms {
+        children.push(Box::new(m.iter()));
+    }
+    for f in &sv.version.levels[0] {
+        if f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo {
+            children.push(Box::new(f.table.iter(fill_cache)));
+        }
+    }
+    for files in sv.version.levels.iter().skip(1) {
+        if level_may_overlap(files, Some(lo), Some(hi)) {
+            children.push(Box::new(LevelIterator::new(files.clone(), fill_cache)));
+        }
+    }
+    Box::new(MergingIterator::new(children))
+}
+
+fn read_view_range_dels(
+    sv: &SuperVersion,
+    lo: &[u8],
+    hi: &[u8],
+) -> Option<Arc<FragmentedTombstones>> {
+    let mut parts: Vec<Arc<FragmentedTombstones>> = std::iter::once(&sv.mem)
+        .chain(sv.imms.iter())
+        .filter_map(|m| m.range_tombstones())
+        .collect();
+    if sv.table_range_dels {
+        let in_range =
+            |f: &&Arc<FileMeta>| f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo;
+        for f in sv.version.levels.iter().flatten().filter(in_range) {
+            if let Some(t) = f.table.range_tombstones() {
+                parts.push(t.clone());
+            }
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let index = FragmentedTombstones::union_clipped(parts.iter().map(|p| &**p), Some(lo), Some(hi));
+    (!index.is_empty()).then(|| Arc::new(index))
+}
+
+/// One past the sequence number of the newest range tombstone over `logical` that a reader
+/// at sequence `seq` sees, in any memtable or table of `sv` (0 when there is none): the
+/// smallest sequence number an entry of `logical` needs to be seen.
+///
+/// Every layer is asked, whatever the point lookups find, and a table before its bloom
+/// filter. Without range deletes this is one atomic load per memtable.
+fn range_del_floor(sv: &SuperVersion, logical: &[u8], seq: u64) -> u64 {
+    let mut newest: Option<u64> = None;
+    let mut offer = |index: &FragmentedTombstones| {
+        if let Some((_, t)) = index.covering(logical, MAX_VERSION, seq) {
+            newest = Some(newest.map_or(t, |n| n.max(t)));
+        }
+    };
+    for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+        if let Some(index) = m.range_tombstones() {
+            offer(&index);
+        }
+    }
+    if sv.table_range_dels {
+        let v = &sv.version;
+        let tables = v.levels[0]
+            .iter()
+            .filter(|f| f.desc.overlaps(Some(logical), Some(logical)))
+            .chain(
+                (1..v.levels.len())
+                    .filter_map(|l| v.find_file(l, logical).map(|i| &v.levels[l][i])),
+            );
+        for f in tables {
+            if let Some(index) = f.table.range_tombstones() {
+                offer(index);
+            }
+        }
+    }
+    newest.map_or(0, |t| t.saturating_add(1))
 }
 
 /// Opens every table the manifest lists, then replays the WAL into a memtable and flushes it.
@@ -646,8 +788,12 @@ fn recover(
         .unwrap_or(0);
     let next_file_number = Arc::new(AtomicU64::new(state.next_file_number.max(max_number + 1)));
 
-    // Replay the WAL.
-    let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
+    // Replay the WAL. The memtable takes every range delete the log holds (memtables
+    // that were flushed one by one are replayed into one; it is flushed right after).
+    let mem = Arc::new(Memtable::with_range_tombstone_limit(
+        opts.write_buffer_bytes,
+        usize::MAX,
+    ));
     // Ingested files may use sequence numbers above what flushes recorded.
     let mut last_seq = state.last_seq.max(state.seq_floor);
     let flushed_seq = state.last_seq;
@@ -663,9 +809,18 @@ fn recover(
                 Replayed::Batch(payload) => {
                     let b = decode_batch(payload)
                         .ok_or_else(|| Error::corruption(path, off, "malformed batch record"))?;
-                    for (i, e) in b.entries.iter().enumerate() {
+                    let mut range_dels = Vec::new();
+                    for (i, op) in b.ops.iter().enumerate() {
                         let seq = b.seq + i as u64;
                         if seq > flushed_seq {
+                            let e = match op {
+                                BatchOp::Point(e) => e,
+                                BatchOp::RangeDelete(d) => {
+                                    range_dels.push(d.tombstone(seq));
+                                    last_seq = last_seq.max(seq);
+                                    continue;
+                                }
+                            };
                             mem.add(
                                 e.version.unwrap_or(seq),
                                 seq,
@@ -675,6 +830,10 @@ fn recover(
                             );
                             last_seq = last_seq.max(seq);
                         }
+                    }
+                    if !range_dels.is_empty() {
+                        mem.add_range_tombstones(range_dels)
+                            .map_err(|e| Error::corruption(path, off, e.to_string()))?;
                     }
                 }
                 Replayed::Opaque(tag, payload) => {
@@ -703,7 +862,8 @@ fn recover(
             cache.clone(),
         );
         let safe_point = if opts.retain_versions { 0 } else { MAX_VERSION };
-        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false);
+        let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false)
+            .with_range_tombstones(mem.range_tombstones(), Vec::new());
         while job.step(STEP_ENTRIES)? == Step::More {}
         for o in job.finish()? {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
@@ -763,6 +923,7 @@ fn recover(
         mem: mem.clone(),
         imms: Vec::new(),
         version: version.clone(),
+        table_range_dels: has_table_range_dels(&version),
     });
     let state = State {
         version,
@@ -939,13 +1100,19 @@ impl Inner {
         }
         // Leader: take everything queued (bounded), commit it with one WAL write and sync.
         let mut bytes = 0;
+        let mut range_deletes = 0;
         let mut group = Vec::new();
         for r in queue.iter() {
             let n = r.batch.encoded_len() + r.opaque.iter().map(|(_, v)| v.len()).sum::<usize>();
-            if !group.is_empty() && bytes + n > GROUP_BYTES_MAX {
+            // A group's range deletes must fit in one (fresh) memtable.
+            let rd = r.batch.range_delete_count();
+            if !group.is_empty()
+                && (bytes + n > GROUP_BYTES_MAX || range_deletes + rd > MAX_RANGE_DELETES_PER_BATCH)
+            {
                 break;
             }
             bytes += n;
+            range_deletes += rd;
             group.push(r.clone());
         }
         drop(queue);
@@ -986,7 +1153,8 @@ impl Inner {
         group: &[Arc<PendingWrite>],
     ) -> Result<WalPosition> {
         self.check_writable()?;
-        self.make_room(ws)?;
+        let range_deletes = group.iter().map(|r| r.batch.range_delete_count()).sum();
+        self.make_room(ws, range_deletes)?;
         let mut seq = ws.last_seq;
         let mut payloads: Vec<Vec<u8>> = Vec::new();
         let mut types: Vec<u8> = Vec::new();
@@ -1050,9 +1218,17 @@ impl Inner {
             ws.scratch = p;
         }
         let mut seq = ws.last_seq;
+        let mut range_dels = Vec::new();
         for r in group {
-            for e in r.batch.iter_entries() {
+            for op in r.batch.iter_ops() {
                 seq += 1;
+                let e = match op {
+                    BatchOp::Point(e) => e,
+                    BatchOp::RangeDelete(d) => {
+                        range_dels.push(d.tombstone(seq));
+                        continue;
+                    }
+                };
                 ws.mem.add(
                     e.version.unwrap_or(seq),
                     seq,
@@ -1065,6 +1241,14 @@ impl Inner {
             if let Some((region, index)) = r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
                 *slot = (*slot).max(index);
+            }
+        }
+        if !range_dels.is_empty() {
+            // `make_room` made room before the group was logged, so this cannot fail; if it
+            // did, the logged group would be half applied: refuse further writes.
+            if let Err(e) = ws.mem.add_range_tombstones(range_dels) {
+                self.poison(&e);
+                return Err(e);
             }
         }
         ws.last_seq = seq;
@@ -1083,7 +1267,9 @@ impl Inner {
     }
 
     /// Freezes a full memtable and applies L0 back-pressure before a group is written.
-    fn make_room(&self, ws: &mut WriteState) -> Result<()> {
+    ///
+    /// A memtable without room for the group's `range_deletes` counts as full.
+    fn make_room(&self, ws: &mut WriteState, range_deletes: usize) -> Result<()> {
         let mut slowed = false;
         loop {
             self.check_writable()?;
@@ -1095,7 +1281,8 @@ impl Inner {
                     st.bg_error.clone(),
                 )
             };
-            let mem_full = ws.mem.approximate_bytes() >= self.opts.write_buffer_bytes;
+            let mem_full = ws.mem.approximate_bytes() >= self.opts.write_buffer_bytes
+                || range_deletes > ws.mem.range_tombstone_room();
             if l0 >= self.opts.l0_slowdown_trigger && l0 < self.opts.l0_stop_trigger && !slowed {
                 // Slow this group down so compaction can keep up, once per group.
                 let t = Instant::now();
@@ -1175,6 +1362,7 @@ impl Inner {
             mem: st.mem.clone(),
             imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
             version: st.version.clone(),
+            table_range_dels: has_table_range_dels(&st.version),
         });
         *self.sv.write() = sv;
     }
@@ -1358,27 +1546,6 @@ impl Inner {
         Ok((ts, seq))
     }
 
-    /// A cursor merging every memtable and table that may hold logical keys in `[lo, hi)`.
-    fn merged_iter(&self, lo: &[u8], hi: &[u8], fill_cache: bool) -> Box<dyn InternalIterator> {
-        let sv = self.sv.read().clone();
-        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
-        children.push(Box::new(sv.mem.iter()));
-        for m in &sv.imms {
-            children.push(Box::new(m.iter()));
-        }
-        for f in &sv.version.levels[0] {
-            if f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo {
-                children.push(Box::new(f.table.iter(fill_cache)));
-            }
-        }
-        for files in sv.version.levels.iter().skip(1) {
-            if level_may_overlap(files, Some(lo), Some(hi)) {
-                children.push(Box::new(LevelIterator::new(files.clone(), fill_cache)));
-            }
-        }
-        Box::new(MergingIterator::new(children))
-    }
-
     /// The newest entry of `logical` visible at (`ts`, `seq`) in any memtable or table.
     ///
     /// Every layer may hold a higher version than the layers above it (explicit versions
@@ -1386,6 +1553,8 @@ impl Inner {
     /// what was found; with engine-assigned versions that prunes every layer below the first hit.
     fn find(&self, logical: &[u8], ts: u64, seq: u64, fill_cache: bool) -> Result<Option<Found>> {
         let sv = self.sv.read().clone();
+        // Entries below the newest range tombstone covering the key are gone for this reader.
+        let min_seq = range_del_floor(&sv, logical, seq);
         let mut best: Option<Found> = None;
         let beats = |best: &Option<Found>, max_version: u64| match best {
             None => true,
@@ -1398,7 +1567,7 @@ impl Inner {
         };
         for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
             if beats(&best, m.max_version()) {
-                if let Some(f) = m.get(logical, ts, seq) {
+                if let Some(f) = m.get_from(logical, ts, seq, min_seq) {
                     offer(&mut best, f);
                 }
             }
@@ -1414,12 +1583,24 @@ impl Inner {
             );
         for f in tables {
             if beats(&best, f.table.properties().max_version) {
-                if let Some((ikey, value)) = f.table.get(&lookup, fill_cache)? {
+                if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, fill_cache)? {
                     offer(&mut best, Found::from_entry(&ikey, value));
                 }
             }
         }
         Ok(best)
+    }
+
+    /// The readers compaction must preserve: live snapshots and the GC safe point.
+    fn gc_policy(&self) -> GcPolicy {
+        GcPolicy::new(self.snapshots.all(), self.safe_point())
+    }
+
+    /// The most urgent compaction ([`compaction::pick`]), else one that carries range
+    /// tombstones down to files they delete whole ([`compaction::pick_range_del`]).
+    fn pick_compaction(&self, v: &Version) -> Option<Plan> {
+        compaction::pick(v, &self.opts)
+            .or_else(|| compaction::pick_range_del(v, &self.opts, &self.gc_policy()))
     }
 
     fn smallest_snapshot(&self) -> u64 {
@@ -1560,7 +1741,8 @@ impl Inner {
             self.smallest_snapshot(),
             self.safe_point(),
             false,
-        );
+        )
+        .with_range_tombstones(mem.range_tombstones(), self.snapshots.all());
         self.drive(&mut job)?;
         Ok(job
             .finish()?
@@ -1596,7 +1778,7 @@ impl Inner {
             let plan = if self.is_poisoned.load(Ordering::Acquire) {
                 None
             } else {
-                compaction::pick(&st.version, &self.opts)
+                self.pick_compaction(&st.version)
             };
             let Some(plan) = plan else {
                 self.state_cv.wait_for(&mut st, Duration::from_millis(200));
@@ -1680,19 +1862,22 @@ impl Inner {
             edit.added.push((plan.output_level, f.desc.clone()));
             return Ok((edit, vec![f.clone()]));
         }
+        // Input files that a range tombstone of the inputs deletes whole are dropped unread.
+        let unread = dropped_unread(plan, &self.gc_policy());
+        let read = |f: &&Arc<FileMeta>| !unread.contains(&f.desc.number);
         let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
         if plan.level == 0 {
-            for f in &plan.inputs {
+            for f in plan.inputs.iter().filter(read) {
                 children.push(Box::new(f.table.iter(false)));
             }
         } else {
-            children.push(Box::new(LevelIterator::new(plan.inputs.clone(), false)));
+            let inputs = plan.inputs.iter().filter(read).cloned().collect();
+            children.push(Box::new(LevelIterator::new(inputs, false)));
         }
-        if !plan.next_inputs.is_empty() {
-            children.push(Box::new(LevelIterator::new(
-                plan.next_inputs.clone(),
-                false,
-            )));
+        let next_inputs: Vec<Arc<FileMeta>> =
+            plan.next_inputs.iter().filter(read).cloned().collect();
+        if !next_inputs.is_empty() {
+            children.push(Box::new(LevelIterator::new(next_inputs, false)));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -1710,13 +1895,32 @@ impl Inner {
             self.safe_point(),
             plan.bottommost,
         )
-        .with_boundaries(boundaries);
+        .with_boundaries(boundaries)
+        .with_range_tombstones(input_range_dels(plan, &unread), self.snapshots.all());
         self.drive(&mut job)?;
         let outputs: Vec<Arc<FileMeta>> = job
             .finish()?
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
             .collect();
+        if !unread.is_empty() {
+            let c = &self.counters;
+            let bytes = plan
+                .all_inputs()
+                .filter(|f| !read(f))
+                .map(|f| f.desc.size)
+                .sum();
+            Counters::add(
+                &c.range_del_files_dropped,
+                "nokv_range_del_files_dropped_total",
+                unread.len() as u64,
+            );
+            Counters::add(
+                &c.range_del_bytes_dropped,
+                "nokv_range_del_bytes_dropped_total",
+                bytes,
+            );
+        }
         for m in &outputs {
             edit.added.push((plan.output_level, m.desc.clone()));
         }
@@ -1779,6 +1983,8 @@ impl Inner {
             immutable_memtables,
             wal_segments,
             last_sequence: self.last_seq.load(Ordering::Acquire),
+            range_del_files_dropped: ld(&c.range_del_files_dropped),
+            range_del_bytes_dropped: ld(&c.range_del_bytes_dropped),
         }
     }
 

@@ -7,7 +7,9 @@ use crate::key::{
     Resolved, PREFIX_LEN,
 };
 use crate::options::ReadOptions;
+use crate::range_del::{self, FragmentedTombstones, RangeDelCursor};
 use crate::snapshot::SnapshotGuard;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -39,6 +41,8 @@ pub struct DbIterator {
     saved_key: Vec<u8>,
     saved_value: Vec<u8>,
     _snapshot: SnapshotGuard,
+    /// The read view's range tombstones, when there are any: covered entries are skipped.
+    range_dels: Option<RangeDelCursor>,
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, if any.
@@ -101,7 +105,18 @@ impl DbIterator {
             saved_key: Vec::new(),
             saved_value: Vec::new(),
             _snapshot: snapshot,
+            range_dels: None,
         }
+    }
+
+    /// Hides the entries that `tombstones` (the read view's range tombstones, built once
+    /// per iterator) cover for this iterator's sequence number.
+    pub(crate) fn with_range_tombstones(
+        mut self,
+        tombstones: Option<Arc<FragmentedTombstones>>,
+    ) -> DbIterator {
+        self.range_dels = tombstones.map(|t| RangeDelCursor::new(t, u64::MAX, self.seq));
+        self
     }
 
     /// True when the iterator points at a key.
@@ -221,7 +236,12 @@ impl DbIterator {
                 break;
             }
             let (seq, kind) = parse_trailer(ikey);
-            let visible = seq <= self.seq && parse_version(ikey) <= self.ts;
+            let visible = seq <= self.seq
+                && parse_version(ikey) <= self.ts
+                && !self
+                    .range_dels
+                    .as_mut()
+                    .is_some_and(|c| c.hides(logical, range_del::entry_stamp(seq)));
             if visible && !(skipping && logical <= &self.saved_key[..]) {
                 let raw = self.inner.value();
                 match resolve(kind, raw, self.now_ms) {
@@ -255,7 +275,12 @@ impl DbIterator {
                 break;
             }
             let (seq, kind) = parse_trailer(ikey);
-            let visible = seq <= self.seq && parse_version(ikey) <= self.ts;
+            let visible = seq <= self.seq
+                && parse_version(ikey) <= self.ts
+                && !self
+                    .range_dels
+                    .as_mut()
+                    .is_some_and(|c| c.hides(logical, range_del::entry_stamp(seq)));
             if visible && logical < &self.upper[..] {
                 match resolve(kind, self.inner.value(), self.now_ms) {
                     Resolved::Gone => {

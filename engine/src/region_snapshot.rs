@@ -18,6 +18,7 @@ use crate::key::{
     first_key, logical_key, make_internal_key, parse_trailer, parse_version, resolve, KeySpace,
     Resolved, PREFIX_LEN,
 };
+use crate::range_del::{self, RangeDelCursor};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 
 /// Name of the manifest file inside a snapshot directory.
@@ -350,6 +351,8 @@ pub(crate) struct ExportSource {
     pub now_ms: u64,
     /// Turns a stored (kind, value) into one with the value inline.
     pub inline: InlineValue,
+    /// Range tombstones of the read view (entries they hide are not exported).
+    pub range_dels: Option<RangeDelCursor>,
 }
 
 /// Writes the range's entries from `src` into tables plus a manifest in `dir`.
@@ -446,11 +449,17 @@ fn export_entries(
             }
             let (seq, kind) = parse_trailer(ikey);
             let version = parse_version(ikey);
+            let mut covered = || {
+                src.range_dels
+                    .as_mut()
+                    .is_some_and(|c| c.hides(logical, range_del::entry_stamp(seq)))
+            };
             let skip = seq > src.seq
                 || done_key.as_deref() == Some(logical)
                 || last
                     .as_ref()
-                    .is_some_and(|(k, v)| k == logical && *v == version);
+                    .is_some_and(|(k, v)| k == logical && *v == version)
+                || covered();
             if !skip {
                 match read_ts {
                     None => {

@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub stall_micros: AtomicU64,
     pub slowdowns: AtomicU64,
     pub background_errors: AtomicU64,
+    pub range_del_files_dropped: AtomicU64,
+    pub range_del_bytes_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -67,7 +69,7 @@ pub struct Stats {
     pub compactions: u64,
     /// Compactions that only moved a file to another level.
     pub trivial_moves: u64,
-    /// Bytes read by compactions.
+    /// Bytes of the compactions' input files (including files dropped unread, below).
     pub compaction_bytes_read: u64,
     /// Bytes written by compactions.
     pub compaction_bytes_written: u64,
@@ -99,6 +101,10 @@ pub struct Stats {
     pub wal_segments: usize,
     /// Last published sequence number.
     pub last_sequence: u64,
+    /// Files compactions deleted without reading them: a range delete covered them whole.
+    pub range_del_files_dropped: u64,
+    /// Bytes of those files.
+    pub range_del_bytes_dropped: u64,
 }
 
 impl Stats {

@@ -1,5 +1,5 @@
-//! Model test: random put/put-with-TTL/delete/batch/flush/compact/reopen/snapshot sequences,
-//! with an injectable clock that moves forward, against a `BTreeMap`,
+//! Model test: random put/put-with-TTL/delete/range-delete/batch/flush/compact/reopen/snapshot
+//! sequences, with an injectable clock that moves forward, against a `BTreeMap`,
 //! comparing point reads and full scans in both directions, bounds and prefixes.
 
 mod common;
@@ -33,6 +33,12 @@ enum OpKind {
     CheckSnapshot(u8, bool),
     PutTtl(u16, u16, u16),
     Advance(u16),
+    /// Delete the keys in `[k(lo), k(hi))` (bytewise; an empty or inverted range is refused).
+    DeleteRange(u16, u16),
+    /// One batch: put `a`, delete `[k(lo), k(hi))`, put `b` (the first put may be deleted, the second not).
+    PutRangePut(u16, u16, u16, u16),
+    /// Delete every key with prefix `kNN` (a whole "region" of the key space).
+    DeletePrefix(u8),
 }
 
 fn k(i: u16) -> Vec<u8> {
@@ -60,6 +66,9 @@ fn op() -> impl Strategy<Value = OpKind> {
         3 => (any::<u8>(), any::<bool>()).prop_map(|(i, r)| OpKind::CheckSnapshot(i, r)),
         6 => (key.clone(), any::<u16>(), 1u16..3000).prop_map(|(a, b, t)| OpKind::PutTtl(a, b, t)),
         3 => (0u16..2000).prop_map(OpKind::Advance),
+        4 => (key.clone(), key.clone()).prop_map(|(a, b)| OpKind::DeleteRange(a, b)),
+        2 => (key.clone(), key.clone(), key.clone(), key.clone()).prop_map(|(a, l, h, b)| OpKind::PutRangePut(a, l, h, b)),
+        1 => (0u8..37).prop_map(OpKind::DeletePrefix),
     ]
 }
 
@@ -128,6 +137,41 @@ fn run(ops: Vec<OpKind>) {
             OpKind::Delete(a) => {
                 db.delete(&k(a)).expect("delete");
                 stored.remove(&k(a));
+            }
+            OpKind::DeleteRange(lo, hi) => {
+                let (lo, hi) = (k(lo), k(hi));
+                match db.delete_range(&lo, &hi) {
+                    Ok(()) => {
+                        assert!(lo < hi, "step {step}: an empty range was accepted");
+                        stored.retain(|key, _| !(lo <= *key && *key < hi));
+                    }
+                    Err(nokv::Error::InvalidArgument(_)) => assert!(lo >= hi, "step {step}"),
+                    Err(e) => panic!("step {step}: delete_range: {e}"),
+                }
+            }
+            OpKind::PutRangePut(a, lo, hi, b) => {
+                let (lo, hi) = (k(lo).min(k(hi)), k(lo).max(k(hi)));
+                let mut batch = WriteBatch::new();
+                batch.put(&k(a), &v(a, b));
+                if lo < hi {
+                    batch.delete_range(&lo, &hi);
+                }
+                batch.put(&k(b), &v(b, a));
+                db.write(&batch, &Default::default())
+                    .expect("batch with a range delete");
+                stored.insert(k(a), (v(a, b), None));
+                if lo < hi {
+                    stored.retain(|key, _| !(lo <= *key && *key < hi));
+                }
+                stored.insert(k(b), (v(b, a), None));
+            }
+            OpKind::DeletePrefix(p) => {
+                let (lo, hi) = (
+                    format!("k{p:02}").into_bytes(),
+                    format!("k{:02}", p + 1).into_bytes(),
+                );
+                db.delete_range(&lo, &hi).expect("delete a prefix");
+                stored.retain(|key, _| !key.starts_with(&lo));
             }
             OpKind::Batch(entries) => {
                 let mut b = WriteBatch::new();

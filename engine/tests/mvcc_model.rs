@@ -1,5 +1,6 @@
 //! MVCC model test: explicit versions written out of order across keys and column
-//! families, reads at any timestamp at or above an advancing GC safe point, snapshots,
+//! families, range deletes (physical: every version written before them vanishes, whatever
+//! its version), reads at any timestamp at or above an advancing GC safe point, snapshots,
 //! flushes, compactions and reopens, against a model that keeps every version.
 
 mod common;
@@ -29,6 +30,10 @@ enum Op {
     TakeSnapshot,
     /// Check snapshot i at a timestamp offset.
     CheckSnapshot(u8, Option<u16>),
+    /// Delete the keys `[lo, hi)` of a space (`hi` None: to the end of the space).
+    DeleteRange(bool, u8, Option<u8>),
+    /// One batch: put (key, version offset), the range delete, put (key, version offset).
+    PutRangePut(bool, (u8, u16), u8, Option<u8>, (u8, u16)),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,7 +50,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
         2 => Just(Op::TakeSnapshot),
-        3 => (any::<u8>(), proptest::option::of(off)).prop_map(|(i, t)| Op::CheckSnapshot(i, t)),
+        3 => (any::<u8>(), proptest::option::of(off.clone())).prop_map(|(i, t)| Op::CheckSnapshot(i, t)),
+        3 => (any::<bool>(), key.clone(), proptest::option::of(key.clone())).prop_map(|(s, lo, hi)| Op::DeleteRange(s, lo, hi)),
+        2 => (any::<bool>(), (key.clone(), off.clone()), key.clone(), proptest::option::of(key.clone()), (key.clone(), off))
+            .prop_map(|(s, a, lo, hi, b)| Op::PutRangePut(s, a, lo, hi, b)),
     ]
 }
 
@@ -60,12 +68,17 @@ fn key(k: u8) -> Vec<u8> {
 /// One write of a key: (version, seq, value or tombstone).
 type Version = (u64, u64, Option<Vec<u8>>);
 
+/// A range delete: (space, start, end or None for the end of the space, seq).
+type RangeDelete = (KeySpace, Vec<u8>, Option<Vec<u8>>, u64);
+
 /// Every version ever written, per (space, key).
 #[derive(Default, Clone)]
 struct Model {
     entries: BTreeMap<(KeySpace, Vec<u8>), Vec<Version>>,
     /// Per key, the highest version of a delete: later writes go above it (the documented rule).
     delete_floor: BTreeMap<(KeySpace, Vec<u8>), u64>,
+    /// Every range delete.
+    range_deletes: Vec<RangeDelete>,
     seq: u64,
 }
 
@@ -92,12 +105,33 @@ impl Model {
             .push((version, self.seq, value));
     }
 
+    /// Records a range delete of `[lo, hi)` in `s`; it takes the next sequence number.
+    fn delete_range(&mut self, s: KeySpace, lo: &[u8], hi: Option<&[u8]>) {
+        self.seq += 1;
+        self.range_deletes
+            .push((s, lo.to_vec(), hi.map(|h| h.to_vec()), self.seq));
+    }
+
+    /// The sequence number of the newest range delete over `k` a reader at `seq` sees (0: none).
+    fn range_floor(&self, s: KeySpace, k: &[u8], seq: u64) -> u64 {
+        self.range_deletes
+            .iter()
+            .filter(|(sp, lo, hi, q)| {
+                *sp == s && *q <= seq && lo.as_slice() <= k && hi.as_ref().is_none_or(|h| k < h)
+            })
+            .map(|r| r.3)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// What a reader at (`ts`, `seq`) sees for one key.
     fn read(&self, s: KeySpace, k: &[u8], ts: u64, seq: u64) -> Option<Vec<u8>> {
+        // Entries older than a range delete the reader sees are gone, whatever their version.
+        let floor = self.range_floor(s, k, seq);
         self.entries
             .get(&(s, k.to_vec()))?
             .iter()
-            .filter(|(v, q, _)| *v <= ts && *q <= seq)
+            .filter(|(v, q, _)| *v <= ts && *q <= seq && *q > floor)
             .max_by_key(|(v, q, _)| (*v, *q))
             .and_then(|(_, _, val)| val.clone())
     }
@@ -220,6 +254,40 @@ fn run(ops: Vec<Op>) {
                     ));
                 }
             }
+            Op::DeleteRange(s, lo, hi) => {
+                let s = space(s);
+                let (lo, hi) = match hi {
+                    Some(hi) if hi <= lo => continue,
+                    other => (key(lo), other.map(key)),
+                };
+                let mut b = WriteBatch::new();
+                b.delete_range_in(s, &lo, hi.as_deref());
+                db.write(&b, &Default::default()).expect("delete_range");
+                model.delete_range(s, &lo, hi.as_deref());
+            }
+            Op::PutRangePut(s, (a, aoff), lo, hi, (c, coff)) => {
+                let s = space(s);
+                let mut b = WriteBatch::new();
+                let (ka, kc) = (key(a), key(c));
+                let va = model.version_for(s, &ka, safe_point, aoff);
+                let vala = value_for(a as u64, aoff as u64, 20);
+                b.put_at(s, &ka, va, &vala);
+                model.write(s, &ka, va, Some(vala));
+                let range = match hi {
+                    Some(hi) if hi <= lo => None,
+                    other => Some((key(lo), other.map(key))),
+                };
+                if let Some((lo, hi)) = &range {
+                    b.delete_range_in(s, lo, hi.as_deref());
+                    model.delete_range(s, lo, hi.as_deref());
+                }
+                let vc = model.version_for(s, &kc, safe_point, coff);
+                let valc = value_for(c as u64, coff as u64, 30);
+                b.put_at(s, &kc, vc, &valc);
+                model.write(s, &kc, vc, Some(valc));
+                db.write(&b, &Default::default())
+                    .expect("batch with a range delete");
+            }
             Op::Flush => db.flush().expect("flush"),
             Op::Compact => db.compact_all().expect("compact"),
             Op::Reopen => {
@@ -335,4 +403,50 @@ fn without_retained_versions_reads_at_a_timestamp_are_refused() {
         db.get_at(b"k", u64::MAX).expect("latest"),
         Some(b"v".to_vec())
     );
+}
+
+/// A newer version hidden by a range delete only for readers after it must not shadow an
+/// older version written after the delete: compaction keeps the older one.
+#[test]
+fn a_partly_hidden_version_does_not_shadow_an_older_version_written_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = nokv::Options {
+        retain_versions: true,
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), opts.clone()).expect("open");
+    db.put_at(b"k", 100, b"v100").expect("put");
+    let before = db.snapshot();
+    db.delete_range(b"a", b"z").expect("delete_range");
+    db.put_at(b"k", 50, b"v50").expect("put");
+    db.set_gc_safe_point(200);
+    let at_snapshot = ReadOptions {
+        snapshot: Some(before.clone()),
+        ..Default::default()
+    };
+    let check = |db: &Db, with_snapshot: bool| {
+        assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+        if with_snapshot {
+            assert_eq!(
+                db.get_in(KeySpace::KV, b"k", &at_snapshot).expect("get"),
+                Some(b"v100".to_vec())
+            );
+        }
+        assert_eq!(
+            walk(db.iter(ReadOptions::default()).expect("iter"), false),
+            vec![(b"k".to_vec(), b"v50".to_vec())]
+        );
+    };
+    check(&db, true);
+    db.compact_all().expect("compact");
+    check(&db, true);
+    drop(before);
+    db.put(b"other", b"x").expect("put");
+    db.compact_all().expect("compact");
+    assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+    db.close().expect("close");
+    let db = Db::open(dir.path(), opts).expect("reopen");
+    db.set_gc_safe_point(200);
+    assert_eq!(db.get(b"k").expect("get"), Some(b"v50".to_vec()));
+    db.close().expect("close");
 }

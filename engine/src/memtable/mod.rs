@@ -19,6 +19,7 @@ use crate::key::{
     encode_trailer, logical_key as logical_key_of, parse_trailer, parse_version, Kind, KIND_SEEK,
     MAX_SEQ,
 };
+use crate::range_del::{FragmentedTombstones, RangeDelCollector, RangeTombstone};
 use skiplist::{Node, NodeRef, SkipList, Target};
 
 /// The entry a point lookup found: the newest one visible to the reader.
@@ -53,10 +54,15 @@ impl Found {
 }
 
 /// A sorted, insert-only in-memory table of internal keys (`Send + Sync`).
+///
+/// Range tombstones live beside the skiplist in a bounded side list
+/// ([`RangeDelCollector`]); they never appear as entries.
 pub struct Memtable {
     list: SkipList,
     /// Highest version inserted (lets reads skip a memtable that cannot hold a newer version).
     max_version: AtomicU64,
+    /// Range tombstones written into this memtable.
+    range_dels: RangeDelCollector,
 }
 
 impl Memtable {
@@ -65,7 +71,42 @@ impl Memtable {
         Memtable {
             list: SkipList::new(capacity_hint),
             max_version: AtomicU64::new(0),
+            range_dels: RangeDelCollector::default(),
         }
+    }
+
+    /// Like [`Memtable::new`], holding at most `max_range_tombstones` range tombstones.
+    pub fn with_range_tombstone_limit(
+        capacity_hint: usize,
+        max_range_tombstones: usize,
+    ) -> Memtable {
+        Memtable {
+            range_dels: RangeDelCollector::new(max_range_tombstones),
+            ..Memtable::new(capacity_hint)
+        }
+    }
+
+    /// Adds a batch's range tombstones, all or none; a full side list or an invalid range is an error.
+    ///
+    /// The engine checks [`Memtable::range_tombstone_room`] before it logs a batch.
+    pub fn add_range_tombstones(&self, tombstones: Vec<RangeTombstone>) -> Result<()> {
+        self.range_dels.add_all(tombstones)
+    }
+
+    /// The range tombstones as an index; `None` (one atomic load) when there are none.
+    #[inline]
+    pub fn range_tombstones(&self) -> Option<Arc<FragmentedTombstones>> {
+        self.range_dels.snapshot()
+    }
+
+    /// How many more range tombstones fit.
+    pub fn range_tombstone_room(&self) -> usize {
+        self.range_dels.remaining()
+    }
+
+    /// Number of range tombstones added.
+    pub fn num_range_tombstones(&self) -> usize {
+        self.range_dels.len()
     }
 
     /// Inserts one entry; concurrent callers are serialized, readers are never blocked.
@@ -85,6 +126,12 @@ impl Memtable {
 
     /// Newest entry for `logical_key` visible at version `ts` and sequence `seq`.
     pub fn get(&self, logical_key: &[u8], ts: u64, seq: u64) -> Option<Found> {
+        self.get_from(logical_key, ts, seq, 0)
+    }
+
+    /// Like [`Memtable::get`], skipping entries with a sequence number below `min_seq`
+    /// (those a range tombstone of sequence `min_seq - 1` hides).
+    pub fn get_from(&self, logical_key: &[u8], ts: u64, seq: u64, min_seq: u64) -> Option<Found> {
         let seq = seq.min(MAX_SEQ);
         let trailer = encode_trailer(ts, seq, KIND_SEEK);
         let target = Target {
@@ -98,16 +145,17 @@ impl Memtable {
             if logical_key_of(key) != logical_key {
                 return None;
             }
-            if parse_trailer(key).0 <= seq {
+            let entry_seq = parse_trailer(key).0;
+            if entry_seq <= seq && entry_seq >= min_seq {
                 return Some(Found::from_entry(key, node.value().to_vec()));
             }
             node = node.next(0)?;
         }
     }
 
-    /// Arena bytes used by entries (drives rotation by size).
+    /// Arena bytes used by entries plus the range tombstones' bytes (drives rotation by size).
     pub fn approximate_bytes(&self) -> usize {
-        self.list.bytes()
+        self.list.bytes() + self.range_dels.approximate_bytes()
     }
 
     /// Number of entries (versions and tombstones each count).
@@ -115,9 +163,9 @@ impl Memtable {
         self.list.len()
     }
 
-    /// True when nothing was inserted.
+    /// True when nothing was inserted: no entry and no range tombstone.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.range_dels.is_empty()
     }
 
     /// A cursor over all entries in internal key order; it keeps the memtable alive.

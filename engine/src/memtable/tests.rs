@@ -589,3 +589,55 @@ fn insert_throughput() {
         );
     }
 }
+
+#[test]
+fn range_tombstones_sit_beside_the_entries() {
+    use crate::range_del::RangeTombstone;
+    let m = Memtable::with_range_tombstone_limit(1 << 16, 2);
+    assert!(m.is_empty());
+    assert!(m.range_tombstones().is_none(), "no tombstones: no index");
+    let before = m.approximate_bytes();
+    let t = RangeTombstone::new(lk("b"), lk("d"), 0, 7).unwrap();
+    m.add_range_tombstones(vec![t.clone()]).unwrap();
+    assert!(
+        !m.is_empty(),
+        "a memtable holding only a range tombstone must be flushed"
+    );
+    assert_eq!(m.len(), 0);
+    assert_eq!(m.num_range_tombstones(), 1);
+    assert_eq!(m.approximate_bytes(), before + t.approximate_bytes());
+    assert_eq!(m.range_tombstone_room(), 1);
+    let idx = m.range_tombstones().expect("index");
+    assert_eq!(idx.covering(&lk("c"), u64::MAX, 7), Some((0, 7)));
+    assert_eq!(idx.covering(&lk("c"), u64::MAX, 6), None);
+    // All or nothing past the limit.
+    let two = vec![
+        RangeTombstone::new(lk("x"), lk("y"), 0, 8).unwrap(),
+        RangeTombstone::new(lk("y"), lk("z"), 0, 9).unwrap(),
+    ];
+    assert!(m.add_range_tombstones(two).is_err());
+    assert_eq!(m.num_range_tombstones(), 1);
+}
+
+#[test]
+fn get_from_skips_entries_below_the_floor() {
+    let m = Memtable::new(1 << 16);
+    // Explicit versions out of write order: version 9 at seq 1, version 5 at seq 3.
+    m.add(9, 1, Kind::Put, &lk("k"), b"v9");
+    m.add(5, 3, Kind::Put, &lk("k"), b"v5");
+    m.add(7, 2, Kind::Delete, &lk("j"), b"");
+    let at = |min_seq| {
+        m.get_from(&lk("k"), u64::MAX, MAX_SEQ, min_seq)
+            .map(|f| f.value)
+    };
+    assert_eq!(at(0), Some(b"v9".to_vec()));
+    assert_eq!(
+        at(2),
+        Some(b"v5".to_vec()),
+        "the newer version is hidden; the older one written later is not"
+    );
+    assert_eq!(at(4), None);
+    assert_eq!(m.get_from(&lk("k"), 6, 2, 2), None, "v5 is past the reader");
+    assert!(m.get_from(&lk("j"), u64::MAX, MAX_SEQ, 2).is_some());
+    assert!(m.get_from(&lk("j"), u64::MAX, MAX_SEQ, 3).is_none());
+}

@@ -349,6 +349,19 @@ impl FragmentedTombstones {
         self.clip(None, None)
     }
 
+    /// One index over several (a read view's layers, a compaction's inputs), restricted to `[lo, hi)`.
+    pub fn union_clipped<'a, I>(
+        parts: I,
+        lo: Option<&[u8]>,
+        hi: Option<&[u8]>,
+    ) -> FragmentedTombstones
+    where
+        I: IntoIterator<Item = &'a FragmentedTombstones>,
+    {
+        let all: Vec<RangeTombstone> = parts.into_iter().flat_map(|p| p.clip(lo, hi)).collect();
+        Self::from_valid(all.iter().collect())
+    }
+
     /// The index without the stamps compaction may drop under `policy`.
     ///
     /// Drops every stamp a newer stamp of its fragment supersedes; readers under
@@ -573,6 +586,25 @@ mod tests {
             x.clip(Some(b"b"), Some(b"e")),
             vec![t("b", "c", 1, 1), t("d", "e", 1, 1)]
         );
+    }
+
+    #[test]
+    fn union_clipped_equals_fragmenting_everything() {
+        let a = FragmentedTombstones::new(&[t("a", "m", 0, 3), t("f", "z", 0, 9)]).unwrap();
+        let b = FragmentedTombstones::new(&[t("c", "h", 0, 5)]).unwrap();
+        let all =
+            FragmentedTombstones::new(&[t("a", "m", 0, 3), t("f", "z", 0, 9), t("c", "h", 0, 5)])
+                .unwrap();
+        assert_eq!(
+            FragmentedTombstones::union_clipped([&a, &b], None, None),
+            all
+        );
+        let clipped = FragmentedTombstones::union_clipped([&a, &b], Some(b"d"), Some(b"g"));
+        assert_eq!(
+            clipped,
+            FragmentedTombstones::new(&all.clip(Some(b"d"), Some(b"g"))).unwrap()
+        );
+        assert!(FragmentedTombstones::union_clipped([], None, None).is_empty());
     }
 
     #[test]

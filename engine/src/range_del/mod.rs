@@ -19,20 +19,82 @@
 //! - [`encode_block`] / [`decode_block`]: the SST meta block (`docs/format.md`,
 //!   "Range tombstones").
 //!
+//! - [`RangeDelCursor`]: the per-reader walk over an index that iterators and
+//!   compaction use (amortised O(1) per key in key order).
+//!
 //! Logical keys are opaque byte strings compared bytewise; they already carry
 //! the namespace / column-family prefix.
+//!
+//! # How the engine stamps range deletes
+//!
+//! `Db::delete_range` is *physical*: it removes every entry of the range that
+//! was written before it (lower sequence number), whatever its version, for
+//! readers whose sequence number is at or after it. The engine gets this from
+//! the (version, seq) machinery by giving every range tombstone version 0
+//! ([`ENGINE_VERSION`]) and asking about point entries as `(0, seq)`
+//! ([`entry_stamp`]): an entry is hidden iff `entry.seq < tombstone.seq` and
+//! the reader's sequence is at or past `tombstone.seq`; the read timestamp
+//! plays no part (version 0 is at or below every timestamp), and [`GcPolicy`]
+//! reduces to the snapshot stripes. Tables refuse tombstones of any other
+//! version, so the stamp's meaning cannot change under a reader.
+//!
+//! # Table bounds
+//!
+//! A table holding a tombstone `[start, end)` reports a key range covering it:
+//! its smallest internal key is at most [`smallest_bound`]`(start)`, its
+//! largest at least [`largest_bound`]`(end)`. `end` is exclusive, so the bound
+//! is the *exclusive sentinel* `first_key(end)` (it sorts before every real
+//! entry of `end`; the table's logical range then names `end` although it
+//! holds nothing there, which only makes overlap checks conservative), except
+//! when `end` is `k || 0x00` for some non-empty `k`: then the last key covered
+//! is exactly `k` and the bound is `last_key(k)`. Compaction cuts tombstones
+//! between two outputs at `last || 0x00` (`last` the first output's last key),
+//! so outputs of one level never share a logical boundary key.
 
 mod block;
 mod collector;
+mod cursor;
 mod fragmented;
 mod gc;
 
 pub use block::{decode_block, encode_block};
 pub use collector::{RangeDelCollector, DEFAULT_MAX_RANGE_TOMBSTONES};
+pub use cursor::RangeDelCursor;
 pub use fragmented::{Fragment, FragmentedTombstones};
 pub use gc::GcPolicy;
 
 use crate::error::{Error, Result};
+use crate::key::{first_key, last_key};
+
+/// The version of every range tombstone the engine writes (see the module docs).
+pub const ENGINE_VERSION: u64 = 0;
+
+/// The stamp the engine compares a point entry of sequence `seq` with (see the module docs).
+#[inline]
+pub fn entry_stamp(seq: u64) -> Stamp {
+    (ENGINE_VERSION, seq)
+}
+
+/// The internal key a table's smallest key must not exceed when it holds a tombstone from `start`.
+pub fn smallest_bound(start: &[u8]) -> Vec<u8> {
+    first_key(start)
+}
+
+/// The internal key a table's largest key must reach when it holds a tombstone ending at `end`.
+pub fn largest_bound(end: &[u8]) -> Vec<u8> {
+    match end.split_last() {
+        Some((0, covered)) if !covered.is_empty() => last_key(covered),
+        _ => first_key(end),
+    }
+}
+
+/// The smallest key after `key`: `key || 0x00` (where compaction cuts tombstones between outputs).
+pub fn successor(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.extend_from_slice(key);
+    out.push(0);
+    out
+}
 
 /// A `(version, seq)` pair; tuples order lexicographically, which is the entry order reversed.
 pub type Stamp = (u64, u64);
@@ -155,6 +217,31 @@ mod tests {
         };
         let msg = long.validate().unwrap_err().to_string();
         assert!(msg.contains("...") && msg.len() < 200, "{msg}");
+    }
+
+    #[test]
+    fn table_bounds_cover_exactly_the_range() {
+        use crate::key::{compare_internal, logical_key, make_internal_key};
+        let entry = |k: &[u8]| make_internal_key(k, 7, 7, 1);
+        // Exclusive sentinel: before every entry of `end`, after every entry below it.
+        let hi = largest_bound(b"kc");
+        assert_eq!(logical_key(&hi), b"kc");
+        assert!(compare_internal(&hi, &entry(b"kc")).is_lt());
+        assert!(compare_internal(&hi, &entry(b"kb\xff\xff")).is_gt());
+        // `k || 0`: the last covered key is exactly `k`.
+        let hi = largest_bound(&successor(b"kb"));
+        assert_eq!(logical_key(&hi), b"kb");
+        assert!(compare_internal(&hi, &entry(b"kb")).is_gt());
+        assert!(compare_internal(&hi, &entry(b"kb\0")).is_lt());
+        assert_eq!(
+            logical_key(&largest_bound(b"\0")),
+            b"\0",
+            "nothing before a lone zero byte"
+        );
+        let lo = smallest_bound(b"kb");
+        assert!(compare_internal(&lo, &entry(b"kb")).is_lt());
+        assert!(compare_internal(&lo, &entry(b"ka\xff")).is_gt());
+        assert_eq!(entry_stamp(9), (0, 9));
     }
 
     #[test]

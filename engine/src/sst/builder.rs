@@ -13,10 +13,11 @@ use super::{
 use crate::error::{Error, Result};
 use crate::fs::{Completion, File, InlineQueue, IoQueue, Ticket};
 use crate::key::{
-    encode_trailer, logical_key, parse_trailer, parse_version, Kind, KIND_SEEK, MAX_SEQ,
-    MAX_VERSION,
+    compare_internal, encode_trailer, logical_key, parse_trailer, parse_version, Kind, KIND_SEEK,
+    MAX_SEQ, MAX_VERSION,
 };
 use crate::options::{Compression, Options};
+use crate::range_del::{self, RangeTombstone};
 
 /// Output is handed to the file in chunks of at least this many bytes.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -92,6 +93,8 @@ pub struct TableBuilder {
     handle_buf: Vec<u8>,
     props: TableProperties,
     failed: bool,
+    /// Range tombstones for the range-deletion block.
+    range_dels: Vec<RangeTombstone>,
 }
 
 impl std::fmt::Debug for TableBuilder {
@@ -191,6 +194,7 @@ impl TableBuilder {
             handle_buf: Vec::with_capacity(20),
             props: TableProperties::default(),
             failed: false,
+            range_dels: Vec::new(),
             opts: TableBuilderOptions {
                 block_bytes,
                 ..opts
@@ -245,9 +249,11 @@ impl TableBuilder {
                 f.add_hash(bloom_hash(logical));
             }
         }
-        if parse_trailer(ikey).1 == Kind::Delete as u8 {
+        let (seq, kind) = parse_trailer(ikey);
+        if kind == Kind::Delete as u8 {
             self.props.num_deletions += 1;
         }
+        self.props.max_seq = self.props.max_seq.max(seq);
         self.props.max_version = self.props.max_version.max(parse_version(ikey));
         self.block.add(ikey, value);
         self.props.num_entries += 1;
@@ -356,6 +362,59 @@ impl TableBuilder {
         self.props.num_entries
     }
 
+    /// The last internal key added (empty before the first).
+    pub fn last_key(&self) -> &[u8] {
+        self.block.last_key()
+    }
+
+    /// Adds range tombstones (valid, any order) for the range-deletion block.
+    ///
+    /// The table's smallest and largest keys widen to cover them
+    /// ([`range_del::smallest_bound`], [`range_del::largest_bound`]); a table
+    /// may hold tombstones and no entries.
+    pub fn add_range_tombstones(&mut self, tombstones: impl IntoIterator<Item = RangeTombstone>) {
+        for t in tombstones {
+            debug_assert!(t.validate().is_ok(), "invalid range tombstone");
+            self.range_dels.push(t);
+        }
+    }
+
+    /// Number of range tombstones added so far.
+    pub fn num_range_tombstones(&self) -> usize {
+        self.range_dels.len()
+    }
+
+    /// Writes the range-deletion block (if any) and widens the key range over its tombstones.
+    fn finish_range_dels(&mut self) {
+        if self.range_dels.is_empty() {
+            return;
+        }
+        let mut ts = std::mem::take(&mut self.range_dels);
+        ts.sort_unstable_by(range_del::canonical_order);
+        let contents = range_del::encode_block(&ts);
+        self.props.range_del = emit_block(
+            &mut self.out,
+            self.written,
+            &contents,
+            Compression::None,
+            &mut self.scratch,
+        );
+        self.props.num_range_deletions = ts.len() as u64;
+        // An empty key range (a table without entries) takes the first tombstone's bounds.
+        for t in &ts {
+            self.props.max_seq = self.props.max_seq.max(t.seq);
+            let lo = range_del::smallest_bound(&t.start);
+            if self.props.smallest.is_empty() || compare_internal(&lo, &self.props.smallest).is_lt()
+            {
+                self.props.smallest = lo;
+            }
+            let hi = range_del::largest_bound(&t.end);
+            if self.props.largest.is_empty() || compare_internal(&hi, &self.props.largest).is_gt() {
+                self.props.largest = hi;
+            }
+        }
+    }
+
     /// Writes the remaining blocks, filter, index, properties and footer, then syncs the data.
     pub fn finish(mut self) -> Result<TableProperties> {
         self.check_failed()?;
@@ -391,6 +450,7 @@ impl TableBuilder {
             &mut self.scratch,
         );
         self.props.index_bytes = index.size + BLOCK_TRAILER_LEN as u64;
+        self.finish_range_dels();
         let pcontents = self.props.encode();
         let props = emit_block(
             &mut self.out,

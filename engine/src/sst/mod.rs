@@ -1,7 +1,8 @@
 //! Sorted string tables: immutable files of sorted internal keys.
 //!
 //! Layout (see `docs/format.md`): data blocks, filter block, index block,
-//! properties block, 64-byte footer. Every block carries a 5-byte trailer
+//! range-deletion block (when the table holds range tombstones), properties
+//! block, 64-byte footer. Every block carries a 5-byte trailer
 //! (compression type + crc32).
 
 mod block;
@@ -58,6 +59,12 @@ pub struct TableProperties {
     pub num_deletions: u64,
     /// Highest entry version (reads skip a table that cannot hold a newer version).
     pub max_version: u64,
+    /// Highest sequence number of an entry or range tombstone (0 for an empty table).
+    pub max_seq: u64,
+    /// Number of range tombstones in the range-deletion block.
+    pub num_range_deletions: u64,
+    /// Where the range-deletion block is (size 0: no block).
+    pub(crate) range_del: BlockHandle,
 }
 
 impl TableProperties {
@@ -72,6 +79,9 @@ impl TableProperties {
         put_bytes(&mut out, &self.smallest);
         put_bytes(&mut out, &self.largest);
         put_varint(&mut out, self.max_version);
+        put_varint(&mut out, self.max_seq);
+        put_varint(&mut out, self.num_range_deletions);
+        self.range_del.encode_to(&mut out);
         out
     }
 
@@ -88,6 +98,12 @@ impl TableProperties {
             smallest: r.bytes()?.to_vec(),
             largest: r.bytes()?.to_vec(),
             max_version: r.varint()?,
+            max_seq: r.varint()?,
+            num_range_deletions: r.varint()?,
+            range_del: BlockHandle {
+                offset: r.varint()?,
+                size: r.varint()?,
+            },
         })
     }
 }

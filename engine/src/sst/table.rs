@@ -14,7 +14,8 @@ use crate::cache::BlockCache;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::File;
 use crate::iter::InternalIterator;
-use crate::key::{compare_internal, logical_key, parse_trailer, TRAILER_LEN};
+use crate::key::{compare_internal, logical_key, parse_trailer, MAX_SEQ, TRAILER_LEN};
+use crate::range_del::{self, FragmentedTombstones, RangeTombstone};
 
 /// An open, immutable table file. Index and filter stay in memory; data blocks
 /// are read on demand (through the block cache when one is given).
@@ -33,6 +34,8 @@ pub struct Table {
     cache: Option<Arc<BlockCache>>,
     /// For an ingested table: the sequence number every entry reads as.
     global_seq: Option<u64>,
+    /// The range-deletion block, fragmented; `None` when the table has none.
+    range_dels: Option<Arc<FragmentedTombstones>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -138,6 +141,7 @@ impl Table {
         let props = TableProperties::decode(&pc, file_size).ok_or_else(|| {
             Error::corruption(p, footer.props.offset, "malformed properties block")
         })?;
+        let range_dels = read_range_dels(&region, meta_start, &props, p, footer.props.offset)?;
         drop(region);
         Ok(Arc::new(Table {
             file,
@@ -153,18 +157,26 @@ impl Table {
                 Some(g) => TableProperties {
                     smallest: with_seq(&props.smallest, g),
                     largest: with_seq(&props.largest, g),
+                    max_seq: g,
                     ..props
                 },
                 None => props,
             },
             cache,
             global_seq,
+            range_dels,
         }))
     }
 
     /// The sequence number every entry reads as, for an ingested table.
     pub fn global_seq(&self) -> Option<u64> {
         self.global_seq
+    }
+
+    /// The table's range tombstones, fragmented; `None` (no cost) when it has none.
+    #[inline]
+    pub fn range_tombstones(&self) -> Option<&Arc<FragmentedTombstones>> {
+        self.range_dels.as_ref()
     }
 
     /// The table's properties.
@@ -182,9 +194,14 @@ impl Table {
         &self.path
     }
 
-    /// Bytes of index and filter held in memory.
+    /// Bytes of index, filter and range tombstones held in memory.
     pub fn memory_usage(&self) -> usize {
-        self.index.charge() + self.filter.as_ref().map_or(0, |f| f.memory())
+        self.index.charge()
+            + self.filter.as_ref().map_or(0, |f| f.memory())
+            + self
+                .range_dels
+                .as_ref()
+                .map_or(0, |r| r.approximate_bytes())
     }
 
     /// False when the bloom filter proves `logical_key` (namespace + user key) absent.
@@ -213,10 +230,37 @@ impl Table {
         self.get_unfiltered(lookup, fill_cache)
     }
 
+    /// Like [`Table::get`], skipping entries with a sequence number below `min_seq`.
+    ///
+    /// Point reads under a range tombstone of sequence `t` pass `t + 1`: the
+    /// first entry at or after `lookup` with a sequence number in
+    /// `min_seq..=read seq` (the read sequence is `lookup`'s).
+    pub fn get_from(
+        &self,
+        lookup: &[u8],
+        min_seq: u64,
+        fill_cache: bool,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if lookup.len() < TRAILER_LEN || !self.may_contain(logical_key(lookup)) {
+            return Ok(None);
+        }
+        self.get_unfiltered_from(lookup, min_seq, fill_cache)
+    }
+
     /// [`Table::get`] with the bloom check done by the caller via [`Table::may_contain_hash`].
     pub fn get_unfiltered(
         &self,
         lookup: &[u8],
+        fill_cache: bool,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.get_unfiltered_from(lookup, 0, fill_cache)
+    }
+
+    /// [`Table::get_from`] without the bloom check.
+    pub fn get_unfiltered_from(
+        &self,
+        lookup: &[u8],
+        min_seq: u64,
         fill_cache: bool,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if lookup.len() < TRAILER_LEN {
@@ -233,7 +277,7 @@ impl Table {
             return Ok(None);
         }
         let h = self.decode_handle(icur.value(&self.index))?;
-        key = match self.search_block(h, lookup, logical, key, fill_cache)? {
+        key = match self.search_block(h, lookup, logical, key, min_seq, fill_cache)? {
             Probe::Found(k, v) => return Ok(Some((k, v))),
             Probe::Absent => return Ok(None),
             Probe::PastEnd(k) => k,
@@ -250,7 +294,7 @@ impl Table {
                 return Ok(None);
             }
             let h = self.decode_handle(icur.value(&self.index))?;
-            key = match self.search_block(h, lookup, logical, key, fill_cache)? {
+            key = match self.search_block(h, lookup, logical, key, min_seq, fill_cache)? {
                 Probe::Found(k, v) => return Ok(Some((k, v))),
                 Probe::Absent => return Ok(None),
                 Probe::PastEnd(k) => k,
@@ -266,6 +310,7 @@ impl Table {
         lookup: &[u8],
         logical: &[u8],
         mut key: Vec<u8>,
+        min_seq: u64,
         fill_cache: bool,
     ) -> Result<Probe> {
         let block = self.read_block(h, fill_cache)?;
@@ -279,7 +324,8 @@ impl Table {
             ));
         }
         let read_seq = parse_trailer(lookup).0;
-        // Entries of lower versions written after the reader's sequence may sort first: step past them.
+        // Entries of lower versions written after the reader's sequence may sort first: step
+        // past them (and past entries below `min_seq`, which a range tombstone hides).
         loop {
             if c.corrupt {
                 return Err(Error::corruption(
@@ -295,14 +341,15 @@ impl Table {
                 return Ok(Probe::Absent);
             }
             if let Some(g) = self.global_seq {
-                if g > read_seq {
+                if g > read_seq || g < min_seq {
                     // Every entry of an ingested table has this sequence: none is visible.
                     return Ok(Probe::Absent);
                 }
                 let v = c.value(&block).to_vec();
                 return Ok(Probe::Found(with_seq(&key, g), v));
             }
-            if parse_trailer(&key).0 <= read_seq {
+            let seq = parse_trailer(&key).0;
+            if seq <= read_seq && seq >= min_seq {
                 let v = c.value(&block).to_vec();
                 return Ok(Probe::Found(key, v));
             }
@@ -355,6 +402,13 @@ impl Table {
             let e = s + h.size as usize + super::BLOCK_TRAILER_LEN;
             decode_block_contents(region[s..e].to_vec(), p, h.offset)?;
         }
+        read_range_dels(
+            &region,
+            self.data_end,
+            &self.props,
+            p,
+            self.props_handle.offset,
+        )?;
         drop(region);
 
         let mut ikey = Vec::new();
@@ -481,6 +535,96 @@ impl Table {
         Block::new(contents)
             .ok_or_else(|| Error::corruption(p, h.offset, "malformed block restart array"))
     }
+}
+
+/// Reads, verifies and fragments the range-deletion block named by `props`, if any.
+///
+/// `region` holds the file from `meta_start` to the footer; the block must lie
+/// inside it. Besides the block's own checks (`range_del::decode_block`), every
+/// tombstone must carry the engine's version, a sequence number within the
+/// table's `max_seq`, and lie inside the table's key range; the count must
+/// match the properties. Failures are corruption at the block (or, for a bad
+/// handle, at the properties block `props_offset`).
+fn read_range_dels(
+    region: &[u8],
+    meta_start: u64,
+    props: &TableProperties,
+    p: &Path,
+    props_offset: u64,
+) -> Result<Option<Arc<FragmentedTombstones>>> {
+    let h = props.range_del;
+    if h.size == 0 {
+        if h.offset != 0 || props.num_range_deletions != 0 {
+            return Err(Error::corruption(
+                p,
+                props_offset,
+                "range-deletion properties without a range-deletion block",
+            ));
+        }
+        return Ok(None);
+    }
+    let footer_off = meta_start + region.len() as u64;
+    let in_region = h.offset >= meta_start && h.end().is_some_and(|end| end <= footer_off);
+    if !in_region {
+        return Err(Error::corruption(
+            p,
+            props_offset,
+            format!(
+                "range-deletion block handle (offset {}, size {}) outside the meta blocks",
+                h.offset, h.size
+            ),
+        ));
+    }
+    let s = (h.offset - meta_start) as usize;
+    let e = s + h.size as usize + super::BLOCK_TRAILER_LEN;
+    let contents = decode_block_contents(region[s..e].to_vec(), p, h.offset)?;
+    let tombstones = range_del::decode_block(&contents, p, h.offset)?;
+    let bad = |msg: String| Error::corruption(p, h.offset, format!("range-deletion block: {msg}"));
+    if tombstones.len() as u64 != props.num_range_deletions {
+        return Err(bad(format!(
+            "{} tombstones, the properties say {}",
+            tombstones.len(),
+            props.num_range_deletions
+        )));
+    }
+    for (i, t) in tombstones.iter().enumerate() {
+        check_tombstone(t, props).map_err(|m| bad(format!("tombstone {i}: {m}")))?;
+    }
+    let refs: Vec<&RangeTombstone> = tombstones.iter().collect();
+    Ok(Some(Arc::new(FragmentedTombstones::from_valid(refs))))
+}
+
+/// [`read_range_dels`] over an empty meta region (unit tests of the property checks).
+#[cfg(test)]
+pub(crate) fn read_range_dels_for_test(
+    props: &TableProperties,
+) -> Result<Option<Arc<FragmentedTombstones>>> {
+    read_range_dels(&[], 0, props, Path::new("t.sst"), 0)
+}
+
+/// Checks one decoded tombstone against the engine's stamp convention and the table's bounds.
+fn check_tombstone(t: &RangeTombstone, props: &TableProperties) -> std::result::Result<(), String> {
+    if t.version != range_del::ENGINE_VERSION {
+        return Err(format!(
+            "version {} (the engine writes {})",
+            t.version,
+            range_del::ENGINE_VERSION
+        ));
+    }
+    if t.seq > MAX_SEQ || t.seq > props.max_seq {
+        return Err(format!(
+            "sequence {} above the table's max_seq {}",
+            t.seq, props.max_seq
+        ));
+    }
+    let inside = props.smallest.len() >= TRAILER_LEN
+        && props.largest.len() >= TRAILER_LEN
+        && compare_internal(&props.smallest, &range_del::smallest_bound(&t.start)).is_le()
+        && compare_internal(&range_del::largest_bound(&t.end), &props.largest).is_le();
+    if !inside {
+        return Err("outside the table's key range".into());
+    }
+    Ok(())
 }
 
 /// Outcome of searching one data block.
