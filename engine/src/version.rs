@@ -9,6 +9,8 @@ use crate::codec::{put_bytes, put_varint, Reader};
 use crate::fs::FileSystem;
 use crate::key::{compare_internal, logical_key};
 use crate::sst::Table;
+use crate::vlog::segment::{RECORD_HEADER_LEN, SEGMENT_FOOTER_LEN, SEGMENT_HEADER_LEN};
+use crate::vlog::SegmentMeta;
 
 /// Persistent description of one SST file, as recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +195,14 @@ pub struct VersionEdit {
     pub applied: Vec<(u64, u64)>,
     /// Manifest format version (present in the first edit of each manifest).
     pub format_version: Option<u64>,
+    /// Value-log segments that become live with this edit.
+    pub segments_added: Vec<SegmentMeta>,
+    /// Value-log segments that stop being live (collected by GC).
+    pub segments_deleted: Vec<u64>,
+    /// Garbage found in live segments: (segment, record bytes) added to its discard count.
+    pub discards: Vec<(u64, u64)>,
+    /// The GC safe point a value-log GC relied on; the safe point never restarts below it.
+    pub gc_safe_point: Option<u64>,
 }
 
 const TAG_NEXT_FILE: u64 = 1;
@@ -203,6 +213,10 @@ const TAG_DELETE_FILE: u64 = 5;
 const TAG_APPLIED: u64 = 6;
 const TAG_OPAQUE_FLOOR: u64 = 7;
 const TAG_FORMAT: u64 = 8;
+const TAG_ADD_SEGMENT: u64 = 9;
+const TAG_DELETE_SEGMENT: u64 = 10;
+const TAG_DISCARD: u64 = 11;
+const TAG_GC_SAFE_POINT: u64 = 12;
 
 /// The manifest format this build writes and the highest it reads.
 pub const MANIFEST_FORMAT: u64 = 2;
@@ -220,6 +234,7 @@ impl VersionEdit {
             (TAG_LAST_SEQ, self.last_seq),
             (TAG_LOG_FLOOR, self.log_floor),
             (TAG_OPAQUE_FLOOR, self.opaque_floor),
+            (TAG_GC_SAFE_POINT, self.gc_safe_point),
         ] {
             if let Some(v) = v {
                 put_varint(&mut out, tag);
@@ -245,7 +260,65 @@ impl VersionEdit {
             put_varint(&mut out, *region);
             put_varint(&mut out, *index);
         }
+        self.encode_value_log(&mut out);
         out
+    }
+
+    /// Appends the value-log tags (segments deleted, added, then discards).
+    fn encode_value_log(&self, out: &mut Vec<u8>) {
+        for id in &self.segments_deleted {
+            put_varint(out, TAG_DELETE_SEGMENT);
+            put_varint(out, *id);
+        }
+        for m in &self.segments_added {
+            put_varint(out, TAG_ADD_SEGMENT);
+            put_varint(out, m.id);
+            put_varint(out, m.file_bytes);
+            put_varint(out, m.records);
+            put_varint(out, m.record_bytes);
+        }
+        for (id, bytes) in &self.discards {
+            put_varint(out, TAG_DISCARD);
+            put_varint(out, *id);
+            put_varint(out, *bytes);
+        }
+    }
+
+    /// Decodes the fields of value-log tag `tag`; `Ok(false)` when `tag` is not one of them.
+    fn decode_value_log(&mut self, tag: u64, r: &mut Reader) -> Result<bool, String> {
+        let trunc = || "truncated edit".to_string();
+        match tag {
+            TAG_GC_SAFE_POINT => self.gc_safe_point = Some(r.varint().ok_or_else(trunc)?),
+            TAG_DELETE_SEGMENT => self.segments_deleted.push(r.varint().ok_or_else(trunc)?),
+            TAG_ADD_SEGMENT => {
+                let id = r.varint().ok_or_else(trunc)?;
+                let file_bytes = r.varint().ok_or_else(trunc)?;
+                let records = r.varint().ok_or_else(trunc)?;
+                let record_bytes = r.varint().ok_or_else(trunc)?;
+                let frame = (SEGMENT_HEADER_LEN + SEGMENT_FOOTER_LEN) as u64;
+                if record_bytes.checked_add(frame) != Some(file_bytes)
+                    || records.saturating_mul(RECORD_HEADER_LEN as u64) > record_bytes
+                {
+                    return Err(format!(
+                        "segment {id}: {records} records of {record_bytes} bytes do not fit a \
+                         file of {file_bytes} bytes"
+                    ));
+                }
+                self.segments_added.push(SegmentMeta {
+                    id,
+                    file_bytes,
+                    records,
+                    record_bytes,
+                });
+            }
+            TAG_DISCARD => {
+                let id = r.varint().ok_or_else(trunc)?;
+                let bytes = r.varint().ok_or_else(trunc)?;
+                self.discards.push((id, bytes));
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Parses an edit; `Err` carries what was wrong.
@@ -294,7 +367,11 @@ impl VersionEdit {
                     let index = r.varint().ok_or_else(trunc)?;
                     e.applied.push((region, index));
                 }
-                t => return Err(format!("unknown edit tag {t}")),
+                t => {
+                    if !e.decode_value_log(t, &mut r)? {
+                        return Err(format!("unknown edit tag {t}"));
+                    }
+                }
             }
         }
         Ok(e)
@@ -318,11 +395,21 @@ mod tests {
             nf in proptest::option::of(any::<u64>()), ls in proptest::option::of(any::<u64>()),
             lf in proptest::option::of(any::<u64>()), of in proptest::option::of(any::<u64>()),
             applied in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            segs in proptest::collection::vec((any::<u64>(), 0u64..1 << 40, 0u64..1000), 0..4),
+            seg_del in proptest::collection::vec(any::<u64>(), 0..3),
+            discards in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            gsp in proptest::option::of(any::<u64>()),
         ) {
             let e = VersionEdit {
                 added: added.into_iter().map(|(l, n, s, c, a, b)| (l, FileDesc { number: n, size: s, entries: c, smallest: a, largest: b })).collect(),
                 deleted, next_file_number: nf, last_seq: ls, log_floor: lf, opaque_floor: of, applied,
                 format_version: Some(MANIFEST_FORMAT),
+                segments_added: segs.into_iter().map(|(id, rb, n)| SegmentMeta {
+                    id, file_bytes: rb + 52, records: n.min(rb / 12), record_bytes: rb,
+                }).collect(),
+                segments_deleted: seg_del,
+                discards,
+                gc_safe_point: gsp,
             };
             prop_assert_eq!(VersionEdit::decode(&e.encode()), Ok(e));
         }
