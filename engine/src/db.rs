@@ -1,5 +1,7 @@
 //! The database handle: open/recovery, the group-commit write path, reads, and background work.
 
+mod vlog_gc;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use crate::filename::{self, FileKind};
 use crate::fs::{DirLock, FileSystem, OpenMode, StdFs, UringFs};
 use crate::iter::InternalIterator;
 use crate::key::{
-    expiry_of, lookup_key, resolve, KeySpace, Kind, Resolved, MAX_VERSION, PREFIX_LEN,
+    expiry_of, has_expiry, lookup_key, resolve, KeySpace, Kind, Resolved, MAX_VERSION, PREFIX_LEN,
 };
 use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
@@ -28,7 +30,9 @@ use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::Table;
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
+use crate::vlog::{ReaderCache, SegmentMeta, SegmentSet, ValueFetcher};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
+use vlog_gc::VlogState;
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
@@ -71,6 +75,8 @@ struct SuperVersion {
     /// Frozen memtables, newest first.
     imms: Vec<Arc<Memtable>>,
     version: Arc<Version>,
+    /// The live value-log segments (kept alive while this super version is in use).
+    vlog: Arc<SegmentSet>,
 }
 
 /// A frozen memtable waiting for flush.
@@ -113,6 +119,8 @@ struct State {
     /// Number of background failures so far (lets a waiter see only new ones).
     bg_errors: u64,
     shutting_down: bool,
+    /// Live value-log segments and the GC's coordination with compaction.
+    vlog: VlogState,
 }
 
 /// One caller's write waiting in the group-commit queue.
@@ -150,6 +158,10 @@ struct Inner {
     closed: AtomicBool,
     counters: Counters,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Open value-log segment readers, shared by every read.
+    readers: Arc<ReaderCache>,
+    /// Held while a value-log GC runs: one at a time.
+    vlog_gc: Mutex<()>,
 }
 
 fn validate_options(o: &Options) -> Result<()> {
@@ -185,6 +197,29 @@ fn validate_options(o: &Options) -> Result<()> {
     }
     if o.block_bytes < 256 || o.block_restart_interval == 0 {
         return bad("block_bytes must be >= 256 and block_restart_interval >= 1".into());
+    }
+    validate_vlog_options(o)
+}
+
+fn validate_vlog_options(o: &Options) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if o.vlog_segment_bytes < 4096 || o.vlog_segment_bytes > 4 << 30 {
+        return bad(format!(
+            "vlog_segment_bytes must be in 4 KiB..=4 GiB, got {}",
+            o.vlog_segment_bytes
+        ));
+    }
+    let r = o.vlog_gc_min_discard_ratio;
+    if !(r > 0.0 && r <= 1.0) {
+        return bad(format!(
+            "vlog_gc_min_discard_ratio must be in (0, 1], got {r}"
+        ));
+    }
+    if o.vlog_gc_bytes_per_round < 4096 {
+        return bad(format!(
+            "vlog_gc_bytes_per_round must be at least 4 KiB, got {}",
+            o.vlog_gc_bytes_per_round
+        ));
     }
     Ok(())
 }
@@ -353,12 +388,21 @@ impl Db {
         inner.check_open()?;
         let (ts, seq) = inner.read_point(ro)?;
         let logical = space.logical(key);
+        // Pinned before the lookup: the segments of any pointer it finds stay readable.
+        let pinned = inner.value_fetcher();
         let Some(found) = inner.find(&logical, ts, seq, !ro.skip_cache_fill)? else {
             return Ok(None);
         };
         let now_ms = inner.opts.clock.now_ms();
         Ok(match resolve(found.kind, &found.value, now_ms) {
             Resolved::Gone => None,
+            Resolved::Pointer(p) => Some(Entry {
+                value: inner.fetch_value(&pinned, p)?,
+                version: found.version,
+                expiry_unix_ms: has_expiry(found.kind)
+                    .then(|| expiry_of(&found.value))
+                    .flatten(),
+            }),
             Resolved::Value(v) => {
                 let skip = found.value.len() - v.len();
                 let expiry_unix_ms =
@@ -405,8 +449,9 @@ impl Db {
 
     /// Raises the GC safe point to `ts` (never lowers it): compaction may then drop every
     /// version older than the newest one at or below `ts`, and reads below `ts` are refused.
-    /// Only meaningful with `Options::retain_versions`; the value is not persisted (it
-    /// starts at 0 on every open, which reclaims nothing until the owner sets it again).
+    /// Only meaningful with `Options::retain_versions`. The value is not persisted, except
+    /// that a value-log GC records the safe point it relied on: on open the safe point
+    /// starts there (or at 0, which reclaims nothing until the owner sets it again).
     pub fn set_gc_safe_point(&self, ts: u64) {
         self.inner().gc_safe_point.fetch_max(ts, Ordering::AcqRel);
     }
@@ -453,7 +498,8 @@ impl Db {
             ts,
             guard,
             inner.opts.clock.now_ms(),
-        ))
+        )
+        .with_value_log(ValueFetcher::new(sv.vlog.clone(), inner.readers.clone())))
     }
 
     /// Freezes the active memtable and waits until every frozen memtable is in an SST file.
@@ -518,6 +564,16 @@ impl Db {
         self.wait_for_compaction()
     }
 
+    /// Collects the value-log segment with the most garbage if its discard ratio reaches
+    /// `Options::vlog_gc_min_discard_ratio` (the background GC does this on its own).
+    /// Returns whether a segment was collected; a segment whose values cannot be moved
+    /// yet (see `docs/architecture.md`, "Value log") is left for later.
+    pub fn run_value_log_gc(&self) -> Result<bool> {
+        let inner = self.inner();
+        inner.check_writable()?;
+        inner.run_vlog_gc()
+    }
+
     /// A snapshot of the engine's statistics.
     pub fn stats(&self) -> Stats {
         self.inner().stats()
@@ -577,11 +633,20 @@ fn recover(
         }
     }
     let version = version.apply(&VersionEdit::default(), &[]);
+    let readers = Arc::new(ReaderCache::new(
+        fs.clone(),
+        &dir,
+        crate::vlog::live::DEFAULT_OPEN_READERS,
+    ));
+    // Every live segment must be there and whole; a missing or damaged one fails the open.
+    vlog_gc::check_segments(&fs, &dir, &state)?;
     let names = fs.list_dir(&dir).ctx("list", &dir)?;
     let max_number = names
         .iter()
         .filter_map(|n| match filename::parse(n) {
-            Some(FileKind::Table(x)) | Some(FileKind::Manifest(x)) => Some(x),
+            Some(FileKind::Table(x))
+            | Some(FileKind::Manifest(x))
+            | Some(FileKind::ValueLog(x)) => Some(x),
             _ => None,
         })
         .max()
@@ -646,11 +711,13 @@ fn recover(
         let safe_point = if opts.retain_versions { 0 } else { MAX_VERSION };
         let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false);
         while job.step(STEP_ENTRIES)? == Step::More {}
-        for o in job.finish()? {
+        let out = job.finish_all()?;
+        for o in out.tables {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
             edit.added.push((0, o.desc));
             opened.push(meta);
         }
+        edit.segments_added = out.segments;
     }
     let manifest_number = next_file_number.fetch_add(1, Ordering::SeqCst);
     edit.next_file_number = Some(next_file_number.load(Ordering::SeqCst));
@@ -689,6 +756,7 @@ fn recover(
     for name in &names {
         let remove = match filename::parse(name) {
             Some(FileKind::Table(n)) => !live_numbers.contains(&n),
+            Some(FileKind::ValueLog(n)) => !state.segments.contains_key(&n),
             Some(FileKind::Temp) => true,
             _ => false,
         };
@@ -698,12 +766,15 @@ fn recover(
         }
     }
     drop(metas);
+    let vlog = VlogState::new(&state, &dir, &fs, &readers);
+    let gc_safe_point_floor = state.gc_safe_point;
     let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
     let version = Arc::new(version);
     let sv = Arc::new(SuperVersion {
         mem: mem.clone(),
         imms: Vec::new(),
         version: version.clone(),
+        vlog: vlog.segments.clone(),
     });
     let state = State {
         version,
@@ -719,6 +790,7 @@ fn recover(
         bg_error: None,
         bg_errors: 0,
         shutting_down: false,
+        vlog,
     };
     Ok(Inner {
         dir,
@@ -727,7 +799,8 @@ fn recover(
         cache,
         snapshots: Arc::new(SnapshotList::default()),
         last_seq: AtomicU64::new(last_seq),
-        gc_safe_point: AtomicU64::new(0),
+        // A value-log GC relied on the safe point it recorded: reads never go below it again.
+        gc_safe_point: AtomicU64::new(gc_safe_point_floor),
         next_file_number,
         pending: Mutex::new(VecDeque::new()),
         write: Mutex::new(WriteState {
@@ -746,6 +819,8 @@ fn recover(
         closed: AtomicBool::new(false),
         counters: Counters::default(),
         threads: Mutex::new(Vec::new()),
+        readers,
+        vlog_gc: Mutex::new(()),
         opts,
     })
 }
@@ -1090,6 +1165,7 @@ impl Inner {
             mem: st.mem.clone(),
             imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
             version: st.version.clone(),
+            vlog: st.vlog.segments.clone(),
         });
         *self.sv.write() = sv;
     }
@@ -1102,6 +1178,7 @@ impl Inner {
         opened: &[Arc<FileMeta>],
     ) -> Result<()> {
         edit.next_file_number = Some(self.next_file_number.load(Ordering::SeqCst));
+        self.prepare_vlog_edit(st, &mut edit);
         if let Err(e) = st.manifest.append(&edit) {
             // Nothing changed in memory: the caller still owns the edit's inputs.
             self.poison(&e);
@@ -1111,6 +1188,7 @@ impl Inner {
         if let Err(m) = st.manifest_state.apply(&edit) {
             panic!("an edit built from the current state does not apply to it: {m}");
         }
+        self.apply_vlog_edit(st, &edit);
         st.version = Arc::new(st.version.apply(&edit, opened));
         if let Some(v) = edit.log_floor {
             st.log_floor = v;
@@ -1229,6 +1307,15 @@ impl Inner {
                     .map_err(spawn_err)?,
             );
         }
+        if self.opts.value_log_enabled() || !self.state.lock().vlog.segments.is_empty() {
+            let me = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("nokv-vlog-gc".into())
+                    .spawn(move || me.guarded("value-log GC", Inner::vlog_gc_loop))
+                    .map_err(spawn_err)?,
+            );
+        }
         Ok(())
     }
 
@@ -1268,13 +1355,15 @@ impl Inner {
             st = self.state.lock();
             st.flushing = false;
             match res {
-                Ok(outputs) => {
+                Ok((outputs, segments)) => {
                     let bytes: u64 = outputs.iter().map(|m| m.desc.size).sum();
                     let edit = VersionEdit {
                         added: outputs.iter().map(|m| (0, m.desc.clone())).collect(),
                         log_floor: Some(next_gen),
                         last_seq: Some(last_seq),
                         applied: applied.into_iter().collect(),
+                        // The segments become live with the table that points into them.
+                        segments_added: segments,
                         ..Default::default()
                     };
                     let front_matches = st.imms.front().is_some_and(|i| i.ordinal == ordinal);
@@ -1324,9 +1413,9 @@ impl Inner {
         self.state_cv.notify_all();
     }
 
-    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<Vec<Arc<FileMeta>>> {
+    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<(Vec<Arc<FileMeta>>, Vec<SegmentMeta>)> {
         if mem.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -1344,11 +1433,14 @@ impl Inner {
             false,
         );
         self.drive(&mut job)?;
-        Ok(job
-            .finish()?
+        let out = job.finish_all()?;
+        self.note_separated(out.separated);
+        let tables = out
+            .tables
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
-            .collect())
+            .collect();
+        Ok((tables, out.segments))
     }
 
     /// Runs a job's steps until done, abandoning it if the database shuts down.
@@ -1380,6 +1472,8 @@ impl Inner {
             } else {
                 compaction::pick(&st.version, &self.opts)
             };
+            // A value-log GC commit waits for L0 to be still (see `vlog_gc`).
+            let plan = plan.filter(|p| p.level != 0 || !st.vlog.hold_l0);
             let Some(plan) = plan else {
                 self.state_cv.wait_for(&mut st, Duration::from_millis(200));
                 continue;
@@ -1494,8 +1588,12 @@ impl Inner {
         )
         .with_boundaries(boundaries);
         self.drive(&mut job)?;
-        let outputs: Vec<Arc<FileMeta>> = job
-            .finish()?
+        let out = job.finish_all()?;
+        self.note_separated(out.separated);
+        edit.segments_added = out.segments;
+        edit.discards = out.discards.into_iter().collect();
+        let outputs: Vec<Arc<FileMeta>> = out
+            .tables
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
             .collect();
@@ -1529,7 +1627,7 @@ impl Inner {
         let wal_segments = self.write.try_lock().map_or(0, |ws| ws.wal.live_segments());
         let user_bytes = ld(&c.user_bytes);
         let sst_written = ld(&c.flush_bytes) + ld(&c.compaction_bytes_written);
-        Stats {
+        let mut stats = Stats {
             user_bytes,
             user_writes: ld(&c.user_writes),
             wal_bytes: ld(&c.wal_bytes),
@@ -1561,7 +1659,10 @@ impl Inner {
             immutable_memtables,
             wal_segments,
             last_sequence: self.last_seq.load(Ordering::Acquire),
-        }
+            ..Default::default()
+        };
+        self.fill_vlog_stats(&mut stats);
+        stats
     }
 
     /// Syncs the WAL, stops and joins background threads, releases the lock. Idempotent.

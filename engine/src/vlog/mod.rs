@@ -22,8 +22,10 @@
 
 pub mod discard;
 pub mod gc;
+pub mod live;
 pub mod pointer;
 pub mod segment;
+pub mod separate;
 
 #[cfg(test)]
 mod tests;
@@ -32,10 +34,12 @@ use std::path::Path;
 
 pub use discard::{DiscardStats, SegmentUsage};
 pub use gc::{GcJob, GcOutcome, GcStep, Relocation};
+pub use live::{LiveSegment, ReaderCache, SegmentSet, ValueFetcher};
 pub use pointer::{PointerError, ValuePointer};
 pub use segment::{
     Record, RecordRef, SegmentIter, SegmentMeta, SegmentReader, SegmentWriter, SegmentWriterOptions,
 };
+pub use separate::{SeparatorSettings, Thresholds, ValueSeparator};
 
 use crate::error::{IoContext, Result};
 use crate::filename::{self, FileKind};
