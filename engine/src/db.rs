@@ -564,14 +564,20 @@ impl Db {
         self.wait_for_compaction()
     }
 
-    /// Collects the value-log segment with the most garbage if its discard ratio reaches
-    /// `Options::vlog_gc_min_discard_ratio` (the background GC does this on its own).
-    /// Returns whether a segment was collected; a segment whose values cannot be moved
-    /// yet (see `docs/architecture.md`, "Value log") is left for later.
-    pub fn run_value_log_gc(&self) -> Result<bool> {
+    /// Collects the value-log segment with the most garbage if its discard ratio is at least
+    /// `min_discard_ratio` (in (0, 1]; the background GC uses
+    /// `Options::vlog_gc_min_discard_ratio` on its own). Returns whether a segment was
+    /// collected; a segment whose values cannot be moved yet (see `docs/architecture.md`,
+    /// "Value log") is left for later.
+    pub fn run_value_log_gc(&self, min_discard_ratio: f64) -> Result<bool> {
         let inner = self.inner();
         inner.check_writable()?;
-        inner.run_vlog_gc()
+        if !(min_discard_ratio > 0.0 && min_discard_ratio <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "min_discard_ratio must be in (0, 1], got {min_discard_ratio}"
+            )));
+        }
+        inner.run_vlog_gc(min_discard_ratio)
     }
 
     /// A snapshot of the engine's statistics.

@@ -419,4 +419,96 @@ mod tests {
             let _ = VersionEdit::decode(&buf);
         }
     }
+
+    fn seg(id: u64, record_bytes: u64) -> SegmentMeta {
+        SegmentMeta {
+            id,
+            file_bytes: record_bytes + 52,
+            records: record_bytes / 100,
+            record_bytes,
+        }
+    }
+
+    #[test]
+    fn segment_tags_are_checked_strictly() {
+        let mut e = VersionEdit {
+            segments_added: vec![seg(7, 1000)],
+            ..Default::default()
+        };
+        assert!(VersionEdit::decode(&e.encode()).is_ok());
+        e.segments_added[0].file_bytes += 1;
+        let err = VersionEdit::decode(&e.encode()).unwrap_err();
+        assert!(err.contains("segment 7"), "{err}");
+        e.segments_added[0] = SegmentMeta {
+            records: 1000,
+            ..seg(7, 1000)
+        };
+        assert!(
+            VersionEdit::decode(&e.encode()).is_err(),
+            "too many records"
+        );
+        let mut enc = VersionEdit {
+            discards: vec![(7, 5)],
+            ..Default::default()
+        }
+        .encode();
+        enc.pop();
+        assert!(VersionEdit::decode(&enc).is_err(), "truncated discard");
+    }
+
+    #[test]
+    fn manifest_state_tracks_segments_and_refuses_inconsistent_edits() {
+        use crate::manifest::ManifestState;
+        let mut st = ManifestState::new(7);
+        let add = VersionEdit {
+            segments_added: vec![seg(3, 1000), seg(4, 500)],
+            discards: vec![(3, 200)],
+            gc_safe_point: Some(9),
+            ..Default::default()
+        };
+        st.apply(&add).unwrap();
+        st.apply(&VersionEdit {
+            discards: vec![(3, 5000)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            st.discard.usage(3).unwrap().discarded,
+            1000,
+            "capped at the total"
+        );
+        for bad in [
+            VersionEdit {
+                segments_added: vec![seg(4, 10)],
+                ..Default::default()
+            },
+            VersionEdit {
+                segments_deleted: vec![5],
+                ..Default::default()
+            },
+            VersionEdit {
+                discards: vec![(5, 1)],
+                ..Default::default()
+            },
+        ] {
+            assert!(st.clone().apply(&bad).is_err(), "{bad:?}");
+        }
+        // The snapshot edit recreates segments, discards and the safe point.
+        let mut again = ManifestState::new(7);
+        again.apply(&st.snapshot_edit()).unwrap();
+        assert_eq!(again.segments, st.segments);
+        assert_eq!(again.discard, st.discard);
+        assert_eq!(again.gc_safe_point, 9);
+        // GC swaps segments in one edit: delete the old, add the new with its garbage.
+        st.apply(&VersionEdit {
+            segments_deleted: vec![3],
+            segments_added: vec![seg(8, 300)],
+            discards: vec![(8, 100)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!st.segments.contains_key(&3));
+        assert_eq!(st.discard.usage(3), None);
+        assert_eq!(st.discard.usage(8).unwrap().discarded, 100);
+    }
 }

@@ -394,12 +394,12 @@ impl Inner {
         }
     }
 
-    /// Collects the live segment with the most garbage if its ratio reaches the minimum.
+    /// Collects the live segment with the most garbage if its ratio reaches `min_ratio`.
     /// Returns whether a segment was collected.
-    pub(super) fn run_vlog_gc(&self) -> Result<bool> {
+    pub(super) fn run_vlog_gc(&self, min_ratio: f64) -> Result<bool> {
         let id = {
             let st = self.state.lock();
-            pick_candidate(&st, self.opts.vlog_gc_min_discard_ratio, &HashMap::new())
+            pick_candidate(&st, min_ratio, &HashMap::new())
         };
         match id {
             Some(id) => Ok(self.collect_segment(id)? == GcResult::Collected),
