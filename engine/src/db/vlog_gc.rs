@@ -509,6 +509,12 @@ impl Inner {
                 return Err(e);
             }
         };
+        if self.opts.unsafe_vlog_delete_before_commit {
+            // Negative control for crash tests: the old segment goes (durably) before the
+            // edit that re-points its values.
+            remove_quietly(&*self.fs, &filename::vlog(&self.dir, id));
+            self.fs.sync_dir(&self.dir).ctx("fsync dir", &self.dir)?;
+        }
         let res = self.commit_gc(&seg, outcome.new_segment, moved, safe_point_used);
         if !matches!(res, Ok(GcResult::Collected)) && outcome.new_segment.is_some() {
             // Not committed: the copy is an orphan.
@@ -605,10 +611,6 @@ impl Inner {
             // Entries that hide a record may still be only in the WAL (relaxed writes): make
             // them durable before the record's segment can go.
             self.sync_wal()?;
-            if self.opts.unsafe_vlog_delete_before_commit {
-                // Negative control for crash tests: the old segment goes before the edit.
-                remove_quietly(&*self.fs, &filename::vlog(&self.dir, old_id));
-            }
             let mut st = self.state.lock();
             if st.vlog.watch.as_ref().is_some_and(|w| !w.is_empty()) {
                 continue;
