@@ -1,6 +1,7 @@
 //! MVCC model test: explicit versions written out of order across keys and column
 //! families, reads at any timestamp at or above an advancing GC safe point, snapshots,
-//! flushes, compactions and reopens, against a model that keeps every version.
+//! flushes, compactions, value-log GC and reopens, against a model that keeps every
+//! version. Most values are above the value-log threshold.
 
 mod common;
 
@@ -29,6 +30,8 @@ enum Op {
     TakeSnapshot,
     /// Check snapshot i at a timestamp offset.
     CheckSnapshot(u8, Option<u16>),
+    /// Run value-log GC a few times.
+    Gc,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -46,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         2 => Just(Op::TakeSnapshot),
         3 => (any::<u8>(), proptest::option::of(off)).prop_map(|(i, t)| Op::CheckSnapshot(i, t)),
+        2 => Just(Op::Gc),
     ]
 }
 
@@ -135,6 +139,10 @@ fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = nokv::Options {
         retain_versions: true,
+        value_threshold_bytes: 128,
+        vlog_segment_bytes: 8 << 10,
+        vlog_gc_min_discard_ratio: 0.2,
+        vlog_gc_bytes_per_round: 4 << 10,
         ..small_options()
     };
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
@@ -222,6 +230,13 @@ fn run(ops: Vec<Op>) {
             }
             Op::Flush => db.flush().expect("flush"),
             Op::Compact => db.compact_all().expect("compact"),
+            Op::Gc => {
+                for _ in 0..4 {
+                    if !db.run_value_log_gc(0.05).expect("value-log gc") {
+                        break;
+                    }
+                }
+            }
             Op::Reopen => {
                 snapshots.clear();
                 db.close().expect("close");
