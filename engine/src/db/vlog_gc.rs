@@ -549,6 +549,11 @@ impl Inner {
         let mut garbage = 0u64;
         let mut table: Option<(Arc<FileMeta>, Vec<Moved>)> = None;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
+            // Entries that hide a record may still be only in the WAL (relaxed writes): make
+            // every entry a liveness decision so far rested on durable before the record's
+            // segment can go. Not while holding L0 back: a writer stalled on L0 holds the WAL.
+            self.state.lock().vlog.hold_l0 = false;
+            self.sync_wal()?;
             let touched = {
                 let mut st = self.state.lock();
                 if st.shutting_down {
@@ -570,6 +575,8 @@ impl Inner {
                 st.vlog.watch.replace(Watch::default()).unwrap_or_default()
             };
             if !touched.is_empty() {
+                self.state.lock().vlog.hold_l0 = false;
+                self.state_cv.notify_all();
                 let (sp, ss) = (self.safe_point(), self.smallest_snapshot());
                 safe_point_used = safe_point_used.max(sp);
                 let mut keep = Vec::with_capacity(moved.len());
@@ -608,9 +615,6 @@ impl Inner {
                 let dir = &self.dir;
                 self.fs.sync_dir(dir).ctx("fsync dir", dir)?;
             }
-            // Entries that hide a record may still be only in the WAL (relaxed writes): make
-            // them durable before the record's segment can go.
-            self.sync_wal()?;
             let mut st = self.state.lock();
             if st.vlog.watch.as_ref().is_some_and(|w| !w.is_empty()) {
                 continue;
