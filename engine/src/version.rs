@@ -430,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn segment_tags_match_docs_format_md() {
+        let e = VersionEdit {
+            segments_deleted: vec![3],
+            segments_added: vec![SegmentMeta {
+                id: 9,
+                file_bytes: 252,
+                records: 2,
+                record_bytes: 200,
+            }],
+            discards: vec![(9, 130)],
+            gc_safe_point: Some(5),
+            ..Default::default()
+        };
+        // Tags: 12 safe point, 10 delete, 9 add (id, file, records, record bytes), 11 discard.
+        let want = [12, 5, 10, 3, 9, 9, 252, 1, 2, 200, 1, 11, 9, 130, 1];
+        assert_eq!(e.encode(), want);
+        assert_eq!(VersionEdit::decode(&want), Ok(e));
+    }
+
+    #[test]
     fn segment_tags_are_checked_strictly() {
         let mut e = VersionEdit {
             segments_added: vec![seg(7, 1000)],

@@ -14,8 +14,11 @@
 //! protocol and its crash safety).
 //!
 //! Modules: [`pointer`](mod@pointer) (the pointer and its encoding), [`segment`] (file format, writer,
-//! reader, iterator), [`discard`] (garbage accounting), [`gc`]. The byte format is in
-//! `docs/format.md`, "Value-log segments".
+//! reader, iterator), [`discard`] (garbage accounting), [`gc`], [`separate`] (moving values
+//! out of a flush or compaction), [`live`] (live segment handles, the reader cache, pointer
+//! reads). The byte format is in `docs/format.md`, "Value-log segments"; how the database
+//! drives all of it (the manifest tags, the GC commit with its L0 relocation table) is in
+//! `docs/architecture.md`, "Value log", and `db/vlog_gc.rs`.
 //!
 //! This module owns no database state: which segments are live, the discard statistics
 //! and the id allocation belong to the caller (the manifest).
