@@ -516,8 +516,11 @@ impl Inner {
             self.fs.sync_dir(&self.dir).ctx("fsync dir", &self.dir)?;
         }
         let res = self.commit_gc(&seg, outcome.new_segment, moved, safe_point_used);
-        if !matches!(res, Ok(GcResult::Collected)) && outcome.new_segment.is_some() {
-            // Not committed: the copy is an orphan.
+        let committed = matches!(res, Ok(GcResult::Collected));
+        // Not committed: the copy is an orphan. After a failed manifest write (which poisons
+        // the database) the edit may still be durable: the next open sorts the files out.
+        if !committed && outcome.new_segment.is_some() && !self.is_poisoned.load(Ordering::Acquire)
+        {
             remove_quietly(&*self.fs, &new_path);
         }
         if let Ok(GcResult::Collected) = res {
@@ -547,7 +550,9 @@ impl Inner {
         moved.sort_by(|a, b| compare_internal(&a.key, &b.key));
         let old_id = seg.meta().id;
         let mut garbage = 0u64;
-        let mut table: Option<(Arc<FileMeta>, Vec<Moved>)> = None;
+        // The relocation table built for `moved` (and how many moves it holds); deleted on
+        // every way out but the commit.
+        let mut table = PendingTable::default();
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             // Entries that hide a record may still be only in the WAL (relaxed writes): make
             // every entry a liveness decision so far rested on durable before the record's
@@ -601,17 +606,13 @@ impl Inner {
                 moved = keep;
                 continue;
             }
-            // Build the relocation table once for this set of moves.
-            let fresh = table
-                .as_ref()
-                .is_some_and(|(_, built)| built.len() == moved.len());
-            if !fresh {
-                if let Some((t, _)) = table.take() {
-                    t.mark_obsolete();
-                }
+            // Build the relocation table once for this set of moves (rechecks only drop moves).
+            if table.moves != Some(moved.len()) {
+                table.discard();
                 if !moved.is_empty() {
-                    table = Some((self.write_relocation_table(&moved)?, moved.clone()));
+                    table.table = Some(self.write_relocation_table(&moved)?);
                 }
+                table.moves = Some(moved.len());
                 let dir = &self.dir;
                 self.fs.sync_dir(dir).ctx("fsync dir", dir)?;
             }
@@ -629,16 +630,14 @@ impl Inner {
             if let Some(m) = kept_segment {
                 edit.discards.push((m.id, garbage));
             }
-            let opened: Vec<Arc<FileMeta>> = table.iter().map(|(t, _)| t.clone()).collect();
+            let opened: Vec<Arc<FileMeta>> = table.table.iter().cloned().collect();
             for t in &opened {
                 edit.added.push((0, t.desc.clone()));
             }
-            if let Err(e) = self.log_and_apply(&mut st, edit, &opened) {
-                for t in &opened {
-                    t.mark_obsolete();
-                }
-                return Err(e);
-            }
+            // On failure the database is poisoned and the edit may be durable anyway: the
+            // relocation table and the new segment stay for the next open to judge.
+            table.keep = true;
+            self.log_and_apply(&mut st, edit, &opened)?;
             drop(st);
             self.state_cv.notify_all();
             if let (Some(m), None) = (new_segment, kept_segment) {
@@ -658,9 +657,6 @@ impl Inner {
                 "value-log segment collected"
             );
             return Ok(GcResult::Collected);
-        }
-        if let Some((t, _)) = table.take() {
-            t.mark_obsolete();
         }
         Counters::add(
             &self.counters.vlog_gc_deferred,
@@ -839,6 +835,34 @@ impl Inner {
         }
         it.status()?;
         Ok(true)
+    }
+}
+
+/// A relocation table written by a GC commit attempt; deleted when dropped unless kept.
+#[derive(Default)]
+struct PendingTable {
+    table: Option<Arc<FileMeta>>,
+    /// Number of moves it was built for (`None`: not built).
+    moves: Option<usize>,
+    /// The commit took it (or may have): never delete it here.
+    keep: bool,
+}
+
+impl PendingTable {
+    /// Deletes the current table (it no longer matches the moves).
+    fn discard(&mut self) {
+        if let Some(t) = self.table.take() {
+            t.mark_obsolete();
+        }
+        self.moves = None;
+    }
+}
+
+impl Drop for PendingTable {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.discard();
+        }
     }
 }
 
