@@ -386,10 +386,12 @@ impl Db {
     ) -> Result<Option<Entry>> {
         let inner = self.inner();
         inner.check_open()?;
+        // Pinned before the read point is taken: the segments of any pointer the lookup
+        // finds stay readable (a GC that judged a value dead did so for readers at or past
+        // a sequence number published before this read's).
+        let pinned = inner.value_fetcher();
         let (ts, seq) = inner.read_point(ro)?;
         let logical = space.logical(key);
-        // Pinned before the lookup: the segments of any pointer it finds stay readable.
-        let pinned = inner.value_fetcher();
         let Some(found) = inner.find(&logical, ts, seq, !ro.skip_cache_fill)? else {
             return Ok(None);
         };
@@ -470,9 +472,11 @@ impl Db {
     pub fn iter_in(&self, space: KeySpace, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();
         inner.check_open()?;
+        // The super version before the read point: whatever compaction or value-log GC
+        // removed from it was invisible at every sequence published before this read's.
+        let sv = inner.sv.read().clone();
         let (ts, seq) = inner.read_point(&ro)?;
         let guard = inner.snapshots.acquire(seq);
-        let sv = inner.sv.read().clone();
         let fill = !ro.skip_cache_fill;
         let lo = space.prefix().to_vec();
         let hi = space.end();
