@@ -173,13 +173,24 @@ pub(super) enum GcResult {
     Gone,
 }
 
-/// What must change before a postponed segment is worth another attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a postponed segment is worth another attempt: once the safe point or the oldest
+/// snapshot moved (what hides a pinned value becomes visible to every reader), or after
+/// [`RETRY_AFTER`] (a value can also look pinned behind a delete that was being written).
+#[derive(Debug, Clone, Copy)]
 struct RetryKey {
     safe_point: u64,
     oldest_snapshot: Option<u64>,
-    compactions: u64,
+    at: Instant,
 }
+
+impl RetryKey {
+    fn same_view(&self, other: &RetryKey) -> bool {
+        (self.safe_point, self.oldest_snapshot) == (other.safe_point, other.oldest_snapshot)
+    }
+}
+
+/// Longest a postponed segment waits for another attempt when nothing else changed.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Stops watching and releases L0 when a GC attempt ends, however it ends.
 struct GcGuard<'a> {
@@ -350,7 +361,11 @@ impl Inner {
                 return;
             }
             let retry = self.retry_key();
-            postponed.retain(|id, k| *k == retry && st.vlog.segments.contains_key(id));
+            postponed.retain(|id, k| {
+                k.same_view(&retry)
+                    && k.at.elapsed() < RETRY_AFTER
+                    && st.vlog.segments.contains_key(id)
+            });
             let candidate = if self.is_poisoned.load(Ordering::Acquire) {
                 None
             } else {
@@ -390,7 +405,7 @@ impl Inner {
         RetryKey {
             safe_point: self.safe_point(),
             oldest_snapshot: self.snapshots.oldest(),
-            compactions: self.counters.compactions.load(Ordering::Relaxed),
+            at: Instant::now(),
         }
     }
 
