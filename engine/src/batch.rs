@@ -409,6 +409,8 @@ fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
         Kind::Put => r.bytes()?,
         Kind::PutWithExpiry => Some(r.bytes()?).filter(|v| v.len() >= crate::key::EXPIRY_LEN)?,
         Kind::Delete => &[][..],
+        // Value pointers exist only in tables: the WAL always holds whole values.
+        Kind::ValuePointer | Kind::ValuePointerWithExpiry => return None,
     };
     Some(BatchEntry {
         kind,

@@ -6,6 +6,7 @@
 //! level_multiplier` (the base level). A flush is a [`MergeJob`] too, with a
 //! memtable as its only input and L0 as its output.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,12 +18,16 @@ use crate::filename;
 use crate::fs::{new_queue, FileSystem, OpenMode, QueueKind};
 use crate::iter::InternalIterator;
 use crate::key::{
-    encode_trailer, logical_key, parse_trailer, parse_version, resolve, Kind, Resolved,
+    encode_trailer, has_expiry, is_pointer_kind, logical_key, parse_trailer, parse_version,
+    pointer_bytes, resolve, Kind, Resolved, TRAILER_LEN,
 };
 use crate::options::{IoBackend, Options};
 use crate::range_del::{self, Fragment, FragmentedTombstones, GcPolicy, RangeDelCursor};
 use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::version::{FileDesc, FileMeta, Version};
+use crate::vlog::{
+    SegmentMeta, SegmentWriterOptions, SeparatorSettings, Thresholds, ValuePointer, ValueSeparator,
+};
 
 /// Size targets per level and the level L0 compacts into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +359,8 @@ pub struct JobSettings {
     pub io_queue: QueueKind,
     /// Wall clock deciding which values have expired.
     pub clock: Arc<dyn Clock>,
+    /// Where large values go (`None`: every value stays in the tables).
+    pub vlog: Option<SeparatorSettings>,
 }
 
 impl JobSettings {
@@ -366,7 +373,19 @@ impl JobSettings {
         next_file_number: Arc<AtomicU64>,
         cache: Option<Arc<BlockCache>>,
     ) -> Self {
+        let vlog = Thresholds::from_options(opts).map(|thresholds| SeparatorSettings {
+            dir: dir.clone(),
+            fs: fs.clone(),
+            next_file_number: next_file_number.clone(),
+            thresholds,
+            writer: SegmentWriterOptions {
+                target_segment_bytes: opts.vlog_segment_bytes,
+                unsafe_skip_sync: opts.unsafe_vlog_skip_segment_sync,
+                ..Default::default()
+            },
+        });
         JobSettings {
+            vlog,
             dir,
             fs,
             next_file_number,
@@ -397,6 +416,18 @@ pub struct Output {
     pub table: Arc<Table>,
     /// Its path.
     pub path: PathBuf,
+}
+
+/// Everything a finished [`MergeJob`] produced.
+pub struct JobOutput {
+    /// The output tables.
+    pub tables: Vec<Output>,
+    /// Value-log segments the tables point into (finished and fdatasynced).
+    pub segments: Vec<SegmentMeta>,
+    /// Record bytes of value-log values the job dropped, per segment.
+    pub discards: BTreeMap<u64, u64>,
+    /// Values moved to the value log, and their bytes.
+    pub separated: (u64, u64),
 }
 
 /// Merges sorted input into new tables, dropping what no reader can see, one step at a time.
@@ -437,6 +468,12 @@ pub struct MergeJob {
     range_dels: Option<RangeDels>,
     /// Entries dropped because a range tombstone hides them from every reader.
     pub entries_range_deleted: u64,
+    /// Moves large values to the value log.
+    separator: Option<ValueSeparator>,
+    /// Record bytes of dropped value-log values, per segment.
+    discards: BTreeMap<u64, u64>,
+    /// Trailer of the previous entry (a copy of the same internal key is a duplicate).
+    last_trailer: [u8; TRAILER_LEN],
 }
 
 /// A job's range tombstones: what hides entries, and what is written to the outputs.
@@ -494,7 +531,6 @@ impl MergeJob {
         MergeJob {
             now_ms,
             input,
-            settings,
             smallest_snapshot,
             safe_point,
             bottommost,
@@ -514,6 +550,10 @@ impl MergeJob {
             shadow_limit: u64::MAX,
             range_dels: None,
             entries_range_deleted: 0,
+            separator: settings_vlog(&settings),
+            discards: BTreeMap::new(),
+            last_trailer: [0; TRAILER_LEN],
+            settings,
         }
     }
 
@@ -574,7 +614,7 @@ impl MergeJob {
             let version = parse_version(ikey);
             // An expired value reads as absent, exactly like a tombstone; it must not be
             // dropped above the bottom, or it would let an older version show through.
-            let expired = kind == Kind::PutWithExpiry as u8
+            let expired = has_expiry(kind)
                 && resolve(kind, self.input.value(), self.now_ms) == Resolved::Gone;
             let absent = kind == Kind::Delete as u8 || expired;
             let seen_by_all = version <= self.safe_point && seq <= self.smallest_snapshot;
@@ -586,11 +626,20 @@ impl MergeJob {
                 None => (false, u64::MAX),
             };
             let shadowed = self.shadowed && seq < self.shadow_limit;
-            let drop = range_deleted || shadowed || (absent && seen_by_all && self.bottommost);
+            // A second copy of one internal key (left behind by value-log GC, which re-points
+            // a value with a newer copy in L0) loses to the first, which merging yields first.
+            let duplicate = self.is_duplicate(new_key);
+            let drop = range_deleted
+                || shadowed
+                || duplicate
+                || (absent && seen_by_all && self.bottommost);
+            if drop || expired {
+                self.note_discard(kind);
+            }
             // An entry every reader meets shadows the rest of its key, except for readers
             // that skip it because a range tombstone hides it (they see a tombstone of
             // sequence `limit` or newer, which hides whatever it shadows below `limit`).
-            if seen_by_all && !range_deleted && !shadowed {
+            if seen_by_all && !range_deleted && !shadowed && !duplicate {
                 self.shadow_limit = if self.shadowed {
                     self.shadow_limit.max(limit)
                 } else {
@@ -643,6 +692,11 @@ impl MergeJob {
                     ));
                     b.add(&self.tombstone, &[])?;
                     self.expired_to_tombstones += 1;
+                } else if let Some((k, v)) = match self.separator.as_mut() {
+                    Some(sep) => sep.separate(self.input.key(), self.input.value())?,
+                    None => None,
+                } {
+                    b.add(k, v)?;
                 } else {
                     b.add(self.input.key(), self.input.value())?;
                 }
@@ -680,6 +734,27 @@ impl MergeJob {
             b.add_range_tombstones(ts);
         }
         Ok(())
+    }
+
+    /// True when the current entry repeats the previous entry's internal key.
+    fn is_duplicate(&mut self, new_key: bool) -> bool {
+        let ikey = self.input.key();
+        let trailer = &ikey[ikey.len() - TRAILER_LEN..];
+        let dup = !new_key && trailer == self.last_trailer;
+        self.last_trailer.copy_from_slice(trailer);
+        dup
+    }
+
+    /// Counts the current entry's value-log record as garbage if it has one.
+    fn note_discard(&mut self, kind: u8) {
+        if !is_pointer_kind(kind) {
+            return;
+        }
+        let ptr =
+            pointer_bytes(kind, self.input.value()).and_then(|p| ValuePointer::decode(p).ok());
+        if let Some(p) = ptr {
+            *self.discards.entry(p.segment).or_insert(0) += p.len as u64;
+        }
     }
 
     fn start_output(&mut self) -> Result<()> {
@@ -752,15 +827,37 @@ impl MergeJob {
     }
 
     /// Completes the last output and returns every output table.
-    pub fn finish(mut self) -> Result<Vec<Output>> {
-        // The new tables' directory entries must be durable before a manifest edit names them.
-        let res = self.add_output_tombstones(true);
-        let res = res.and_then(|()| self.finish_output()).and_then(|()| {
-            let dir = &self.settings.dir;
-            self.settings.fs.sync_dir(dir).ctx("fsync dir", dir)
-        });
+    ///
+    /// Only for jobs without a value log (the segments would be lost): see [`MergeJob::finish_all`].
+    pub fn finish(self) -> Result<Vec<Output>> {
+        debug_assert!(
+            self.separator.is_none(),
+            "finish() drops value-log segments"
+        );
+        Ok(self.finish_all()?.tables)
+    }
+
+    /// Completes the last output and segment and returns everything the job produced.
+    pub fn finish_all(mut self) -> Result<JobOutput> {
+        let res = self
+            .add_output_tombstones(true)
+            .and_then(|()| self.finish_output())
+            .and_then(|()| self.separator.as_mut().map_or(Ok(()), |s| s.finish()))
+            .and_then(|()| {
+                // The new files' directory entries must be durable before an edit names them.
+                let dir = &self.settings.dir;
+                self.settings.fs.sync_dir(dir).ctx("fsync dir", dir)
+            });
         match res {
-            Ok(()) => Ok(std::mem::take(&mut self.outputs)),
+            Ok(()) => Ok(JobOutput {
+                tables: std::mem::take(&mut self.outputs),
+                segments: self
+                    .separator
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.segments().to_vec()),
+                separated: self.separator.as_ref().map_or((0, 0), |s| s.separated),
+                discards: std::mem::take(&mut self.discards),
+            }),
             Err(e) => {
                 self.abandon();
                 Err(e)
@@ -777,7 +874,14 @@ impl MergeJob {
         for p in paths {
             self.remove_quietly(&p);
         }
+        if let Some(s) = self.separator.as_mut() {
+            s.abandon();
+        }
     }
+}
+
+fn settings_vlog(settings: &JobSettings) -> Option<ValueSeparator> {
+    settings.vlog.clone().map(ValueSeparator::new)
 }
 
 #[cfg(test)]
@@ -905,7 +1009,7 @@ mod tests {
         .with_range_tombstones(Some(index), snapshots);
         while job.step(100).unwrap() == Step::More {}
         let deleted = job.entries_range_deleted;
-        (tmp, job.finish().unwrap(), deleted)
+        (tmp, job.finish_all().unwrap().tables, deleted)
     }
 
     fn t(s: &[u8], e: &[u8], seq: u64) -> RangeTombstone {

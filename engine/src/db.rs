@@ -1,5 +1,7 @@
 //! The database handle: open/recovery, the group-commit write path, reads, and background work.
 
+mod vlog_gc;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use crate::filename::{self, FileKind};
 use crate::fs::{DirLock, FileSystem, OpenMode, StdFs, UringFs};
 use crate::iter::InternalIterator;
 use crate::key::{
-    expiry_of, lookup_key, resolve, KeySpace, Kind, Resolved, MAX_VERSION, PREFIX_LEN,
+    expiry_of, has_expiry, lookup_key, resolve, KeySpace, Kind, Resolved, MAX_VERSION, PREFIX_LEN,
 };
 use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
@@ -30,8 +32,10 @@ use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::{Table, TableBuilderOptions};
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
+use crate::vlog::{ReaderCache, SegmentMeta, SegmentSet, ValueFetcher};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
 use std::collections::HashSet;
+use vlog_gc::VlogState;
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
@@ -78,6 +82,8 @@ struct SuperVersion {
     version: Arc<Version>,
     /// Some table of `version` holds range tombstones (readers consult tables' tombstones only then).
     table_range_dels: bool,
+    /// The live value-log segments (kept alive while this super version is in use).
+    vlog: Arc<SegmentSet>,
 }
 
 /// True when some table of `v` holds range tombstones.
@@ -128,6 +134,8 @@ struct State {
     /// Number of background failures so far (lets a waiter see only new ones).
     bg_errors: u64,
     shutting_down: bool,
+    /// Live value-log segments and the GC's coordination with compaction.
+    vlog: VlogState,
 }
 
 /// One caller's write waiting in the group-commit queue.
@@ -165,6 +173,10 @@ struct Inner {
     closed: AtomicBool,
     counters: Counters,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Open value-log segment readers, shared by every read.
+    readers: Arc<ReaderCache>,
+    /// Held while a value-log GC runs: one at a time.
+    vlog_gc: Mutex<()>,
 }
 
 fn validate_options(o: &Options) -> Result<()> {
@@ -200,6 +212,29 @@ fn validate_options(o: &Options) -> Result<()> {
     }
     if o.block_bytes < 256 || o.block_restart_interval == 0 {
         return bad("block_bytes must be >= 256 and block_restart_interval >= 1".into());
+    }
+    validate_vlog_options(o)
+}
+
+fn validate_vlog_options(o: &Options) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if o.vlog_segment_bytes < 4096 || o.vlog_segment_bytes > 4 << 30 {
+        return bad(format!(
+            "vlog_segment_bytes must be in 4 KiB..=4 GiB, got {}",
+            o.vlog_segment_bytes
+        ));
+    }
+    let r = o.vlog_gc_min_discard_ratio;
+    if !(r > 0.0 && r <= 1.0) {
+        return bad(format!(
+            "vlog_gc_min_discard_ratio must be in (0, 1], got {r}"
+        ));
+    }
+    if o.vlog_gc_bytes_per_round < 4096 {
+        return bad(format!(
+            "vlog_gc_bytes_per_round must be at least 4 KiB, got {}",
+            o.vlog_gc_bytes_per_round
+        ));
     }
     Ok(())
 }
@@ -374,6 +409,10 @@ impl Db {
     ) -> Result<Option<Entry>> {
         let inner = self.inner();
         inner.check_open()?;
+        // Pinned before the read point is taken: the segments of any pointer the lookup
+        // finds stay readable (a GC that judged a value dead did so for readers at or past
+        // a sequence number published before this read's).
+        let pinned = inner.value_fetcher();
         let (ts, seq) = inner.read_point(ro)?;
         let logical = space.logical(key);
         let Some(found) = inner.find(&logical, ts, seq, !ro.skip_cache_fill)? else {
@@ -382,6 +421,13 @@ impl Db {
         let now_ms = inner.opts.clock.now_ms();
         Ok(match resolve(found.kind, &found.value, now_ms) {
             Resolved::Gone => None,
+            Resolved::Pointer(p) => Some(Entry {
+                value: inner.fetch_value(&pinned, p)?,
+                version: found.version,
+                expiry_unix_ms: has_expiry(found.kind)
+                    .then(|| expiry_of(&found.value))
+                    .flatten(),
+            }),
             Resolved::Value(v) => {
                 let skip = found.value.len() - v.len();
                 let expiry_unix_ms =
@@ -428,8 +474,9 @@ impl Db {
 
     /// Raises the GC safe point to `ts` (never lowers it): compaction may then drop every
     /// version older than the newest one at or below `ts`, and reads below `ts` are refused.
-    /// Only meaningful with `Options::retain_versions`; the value is not persisted (it
-    /// starts at 0 on every open, which reclaims nothing until the owner sets it again).
+    /// Only meaningful with `Options::retain_versions`. The value is not persisted, except
+    /// that a value-log GC records the safe point it relied on: on open the safe point
+    /// starts there (or at 0, which reclaims nothing until the owner sets it again).
     pub fn set_gc_safe_point(&self, ts: u64) {
         self.inner().gc_safe_point.fetch_max(ts, Ordering::AcqRel);
     }
@@ -448,15 +495,18 @@ impl Db {
     pub fn iter_in(&self, space: KeySpace, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();
         inner.check_open()?;
+        // The super version before the read point: whatever compaction or value-log GC
+        // removed from it was invisible at every sequence published before this read's.
+        let sv = inner.sv.read().clone();
         let (ts, seq) = inner.read_point(&ro)?;
         let guard = inner.snapshots.acquire(seq);
-        let sv = inner.sv.read().clone();
         let (lo, hi) = (space.prefix().to_vec(), space.end());
         let merged = merged_iter(&sv, &lo, &hi, !ro.skip_cache_fill);
         let range_dels = read_view_range_dels(&sv, &lo, &hi);
         Ok(
             DbIterator::new(merged, space, &ro, ts, guard, inner.opts.clock.now_ms())
-                .with_range_tombstones(range_dels),
+                .with_range_tombstones(range_dels)
+                .with_value_log(ValueFetcher::new(sv.vlog.clone(), inner.readers.clone())),
         )
     }
 
@@ -476,16 +526,18 @@ impl Db {
             read_ts: opts.read_ts,
             ..Default::default()
         };
+        // The super version before the read point (see `iter_in`); its segments stay alive.
+        let sv = inner.sv.read().clone();
         let (_, seq) = inner.read_point(&ro)?;
         // Pinned while the export runs, so compaction keeps every entry it reads.
         let _guard = inner.snapshots.acquire(seq);
-        let sv = inner.sv.read().clone();
         let (lo, hi) = ([range.ns], [range.ns.wrapping_add(1)]);
+        let fetcher = ValueFetcher::new(sv.vlog.clone(), inner.readers.clone());
         let src = region_snapshot::ExportSource {
             iter: merged_iter(&sv, &lo, &hi, false),
             seq,
             now_ms: inner.opts.clock.now_ms(),
-            inline: Box::new(|kind, value| Ok((kind, value.to_vec()))),
+            inline: Box::new(move |kind, value| fetcher.inline(kind, value)),
             range_dels: read_view_range_dels(&sv, &lo, &hi)
                 .map(|t| RangeDelCursor::new(t, MAX_VERSION, seq)),
         };
@@ -597,6 +649,22 @@ impl Db {
     pub fn compact_all(&self) -> Result<()> {
         self.flush()?;
         self.wait_for_compaction()
+    }
+
+    /// Collects the value-log segment with the most garbage if its discard ratio is at least
+    /// `min_discard_ratio` (in (0, 1]; the background GC uses
+    /// `Options::vlog_gc_min_discard_ratio` on its own). Returns whether a segment was
+    /// collected; a segment whose values cannot be moved yet (see `docs/architecture.md`,
+    /// "Value log") is left for later.
+    pub fn run_value_log_gc(&self, min_discard_ratio: f64) -> Result<bool> {
+        let inner = self.inner();
+        inner.check_writable()?;
+        if !(min_discard_ratio > 0.0 && min_discard_ratio <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "min_discard_ratio must be in (0, 1], got {min_discard_ratio}"
+            )));
+        }
+        inner.run_vlog_gc(min_discard_ratio)
     }
 
     /// A snapshot of the engine's statistics.
@@ -777,11 +845,20 @@ fn recover(
         }
     }
     let version = version.apply(&VersionEdit::default(), &[]);
+    let readers = Arc::new(ReaderCache::new(
+        fs.clone(),
+        &dir,
+        crate::vlog::live::DEFAULT_OPEN_READERS,
+    ));
+    // Every live segment must be there and whole; a missing or damaged one fails the open.
+    vlog_gc::check_segments(&fs, &dir, &state)?;
     let names = fs.list_dir(&dir).ctx("list", &dir)?;
     let max_number = names
         .iter()
         .filter_map(|n| match filename::parse(n) {
-            Some(FileKind::Table(x)) | Some(FileKind::Manifest(x)) => Some(x),
+            Some(FileKind::Table(x))
+            | Some(FileKind::Manifest(x))
+            | Some(FileKind::ValueLog(x)) => Some(x),
             _ => None,
         })
         .max()
@@ -865,11 +942,13 @@ fn recover(
         let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false)
             .with_range_tombstones(mem.range_tombstones(), Vec::new());
         while job.step(STEP_ENTRIES)? == Step::More {}
-        for o in job.finish()? {
+        let out = job.finish_all()?;
+        for o in out.tables {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
             edit.added.push((0, o.desc));
             opened.push(meta);
         }
+        edit.segments_added = out.segments;
     }
     let manifest_number = next_file_number.fetch_add(1, Ordering::SeqCst);
     edit.next_file_number = Some(next_file_number.load(Ordering::SeqCst));
@@ -908,6 +987,7 @@ fn recover(
     for name in &names {
         let remove = match filename::parse(name) {
             Some(FileKind::Table(n)) => !live_numbers.contains(&n),
+            Some(FileKind::ValueLog(n)) => !state.segments.contains_key(&n),
             Some(FileKind::Temp) => true,
             _ => false,
         };
@@ -917,6 +997,8 @@ fn recover(
         }
     }
     drop(metas);
+    let vlog = VlogState::new(&state, &dir, &fs, &readers);
+    let gc_safe_point_floor = state.gc_safe_point;
     let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
     let version = Arc::new(version);
     let sv = Arc::new(SuperVersion {
@@ -924,6 +1006,7 @@ fn recover(
         imms: Vec::new(),
         version: version.clone(),
         table_range_dels: has_table_range_dels(&version),
+        vlog: vlog.segments.clone(),
     });
     let state = State {
         version,
@@ -939,6 +1022,7 @@ fn recover(
         bg_error: None,
         bg_errors: 0,
         shutting_down: false,
+        vlog,
     };
     Ok(Inner {
         dir,
@@ -947,7 +1031,8 @@ fn recover(
         cache,
         snapshots: Arc::new(SnapshotList::default()),
         last_seq: AtomicU64::new(last_seq),
-        gc_safe_point: AtomicU64::new(0),
+        // A value-log GC relied on the safe point it recorded: reads never go below it again.
+        gc_safe_point: AtomicU64::new(gc_safe_point_floor),
         next_file_number,
         pending: Mutex::new(VecDeque::new()),
         write: Mutex::new(WriteState {
@@ -966,6 +1051,8 @@ fn recover(
         closed: AtomicBool::new(false),
         counters: Counters::default(),
         threads: Mutex::new(Vec::new()),
+        readers,
+        vlog_gc: Mutex::new(()),
         opts,
     })
 }
@@ -1363,6 +1450,7 @@ impl Inner {
             imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
             version: st.version.clone(),
             table_range_dels: has_table_range_dels(&st.version),
+            vlog: st.vlog.segments.clone(),
         });
         *self.sv.write() = sv;
     }
@@ -1375,6 +1463,7 @@ impl Inner {
         opened: &[Arc<FileMeta>],
     ) -> Result<()> {
         edit.next_file_number = Some(self.next_file_number.load(Ordering::SeqCst));
+        self.prepare_vlog_edit(st, &mut edit);
         if let Err(e) = st.manifest.append(&edit) {
             // Nothing changed in memory: the caller still owns the edit's inputs.
             self.poison(&e);
@@ -1384,6 +1473,7 @@ impl Inner {
         if let Err(m) = st.manifest_state.apply(&edit) {
             panic!("an edit built from the current state does not apply to it: {m}");
         }
+        self.apply_vlog_edit(st, &edit);
         st.version = Arc::new(st.version.apply(&edit, opened));
         if let Some(v) = edit.log_floor {
             st.log_floor = v;
@@ -1628,6 +1718,15 @@ impl Inner {
                     .map_err(spawn_err)?,
             );
         }
+        if self.opts.value_log_enabled() || !self.state.lock().vlog.segments.is_empty() {
+            let me = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("nokv-vlog-gc".into())
+                    .spawn(move || me.guarded("value-log GC", Inner::vlog_gc_loop))
+                    .map_err(spawn_err)?,
+            );
+        }
         Ok(())
     }
 
@@ -1667,13 +1766,15 @@ impl Inner {
             st = self.state.lock();
             st.flushing = false;
             match res {
-                Ok(outputs) => {
+                Ok((outputs, segments)) => {
                     let bytes: u64 = outputs.iter().map(|m| m.desc.size).sum();
                     let edit = VersionEdit {
                         added: outputs.iter().map(|m| (0, m.desc.clone())).collect(),
                         log_floor: Some(next_gen),
                         last_seq: Some(last_seq),
                         applied: applied.into_iter().collect(),
+                        // The segments become live with the table that points into them.
+                        segments_added: segments,
                         ..Default::default()
                     };
                     let front_matches = st.imms.front().is_some_and(|i| i.ordinal == ordinal);
@@ -1723,9 +1824,9 @@ impl Inner {
         self.state_cv.notify_all();
     }
 
-    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<Vec<Arc<FileMeta>>> {
+    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<(Vec<Arc<FileMeta>>, Vec<SegmentMeta>)> {
         if mem.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -1744,11 +1845,14 @@ impl Inner {
         )
         .with_range_tombstones(mem.range_tombstones(), self.snapshots.all());
         self.drive(&mut job)?;
-        Ok(job
-            .finish()?
+        let out = job.finish_all()?;
+        self.note_separated(out.separated);
+        let tables = out
+            .tables
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
-            .collect())
+            .collect();
+        Ok((tables, out.segments))
     }
 
     /// Runs a job's steps until done, abandoning it if the database shuts down.
@@ -1780,6 +1884,8 @@ impl Inner {
             } else {
                 self.pick_compaction(&st.version)
             };
+            // A value-log GC commit waits for L0 to be still (see `vlog_gc`).
+            let plan = plan.filter(|p| p.level != 0 || !st.vlog.hold_l0);
             let Some(plan) = plan else {
                 self.state_cv.wait_for(&mut st, Duration::from_millis(200));
                 continue;
@@ -1898,12 +2004,24 @@ impl Inner {
         .with_boundaries(boundaries)
         .with_range_tombstones(input_range_dels(plan, &unread), self.snapshots.all());
         self.drive(&mut job)?;
-        let outputs: Vec<Arc<FileMeta>> = job
-            .finish()?
+        let out = job.finish_all()?;
+        self.note_separated(out.separated);
+        edit.segments_added = out.segments;
+        edit.discards = out.discards.into_iter().collect();
+        let outputs: Vec<Arc<FileMeta>> = out
+            .tables
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
             .collect();
         if !unread.is_empty() {
+            // Values the dropped files pointed to are garbage now, though no one read them.
+            let mut discards: BTreeMap<u64, u64> = edit.discards.iter().copied().collect();
+            for f in plan.all_inputs().filter(|f| !read(f)) {
+                for (segment, bytes) in &f.table.properties().vlog_refs {
+                    *discards.entry(*segment).or_insert(0) += bytes;
+                }
+            }
+            edit.discards = discards.into_iter().collect();
             let c = &self.counters;
             let bytes = plan
                 .all_inputs()
@@ -1951,7 +2069,7 @@ impl Inner {
         let wal_segments = self.write.try_lock().map_or(0, |ws| ws.wal.live_segments());
         let user_bytes = ld(&c.user_bytes);
         let sst_written = ld(&c.flush_bytes) + ld(&c.compaction_bytes_written);
-        Stats {
+        let mut stats = Stats {
             user_bytes,
             user_writes: ld(&c.user_writes),
             wal_bytes: ld(&c.wal_bytes),
@@ -1985,7 +2103,10 @@ impl Inner {
             last_sequence: self.last_seq.load(Ordering::Acquire),
             range_del_files_dropped: ld(&c.range_del_files_dropped),
             range_del_bytes_dropped: ld(&c.range_del_bytes_dropped),
-        }
+            ..Default::default()
+        };
+        self.fill_vlog_stats(&mut stats);
+        stats
     }
 
     /// Syncs the WAL, stops and joins background threads, releases the lock. Idempotent.

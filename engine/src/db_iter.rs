@@ -1,6 +1,6 @@
 //! The user-facing iterator: newest visible version of each key, bounded, both directions.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::iter::InternalIterator;
 use crate::key::{
     first_key, last_key, logical_key, lookup_key, parse_trailer, parse_version, resolve, KeySpace,
@@ -9,6 +9,7 @@ use crate::key::{
 use crate::options::ReadOptions;
 use crate::range_del::{self, FragmentedTombstones, RangeDelCursor};
 use crate::snapshot::SnapshotGuard;
+use crate::vlog::ValueFetcher;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,14 @@ pub struct DbIterator {
     _snapshot: SnapshotGuard,
     /// The read view's range tombstones, when there are any: covered entries are skipped.
     range_dels: Option<RangeDelCursor>,
+    /// Reads values stored in the value log (and keeps their segments alive).
+    vlog: Option<ValueFetcher>,
+    /// Forward direction: the current value, read from the value log.
+    fetched: Option<Vec<u8>>,
+    /// Reverse direction: `saved_value` holds a value pointer, not yet read.
+    saved_is_pointer: bool,
+    /// The first value-log read error; the iterator stays invalid after it.
+    vlog_error: Option<Error>,
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, if any.
@@ -106,6 +115,33 @@ impl DbIterator {
             saved_value: Vec::new(),
             _snapshot: snapshot,
             range_dels: None,
+            vlog: None,
+            fetched: None,
+            saved_is_pointer: false,
+            vlog_error: None,
+        }
+    }
+
+    /// Resolves value pointers through `fetcher` (the segment set of the iterator's version).
+    pub(crate) fn with_value_log(mut self, fetcher: ValueFetcher) -> DbIterator {
+        self.vlog = Some(fetcher);
+        self
+    }
+
+    /// Reads the value `ptr` names; on failure records the error and returns `None`.
+    fn fetch(&mut self, ptr: &[u8]) -> Option<Vec<u8>> {
+        let res = match &self.vlog {
+            Some(f) => f.fetch(ptr),
+            None => Err(Error::InvalidArgument(
+                "a table entry points into the value log, but the iterator has no value log".into(),
+            )),
+        };
+        match res {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.vlog_error.get_or_insert(e);
+                None
+            }
         }
     }
 
@@ -136,14 +172,18 @@ impl DbIterator {
     /// The current value; requires `valid()`.
     pub fn value(&self) -> &[u8] {
         assert!(self.valid, "value() on an invalid iterator");
-        match self.direction {
-            Direction::Forward => &self.inner.value()[self.value_skip..],
-            Direction::Reverse => &self.saved_value,
+        match (self.direction, &self.fetched) {
+            (Direction::Forward, Some(v)) => v,
+            (Direction::Forward, None) => &self.inner.value()[self.value_skip..],
+            (Direction::Reverse, _) => &self.saved_value,
         }
     }
 
     /// The first IO or corruption error met, if any.
     pub fn status(&self) -> Result<()> {
+        if let Some(e) = &self.vlog_error {
+            return Err(e.duplicate());
+        }
         self.inner.status()
     }
 
@@ -229,6 +269,11 @@ impl DbIterator {
 
     /// Advances the inner cursor to the newest visible put of a key not yet returned.
     fn find_next_user_entry(&mut self, mut skipping: bool) {
+        self.fetched = None;
+        if self.vlog_error.is_some() {
+            self.valid = false;
+            return;
+        }
         while self.inner.valid() {
             let ikey = self.inner.key();
             let logical = logical_key(ikey);
@@ -255,6 +300,12 @@ impl DbIterator {
                         self.valid = true;
                         return;
                     }
+                    Resolved::Pointer(p) => {
+                        let p = p.to_vec();
+                        self.fetched = self.fetch(&p);
+                        self.valid = self.fetched.is_some();
+                        return;
+                    }
                 }
             }
             self.inner.next();
@@ -264,6 +315,12 @@ impl DbIterator {
 
     /// Moves back to the newest visible put of the previous key and copies it.
     fn find_prev_user_entry(&mut self) {
+        self.fetched = None;
+        if self.vlog_error.is_some() {
+            self.valid = false;
+            self.direction = Direction::Forward;
+            return;
+        }
         let mut found_put = false;
         while self.inner.valid() {
             let ikey = self.inner.key();
@@ -294,10 +351,28 @@ impl DbIterator {
                         self.saved_key.extend_from_slice(logical);
                         self.saved_value.clear();
                         self.saved_value.extend_from_slice(v);
+                        self.saved_is_pointer = false;
+                    }
+                    Resolved::Pointer(p) => {
+                        // Read only the value that ends up current, once the key is passed.
+                        found_put = true;
+                        self.saved_key.clear();
+                        self.saved_key.extend_from_slice(logical);
+                        self.saved_value.clear();
+                        self.saved_value.extend_from_slice(p);
+                        self.saved_is_pointer = true;
                     }
                 }
             }
             self.inner.prev();
+        }
+        if found_put && self.saved_is_pointer {
+            self.saved_is_pointer = false;
+            let p = std::mem::take(&mut self.saved_value);
+            match self.fetch(&p) {
+                Some(v) => self.saved_value = v,
+                None => found_put = false,
+            }
         }
         if found_put {
             self.valid = true;

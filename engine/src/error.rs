@@ -120,6 +120,54 @@ impl Error {
         }
     }
 
+    /// A copy of this error for a second reader (an IO error keeps its kind and message).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::Corruption { path, offset, msg } => Error::Corruption {
+                path: path.clone(),
+                offset: *offset,
+                msg: msg.clone(),
+            },
+            Error::UnsupportedFormat { path, version, max } => Error::UnsupportedFormat {
+                path: path.clone(),
+                version: *version,
+                max: *max,
+            },
+            Error::EmptyKey => Error::EmptyKey,
+            Error::KeyTooLarge { len, max } => Error::KeyTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Error::ValueTooLarge { len, max } => Error::ValueTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Error::BatchTooLarge { len, max } => Error::BatchTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Poisoned(m) => Error::Poisoned(m.clone()),
+            Error::Background(m) => Error::Background(m.clone()),
+            Error::Closed => Error::Closed,
+            Error::Busy(m) => Error::Busy(m.clone()),
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::InvalidVersion => Error::InvalidVersion,
+            Error::BelowSafePoint { ts, safe_point } => Error::BelowSafePoint {
+                ts: *ts,
+                safe_point: *safe_point,
+            },
+        }
+    }
+
     /// True when the error is the OS reporting a full disk.
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))

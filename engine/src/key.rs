@@ -95,6 +95,10 @@ pub enum Kind {
     Put = 1,
     /// A value with an absolute expiry: the stored value is `[expiry unix ms u64 LE][value]`.
     PutWithExpiry = 2,
+    /// A value in the value log (tables only): the stored value is a 20-byte value pointer.
+    ValuePointer = 3,
+    /// A value-log value with an expiry (tables only): `[expiry unix ms u64 LE][pointer]`.
+    ValuePointerWithExpiry = 4,
 }
 
 /// Kind used in lookup keys: sorts before every real entry of the same sequence.
@@ -107,6 +111,8 @@ impl Kind {
             0 => Some(Kind::Delete),
             1 => Some(Kind::Put),
             2 => Some(Kind::PutWithExpiry),
+            3 => Some(Kind::ValuePointer),
+            4 => Some(Kind::ValuePointerWithExpiry),
             _ => None,
         }
     }
@@ -115,11 +121,34 @@ impl Kind {
 /// Bytes of the expiry header in front of a [`Kind::PutWithExpiry`] value.
 pub const EXPIRY_LEN: usize = 8;
 
+/// True for the kinds whose stored value starts with an expiry header (2 and 4).
+#[inline]
+pub fn has_expiry(kind: u8) -> bool {
+    kind == Kind::PutWithExpiry as u8 || kind == Kind::ValuePointerWithExpiry as u8
+}
+
+/// True for the kinds whose value lives in the value log (3 and 4).
+#[inline]
+pub fn is_pointer_kind(kind: u8) -> bool {
+    kind == Kind::ValuePointer as u8 || kind == Kind::ValuePointerWithExpiry as u8
+}
+
+/// The encoded value pointer of an entry of a pointer kind (after its expiry header, if any).
+pub fn pointer_bytes(kind: u8, raw: &[u8]) -> Option<&[u8]> {
+    match Kind::from_u8(kind)? {
+        Kind::ValuePointer => Some(raw),
+        Kind::ValuePointerWithExpiry => raw.get(EXPIRY_LEN..),
+        _ => None,
+    }
+}
+
 /// What a stored entry means to a reader at time `now_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved<'a> {
     /// The key has this value.
     Value(&'a [u8]),
+    /// The key has a value stored in the value log; these are the pointer's bytes.
+    Pointer(&'a [u8]),
     /// The key is absent: deleted, or expired at `now_ms`.
     Gone,
 }
@@ -134,11 +163,17 @@ pub fn resolve(kind: u8, raw: &[u8], now_ms: u64) -> Resolved<'_> {
             Some(at) if at > now_ms => Resolved::Value(&raw[EXPIRY_LEN..]),
             _ => Resolved::Gone,
         },
+        Some(Kind::ValuePointer) => Resolved::Pointer(raw),
+        Some(Kind::ValuePointerWithExpiry) => match expiry_of(raw) {
+            Some(at) if at > now_ms => Resolved::Pointer(&raw[EXPIRY_LEN..]),
+            _ => Resolved::Gone,
+        },
         Some(Kind::Delete) | None => Resolved::Gone,
     }
 }
 
-/// The expiry (unix ms) stored in front of a [`Kind::PutWithExpiry`] value.
+/// The expiry (unix ms) stored in front of a [`Kind::PutWithExpiry`] or
+/// [`Kind::ValuePointerWithExpiry`] value.
 pub fn expiry_of(raw: &[u8]) -> Option<u64> {
     let h: [u8; EXPIRY_LEN] = raw.get(..EXPIRY_LEN)?.try_into().ok()?;
     Some(u64::from_le_bytes(h))

@@ -13,6 +13,7 @@ use crate::filename::{self, CURRENT};
 use crate::fs::{File, FileSystem, OpenMode};
 use crate::record;
 use crate::version::{FileDesc, VersionEdit, MANIFEST_FORMAT};
+use crate::vlog::{DiscardStats, SegmentMeta};
 
 const EDIT_RECORD: u8 = 1;
 
@@ -33,6 +34,12 @@ pub struct ManifestState {
     pub applied: BTreeMap<u64, u64>,
     /// Highest sequence number used by ingested files (recovery starts above it).
     pub seq_floor: u64,
+    /// Live value-log segments by id.
+    pub segments: BTreeMap<u64, SegmentMeta>,
+    /// Total and discarded record bytes of each live segment.
+    pub discard: DiscardStats,
+    /// Highest GC safe point a value-log GC relied on (0: none).
+    pub gc_safe_point: u64,
 }
 
 impl ManifestState {
@@ -91,6 +98,33 @@ impl ManifestState {
             let slot = self.applied.entry(*region).or_insert(0);
             *slot = (*slot).max(*index);
         }
+        self.apply_value_log(e)
+    }
+
+    /// Folds the value-log part of an edit: segments deleted, then added, then discards.
+    fn apply_value_log(&mut self, e: &VersionEdit) -> Result<(), String> {
+        for id in &e.segments_deleted {
+            if self.segments.remove(id).is_none() {
+                return Err(format!("edit deletes unknown value-log segment {id}"));
+            }
+            self.discard.remove_segment(*id);
+        }
+        for m in &e.segments_added {
+            if self.segments.insert(m.id, *m).is_some() {
+                return Err(format!("edit adds value-log segment {} twice", m.id));
+            }
+            self.discard.add_segment(m.id, m.record_bytes);
+        }
+        for (id, bytes) in &e.discards {
+            if !self.discard.add_discard(*id, *bytes) {
+                return Err(format!(
+                    "edit discards bytes of unknown value-log segment {id}"
+                ));
+            }
+        }
+        if let Some(v) = e.gc_safe_point {
+            self.gc_safe_point = self.gc_safe_point.max(v);
+        }
         Ok(())
     }
 
@@ -111,6 +145,15 @@ impl ManifestState {
             applied: self.applied.iter().map(|(r, i)| (*r, *i)).collect(),
             format_version: Some(MANIFEST_FORMAT),
             seq_floor: (self.seq_floor > 0).then_some(self.seq_floor),
+            segments_added: self.segments.values().copied().collect(),
+            segments_deleted: Vec::new(),
+            discards: self
+                .discard
+                .iter()
+                .filter(|(_, u)| u.discarded > 0)
+                .map(|(id, u)| (id, u.discarded))
+                .collect(),
+            gc_safe_point: (self.gc_safe_point > 0).then_some(self.gc_safe_point),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Tuning knobs for [`crate::Db`], with defaults sized for a small server.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -107,6 +108,29 @@ pub struct Options {
     /// safe point is the newest possible version: older versions are reclaimed as soon as
     /// no snapshot needs them, and reads with a `read_ts` are refused.
     pub retain_versions: bool,
+    /// Values of at least this many bytes are moved to the value log when they leave the
+    /// memtable (flush) or pass through compaction; the table keeps a 20-byte pointer.
+    /// 0 or `usize::MAX` disables key-value separation.
+    pub value_threshold_bytes: usize,
+    /// Per-column-family overrides of `value_threshold_bytes`, keyed by the column family
+    /// byte of the logical key (same meaning of 0 and `usize::MAX`).
+    pub value_threshold_per_cf: BTreeMap<u8, usize>,
+    /// Size at which a value-log segment is finished and the next one started.
+    pub vlog_segment_bytes: u64,
+    /// Value-log GC collects a segment once at least this fraction of its bytes is garbage
+    /// (in (0, 1]).
+    pub vlog_gc_min_discard_ratio: f64,
+    /// Segment bytes one value-log GC round reads at most; a larger segment is collected
+    /// over several rounds, its liveness re-checked against a fresh view in each.
+    pub vlog_gc_bytes_per_round: u64,
+    /// TEST ONLY: finish value-log segments without fdatasync. Exists so crash tests can
+    /// prove they detect lost values. Never set this in production.
+    #[doc(hidden)]
+    pub unsafe_vlog_skip_segment_sync: bool,
+    /// TEST ONLY: value-log GC deletes the collected segment before the manifest edit that
+    /// re-points its live values is durable. Exists for crash tests' negative controls.
+    #[doc(hidden)]
+    pub unsafe_vlog_delete_before_commit: bool,
     /// TEST ONLY: acknowledge `Sync` writes without fdatasync. Exists so crash
     /// tests can prove they detect lost writes. Never set this in production.
     #[doc(hidden)]
@@ -150,6 +174,13 @@ impl Default for Options {
             opaque_replay: None,
             clock: Arc::new(SystemClock),
             retain_versions: false,
+            value_threshold_bytes: crate::vlog::DEFAULT_VALUE_THRESHOLD,
+            value_threshold_per_cf: BTreeMap::new(),
+            vlog_segment_bytes: crate::vlog::segment::DEFAULT_TARGET_SEGMENT_BYTES,
+            vlog_gc_min_discard_ratio: 0.5,
+            vlog_gc_bytes_per_round: 8 << 20,
+            unsafe_vlog_skip_segment_sync: false,
+            unsafe_vlog_delete_before_commit: false,
             unsafe_ack_before_sync: false,
             unsafe_ingest_skip_sync: false,
         }
@@ -170,7 +201,30 @@ impl fmt::Debug for Options {
             .field("l0_compaction_trigger", &self.l0_compaction_trigger)
             .field("compression_per_level", &self.compression_per_level)
             .field("io_backend", &self.io_backend)
+            .field("value_threshold_bytes", &self.value_threshold_bytes)
+            .field("value_threshold_per_cf", &self.value_threshold_per_cf)
+            .field("vlog_segment_bytes", &self.vlog_segment_bytes)
+            .field("vlog_gc_min_discard_ratio", &self.vlog_gc_min_discard_ratio)
+            .field("vlog_gc_bytes_per_round", &self.vlog_gc_bytes_per_round)
             .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// The value-log threshold of column family `cf`, or `None` when its values stay in tables.
+    pub fn value_threshold_for(&self, cf: u8) -> Option<usize> {
+        let t = self
+            .value_threshold_per_cf
+            .get(&cf)
+            .copied()
+            .unwrap_or(self.value_threshold_bytes);
+        (t != 0 && t != usize::MAX).then_some(t)
+    }
+
+    /// True when some column family separates values into the value log.
+    pub fn value_log_enabled(&self) -> bool {
+        let on = |t: usize| t != 0 && t != usize::MAX;
+        on(self.value_threshold_bytes) || self.value_threshold_per_cf.values().any(|t| on(*t))
     }
 }
 

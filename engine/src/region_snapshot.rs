@@ -682,6 +682,12 @@ pub(crate) fn verify(
                 )));
             }
         }
+        if !props.vlog_refs.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not an exported table (entries point into a value log)",
+                path.display()
+            )));
+        }
         if parse_trailer(&props.smallest).0 != 0 || parse_trailer(&props.largest).0 != 0 {
             return Err(Error::InvalidArgument(format!(
                 "{}: not an exported table (entries carry sequence numbers)",

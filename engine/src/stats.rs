@@ -25,6 +25,16 @@ pub(crate) struct Counters {
     pub background_errors: AtomicU64,
     pub range_del_files_dropped: AtomicU64,
     pub range_del_bytes_dropped: AtomicU64,
+    pub vlog_values_separated: AtomicU64,
+    pub vlog_bytes_separated: AtomicU64,
+    pub vlog_segments_created: AtomicU64,
+    pub vlog_bytes_written: AtomicU64,
+    pub vlog_gc_rounds: AtomicU64,
+    pub vlog_gc_segments: AtomicU64,
+    pub vlog_gc_bytes_scanned: AtomicU64,
+    pub vlog_gc_bytes_rewritten: AtomicU64,
+    pub vlog_gc_bytes_reclaimed: AtomicU64,
+    pub vlog_gc_deferred: AtomicU64,
 }
 
 impl Counters {
@@ -105,9 +115,55 @@ pub struct Stats {
     pub range_del_files_dropped: u64,
     /// Bytes of those files.
     pub range_del_bytes_dropped: u64,
+    /// Live value-log segments.
+    pub vlog_segments: usize,
+    /// Bytes of the live value-log segment files.
+    pub vlog_bytes: u64,
+    /// Record bytes of live segments not known to be garbage (an upper bound of live values).
+    pub vlog_live_bytes: u64,
+    /// Record bytes of live segments known to be garbage (dropped by compaction).
+    pub vlog_garbage_bytes: u64,
+    /// Values moved to the value log by flushes and compactions.
+    pub vlog_values_separated: u64,
+    /// Bytes of those values.
+    pub vlog_bytes_separated: u64,
+    /// Value-log segments created (by flushes, compactions and GC).
+    pub vlog_segments_created: u64,
+    /// Bytes of value-log segments created.
+    pub vlog_bytes_written: u64,
+    /// Values read from the value log.
+    pub vlog_reads: u64,
+    /// Value-log GC rounds (each reads at most `Options::vlog_gc_bytes_per_round`).
+    pub vlog_gc_rounds: u64,
+    /// Segments collected by value-log GC.
+    pub vlog_gc_segments: u64,
+    /// Segment bytes value-log GC read.
+    pub vlog_gc_bytes_scanned: u64,
+    /// Record bytes value-log GC copied to new segments (live values).
+    pub vlog_gc_bytes_rewritten: u64,
+    /// Disk bytes value-log GC freed (collected segment size minus its replacement's).
+    pub vlog_gc_bytes_reclaimed: u64,
+    /// GC attempts postponed because a segment held values it could not yet move safely.
+    pub vlog_gc_deferred: u64,
+    /// Segments at or above the GC's minimum discard ratio (GC work pending).
+    pub vlog_gc_candidates: usize,
+    /// Bytes on disk of tables and value-log segments.
+    pub disk_bytes: u64,
+    /// Estimated live data: value-log records not known to be garbage plus the bytes of the
+    /// largest level (which holds nearly all live keys of a leveled tree).
+    pub live_bytes_estimate: u64,
 }
 
 impl Stats {
+    /// Space amplification: bytes on disk per estimated live byte (0 when empty).
+    pub fn space_amplification(&self) -> f64 {
+        if self.live_bytes_estimate == 0 {
+            0.0
+        } else {
+            self.disk_bytes as f64 / self.live_bytes_estimate as f64
+        }
+    }
+
     /// Block cache hit rate in [0, 1] (0 when nothing was read).
     pub fn block_cache_hit_rate(&self) -> f64 {
         let total = self.block_cache_hits + self.block_cache_misses;
@@ -156,7 +212,7 @@ impl fmt::Display for Stats {
             self.slowdowns,
             self.background_errors
         )?;
-        write!(
+        writeln!(
             f,
             "block cache: {} bytes, hit rate {:.3}; memtables: {} bytes ({} frozen); WAL segments: {}",
             self.block_cache_bytes,
@@ -164,6 +220,34 @@ impl fmt::Display for Stats {
             self.memtable_bytes,
             self.immutable_memtables,
             self.wal_segments
+        )?;
+        writeln!(
+            f,
+            "value log: {} segments, {} bytes ({} live, {} garbage); {} values separated, {} reads",
+            self.vlog_segments,
+            self.vlog_bytes,
+            self.vlog_live_bytes,
+            self.vlog_garbage_bytes,
+            self.vlog_values_separated,
+            self.vlog_reads
+        )?;
+        writeln!(
+            f,
+            "value-log GC: {} rounds, {} segments, {} scanned, {} rewritten, {} reclaimed, {} deferred, {} candidates",
+            self.vlog_gc_rounds,
+            self.vlog_gc_segments,
+            self.vlog_gc_bytes_scanned,
+            self.vlog_gc_bytes_rewritten,
+            self.vlog_gc_bytes_reclaimed,
+            self.vlog_gc_deferred,
+            self.vlog_gc_candidates
+        )?;
+        write!(
+            f,
+            "space: {} bytes on disk (tables + value log), ~{} live, amplification {:.2}",
+            self.disk_bytes,
+            self.live_bytes_estimate,
+            self.space_amplification()
         )
     }
 }

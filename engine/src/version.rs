@@ -9,6 +9,8 @@ use crate::codec::{put_bytes, put_varint, Reader};
 use crate::fs::FileSystem;
 use crate::key::{compare_internal, logical_key};
 use crate::sst::Table;
+use crate::vlog::segment::{RECORD_HEADER_LEN, SEGMENT_FOOTER_LEN, SEGMENT_HEADER_LEN};
+use crate::vlog::SegmentMeta;
 
 /// Persistent description of one SST file, as recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +199,14 @@ pub struct VersionEdit {
     pub format_version: Option<u64>,
     /// Sequence numbers up to this one are used (by ingested files): recovery starts above it.
     pub seq_floor: Option<u64>,
+    /// Value-log segments that become live with this edit.
+    pub segments_added: Vec<SegmentMeta>,
+    /// Value-log segments that stop being live (collected by GC).
+    pub segments_deleted: Vec<u64>,
+    /// Garbage found in live segments: (segment, record bytes) added to its discard count.
+    pub discards: Vec<(u64, u64)>,
+    /// The GC safe point a value-log GC relied on; the safe point never restarts below it.
+    pub gc_safe_point: Option<u64>,
 }
 
 const TAG_NEXT_FILE: u64 = 1;
@@ -207,8 +217,12 @@ const TAG_DELETE_FILE: u64 = 5;
 const TAG_APPLIED: u64 = 6;
 const TAG_OPAQUE_FLOOR: u64 = 7;
 const TAG_FORMAT: u64 = 8;
-const TAG_SEQ_FLOOR: u64 = 9;
-const TAG_ADD_INGESTED_FILE: u64 = 10;
+const TAG_ADD_SEGMENT: u64 = 9;
+const TAG_DELETE_SEGMENT: u64 = 10;
+const TAG_DISCARD: u64 = 11;
+const TAG_GC_SAFE_POINT: u64 = 12;
+const TAG_SEQ_FLOOR: u64 = 13;
+const TAG_ADD_INGESTED_FILE: u64 = 14;
 
 /// The manifest format this build writes and the highest it reads.
 pub const MANIFEST_FORMAT: u64 = 2;
@@ -227,6 +241,7 @@ impl VersionEdit {
             (TAG_LOG_FLOOR, self.log_floor),
             (TAG_OPAQUE_FLOOR, self.opaque_floor),
             (TAG_SEQ_FLOOR, self.seq_floor),
+            (TAG_GC_SAFE_POINT, self.gc_safe_point),
         ] {
             if let Some(v) = v {
                 put_varint(&mut out, tag);
@@ -259,7 +274,65 @@ impl VersionEdit {
             put_varint(&mut out, *region);
             put_varint(&mut out, *index);
         }
+        self.encode_value_log(&mut out);
         out
+    }
+
+    /// Appends the value-log tags (segments deleted, added, then discards).
+    fn encode_value_log(&self, out: &mut Vec<u8>) {
+        for id in &self.segments_deleted {
+            put_varint(out, TAG_DELETE_SEGMENT);
+            put_varint(out, *id);
+        }
+        for m in &self.segments_added {
+            put_varint(out, TAG_ADD_SEGMENT);
+            put_varint(out, m.id);
+            put_varint(out, m.file_bytes);
+            put_varint(out, m.records);
+            put_varint(out, m.record_bytes);
+        }
+        for (id, bytes) in &self.discards {
+            put_varint(out, TAG_DISCARD);
+            put_varint(out, *id);
+            put_varint(out, *bytes);
+        }
+    }
+
+    /// Decodes the fields of value-log tag `tag`; `Ok(false)` when `tag` is not one of them.
+    fn decode_value_log(&mut self, tag: u64, r: &mut Reader) -> Result<bool, String> {
+        let trunc = || "truncated edit".to_string();
+        match tag {
+            TAG_GC_SAFE_POINT => self.gc_safe_point = Some(r.varint().ok_or_else(trunc)?),
+            TAG_DELETE_SEGMENT => self.segments_deleted.push(r.varint().ok_or_else(trunc)?),
+            TAG_ADD_SEGMENT => {
+                let id = r.varint().ok_or_else(trunc)?;
+                let file_bytes = r.varint().ok_or_else(trunc)?;
+                let records = r.varint().ok_or_else(trunc)?;
+                let record_bytes = r.varint().ok_or_else(trunc)?;
+                let frame = (SEGMENT_HEADER_LEN + SEGMENT_FOOTER_LEN) as u64;
+                if record_bytes.checked_add(frame) != Some(file_bytes)
+                    || records.saturating_mul(RECORD_HEADER_LEN as u64) > record_bytes
+                {
+                    return Err(format!(
+                        "segment {id}: {records} records of {record_bytes} bytes do not fit a \
+                         file of {file_bytes} bytes"
+                    ));
+                }
+                self.segments_added.push(SegmentMeta {
+                    id,
+                    file_bytes,
+                    records,
+                    record_bytes,
+                });
+            }
+            TAG_DISCARD => {
+                let id = r.varint().ok_or_else(trunc)?;
+                let bytes = r.varint().ok_or_else(trunc)?;
+                self.discards.push((id, bytes));
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Parses an edit; `Err` carries what was wrong.
@@ -315,7 +388,11 @@ impl VersionEdit {
                     let index = r.varint().ok_or_else(trunc)?;
                     e.applied.push((region, index));
                 }
-                t => return Err(format!("unknown edit tag {t}")),
+                t => {
+                    if !e.decode_value_log(t, &mut r)? {
+                        return Err(format!("unknown edit tag {t}"));
+                    }
+                }
             }
         }
         Ok(e)
@@ -339,12 +416,22 @@ mod tests {
             nf in proptest::option::of(any::<u64>()), ls in proptest::option::of(any::<u64>()),
             lf in proptest::option::of(any::<u64>()), of in proptest::option::of(any::<u64>()),
             applied in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            segs in proptest::collection::vec((any::<u64>(), 0u64..1 << 40, 0u64..1000), 0..4),
+            seg_del in proptest::collection::vec(any::<u64>(), 0..3),
+            discards in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            gsp in proptest::option::of(any::<u64>()),
         ) {
             let e = VersionEdit {
                 added: added.into_iter().map(|(l, n, s, c, a, b)| (l, FileDesc { number: n, size: s, entries: c, smallest: a, largest: b, global_seq: (n % 3 == 0).then_some(n / 3) })).collect(),
                 deleted, next_file_number: nf, last_seq: ls, log_floor: lf, opaque_floor: of, applied,
                 format_version: Some(MANIFEST_FORMAT),
                 seq_floor: ls.map(|x| x / 2),
+                segments_added: segs.into_iter().map(|(id, rb, n)| SegmentMeta {
+                    id, file_bytes: rb + 52, records: n.min(rb / 12), record_bytes: rb,
+                }).collect(),
+                segments_deleted: seg_del,
+                discards,
+                gc_safe_point: gsp,
             };
             prop_assert_eq!(VersionEdit::decode(&e.encode()), Ok(e));
         }
@@ -353,5 +440,117 @@ mod tests {
         fn garbage_edit_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = VersionEdit::decode(&buf);
         }
+    }
+
+    fn seg(id: u64, record_bytes: u64) -> SegmentMeta {
+        SegmentMeta {
+            id,
+            file_bytes: record_bytes + 52,
+            records: record_bytes / 100,
+            record_bytes,
+        }
+    }
+
+    #[test]
+    fn segment_tags_match_docs_format_md() {
+        let e = VersionEdit {
+            segments_deleted: vec![3],
+            segments_added: vec![SegmentMeta {
+                id: 9,
+                file_bytes: 252,
+                records: 2,
+                record_bytes: 200,
+            }],
+            discards: vec![(9, 130)],
+            gc_safe_point: Some(5),
+            ..Default::default()
+        };
+        // Tags: 12 safe point, 10 delete, 9 add (id, file, records, record bytes), 11 discard.
+        let want = [12, 5, 10, 3, 9, 9, 252, 1, 2, 200, 1, 11, 9, 130, 1];
+        assert_eq!(e.encode(), want);
+        assert_eq!(VersionEdit::decode(&want), Ok(e));
+    }
+
+    #[test]
+    fn segment_tags_are_checked_strictly() {
+        let mut e = VersionEdit {
+            segments_added: vec![seg(7, 1000)],
+            ..Default::default()
+        };
+        assert!(VersionEdit::decode(&e.encode()).is_ok());
+        e.segments_added[0].file_bytes += 1;
+        let err = VersionEdit::decode(&e.encode()).unwrap_err();
+        assert!(err.contains("segment 7"), "{err}");
+        e.segments_added[0] = SegmentMeta {
+            records: 1000,
+            ..seg(7, 1000)
+        };
+        assert!(
+            VersionEdit::decode(&e.encode()).is_err(),
+            "too many records"
+        );
+        let mut enc = VersionEdit {
+            discards: vec![(7, 5)],
+            ..Default::default()
+        }
+        .encode();
+        enc.pop();
+        assert!(VersionEdit::decode(&enc).is_err(), "truncated discard");
+    }
+
+    #[test]
+    fn manifest_state_tracks_segments_and_refuses_inconsistent_edits() {
+        use crate::manifest::ManifestState;
+        let mut st = ManifestState::new(7);
+        let add = VersionEdit {
+            segments_added: vec![seg(3, 1000), seg(4, 500)],
+            discards: vec![(3, 200)],
+            gc_safe_point: Some(9),
+            ..Default::default()
+        };
+        st.apply(&add).unwrap();
+        st.apply(&VersionEdit {
+            discards: vec![(3, 5000)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            st.discard.usage(3).unwrap().discarded,
+            1000,
+            "capped at the total"
+        );
+        for bad in [
+            VersionEdit {
+                segments_added: vec![seg(4, 10)],
+                ..Default::default()
+            },
+            VersionEdit {
+                segments_deleted: vec![5],
+                ..Default::default()
+            },
+            VersionEdit {
+                discards: vec![(5, 1)],
+                ..Default::default()
+            },
+        ] {
+            assert!(st.clone().apply(&bad).is_err(), "{bad:?}");
+        }
+        // The snapshot edit recreates segments, discards and the safe point.
+        let mut again = ManifestState::new(7);
+        again.apply(&st.snapshot_edit()).unwrap();
+        assert_eq!(again.segments, st.segments);
+        assert_eq!(again.discard, st.discard);
+        assert_eq!(again.gc_safe_point, 9);
+        // GC swaps segments in one edit: delete the old, add the new with its garbage.
+        st.apply(&VersionEdit {
+            segments_deleted: vec![3],
+            segments_added: vec![seg(8, 300)],
+            discards: vec![(8, 100)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!st.segments.contains_key(&3));
+        assert_eq!(st.discard.usage(3), None);
+        assert_eq!(st.discard.usage(8).unwrap().discarded, 100);
     }
 }

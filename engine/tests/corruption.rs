@@ -18,14 +18,23 @@ const KEYS: u64 = 300;
 /// Every (key, value) a full scan returned.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Builds a database with tables in two levels, a manifest and a WAL holding unflushed writes.
+/// `fault_options` with a value-log threshold that a fifth of the values reach.
+fn options(fs: &FaultFs) -> nokv::Options {
+    nokv::Options {
+        value_threshold_bytes: 256,
+        ..fault_options(fs)
+    }
+}
+
+/// Builds a database with tables in two levels, value-log segments, a manifest and a WAL
+/// holding unflushed writes.
 fn build(fs: &FaultFs) -> BTreeMap<Vec<u8>, Vec<u8>> {
     fs.create_dir_all(Path::new("/db")).expect("mkdir");
-    let db = Db::open("/db", fault_options(fs)).expect("open");
+    let db = Db::open("/db", options(fs)).expect("open");
     let mut model = BTreeMap::new();
     for round in 0..3u64 {
         for k in (round..KEYS).step_by(2) {
-            let v = value_for(k, round, 90);
+            let v = value_for(k, round, if k % 5 == 0 { 400 } else { 90 });
             db.put(&key(k), &v).expect("put");
             model.insert(key(k), v);
         }
@@ -42,7 +51,7 @@ fn build(fs: &FaultFs) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 /// Opens and reads everything; `Ok(None)` when the engine reported the damage.
 fn read_back(fs: &FaultFs) -> Result<Option<Pairs>> {
-    let db = match Db::open("/db", fault_options(fs)) {
+    let db = match Db::open("/db", options(fs)) {
         Ok(db) => db,
         Err(_) => return Ok(None),
     };

@@ -1,6 +1,9 @@
 //! Model test: random put/put-with-TTL/delete/range-delete/batch/flush/compact/reopen/snapshot
 //! sequences, with an injectable clock that moves forward, against a `BTreeMap`,
 //! comparing point reads and full scans in both directions, bounds and prefixes.
+//! About a quarter of the values are above the value-log threshold, segments are small and
+//! value-log GC runs (in the background and as an operation), so reads go through pointers,
+//! including relocated ones.
 
 mod common;
 
@@ -39,6 +42,7 @@ enum OpKind {
     PutRangePut(u16, u16, u16, u16),
     /// Delete every key with prefix `kNN` (a whole "region" of the key space).
     DeletePrefix(u8),
+    Gc,
 }
 
 fn k(i: u16) -> Vec<u8> {
@@ -69,6 +73,7 @@ fn op() -> impl Strategy<Value = OpKind> {
         4 => (key.clone(), key.clone()).prop_map(|(a, b)| OpKind::DeleteRange(a, b)),
         2 => (key.clone(), key.clone(), key.clone(), key.clone()).prop_map(|(a, l, h, b)| OpKind::PutRangePut(a, l, h, b)),
         1 => (0u8..37).prop_map(OpKind::DeletePrefix),
+        2 => Just(OpKind::Gc),
     ]
 }
 
@@ -111,12 +116,23 @@ fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// Small buffers, a 512-byte value-log threshold, 8 KiB segments and an eager GC.
+fn vlog_model_options() -> nokv::Options {
+    nokv::Options {
+        value_threshold_bytes: 512,
+        vlog_segment_bytes: 8 << 10,
+        vlog_gc_min_discard_ratio: 0.2,
+        vlog_gc_bytes_per_round: 4 << 10,
+        ..small_options()
+    }
+}
+
 fn run(ops: Vec<OpKind>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let opts = nokv::Options {
         clock: clock.clone(),
-        ..small_options()
+        ..vlog_model_options()
     };
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
     let mut stored: Stored = BTreeMap::new();
@@ -241,6 +257,13 @@ fn run(ops: Vec<OpKind>) {
             }
             OpKind::Flush => db.flush().expect("flush"),
             OpKind::Compact => db.compact_all().expect("compact"),
+            OpKind::Gc => {
+                for _ in 0..4 {
+                    if !db.run_value_log_gc(0.05).expect("value-log gc") {
+                        break;
+                    }
+                }
+            }
             OpKind::TakeSnapshot => {
                 if snapshots.len() == 3 {
                     snapshots.remove(0);
@@ -278,6 +301,16 @@ fn run(ops: Vec<OpKind>) {
     let all: Vec<_> = visible(&stored, clock.now_ms()).into_iter().collect();
     assert_eq!(scan(&db, ReadOptions::default(), false), all);
     assert_eq!(scan(&db, ReadOptions::default(), true), all);
+    // Collect everything collectable, then read it all back after a reopen.
+    db.compact_all().expect("compact");
+    while db.run_value_log_gc(0.01).expect("value-log gc") {}
+    db.close().expect("close");
+    let db = Db::open(dir.path(), opts).expect("reopen");
+    let all: Vec<_> = visible(&stored, clock.now_ms()).into_iter().collect();
+    assert_eq!(scan(&db, ReadOptions::default(), true), all);
+    for (k, v) in &all {
+        assert_eq!(db.get(k).expect("get").as_ref(), Some(v));
+    }
     db.close().expect("close");
 }
 

@@ -1,7 +1,8 @@
 //! MVCC model test: explicit versions written out of order across keys and column
 //! families, range deletes (physical: every version written before them vanishes, whatever
 //! its version), reads at any timestamp at or above an advancing GC safe point, snapshots,
-//! flushes, compactions and reopens, against a model that keeps every version.
+//! flushes, compactions, value-log GC and reopens, against a model that keeps every
+//! version. Most values are above the value-log threshold.
 
 mod common;
 
@@ -34,6 +35,8 @@ enum Op {
     DeleteRange(bool, u8, Option<u8>),
     /// One batch: put (key, version offset), the range delete, put (key, version offset).
     PutRangePut(bool, (u8, u16), u8, Option<u8>, (u8, u16)),
+    /// Run value-log GC a few times.
+    Gc,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,8 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::TakeSnapshot),
         3 => (any::<u8>(), proptest::option::of(off.clone())).prop_map(|(i, t)| Op::CheckSnapshot(i, t)),
         3 => (any::<bool>(), key.clone(), proptest::option::of(key.clone())).prop_map(|(s, lo, hi)| Op::DeleteRange(s, lo, hi)),
-        2 => (any::<bool>(), (key.clone(), off.clone()), key.clone(), proptest::option::of(key.clone()), (key.clone(), off))
+        2 => (any::<bool>(), (key.clone(), off.clone()), key.clone(), proptest::option::of(key.clone()), (key.clone(), off.clone()))
             .prop_map(|(s, a, lo, hi, b)| Op::PutRangePut(s, a, lo, hi, b)),
+        2 => Just(Op::Gc),
     ]
 }
 
@@ -169,6 +173,10 @@ fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = nokv::Options {
         retain_versions: true,
+        value_threshold_bytes: 128,
+        vlog_segment_bytes: 8 << 10,
+        vlog_gc_min_discard_ratio: 0.2,
+        vlog_gc_bytes_per_round: 4 << 10,
         ..small_options()
     };
     let mut db = Db::open(dir.path(), opts.clone()).expect("open");
@@ -290,6 +298,13 @@ fn run(ops: Vec<Op>) {
             }
             Op::Flush => db.flush().expect("flush"),
             Op::Compact => db.compact_all().expect("compact"),
+            Op::Gc => {
+                for _ in 0..4 {
+                    if !db.run_value_log_gc(0.05).expect("value-log gc") {
+                        break;
+                    }
+                }
+            }
             Op::Reopen => {
                 snapshots.clear();
                 db.close().expect("close");

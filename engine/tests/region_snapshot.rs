@@ -468,3 +468,45 @@ fn range_deletes_hide_data_from_exports_but_not_from_later_ingests() {
     );
     assert_eq!(read(&dst, CF_WRITE, 10, None), None);
 }
+
+#[test]
+fn value_log_values_are_exported_inline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opts = nokv::Options {
+        value_threshold_bytes: 1024,
+        ..mvcc_options()
+    };
+    let src = Db::open(tmp.path().join("src"), opts.clone()).expect("open");
+    let space = KeySpace::new(NS_REDIS, CF_DEFAULT);
+    for i in 0..200u32 {
+        let mut b = WriteBatch::new();
+        b.put_at(space, &k(i), 5, &value_for(i as u64, 5, 3000));
+        src.write(&b, &Default::default()).expect("write");
+    }
+    src.compact_all().expect("compact");
+    assert!(
+        src.stats().vlog_segments > 0,
+        "values went to the value log"
+    );
+    let snap = tmp.path().join("snap");
+    src.export_range(
+        &RegionRange::namespace(NS_REDIS),
+        &snap,
+        &Default::default(),
+    )
+    .expect("export");
+    let dst = Db::open(tmp.path().join("dst"), opts).expect("open");
+    dst.ingest(&snap, None).expect("ingest");
+    for i in (0..200u32).step_by(7) {
+        assert_eq!(
+            read(&dst, CF_DEFAULT, i, None),
+            Some(value_for(i as u64, 5, 3000))
+        );
+    }
+    // Compaction on the target separates them into its own value log.
+    dst.compact_all().expect("compact");
+    assert_eq!(
+        read(&dst, CF_DEFAULT, 14, None),
+        Some(value_for(14, 5, 3000))
+    );
+}

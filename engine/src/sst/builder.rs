@@ -92,6 +92,8 @@ pub struct TableBuilder {
     sep: Vec<u8>,
     handle_buf: Vec<u8>,
     props: TableProperties,
+    /// Value-log record bytes referenced by pointer entries, per segment.
+    vlog_refs: std::collections::BTreeMap<u64, u64>,
     failed: bool,
     /// Range tombstones for the range-deletion block.
     range_dels: Vec<RangeTombstone>,
@@ -193,6 +195,7 @@ impl TableBuilder {
             sep: Vec::new(),
             handle_buf: Vec::with_capacity(20),
             props: TableProperties::default(),
+            vlog_refs: std::collections::BTreeMap::new(),
             failed: false,
             range_dels: Vec::new(),
             opts: TableBuilderOptions {
@@ -254,6 +257,11 @@ impl TableBuilder {
             self.props.num_deletions += 1;
         }
         self.props.max_seq = self.props.max_seq.max(seq);
+        if let Some(p) = crate::key::pointer_bytes(kind, value)
+            .and_then(|p| crate::vlog::ValuePointer::decode(p).ok())
+        {
+            *self.vlog_refs.entry(p.segment).or_insert(0) += p.len as u64;
+        }
         self.props.max_version = self.props.max_version.max(parse_version(ikey));
         self.block.add(ikey, value);
         self.props.num_entries += 1;
@@ -451,6 +459,7 @@ impl TableBuilder {
         );
         self.props.index_bytes = index.size + BLOCK_TRAILER_LEN as u64;
         self.finish_range_dels();
+        self.props.vlog_refs = std::mem::take(&mut self.vlog_refs).into_iter().collect();
         let pcontents = self.props.encode();
         let props = emit_block(
             &mut self.out,

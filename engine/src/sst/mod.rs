@@ -65,6 +65,9 @@ pub struct TableProperties {
     pub num_range_deletions: u64,
     /// Where the range-deletion block is (size 0: no block).
     pub(crate) range_del: BlockHandle,
+    /// Value-log record bytes the table's pointer entries reference, per segment (ascending):
+    /// what becomes garbage if the table is dropped unread.
+    pub vlog_refs: Vec<(u64, u64)>,
 }
 
 impl TableProperties {
@@ -82,6 +85,11 @@ impl TableProperties {
         put_varint(&mut out, self.max_seq);
         put_varint(&mut out, self.num_range_deletions);
         self.range_del.encode_to(&mut out);
+        put_varint(&mut out, self.vlog_refs.len() as u64);
+        for (segment, bytes) in &self.vlog_refs {
+            put_varint(&mut out, *segment);
+            put_varint(&mut out, *bytes);
+        }
         out
     }
 
@@ -103,6 +111,22 @@ impl TableProperties {
             range_del: BlockHandle {
                 offset: r.varint()?,
                 size: r.varint()?,
+            },
+            vlog_refs: {
+                let n = r.varint()?;
+                // Each pair takes at least two bytes: a count beyond that is damage.
+                if n > buf.len() as u64 {
+                    return None;
+                }
+                let mut refs = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let segment = r.varint()?;
+                    if refs.last().is_some_and(|(s, _)| *s >= segment) {
+                        return None;
+                    }
+                    refs.push((segment, r.varint()?));
+                }
+                refs
             },
         })
     }

@@ -17,6 +17,8 @@
 //!    manifest edit** that adds the new segment and re-points the keys (for each relocation,
 //!    only if the key still points at `old`; a key overwritten meanwhile keeps its newer
 //!    value, and its relocated copy is garbage in the new segment, reported as a discard).
+//!    The database re-points with an L0 table repeating the moved entries' internal keys
+//!    with the new pointers (`db/vlog_gc.rs`).
 //! 5. Once no reader can still hold the old pointers (no version or iterator references
 //!    the old segment), the caller deletes the old segment and drops it from the stats.
 //!

@@ -14,16 +14,21 @@
 //! protocol and its crash safety).
 //!
 //! Modules: [`pointer`](mod@pointer) (the pointer and its encoding), [`segment`] (file format, writer,
-//! reader, iterator), [`discard`] (garbage accounting), [`gc`]. The byte format is in
-//! `docs/format.md`, "Value-log segments".
+//! reader, iterator), [`discard`] (garbage accounting), [`gc`], [`separate`] (moving values
+//! out of a flush or compaction), [`live`] (live segment handles, the reader cache, pointer
+//! reads). The byte format is in `docs/format.md`, "Value-log segments"; how the database
+//! drives all of it (the manifest tags, the GC commit with its L0 relocation table) is in
+//! `docs/architecture.md`, "Value log", and `db/vlog_gc.rs`.
 //!
 //! This module owns no database state: which segments are live, the discard statistics
 //! and the id allocation belong to the caller (the manifest).
 
 pub mod discard;
 pub mod gc;
+pub mod live;
 pub mod pointer;
 pub mod segment;
+pub mod separate;
 
 #[cfg(test)]
 mod tests;
@@ -32,10 +37,12 @@ use std::path::Path;
 
 pub use discard::{DiscardStats, SegmentUsage};
 pub use gc::{GcJob, GcOutcome, GcStep, Relocation};
+pub use live::{LiveSegment, ReaderCache, SegmentSet, ValueFetcher};
 pub use pointer::{PointerError, ValuePointer};
 pub use segment::{
     Record, RecordRef, SegmentIter, SegmentMeta, SegmentReader, SegmentWriter, SegmentWriterOptions,
 };
+pub use separate::{SeparatorSettings, Thresholds, ValueSeparator};
 
 use crate::error::{IoContext, Result};
 use crate::filename::{self, FileKind};

@@ -49,6 +49,9 @@ pub struct SegmentWriterOptions {
     pub target_segment_bytes: u64,
     /// Appends are buffered and written in chunks of about this many bytes.
     pub write_buffer_bytes: usize,
+    /// TEST ONLY: `finish` skips the fdatasync (crash tests' negative control).
+    #[doc(hidden)]
+    pub unsafe_skip_sync: bool,
 }
 
 impl Default for SegmentWriterOptions {
@@ -56,6 +59,7 @@ impl Default for SegmentWriterOptions {
         SegmentWriterOptions {
             target_segment_bytes: DEFAULT_TARGET_SEGMENT_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            unsafe_skip_sync: false,
         }
     }
 }
@@ -344,7 +348,9 @@ impl SegmentWriter {
         self.buf
             .extend_from_slice(&encode_footer(self.records, records_end));
         self.flush()?;
-        self.file.sync_data().ctx("fdatasync", &self.path)?;
+        if !self.opts.unsafe_skip_sync {
+            self.file.sync_data().ctx("fdatasync", &self.path)?;
+        }
         Ok(SegmentMeta {
             id: self.id,
             file_bytes: self.written,

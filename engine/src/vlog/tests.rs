@@ -154,6 +154,7 @@ fn target_size_reports_full() {
     let opts = SegmentWriterOptions {
         target_segment_bytes: 10_000,
         write_buffer_bytes: 4096,
+        ..Default::default()
     };
     let mut w = SegmentWriter::create(fs.clone(), dir(), 1, opts).unwrap();
     assert_eq!(w.bytes(), (SEGMENT_HEADER_LEN + SEGMENT_FOOTER_LEN) as u64);
