@@ -29,7 +29,8 @@ impl Drain for TracingDrain {
                 tracing::error!(target: "raft", "{msg}{}", kv.0)
             }
             slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{}", kv.0),
-            slog::Level::Info => tracing::info!(target: "raft", "{msg}{}", kv.0),
+            // raft-rs logs every election at info; at node scale that is debug detail.
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}{}", kv.0),
             slog::Level::Debug => tracing::debug!(target: "raft", "{msg}{}", kv.0),
             slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{}", kv.0),
         }
