@@ -39,8 +39,9 @@ pub const MAX_REMOTE_WAITING: usize = 8192;
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often each core tries to truncate its raft logs.
 pub const LOG_COMPACT_INTERVAL: Duration = Duration::from_secs(5);
-/// Locked-memory budget for all executors' io_uring buffers (RLIMIT_MEMLOCK is 8 MiB here).
-pub const IO_MEMORY_BUDGET: usize = 6 << 20;
+/// Locked-memory budget of one process's io_uring buffers (all executors, 3 rings each): RLIMIT_MEMLOCK
+/// is 8 MiB here and io_uring charges it per user, so several servers (tests) must fit together.
+pub const IO_MEMORY_BUDGET: usize = 768 << 10;
 /// Longest a graceful shutdown waits for connections and other cores.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time.
@@ -85,7 +86,7 @@ struct NodeShared {
 /// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor.
 pub fn io_memory_per_executor(cores: usize) -> usize {
     let per = IO_MEMORY_BUDGET / (3 * cores.max(1));
-    (per.clamp(64 << 10, 256 << 10)) & !4095
+    (per.clamp(32 << 10, 128 << 10)) & !4095
 }
 
 /// Runs the node until SIGTERM/SIGINT; returns once every core has stopped.

@@ -61,11 +61,11 @@ pub struct Plan {
 pub const CROSS_REGION: &str =
     "CROSSSLOT Keys in request don't hash to the same region (MSETNX needs one region: use {hash tags})";
 
-fn group<'a, T>(
-    routes: &'a RouteTable,
+fn group<T>(
+    routes: &RouteTable,
     items: Vec<T>,
     key: impl Fn(&T) -> &[u8],
-) -> Vec<(&'a Route, Vec<(usize, T)>)> {
+) -> Vec<(&Route, Vec<(usize, T)>)> {
     let mut out: Vec<(&Route, Vec<(usize, T)>)> = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let r = routes.for_key(key(&item));
