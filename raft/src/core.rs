@@ -39,8 +39,10 @@ pub struct CoreConfig {
     pub heartbeat_tick: usize,
     /// Most proposals waiting to be applied per region.
     pub max_pending_proposals: usize,
-    /// Largest proposal accepted (bytes).
+    /// Largest proposal accepted (bytes); must stay below the engine's `max_batch_bytes`.
     pub max_proposal_bytes: usize,
+    /// Bytes of raft records written per WAL append (a round above it takes several).
+    pub max_round_bytes: usize,
     /// Applied entries kept in each peer's in-memory cache.
     pub max_cached_entries: usize,
     /// Bytes of applied entries kept in each peer's in-memory cache.
@@ -55,7 +57,8 @@ impl Default for CoreConfig {
             election_tick: 10,
             heartbeat_tick: 3,
             max_pending_proposals: 4096,
-            max_proposal_bytes: 8 << 20,
+            max_proposal_bytes: 20 << 20,
+            max_round_bytes: 8 << 20,
             max_cached_entries: 1024,
             max_cached_bytes: 4 << 20,
         }
@@ -321,19 +324,36 @@ impl<T> RaftCore<T> {
         if readies.is_empty() {
             return Ok(stats);
         }
-        let mut segment = 0;
-        if !records.is_empty() {
-            let refs: Vec<(u8, &[u8])> = records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
-            let wo = WriteOptions {
-                durability: Some(self.cfg.durability),
-            };
-            segment = self
+        // One WAL write for the whole round; a round bigger than `max_round_bytes` is
+        // written in a few appends (each one write, synced) so none exceeds the engine's
+        // batch limit. Entries are tagged with the first append's segment: the floor then
+        // keeps at least everything they need.
+        let mut segment = u64::MAX;
+        let wo = WriteOptions {
+            durability: Some(self.cfg.durability),
+        };
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len()
+                && (end == start || bytes + records[end].1.len() <= self.cfg.max_round_bytes)
+            {
+                bytes += records[end].1.len();
+                end += 1;
+            }
+            let refs: Vec<(u8, &[u8])> = records[start..end]
+                .iter()
+                .map(|(t, p)| (*t, p.as_slice()))
+                .collect();
+            let pos = self
                 .db
                 .append_opaque(&refs, &wo)
-                .map_err(|e| Error::engine("append raft records", e))?
-                .segment;
-            stats.records = records.len();
+                .map_err(|e| Error::engine("append raft records", e))?;
+            segment = segment.min(pos.segment);
+            start = end;
         }
+        stats.records = records.len();
         for (id, mut rd) in readies {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;

@@ -517,6 +517,11 @@ async fn raft_driver(
             }
         };
         if let Err(source) = result {
+            // The engine failed under the raft log: nothing more can be acknowledged here.
+            // Stop the whole node (exit status 1) rather than leave writes hanging.
+            tracing::error!(core = core.id, error = %source, "raft driver failed; stopping the node");
+            core.node.failed.store(true, Ordering::SeqCst);
+            core.node.shutdown.store(true, Ordering::SeqCst);
             return Err(Error::Raft {
                 core: core.id,
                 source,

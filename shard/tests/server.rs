@@ -31,6 +31,12 @@ fn commands_round_trip() {
         c.cmd("GET"),
         R::Error("ERR wrong number of arguments for 'get' command".into())
     );
+    // A large value travels as one raft entry and comes back whole.
+    let big: Vec<u8> = (0..(2 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    c.send(&[b"SET", b"big", &big]);
+    assert_eq!(c.read(), R::ok());
+    c.send(&[b"GET", b"big"]);
+    assert_eq!(c.read(), R::Bulk(big));
     // Pipelined: a read after a write on the same connection sees it.
     c.send(&[b"SET", b"p", b"1"]);
     c.send(&[b"INCR", b"p"]);
