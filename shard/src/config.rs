@@ -31,7 +31,7 @@ pub struct Flags {
     /// Number of cores (executors) [default: all CPUs; on restart, what the workdir was made with].
     #[arg(long)]
     pub cores: Option<usize>,
-    /// CPUs to pin the executors to, e.g. "0-3" or "0,2,4" [default: 0..cores]; core n uses the n-th.
+    /// CPUs to pin the executors to, e.g. "0-3" or "0,2,4" [default: every CPU]; core n uses the n-th, round-robin.
     #[arg(long)]
     pub cpus: Option<String>,
     /// sync: acknowledge after fdatasync (default); relaxed: after write(2), a power loss may lose recent writes.

@@ -142,10 +142,10 @@ pub fn run(settings: Settings) -> Result<()> {
         }
     };
     let cores = meta.cores;
-    let cpus = settings
-        .cpus
-        .clone()
-        .unwrap_or_else(|| (0..cores).collect());
+    // Core n runs on the n-th CPU of the list, round-robin when there are more cores.
+    let cpus = settings.cpus.clone().unwrap_or_else(|| {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    });
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for core in 0..cores {
