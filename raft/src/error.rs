@@ -1,0 +1,101 @@
+//! The crate's one error type.
+
+use crate::region::{Epoch, RegionDescriptor};
+use thiserror::Error;
+
+/// Region routing and Raft failures.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// This peer is not the region's leader; `leader` is the peer id it knows of.
+    #[error("region {region}: not leader (leader hint: {leader:?})")]
+    NotLeader {
+        /// The region.
+        region: u64,
+        /// The leader's peer id, if known.
+        leader: Option<u64>,
+    },
+    /// The request was routed with a stale view of the region.
+    #[error("region {}: epoch {request:?} does not match {:?}", current.id, current.epoch)]
+    EpochNotMatch {
+        /// The epoch the request carried.
+        request: Epoch,
+        /// The region as it is now.
+        current: Box<RegionDescriptor>,
+    },
+    /// No region with this id lives here.
+    #[error("region {0} not found")]
+    RegionNotFound(u64),
+    /// The key is outside the region's range.
+    #[error("key {key:?} is not in region {region} [{start:?}, {end:?})")]
+    KeyNotInRegion {
+        /// The key.
+        key: Vec<u8>,
+        /// The region.
+        region: u64,
+        /// Its start key.
+        start: Vec<u8>,
+        /// Its end key (empty: unbounded).
+        end: Vec<u8>,
+    },
+    /// Too many proposals are waiting to be applied in this region.
+    #[error("region {region}: {pending} proposals pending, the limit")]
+    Busy {
+        /// The region.
+        region: u64,
+        /// Proposals waiting.
+        pending: usize,
+    },
+    /// A proposal was dropped (leadership changed before it was committed).
+    #[error("region {region}: proposal at index {index} was dropped")]
+    ProposalDropped {
+        /// The region.
+        region: u64,
+        /// The index it had been given.
+        index: u64,
+    },
+    /// A proposal was refused before reaching the log.
+    #[error("region {region}: invalid proposal: {reason}")]
+    InvalidProposal {
+        /// The region.
+        region: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The storage engine failed.
+    #[error("engine: {context}: {source}")]
+    Engine {
+        /// What was being done.
+        context: String,
+        /// The engine's error.
+        source: nokv::Error,
+    },
+    /// raft-rs refused an operation.
+    #[error("raft: region {region}: {source}")]
+    Raft {
+        /// The region.
+        region: u64,
+        /// raft-rs's error.
+        source: raft::Error,
+    },
+    /// A persisted record could not be decoded, or the replayed log is inconsistent.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What was being decoded.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Wraps an engine error with what was being done.
+    pub fn engine(context: impl Into<String>, source: nokv::Error) -> Error {
+        Error::Engine {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
