@@ -785,15 +785,7 @@ fn range_del_floor(sv: &SuperVersion, logical: &[u8], seq: u64) -> u64 {
         }
     }
     if sv.table_range_dels {
-        let v = &sv.version;
-        let tables = v.levels[0]
-            .iter()
-            .filter(|f| f.desc.overlaps(Some(logical), Some(logical)))
-            .chain(
-                (1..v.levels.len())
-                    .filter_map(|l| v.find_file(l, logical).map(|i| &v.levels[l][i])),
-            );
-        for f in tables {
+        for f in sv.version.files_for_key(logical) {
             if let Some(index) = f.table.range_tombstones() {
                 offer(index);
             }
@@ -1663,15 +1655,7 @@ impl Inner {
             }
         }
         let lookup = lookup_key(logical, ts, seq);
-        let v = &sv.version;
-        let tables = v.levels[0]
-            .iter()
-            .filter(|f| f.desc.overlaps(Some(logical), Some(logical)))
-            .chain(
-                (1..v.levels.len())
-                    .filter_map(|l| v.find_file(l, logical).map(|i| &v.levels[l][i])),
-            );
-        for f in tables {
+        for f in sv.version.files_for_key(logical) {
             if beats(&best, f.table.properties().max_version) {
                 if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, fill_cache)? {
                     offer(&mut best, Found::from_entry(&ikey, value));

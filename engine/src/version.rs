@@ -123,6 +123,21 @@ impl Version {
         (i < files.len() && files[i].desc.smallest_logical() <= logical).then_some(i)
     }
 
+    /// The files that may hold `logical`: overlapping L0 files (newest first), then the one
+    /// file of each deeper level whose range contains it.
+    pub fn files_for_key<'a>(
+        &'a self,
+        logical: &'a [u8],
+    ) -> impl Iterator<Item = &'a Arc<FileMeta>> + 'a {
+        self.levels[0]
+            .iter()
+            .filter(move |f| f.desc.overlaps(Some(logical), Some(logical)))
+            .chain(
+                (1..self.levels.len())
+                    .filter_map(move |l| self.find_file(l, logical).map(|i| &self.levels[l][i])),
+            )
+    }
+
     /// Files of `level` whose logical range intersects `[lo, hi]`.
     pub fn overlapping(
         &self,

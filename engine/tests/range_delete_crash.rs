@@ -197,10 +197,7 @@ fn round(seed: u64, crash: Crash) -> Result<(), String> {
 }
 
 fn rounds() -> u64 {
-    std::env::var("NOKV_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16)
+    crash_rounds(16)
 }
 
 #[test]

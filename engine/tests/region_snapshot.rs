@@ -398,11 +398,7 @@ fn ingest_power_loss_round(seed: u64, skip_sync: bool) -> Result<(), String> {
 
 #[test]
 fn ingest_is_all_or_nothing_across_power_loss() {
-    let rounds = std::env::var("NOKV_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24u64);
-    for seed in 0..rounds {
+    for seed in 0..crash_rounds(24) {
         if let Err(e) = ingest_power_loss_round(seed, false) {
             panic!("round {seed}: {e}");
         }

@@ -24,24 +24,6 @@ use rand::{Rng, SeedableRng};
 const WRITERS: usize = 2;
 const KEYS_PER_WRITER: u64 = 60;
 
-/// One batch: (key, Some(value) | None for delete).
-type Batch = Vec<(u64, Option<Vec<u8>>)>;
-
-#[derive(Default)]
-struct WriterLog {
-    acked: Vec<Batch>,
-    in_flight: Option<Batch>,
-}
-
-fn apply(state: &mut BTreeMap<u64, Vec<u8>>, b: &Batch) {
-    for (k, v) in b {
-        match v {
-            Some(v) => state.insert(*k, v.clone()),
-            None => state.remove(k),
-        };
-    }
-}
-
 /// Checks one writer's keys (gets and a scan) against its log.
 fn check_writer(db: &Db, w: usize, log: &WriterLog) -> Result<(), String> {
     let mut expected = BTreeMap::new();
@@ -222,10 +204,7 @@ fn round(seed: u64, mode: Mode) -> Result<Outcome, String> {
 }
 
 fn rounds() -> u64 {
-    std::env::var("NOKV_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
+    crash_rounds(24)
 }
 
 #[test]

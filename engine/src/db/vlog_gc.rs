@@ -834,16 +834,8 @@ impl Inner {
         for m in &sv.imms {
             children.push(Box::new(m.iter()));
         }
-        let v = &sv.version;
-        for f in &v.levels[0] {
-            if f.desc.overlaps(Some(logical), Some(logical)) {
-                children.push(Box::new(f.table.iter(false)));
-            }
-        }
-        for level in 1..v.levels.len() {
-            if let Some(i) = v.find_file(level, logical) {
-                children.push(Box::new(v.levels[level][i].table.iter(false)));
-            }
+        for f in sv.version.files_for_key(logical) {
+            children.push(Box::new(f.table.iter(false)));
         }
         let mut it = MergingIterator::new(children);
         it.seek(&first_key(logical));

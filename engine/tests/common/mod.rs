@@ -105,3 +105,33 @@ pub fn scan_all(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
     it.status().expect("scan status");
     out
 }
+
+/// Rounds a crash test runs: `NOKV_CRASH_ROUNDS` when set, else `default`.
+pub fn crash_rounds(default: u64) -> u64 {
+    std::env::var("NOKV_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One batch of a crash-test writer: (key, Some(value) | None for delete).
+pub type Batch = Vec<(u64, Option<Vec<u8>>)>;
+
+/// What one crash-test writer did: its acknowledged batches and the one in flight.
+#[derive(Default)]
+pub struct WriterLog {
+    /// Batches whose write returned Ok, in order.
+    pub acked: Vec<Batch>,
+    /// The batch being written when the crash came, if any.
+    pub in_flight: Option<Batch>,
+}
+
+/// Applies `b` to the model `state`.
+pub fn apply(state: &mut std::collections::BTreeMap<u64, Vec<u8>>, b: &Batch) {
+    for (k, v) in b {
+        match v {
+            Some(v) => state.insert(*k, v.clone()),
+            None => state.remove(k),
+        };
+    }
+}
