@@ -96,26 +96,6 @@ fn scan(db: &Db, ro: ReadOptions, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     walk(db.iter(ro).expect("iter"), reverse)
 }
 
-fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    if reverse {
-        it.seek_to_last();
-        while it.valid() {
-            out.push((it.key().to_vec(), it.value().to_vec()));
-            it.prev();
-        }
-        out.reverse();
-    } else {
-        it.seek_to_first();
-        while it.valid() {
-            out.push((it.key().to_vec(), it.value().to_vec()));
-            it.next();
-        }
-    }
-    it.status().expect("iter status");
-    out
-}
-
 /// Small buffers, a 512-byte value-log threshold, 8 KiB segments and an eager GC.
 fn vlog_model_options() -> nokv::Options {
     nokv::Options {

@@ -149,26 +149,6 @@ impl Model {
     }
 }
 
-fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    if reverse {
-        it.seek_to_last();
-        while it.valid() {
-            out.push((it.key().to_vec(), it.value().to_vec()));
-            it.prev();
-        }
-        out.reverse();
-    } else {
-        it.seek_to_first();
-        while it.valid() {
-            out.push((it.key().to_vec(), it.value().to_vec()));
-            it.next();
-        }
-    }
-    it.status().expect("iter status");
-    out
-}
-
 fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = nokv::Options {

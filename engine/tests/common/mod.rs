@@ -135,3 +135,24 @@ pub fn apply(state: &mut std::collections::BTreeMap<u64, Vec<u8>>, b: &Batch) {
         };
     }
 }
+
+/// Every (key, value) of an iterator, walked forward or backward (returned in key order).
+pub fn walk(mut it: nokv::DbIterator, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if reverse {
+        it.seek_to_last();
+        while it.valid() {
+            out.push((it.key().to_vec(), it.value().to_vec()));
+            it.prev();
+        }
+        out.reverse();
+    } else {
+        it.seek_to_first();
+        while it.valid() {
+            out.push((it.key().to_vec(), it.value().to_vec()));
+            it.next();
+        }
+    }
+    it.status().expect("iter status");
+    out
+}
