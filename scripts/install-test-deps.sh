@@ -2,6 +2,8 @@
 # Installs what the test suites need beyond the Rust toolchain (idempotent).
 #   - redis-server / redis-cli: the gateway's conformance suite compares replies
 #     with a real redis-server (gateway/tests/conformance.rs).
+#   - python3: deploy/cluster.sh reads its JSON topology with it
+#     (shard/tests/deploy_cluster.rs runs the script).
 # Run as root (CI and developer machines here are root); does nothing when
 # everything is already installed.
 set -euo pipefail
@@ -9,6 +11,7 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: all present ($(redis-server --version | head -c 40)...)"
@@ -22,6 +25,6 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y redis-server redis-tools
+apt-get install -y "${missing[@]}"
 # The package may start a system service; the tests start their own servers on free ports.
 echo "install-test-deps: installed $(redis-server --version | head -c 40)..."

@@ -20,6 +20,11 @@
 #   P1 [1]                       1 also runs the -P 1 pass
 #   P1_N [N]                     requests per test (-n, -r) of the -P 1 pass
 #   BENCH_TIMEOUT [900]          seconds one redis-benchmark test may take
+#   RSS_KEYS [0]                 >0 also loads exactly this many distinct keys (DATA_SIZE-byte
+#                                values, through redis-cli --pipe) into a fresh redis-server and a
+#                                fresh nokv-server (relaxed) and reports RSS at equal DBSIZE
+#                                (the issue asks for 10000000)
+#   THROUGHPUT [1]               0 skips the redis-benchmark passes (an RSS-only run)
 #   WORKDIR [mktemp -d /tmp/nokv-redis-XXXX]   data dirs and raw outputs; removed at exit
 #   KEEP [0]                     1 keeps WORKDIR
 #   RESULTS_DIR []               if set, raw outputs (*.csv, *.err, *.log, *.cmd) and the table are copied there
@@ -40,6 +45,8 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 P1=${P1:-1}
 P1_N=${P1_N:-$N}
+RSS_KEYS=${RSS_KEYS:-0}
+THROUGHPUT=${THROUGHPUT:-1}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
 KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -58,6 +65,7 @@ for v in N P1_N CLIENTS DATA_SIZE PIPELINE BENCH_TIMEOUT; do
         exit 2
     fi
 done
+[[ $RSS_KEYS =~ ^[0-9]+$ ]] || die "RSS_KEYS must be a number, got '$RSS_KEYS'"
 for v in SERVER_CPU CLIENT_CPU; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]]; then
         echo "redis.sh: $v must be a CPU number, got '${!v}'" >&2
@@ -180,9 +188,11 @@ bench() {
 # run_server NAME: start it (sets SERVER_PID, PORT), run SET then GET at -P PIPELINE and
 # (P1=1) at -P 1, record results in the assoc arrays, stop it.
 declare -A RPS P50 P99 CPU RSS
-run_server() {
-    local name=$1 port
-    port=$(free_port) || exit 1
+# start_server NAME: a fresh data dir, the server started and answering (SERVER_PID, PORT).
+start_server() {
+    local name=$1
+    PORT=$(free_port) || exit 1
+    local port=$PORT
     local dir=$WORKDIR/$name-data
     rm -rf "$dir" && mkdir -p "$dir"
     case $name in
@@ -199,6 +209,12 @@ run_server() {
     SERVER_PID=$!
     wait_ready "$port" "$name"
     echo "== $name (pid $SERVER_PID, 127.0.0.1:$port)"
+}
+
+run_server() {
+    local name=$1
+    start_server "$name"
+    local port=$PORT
     local pipes=("$PIPELINE") p t
     [[ $P1 == 1 && $PIPELINE != 1 ]] && pipes+=(1)
     for p in "${pipes[@]}"; do
@@ -214,7 +230,34 @@ run_server() {
 echo "== N=$N clients=$CLIENTS data=$DATA_SIZE pipeline=$PIPELINE server cpu $SERVER_CPU, client cpu $CLIENT_CPU"
 echo "== $("$REDIS_SERVER" --version | cut -c1-60); nokv-server $NOKV_SERVER; workdir $WORKDIR"
 SERVERS=(redis-server nokv-relaxed nokv-sync)
-for s in "${SERVERS[@]}"; do run_server "$s"; done
+if [[ $THROUGHPUT == 1 ]]; then
+    for s in "${SERVERS[@]}"; do run_server "$s"; done
+fi
+
+# RSS at equal DBSIZE: RSS_KEYS distinct keys loaded through redis-cli --pipe.
+declare -A LOAD_RSS LOAD_SECS
+if ((RSS_KEYS > 0)); then
+    RSS_SERVERS=(redis-server nokv-relaxed)
+    for s in "${RSS_SERVERS[@]}"; do
+        start_server "$s"
+        t0=$(date +%s.%N)
+        awk -v n="$RSS_KEYS" -v d="$DATA_SIZE" 'BEGIN {
+            v = sprintf("%0" d "d", 0); gsub(/0/, "x", v)
+            for (i = 0; i < n; i++) {
+                k = sprintf("key:%012d", i)
+                printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, d, v
+            }
+        }' | timeout "$BENCH_TIMEOUT" taskset -c "$CLIENT_CPU" "$REDIS_CLI" -h 127.0.0.1 -p "$PORT" --pipe \
+            >"$WORKDIR/$s.load.out" 2>&1 || die "loading $RSS_KEYS keys into $s failed; see $WORKDIR/$s.load.out"
+        t1=$(date +%s.%N)
+        size=$("$REDIS_CLI" -h 127.0.0.1 -p "$PORT" dbsize)
+        [[ $size == "$RSS_KEYS" ]] || die "$s: DBSIZE $size after loading $RSS_KEYS keys"
+        LOAD_RSS[$s]=$(rss_mib "$SERVER_PID")
+        LOAD_SECS[$s]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+        echo "   $s: DBSIZE $size, RSS ${LOAD_RSS[$s]} MiB, load ${LOAD_SECS[$s]} s"
+        stop_server
+    done
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "met" : "MISSED" }'; }
@@ -238,6 +281,7 @@ table() {
 }
 
 {
+    if [[ $THROUGHPUT == 1 ]]; then
     echo
     echo "### redis-benchmark -P $PIPELINE (N=$N, -c $CLIENTS, -d $DATA_SIZE, server on CPU $SERVER_CPU, client on CPU $CLIENT_CPU)"
     echo
@@ -257,10 +301,26 @@ table() {
         echo
         table 1
     fi
+    fi
+    if ((RSS_KEYS > 0)); then
+        echo
+        echo "### RSS at equal DBSIZE ($RSS_KEYS keys, $DATA_SIZE-byte values, loaded with redis-cli --pipe)"
+        echo
+        echo "| server | mode | DBSIZE | RSS MiB | RSS x redis | load s |"
+        echo "|---|---|---:|---:|---:|---:|"
+        for s in "${RSS_SERVERS[@]}"; do
+            case $s in
+            redis-server) mode="AOF everysec" ;;
+            *) mode="--durability relaxed" ;;
+            esac
+            echo "| ${s%%-*} | $mode | $RSS_KEYS | ${LOAD_RSS[$s]} | $(ratio "${LOAD_RSS[$s]}" "${LOAD_RSS[redis-server]}") | ${LOAD_SECS[$s]} |"
+        done
+    fi
 } | tee "$WORKDIR/table.md"
 
 if [[ -n ${RESULTS_DIR:-} ]]; then
     mkdir -p "$RESULTS_DIR"
-    cp "$WORKDIR"/*.csv "$WORKDIR"/*.err "$WORKDIR"/*.cmd "$WORKDIR"/*.log "$WORKDIR/table.md" "$RESULTS_DIR"/
+    cp "$WORKDIR"/*.log "$WORKDIR/table.md" "$RESULTS_DIR"/
+    cp "$WORKDIR"/*.csv "$WORKDIR"/*.err "$WORKDIR"/*.cmd "$WORKDIR"/*.out "$RESULTS_DIR"/ 2>/dev/null || true
     echo "== raw outputs and table copied to $RESULTS_DIR"
 fi

@@ -17,6 +17,8 @@ pub struct EngineStats {
     pub user_bytes: u64,
     /// Bytes appended to the write-ahead log.
     pub wal_bytes: u64,
+    /// Bytes the write path appended to the value log (NoKV; 0 elsewhere).
+    pub vlog_write_bytes: u64,
     /// Bytes written by memtable flushes.
     pub flush_bytes: u64,
     /// Bytes written by compactions.

@@ -228,6 +228,10 @@ mod tests {
             bloom_bits: None,
             compression: FlagCompression::None,
             create_if_missing: true,
+            vlog_on_write: true,
+            vlog_gc_ratio: 0.0,
+            vlog_gc_space_amp: 0.0,
+            relaxed_sync_bytes: 0,
         }
     }
 

@@ -142,6 +142,27 @@ pub struct DbBenchArgs {
     /// Engine to drive (not a db_bench flag).
     #[arg(long, value_enum, default_value_t = Engine::Nokv)]
     pub engine: Engine,
+
+    /// NoKV only (not a db_bench flag): 1 separates large values at commit (the WAL logs
+    /// pointers), 0 at flush (`Options::vlog_on_write`).
+    #[arg(long, default_value = "1", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_flag_bool)]
+    pub vlog_on_write: bool,
+
+    /// NoKV only (not a db_bench flag): `Options::vlog_gc_min_discard_ratio` (0 keeps the
+    /// engine default).
+    #[arg(long, default_value_t = 0.0)]
+    pub vlog_gc_ratio: f64,
+
+    /// NoKV only (not a db_bench flag): `Options::vlog_gc_space_amp` (0 keeps the engine
+    /// default).
+    #[arg(long, default_value_t = 0.0)]
+    pub vlog_gc_space_amp: f64,
+
+    /// NoKV only (not a db_bench flag): `Options::relaxed_sync_interval_bytes` for
+    /// `--sync=0` (0 keeps the engine default).
+    #[arg(long, default_value_t = 0)]
+    pub relaxed_sync_bytes: u64,
 }
 
 impl DbBenchArgs {

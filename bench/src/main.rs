@@ -48,6 +48,11 @@ enum Command {
     },
 }
 
+/// mimalloc, the allocator `nokv-server` ships with, for every engine in this process
+/// (NoKV and fjall alike; db_bench keeps its own build's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {

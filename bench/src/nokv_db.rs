@@ -20,6 +20,7 @@ pub fn options(cfg: &EngineConfig) -> Options {
         },
         write_buffer_bytes: cfg.write_buffer_bytes,
         block_cache_bytes: cfg.block_cache_bytes,
+        vlog_on_write: cfg.vlog_on_write,
         compression_per_level: vec![match cfg.compression {
             CompressionType::None => Compression::None,
             CompressionType::Lz4 => Compression::Lz4,
@@ -28,6 +29,15 @@ pub fn options(cfg: &EngineConfig) -> Options {
     };
     if let Some(bits) = cfg.bloom_bits {
         o.bloom_bits_per_key = bits;
+    }
+    if cfg.vlog_gc_ratio > 0.0 {
+        o.vlog_gc_min_discard_ratio = cfg.vlog_gc_ratio;
+    }
+    if cfg.vlog_gc_space_amp > 0.0 {
+        o.vlog_gc_space_amp = cfg.vlog_gc_space_amp;
+    }
+    if cfg.relaxed_sync_bytes > 0 {
+        o.relaxed_sync_interval_bytes = cfg.relaxed_sync_bytes;
     }
     o
 }
@@ -125,6 +135,7 @@ impl BenchDb for NokvDb {
         EngineStats {
             user_bytes: s.user_bytes,
             wal_bytes: s.wal_bytes,
+            vlog_write_bytes: s.vlog_write_bytes,
             flush_bytes: s.flush_bytes,
             compaction_bytes: s.compaction_bytes_written,
             write_amplification: s.write_amplification,
@@ -157,6 +168,10 @@ mod tests {
             bloom_bits: Some(10),
             compression: CompressionType::None,
             create_if_missing: true,
+            vlog_on_write: true,
+            vlog_gc_ratio: 0.0,
+            vlog_gc_space_amp: 0.0,
+            relaxed_sync_bytes: 0,
         }
     }
 

@@ -8,11 +8,15 @@
 //! A range delete is `[5][varint len][start logical key][varint len][end logical key]`
 //! (batch-only: it becomes a range tombstone, never a point entry).
 //! Every entry, range deletes included, takes the next sequence number.
+//! In WAL payloads (never in a [`WriteBatch`]) a put may be logged as kind 3 (value
+//! pointer, 20 bytes) or 4 (`[expiry][pointer]`) when the write path moved its value to
+//! the value log ([`WriteBatch::encode_separating`]).
 
 use crate::codec::{put_bytes, put_varint, Reader};
 use crate::error::{Error, Result};
 use crate::key::{KeySpace, Kind, PREFIX_LEN};
 use crate::range_del::{self, RangeTombstone};
+use crate::vlog::ValuePointer;
 
 const HEADER: usize = 12;
 /// Flag on the kind byte: an explicit version follows the key.
@@ -31,6 +35,9 @@ pub struct WriteBatch {
     has_zero_version: bool,
     /// Range deletes among the entries.
     range_deletes: u32,
+    /// Longest stored value of an entry (decides cheaply whether a batch has a value for the
+    /// value log).
+    max_value_len: usize,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -100,7 +107,17 @@ impl WriteBatch {
             has_empty_key: false,
             has_zero_version: false,
             range_deletes: 0,
+            max_value_len: 0,
         }
+    }
+
+    /// An empty batch with room for about `bytes` of keys and values (no reallocation while
+    /// they are added).
+    pub fn with_capacity(bytes: usize) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        // Per entry: kind, two varint lengths, the key prefix and an optional expiry.
+        b.rep.reserve(bytes.saturating_add(32));
+        b
     }
 
     /// Adds a put of `key` in the ordered-KV namespace's default column family.
@@ -222,8 +239,20 @@ impl WriteBatch {
         }
         if let Some(v) = value {
             put_bytes(&mut self.rep, v);
+            self.max_value_len = self.max_value_len.max(v.len());
         }
         self.count += 1;
+    }
+
+    /// Appends every entry of `other` after this batch's entries (in order; each takes
+    /// the next sequence number when written, as if added here one by one).
+    pub fn append(&mut self, other: &WriteBatch) {
+        self.rep.extend_from_slice(&other.rep[HEADER..]);
+        self.count += other.count;
+        self.has_empty_key |= other.has_empty_key;
+        self.has_zero_version |= other.has_zero_version;
+        self.range_deletes += other.range_deletes;
+        self.max_value_len = self.max_value_len.max(other.max_value_len);
     }
 
     /// Number of entries (range deletes included).
@@ -253,6 +282,12 @@ impl WriteBatch {
         self.has_empty_key = false;
         self.has_zero_version = false;
         self.range_deletes = 0;
+        self.max_value_len = 0;
+    }
+
+    /// Length of the longest stored value (`[expiry][value]` for puts with expiry).
+    pub fn max_value_len(&self) -> usize {
+        self.max_value_len
     }
 
     /// Checks every entry against the limits and returns the first violation.
@@ -311,6 +346,46 @@ impl WriteBatch {
         out.extend_from_slice(&self.rep);
         out[start..start + 8].copy_from_slice(&seq.to_le_bytes());
         out[start + 8..start + 12].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// The WAL payload for this batch with its first sequence number set, letting `separate`
+    /// replace the value of any point entry: given the entry and its sequence number, it
+    /// returns the new kind (a value-pointer kind) with the new stored value in its buffer,
+    /// or `None` to keep the entry as it is. Stops at the first error.
+    pub(crate) fn encode_separating(
+        &self,
+        seq: u64,
+        out: &mut Vec<u8>,
+        mut separate: impl FnMut(&BatchEntry<'_>, u64, &mut Vec<u8>) -> Result<Option<Kind>>,
+    ) -> Result<()> {
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        let mut value = Vec::new();
+        for (i, op) in self.iter_ops().enumerate() {
+            let e = match op {
+                BatchOp::Point(e) => e,
+                BatchOp::RangeDelete(d) => {
+                    out.push(RANGE_DELETE);
+                    put_bytes(out, d.start);
+                    put_bytes(out, d.end);
+                    continue;
+                }
+            };
+            let (kind, stored) = match separate(&e, seq + i as u64, &mut value)? {
+                Some(k) => (k, &value[..]),
+                None => (e.kind, e.value),
+            };
+            let flag = if e.version.is_some() { VERSIONED } else { 0 };
+            out.push(kind as u8 | flag);
+            put_bytes(out, e.logical_key);
+            if let Some(v) = e.version {
+                put_varint(out, v);
+            }
+            if kind != Kind::Delete {
+                put_bytes(out, stored);
+            }
+        }
+        Ok(())
     }
 
     /// Iterates over the point entries (puts and deletes) in insertion order, skipping range deletes.
@@ -409,8 +484,10 @@ fn decode_entry<'a>(r: &mut Reader<'a>) -> Option<BatchEntry<'a>> {
         Kind::Put => r.bytes()?,
         Kind::PutWithExpiry => Some(r.bytes()?).filter(|v| v.len() >= crate::key::EXPIRY_LEN)?,
         Kind::Delete => &[][..],
-        // Value pointers exist only in tables: the WAL always holds whole values.
-        Kind::ValuePointer | Kind::ValuePointerWithExpiry => return None,
+        // A value the write path moved to the value log (WAL payloads only).
+        Kind::ValuePointer => Some(r.bytes()?).filter(|v| v.len() == ValuePointer::ENCODED_LEN)?,
+        Kind::ValuePointerWithExpiry => Some(r.bytes()?)
+            .filter(|v| v.len() == crate::key::EXPIRY_LEN + ValuePointer::ENCODED_LEN)?,
     };
     Some(BatchEntry {
         kind,
@@ -485,6 +562,27 @@ mod tests {
             b.validate(10, 10, 50),
             Err(Error::BatchTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn append_equals_adding_one_by_one() {
+        let mut a = WriteBatch::new();
+        a.put_at(KeySpace::KV, b"a", 3, b"1");
+        let mut b = WriteBatch::new();
+        b.delete_at(KeySpace::KV, b"b", 4);
+        b.delete_range(b"c", b"d");
+        b.put(b"e", &[7u8; 40]);
+        let mut joined = a.clone();
+        joined.append(&b);
+        let mut direct = WriteBatch::new();
+        direct.put_at(KeySpace::KV, b"a", 3, b"1");
+        direct.delete_at(KeySpace::KV, b"b", 4);
+        direct.delete_range(b"c", b"d");
+        direct.put(b"e", &[7u8; 40]);
+        assert_eq!(joined, direct);
+        assert_eq!(joined.len(), 4);
+        assert_eq!(joined.range_delete_count(), 1);
+        assert_eq!(joined.max_value_len(), 40);
     }
 
     proptest! {
@@ -652,6 +750,84 @@ mod tests {
     }
 
     const CF_WRITE_TEST: u8 = crate::key::CF_WRITE;
+
+    #[test]
+    fn separating_replaces_values_with_pointers_and_keeps_the_rest() {
+        let mut b = WriteBatch::with_capacity(4096);
+        b.put(b"small", b"v");
+        b.put_at(KeySpace::KV, b"big", 7, &[1u8; 3000]);
+        b.delete_range(b"a", b"b");
+        b.put_with_expiry(b"ttl", &[2u8; 3000], 99);
+        b.delete(b"gone");
+        assert_eq!(b.max_value_len(), 3008);
+        let ptr = ValuePointer {
+            segment: 4,
+            offset: 24,
+            len: 3030,
+        };
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        b.encode_separating(100, &mut out, |e, seq, v| {
+            seen.push(seq);
+            Ok(match e.kind {
+                Kind::Put if e.value.len() > 100 => {
+                    v.clear();
+                    ptr.encode_to(v);
+                    Some(Kind::ValuePointer)
+                }
+                Kind::PutWithExpiry => {
+                    v.clear();
+                    v.extend_from_slice(&e.value[..8]);
+                    ptr.encode_to(v);
+                    Some(Kind::ValuePointerWithExpiry)
+                }
+                _ => None,
+            })
+        })
+        .unwrap();
+        // Every point entry is offered, numbered like the memtable numbers them.
+        assert_eq!(seen, vec![100, 101, 103, 104]);
+        let d = decode_batch(&out).expect("decodes");
+        assert_eq!(d.seq, 100);
+        assert_eq!(d.ops.len(), 5);
+        let point = |i: usize| match d.ops[i] {
+            BatchOp::Point(e) => e,
+            BatchOp::RangeDelete(_) => panic!("op {i} is a range delete"),
+        };
+        assert_eq!((point(0).kind, point(0).value), (Kind::Put, &b"v"[..]));
+        assert_eq!(point(1).kind, Kind::ValuePointer);
+        assert_eq!(point(1).version, Some(7));
+        assert_eq!(ValuePointer::decode(point(1).value), Ok(ptr));
+        assert!(matches!(d.ops[2], BatchOp::RangeDelete(_)));
+        assert_eq!(point(3).kind, Kind::ValuePointerWithExpiry);
+        assert_eq!(&point(3).value[..8], &99u64.to_le_bytes());
+        assert_eq!(point(4).kind, Kind::Delete);
+        // Without replacements the encoding is the plain one.
+        let mut plain = Vec::new();
+        b.encode_with_seq(100, &mut plain);
+        let mut same = Vec::new();
+        b.encode_separating(100, &mut same, |_, _, _| Ok(None))
+            .unwrap();
+        assert_eq!(plain, same);
+    }
+
+    #[test]
+    fn logged_pointers_must_have_their_exact_length() {
+        let encode = |kind: u8, value: &[u8]| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&9u64.to_le_bytes());
+            p.extend_from_slice(&1u32.to_le_bytes());
+            p.push(kind);
+            put_bytes(&mut p, b"k\0a");
+            put_bytes(&mut p, value);
+            p
+        };
+        assert!(decode_batch(&encode(3, &[0u8; 20])).is_some());
+        assert!(decode_batch(&encode(3, &[0u8; 19])).is_none());
+        assert!(decode_batch(&encode(3, &[0u8; 28])).is_none());
+        assert!(decode_batch(&encode(4, &[0u8; 28])).is_some());
+        assert!(decode_batch(&encode(4, &[0u8; 20])).is_none());
+    }
 
     #[test]
     fn malformed_range_deletes_are_refused() {

@@ -1,10 +1,11 @@
 //! The database handle: open/recovery, the group-commit write path, reads, and background work.
 
+mod log_sync;
 mod vlog_gc;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,22 +26,34 @@ use crate::key::{
 use crate::manifest::{self, ManifestState, ManifestWriter};
 use crate::memtable::{Found, Memtable};
 use crate::merge::{level_may_overlap, LevelIterator, MergingIterator};
-use crate::options::{Durability, IoBackend, Options, ReadOptions, WriteOptions};
+use crate::options::{
+    BlockRead, Durability, IoBackend, Options, ReadOptions, ReadTier, WriteOptions,
+};
 use crate::range_del::{FragmentedTombstones, GcPolicy, RangeDelCursor};
 use crate::region_snapshot::{self, ExportOptions, IngestReport, RegionRange, SnapshotManifest};
 use crate::snapshot::{Snapshot, SnapshotList};
 use crate::sst::{Table, TableBuilderOptions};
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::version::{FileDesc, FileMeta, Version, VersionEdit};
-use crate::vlog::{ReaderCache, SegmentMeta, SegmentSet, ValueFetcher};
+use crate::vlog::{
+    MemtableValues, ReaderCache, RecoveredSegments, Recycler, SegmentMeta, SegmentSet,
+    SegmentWriterOptions, Thresholds, ValueFetcher, WriteLog, WriteLogSettings,
+};
 use crate::wal::{self, Replayed, Wal, WalPosition, REC_BATCH, REC_OPAQUE};
+use log_sync::{LogSyncer, SyncFile};
 use std::collections::HashSet;
 use vlog_gc::VlogState;
 
 /// Bytes of batches one group commit gathers at most (beyond the first batch).
 const GROUP_BYTES_MAX: usize = 1 << 20;
+/// Fewest entries of a write group that go into the memtable as one sorted batch.
+const ADD_MANY_MIN_ENTRIES: usize = 16;
 /// Flushes an ingest tries before giving up on writes racing into its range.
 const INGEST_FLUSH_ATTEMPTS: usize = 4;
+/// Longest a relaxed writer waits for a running background log sync before syncing itself.
+const RELAXED_SYNC_WAIT: Duration = Duration::from_secs(1);
+/// Collected value-log segment files kept for the write path to reuse.
+const RECYCLED_SEGMENTS: usize = 2;
 /// Entries a background job merges between checks for shutdown.
 const STEP_ENTRIES: usize = 4096;
 
@@ -53,6 +66,18 @@ pub struct Entry {
     pub version: u64,
     /// When it expires (unix ms), if it was written with a TTL.
     pub expiry_unix_ms: Option<u64>,
+}
+
+/// How far the engine holds writes back right now (see [`Db::write_stall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStall {
+    /// Writes go through.
+    None,
+    /// L0 is at `l0_slowdown_trigger`: each write group is delayed by 1 ms.
+    Slowdown,
+    /// Writes wait: L0 is at `l0_stop_trigger` (until it is a margin below it), or the
+    /// active memtable is full while `max_immutable_memtables` frozen ones wait for flush.
+    Stop,
 }
 
 /// An open database. Cheap to clone; all clones share one engine.
@@ -105,17 +130,45 @@ struct Immutable {
     applied: BTreeMap<u64, u64>,
     /// Ordinal of this memtable among all frozen ones.
     ordinal: u64,
+    /// Its entries whose values the write path put in the value log, and those segments.
+    values: Arc<MemtableValues>,
 }
 
 /// State owned by the commit leader (whoever holds the lock).
 struct WriteState {
     wal: Wal,
+    /// Where large values of logged writes go at commit (`None`: at flush, or nowhere).
+    vlog: Option<WriteLog>,
     mem: Arc<Memtable>,
     applied: BTreeMap<u64, u64>,
     last_seq: u64,
     scratch: Vec<u8>,
-    /// Writes are stopped by L0 pressure; they resume only below the stop trigger minus a margin.
-    l0_stopped: bool,
+    /// Bytes written to the logs (WAL and write-path value log) since open.
+    logged: u64,
+    /// `logged` as of the last inline sync of both logs.
+    synced_mark: u64,
+}
+
+impl WriteState {
+    /// The files a background sync of everything logged so far must fdatasync, value log
+    /// first.
+    fn sync_files(&self) -> Vec<SyncFile> {
+        let mut files = Vec::with_capacity(2);
+        if let Some((file, path)) = self.vlog.as_ref().and_then(|v| v.current_file()) {
+            files.push(SyncFile {
+                file,
+                path,
+                vlog: true,
+            });
+        }
+        let (file, path) = self.wal.active_file();
+        files.push(SyncFile {
+            file,
+            path,
+            vlog: false,
+        });
+        files
+    }
 }
 
 /// Shared state behind the state lock.
@@ -172,11 +225,22 @@ struct Inner {
     is_poisoned: AtomicBool,
     closed: AtomicBool,
     counters: Counters,
+    /// User iterators opened, and their count when the last flush was installed: many
+    /// since then make L0 compact at its plain trigger ([`compaction::l0_trigger`]).
+    iterators_opened: AtomicU64,
+    iterators_at_flush: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Open value-log segment readers, shared by every read.
     readers: Arc<ReaderCache>,
     /// Held while a value-log GC runs: one at a time.
     vlog_gc: Mutex<()>,
+    /// L0 files and frozen memtables of the installed super version ([`Db::write_stall`]).
+    l0_files: AtomicUsize,
+    imm_count: AtomicUsize,
+    /// Writes are stopped by L0 pressure; they resume only below the stop trigger minus a margin.
+    l0_stopped: AtomicBool,
+    /// Syncs the logs in the background for relaxed writes.
+    log_syncer: LogSyncer,
 }
 
 fn validate_options(o: &Options) -> Result<()> {
@@ -213,6 +277,14 @@ fn validate_options(o: &Options) -> Result<()> {
     if o.block_bytes < 256 || o.block_restart_interval == 0 {
         return bad("block_bytes must be >= 256 and block_restart_interval >= 1".into());
     }
+    // A value-log record (header, internal key, value) must fit its u32 length.
+    let record_max = 12 + o.max_key_bytes as u64 + 18 + o.max_value_bytes as u64;
+    if o.value_log_enabled() && record_max > u32::MAX as u64 {
+        return bad(format!(
+            "with the value log on, max_key_bytes + max_value_bytes must stay below 4 GiB \
+             (a value-log record of {record_max} bytes)"
+        ));
+    }
     validate_vlog_options(o)
 }
 
@@ -229,6 +301,10 @@ fn validate_vlog_options(o: &Options) -> Result<()> {
         return bad(format!(
             "vlog_gc_min_discard_ratio must be in (0, 1], got {r}"
         ));
+    }
+    let a = o.vlog_gc_space_amp;
+    if !(a.is_finite() && a >= 1.0) {
+        return bad(format!("vlog_gc_space_amp must be at least 1.0, got {a}"));
     }
     if o.vlog_gc_bytes_per_round < 4096 {
         return bad(format!(
@@ -249,6 +325,9 @@ impl Db {
             (None, IoBackend::Std) => Arc::new(StdFs::new()),
             (None, IoBackend::Uring) => Arc::new(UringFs::new().ctx("io_uring setup", &dir)?),
         };
+        // Debug builds check that no file operation runs on a thread marked non-blocking.
+        #[cfg(debug_assertions)]
+        let fs: Arc<dyn FileSystem> = Arc::new(crate::fs::GuardedFs::new(fs));
         if opts.create_if_missing {
             fs.create_dir_all(&dir).ctx("create dir", &dir)?;
         }
@@ -285,7 +364,7 @@ impl Db {
 
     /// Stores `value` under `key` with per-write options.
     pub fn put_opt(&self, key: &[u8], value: &[u8], wo: &WriteOptions) -> Result<()> {
-        let mut b = WriteBatch::new();
+        let mut b = WriteBatch::with_capacity(key.len() + value.len());
         b.put(key, value);
         self.write_owned(b, wo)
     }
@@ -298,7 +377,7 @@ impl Db {
             .clock
             .now_ms()
             .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        let mut b = WriteBatch::new();
+        let mut b = WriteBatch::with_capacity(key.len() + value.len() + crate::key::EXPIRY_LEN);
         b.put_with_expiry(key, value, expiry);
         self.write_owned(b, &WriteOptions::default())
     }
@@ -355,6 +434,25 @@ impl Db {
         self.inner()
             .submit(batch.clone(), Vec::new(), false, applied, false)
             .map(|_| ())
+    }
+
+    /// Whether writes are held back right now; a few atomic loads, never blocks. An owner
+    /// that must not block (an async executor) can refuse new writes while this is
+    /// [`WriteStall::Stop`] instead of queueing them behind the stall. Advisory: the state
+    /// can change right after the call.
+    pub fn write_stall(&self) -> WriteStall {
+        self.inner().write_stall()
+    }
+
+    /// Makes every write acknowledged so far durable (fdatasync of the value log, then the
+    /// WAL); a no-op when nothing is unsynced. Owners of `Durability::Relaxed` databases
+    /// call it on a timer to bound the loss window in time as well as in bytes.
+    pub fn sync_logs(&self) -> Result<()> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let mut ws = inner.write.lock();
+        inner.check_writable()?;
+        inner.sync_logs(&mut ws)
     }
 
     /// The highest applied index of `region` whose data is durable in SST files.
@@ -415,12 +513,15 @@ impl Db {
         let pinned = inner.value_fetcher();
         let (ts, seq) = inner.read_point(ro)?;
         let logical = space.logical(key);
-        let Some(found) = inner.find(&logical, ts, seq, !ro.skip_cache_fill)? else {
+        let Some(found) = inner.find(&logical, ts, seq, BlockRead::of(ro))? else {
             return Ok(None);
         };
         let now_ms = inner.opts.clock.now_ms();
         Ok(match resolve(found.kind, &found.value, now_ms) {
             Resolved::Gone => None,
+            Resolved::Pointer(_) if ro.tier == ReadTier::CacheOnly => {
+                return Err(Error::WouldBlock("a value in the value log"));
+            }
             Resolved::Pointer(p) => Some(Entry {
                 value: inner.fetch_value(&pinned, p)?,
                 version: found.version,
@@ -495,13 +596,14 @@ impl Db {
     pub fn iter_in(&self, space: KeySpace, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();
         inner.check_open()?;
+        inner.iterators_opened.fetch_add(1, Ordering::Relaxed);
         // The super version before the read point: whatever compaction or value-log GC
         // removed from it was invisible at every sequence published before this read's.
         let sv = inner.sv.read().clone();
         let (ts, seq) = inner.read_point(&ro)?;
         let guard = inner.snapshots.acquire(seq);
         let (lo, hi) = (space.prefix().to_vec(), space.end());
-        let merged = merged_iter(&sv, &lo, &hi, !ro.skip_cache_fill);
+        let merged = merged_iter(&sv, &lo, &hi, BlockRead::of(&ro));
         let range_dels = read_view_range_dels(&sv, &lo, &hi);
         Ok(
             DbIterator::new(merged, space, &ro, ts, guard, inner.opts.clock.now_ms())
@@ -511,8 +613,8 @@ impl Db {
     }
 
     /// Writes the entries of `range` (every column family) into `dir` as SST files plus a
-    /// checksummed `SNAPSHOT` manifest, as of now: every version, or with
-    /// `ExportOptions::read_ts` the newest live value at or below it. `dir` must not hold
+    /// checksummed `SNAPSHOT` manifest, as of now (or of `ExportOptions::snapshot`): every
+    /// version, or with `ExportOptions::read_ts` the newest live value at or below it. `dir` must not hold
     /// a snapshot already. Value-log values are written inline.
     pub fn export_range(
         &self,
@@ -524,6 +626,7 @@ impl Db {
         inner.check_open()?;
         let ro = ReadOptions {
             read_ts: opts.read_ts,
+            snapshot: opts.snapshot.clone(),
             ..Default::default()
         };
         // The super version before the read point (see `iter_in`); its segments stay alive.
@@ -534,7 +637,7 @@ impl Db {
         let (lo, hi) = ([range.ns], [range.ns.wrapping_add(1)]);
         let fetcher = ValueFetcher::new(sv.vlog.clone(), inner.readers.clone());
         let src = region_snapshot::ExportSource {
-            iter: merged_iter(&sv, &lo, &hi, false),
+            iter: merged_iter(&sv, &lo, &hi, BlockRead::NoFill),
             seq,
             now_ms: inner.opts.clock.now_ms(),
             inline: Box::new(move |kind, value| fetcher.inline(kind, value)),
@@ -721,7 +824,7 @@ fn merged_iter(
     sv: &SuperVersion,
     lo: &[u8],
     hi: &[u8],
-    fill_cache: bool,
+    mode: BlockRead,
 ) -> Box<dyn InternalIterator> {
     let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
     children.push(Box::new(sv.mem.iter()));
@@ -730,12 +833,12 @@ fn merged_iter(
     }
     for f in &sv.version.levels[0] {
         if f.desc.smallest_logical() < hi && f.desc.largest_logical() >= lo {
-            children.push(Box::new(f.table.iter(fill_cache)));
+            children.push(Box::new(f.table.iter(mode)));
         }
     }
     for files in sv.version.levels.iter().skip(1) {
         if level_may_overlap(files, Some(lo), Some(hi)) {
-            children.push(Box::new(LevelIterator::new(files.clone(), fill_cache)));
+            children.push(Box::new(LevelIterator::new(files.clone(), mode)));
         }
     }
     Box::new(MergingIterator::new(children))
@@ -792,6 +895,44 @@ fn range_del_floor(sv: &SuperVersion, logical: &[u8], seq: u64) -> u64 {
         }
     }
     newest.map_or(0, |t| t.saturating_add(1))
+}
+
+/// What a memtable flush produced.
+struct Flushed {
+    tables: Vec<Arc<FileMeta>>,
+    /// Segments the flush edit adds: the flush's own and the memtable's write-path segments.
+    segments: Vec<SegmentMeta>,
+    /// Record bytes of write-path segments that no output table points at.
+    discards: Vec<(u64, u64)>,
+}
+
+impl Flushed {
+    /// The flush of an empty memtable (its write-path segments, if any, are all garbage).
+    fn empty(values: &MemtableValues) -> Flushed {
+        Flushed {
+            tables: Vec::new(),
+            segments: values.segments.clone(),
+            discards: values.unreferenced(&BTreeMap::new()),
+        }
+    }
+}
+
+/// The segments a flush adds (its own, then the memtable's write-path segments) and the
+/// record bytes of the write-path segments that no output table references (entries the
+/// flush dropped: overwritten, deleted, expired).
+fn flush_segments(
+    out: &compaction::JobOutput,
+    values: &MemtableValues,
+) -> (Vec<SegmentMeta>, Vec<(u64, u64)>) {
+    let mut refs: BTreeMap<u64, u64> = BTreeMap::new();
+    for o in &out.tables {
+        for (segment, bytes) in &o.table.properties().vlog_refs {
+            *refs.entry(*segment).or_insert(0) += bytes;
+        }
+    }
+    let mut segments = out.segments.clone();
+    segments.extend_from_slice(&values.segments);
+    (segments, values.unreferenced(&refs))
 }
 
 /// Opens every table the manifest lists, then replays the WAL into a memtable and flushes it.
@@ -867,6 +1008,11 @@ fn recover(
     let mut last_seq = state.last_seq.max(state.seq_floor);
     let flushed_seq = state.last_seq;
     let replay_cb = opts.opaque_replay.clone();
+    // Values the write path put in the value log are read back from their segments; a
+    // batch whose values are not all there whole was never covered by a sync: the log is
+    // cut before it.
+    let mut recovered = RecoveredSegments::new(fs.clone(), dir.clone());
+    let mut resolved: Vec<Option<(Kind, Vec<u8>, crate::vlog::ValuePointer)>> = Vec::new();
     let outcome = wal::replay(
         &*fs,
         &dir,
@@ -878,6 +1024,34 @@ fn recover(
                 Replayed::Batch(payload) => {
                     let b = decode_batch(payload)
                         .ok_or_else(|| Error::corruption(path, off, "malformed batch record"))?;
+                    resolved.clear();
+                    for (i, op) in b.ops.iter().enumerate() {
+                        let seq = b.seq + i as u64;
+                        let r = match op {
+                            BatchOp::Point(e)
+                                if seq > flushed_seq
+                                    && matches!(
+                                        e.kind,
+                                        Kind::ValuePointer | Kind::ValuePointerWithExpiry
+                                    ) =>
+                            {
+                                let version = e.version.unwrap_or(seq);
+                                let got = recovered.resolve(
+                                    e.logical_key,
+                                    version,
+                                    seq,
+                                    e.kind,
+                                    e.value,
+                                )?;
+                                if got.is_none() {
+                                    return Ok(false);
+                                }
+                                got
+                            }
+                            _ => None,
+                        };
+                        resolved.push(r);
+                    }
                     let mut range_dels = Vec::new();
                     for (i, op) in b.ops.iter().enumerate() {
                         let seq = b.seq + i as u64;
@@ -890,13 +1064,14 @@ fn recover(
                                     continue;
                                 }
                             };
-                            mem.add(
-                                e.version.unwrap_or(seq),
-                                seq,
-                                e.kind,
-                                e.logical_key,
-                                e.value,
-                            );
+                            let version = e.version.unwrap_or(seq);
+                            match resolved[i].take() {
+                                Some((kind, value, ptr)) => {
+                                    mem.add(version, seq, kind, e.logical_key, &value);
+                                    recovered.keep(seq, ptr);
+                                }
+                                None => mem.add(version, seq, e.kind, e.logical_key, e.value),
+                            }
                             last_seq = last_seq.max(seq);
                         }
                     }
@@ -911,9 +1086,10 @@ fn recover(
                     }
                 }
             }
-            Ok(())
+            Ok(true)
         },
     )?;
+    let values = Arc::new(recovered.finish()?);
     let new_gen = outcome.max_gen.max(state.log_floor).max(1) + 1;
     let mut edit = VersionEdit {
         log_floor: Some(new_gen),
@@ -932,15 +1108,22 @@ fn recover(
         );
         let safe_point = if opts.retain_versions { 0 } else { MAX_VERSION };
         let mut job = MergeJob::new(Box::new(mem.iter()), settings, last_seq, safe_point, false)
-            .with_range_tombstones(mem.range_tombstones(), Vec::new());
+            .with_range_tombstones(mem.range_tombstones(), Vec::new())
+            .with_memtable_values(values.clone());
         while job.step(STEP_ENTRIES)? == Step::More {}
         let out = job.finish_all()?;
+        let (segments, discards) = flush_segments(&out, &values);
         for o in out.tables {
             let meta = Arc::new(FileMeta::new(o.desc.clone(), o.table, fs.clone(), o.path));
             edit.added.push((0, o.desc));
             opened.push(meta);
         }
-        edit.segments_added = out.segments;
+        edit.segments_added = segments;
+        edit.discards = discards;
+    } else {
+        let f = Flushed::empty(&values);
+        edit.segments_added = f.segments;
+        edit.discards = f.discards;
     }
     let manifest_number = next_file_number.fetch_add(1, Ordering::SeqCst);
     edit.next_file_number = Some(next_file_number.load(Ordering::SeqCst));
@@ -989,7 +1172,9 @@ fn recover(
         }
     }
     drop(metas);
-    let vlog = VlogState::new(&state, &dir, &fs, &readers);
+    // Collected segments' files are kept for the write path to reuse (two at most).
+    let recycler = write_log_on(&opts).then(|| Arc::new(Recycler::new(RECYCLED_SEGMENTS)));
+    let vlog = VlogState::new(&state, &dir, &fs, &readers, recycler.clone());
     let gc_safe_point_floor = state.gc_safe_point;
     let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
     let version = Arc::new(version);
@@ -1016,6 +1201,8 @@ fn recover(
         shutting_down: false,
         vlog,
     };
+    let l0_files = state.version.levels[0].len();
+    let write_log = write_log(&opts, &dir, &fs, &next_file_number, recycler);
     Ok(Inner {
         dir,
         fs,
@@ -1029,12 +1216,17 @@ fn recover(
         pending: Mutex::new(VecDeque::new()),
         write: Mutex::new(WriteState {
             wal,
+            vlog: write_log,
             mem,
             applied: BTreeMap::new(),
             last_seq,
             scratch: Vec::new(),
-            l0_stopped: false,
+            logged: 0,
+            synced_mark: 0,
         }),
+        l0_files: AtomicUsize::new(l0_files),
+        imm_count: AtomicUsize::new(0),
+        l0_stopped: AtomicBool::new(false),
         state: Mutex::new(state),
         state_cv: Condvar::new(),
         sv: RwLock::new(sv),
@@ -1042,11 +1234,46 @@ fn recover(
         is_poisoned: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         counters: Counters::default(),
+        iterators_opened: AtomicU64::new(0),
+        iterators_at_flush: AtomicU64::new(0),
         threads: Mutex::new(Vec::new()),
         readers,
         vlog_gc: Mutex::new(()),
+        log_syncer: LogSyncer::default(),
         opts,
     })
+}
+
+/// True when values are separated at commit (`Options::vlog_on_write` and some column
+/// family has a threshold).
+fn write_log_on(opts: &Options) -> bool {
+    opts.vlog_on_write && opts.value_log_enabled()
+}
+
+/// The write path's value log, when values are separated at commit.
+fn write_log(
+    opts: &Options,
+    dir: &Path,
+    fs: &Arc<dyn FileSystem>,
+    next_file_number: &Arc<AtomicU64>,
+    recycler: Option<Arc<Recycler>>,
+) -> Option<WriteLog> {
+    if !write_log_on(opts) {
+        return None;
+    }
+    let thresholds = Thresholds::from_options(opts)?;
+    Some(WriteLog::new(WriteLogSettings {
+        dir: dir.to_path_buf(),
+        fs: fs.clone(),
+        next_file_number: next_file_number.clone(),
+        thresholds,
+        writer: SegmentWriterOptions {
+            target_segment_bytes: opts.vlog_segment_bytes,
+            ..Default::default()
+        },
+        unsafe_skip_sync: opts.unsafe_vlog_skip_write_sync,
+        recycler,
+    }))
 }
 
 /// Copies `src` to `dst` and (with `sync`) makes the copy durable (when hard links are unavailable).
@@ -1137,6 +1364,79 @@ impl Inner {
         }
     }
 
+    /// Makes the write path's value log durable (before any WAL fdatasync).
+    fn sync_vlog(&self, ws: &mut WriteState) -> Result<()> {
+        let Some(log) = ws.vlog.as_mut() else {
+            return Ok(());
+        };
+        if log.unsynced_bytes() == 0 {
+            return Ok(());
+        }
+        log.sync().inspect_err(|e| self.poison(e))?;
+        Counters::add(
+            &self.counters.vlog_write_syncs,
+            "nokv_vlog_write_syncs_total",
+            1,
+        );
+        Ok(())
+    }
+
+    /// Makes every logged write durable: the value log first, then the WAL that points into it.
+    fn sync_logs(&self, ws: &mut WriteState) -> Result<()> {
+        self.sync_vlog(ws)?;
+        if ws.wal.unsynced_bytes() > 0 {
+            ws.wal.sync().inspect_err(|e| self.poison(e))?;
+            Counters::add(&self.counters.wal_syncs, "nokv_wal_syncs_total", 1);
+        }
+        ws.synced_mark = ws.logged;
+        Ok(())
+    }
+
+    /// Keeps relaxed writes within `relaxed_sync_interval_bytes` of a sync: past half the
+    /// interval a background sync is requested; only a full interval without a completed
+    /// sync makes the writer sync inline.
+    fn relaxed_sync(&self, ws: &mut WriteState) -> Result<()> {
+        let interval = self.opts.relaxed_sync_interval_bytes;
+        let background = self.log_syncer.synced().inspect_err(|e| self.poison(e))?;
+        let unsynced = ws.logged.saturating_sub(ws.synced_mark.max(background));
+        if unsynced >= interval {
+            // The background sync fell behind. A running one covers most of the window:
+            // wait for it rather than syncing the same bytes twice, then sync what is left.
+            let t = Instant::now();
+            let background = self
+                .log_syncer
+                .wait_idle(RELAXED_SYNC_WAIT)
+                .inspect_err(|e| self.poison(e))?;
+            if ws.logged.saturating_sub(ws.synced_mark.max(background)) >= interval {
+                self.sync_logs(ws)?;
+            }
+            let c = &self.counters;
+            Counters::add(&c.relaxed_sync_waits, "nokv_relaxed_sync_waits_total", 1);
+            Counters::add(
+                &c.relaxed_sync_wait_micros,
+                "nokv_relaxed_sync_wait_micros_total",
+                t.elapsed().as_micros() as u64,
+            );
+            return Ok(());
+        }
+        if unsynced >= interval / 2 {
+            self.log_syncer.request(ws.logged, || ws.sync_files());
+        }
+        Ok(())
+    }
+
+    /// The background log sync thread.
+    fn log_sync_loop(&self) {
+        self.log_syncer.run(|vlog, wal| {
+            Counters::add(
+                &self.counters.vlog_write_syncs,
+                "nokv_vlog_write_syncs_total",
+                vlog,
+            );
+            Counters::add(&self.counters.wal_syncs, "nokv_wal_syncs_total", wal);
+        });
+    }
+
     /// Queues a write and commits it, as the group leader or as a follower.
     fn submit(
         &self,
@@ -1146,6 +1446,8 @@ impl Inner {
         applied: Option<(u64, u64)>,
         sync: bool,
     ) -> Result<WalPosition> {
+        // A write can wait for the WAL's fdatasync, another writer or a write stall.
+        crate::fs::guard::check("engine write");
         self.check_writable()?;
         let o = &self.opts;
         batch.validate(o.max_key_bytes, o.max_value_bytes, o.max_batch_bytes)?;
@@ -1226,6 +1528,11 @@ impl Inner {
     }
 
     /// Writes one group to the WAL (one write, at most one fdatasync) and applies it.
+    ///
+    /// With the write-path value log, the group's large values are first appended to the
+    /// value log (one write) and the WAL records carry their pointers; a sync makes the
+    /// value log durable before the WAL, so a durable WAL record never points at bytes
+    /// that could be lost.
     fn commit_group(
         &self,
         ws: &mut WriteState,
@@ -1233,20 +1540,39 @@ impl Inner {
     ) -> Result<WalPosition> {
         self.check_writable()?;
         let range_deletes = group.iter().map(|r| r.batch.range_delete_count()).sum();
-        self.make_room(ws, range_deletes)?;
+        // A group that adds nothing (an empty unlogged batch that records an applied
+        // index) never waits for room: the owner's apply of a committed entry must not
+        // stall on the write it just made.
+        if group
+            .iter()
+            .any(|r| !r.batch.is_empty() || !r.opaque.is_empty())
+        {
+            self.make_room(ws, range_deletes)?;
+        }
         let mut seq = ws.last_seq;
         let mut payloads: Vec<Vec<u8>> = Vec::new();
         let mut types: Vec<u8> = Vec::new();
         let mut sync = false;
         let mut user_bytes = 0u64;
         let mut user_writes = 0u64;
+        let vlog_before = ws.vlog.as_ref().map(|v| (v.appended(), v.reused()));
+        let mut vlog_group_bytes = 0u64;
         for r in group {
             let first = seq + 1;
             seq += r.batch.len() as u64;
             if r.logged && !r.batch.is_empty() {
                 let mut p = std::mem::take(&mut ws.scratch);
                 p.clear();
-                r.batch.encode_with_seq(first, &mut p);
+                match ws.vlog.as_mut() {
+                    Some(log) if log.may_separate(r.batch.max_value_len()) => r
+                        .batch
+                        .encode_separating(first, &mut p, |e, seq, out| {
+                            let version = e.version.unwrap_or(seq);
+                            log.append(e.logical_key, version, seq, e.kind, e.value, out)
+                        })
+                        .inspect_err(|e| self.poison(e))?,
+                    _ => r.batch.encode_with_seq(first, &mut p),
+                }
                 payloads.push(p);
                 types.push(REC_BATCH);
             }
@@ -1259,6 +1585,34 @@ impl Inner {
             }
             sync |= r.sync;
             user_writes += r.batch.len() as u64;
+        }
+        if let Some(log) = ws.vlog.as_mut() {
+            // The values are in the file (a process crash loses nothing) before the WAL
+            // record that points at them is written.
+            log.write().inspect_err(|e| self.poison(e))?;
+            if let Some((_, reused)) = vlog_before.filter(|(_, r)| *r < log.reused()) {
+                Counters::add(
+                    &self.counters.vlog_segments_reused,
+                    "nokv_vlog_segments_reused_total",
+                    log.reused() - reused,
+                );
+            }
+            if let (Some(((v0, vb0, rb0), _)), (v1, vb1, rb1)) = (vlog_before, log.appended()) {
+                vlog_group_bytes = rb1 - rb0;
+                if v1 > v0 {
+                    self.note_separated((v1 - v0, vb1 - vb0));
+                    Counters::add(
+                        &self.counters.vlog_write_values,
+                        "nokv_vlog_write_values_total",
+                        v1 - v0,
+                    );
+                    Counters::add(
+                        &self.counters.vlog_write_bytes,
+                        "nokv_vlog_write_bytes_total",
+                        rb1 - rb0,
+                    );
+                }
+            }
         }
         let mut pos = WalPosition {
             segment: ws.wal.active_segment(),
@@ -1274,17 +1628,21 @@ impl Inner {
                 .iter()
                 .map(|(_, p)| p.len() + crate::record::HEADER_LEN)
                 .sum();
+            if ws.wal.append_rotates(wal_bytes) {
+                // Rotating fdatasyncs the WAL segment: the values it points at go first.
+                self.sync_vlog(ws)?;
+            }
             pos = ws.wal.append(&records).inspect_err(|e| self.poison(e))?;
             Counters::add(
                 &self.counters.wal_bytes,
                 "nokv_wal_bytes_total",
                 wal_bytes as u64,
             );
-            let need_sync = (sync && !self.opts.unsafe_ack_before_sync)
-                || ws.wal.unsynced_bytes() >= self.opts.relaxed_sync_interval_bytes;
-            if need_sync {
-                ws.wal.sync().inspect_err(|e| self.poison(e))?;
-                Counters::add(&self.counters.wal_syncs, "nokv_wal_syncs_total", 1);
+            ws.logged += wal_bytes as u64 + vlog_group_bytes;
+            if sync && !self.opts.unsafe_ack_before_sync {
+                self.sync_logs(ws)?;
+            } else {
+                self.relaxed_sync(ws)?;
             }
             Counters::add(&self.counters.wal_groups, "nokv_wal_groups_total", 1);
             Counters::add(
@@ -1298,6 +1656,12 @@ impl Inner {
         }
         let mut seq = ws.last_seq;
         let mut range_dels = Vec::new();
+        // Large groups go in as one sorted, interleaved insert (see `Memtable::add_many`).
+        let entries: usize = group.iter().map(|r| r.batch.len()).sum();
+        let mut many = Vec::new();
+        if entries >= ADD_MANY_MIN_ENTRIES {
+            many.reserve(entries);
+        }
         for r in group {
             for op in r.batch.iter_ops() {
                 seq += 1;
@@ -1308,19 +1672,21 @@ impl Inner {
                         continue;
                     }
                 };
-                ws.mem.add(
-                    e.version.unwrap_or(seq),
-                    seq,
-                    e.kind,
-                    e.logical_key,
-                    e.value,
-                );
+                let version = e.version.unwrap_or(seq);
+                if entries >= ADD_MANY_MIN_ENTRIES {
+                    many.push((version, seq, e.kind, e.logical_key, e.value));
+                } else {
+                    ws.mem.add(version, seq, e.kind, e.logical_key, e.value);
+                }
                 user_bytes += (e.logical_key.len() - PREFIX_LEN + e.value.len()) as u64;
             }
             if let Some((region, index)) = r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
                 *slot = (*slot).max(index);
             }
+        }
+        if !many.is_empty() {
+            ws.mem.add_many(many);
         }
         if !range_dels.is_empty() {
             // `make_room` made room before the group was logged, so this cannot fail; if it
@@ -1375,12 +1741,8 @@ impl Inner {
                 );
                 continue;
             }
-            // Hysteresis: once stopped, wait until L0 is a margin below the stop trigger.
-            let margin = ((self.opts.l0_stop_trigger - self.opts.l0_slowdown_trigger) / 4).max(1);
-            ws.l0_stopped = l0 >= self.opts.l0_stop_trigger
-                || (ws.l0_stopped && l0 + margin > self.opts.l0_stop_trigger);
             let must_wait =
-                ws.l0_stopped || (mem_full && imms >= self.opts.max_immutable_memtables);
+                self.l0_stop(l0) || (mem_full && imms >= self.opts.max_immutable_memtables);
             if must_wait {
                 if let Some(e) = bg_error {
                     return Err(Error::Background(format!(
@@ -1410,7 +1772,15 @@ impl Inner {
 
     /// Rotates the WAL, freezes the active memtable and wakes the flusher.
     fn switch_memtable(&self, ws: &mut WriteState) -> Result<()> {
+        // The memtable's value-log segment is finished (and synced) before the WAL rotation
+        // syncs the records that point into it; the next memtable starts a new segment.
+        let values = match ws.vlog.as_mut() {
+            Some(log) => log.seal().inspect_err(|e| self.poison(e))?,
+            None => MemtableValues::default(),
+        };
         let next_gen = ws.wal.rotate().inspect_err(|e| self.poison(e))?;
+        // Sealing synced the value log and rotating the WAL: everything logged is durable.
+        ws.synced_mark = ws.logged;
         let new_mem = Arc::new(Memtable::new(self.opts.write_buffer_bytes));
         let old = std::mem::replace(&mut ws.mem, new_mem.clone());
         let applied = std::mem::take(&mut ws.applied);
@@ -1423,6 +1793,7 @@ impl Inner {
             last_seq: ws.last_seq,
             applied,
             ordinal,
+            values: Arc::new(values),
         });
         st.mem = new_mem;
         self.install_sv(&st);
@@ -1436,7 +1807,40 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether L0 stops writes at `l0` files, with hysteresis: once stopped, writes resume
+    /// only when L0 is a margin below the stop trigger.
+    fn l0_stop(&self, l0: usize) -> bool {
+        let margin = ((self.opts.l0_stop_trigger - self.opts.l0_slowdown_trigger) / 4).max(1);
+        let was = self.l0_stopped.load(Ordering::Acquire);
+        let now =
+            l0 >= self.opts.l0_stop_trigger || (was && l0 + margin > self.opts.l0_stop_trigger);
+        if now != was {
+            self.l0_stopped.store(now, Ordering::Release);
+        }
+        now
+    }
+
+    /// See [`Db::write_stall`].
+    fn write_stall(&self) -> WriteStall {
+        let l0 = self.l0_files.load(Ordering::Acquire);
+        if self.l0_stop(l0) {
+            return WriteStall::Stop;
+        }
+        if self.imm_count.load(Ordering::Acquire) >= self.opts.max_immutable_memtables {
+            let active = self.sv.read().mem.approximate_bytes();
+            if active >= self.opts.write_buffer_bytes {
+                return WriteStall::Stop;
+            }
+        }
+        if l0 >= self.opts.l0_slowdown_trigger {
+            return WriteStall::Slowdown;
+        }
+        WriteStall::None
+    }
+
     fn install_sv(&self, st: &State) {
+        self.l0_files
+            .store(st.version.levels[0].len(), Ordering::Release);
         let sv = Arc::new(SuperVersion {
             mem: st.mem.clone(),
             imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
@@ -1444,7 +1848,14 @@ impl Inner {
             table_range_dels: has_table_range_dels(&st.version),
             vlog: st.vlog.segments.clone(),
         });
-        *self.sv.write() = sv;
+        let old = std::mem::replace(&mut *self.sv.write(), sv);
+        // After the new super version: `write_stall` reads the count first, so one that sees
+        // a memtable switch's new count also sees its new (empty) active memtable, and never
+        // takes the full one just frozen for a full active one (a false `Stop`).
+        self.imm_count.store(st.imms.len(), Ordering::Release);
+        // Dropped after the lock: the old version may hold the last reference to an
+        // obsolete file, whose deletion must not hold readers up.
+        drop(old);
     }
 
     /// Records `edit` in the manifest, then installs the resulting version.
@@ -1633,7 +2044,7 @@ impl Inner {
     /// Every layer may hold a higher version than the layers above it (explicit versions
     /// arrive in any order), so a layer is skipped only when its highest version cannot beat
     /// what was found; with engine-assigned versions that prunes every layer below the first hit.
-    fn find(&self, logical: &[u8], ts: u64, seq: u64, fill_cache: bool) -> Result<Option<Found>> {
+    fn find(&self, logical: &[u8], ts: u64, seq: u64, mode: BlockRead) -> Result<Option<Found>> {
         let sv = self.sv.read().clone();
         // Entries below the newest range tombstone covering the key are gone for this reader.
         let min_seq = range_del_floor(&sv, logical, seq);
@@ -1657,7 +2068,7 @@ impl Inner {
         let lookup = lookup_key(logical, ts, seq);
         for f in sv.version.files_for_key(logical) {
             if beats(&best, f.table.properties().max_version) {
-                if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, fill_cache)? {
+                if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, mode)? {
                     offer(&mut best, Found::from_entry(&ikey, value));
                 }
             }
@@ -1673,7 +2084,12 @@ impl Inner {
     /// The most urgent compaction ([`compaction::pick`]), else one that carries range
     /// tombstones down to files they delete whole ([`compaction::pick_range_del`]).
     fn pick_compaction(&self, v: &Version) -> Option<Plan> {
-        compaction::pick(v, &self.opts)
+        let scanned = self
+            .iterators_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.iterators_at_flush.load(Ordering::Relaxed))
+            >= compaction::SCAN_PRESSURE_ITERATORS;
+        compaction::pick(v, &self.opts, scanned)
             .or_else(|| compaction::pick_range_del(v, &self.opts, &self.gc_policy()))
     }
 
@@ -1690,15 +2106,30 @@ impl Inner {
         threads.push(
             std::thread::Builder::new()
                 .name("nokv-flush".into())
-                .spawn(move || me.guarded("flush", Inner::flush_loop))
+                .spawn(move || {
+                    me.lower_priority("flush");
+                    me.guarded("flush", Inner::flush_loop)
+                })
                 .map_err(spawn_err)?,
         );
+        {
+            let me = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("nokv-log-sync".into())
+                    .spawn(move || me.guarded("log sync", Inner::log_sync_loop))
+                    .map_err(spawn_err)?,
+            );
+        }
         for i in 0..self.opts.compaction_threads.max(1) {
             let me = self.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("nokv-compact-{i}"))
-                    .spawn(move || me.guarded("compaction", Inner::compaction_loop))
+                    .spawn(move || {
+                        me.lower_priority("compaction");
+                        me.guarded("compaction", Inner::compaction_loop)
+                    })
                     .map_err(spawn_err)?,
             );
         }
@@ -1707,11 +2138,24 @@ impl Inner {
             threads.push(
                 std::thread::Builder::new()
                     .name("nokv-vlog-gc".into())
-                    .spawn(move || me.guarded("value-log GC", Inner::vlog_gc_loop))
+                    .spawn(move || {
+                        me.lower_priority("value-log GC");
+                        me.guarded("value-log GC", Inner::vlog_gc_loop)
+                    })
                     .map_err(spawn_err)?,
             );
         }
         Ok(())
+    }
+
+    /// Applies `Options::background_nice` to the calling background thread; a failure
+    /// is logged (the thread runs on at the priority it has).
+    fn lower_priority(&self, what: &'static str) {
+        if let Some(nice) = self.opts.background_nice {
+            if let Err(e) = crate::priority::lower_current_thread(nice) {
+                tracing::warn!(thread = what, nice, error = %e, "cannot lower the priority of a background thread");
+            }
+        }
     }
 
     /// Runs a background loop; if it panics (a broken invariant), the database is poisoned
@@ -1729,36 +2173,46 @@ impl Inner {
             if st.shutting_down {
                 return;
             }
-            let ready =
-                !st.imms.is_empty() && !st.flushing && !self.is_poisoned.load(Ordering::Acquire);
+            let held = || self.opts.test_hold_flush.as_ref().is_some_and(|h| h());
+            let ready = !st.imms.is_empty()
+                && !st.flushing
+                && !self.is_poisoned.load(Ordering::Acquire)
+                && !held();
             if !ready {
                 self.state_cv.wait_for(&mut st, Duration::from_millis(200));
                 continue;
             }
             let imm = st.imms.front().expect("checked non-empty");
-            let (mem, next_gen, last_seq, applied, ordinal) = (
+            let (mem, next_gen, last_seq, applied, ordinal, values) = (
                 imm.mem.clone(),
                 imm.next_gen,
                 imm.last_seq,
                 imm.applied.clone(),
                 imm.ordinal,
+                imm.values.clone(),
             );
             st.flushing = true;
             drop(st);
             let t = Instant::now();
-            let res = self.run_flush(&mem);
+            let res = self.run_flush(&mem, &values);
             st = self.state.lock();
             st.flushing = false;
             match res {
-                Ok((outputs, segments)) => {
+                Ok(Flushed {
+                    tables: outputs,
+                    segments,
+                    discards,
+                }) => {
                     let bytes: u64 = outputs.iter().map(|m| m.desc.size).sum();
                     let edit = VersionEdit {
                         added: outputs.iter().map(|m| (0, m.desc.clone())).collect(),
                         log_floor: Some(next_gen),
                         last_seq: Some(last_seq),
                         applied: applied.into_iter().collect(),
-                        // The segments become live with the table that points into them.
+                        // The segments become live with the table that points into them
+                        // (the write path's with what the flush dropped counted as garbage).
                         segments_added: segments,
+                        discards,
                         ..Default::default()
                     };
                     let front_matches = st.imms.front().is_some_and(|i| i.ordinal == ordinal);
@@ -1778,6 +2232,8 @@ impl Inner {
                     }
                     st.flushed_total += 1;
                     st.bg_error = None;
+                    let opened = self.iterators_opened.load(Ordering::Relaxed);
+                    self.iterators_at_flush.store(opened, Ordering::Relaxed);
                     Counters::add(&self.counters.flushes, "nokv_flushes_total", 1);
                     Counters::add(&self.counters.flush_bytes, "nokv_flush_bytes_total", bytes);
                     Counters::add(
@@ -1808,9 +2264,9 @@ impl Inner {
         self.state_cv.notify_all();
     }
 
-    fn run_flush(&self, mem: &Arc<Memtable>) -> Result<(Vec<Arc<FileMeta>>, Vec<SegmentMeta>)> {
+    fn run_flush(&self, mem: &Arc<Memtable>, values: &Arc<MemtableValues>) -> Result<Flushed> {
         if mem.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Flushed::empty(values));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -1827,16 +2283,22 @@ impl Inner {
             self.safe_point(),
             false,
         )
-        .with_range_tombstones(mem.range_tombstones(), self.snapshots.all());
+        .with_range_tombstones(mem.range_tombstones(), self.snapshots.all())
+        .with_memtable_values(values.clone());
         self.drive(&mut job)?;
         let out = job.finish_all()?;
         self.note_separated(out.separated);
+        let (segments, discards) = flush_segments(&out, values);
         let tables = out
             .tables
             .into_iter()
             .map(|o| Arc::new(FileMeta::new(o.desc, o.table, self.fs.clone(), o.path)))
             .collect();
-        Ok((tables, out.segments))
+        Ok(Flushed {
+            tables,
+            segments,
+            discards,
+        })
     }
 
     /// Runs a job's steps until done, abandoning it if the database shuts down.
@@ -1958,16 +2420,16 @@ impl Inner {
         let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
         if plan.level == 0 {
             for f in plan.inputs.iter().filter(read) {
-                children.push(Box::new(f.table.iter(false)));
+                children.push(Box::new(f.table.iter(BlockRead::NoFill)));
             }
         } else {
             let inputs = plan.inputs.iter().filter(read).cloned().collect();
-            children.push(Box::new(LevelIterator::new(inputs, false)));
+            children.push(Box::new(LevelIterator::new(inputs, BlockRead::NoFill)));
         }
         let next_inputs: Vec<Arc<FileMeta>> =
             plan.next_inputs.iter().filter(read).cloned().collect();
         if !next_inputs.is_empty() {
-            children.push(Box::new(LevelIterator::new(next_inputs, false)));
+            children.push(Box::new(LevelIterator::new(next_inputs, BlockRead::NoFill)));
         }
         let settings = JobSettings::new(
             &self.opts,
@@ -2103,15 +2565,23 @@ impl Inner {
             if self.is_poisoned.load(Ordering::Acquire) {
                 Ok(())
             } else {
-                ws.wal.sync()
+                self.sync_logs(&mut ws)
             }
         };
         self.state.lock().shutting_down = true;
         self.state_cv.notify_all();
+        self.log_syncer.stop();
         let threads = std::mem::take(&mut *self.threads.lock());
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("a background thread panicked");
+            }
+        }
+        // Kept segment files are orphans: delete them rather than leave them to the next open.
+        let recycler = self.state.lock().vlog.recycler.clone();
+        for p in recycler.map(|r| r.close()).unwrap_or_default() {
+            if let Err(e) = self.fs.remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not delete a kept value-log segment");
             }
         }
         self.lock.lock().take();

@@ -6,7 +6,7 @@ use crate::key::{
     first_key, last_key, logical_key, lookup_key, parse_trailer, parse_version, resolve, KeySpace,
     Resolved, PREFIX_LEN,
 };
-use crate::options::ReadOptions;
+use crate::options::{ReadOptions, ReadTier};
 use crate::range_del::{self, FragmentedTombstones, RangeDelCursor};
 use crate::snapshot::SnapshotGuard;
 use crate::vlog::ValueFetcher;
@@ -52,6 +52,8 @@ pub struct DbIterator {
     saved_is_pointer: bool,
     /// The first value-log read error; the iterator stays invalid after it.
     vlog_error: Option<Error>,
+    /// `ReadTier::CacheOnly`: a value-log read is `Error::WouldBlock` instead.
+    cache_only: bool,
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, if any.
@@ -119,6 +121,7 @@ impl DbIterator {
             fetched: None,
             saved_is_pointer: false,
             vlog_error: None,
+            cache_only: ro.tier == ReadTier::CacheOnly,
         }
     }
 
@@ -131,6 +134,7 @@ impl DbIterator {
     /// Reads the value `ptr` names; on failure records the error and returns `None`.
     fn fetch(&mut self, ptr: &[u8]) -> Option<Vec<u8>> {
         let res = match &self.vlog {
+            Some(_) if self.cache_only => Err(Error::WouldBlock("a value in the value log")),
             Some(f) => f.fetch(ptr),
             None => Err(Error::InvalidArgument(
                 "a table entry points into the value log, but the iterator has no value log".into(),

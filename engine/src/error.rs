@@ -91,6 +91,10 @@ pub enum Error {
     /// An explicit version of 0 (reserved: it means "the write's sequence number").
     #[error("version 0 is reserved; explicit versions start at 1")]
     InvalidVersion,
+    /// A `ReadTier::CacheOnly` read needed disk IO (it did none); retry with `ReadTier::All`
+    /// on a thread that may block.
+    #[error("the read needs disk IO ({0}) and its read tier allows only memory")]
+    WouldBlock(&'static str),
     /// A read below the GC safe point, whose older versions may already be reclaimed.
     #[error("read timestamp {ts} is below the GC safe point {safe_point}")]
     BelowSafePoint {
@@ -161,11 +165,17 @@ impl Error {
             Error::Busy(m) => Error::Busy(m.clone()),
             Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
             Error::InvalidVersion => Error::InvalidVersion,
+            Error::WouldBlock(what) => Error::WouldBlock(what),
             Error::BelowSafePoint { ts, safe_point } => Error::BelowSafePoint {
                 ts: *ts,
                 safe_point: *safe_point,
             },
         }
+    }
+
+    /// True for [`Error::WouldBlock`]: a cache-only read that must be retried where IO may block.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, Error::WouldBlock(_))
     }
 
     /// True when the error is the OS reporting a full disk.

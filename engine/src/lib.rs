@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod memtable;
 pub mod merge;
 pub mod options;
+pub mod priority;
 pub mod range_del;
 pub mod record;
 pub mod region_snapshot;
@@ -40,11 +41,13 @@ pub mod vlog;
 pub mod wal;
 
 pub use batch::WriteBatch;
-pub use db::{Db, Entry};
+pub use db::{Db, Entry, WriteStall};
 pub use db_iter::DbIterator;
 pub use error::{Error, Result};
 pub use key::{KeySpace, CF_DEFAULT, CF_LOCK, CF_WRITE, NS_KV, NS_META, NS_REDIS};
-pub use options::{Compression, Durability, IoBackend, Options, ReadOptions, WriteOptions};
+pub use options::{
+    Compression, Durability, IoBackend, Options, ReadOptions, ReadTier, WriteOptions,
+};
 pub use region_snapshot::{ExportOptions, IngestReport, RegionRange, SnapshotManifest};
 pub use snapshot::Snapshot;
 pub use stats::{LevelStats, Stats};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::iter::InternalIterator;
 use crate::key::{compare_internal, logical_key};
+use crate::options::BlockRead;
 use crate::sst::TableIterator;
 use crate::version::FileMeta;
 
@@ -169,23 +170,23 @@ pub struct LevelIterator {
     files: Vec<Arc<FileMeta>>,
     index: usize,
     current: Option<TableIterator>,
-    fill_cache: bool,
+    mode: BlockRead,
 }
 
 impl LevelIterator {
     /// A cursor over `files`, which must be sorted and non-overlapping.
-    pub fn new(files: Vec<Arc<FileMeta>>, fill_cache: bool) -> Self {
+    pub fn new(files: Vec<Arc<FileMeta>>, mode: BlockRead) -> Self {
         LevelIterator {
             index: files.len(),
             files,
             current: None,
-            fill_cache,
+            mode,
         }
     }
 
     fn open(&mut self, index: usize) {
         self.index = index;
-        self.current = self.files.get(index).map(|f| f.table.iter(self.fill_cache));
+        self.current = self.files.get(index).map(|f| f.table.iter(self.mode));
     }
 
     fn skip_forward(&mut self) {

@@ -10,12 +10,13 @@ use crate::fs::FileSystem;
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Acknowledge after the WAL record is fdatasync'ed (no acknowledged write is lost).
+    /// Acknowledge after the WAL record (and the value-log bytes it points at) is
+    /// fdatasync'ed (no acknowledged write is lost).
     #[default]
     Sync,
-    /// Acknowledge after the WAL record is handed to the OS. A process crash loses
-    /// nothing; a power loss or kernel crash loses the writes since the last sync,
-    /// at most `Options::relaxed_sync_interval_bytes` of WAL.
+    /// Acknowledge after the WAL record (and the value-log bytes it points at) is handed to
+    /// the OS. A process crash loses nothing; a power loss or kernel crash loses the writes
+    /// since the last sync, at most `Options::relaxed_sync_interval_bytes` of log.
     Relaxed,
 }
 
@@ -51,7 +52,9 @@ pub struct Options {
     pub error_if_exists: bool,
     /// Default durability of writes (overridable per write).
     pub durability: Durability,
-    /// With `Relaxed` writes, fdatasync the WAL after this many unsynced bytes.
+    /// With `Relaxed` writes, at most this many logged bytes (WAL plus the values the write
+    /// path put in the value log) are not yet fdatasynced: a background sync starts at half
+    /// of it, a writer that finds all of it unsynced waits for a sync.
     pub relaxed_sync_interval_bytes: u64,
     /// Size at which the active memtable is frozen and flushed.
     pub write_buffer_bytes: usize,
@@ -87,6 +90,13 @@ pub struct Options {
     pub compression_per_level: Vec<Compression>,
     /// Background compaction threads.
     pub compaction_threads: usize,
+    /// Nice value of the flush, compaction and value-log GC threads, set by each when it
+    /// starts (`setpriority` on the thread; they also take the lowest best-effort IO
+    /// priority, see [`crate::priority::lower_current_thread`]), so that an owner's
+    /// foreground threads come first. Never raises a thread's priority. The log-sync
+    /// thread keeps the opener's priority: `Relaxed` writers can wait for it. `None`
+    /// (default): every thread runs at the priority of the thread that opened the database.
+    pub background_nice: Option<i32>,
     /// Manifest size after which it is rewritten as a snapshot.
     pub manifest_rewrite_bytes: u64,
     /// Largest accepted user key.
@@ -108,18 +118,29 @@ pub struct Options {
     /// safe point is the newest possible version: older versions are reclaimed as soon as
     /// no snapshot needs them, and reads with a `read_ts` are refused.
     pub retain_versions: bool,
-    /// Values of at least this many bytes are moved to the value log when they leave the
-    /// memtable (flush) or pass through compaction; the table keeps a 20-byte pointer.
-    /// 0 or `usize::MAX` disables key-value separation.
+    /// Values of at least this many bytes are moved to the value log (at commit, see
+    /// `vlog_on_write`, else when they leave the memtable or pass through compaction); the
+    /// table keeps a 20-byte pointer. 0 or `usize::MAX` disables key-value separation.
     pub value_threshold_bytes: usize,
     /// Per-column-family overrides of `value_threshold_bytes`, keyed by the column family
     /// byte of the logical key (same meaning of 0 and `usize::MAX`).
     pub value_threshold_per_cf: BTreeMap<u8, usize>,
     /// Size at which a value-log segment is finished and the next one started.
     pub vlog_segment_bytes: u64,
+    /// Separate large values at commit (WiscKey's write path): the commit leader appends
+    /// them to the value log before the WAL record, which carries only their pointers, so
+    /// each value is written once. When false they are separated at flush (written to the
+    /// WAL and again to the value log). Values applied without the WAL
+    /// (`Db::apply_unlogged`) are separated at flush either way.
+    pub vlog_on_write: bool,
     /// Value-log GC collects a segment once at least this fraction of its bytes is garbage
     /// (in (0, 1]).
     pub vlog_gc_min_discard_ratio: f64,
+    /// Background value-log GC runs only while the value log's records take more than this
+    /// many bytes per byte not known to be garbage (>= 1.0). Collecting later means fewer
+    /// live values are copied (they had more time to become garbage); 1.0 collects every
+    /// segment as soon as it reaches `vlog_gc_min_discard_ratio`.
+    pub vlog_gc_space_amp: f64,
     /// Segment bytes one value-log GC round reads at most; a larger segment is collected
     /// over several rounds, its liveness re-checked against a fresh view in each.
     pub vlog_gc_bytes_per_round: u64,
@@ -127,6 +148,12 @@ pub struct Options {
     /// prove they detect lost values. Never set this in production.
     #[doc(hidden)]
     pub unsafe_vlog_skip_segment_sync: bool,
+    /// TEST ONLY: the write path does not fdatasync the value log before the WAL (a
+    /// finished segment is still synced), so acknowledged WAL records can point at values
+    /// a power loss takes away. Exists so crash tests can prove they detect that. Never set
+    /// this in production.
+    #[doc(hidden)]
+    pub unsafe_vlog_skip_write_sync: bool,
     /// TEST ONLY: value-log GC deletes the collected segment before the manifest edit that
     /// re-points its live values is durable. Exists for crash tests' negative controls.
     #[doc(hidden)]
@@ -139,7 +166,15 @@ pub struct Options {
     /// Exists so crash tests can prove they detect it. Never set this in production.
     #[doc(hidden)]
     pub unsafe_ingest_skip_sync: bool,
+    /// TEST ONLY: the flush thread starts no flush while this returns true (called from
+    /// the flush thread with the engine's state lock held), so tests can hold frozen
+    /// memtables back and drive writes into a stop deterministically.
+    #[doc(hidden)]
+    pub test_hold_flush: Option<FlushHold>,
 }
+
+/// See `Options::test_hold_flush`.
+pub type FlushHold = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -165,6 +200,7 @@ impl Default for Options {
             l0_stop_trigger: 36,
             compression_per_level: vec![Compression::None],
             compaction_threads: 1,
+            background_nice: None,
             manifest_rewrite_bytes: 8 << 20,
             max_key_bytes: 64 << 10,
             max_value_bytes: 16 << 20,
@@ -177,12 +213,16 @@ impl Default for Options {
             value_threshold_bytes: crate::vlog::DEFAULT_VALUE_THRESHOLD,
             value_threshold_per_cf: BTreeMap::new(),
             vlog_segment_bytes: crate::vlog::segment::DEFAULT_TARGET_SEGMENT_BYTES,
+            vlog_on_write: true,
             vlog_gc_min_discard_ratio: 0.5,
+            vlog_gc_space_amp: 1.5,
             vlog_gc_bytes_per_round: 8 << 20,
             unsafe_vlog_skip_segment_sync: false,
+            unsafe_vlog_skip_write_sync: false,
             unsafe_vlog_delete_before_commit: false,
             unsafe_ack_before_sync: false,
             unsafe_ingest_skip_sync: false,
+            test_hold_flush: None,
         }
     }
 }
@@ -201,10 +241,13 @@ impl fmt::Debug for Options {
             .field("l0_compaction_trigger", &self.l0_compaction_trigger)
             .field("compression_per_level", &self.compression_per_level)
             .field("io_backend", &self.io_backend)
+            .field("background_nice", &self.background_nice)
             .field("value_threshold_bytes", &self.value_threshold_bytes)
             .field("value_threshold_per_cf", &self.value_threshold_per_cf)
             .field("vlog_segment_bytes", &self.vlog_segment_bytes)
+            .field("vlog_on_write", &self.vlog_on_write)
             .field("vlog_gc_min_discard_ratio", &self.vlog_gc_min_discard_ratio)
+            .field("vlog_gc_space_amp", &self.vlog_gc_space_amp)
             .field("vlog_gc_bytes_per_round", &self.vlog_gc_bytes_per_round)
             .finish_non_exhaustive()
     }
@@ -251,4 +294,42 @@ pub struct ReadOptions {
     pub read_ts: Option<u64>,
     /// Read as of this snapshot (`None`: as of now).
     pub snapshot: Option<crate::Snapshot>,
+    /// Which storage tiers the read may touch (see [`ReadTier`]).
+    pub tier: ReadTier,
+}
+
+/// Which storage tiers a read may touch (RocksDB's `ReadTier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadTier {
+    /// Memtables, the block cache and the disk.
+    #[default]
+    All,
+    /// Memtables and the block cache only. A read that would need disk IO (a data block
+    /// missing from the block cache, or a value in the value log) fails with
+    /// [`crate::Error::WouldBlock`] having done no IO; an iterator stops and reports it
+    /// in `status()`. For callers on threads that must not block (an async executor),
+    /// which then run the read again on a thread that may.
+    CacheOnly,
+}
+
+/// How a table read uses the block cache (derived from [`ReadOptions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockRead {
+    /// Read missing blocks from disk and add them to the cache.
+    Fill,
+    /// Read missing blocks from disk without adding them (scans, compaction).
+    NoFill,
+    /// Never read from disk: a missing block is [`crate::Error::WouldBlock`].
+    CacheOnly,
+}
+
+impl BlockRead {
+    /// The block read mode of a user read.
+    pub fn of(ro: &ReadOptions) -> BlockRead {
+        match (ro.tier, ro.skip_cache_fill) {
+            (ReadTier::CacheOnly, _) => BlockRead::CacheOnly,
+            (ReadTier::All, false) => BlockRead::Fill,
+            (ReadTier::All, true) => BlockRead::NoFill,
+        }
+    }
 }

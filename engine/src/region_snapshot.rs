@@ -95,12 +95,16 @@ pub struct ExportOptions {
     pub read_ts: Option<u64>,
     /// Output tables are cut near this size.
     pub target_file_bytes: u64,
+    /// Export the data as of this snapshot (`None`: as of the call), e.g. a raft peer's
+    /// data at an applied index, exported later on another thread.
+    pub snapshot: Option<crate::Snapshot>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
             read_ts: None,
+            snapshot: None,
             target_file_bytes: 64 << 20,
         }
     }

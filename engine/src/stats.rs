@@ -35,6 +35,12 @@ pub(crate) struct Counters {
     pub vlog_gc_bytes_rewritten: AtomicU64,
     pub vlog_gc_bytes_reclaimed: AtomicU64,
     pub vlog_gc_deferred: AtomicU64,
+    pub vlog_write_values: AtomicU64,
+    pub vlog_write_bytes: AtomicU64,
+    pub vlog_write_syncs: AtomicU64,
+    pub vlog_segments_reused: AtomicU64,
+    pub relaxed_sync_waits: AtomicU64,
+    pub relaxed_sync_wait_micros: AtomicU64,
 }
 
 impl Counters {
@@ -123,7 +129,7 @@ pub struct Stats {
     pub vlog_live_bytes: u64,
     /// Record bytes of live segments known to be garbage (dropped by compaction).
     pub vlog_garbage_bytes: u64,
-    /// Values moved to the value log by flushes and compactions.
+    /// Values moved to the value log: at commit (the write path), by flushes and compactions.
     pub vlog_values_separated: u64,
     /// Bytes of those values.
     pub vlog_bytes_separated: u64,
@@ -145,8 +151,24 @@ pub struct Stats {
     pub vlog_gc_bytes_reclaimed: u64,
     /// GC attempts postponed because a segment held values it could not yet move safely.
     pub vlog_gc_deferred: u64,
-    /// Segments at or above the GC's minimum discard ratio (GC work pending).
+    /// Segments background GC would collect now: at or above the minimum discard ratio while
+    /// the value log is over `Options::vlog_gc_space_amp` (GC work pending).
     pub vlog_gc_candidates: usize,
+    /// Values the write path put in the value log at commit (the WAL logged their pointers).
+    pub vlog_write_values: u64,
+    /// Record bytes the write path appended to the value log.
+    pub vlog_write_bytes: u64,
+    /// fdatasync calls of the write path's value log (before WAL syncs).
+    pub vlog_write_syncs: u64,
+    /// Files of collected segments kept for the write path to reuse (not in `vlog_bytes`).
+    pub vlog_segments_kept: usize,
+    /// Write-path segments written into a collected segment's file.
+    pub vlog_segments_reused: u64,
+    /// Relaxed writes that found `relaxed_sync_interval_bytes` unsynced and waited for a
+    /// sync (the background sync had not kept up).
+    pub relaxed_sync_waits: u64,
+    /// Time those writes waited, microseconds.
+    pub relaxed_sync_wait_micros: u64,
     /// Bytes on disk of tables and value-log segments.
     pub disk_bytes: u64,
     /// Estimated live data: value-log records not known to be garbage plus the bytes of the
@@ -230,6 +252,17 @@ impl fmt::Display for Stats {
             self.vlog_garbage_bytes,
             self.vlog_values_separated,
             self.vlog_reads
+        )?;
+        writeln!(
+            f,
+            "value log at commit: {} values, {} bytes, {} syncs, {} segments in reused files ({} kept); relaxed writes waited for a sync {} times, {} ms",
+            self.vlog_write_values,
+            self.vlog_write_bytes,
+            self.vlog_write_syncs,
+            self.vlog_segments_reused,
+            self.vlog_segments_kept,
+            self.relaxed_sync_waits,
+            self.relaxed_sync_wait_micros / 1000
         )?;
         writeln!(
             f,

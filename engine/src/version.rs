@@ -88,9 +88,13 @@ impl FileMeta {
 impl Drop for FileMeta {
     fn drop(&mut self) {
         if self.obsolete.load(AtomicOrdering::Acquire) {
-            if let Err(e) = self.fs.remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not delete obsolete table");
-            }
+            // The last reader may be an executor thread: delete from a background thread then.
+            let (fs, path) = (self.fs.clone(), std::mem::take(&mut self.path));
+            crate::fs::guard::run_off_marked_thread(move || {
+                if let Err(e) = fs.remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete obsolete table");
+                }
+            });
         }
     }
 }

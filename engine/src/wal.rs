@@ -89,9 +89,20 @@ impl Wal {
         self.gen
     }
 
+    /// The active segment's file and path (for a background sync).
+    pub fn active_file(&self) -> (Arc<dyn File>, PathBuf) {
+        (self.file.clone(), self.path.clone())
+    }
+
     /// Bytes written to the active segment but not yet fdatasync'ed.
     pub fn unsynced_bytes(&self) -> u64 {
         self.offset - self.synced_offset
+    }
+
+    /// True when appending `framed_bytes` (records with their headers) would first rotate to
+    /// a new segment (which fdatasyncs the current one).
+    pub fn append_rotates(&self, framed_bytes: usize) -> bool {
+        self.offset + framed_bytes as u64 > self.segment_bytes - HEADER_LEN as u64
     }
 
     /// Appends records as one write; rotates first if they do not fit. Returns the first record's position.
@@ -233,6 +244,9 @@ pub struct ReplayOutcome {
     pub obsolete: Vec<u64>,
     /// A torn tail that was cut off: (segment path, offset).
     pub torn_tail: Option<(PathBuf, u64)>,
+    /// Where the caller cut the log (its callback returned `false`): (segment path, offset
+    /// of the first record dropped).
+    pub cut: Option<(PathBuf, u64)>,
 }
 
 /// Replays every segment at or above `min(log_floor, opaque_floor)` in order.
@@ -240,13 +254,18 @@ pub struct ReplayOutcome {
 /// Batches are reported only from segments at or above `log_floor`. A torn
 /// tail of the newest segment is sealed with an end marker; damage anywhere
 /// else fails with [`Error::Corruption`] naming the file and offset.
+///
+/// `on_record` returns `false` to cut the log at that record (a batch whose value-log
+/// values never became durable, so no sync covered it or anything after it): the record's
+/// segment is sealed at its offset and every later segment at offset 0, durably, so no
+/// later recovery replays what was dropped.
 pub fn replay(
     fs: &dyn FileSystem,
     dir: &Path,
     log_floor: u64,
     opaque_floor: Option<u64>,
     max_segment_bytes: u64,
-    mut on_record: impl FnMut(Replayed<'_>, &Path, u64) -> Result<()>,
+    mut on_record: impl FnMut(Replayed<'_>, &Path, u64) -> Result<bool>,
 ) -> Result<ReplayOutcome> {
     let floor = opaque_floor.map_or(log_floor, |o| o.min(log_floor));
     let mut gens: Vec<u64> = fs
@@ -293,19 +312,22 @@ pub fn replay(
                 // Whatever follows the marker was written by an attempt that never completed.
                 break;
             }
-            match *rtype {
+            let keep = match *rtype {
                 REC_BATCH if gen >= log_floor => {
                     on_record(Replayed::Batch(&buf[range.clone()]), &path, off)?
                 }
-                REC_BATCH => {}
+                REC_BATCH => true,
                 REC_OPAQUE => {
                     let p = &buf[range.clone()];
                     let (&tag, rest) = p.split_first().ok_or_else(|| {
                         Error::corruption(&path, off, "opaque record without a tag")
                     })?;
-                    on_record(Replayed::Opaque(tag, rest), &path, off)?;
+                    on_record(Replayed::Opaque(tag, rest), &path, off)?
                 }
-                REC_END_OF_SEGMENT => sealed = true,
+                REC_END_OF_SEGMENT => {
+                    sealed = true;
+                    true
+                }
                 t => {
                     return Err(Error::corruption(
                         &path,
@@ -313,6 +335,19 @@ pub fn replay(
                         format!("unknown WAL record type {t}"),
                     ))
                 }
+            };
+            if !keep {
+                tracing::warn!(path = %path.display(), offset = off,
+                    "cutting the WAL at a batch whose value-log values are not durable");
+                seal_at(&*file, &path, gen, off)?;
+                for &later in &live[i + 1..] {
+                    let p = filename::wal(dir, later);
+                    let f = fs.open(&p, OpenMode::ReadWrite).ctx("open", &p)?;
+                    seal_at(&*f, &p, later, 0)?;
+                }
+                out.cut = Some((path.clone(), off));
+                out.live = live;
+                return Ok(out);
             }
         }
         if sealed {
@@ -334,12 +369,18 @@ pub fn replay(
                 out.torn_tail = Some((path.clone(), off as u64));
             }
             // Seal the segment so that the next recovery reads it as a closed one.
-            let mut b = Vec::new();
-            record::encode(&mut b, gen, REC_END_OF_SEGMENT, &[]);
-            file.write_all_at(&b, scan.end as u64).ctx("write", &path)?;
-            file.sync_data().ctx("fdatasync", &path)?;
+            seal_at(&*file, &path, gen, scan.end as u64)?;
         }
     }
     out.live = live;
     Ok(out)
+}
+
+/// Writes an end-of-segment record for generation `gen` at `offset` and fdatasyncs: the
+/// segment reads as ending there.
+fn seal_at(file: &dyn File, path: &Path, gen: u64, offset: u64) -> Result<()> {
+    let mut b = Vec::new();
+    record::encode(&mut b, gen, REC_END_OF_SEGMENT, &[]);
+    file.write_all_at(&b, offset).ctx("write", path)?;
+    file.sync_data().ctx("fdatasync", path)
 }

@@ -10,72 +10,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::*;
-use nokv::fs::{FaultFs, FileSystem, PowerLoss};
-use nokv::{Db, WriteBatch, WriteOptions};
+use nokv::fs::{FaultFs, FileSystem};
+use nokv::Db;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const WRITERS: usize = 2;
 const KEYS_PER_WRITER: u64 = 150;
 
-/// Checks one writer's key space against its log; `Err` describes the first violation.
-fn check_writer(db: &Db, w: usize, log: &WriterLog) -> Result<(), String> {
-    let mut expected = BTreeMap::new();
-    for b in &log.acked {
-        apply(&mut expected, b);
-    }
-    let mut with_inflight = expected.clone();
-    if let Some(b) = &log.in_flight {
-        apply(&mut with_inflight, b);
-    }
-    let lo = w as u64 * 10_000;
-    let mut actual = BTreeMap::new();
-    for k in lo..lo + KEYS_PER_WRITER {
-        if let Some(v) = db.get(&key(k)).map_err(|e| format!("get failed: {e}"))? {
-            actual.insert(k, v);
-        }
-    }
-    if actual == expected || actual == with_inflight {
-        return Ok(());
-    }
-    let missing = expected
-        .iter()
-        .filter(|(k, v)| actual.get(k) != Some(v) && with_inflight.get(k) != actual.get(k))
-        .count();
-    Err(format!(
-        "writer {w}: {} acked batches; state matches neither the acked prefix nor the prefix plus the in-flight batch ({missing} keys differ)",
-        log.acked.len()
-    ))
-}
-
-/// Relaxed mode: the state must equal some prefix of the writer's batches (acked, then in flight).
-fn check_writer_prefix(db: &Db, w: usize, log: &WriterLog) -> Result<(), String> {
-    let lo = w as u64 * 10_000;
-    let mut actual = BTreeMap::new();
-    for k in lo..lo + KEYS_PER_WRITER {
-        if let Some(v) = db.get(&key(k)).map_err(|e| format!("get failed: {e}"))? {
-            actual.insert(k, v);
-        }
-    }
-    let mut state = BTreeMap::new();
-    if state == actual {
-        return Ok(());
-    }
-    for b in log.acked.iter().chain(log.in_flight.iter()) {
-        apply(&mut state, b);
-        if state == actual {
-            return Ok(());
-        }
-    }
-    Err(format!(
-        "writer {w}: recovered state is no prefix of its {} batches (a hole or a partial batch)",
-        log.acked.len()
-    ))
+/// Writer `w`'s keys as the database has them (gets, and a scan that must agree).
+fn read_writer(db: &Db, w: usize) -> Result<BTreeMap<u64, Vec<u8>>, String> {
+    read_writer_keys(db, w, KEYS_PER_WRITER)
 }
 
 fn random_batch(rng: &mut StdRng, w: usize, version: u64) -> Batch {
@@ -128,70 +75,23 @@ fn round(seed: u64, mode: Mode) -> Result<(), String> {
     let db = Db::open("/db", opts.clone()).map_err(|e| e.to_string())?;
     let mut rng = StdRng::seed_from_u64(seed);
     let crash_after = rng.gen_range(20..600);
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let logs: Vec<Arc<Mutex<WriterLog>>> = (0..WRITERS)
-        .map(|_| Arc::new(Mutex::new(WriterLog::default())))
-        .collect();
-    let mut handles = Vec::new();
-    for (w, log) in logs.iter().enumerate() {
-        let (db, log, acked_total, stop) =
-            (db.clone(), log.clone(), acked_total.clone(), stop.clone());
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(w as u64));
-        handles.push(std::thread::spawn(move || {
-            for version in 1..5_000u64 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let b = random_batch(&mut rng, w, version);
-                let mut wb = WriteBatch::new();
-                for (k, v) in &b {
-                    match v {
-                        Some(v) => wb.put(&key(*k), v),
-                        None => wb.delete(&key(*k)),
-                    };
-                }
-                log.lock().expect("log").in_flight = Some(b.clone());
-                if db.write(&wb, &WriteOptions::default()).is_err() {
-                    break;
-                }
-                let mut l = log.lock().expect("log");
-                l.in_flight = None;
-                l.acked.push(b);
-                drop(l);
-                acked_total.fetch_add(1, Ordering::AcqRel);
-                if version % 97 == 0 {
-                    let _ = db.flush();
-                }
-            }
-        }));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_total.load(Ordering::Acquire) < crash_after
-        && Instant::now() < deadline
-        && !handles.iter().all(|h| h.is_finished())
-    {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    freeze(
-        &fs,
-        Some(PowerLoss {
-            tear_last_unsynced_page: rng.gen_bool(0.5),
-            seed,
-        }),
-    );
-    stop.store(true, Ordering::Release);
-    for h in handles {
-        h.join().map_err(|_| "writer panicked".to_string())?;
-    }
-    drop(db);
-    thaw(&fs);
+    let mut writers = CrashWriters::start(&db, WRITERS, seed, 5_000, |db, rng, w, version| {
+        if version % 97 == 0 {
+            let _ = db.flush();
+        }
+        let b = random_batch(rng, w, version);
+        let wb = write_batch(&b);
+        (b, wb)
+    });
+    writers.wait_until(|| writers.acked() >= crash_after);
+    power_cut(&fs, db, &mut writers, &mut rng, seed)?;
     let db = Db::open("/db", opts).map_err(|e| format!("reopen after power loss failed: {e}"))?;
-    for (w, log) in logs.iter().enumerate() {
+    for (w, log) in writers.logs.iter().enumerate() {
+        let actual = read_writer(&db, w)?;
         let log = log.lock().expect("log");
         match mode {
-            Mode::Relaxed => check_writer_prefix(&db, w, &log)?,
-            _ => check_writer(&db, w, &log)?,
+            Mode::Relaxed => check_prefix(&actual, w, &log)?,
+            _ => check_acked(&actual, w, &log)?,
         }
     }
     // The recovered database accepts writes and survives another clean cycle.
@@ -215,13 +115,9 @@ fn acknowledged_sync_writes_survive_power_loss() {
 
 #[test]
 fn negative_control_ack_before_fdatasync_is_detected() {
-    let detected = (100..108)
-        .filter(|seed| round(*seed, Mode::AckBeforeSync).is_err())
-        .count();
-    assert!(
-        detected > 0,
-        "the checker failed to see lost writes when acks precede fdatasync"
-    );
+    expect_detected("acks before fdatasync", 100..108, |seed| {
+        round(seed, Mode::AckBeforeSync)
+    });
 }
 
 #[test]

@@ -11,13 +11,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::*;
 use nokv::fs::{FaultFs, FileSystem, PowerLoss};
-use nokv::{Db, WriteBatch, WriteOptions};
+use nokv::{Db, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,12 +29,6 @@ enum Op {
 }
 
 type Batch = Vec<Op>;
-
-#[derive(Default)]
-struct Log {
-    acked: Vec<Batch>,
-    in_flight: Option<Batch>,
-}
 
 fn apply(state: &mut BTreeMap<u64, Vec<u8>>, b: &Batch) {
     for op in b {
@@ -113,43 +104,15 @@ fn round(seed: u64, crash: Crash) -> Result<(), String> {
     let db = Db::open("/db", opts.clone()).map_err(|e| e.to_string())?;
     let mut rng = StdRng::seed_from_u64(seed);
     let crash_after = rng.gen_range(10..300);
-    let acked = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Log::default()));
-    let writer = {
-        let (db, log, acked, stop) = (db.clone(), log.clone(), acked.clone(), stop.clone());
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-        std::thread::spawn(move || {
-            for version in 1..5_000u64 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let b = random_batch(&mut rng, version);
-                log.lock().expect("log").in_flight = Some(b.clone());
-                if db
-                    .write(&to_write_batch(&b), &WriteOptions::default())
-                    .is_err()
-                {
-                    break;
-                }
-                let mut l = log.lock().expect("log");
-                l.in_flight = None;
-                l.acked.push(b);
-                drop(l);
-                acked.fetch_add(1, Ordering::AcqRel);
-                if version % 61 == 0 {
-                    let _ = db.flush();
-                }
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.load(Ordering::Acquire) < crash_after
-        && Instant::now() < deadline
-        && !writer.is_finished()
-    {
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let mut writers = CrashWriters::start(&db, 1, seed, 5_000, |db, rng, _, version| {
+        if version % 61 == 0 {
+            let _ = db.flush();
+        }
+        let b = random_batch(rng, version);
+        let wb = to_write_batch(&b);
+        (b, wb)
+    });
+    writers.wait_until(|| writers.acked() >= crash_after);
     let power = match crash {
         Crash::Process => None,
         Crash::Power | Crash::PowerAckBeforeSync => Some(PowerLoss {
@@ -158,12 +121,11 @@ fn round(seed: u64, crash: Crash) -> Result<(), String> {
         }),
     };
     freeze(&fs, power);
-    stop.store(true, Ordering::Release);
-    writer.join().map_err(|_| "writer panicked".to_string())?;
+    writers.stop()?;
     drop(db);
     thaw(&fs);
     let db = Db::open("/db", opts.clone()).map_err(|e| format!("reopen failed: {e}"))?;
-    let log = log.lock().expect("log");
+    let log = writers.logs[0].lock().expect("log");
     let mut expected = BTreeMap::new();
     for b in &log.acked {
         apply(&mut expected, b);

@@ -22,5 +22,5 @@ pub mod store;
 pub use error::{Error, Result};
 pub use exec::{ReadOp, WriteCommand, WriteOp};
 pub use resp::{Protocol, Reply};
-pub use session::{Action, Config, Session, Shared, State, Ticket};
+pub use session::{Action, Config, Eviction, Session, Shared, State, Ticket};
 pub use store::{Backend, DbStore, ReadView, StateView};

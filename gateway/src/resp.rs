@@ -338,6 +338,33 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
+    /// Approximate bytes this reply holds in memory (and about what it encodes to):
+    /// payload plus a small per-element overhead. Used to charge replies to a
+    /// connection's output budget before they are encoded.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 16;
+        match self {
+            Reply::Simple(s) | Reply::Error(s) => s.len() + OVERHEAD,
+            Reply::Int(_) | Reply::Null => OVERHEAD,
+            Reply::Bulk(b) | Reply::Verbatim(b) => b.len() + OVERHEAD,
+            Reply::Array(items) | Reply::Set(items) => {
+                OVERHEAD + items.iter().map(Reply::approx_bytes).sum::<usize>()
+            }
+            Reply::Map(pairs) => {
+                OVERHEAD
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.approx_bytes() + v.approx_bytes())
+                        .sum::<usize>()
+            }
+            Reply::Scan(page) => {
+                OVERHEAD
+                    + page.next.as_ref().map_or(0, Vec::len)
+                    + page.items.iter().map(Reply::approx_bytes).sum::<usize>()
+            }
+        }
+    }
+
     fn is_aggregate(&self) -> bool {
         matches!(
             self,
@@ -514,6 +541,19 @@ mod tests {
 
     fn req(s: &[u8]) -> Result<Parsed> {
         parse_request(s, &Limits::default(), false)
+    }
+
+    #[test]
+    fn approx_bytes_covers_the_encoding() {
+        let big = Reply::Array(vec![
+            Reply::bulk(vec![b'x'; 1000]),
+            Reply::Int(7),
+            Reply::Map(vec![(Reply::bulk("k"), Reply::Null)]),
+        ]);
+        let approx = big.approx_bytes();
+        let encoded = big.to_bytes(Protocol::Resp2).unwrap().len();
+        assert!(approx >= encoded, "{approx} < {encoded}");
+        assert!(approx < encoded + 128, "{approx} vs {encoded}");
     }
 
     #[test]

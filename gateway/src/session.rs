@@ -16,9 +16,14 @@ use crate::error::{Error, Result};
 use crate::exec::{self, Prepared, ReadOp, WriteCommand};
 use crate::resp::{self, Limits, Parsed, Protocol, Reply, ScanPage};
 use crate::store::Backend;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// Input buffer capacity kept between requests; a larger buffer (left by a big
+/// request) is released once it is empty.
+const KEEP_INPUT_CAPACITY: usize = 1 << 20;
 
 /// Gateway settings shared by every connection.
 #[derive(Debug, Clone)]
@@ -41,6 +46,8 @@ pub struct Config {
     pub redis_version: String,
     /// The TCP port reported by INFO and CONFIG GET.
     pub port: u16,
+    /// The memory limit reported by INFO and CONFIG GET `maxmemory` (0: none).
+    pub maxmemory: u64,
 }
 
 impl Default for Config {
@@ -55,6 +62,7 @@ impl Default for Config {
             scan_cursors_per_client: 16,
             redis_version: "7.0.15".to_string(),
             port: 6380,
+            maxmemory: 0,
         }
     }
 }
@@ -80,11 +88,24 @@ pub struct ClientEntry {
     pub resp: u8,
 }
 
+/// Why a connection was closed for holding too much memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its unparsed input outgrew `Config::max_query_buffer_bytes`.
+    QueryBuffer,
+    /// Its pending replies outgrew its output buffer limit.
+    OutputBuffer,
+    /// It pushed the store's client buffers over their share of the memory limit.
+    MemoryShare,
+}
+
+/// Extra INFO lines for a section (`"memory"`, `"stats"`, ...), supplied by the server.
+pub type InfoHook = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// Process-wide gateway state: configuration, client registry and counters.
 ///
 /// The registry sits behind a short `std::sync::Mutex`, touched on connect,
 /// disconnect, CLIENT SETNAME/LIST and HELLO only, never per command.
-#[derive(Debug)]
 pub struct Shared {
     /// Settings.
     pub config: Config,
@@ -97,6 +118,22 @@ pub struct Shared {
     pub rejected_connections: AtomicU64,
     /// Commands processed since start.
     pub commands_processed: AtomicU64,
+    /// Connections closed for their query buffer.
+    pub query_buffer_disconnections: AtomicU64,
+    /// Connections closed for their output buffer.
+    pub output_buffer_disconnections: AtomicU64,
+    /// Connections closed because client buffers exceeded their memory share.
+    pub evicted_clients: AtomicU64,
+    info_hook: OnceLock<InfoHook>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("started_ms", &self.started_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -110,7 +147,26 @@ impl Shared {
             connections_received: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
+            query_buffer_disconnections: AtomicU64::new(0),
+            output_buffer_disconnections: AtomicU64::new(0),
+            evicted_clients: AtomicU64::new(0),
+            info_hook: OnceLock::new(),
         })
+    }
+
+    /// Counts a connection closed for holding too much memory (INFO stats).
+    pub fn count_eviction(&self, why: Eviction) {
+        let c = match why {
+            Eviction::QueryBuffer => &self.query_buffer_disconnections,
+            Eviction::OutputBuffer => &self.output_buffer_disconnections,
+            Eviction::MemoryShare => &self.evicted_clients,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Installs the hook that adds server lines to INFO sections; only the first call counts.
+    pub fn set_info_hook(&self, hook: InfoHook) {
+        let _ = self.info_hook.set(hook);
     }
 
     /// Connections currently registered.
@@ -177,6 +233,25 @@ struct Slot {
     proto: Protocol,
     reply: Option<Reply>,
     scan: ScanKind,
+    /// The command's metrics (index into `Session::metrics`) and when it was dispatched.
+    timing: Option<(usize, Instant)>,
+}
+
+/// Metric handles of one command, cached per session (labels: `command`).
+struct CommandMetrics {
+    calls: metrics::Counter,
+    errors: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl CommandMetrics {
+    fn new(name: &'static str) -> CommandMetrics {
+        CommandMetrics {
+            calls: metrics::counter!("nokv_commands_total", "command" => name),
+            errors: metrics::counter!("nokv_command_errors_total", "command" => name),
+            latency: metrics::histogram!("nokv_command_duration_seconds", "command" => name),
+        }
+    }
 }
 
 /// One client connection.
@@ -198,6 +273,11 @@ pub struct Session {
     cursors: VecDeque<(u64, Vec<u8>)>,
     cursor_seq: u64,
     limit_error: Option<Error>,
+    /// Metric handles of the commands this session has seen, and their index by name.
+    metrics: Vec<CommandMetrics>,
+    metric_index: HashMap<&'static str, usize>,
+    /// The command being dispatched: its replies carry this timing.
+    timing: Option<(usize, Instant)>,
 }
 
 impl Drop for Session {
@@ -273,7 +353,33 @@ impl Session {
             cursors: VecDeque::new(),
             cursor_seq: 0,
             limit_error: None,
+            metrics: Vec::new(),
+            metric_index: HashMap::new(),
+            timing: None,
         }
+    }
+
+    /// Bytes this connection holds for input: its query buffer's capacity.
+    pub fn held_input_bytes(&self) -> usize {
+        self.input.capacity()
+    }
+
+    /// Bytes this connection holds for output: encoded replies not yet taken, and
+    /// replies completed but waiting for an earlier one.
+    pub fn held_output_bytes(&self) -> usize {
+        self.output.capacity()
+            + self
+                .pending
+                .iter()
+                .filter_map(|s| s.reply.as_ref())
+                .map(Reply::approx_bytes)
+                .sum::<usize>()
+    }
+
+    /// Bytes this connection holds in its buffers, input and output (what a
+    /// server charges against its client memory).
+    pub fn held_bytes(&self) -> usize {
+        self.held_input_bytes() + self.held_output_bytes()
     }
 
     /// This connection's client id.
@@ -315,6 +421,7 @@ impl Session {
                 len: buffered + bytes.len(),
                 limit,
             });
+            self.shared.count_eviction(Eviction::QueryBuffer);
             return Err(e);
         }
         if self.input_pos > 0 && self.input_pos * 2 >= self.input.len() {
@@ -356,6 +463,14 @@ impl Session {
     /// Takes all ready reply bytes.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.output)
+    }
+
+    /// Closes the session now because the server evicted it (`why` is counted in INFO stats).
+    pub fn evict(&mut self, why: Eviction) {
+        if self.state != State::CloseNow {
+            self.state = State::CloseNow;
+            self.shared.count_eviction(why);
+        }
     }
 
     /// Replies still owed by the caller (reads and writes in flight).
@@ -402,7 +517,11 @@ impl Session {
                 Ok(Parsed::Request { args, consumed }) => {
                     self.input_pos += consumed;
                     if self.input_pos == self.input.len() {
-                        self.input.clear();
+                        if self.input.capacity() > KEEP_INPUT_CAPACITY {
+                            self.input = Vec::new();
+                        } else {
+                            self.input.clear();
+                        }
                         self.input_pos = 0;
                     }
                     self.budget -= 1;
@@ -447,7 +566,8 @@ impl Session {
         n
     }
 
-    fn push_slot(&mut self, slot: Slot) -> Ticket {
+    fn push_slot(&mut self, mut slot: Slot) -> Ticket {
+        slot.timing = self.timing.take();
         let ticket = Ticket(self.front_ticket + self.pending.len() as u64);
         self.pending.push_back(slot);
         ticket
@@ -458,8 +578,34 @@ impl Session {
             proto: self.proto,
             reply: Some(reply),
             scan: ScanKind::None,
+            timing: None,
         });
         self.flush_ready();
+    }
+
+    /// Starts timing a command: the next reply slot pushed carries it.
+    fn start_timing(&mut self, name: &'static str) {
+        let idx = match self.metric_index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.metrics.push(CommandMetrics::new(name));
+                let i = self.metrics.len() - 1;
+                self.metric_index.insert(name, i);
+                i
+            }
+        };
+        self.timing = Some((idx, Instant::now()));
+    }
+
+    fn record(&self, timing: Option<(usize, Instant)>, reply: &Reply) {
+        let Some((i, t)) = timing else { return };
+        if let Some(m) = self.metrics.get(i) {
+            m.calls.increment(1);
+            m.latency.record(t.elapsed().as_secs_f64());
+            if reply.is_error() {
+                m.errors.increment(1);
+            }
+        }
     }
 
     fn flush_ready(&mut self) {
@@ -472,6 +618,7 @@ impl Session {
             let Some(mut reply) = slot.reply else {
                 continue;
             };
+            self.record(slot.timing, &reply);
             if let Reply::Scan(page) = reply {
                 reply = self.scan_reply(page, slot.scan);
             }
@@ -490,6 +637,7 @@ impl Session {
                     limit,
                 });
                 self.state = State::CloseNow;
+                self.shared.count_eviction(Eviction::OutputBuffer);
             }
         }
     }
@@ -533,10 +681,12 @@ impl Session {
         let cmd = match command::lookup(&args) {
             Lookup::Found(c) => c,
             Lookup::Unknown => {
+                self.start_timing("unknown");
                 self.push_local(Reply::Error(unknown_command(&args)));
                 return None;
             }
             Lookup::UnknownSubcommand(c) => {
+                self.start_timing(c.name);
                 let sub = &args[1][..args[1].len().min(128)];
                 let text = format!(
                     "ERR unknown subcommand '{}'. Try {} HELP.",
@@ -547,6 +697,7 @@ impl Session {
                 return None;
             }
         };
+        self.start_timing(cmd.name);
         if !cmd.arity_ok(args.len()) {
             self.push_local(Reply::Error(format!(
                 "ERR wrong number of arguments for '{}' command",
@@ -586,6 +737,7 @@ impl Session {
                     proto: self.proto,
                     reply: None,
                     scan,
+                    timing: None,
                 });
                 Some(Action::Read { ticket, op })
             }
@@ -594,6 +746,7 @@ impl Session {
                     proto: self.proto,
                     reply: None,
                     scan: ScanKind::None,
+                    timing: None,
                 });
                 Some(Action::Write { ticket, cmd })
             }
@@ -925,7 +1078,7 @@ impl Session {
             ),
             ("databases", "1".to_string()),
             ("maxclients", cfg.max_clients.to_string()),
-            ("maxmemory", "0".to_string()),
+            ("maxmemory", cfg.maxmemory.to_string()),
             ("port", cfg.port.to_string()),
             ("proto-max-bulk-len", cfg.limits.max_bulk_bytes.to_string()),
             (
@@ -1009,6 +1162,7 @@ impl Session {
             proto: self.proto,
             reply: None,
             scan: ScanKind::None,
+            timing: None,
         });
         Some(Action::Read { ticket, op })
     }
@@ -1037,7 +1191,7 @@ impl Session {
             ],
             "memory" => vec![
                 "# Memory".to_string(),
-                "maxmemory:0".to_string(),
+                format!("maxmemory:{}", s.config.maxmemory),
                 "maxmemory_policy:noeviction".to_string(),
             ],
             "persistence" => vec![
@@ -1060,6 +1214,18 @@ impl Session {
                     "rejected_connections:{}",
                     s.rejected_connections.load(Ordering::Relaxed)
                 ),
+                format!(
+                    "evicted_clients:{}",
+                    s.evicted_clients.load(Ordering::Relaxed)
+                ),
+                format!(
+                    "client_query_buffer_limit_disconnections:{}",
+                    s.query_buffer_disconnections.load(Ordering::Relaxed)
+                ),
+                format!(
+                    "client_output_buffer_limit_disconnections:{}",
+                    s.output_buffer_disconnections.load(Ordering::Relaxed)
+                ),
             ],
             "replication" => vec![
                 "# Replication".to_string(),
@@ -1068,6 +1234,10 @@ impl Session {
             ],
             _ => Vec::new(),
         };
+        let mut lines = lines;
+        if let Some(hook) = s.info_hook.get() {
+            lines.extend(hook(section));
+        }
         let mut out = lines.join("\r\n");
         out.push_str("\r\n");
         out
@@ -1206,6 +1376,68 @@ mod tests {
             s.limit_error(),
             Some(Error::OutputBufferFull { .. })
         ));
+    }
+
+    #[test]
+    fn evictions_show_in_info_stats() {
+        let mut s = session(Config {
+            max_output_bytes: 16,
+            ..Config::default()
+        });
+        s.feed(&req("echo 0123456789abcdefgh")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(s.state(), State::CloseNow);
+        let mut other = Session::new(s.shared.clone(), "a".into(), "b".into(), 0);
+        other.evict(Eviction::MemoryShare);
+        other.evict(Eviction::MemoryShare);
+        assert_eq!(other.state(), State::CloseNow);
+        let text = s.info_section("stats", 0);
+        assert!(
+            text.contains("client_output_buffer_limit_disconnections:1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("evicted_clients:1\r\n"), "{text}");
+        assert!(
+            text.contains("client_query_buffer_limit_disconnections:0\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn held_bytes_count_buffers_and_big_input_is_released() {
+        let mut s = session(Config::default());
+        assert_eq!(s.held_bytes(), 0);
+        let big = vec![b'v'; 3 << 20];
+        let set = resp::encode_request(&[&b"SET"[..], b"k", &big]);
+        s.feed(&set[..set.len() / 2]).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert!(s.held_input_bytes() >= set.len() / 2);
+        assert_eq!(s.held_output_bytes(), 0);
+        s.feed(&set[set.len() / 2..]).unwrap();
+        assert!(matches!(s.next_action(0), Some(Action::Write { .. })));
+        // The request is parsed: its buffer goes, only its reply slot is left.
+        assert!(s.held_bytes() < 1 << 20, "{}", s.held_bytes());
+    }
+
+    #[test]
+    fn info_hook_adds_lines() {
+        let mut s = session(Config {
+            maxmemory: 1234,
+            ..Config::default()
+        });
+        s.shared.set_info_hook(Box::new(|section| {
+            if section == "memory" {
+                vec!["nokv_extra:1".to_string()]
+            } else {
+                Vec::new()
+            }
+        }));
+        let text = s.info_section("memory", 0);
+        assert!(text.contains("maxmemory:1234\r\n"), "{text}");
+        assert!(text.contains("nokv_extra:1\r\n"), "{text}");
+        s.feed(&req("config get maxmemory")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert!(out(&mut s).contains("1234"));
     }
 
     #[test]

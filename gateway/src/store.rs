@@ -84,23 +84,38 @@ impl ReadView for Db {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let ro = ReadOptions {
-            lower_bound: (!start.is_empty()).then(|| start.to_vec()),
-            upper_bound: end.map(<[u8]>::to_vec),
-            ..ReadOptions::default()
-        };
-        let mut it = self.iter_in(space, ro)?;
-        it.seek_to_first();
-        // Bounded by the keys in range; `visit` stops it early.
-        while it.valid() {
-            if !visit(it.key(), it.value()) {
-                break;
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        scan_db(self, ReadOptions::default(), space, start, end, visit)
     }
+}
+
+/// [`ReadView::scan`] on `db` reading with `ro` (its tier, timestamp and snapshot; the
+/// bounds are replaced by `[start, end)`). With `ReadTier::CacheOnly` a scan that needs
+/// disk IO fails with `nokv::Error::WouldBlock` (after visiting what it could: the
+/// caller must discard what it collected).
+pub fn scan_db(
+    db: &Db,
+    ro: ReadOptions,
+    space: KeySpace,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let ro = ReadOptions {
+        lower_bound: (!start.is_empty()).then(|| start.to_vec()),
+        upper_bound: end.map(<[u8]>::to_vec),
+        ..ro
+    };
+    let mut it = db.iter_in(space, ro)?;
+    it.seek_to_first();
+    // Bounded by the keys in range; `visit` stops it early.
+    while it.valid() {
+        if !visit(it.key(), it.value()) {
+            break;
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
 }
 
 impl StateView for Db {

@@ -14,6 +14,7 @@
 //! ~info info server        compare INFO's section headers and db lines only
 //! ~clients client list     compare CLIENT LIST's field names and stable fields only
 //! ~id client id            compare with client ids masked
+//! ~clock ttl k             integers equal within 1 (TTL of an absolute expiry)
 //! raw 2 "*1\r\n$4\r\nPING\r\n"   send raw bytes, expect 2 replies
 //! closed                   expect the server to close the connection
 //! sleep 20                 wait 20 ms

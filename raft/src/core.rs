@@ -1,30 +1,48 @@
 //! Every peer of one core, sharing one engine: proposals, poll rounds that
 //! persist all peers' Ready in ONE WAL write, apply, and log truncation.
 //!
-//! A poll round ([`RaftCore::poll_round`]):
+//! A poll round is split so that its engine work can run off the core's thread
+//! (an async executor must not block on the WAL's fdatasync or on a write stall):
 //!
-//! 1. For each peer with a Ready: send the messages that need no persistence,
-//!    apply the committed entries it carries (already persisted), and gather its
-//!    new entries and hard state.
-//! 2. One `Db::append_opaque` for all of them: one WAL write, one fdatasync
-//!    (with `Durability::Sync`).
-//! 3. For each peer: add the entries to its storage, send the messages that
-//!    needed persistence, `advance`, apply what became committed, `advance_apply`.
+//! 1. [`RaftCore::begin_round`] (core thread, no IO): for each peer with a Ready,
+//!    send the messages that need no persistence, hand the committed entries it
+//!    carries to an [`ApplyBatch`] (their proposers' tokens stay in the [`Round`]),
+//!    put its new entries in the peer's storage (raft-rs reads them from there) and
+//!    gather them and its hard state into an [`AppendBatch`]; then
+//!    `advance_append_async`, so proposals may continue while the batch is written.
+//! 2. [`ApplyBatch::run`] (any thread): applies the entries in log order through
+//!    `Db::apply_unlogged`, then records each region's last index with an empty
+//!    unlogged batch, so that the flush which makes the data durable also records
+//!    how far the region is applied (`Db::applied_index`, where a restart resumes).
+//!    [`RaftCore::finish_apply`] (core thread) advances raft's applied index and
+//!    hands each output to its proposer's token.
+//! 3. [`AppendBatch::write`] (any thread): ONE `Db::append_opaque` for all peers: one
+//!    WAL write, one fdatasync (with `Durability::Sync` when some Ready must sync).
+//!    [`RaftCore::finish_append`] (core thread): only now are the messages that
+//!    needed persistence sent and `on_persist_ready` called; entries that became
+//!    committed are applied by the next round.
 //!
-//! Applying an entry hands its data to [`Apply::apply`], which writes through
-//! `Db::apply_unlogged(batch, Some((region, index)))`; after each peer's applies
-//! the core records the last index with an empty unlogged batch, so that the flush
-//! which makes the data durable also records how far the region is applied
-//! (`Db::applied_index`, where a restart resumes).
+//! [`RaftCore::poll_round`] runs the three phases inline (tests, embedded use).
+//! Log truncation is split the same way ([`RaftCore::compact_log`] inline).
 
 use crate::codec::{self, TAG_CHECKPOINT, TAG_ENTRY, TAG_HARD_STATE};
 use crate::error::{Error, Result};
-use crate::region::{save_region, RegionDescriptor};
+use crate::region::{region_key, save_region, PeerMeta, PeerRole, RegionDescriptor, META_SPACE};
+use crate::snapshot::{
+    applied_snapshot, decode_snapshot_data, kv_ranges, ApplySnapshot, DataRanges, SnapshotKey,
+    SnapshotTask,
+};
 use crate::storage::{PeerStorage, ReplayedRegion};
 use nokv::{Db, Durability, WriteBatch, WriteOptions};
-use raft::prelude::{ConfState, Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message,
+};
 use raft::{RawNode, StateRole};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Settings of a core's peers.
 #[derive(Debug, Clone)]
@@ -47,6 +65,15 @@ pub struct CoreConfig {
     pub max_cached_entries: usize,
     /// Bytes of applied entries kept in each peer's in-memory cache.
     pub max_cached_bytes: usize,
+    /// Where this core's region snapshots are written and received (`None`: a replica
+    /// that needs a snapshot cannot get one).
+    pub snap_dir: Option<PathBuf>,
+    /// Which engine key ranges hold a region's data (exported and replaced by snapshots).
+    pub data_ranges: DataRanges,
+    /// How long after a quorum confirmed leadership a leader serves reads without asking
+    /// again (a lease read); must stay below the election timeout minus the clock drift
+    /// between stores. `None`: every read takes a ReadIndex round.
+    pub lease: Option<Duration>,
 }
 
 impl Default for CoreConfig {
@@ -61,19 +88,47 @@ impl Default for CoreConfig {
             max_round_bytes: 8 << 20,
             max_cached_entries: 1024,
             max_cached_bytes: 4 << 20,
+            snap_dir: None,
+            data_ranges: kv_ranges,
+            lease: None,
         }
     }
 }
 
-/// What the owner of a core does with committed entries and outgoing messages.
-pub trait Apply<T> {
+/// Where a core's outgoing traffic goes (called on the core's thread).
+pub trait Outbox<T> {
+    /// A proposal that will never be applied.
+    fn abandon(&mut self, token: T, error: Error);
+    /// A raft message for another peer of `region` (`msg.to`; the region's descriptor
+    /// names its store).
+    fn send(&mut self, region: u64, msg: Message);
+    /// A membership change proposed through this core with
+    /// [`RaftCore::propose_conf_change`] was applied (the region as it is now) or refused.
+    fn conf_changed(&mut self, token: T, result: Result<RegionDescriptor>) {
+        let _ = (token, result);
+    }
+    /// A read queued by [`RaftCore::read`] may now run on the local engine (`Ok`: the
+    /// region is applied past the index a quorum confirmed) or failed (leadership lost).
+    fn read_ready(&mut self, token: T, result: Result<()>) {
+        let _ = (token, result);
+    }
+}
+
+/// How [`RaftCore::read`] answered.
+#[derive(Debug)]
+pub enum ReadPath<T> {
+    /// The leader's lease holds and its data is current: read the engine now.
+    Now(T),
+    /// A ReadIndex round was started; [`Outbox::read_ready`] gets the token back.
+    Waiting,
+}
+
+/// What the owner of a core does with committed entries when rounds run inline
+/// ([`RaftCore::poll_round`]).
+pub trait Apply<T>: Outbox<T> {
     /// Applies the data of committed entry `index` of `region`; `token` is the
     /// proposer's when this entry is a proposal made through this core.
     fn apply(&mut self, region: &RegionDescriptor, index: u64, data: &[u8], token: Option<T>);
-    /// A proposal that will never be applied.
-    fn abandon(&mut self, token: T, error: Error);
-    /// A raft message for another peer of `region` (no transport yet: single replica).
-    fn send(&mut self, region: u64, msg: Message);
 }
 
 /// Counters of one poll round.
@@ -87,17 +142,320 @@ pub struct RoundStats {
     pub applied: usize,
 }
 
+/// The committed entries of one region in a round.
+struct RegionEntries {
+    region: RegionDescriptor,
+    /// (index, data) of the entries that carry data, in log order.
+    entries: Vec<(u64, Vec<u8>)>,
+    /// The last committed index handed out (data or not).
+    last: u64,
+    /// The region's descriptor changed (a membership change): persisted with the
+    /// applied index, so a restart resumes with the descriptor of that index.
+    changed: bool,
+}
+
+/// The committed entries of a round, to apply in log order on any thread.
+pub struct ApplyBatch {
+    /// Snapshots received, applied before any entry.
+    snapshots: Vec<ApplySnapshot>,
+    regions: Vec<RegionEntries>,
+}
+
+/// What [`ApplyBatch::run`] produced: one output per entry with data, in order.
+pub struct Applied<O> {
+    outputs: Vec<O>,
+    last: Vec<(u64, u64)>,
+}
+
+impl ApplyBatch {
+    /// Entries that carry data.
+    pub fn len(&self) -> usize {
+        self.regions.iter().map(|r| r.entries.len()).sum()
+    }
+
+    /// True when no entry carries data (the batch still records applied indexes).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies every entry with data through `f(region, index, data)` in log order,
+    /// then records each region's last index (`Db::apply_unlogged` of an empty batch).
+    /// Blocks while the engine stalls writes. An error (from the engine, or from `f` when
+    /// it could not apply an entry) stops the batch there, before that region's applied
+    /// index is recorded, so that the entry is applied again after a restart; the core
+    /// must run no further round (see [`RaftCore::abandon_all`]).
+    pub fn run<O>(
+        &self,
+        db: &Db,
+        f: impl FnMut(&RegionDescriptor, u64, &[u8]) -> Result<O>,
+    ) -> Result<Applied<O>> {
+        /// A sink that writes nothing back.
+        struct Each<F>(F);
+        impl<O, F: FnMut(&RegionDescriptor, u64, &[u8]) -> Result<O>> EntrySink for Each<F> {
+            type Output = O;
+            fn entry(&mut self, r: &RegionDescriptor, i: u64, d: &[u8]) -> Result<O> {
+                (self.0)(r, i, d)
+            }
+            fn end_region(&mut self, _: &RegionDescriptor) -> Result<()> {
+                Ok(())
+            }
+        }
+        self.run_with(db, &mut Each(f))
+    }
+
+    /// Like [`ApplyBatch::run`], through a sink that may hold writes back across the
+    /// entries of a region (one engine write for many entries): its `end_region` runs
+    /// after each region's last entry, before the region's applied index is recorded;
+    /// an error from either stops the batch as in `run`.
+    pub fn run_with<S: EntrySink>(&self, db: &Db, sink: &mut S) -> Result<Applied<S::Output>> {
+        let mut outputs = Vec::with_capacity(self.len());
+        let mut last = Vec::with_capacity(self.regions.len());
+        for s in &self.snapshots {
+            s.run(db)?;
+        }
+        for r in &self.regions {
+            for (index, data) in &r.entries {
+                outputs.push(sink.entry(&r.region, *index, data)?);
+            }
+            sink.end_region(&r.region)?;
+            let region = r.region.id;
+            let mut meta = WriteBatch::new();
+            if r.changed {
+                meta.put_in(META_SPACE, &region_key(region), &r.region.encode());
+            }
+            db.apply_unlogged(&meta, Some((region, r.last)))
+                .map_err(|e| {
+                    Error::engine(format!("record applied index of region {region}"), e)
+                })?;
+            last.push((region, r.last));
+        }
+        Ok(Applied { outputs, last })
+    }
+}
+
+/// Applies the entries of an [`ApplyBatch`] ([`ApplyBatch::run_with`]).
+pub trait EntrySink {
+    /// What an entry yields (its proposer's reply).
+    type Output;
+    /// Applies one entry with data, in log order; an error means it was not applied.
+    fn entry(&mut self, region: &RegionDescriptor, index: u64, data: &[u8])
+        -> Result<Self::Output>;
+    /// After the region's last entry: writes what was held back; an error means those
+    /// entries were not applied.
+    fn end_region(&mut self, region: &RegionDescriptor) -> Result<()>;
+}
+
+/// The raft records of a round, to write to the WAL on any thread.
+pub struct AppendBatch {
+    records: Vec<(u8, Vec<u8>)>,
+    durability: Durability,
+    max_bytes: usize,
+}
+
+impl AppendBatch {
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The durability the append uses (`Sync` whenever a term or vote changed).
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Writes the records: one WAL write (and one fdatasync with `Durability::Sync`);
+    /// a batch over `CoreConfig::max_round_bytes` takes a few appends, so none exceeds
+    /// the engine's batch limit. Returns the WAL segment of the first record.
+    pub fn write(&self, db: &Db) -> Result<u64> {
+        let mut segment = u64::MAX;
+        let wo = WriteOptions {
+            durability: Some(self.durability),
+        };
+        let mut start = 0;
+        while start < self.records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < self.records.len()
+                && (end == start || bytes + self.records[end].1.len() <= self.max_bytes)
+            {
+                bytes += self.records[end].1.len();
+                end += 1;
+            }
+            let refs: Vec<(u8, &[u8])> = self.records[start..end]
+                .iter()
+                .map(|(t, p)| (*t, p.as_slice()))
+                .collect();
+            let pos = db
+                .append_opaque(&refs, &wo)
+                .map_err(|e| Error::engine("append raft records", e))?;
+            segment = segment.min(pos.segment);
+            start = end;
+        }
+        Ok(segment)
+    }
+}
+
+/// One peer's part of a round that waits for the append.
+struct Persisting {
+    region: u64,
+    number: u64,
+    messages: Vec<Message>,
+}
+
+/// A poll round in flight (see the module docs). Finish it with
+/// [`RaftCore::finish_apply`] (when it had an [`ApplyBatch`]) and
+/// [`RaftCore::finish_append`], on the core's thread, before the next round begins.
+pub struct Round<T> {
+    apply: Option<ApplyBatch>,
+    append: Option<AppendBatch>,
+    /// One per entry with data in the apply batch: the proposer's token, if any.
+    tokens: Vec<Option<T>>,
+    /// Proposals among `tokens` (counted in [`RaftCore::pending`] until applied).
+    proposals: usize,
+    persisting: Vec<Persisting>,
+    stats: RoundStats,
+}
+
+impl<T> Round<T> {
+    /// The committed entries to apply (None: none, or already taken).
+    pub fn take_apply(&mut self) -> Option<ApplyBatch> {
+        self.apply.take()
+    }
+
+    /// The records to write (None: nothing to persist, or already taken).
+    pub fn take_append(&mut self) -> Option<AppendBatch> {
+        self.append.take()
+    }
+
+    /// The round's counters.
+    pub fn stats(&self) -> RoundStats {
+        self.stats
+    }
+}
+
+/// What a core needs from its engine before it starts, gathered by
+/// [`Recovered::load`] (file IO, on any thread) so that [`RaftCore::start`] does none.
+pub struct Recovered {
+    regions: Vec<RegionDescriptor>,
+    replayed: BTreeMap<u64, ReplayedRegion>,
+    applied: BTreeMap<u64, u64>,
+}
+
+impl Recovered {
+    /// Retains the whole raft log in the WAL (until the first checkpoint moves the floor)
+    /// and reads each region's durable applied index and applied snapshot.
+    ///
+    /// `db` must have been opened with `LogReplay::hook` as `opaque_replay`, and
+    /// [`crate::snapshot::recover_pending`] run before `regions` were loaded.
+    pub fn load(
+        db: &Db,
+        regions: Vec<RegionDescriptor>,
+        replayed: BTreeMap<u64, ReplayedRegion>,
+    ) -> Result<Recovered> {
+        // Keep every WAL segment that still exists until the first checkpoint moves
+        // the floor to where the logs really start.
+        db.set_opaque_floor(Some(0))
+            .map_err(|e| Error::engine("retain the raft log", e))?;
+        let applied = regions
+            .iter()
+            .map(|d| (d.id, db.applied_index(d.id).unwrap_or(0)))
+            .collect();
+        let mut replayed = replayed;
+        for d in &regions {
+            // A snapshot applied after the last checkpoint record: the log starts there.
+            let Some((index, term)) = applied_snapshot(db, d.id)? else {
+                continue;
+            };
+            let r = replayed.entry(d.id).or_default();
+            if r.checkpoint
+                .as_ref()
+                .is_some_and(|c| c.truncated_index >= index)
+            {
+                continue;
+            }
+            r.entries.retain(|e| e.index > index);
+            let mut hs = r.hard_state.clone().unwrap_or_default();
+            hs.commit = hs.commit.max(index);
+            hs.term = hs.term.max(term);
+            r.hard_state = Some(hs.clone());
+            r.checkpoint = Some(codec::Checkpoint {
+                hard_state: hs,
+                truncated_index: index,
+                truncated_term: term,
+            });
+        }
+        Ok(Recovered {
+            regions,
+            replayed,
+            applied,
+        })
+    }
+}
+
+/// Checkpoint records of a log truncation, to write on any thread
+/// ([`RaftCore::plan_checkpoint`]).
+pub struct CheckpointPlan {
+    targets: Vec<(u64, crate::codec::Checkpoint)>,
+    records: Vec<(u8, Vec<u8>)>,
+}
+
+impl CheckpointPlan {
+    /// Writes the checkpoints in one synced WAL append; returns its segment.
+    pub fn write(&self, db: &Db) -> Result<u64> {
+        let refs: Vec<(u8, &[u8])> = self
+            .records
+            .iter()
+            .map(|(t, p)| (*t, p.as_slice()))
+            .collect();
+        let wo = WriteOptions {
+            durability: Some(Durability::Sync),
+        };
+        let pos = db
+            .append_opaque(&refs, &wo)
+            .map_err(|e| Error::engine("append raft checkpoints", e))?;
+        Ok(pos.segment)
+    }
+}
+
+/// How far the engine has made each region's applied data durable (reads the engine's
+/// state under its lock: call it where blocking is allowed).
+pub fn durable_applied(db: &Db, regions: &[u64]) -> BTreeMap<u64, u64> {
+    regions
+        .iter()
+        .map(|&id| (id, db.applied_index(id).unwrap_or(0)))
+        .collect()
+}
+
 struct Proposal<T> {
     index: u64,
     term: u64,
     token: T,
 }
 
+/// A read waiting for its ReadIndex round and then for the apply to reach the index.
+struct PendingRead<T> {
+    id: u64,
+    token: T,
+    sent: Instant,
+    index: Option<u64>,
+}
+
 struct Peer<T> {
     region: RegionDescriptor,
     node: RawNode<PeerStorage>,
     pending: VecDeque<Proposal<T>>,
+    reads: VecDeque<PendingRead<T>>,
+    /// The leader's lease: (term, valid until).
+    lease: Option<(u64, Instant)>,
     applied: u64,
+    /// The last index of the log the peer started with (acknowledged writes of a
+    /// previous run may be anywhere up to it).
+    recovered_to: u64,
 }
 
 /// The peers of one core and the engine they share.
@@ -106,37 +464,162 @@ pub struct RaftCore<T> {
     cfg: CoreConfig,
     peers: BTreeMap<u64, Peer<T>>,
     logger: slog::Logger,
+    /// The newest WAL segment an append returned: a lower bound for the next append's,
+    /// so entries tagged with it keep the opaque floor at or below their real segment.
+    wal_segment: u64,
+    /// Proposals whose entries are being applied by a round in flight.
+    applying: usize,
+    /// Id of the next ReadIndex request.
+    next_read: u64,
+    /// Snapshot exports for the owner to run ([`RaftCore::take_snapshot_tasks`]).
+    snapshot_tasks: Vec<SnapshotTask>,
+    /// Regions with an export in flight.
+    exporting: BTreeSet<u64>,
 }
 
 fn conf_state(desc: &RegionDescriptor) -> ConfState {
-    ConfState::from((
-        desc.peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(),
-        vec![],
-    ))
+    let ids = |role| {
+        desc.peers
+            .iter()
+            .filter(|p| p.role == role)
+            .map(|p| p.peer_id)
+            .collect::<Vec<_>>()
+    };
+    ConfState::from((ids(PeerRole::Voter), ids(PeerRole::Learner)))
+}
+
+/// A membership change of a region: the peers to add or remove (with their stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Adds a learner, or demotes a voter to learner.
+    AddLearner(PeerMeta),
+    /// Adds a voter, or promotes a learner.
+    AddVoter(PeerMeta),
+    /// Removes a replica.
+    Remove(PeerMeta),
+}
+
+impl PeerChange {
+    fn peer(&self) -> PeerMeta {
+        match *self {
+            PeerChange::AddLearner(p) | PeerChange::AddVoter(p) | PeerChange::Remove(p) => p,
+        }
+    }
+}
+
+/// Encodes the peers a conf change names (the entry's context): `(store, peer)*`.
+fn encode_change_context(changes: &[PeerChange]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(changes.len() * 16);
+    for c in changes {
+        codec::put_u64(&mut out, c.peer().store_id);
+        codec::put_u64(&mut out, c.peer().peer_id);
+    }
+    out
+}
+
+fn decode_change_context(buf: &[u8]) -> Result<Vec<(u64, u64)>> {
+    let mut r = codec::Reader::new(buf, "conf change context");
+    let mut out = Vec::with_capacity(buf.len() / 16);
+    for _ in 0..buf.len() / 16 {
+        out.push((r.u64()?, r.u64()?));
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// Decodes a committed conf change entry (either raft-rs form) and the peers its context
+/// (the entry's, as [`RaftCore::propose_conf_change`] wrote it) names.
+fn decode_conf_change(e: &Entry) -> Result<(ConfChangeV2, Vec<(u64, u64)>)> {
+    let corrupt = |detail: String| Error::Corrupt {
+        what: "conf change entry",
+        detail,
+    };
+    let cc = if e.get_entry_type() == EntryType::EntryConfChange {
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|x| corrupt(x.to_string()))?;
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(cc.get_change_type());
+        single.node_id = cc.node_id;
+        let mut v2 = ConfChangeV2::default();
+        v2.mut_changes().push(single);
+        v2
+    } else {
+        ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| corrupt(x.to_string()))?
+    };
+    Ok((cc, decode_change_context(&e.context)?))
+}
+
+/// The region after a conf change took effect: peers and roles from raft's new
+/// configuration (stores from the old descriptor or the change's context), the
+/// membership version bumped.
+fn changed_descriptor(
+    old: &RegionDescriptor,
+    cs: &ConfState,
+    named: &[(u64, u64)],
+) -> RegionDescriptor {
+    let store_of = |id: u64| {
+        old.peer(id)
+            .map(|p| p.store_id)
+            .or_else(|| named.iter().find(|(_, p)| *p == id).map(|(s, _)| *s))
+            .unwrap_or(0)
+    };
+    let mut peers: Vec<PeerMeta> = Vec::new();
+    let mut push = |id: u64, role: PeerRole| {
+        if !peers.iter().any(|p| p.peer_id == id) {
+            peers.push(PeerMeta {
+                store_id: store_of(id),
+                peer_id: id,
+                role,
+            });
+        }
+    };
+    for &id in cs.get_voters().iter().chain(cs.get_voters_outgoing()) {
+        push(id, PeerRole::Voter);
+    }
+    for &id in cs.get_learners().iter().chain(cs.get_learners_next()) {
+        push(id, PeerRole::Learner);
+    }
+    peers.sort_by_key(|p| p.peer_id);
+    let mut desc = old.clone();
+    desc.peers = peers;
+    desc.epoch.conf_version += 1;
+    desc
 }
 
 impl<T> RaftCore<T> {
-    /// Opens the peers of `regions` from the replayed log and the engine's applied indexes.
+    /// Opens the peers of `regions` from the replayed log and the engine's applied indexes
+    /// ([`Recovered::load`] then [`RaftCore::start`]).
     ///
     /// `db` must have been opened with `LogReplay::hook` as `opaque_replay`.
     pub fn open(
         db: Db,
         cfg: CoreConfig,
         regions: Vec<RegionDescriptor>,
-        mut replayed: BTreeMap<u64, ReplayedRegion>,
+        replayed: BTreeMap<u64, ReplayedRegion>,
     ) -> Result<RaftCore<T>> {
-        // Keep every WAL segment that still exists until the first checkpoint moves
-        // the floor to where the logs really start.
-        db.set_opaque_floor(Some(0))
-            .map_err(|e| Error::engine("retain the raft log", e))?;
+        let rec = Recovered::load(&db, regions, replayed)?;
+        RaftCore::start(db, cfg, rec)
+    }
+
+    /// Starts the peers of a recovered engine; does no IO.
+    pub fn start(db: Db, cfg: CoreConfig, rec: Recovered) -> Result<RaftCore<T>> {
+        let Recovered {
+            regions,
+            mut replayed,
+            applied,
+        } = rec;
         let mut core = RaftCore {
             db,
             cfg,
             peers: BTreeMap::new(),
             logger: crate::logger::logger(),
+            wal_segment: 0,
+            applying: 0,
+            next_read: 1,
+            snapshot_tasks: Vec::new(),
+            exporting: BTreeSet::new(),
         };
         for desc in regions {
-            let applied = core.db.applied_index(desc.id).unwrap_or(0);
+            let applied = applied.get(&desc.id).copied().unwrap_or(0);
             let log = replayed.remove(&desc.id).unwrap_or_default();
             let storage = PeerStorage::from_replay(conf_state(&desc), log, applied)?;
             core.add_peer(desc, storage, applied)?;
@@ -171,6 +654,7 @@ impl<T> RaftCore<T> {
             return Err(Error::RegionNotFound(region));
         };
         storage.compact_cache(applied);
+        let recovered_to = storage.last_index();
         let config = raft::Config {
             id: me.peer_id,
             election_tick: self.cfg.election_tick,
@@ -185,7 +669,12 @@ impl<T> RaftCore<T> {
         let logger = self.logger.new(slog::o!("region" => region));
         let mut node = RawNode::new(&config, storage, &logger)
             .map_err(|source| Error::Raft { region, source })?;
-        if desc.peers.len() == 1 {
+        let voters: Vec<&PeerMeta> = desc
+            .peers
+            .iter()
+            .filter(|p| p.role == PeerRole::Voter)
+            .collect();
+        if voters.len() == 1 && voters[0].peer_id == me.peer_id {
             // The only voter: no need to wait for an election timeout.
             node.campaign()
                 .map_err(|source| Error::Raft { region, source })?;
@@ -196,7 +685,10 @@ impl<T> RaftCore<T> {
                 region: desc,
                 node,
                 pending: VecDeque::new(),
+                reads: VecDeque::new(),
+                lease: None,
                 applied,
+                recovered_to,
             },
         );
         Ok(())
@@ -224,14 +716,215 @@ impl<T> RaftCore<T> {
             .is_some_and(|p| p.node.raft.state == StateRole::Leader)
     }
 
+    /// The replica that leads `region` as far as the local peer knows.
+    pub fn leader(&self, region: u64) -> Option<PeerMeta> {
+        let p = self.peers.get(&region)?;
+        p.region.peer(p.node.raft.leader_id)
+    }
+
+    /// Hands a raft message from another replica to the local peer of `region`.
+    pub fn step(&mut self, region: u64, msg: Message) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(&region) else {
+            return Err(Error::RegionNotFound(region));
+        };
+        let local = peer.node.raft.id;
+        if msg.to != local {
+            return Err(Error::PeerMismatch {
+                region,
+                to: msg.to,
+                local,
+            });
+        }
+        peer.node
+            .step(msg)
+            .map_err(|source| Error::Raft { region, source })
+    }
+
+    /// Tells raft that the replica `peer_id` of `region` could not be reached (the
+    /// transport dropped a message), so the leader probes it again.
+    pub fn report_unreachable(&mut self, region: u64, peer_id: u64) {
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.node.report_unreachable(peer_id);
+        }
+    }
+
+    /// A linearizable read of `region` at time `now`: served at once under a valid leader
+    /// lease (no leader transfer in progress, the lease renewed in this term), otherwise
+    /// queued behind a ReadIndex round whose quorum confirmation renews the lease.
+    pub fn read(
+        &mut self,
+        region: u64,
+        now: Instant,
+        token: T,
+    ) -> std::result::Result<ReadPath<T>, (Error, T)> {
+        let peer = match leading(&mut self.peers, region) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
+        };
+        let raft = &peer.node.raft;
+        let lease_holds = peer
+            .lease
+            .is_some_and(|(term, until)| term == raft.term && now < until)
+            && raft.lead_transferee.is_none()
+            && peer.reads.is_empty();
+        if lease_holds && peer.applied >= raft.raft_log.committed {
+            return Ok(ReadPath::Now(token));
+        }
+        if peer.reads.len() >= self.cfg.max_pending_proposals {
+            let pending = peer.reads.len();
+            return Err((Error::Busy { region, pending }, token));
+        }
+        let id = self.next_read;
+        self.next_read += 1;
+        peer.node.read_index(id.to_be_bytes().to_vec());
+        peer.reads.push_back(PendingRead {
+            id,
+            token,
+            sent: now,
+            index: None,
+        });
+        Ok(ReadPath::Waiting)
+    }
+
+    /// The voter of `region` best placed to take leadership from the local leader: the
+    /// recently active one furthest along the log (None: not leader, or no such voter).
+    pub fn transfer_candidate(&self, region: u64) -> Option<u64> {
+        let peer = self.peers.get(&region)?;
+        let raft = &peer.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters: Vec<u64> = conf_state(&peer.region).get_voters().to_vec();
+        raft.prs()
+            .iter()
+            .filter(|(id, p)| **id != raft.id && p.recent_active && voters.contains(id))
+            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Asks the leader of `region` (the local peer) to hand leadership to `peer_id`; its
+    /// lease is suspended meanwhile.
+    pub fn transfer_leader(&mut self, region: u64, peer_id: u64) -> Result<()> {
+        let peer = leading(&mut self.peers, region)?;
+        peer.lease = None;
+        peer.node.transfer_leader(peer_id);
+        Ok(())
+    }
+
+    /// Snapshot exports raft asked for (replicas that need entries this core no longer
+    /// holds). Run each ([`SnapshotTask::run`], file IO, any thread) and hand it back with
+    /// [`RaftCore::snapshot_exported`].
+    pub fn take_snapshot_tasks(&mut self) -> Vec<SnapshotTask> {
+        std::mem::take(&mut self.snapshot_tasks)
+    }
+
+    /// An export finished: on success raft sends it to the replicas that need it (the
+    /// owner's transport carries the files of `task.dir` with the message).
+    pub fn snapshot_exported(&mut self, task: SnapshotTask, result: Result<()>) {
+        let region = task.key.region;
+        self.exporting.remove(&region);
+        match result {
+            Ok(()) => {
+                if let Some(p) = self.peers.get_mut(&region) {
+                    p.node.mut_store().set_prepared(task.raft_snapshot());
+                }
+            }
+            Err(e) => tracing::warn!(region, error = %e, "snapshot export failed"),
+        }
+    }
+
+    /// Tells raft whether a snapshot sent to replica `peer_id` of `region` arrived.
+    pub fn report_snapshot(&mut self, region: u64, peer_id: u64, delivered: bool) {
+        if let Some(p) = self.peers.get_mut(&region) {
+            let status = if delivered {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            p.node.report_snapshot(peer_id, status);
+        }
+    }
+
+    /// Queues exports for peers whose storage raft asked for a snapshot (no IO: the
+    /// engine state is pinned here, between rounds, where it matches the applied index).
+    fn plan_snapshots(&mut self) {
+        let Some(snap_dir) = self.cfg.snap_dir.clone() else {
+            return;
+        };
+        for (&id, peer) in self.peers.iter_mut() {
+            if !peer.node.store().take_snapshot_request() || self.exporting.contains(&id) {
+                continue;
+            }
+            let index = peer.applied;
+            let Some(term) = peer.node.store().term_of(index) else {
+                continue;
+            };
+            let key = SnapshotKey {
+                region: id,
+                term,
+                index,
+            };
+            self.exporting.insert(id);
+            self.snapshot_tasks.push(SnapshotTask {
+                key,
+                region: peer.region.clone(),
+                conf_state: conf_state(&peer.region),
+                engine: self.db.snapshot(),
+                dir: snap_dir.join(key.dir_name()),
+                ranges: (self.cfg.data_ranges)(&peer.region),
+            });
+        }
+    }
+
+    /// Proposes a membership change of `region` (one change: simple; several: joint
+    /// consensus, left automatically); `token` comes back through [`Outbox::conf_changed`].
+    pub fn propose_conf_change(
+        &mut self,
+        region: u64,
+        changes: &[PeerChange],
+        token: T,
+    ) -> std::result::Result<u64, (Error, T)> {
+        let peer = match leading(&mut self.peers, region) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
+        };
+        if changes.is_empty() {
+            let reason = "a conf change needs at least one peer change".to_string();
+            return Err((Error::InvalidProposal { region, reason }, token));
+        }
+        let mut cc = ConfChangeV2::default();
+        for c in changes {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(match c {
+                PeerChange::AddLearner(_) => ConfChangeType::AddLearnerNode,
+                PeerChange::AddVoter(_) => ConfChangeType::AddNode,
+                PeerChange::Remove(_) => ConfChangeType::RemoveNode,
+            });
+            single.node_id = c.peer().peer_id;
+            cc.mut_changes().push(single);
+        }
+        let before = peer.node.raft.raft_log.last_index();
+        let taken = peer
+            .node
+            .propose_conf_change(encode_change_context(changes), cc);
+        record_proposal(peer, before, taken, token)
+    }
+
     /// The last applied index of `region`.
     pub fn applied(&self, region: u64) -> Option<u64> {
         self.peers.get(&region).map(|p| p.applied)
     }
 
-    /// Proposals waiting to be applied, over all regions.
+    /// Whether every region has applied the whole log it started with. Until then a
+    /// read could miss a write acknowledged before a restart (its entry is in the log
+    /// but not yet re-applied): the owner must hold reads back.
+    pub fn caught_up(&self) -> bool {
+        self.peers.values().all(|p| p.applied >= p.recovered_to)
+    }
+
+    /// Proposals waiting to be applied, over all regions (those of a round in flight too).
     pub fn pending(&self) -> usize {
-        self.peers.values().map(|p| p.pending.len()).sum()
+        self.peers.values().map(|p| p.pending.len()).sum::<usize>() + self.applying
     }
 
     /// Proposes `data` to `region`'s log; `token` comes back through [`Apply`].
@@ -241,19 +934,10 @@ impl<T> RaftCore<T> {
         data: Vec<u8>,
         token: T,
     ) -> std::result::Result<u64, (Error, T)> {
-        let Some(peer) = self.peers.get_mut(&region) else {
-            return Err((Error::RegionNotFound(region), token));
+        let peer = match leading(&mut self.peers, region) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
         };
-        if peer.node.raft.state != StateRole::Leader {
-            let leader = peer.node.raft.leader_id;
-            return Err((
-                Error::NotLeader {
-                    region,
-                    leader: (leader != 0).then_some(leader),
-                },
-                token,
-            ));
-        }
         if peer.pending.len() >= self.cfg.max_pending_proposals {
             let pending = peer.pending.len();
             return Err((Error::Busy { region, pending }, token));
@@ -267,16 +951,8 @@ impl<T> RaftCore<T> {
             return Err((Error::InvalidProposal { region, reason }, token));
         }
         let before = peer.node.raft.raft_log.last_index();
-        if let Err(source) = peer.node.propose(Vec::new(), data) {
-            return Err((Error::Raft { region, source }, token));
-        }
-        let index = peer.node.raft.raft_log.last_index();
-        if index == before {
-            return Err((Error::ProposalDropped { region, index }, token));
-        }
-        let term = peer.node.raft.term;
-        peer.pending.push_back(Proposal { index, term, token });
-        Ok(index)
+        let taken = peer.node.propose(Vec::new(), data);
+        record_proposal(peer, before, taken, token)
     }
 
     /// Advances every peer's logical clock by one tick.
@@ -291,138 +967,309 @@ impl<T> RaftCore<T> {
         self.peers.values().any(|p| p.node.has_ready())
     }
 
-    /// Runs one poll round (see the module docs). An error means the engine failed:
-    /// the core must stop.
+    /// Runs one poll round with every phase inline (see the module docs). An error means
+    /// the engine failed: the core must stop.
     pub fn poll_round(&mut self, apply: &mut dyn Apply<T>) -> Result<RoundStats> {
+        let Some(mut round) = self.begin_round(apply)? else {
+            return Ok(RoundStats::default());
+        };
+        if let Some(batch) = round.take_apply() {
+            let mut tokens = std::mem::take(&mut round.tokens).into_iter();
+            let applied = batch.run(&self.db, |region, index, data| {
+                apply.apply(region, index, data, tokens.next().flatten());
+                Ok(())
+            })?;
+            self.finish_apply(&mut round, applied, |_, ()| {});
+        }
+        let segment = match round.take_append() {
+            Some(batch) => Some(batch.write(&self.db)?),
+            None => None,
+        };
+        Ok(self.finish_append(round, segment, apply))
+    }
+
+    /// Phase 1 of a round (see the module docs): None when no peer has a Ready. The
+    /// round must be finished before the next one begins. An error means the core must stop.
+    pub fn begin_round(&mut self, out: &mut dyn Outbox<T>) -> Result<Option<Round<T>>> {
+        self.plan_snapshots();
         let mut stats = RoundStats::default();
+        let mut snapshots = Vec::new();
         let mut records: Vec<(u8, Vec<u8>)> = Vec::new();
-        let mut readies = Vec::new();
+        let mut must_sync = false;
+        // A new term or vote is synced even with relaxed durability: forgetting a vote
+        // could let this peer vote twice in one term.
+        let mut term_or_vote = false;
+        let mut regions = Vec::new();
+        let mut tokens = Vec::new();
+        let mut persisting = Vec::new();
+        let segment = self.wal_segment;
         for (&id, peer) in self.peers.iter_mut() {
             if !peer.node.has_ready() {
                 continue;
             }
             let mut rd = peer.node.ready();
             stats.readies += 1;
-            for m in rd.take_messages() {
-                apply.send(id, m);
-            }
             if !rd.snapshot().is_empty() {
-                return Err(Error::InvalidProposal {
+                // Applied before anything else of this Ready; its checkpoint record is
+                // appended after the data is durable (the apply runs before the append).
+                let snap = rd.snapshot();
+                let meta = snap.get_metadata();
+                let (index, term) = (meta.index, meta.term);
+                let desc = decode_snapshot_data(&snap.data)?;
+                let Some(dir) = &self.cfg.snap_dir else {
+                    return Err(Error::Snapshot {
+                        region: id,
+                        detail: "received a snapshot but no snapshot directory is set".into(),
+                    });
+                };
+                let key = SnapshotKey {
                     region: id,
-                    reason: "raft snapshots are not supported yet".into(),
+                    term,
+                    index,
+                };
+                peer.node
+                    .mut_store()
+                    .apply_snapshot(index, term, meta.get_conf_state().clone());
+                peer.region = desc.clone();
+                snapshots.push(ApplySnapshot {
+                    key,
+                    region: desc.clone(),
+                    dir: dir.join(key.dir_name()),
+                    ranges: (self.cfg.data_ranges)(&desc),
                 });
+                regions.push(RegionEntries {
+                    region: desc,
+                    entries: Vec::new(),
+                    last: index,
+                    changed: false,
+                });
+                let c = codec::Checkpoint {
+                    hard_state: peer.node.store().hard_state().clone(),
+                    truncated_index: index,
+                    truncated_term: term,
+                };
+                records.push((TAG_CHECKPOINT, codec::encode_checkpoint(id, &c)));
+                term_or_vote = true;
             }
-            stats.applied += apply_entries(&self.db, peer, rd.take_committed_entries(), apply)?;
+            for m in rd.take_messages() {
+                out.send(id, m);
+            }
+            for rs in rd.take_read_states() {
+                confirm_read(peer, &rs.request_ctx, rs.index, self.cfg.lease);
+            }
+            let committed = rd.take_committed_entries();
+            if let Some(r) = collect_committed(peer, committed, &mut tokens, out) {
+                stats.applied += r.entries.len();
+                regions.push(r);
+            }
             for e in rd.entries() {
                 records.push((TAG_ENTRY, codec::encode_entry(id, e)));
             }
             if let Some(hs) = rd.hs() {
                 records.push((TAG_HARD_STATE, codec::encode_hard_state(id, hs)));
+                let prev = peer.node.store().hard_state();
+                term_or_vote |= hs.term != prev.term || hs.vote != prev.vote;
             }
-            readies.push((id, rd));
-        }
-        if readies.is_empty() {
-            return Ok(stats);
-        }
-        // One WAL write for the whole round; a round bigger than `max_round_bytes` is
-        // written in a few appends (each one write, synced) so none exceeds the engine's
-        // batch limit. Entries are tagged with the first append's segment: the floor then
-        // keeps at least everything they need.
-        let mut segment = u64::MAX;
-        let wo = WriteOptions {
-            durability: Some(self.cfg.durability),
-        };
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len()
-                && (end == start || bytes + records[end].1.len() <= self.cfg.max_round_bytes)
-            {
-                bytes += records[end].1.len();
-                end += 1;
-            }
-            let refs: Vec<(u8, &[u8])> = records[start..end]
-                .iter()
-                .map(|(t, p)| (*t, p.as_slice()))
-                .collect();
-            let pos = self
-                .db
-                .append_opaque(&refs, &wo)
-                .map_err(|e| Error::engine("append raft records", e))?;
-            segment = segment.min(pos.segment);
-            start = end;
-        }
-        stats.records = records.len();
-        for (id, mut rd) in readies {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
+            must_sync |= rd.must_sync();
+            // raft-rs reads the entries from storage once the Ready is advanced; the
+            // messages that depend on their persistence wait for the append.
             let store = peer.node.mut_store();
             store.append(rd.entries(), segment)?;
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs.clone());
             }
-            // Only now, after the WAL write (and its fdatasync), may these leave.
-            for m in rd.take_persisted_messages() {
-                apply.send(id, m);
+            persisting.push(Persisting {
+                region: id,
+                number: rd.number(),
+                messages: rd.take_persisted_messages(),
+            });
+            peer.node.advance_append_async(rd);
+        }
+        for peer in self.peers.values_mut() {
+            release_reads(peer, out);
+        }
+        if persisting.is_empty() {
+            return Ok(None);
+        }
+        stats.records = records.len();
+        let proposals = tokens.iter().filter(|t| t.is_some()).count();
+        self.applying += proposals;
+        // A Ready without new entries or vote changes (a new commit index only) needs no
+        // fdatasync: a lost commit index is recomputed on restart.
+        let durability = if term_or_vote {
+            Durability::Sync
+        } else if must_sync {
+            self.cfg.durability
+        } else {
+            Durability::Relaxed
+        };
+        Ok(Some(Round {
+            apply: (!regions.is_empty()).then_some(ApplyBatch { snapshots, regions }),
+            append: (!records.is_empty()).then_some(AppendBatch {
+                records,
+                durability,
+                max_bytes: self.cfg.max_round_bytes,
+            }),
+            tokens,
+            proposals,
+            persisting,
+            stats,
+        }))
+    }
+
+    /// Phase 2's end, on the core's thread: records how far each region is applied and
+    /// hands each output of [`ApplyBatch::run`] to its entry's proposer.
+    pub fn finish_apply<O>(
+        &mut self,
+        round: &mut Round<T>,
+        applied: Applied<O>,
+        mut deliver: impl FnMut(T, O),
+    ) {
+        self.applying = self.applying.saturating_sub(round.proposals);
+        round.proposals = 0;
+        let tokens = std::mem::take(&mut round.tokens);
+        for (token, output) in tokens.into_iter().zip(applied.outputs) {
+            if let Some(t) = token {
+                deliver(t, output);
             }
-            let mut light = peer.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                peer.node.mut_store().set_commit(commit);
-            }
-            for m in light.take_messages() {
-                apply.send(id, m);
-            }
-            stats.applied += apply_entries(&self.db, peer, light.take_committed_entries(), apply)?;
-            peer.node.advance_apply();
+        }
+        for (region, last) in applied.last {
+            let Some(peer) = self.peers.get_mut(&region) else {
+                continue;
+            };
+            peer.applied = peer.applied.max(last);
+            advance_applied(peer);
             let (entries, bytes) = peer.node.store().cached();
             if entries > self.cfg.max_cached_entries || bytes > self.cfg.max_cached_bytes {
                 let keep = (self.cfg.max_cached_entries / 2) as u64;
-                let to = peer
+                let mut to = peer
                     .applied
                     .min(peer.node.store().last_index().saturating_sub(keep));
+                // A leader keeps what a lagging replica still needs (it could only catch up
+                // from a snapshot otherwise), up to 4x the bound.
+                let within = entries <= 4 * self.cfg.max_cached_entries
+                    && bytes <= 4 * self.cfg.max_cached_bytes;
+                if within && peer.node.raft.state == StateRole::Leader {
+                    let me = peer.node.raft.id;
+                    let lagging = peer
+                        .node
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(id, _)| **id != me)
+                        .map(|(_, p)| p.matched)
+                        .min();
+                    if let Some(m) = lagging {
+                        to = to.min(m);
+                    }
+                }
                 peer.node.mut_store().compact_cache(to);
             }
         }
-        Ok(stats)
+    }
+
+    /// After a failed round (its [`ApplyBatch::run`] or [`AppendBatch::write`] returned
+    /// an error, e.g. a full disk): hands the tokens of the round's proposers (`round`,
+    /// when it is still held) and of every proposal still waiting in any region to
+    /// `answer`, which tells them. The core must run no further round afterwards: raft-rs
+    /// was told the round's entries are being persisted, and they may not be.
+    pub fn abandon_all(&mut self, round: Option<Round<T>>, mut answer: impl FnMut(T)) {
+        if let Some(mut round) = round {
+            self.applying = self.applying.saturating_sub(round.proposals);
+            round.proposals = 0;
+            for token in std::mem::take(&mut round.tokens).into_iter().flatten() {
+                answer(token);
+            }
+        }
+        for peer in self.peers.values_mut() {
+            // Bounded by the pending queue.
+            while let Some(p) = peer.pending.pop_front() {
+                answer(p.token);
+            }
+        }
+    }
+
+    /// Phase 3's end, on the core's thread, once the round's [`AppendBatch`] is durable
+    /// (`segment`: what [`AppendBatch::write`] returned; None when there was no batch):
+    /// sends the messages that waited for it and tells raft the Readies are persisted.
+    pub fn finish_append(
+        &mut self,
+        round: Round<T>,
+        segment: Option<u64>,
+        out: &mut dyn Outbox<T>,
+    ) -> RoundStats {
+        if let Some(s) = segment {
+            self.wal_segment = self.wal_segment.max(s);
+        }
+        for p in round.persisting {
+            let Some(peer) = self.peers.get_mut(&p.region) else {
+                continue;
+            };
+            // Only now, after the WAL write (and its fdatasync), may these leave.
+            for m in p.messages {
+                out.send(p.region, m);
+            }
+            peer.node.on_persist_ready(p.number);
+            // A snapshot's index counts as applied once raft knows it is persisted.
+            advance_applied(peer);
+            release_reads(peer, out);
+        }
+        round.stats
     }
 
     /// Truncates the logs of regions whose applied data a flush made durable: writes a
     /// checkpoint of every region in one WAL append, then releases WAL segments below
     /// the oldest entry any region still needs. Returns whether the floor moved.
+    /// Runs the steps of [`RaftCore::plan_checkpoint`] inline.
     pub fn compact_log(&mut self) -> Result<bool> {
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        let durable = durable_applied(&self.db, &ids);
+        let Some(plan) = self.plan_checkpoint(&durable) else {
+            return Ok(false);
+        };
+        let segment = plan.write(&self.db)?;
+        let Some(floor) = self.finish_checkpoint(plan, segment) else {
+            return Ok(false);
+        };
+        self.db
+            .set_opaque_floor(Some(floor))
+            .map_err(|e| Error::engine("release raft log segments", e))?;
+        Ok(true)
+    }
+
+    /// Log truncation on the core's thread, given [`durable_applied`]: the checkpoints to
+    /// write (None: no region advanced). Then [`CheckpointPlan::write`] (any thread),
+    /// [`RaftCore::finish_checkpoint`], and `Db::set_opaque_floor` with the floor it
+    /// returns (any thread). No round may run in between.
+    pub fn plan_checkpoint(&self, durable: &BTreeMap<u64, u64>) -> Option<CheckpointPlan> {
         let mut targets = Vec::new();
         let mut advanced = false;
         for (&id, peer) in &self.peers {
             let store = peer.node.store();
-            let durable = self.db.applied_index(id).unwrap_or(0).min(peer.applied);
+            let durable = durable.get(&id).copied().unwrap_or(0).min(peer.applied);
             let at = durable.max(store.checkpoint_index());
             advanced |= at > store.checkpoint_index();
-            let Some(c) = store.checkpoint_at(at) else {
-                // The term is unknown (cannot happen for an index between the checkpoint
-                // and the last entry); keep the old checkpoint.
-                return Ok(false);
-            };
+            // The term is unknown (cannot happen for an index between the checkpoint
+            // and the last entry): keep the old checkpoints.
+            let c = store.checkpoint_at(at)?;
             targets.push((id, c));
         }
         if !advanced {
-            return Ok(false);
+            return None;
         }
-        let records: Vec<(u8, Vec<u8>)> = targets
+        let records = targets
             .iter()
             .map(|(id, c)| (TAG_CHECKPOINT, codec::encode_checkpoint(*id, c)))
             .collect();
-        let refs: Vec<(u8, &[u8])> = records.iter().map(|(t, p)| (*t, p.as_slice())).collect();
-        let wo = WriteOptions {
-            durability: Some(Durability::Sync),
-        };
-        let pos = self
-            .db
-            .append_opaque(&refs, &wo)
-            .map_err(|e| Error::engine("append raft checkpoints", e))?;
-        let mut floor = pos.segment;
-        for (id, c) in &targets {
+        Some(CheckpointPlan { targets, records })
+    }
+
+    /// Records that `plan` is durable in WAL `segment`; returns the new opaque floor, or
+    /// None when it cannot move yet.
+    pub fn finish_checkpoint(&mut self, plan: CheckpointPlan, segment: u64) -> Option<u64> {
+        self.wal_segment = self.wal_segment.max(segment);
+        let mut floor = segment;
+        for (id, c) in &plan.targets {
             let Some(peer) = self.peers.get_mut(id) else {
                 continue;
             };
@@ -432,28 +1279,124 @@ impl<T> RaftCore<T> {
                 None => {}
                 Some(Some(s)) => floor = floor.min(s),
                 // Replayed entries of unknown segments are still needed: keep the floor.
-                Some(None) => return Ok(false),
+                Some(None) => return None,
             }
         }
-        self.db
-            .set_opaque_floor(Some(floor))
-            .map_err(|e| Error::engine("release raft log segments", e))?;
-        Ok(true)
+        Some(floor)
     }
 }
 
-/// Applies committed entries of one peer; returns how many carried data.
-fn apply_entries<T>(
-    db: &Db,
+/// Queues the token of a proposal raft took (`taken`; the log grew past `before`), so it
+/// comes back when its entry is applied; the token back with the error otherwise.
+fn record_proposal<T>(
+    peer: &mut Peer<T>,
+    before: u64,
+    taken: raft::Result<()>,
+    token: T,
+) -> std::result::Result<u64, (Error, T)> {
+    let region = peer.region.id;
+    if let Err(source) = taken {
+        return Err((Error::Raft { region, source }, token));
+    }
+    let index = peer.node.raft.raft_log.last_index();
+    if index == before {
+        return Err((Error::ProposalDropped { region, index }, token));
+    }
+    let term = peer.node.raft.term;
+    peer.pending.push_back(Proposal { index, term, token });
+    Ok(index)
+}
+
+/// The local peer of `region` if it leads; RegionNotFound or NotLeader (with the leader
+/// it knows of) otherwise.
+fn leading<T>(peers: &mut BTreeMap<u64, Peer<T>>, region: u64) -> Result<&mut Peer<T>> {
+    let Some(peer) = peers.get_mut(&region) else {
+        return Err(Error::RegionNotFound(region));
+    };
+    if peer.node.raft.state != StateRole::Leader {
+        return Err(not_leader(peer));
+    }
+    Ok(peer)
+}
+
+/// NotLeader for `peer`'s region, with the leader it knows of.
+fn not_leader<T>(peer: &Peer<T>) -> Error {
+    let leader = peer.node.raft.leader_id;
+    Error::NotLeader {
+        region: peer.region.id,
+        leader: (leader != 0).then_some(leader),
+    }
+}
+
+/// A ReadIndex round came back: the read may run once the peer applied `index`; the
+/// leader held a quorum when the request was sent, so its lease runs from then.
+fn confirm_read<T>(peer: &mut Peer<T>, ctx: &[u8], index: u64, lease: Option<Duration>) {
+    let Ok(id) = <[u8; 8]>::try_from(ctx).map(u64::from_be_bytes) else {
+        return;
+    };
+    let Some(read) = peer.reads.iter_mut().find(|r| r.id == id) else {
+        return;
+    };
+    read.index = Some(index);
+    let raft = &peer.node.raft;
+    if let Some(lease) = lease {
+        if raft.state == StateRole::Leader && raft.lead_transferee.is_none() {
+            let until = read.sent + lease;
+            let term = raft.term;
+            let renewed = match peer.lease {
+                Some((t, u)) if t == term => u.max(until),
+                _ => until,
+            };
+            peer.lease = Some((term, renewed));
+        }
+    }
+}
+
+/// Hands back the reads whose index the peer applied, in order; fails them all once the
+/// peer is no longer leader (their ReadIndex rounds may never complete).
+fn release_reads<T>(peer: &mut Peer<T>, out: &mut dyn Outbox<T>) {
+    if peer.node.raft.state != StateRole::Leader {
+        peer.lease = None;
+        // Bounded by the pending reads.
+        while let Some(r) = peer.reads.pop_front() {
+            out.read_ready(r.token, Err(not_leader(peer)));
+        }
+        return;
+    }
+    while let Some(front) = peer.reads.front() {
+        match front.index {
+            Some(i) if i <= peer.applied => {}
+            _ => break,
+        }
+        if let Some(r) = peer.reads.pop_front() {
+            out.read_ready(r.token, Ok(()));
+        }
+    }
+}
+
+/// Tells raft how far the peer is applied, up to what raft knows is persisted (a snapshot
+/// is applied before the append that records it).
+fn advance_applied<T>(peer: &mut Peer<T>) {
+    let log = &peer.node.raft.raft_log;
+    let to = peer.applied.min(log.persisted);
+    if to > log.applied {
+        peer.node.advance_apply_to(to);
+    }
+}
+
+/// Pairs one peer's committed entries with their proposers' tokens (abandoning
+/// proposals that were overwritten or turned into no-ops); None when there are none.
+fn collect_committed<T>(
     peer: &mut Peer<T>,
     entries: Vec<Entry>,
-    apply: &mut dyn Apply<T>,
-) -> Result<usize> {
+    tokens: &mut Vec<Option<T>>,
+    out: &mut dyn Outbox<T>,
+) -> Option<RegionEntries> {
     let region = peer.region.id;
-    let mut last = None;
-    let mut n = 0;
+    let last = entries.last()?.index;
+    let mut data = Vec::new();
+    let mut changed = false;
     for e in entries {
-        last = Some(e.index);
         let mut token = None;
         // Proposals at lower indexes were overwritten; bounded by the pending queue.
         while let Some(front) = peer.pending.front() {
@@ -467,7 +1410,7 @@ fn apply_entries<T>(
                 token = Some(p.token);
                 break;
             }
-            apply.abandon(
+            out.abandon(
                 p.token,
                 Error::ProposalDropped {
                     region,
@@ -475,15 +1418,25 @@ fn apply_entries<T>(
                 },
             );
         }
-        match e.entry_type {
+        match e.get_entry_type() {
             EntryType::EntryNormal if !e.data.is_empty() => {
-                apply.apply(&peer.region, e.index, &e.data, token);
-                n += 1;
+                data.push((e.index, e.data.to_vec()));
+                tokens.push(token);
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let result = apply_conf_change(peer, &e);
+                changed |= result.is_ok();
+                if let Err(err) = &result {
+                    tracing::warn!(region, index = e.index, error = %err, "conf change refused");
+                }
+                if let Some(t) = token {
+                    out.conf_changed(t, result);
+                }
             }
             _ => {
-                // Leader no-ops (and conf changes, which nothing proposes yet).
+                // Leader no-ops.
                 if let Some(t) = token {
-                    apply.abandon(
+                    out.abandon(
                         t,
                         Error::ProposalDropped {
                             region,
@@ -494,10 +1447,25 @@ fn apply_entries<T>(
             }
         }
     }
-    if let Some(index) = last {
-        db.apply_unlogged(&WriteBatch::new(), Some((region, index)))
-            .map_err(|e| Error::engine(format!("record applied index of region {region}"), e))?;
-        peer.applied = index;
-    }
-    Ok(n)
+    Some(RegionEntries {
+        region: peer.region.clone(),
+        entries: data,
+        last,
+        changed,
+    })
+}
+
+/// Applies a committed conf change to the peer's raft configuration and descriptor (the
+/// descriptor is persisted with the round's applied index). Every replica applies the
+/// same entries in the same order, so they all reach the same membership.
+fn apply_conf_change<T>(peer: &mut Peer<T>, e: &Entry) -> Result<RegionDescriptor> {
+    let region = peer.region.id;
+    let (cc, named) = decode_conf_change(e)?;
+    let cs = peer
+        .node
+        .apply_conf_change(&cc)
+        .map_err(|source| Error::Raft { region, source })?;
+    peer.region = changed_descriptor(&peer.region, &cs, &named);
+    peer.node.mut_store().set_conf_state(cs);
+    Ok(peer.region.clone())
 }

@@ -69,6 +69,16 @@ pub enum Error {
         /// The engine's error.
         source: nokv::Error,
     },
+    /// A committed entry could not be applied (its write failed in the engine).
+    #[error("region {region}: applying entry {index} failed: {detail}")]
+    Apply {
+        /// The region.
+        region: u64,
+        /// The entry's index.
+        index: u64,
+        /// What failed.
+        detail: String,
+    },
     /// raft-rs refused an operation.
     #[error("raft: region {region}: {source}")]
     Raft {
@@ -76,6 +86,38 @@ pub enum Error {
         region: u64,
         /// raft-rs's error.
         source: raft::Error,
+    },
+    /// A raft message addressed to another peer than the one hosted here.
+    #[error("region {region}: message for peer {to}, this store hosts peer {local}")]
+    PeerMismatch {
+        /// The region.
+        region: u64,
+        /// The peer the message is addressed to.
+        to: u64,
+        /// The local peer.
+        local: u64,
+    },
+    /// A region snapshot could not be made, moved or applied.
+    #[error("region {region}: snapshot: {detail}")]
+    Snapshot {
+        /// The region.
+        region: u64,
+        /// What failed.
+        detail: String,
+    },
+    /// No address is known for a store (the resolver does not know it).
+    #[error("store {store}: no known address")]
+    StoreUnknown {
+        /// The store.
+        store: u64,
+    },
+    /// A raft message could not be encoded or decoded for the transport.
+    #[error("region {region}: raft message: {detail}")]
+    Message {
+        /// The region.
+        region: u64,
+        /// What failed.
+        detail: String,
     },
     /// A persisted record could not be decoded, or the replayed log is inconsistent.
     #[error("corrupt {what}: {detail}")]

@@ -1,4 +1,5 @@
-//! raft-rs logs through `slog`; this drain forwards its records to `tracing`.
+//! raft-rs logs through `slog`; this drain forwards its records to `tracing`. Also the
+//! `RUST_LOG` level every NoKV binary logs at.
 
 use slog::{Drain, OwnedKVList, Record, KV};
 use std::fmt::Write as _;
@@ -41,4 +42,19 @@ impl Drain for TracingDrain {
 /// A root logger for raft-rs that writes to `tracing`.
 pub fn logger() -> slog::Logger {
     slog::Logger::root(TracingDrain.fuse(), slog::o!())
+}
+
+/// The log level `RUST_LOG` names (`error`, `warn`, `debug`, `trace`; anything else: info).
+pub fn level_from_env() -> tracing::Level {
+    match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    }
 }

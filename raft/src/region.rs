@@ -15,13 +15,45 @@ pub struct Epoch {
     pub conf_version: u64,
 }
 
-/// One replica of a region: which store holds it and its raft peer id.
+/// Whether a replica votes or only receives the log (a new replica catching up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Counts toward quorum and may lead.
+    #[default]
+    Voter,
+    /// Receives the log; neither votes nor counts toward quorum.
+    Learner,
+}
+
+/// One replica of a region: which store holds it, its raft peer id and its role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerMeta {
     /// The store (node) holding the replica.
     pub store_id: u64,
     /// The raft peer id (unique in the cluster).
     pub peer_id: u64,
+    /// Voter or learner.
+    pub role: PeerRole,
+}
+
+impl PeerMeta {
+    /// A voting replica.
+    pub fn voter(store_id: u64, peer_id: u64) -> PeerMeta {
+        PeerMeta {
+            store_id,
+            peer_id,
+            role: PeerRole::Voter,
+        }
+    }
+
+    /// A learner replica.
+    pub fn learner(store_id: u64, peer_id: u64) -> PeerMeta {
+        PeerMeta {
+            store_id,
+            peer_id,
+            role: PeerRole::Learner,
+        }
+    }
 }
 
 /// A region: the key range `[start_key, end_key)` (empty end: unbounded), its epoch and peers.
@@ -43,7 +75,8 @@ pub struct RegionDescriptor {
 pub const META_SPACE: KeySpace = KeySpace::new(nokv::NS_META, nokv::CF_DEFAULT);
 /// Prefix of region descriptor keys in [`META_SPACE`]; followed by the region id (u64 BE).
 pub const REGION_KEY_PREFIX: &[u8] = b"region/";
-const FORMAT: u8 = 1;
+/// Descriptor format: 2 adds each peer's role (format 1, all voters, still decodes).
+const FORMAT: u8 = 2;
 
 impl RegionDescriptor {
     /// Whether `key` falls in the region's range.
@@ -83,7 +116,13 @@ impl RegionDescriptor {
         self.peers.iter().copied().find(|p| p.store_id == store_id)
     }
 
-    /// `format u8 | id | version | conf_version | start | end | peer count u32 | (store, peer)*`.
+    /// The replica with raft peer id `peer_id`, if any.
+    pub fn peer(&self, peer_id: u64) -> Option<PeerMeta> {
+        self.peers.iter().copied().find(|p| p.peer_id == peer_id)
+    }
+
+    /// `format u8 | id | version | conf_version | start | end | peer count u32 |
+    /// (store, peer, role u8)*` (role: 0 voter, 1 learner).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.start_key.len() + self.end_key.len());
         out.push(FORMAT);
@@ -96,6 +135,10 @@ impl RegionDescriptor {
         for p in &self.peers {
             put_u64(&mut out, p.store_id);
             put_u64(&mut out, p.peer_id);
+            out.push(match p.role {
+                PeerRole::Voter => 0,
+                PeerRole::Learner => 1,
+            });
         }
         out
     }
@@ -104,7 +147,7 @@ impl RegionDescriptor {
     pub fn decode(buf: &[u8]) -> Result<RegionDescriptor> {
         let mut r = Reader::new(buf, "region descriptor");
         let format = r.u8()?;
-        if format != FORMAT {
+        if format != FORMAT && format != 1 {
             return Err(Error::Corrupt {
                 what: "region descriptor",
                 detail: format!("unknown format {format}"),
@@ -120,9 +163,24 @@ impl RegionDescriptor {
         let n = r.u32()? as usize;
         let mut peers = Vec::with_capacity(n.min(64));
         for _ in 0..n {
+            let (store_id, peer_id) = (r.u64()?, r.u64()?);
+            let role = match format {
+                1 => PeerRole::Voter,
+                _ => match r.u8()? {
+                    0 => PeerRole::Voter,
+                    1 => PeerRole::Learner,
+                    other => {
+                        return Err(Error::Corrupt {
+                            what: "region descriptor",
+                            detail: format!("unknown peer role {other}"),
+                        })
+                    }
+                },
+            };
             peers.push(PeerMeta {
-                store_id: r.u64()?,
-                peer_id: r.u64()?,
+                store_id,
+                peer_id,
+                role,
             });
         }
         r.finish()?;
@@ -244,10 +302,7 @@ mod tests {
                 version: 1,
                 conf_version: 1,
             },
-            peers: vec![PeerMeta {
-                store_id: 1,
-                peer_id: id,
-            }],
+            peers: vec![PeerMeta::voter(1, id)],
         }
     }
 
@@ -269,6 +324,16 @@ mod tests {
             Err(Error::EpochNotMatch { .. })
         ));
         assert_eq!(RegionDescriptor::decode(&r.encode()).expect("decode"), r);
+        let mut mixed = r.clone();
+        mixed.peers.push(PeerMeta::learner(2, 30));
+        assert_eq!(
+            RegionDescriptor::decode(&mixed.encode()).expect("decode"),
+            mixed
+        );
+        // Format 1 (before roles): every peer a voter.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&r.encode()[1..r.encode().len() - 1]);
+        assert_eq!(RegionDescriptor::decode(&v1).expect("format 1"), r);
         assert!(RegionDescriptor::decode(&r.encode()[..10]).is_err());
         let open = region(4, b"d", b"");
         assert!(open.contains(b"zzzz"));

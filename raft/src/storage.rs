@@ -12,6 +12,7 @@ use crate::codec::{self, Checkpoint};
 use crate::error::{Error, Result};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -140,6 +141,10 @@ pub struct PeerStorage {
     terms: VecDeque<(u64, u64)>,
     /// (first index, WAL segment) of the entries above the checkpoint; None: unknown (replayed).
     segments: VecDeque<(u64, Option<u64>)>,
+    /// A snapshot exported for replicas that need one (see [`crate::snapshot`]).
+    prepared: Option<Snapshot>,
+    /// raft-rs asked for a snapshot that is not prepared (the core exports one).
+    snapshot_wanted: Cell<bool>,
 }
 
 impl PeerStorage {
@@ -155,7 +160,34 @@ impl PeerStorage {
             checkpoint_index: 0,
             terms: VecDeque::from([(0, 0)]),
             segments: VecDeque::new(),
+            prepared: None,
+            snapshot_wanted: Cell::new(false),
         }
+    }
+
+    /// Whether raft asked for a snapshot since the last call (clears the request).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Offers an exported snapshot to replicas that need one.
+    pub fn set_prepared(&mut self, snapshot: Snapshot) {
+        self.prepared = Some(snapshot);
+    }
+
+    /// Restarts the log after a snapshot applied at (`index`, `term`) with configuration `cs`.
+    pub fn apply_snapshot(&mut self, index: u64, term: u64, cs: ConfState) {
+        self.entries.clear();
+        self.cached_bytes = 0;
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.checkpoint_index = index;
+        self.terms = VecDeque::from([(index, term)]);
+        self.segments.clear();
+        self.conf_state = cs;
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+        self.prepared = None;
     }
 
     /// Rebuilds a log from what the WAL replayed; `applied` is the index whose data is
@@ -228,6 +260,11 @@ impl PeerStorage {
         }
         self.cached_bytes += e.data.len() + e.context.len() + 32;
         self.entries.push_back(e);
+    }
+
+    /// Records the configuration a conf change produced (reported as the initial state).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
     }
 
     /// Appends entries persisted in WAL `segment`, replacing any conflicting suffix.
@@ -439,8 +476,16 @@ impl Storage for PeerStorage {
         Ok(PeerStorage::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Raft snapshots (for lagging followers) come with replication.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if let Some(s) = &self.prepared {
+            let index = s.get_metadata().index;
+            // Usable when it reaches what was asked and the log still continues after it.
+            if index >= request_index && index >= self.truncated_index {
+                return Ok(s.clone());
+            }
+        }
+        // The core sees the request after this round and exports one.
+        self.snapshot_wanted.set(true);
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))

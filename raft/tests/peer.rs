@@ -3,7 +3,9 @@
 
 use nokv::{Db, KeySpace, Options, ReadOptions, WriteBatch};
 use nokv_raft::raftpb::Message;
-use nokv_raft::{Apply, CoreConfig, Epoch, Error, LogReplay, PeerMeta, RaftCore, RegionDescriptor};
+use nokv_raft::{
+    Apply, CoreConfig, Epoch, Error, LogReplay, Outbox, PeerMeta, RaftCore, RegionDescriptor,
+};
 use std::path::Path;
 
 /// Writes each entry's data as a key whose value is the entry's index.
@@ -22,6 +24,9 @@ impl Apply<u32> for Recorder {
             .expect("apply");
         self.applied.push((index, token));
     }
+}
+
+impl Outbox<u32> for Recorder {
     fn abandon(&mut self, token: u32, _error: Error) {
         self.abandoned.push(token);
     }
@@ -39,10 +44,7 @@ fn region() -> RegionDescriptor {
             version: 1,
             conf_version: 1,
         },
-        peers: vec![PeerMeta {
-            store_id: 1,
-            peer_id: 70,
-        }],
+        peers: vec![PeerMeta::voter(1, 70)],
     }
 }
 
@@ -157,7 +159,12 @@ fn restart_replays_the_log_and_resumes_at_the_durable_applied_index() {
 
     let (mut core, mut rec, _) = open(dir.path());
     assert_eq!(rec.db.applied_index(7), Some(durable));
+    assert!(
+        !core.caught_up(),
+        "the b* entries are in the log but not applied yet: reads must wait"
+    );
     settle(&mut core, &mut rec);
+    assert!(core.caught_up());
     let reapplied: Vec<u64> = rec.applied.iter().map(|(i, _)| *i).collect();
     assert_eq!(
         reapplied, later,
@@ -227,4 +234,56 @@ fn checkpoints_release_old_segments_and_restart_stays_exact() {
         .map_err(|(e, _)| e)
         .expect("propose");
     assert!(next > last);
+}
+
+/// Runs one split round by hand; returns the durability its append used (None: no append).
+fn split_round(core: &mut RaftCore<u32>, rec: &mut Recorder) -> Option<nokv::Durability> {
+    let mut round = core.begin_round(rec).expect("begin")?;
+    if let Some(batch) = round.take_apply() {
+        let applied = batch.run(&rec.db, |_, index, _| Ok(index)).expect("apply");
+        core.finish_apply(&mut round, applied, |_, _| {});
+    }
+    let append = round.take_append();
+    let durability = append.as_ref().map(|a| a.durability());
+    let segment = append.map(|a| a.write(&rec.db).expect("append"));
+    core.finish_append(round, segment, rec);
+    durability
+}
+
+#[test]
+fn relaxed_durability_still_syncs_new_terms_and_votes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replay = LogReplay::new();
+    let db = Db::open(dir.path(), options(&replay)).expect("open");
+    let cfg = CoreConfig {
+        durability: nokv::Durability::Relaxed,
+        ..CoreConfig::default()
+    };
+    let mut core: RaftCore<u32> =
+        RaftCore::open(db.clone(), cfg, Vec::new(), Default::default()).expect("core");
+    let mut rec = Recorder {
+        db,
+        applied: Vec::new(),
+        abandoned: Vec::new(),
+    };
+    core.create_region(region()).expect("create");
+    // The election: a new term and a vote for itself must be fdatasynced.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        if !core.has_ready() {
+            break;
+        }
+        seen.extend(split_round(&mut core, &mut rec));
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&nokv::Durability::Sync),
+        "the round that records the election"
+    );
+    // Entries of the same term: relaxed, as configured.
+    core.propose(7, b"k".to_vec(), 1)
+        .map_err(|(e, _)| e)
+        .expect("propose");
+    let d = split_round(&mut core, &mut rec);
+    assert_eq!(d, Some(nokv::Durability::Relaxed));
 }

@@ -1,11 +1,13 @@
-//! Command-line flags, the optional config file (`key = value` lines), and the
+//! Command-line flags, the optional TOML config file (`--config FILE`), and the
 //! settings they resolve to. Flags override the file; the file overrides defaults.
 
 use crate::error::{Error, Result};
 use clap::Parser;
 use nokv::Durability;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// Command-line flags of `nokv-server`.
 #[derive(Debug, Parser)]
@@ -14,17 +16,23 @@ use std::path::PathBuf;
     version,
     about = "NoKV node: a Redis-protocol key-value server, one pinned executor per core",
     long_about = "NoKV node: a Redis-protocol key-value server.\n\n\
-        Each core runs one pinned glommio executor that owns its regions (Raft groups, \
-        single replica for now), its own storage engine under <workdir>/core-<n>/, and \
-        its share of client connections. An empty workdir is bootstrapped with the Redis \
-        hash-slot space pre-split into regions spread over the cores; a restart recovers \
-        that layout from the workdir.\n\n\
+        Each core runs one pinned glommio executor that owns its regions (Raft groups), \
+        its own storage engine under <workdir>/core-<n>/, and its share of client \
+        connections. Standalone, an empty workdir is bootstrapped with the Redis \
+        hash-slot space pre-split into single-replica regions spread over the cores; a \
+        restart recovers that layout from the workdir.\n\n\
+        With --rpc-addr the store also listens for raft messages from other stores of its \
+        cluster (--cluster-id) on that address, on every core. With --coordinator it \
+        joins a cluster: it registers, the cluster is bootstrapped once --bootstrap-replicas \
+        stores are up, every region is replicated on that many stores, and a store whose \
+        replica does not lead a key's region answers -MOVED <slot> <leader host:port> \
+        (redis-cli -c follows it).\n\n\
         Example: nokv-server --workdir ./data   then   redis-cli -p 6380 set hello world"
 )]
 pub struct Flags {
-    /// Data directory (created if missing; locked while the server runs).
+    /// Data directory (created if missing; locked while the server runs). Required, here or in the config file.
     #[arg(long)]
-    pub workdir: PathBuf,
+    pub workdir: Option<PathBuf>,
     /// Redis protocol listen address [default: 127.0.0.1:6380]. Port 0 picks a free port.
     #[arg(long)]
     pub redis_addr: Option<String>,
@@ -37,8 +45,8 @@ pub struct Flags {
     /// sync: acknowledge after fdatasync (default); relaxed: after write(2), a power loss may lose recent writes.
     #[arg(long)]
     pub durability: Option<String>,
-    /// Config file of `key = value` lines (keys as the flags without `--`); flags override it.
-    #[arg(long)]
+    /// TOML config file: keys are the flags' names in snake_case (`redis_addr = "127.0.0.1:6380"`, `cores = 4`, `memory_limit = "2GiB"`); flags override it. Sample: deploy/nokv-server.toml.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Most client connections over all cores [default: 10000].
     #[arg(long)]
@@ -49,6 +57,30 @@ pub struct Flags {
     /// Password clients must AUTH with [default: none].
     #[arg(long)]
     pub requirepass: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9180 [default: off]. Port 0 picks a free port.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Memory quota of this store, e.g. 512MiB or 2GiB, split into engine memtables, block caches and client buffers [default: 1GiB, at least 128MiB per core].
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<String>,
+    /// Most reply bytes one client may have pending before it is disconnected, e.g. 64MiB; 0: only the store's client share applies [default: 64MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub client_output_buffer_limit: Option<String>,
+    /// Internal RPC address for raft messages between stores, e.g. 127.0.0.1:7380 [default: off: a single store, no store-to-store port]. Every core listens on it (SO_REUSEPORT); port 0 picks a free port.
+    #[arg(long)]
+    pub rpc_addr: Option<String>,
+    /// Cluster id: frames between stores carry it, and frames of another cluster are refused on the RPC port [default: 1].
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// Nice value (-20..=19) of each engine's flush, compaction and value-log GC threads, which also get the lowest best-effort IO priority; never raises a thread's priority [default: 10].
+    #[arg(long, value_name = "NICE", allow_negative_numbers = true)]
+    pub background_nice: Option<i32>,
+    /// Coordinator address(es), comma-separated, e.g. 127.0.0.1:2390 [default: off: a standalone store with single-replica regions]. With it the store registers (its id is kept in <workdir>/STORE), heartbeats, and gets its regions from the cluster's bootstrap; needs --rpc-addr.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub coordinator: Option<String>,
+    /// Replicas of each region when this store bootstraps the cluster; it does so once that many stores are registered [default: 3].
+    #[arg(long, value_name = "N")]
+    pub bootstrap_replicas: Option<u32>,
 }
 
 /// Regions each core gets when an empty workdir is bootstrapped.
@@ -73,31 +105,62 @@ pub struct Settings {
     pub max_bulk_bytes: usize,
     /// AUTH password.
     pub requirepass: Option<String>,
+    /// Prometheus endpoint address (None: off).
+    pub metrics_addr: Option<String>,
+    /// The store's memory quota in bytes (None: the default for the core count).
+    pub memory_limit: Option<u64>,
+    /// Per-client output buffer limit in bytes (0: none besides the client share).
+    pub client_output_buffer_limit: u64,
+    /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
+    pub background_nice: i32,
+    /// Store-to-store RPC address (None: off, a single store).
+    pub rpc_addr: Option<String>,
+    /// The cluster id frames between stores carry.
+    pub cluster_id: u64,
+    /// Coordinator endpoints (empty: a standalone store).
+    pub coordinator: Vec<String>,
+    /// Replicas per region when this store bootstraps the cluster.
+    pub bootstrap_replicas: u32,
 }
 
-/// Reads `key = value` lines; `#` starts a comment; values may be quoted.
-pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(Error::Config(format!(
-                "config line {}: expected `key = value`, got {raw:?}",
-                n + 1
-            )));
-        };
-        let key = k.trim().replace('_', "-");
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .unwrap_or(v);
-        out.insert(key, v.to_string());
-    }
-    Ok(out)
+/// Default replicas per region at a cluster's bootstrap.
+pub const DEFAULT_BOOTSTRAP_REPLICAS: u32 = 3;
+
+/// Default cluster id.
+pub const DEFAULT_CLUSTER_ID: u64 = 1;
+
+/// Default nice value of the engines' flush, compaction and GC threads.
+pub const DEFAULT_BACKGROUND_NICE: i32 = 10;
+
+/// Default per-client output buffer limit.
+pub const DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT: u64 = 64 << 20;
+
+/// Parses a byte size: a number with an optional unit. Redis's units: `k`, `m`, `g` are
+/// powers of 1000 and `kb`, `mb`, `gb` powers of 1024; `KiB`, `MiB`, `GiB`, `TiB` are
+/// powers of 1024 too. Case and a space before the unit do not matter.
+pub fn parse_bytes(name: &str, v: &str) -> Result<u64> {
+    parse_size(v).map_err(|e| Error::Config(format!("{name}: {e}")))
+}
+
+/// [`parse_bytes`] without the name: the error says what was wrong.
+fn parse_size(v: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("{v:?} is not a byte size (examples: 1048576, 512MiB, 2GiB, 64mb)");
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "m" => 1_000_000,
+        "g" => 1_000_000_000,
+        "kb" | "kib" => 1 << 10,
+        "mb" | "mib" => 1 << 20,
+        "gb" | "gib" => 1 << 30,
+        "tib" | "tb" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 /// Parses "0-3,6" into CPU numbers.
@@ -123,99 +186,306 @@ pub fn parse_cpus(s: &str) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn parse_num(name: &str, v: &str) -> Result<usize> {
-    v.parse()
-        .map_err(|_| Error::Config(format!("{name}: {v:?} is not a number")))
+/// A byte size in the config file: an integer, or a string with a unit (`"512MiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<ByteSize, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte size: an integer or a string such as \"512MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is negative, expected a byte size")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<ByteSize, E> {
+                parse_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The config file's keys: the flags' names in snake_case, each with its TOML type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `--workdir`.
+    pub workdir: Option<Spanned<PathBuf>>,
+    /// `--redis-addr`.
+    pub redis_addr: Option<Spanned<String>>,
+    /// `--cores`.
+    pub cores: Option<Spanned<usize>>,
+    /// `--cpus`, as the flag's string ("0-3,6").
+    pub cpus: Option<Spanned<String>>,
+    /// `--durability`: "sync" or "relaxed".
+    pub durability: Option<Spanned<String>>,
+    /// `--max-clients`.
+    pub max_clients: Option<Spanned<usize>>,
+    /// `--max-bulk-bytes`.
+    pub max_bulk_bytes: Option<Spanned<usize>>,
+    /// `--requirepass`.
+    pub requirepass: Option<Spanned<String>>,
+    /// `--metrics-addr` ("" or "off": no endpoint).
+    pub metrics_addr: Option<Spanned<String>>,
+    /// `--memory-limit`.
+    pub memory_limit: Option<Spanned<ByteSize>>,
+    /// `--client-output-buffer-limit`.
+    pub client_output_buffer_limit: Option<Spanned<ByteSize>>,
+    /// `--background-nice`.
+    pub background_nice: Option<Spanned<i32>>,
+    /// `--rpc-addr` ("" or "off": no RPC port).
+    pub rpc_addr: Option<Spanned<String>>,
+    /// `--cluster-id`.
+    pub cluster_id: Option<Spanned<u64>>,
+    /// `--coordinator`, as the flag's string ("host:port,host:port"; "" or "off": none).
+    pub coordinator: Option<Spanned<String>>,
+    /// `--bootstrap-replicas`.
+    pub bootstrap_replicas: Option<Spanned<u32>>,
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The key assigned on the line holding byte offset `at` (the text before `=`).
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let at = at.min(text.len());
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let end = text.get(at..)?.find('\n').map_or(text.len(), |i| at + i);
+    let (key, _) = text.get(start..end)?.split_once('=')?;
+    let key = key.trim().trim_matches('"').trim();
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+impl ConfigFile {
+    /// Parses the TOML text of `path`; errors name the file, the line and the key.
+    pub fn parse(path: &Path, text: &str) -> Result<ConfigFile> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| s.start);
+            let mut detail = e.message().trim().to_string();
+            if let Some(key) = at.and_then(|at| key_at(text, at)) {
+                if !detail.contains(&format!("`{key}`")) {
+                    detail = format!("key `{key}`: {detail}");
+                }
+                if key.contains('-') && detail.contains("unknown field") {
+                    detail.push_str(&format!(
+                        " (keys are snake_case: `{}`)",
+                        key.replace('-', "_")
+                    ));
+                }
+            }
+            Error::ConfigFile {
+                path: path.to_path_buf(),
+                line: at.map(|at| line_of(text, at)),
+                detail,
+            }
+        })
+    }
+}
+
+/// Where a value came from, for error messages.
+enum Origin<'a> {
+    Default,
+    Flag,
+    File {
+        path: &'a Path,
+        text: &'a str,
+        at: usize,
+    },
+}
+
+impl Origin<'_> {
+    /// An error about key `key` (its flag is `--` and the key with dashes).
+    fn error(&self, key: &str, detail: String) -> Error {
+        match self {
+            Origin::Default | Origin::Flag => {
+                Error::Config(format!("--{}: {detail}", key.replace('_', "-")))
+            }
+            Origin::File { path, text, at } => Error::ConfigFile {
+                path: path.to_path_buf(),
+                line: Some(line_of(text, *at)),
+                detail: format!("key `{key}`: {detail}"),
+            },
+        }
+    }
+}
+
+/// The flag's value, else the file's (with where it came from).
+fn pick<'a, T>(
+    flag: Option<T>,
+    file: Option<Spanned<T>>,
+    path: &'a Path,
+    text: &'a str,
+) -> Option<(T, Origin<'a>)> {
+    match (flag, file) {
+        (Some(v), _) => Some((v, Origin::Flag)),
+        (None, Some(s)) => {
+            let at = s.span().start;
+            Some((s.into_inner(), Origin::File { path, text, at }))
+        }
+        (None, None) => None,
+    }
+}
+
+/// A byte size from a flag (checked by [`parse_bytes`]).
+fn flag_bytes(key: &str, v: Option<String>) -> Result<Option<ByteSize>> {
+    v.map(|v| parse_bytes(&format!("--{}", key.replace('_', "-")), &v).map(ByteSize))
+        .transpose()
 }
 
 impl Settings {
     /// Resolves flags over the config file over defaults.
     pub fn resolve(flags: Flags) -> Result<Settings> {
-        let file = match &flags.config {
-            None => BTreeMap::new(),
+        let (file, path, text) = match &flags.config {
+            None => (ConfigFile::default(), PathBuf::new(), String::new()),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
                     op: "read config",
                     path: p.clone(),
                     source,
                 })?;
-                parse_config_file(&text)?
+                (ConfigFile::parse(p, &text)?, p.clone(), text)
             }
         };
-        const KNOWN: [&str; 8] = [
-            "workdir",
-            "redis-addr",
-            "cores",
-            "cpus",
-            "durability",
-            "max-clients",
-            "max-bulk-bytes",
-            "requirepass",
-        ];
-        if let Some(k) = file.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(Error::Config(format!(
-                "unknown config key {k:?} (known: {})",
-                KNOWN.join(", ")
-            )));
-        }
-        let get = |k: &str| file.get(k).cloned();
-        let cores = match flags.cores {
-            Some(n) => Some(n),
-            None => get("cores").map(|v| parse_num("cores", &v)).transpose()?,
+        let (path, text) = (path.as_path(), text.as_str());
+        let workdir = pick(flags.workdir, file.workdir, path, text)
+            .map(|(w, _)| w)
+            .ok_or_else(|| {
+                Error::Config(
+                    "--workdir is required (a flag or `workdir` in the config file)".into(),
+                )
+            })?;
+        let cores = match pick(flags.cores, file.cores, path, text) {
+            Some((0, origin)) => return Err(origin.error("cores", "must be at least 1".into())),
+            Some((n, _)) => Some(n),
+            None => None,
         };
-        if cores == Some(0) {
-            return Err(Error::Config("--cores must be at least 1".into()));
-        }
-        let cpus = flags
-            .cpus
-            .or_else(|| get("cpus"))
-            .map(|s| parse_cpus(&s))
+        let cpus = pick(flags.cpus, file.cpus, path, text)
+            .map(|(s, origin)| {
+                parse_cpus(&s).map_err(|_| {
+                    origin.error("cpus", format!("{s:?}: expected a list like \"0-3,6\""))
+                })
+            })
             .transpose()?;
-        let durability = match flags
-            .durability
-            .or_else(|| get("durability"))
-            .as_deref()
-            .unwrap_or("sync")
-        {
+        let (durability, origin) = pick(flags.durability, file.durability, path, text)
+            .unwrap_or_else(|| ("sync".to_string(), Origin::Default));
+        let durability = match durability.as_str() {
             "sync" => Durability::Sync,
             "relaxed" => Durability::Relaxed,
             other => {
-                return Err(Error::Config(format!(
-                    "--durability {other:?}: expected sync or relaxed"
-                )))
+                return Err(
+                    origin.error("durability", format!("{other:?}: expected sync or relaxed"))
+                )
             }
         };
-        let max_clients = match flags.max_clients {
-            Some(n) => n,
-            None => get("max-clients")
-                .map(|v| parse_num("max-clients", &v))
-                .transpose()?
-                .unwrap_or(10_000),
-        };
-        let max_bulk_bytes = match flags.max_bulk_bytes {
-            Some(n) => n,
-            None => get("max-bulk-bytes")
-                .map(|v| parse_num("max-bulk-bytes", &v))
-                .transpose()?
-                .unwrap_or(16 << 20),
-        };
-        if max_clients == 0 || max_bulk_bytes == 0 {
+        let (max_clients, origin) = pick(flags.max_clients, file.max_clients, path, text)
+            .unwrap_or((10_000, Origin::Default));
+        if max_clients == 0 {
+            return Err(origin.error("max_clients", "must be at least 1".into()));
+        }
+        let (max_bulk_bytes, origin) = pick(flags.max_bulk_bytes, file.max_bulk_bytes, path, text)
+            .unwrap_or((16 << 20, Origin::Default));
+        if max_bulk_bytes == 0 {
+            return Err(origin.error("max_bulk_bytes", "must be at least 1".into()));
+        }
+        let memory_limit = pick(
+            flag_bytes("memory_limit", flags.memory_limit)?,
+            file.memory_limit,
+            path,
+            text,
+        )
+        .map(|(b, _)| b.0);
+        let client_output_buffer_limit = pick(
+            flag_bytes(
+                "client_output_buffer_limit",
+                flags.client_output_buffer_limit,
+            )?,
+            file.client_output_buffer_limit,
+            path,
+            text,
+        )
+        .map_or(DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT, |(b, _)| b.0);
+        let metrics_addr = pick(flags.metrics_addr, file.metrics_addr, path, text)
+            .map(|(a, _)| a)
+            .filter(|a| !a.is_empty() && a != "off");
+        let (background_nice, origin) =
+            pick(flags.background_nice, file.background_nice, path, text)
+                .unwrap_or((DEFAULT_BACKGROUND_NICE, Origin::Default));
+        if !(-20..=19).contains(&background_nice) {
+            return Err(origin.error(
+                "background_nice",
+                format!("{background_nice}: expected a nice value in -20..=19"),
+            ));
+        }
+        let rpc_addr = pick(flags.rpc_addr, file.rpc_addr, path, text)
+            .map(|(a, _)| a)
+            .filter(|a| !a.is_empty() && a != "off");
+        let (cluster_id, origin) = pick(flags.cluster_id, file.cluster_id, path, text)
+            .unwrap_or((DEFAULT_CLUSTER_ID, Origin::Default));
+        if cluster_id == 0 {
+            return Err(origin.error("cluster_id", "must be at least 1".into()));
+        }
+        let coordinator: Vec<String> = pick(flags.coordinator, file.coordinator, path, text)
+            .map(|(a, _)| a)
+            .filter(|a| a != "off")
+            .map(|a| {
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !coordinator.is_empty() && rpc_addr.is_none() {
             return Err(Error::Config(
-                "--max-clients and --max-bulk-bytes must be at least 1".into(),
+                "--coordinator needs --rpc-addr: the other stores reach this one there".into(),
+            ));
+        }
+        let (bootstrap_replicas, origin) = pick(
+            flags.bootstrap_replicas,
+            file.bootstrap_replicas,
+            path,
+            text,
+        )
+        .unwrap_or((DEFAULT_BOOTSTRAP_REPLICAS, Origin::Default));
+        if !(1..=7).contains(&bootstrap_replicas) {
+            return Err(origin.error(
+                "bootstrap_replicas",
+                format!("{bootstrap_replicas}: expected 1..=7"),
             ));
         }
         Ok(Settings {
-            workdir: flags.workdir,
-            redis_addr: flags
-                .redis_addr
-                .or_else(|| get("redis-addr"))
-                .unwrap_or_else(|| "127.0.0.1:6380".to_string()),
+            workdir,
+            redis_addr: pick(flags.redis_addr, file.redis_addr, path, text)
+                .map_or_else(|| "127.0.0.1:6380".to_string(), |(a, _)| a),
             cores,
             cpus,
             durability,
             max_clients,
             max_bulk_bytes,
-            requirepass: flags.requirepass.or_else(|| get("requirepass")),
+            requirepass: pick(flags.requirepass, file.requirepass, path, text).map(|(p, _)| p),
+            metrics_addr,
+            memory_limit,
+            client_output_buffer_limit,
+            background_nice,
+            rpc_addr,
+            cluster_id,
+            coordinator,
+            bootstrap_replicas,
         })
     }
 }
@@ -224,39 +494,277 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// Writes `text` to a config file in a fresh directory.
+    fn config(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nokv-server.toml");
+        std::fs::write(&path, text).expect("write");
+        let p = path.to_str().expect("utf8").to_string();
+        (dir, p)
+    }
+
+    fn resolve(args: &[&str]) -> Result<Settings> {
+        let argv = ["nokv-server"].iter().chain(args).copied();
+        Settings::resolve(Flags::try_parse_from(argv).expect("flags parse"))
+    }
+
     #[test]
     fn config_file_and_cpu_lists() {
-        let m = parse_config_file("# c\nredis_addr = \"127.0.0.1:7000\"\ncores=2 # two\n\n")
-            .expect("parse");
-        assert_eq!(
-            m.get("redis-addr").map(String::as_str),
-            Some("127.0.0.1:7000")
+        let (_d, conf) = config(
+            "# c\nredis_addr = \"127.0.0.1:7000\"\ncores = 2 # two\ncpus = \"0-1\"\n\nworkdir = \"/tmp/w\"\n",
         );
-        assert_eq!(m.get("cores").map(String::as_str), Some("2"));
-        assert!(parse_config_file("nonsense").is_err());
+        let s = resolve(&["--config", &conf]).expect("resolve");
+        assert_eq!(s.redis_addr, "127.0.0.1:7000");
+        assert_eq!(s.cores, Some(2));
+        assert_eq!(s.cpus, Some(vec![0, 1]));
+        assert_eq!(s.workdir, PathBuf::from("/tmp/w"));
+        assert_eq!(s.background_nice, DEFAULT_BACKGROUND_NICE);
         assert_eq!(parse_cpus("0-2,5").expect("cpus"), vec![0, 1, 2, 5]);
         assert!(parse_cpus("3-1").is_err());
         assert!(parse_cpus("x").is_err());
+        let e = resolve(&[]).expect_err("no workdir");
+        assert!(e.to_string().contains("--workdir is required"), "{e}");
     }
 
     #[test]
     fn flags_override_the_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("nokv.conf");
-        std::fs::write(&path, "cores = 3\ndurability = relaxed\nmax-clients = 7\n").expect("write");
-        let flags = Flags::parse_from([
-            "nokv-server",
-            "--workdir",
-            "/tmp/x",
-            "--config",
-            path.to_str().expect("utf8"),
-            "--cores",
-            "2",
-        ]);
-        let s = Settings::resolve(flags).expect("resolve");
+        let (_d, conf) = config(
+            "workdir = \"/tmp/file\"\ncores = 3\ndurability = \"relaxed\"\nmax_clients = 7\nbackground_nice = 5\n",
+        );
+        let s =
+            resolve(&["--workdir", "/tmp/x", "--config", &conf, "--cores", "2"]).expect("resolve");
+        assert_eq!(s.workdir, PathBuf::from("/tmp/x"));
         assert_eq!(s.cores, Some(2));
         assert_eq!(s.durability, Durability::Relaxed);
         assert_eq!(s.max_clients, 7);
+        assert_eq!(s.background_nice, 5);
         assert_eq!(s.redis_addr, "127.0.0.1:6380");
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(
+            s.client_output_buffer_limit,
+            DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT
+        );
+        let s = resolve(&["--config", &conf, "--background-nice", "-3"]).expect("resolve");
+        assert_eq!(s.background_nice, -3);
+        assert_eq!(s.workdir, PathBuf::from("/tmp/file"));
+    }
+
+    #[test]
+    fn byte_sizes_take_units() {
+        let p = |v: &str| parse_bytes("x", v);
+        assert_eq!(p("4096").unwrap(), 4096);
+        assert_eq!(p("512MiB").unwrap(), 512 << 20);
+        assert_eq!(p("2GiB").unwrap(), 2 << 30);
+        assert_eq!(p("2 gb").unwrap(), 2 << 30);
+        assert_eq!(p("64mb").unwrap(), 64 << 20);
+        assert_eq!(p("1k").unwrap(), 1000);
+        assert_eq!(p("1KB").unwrap(), 1024);
+        assert_eq!(p("0").unwrap(), 0);
+        for bad in [
+            "",
+            "MiB",
+            "12 parsecs",
+            "-1",
+            "1.5GiB",
+            "99999999999999999999",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        assert!(p("20000000TiB").is_err());
+    }
+
+    #[test]
+    fn memory_and_metrics_settings_come_from_file_or_flags() {
+        let (_d, conf) = config(
+            "memory_limit = \"512MiB\"\nmetrics_addr = \"127.0.0.1:0\"\nclient_output_buffer_limit = 8388608\n",
+        );
+        let s = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect("resolve");
+        assert_eq!(s.memory_limit, Some(512 << 20));
+        assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(s.client_output_buffer_limit, 8 << 20);
+        let s = resolve(&[
+            "--workdir",
+            "/tmp/x",
+            "--config",
+            &conf,
+            "--memory-limit",
+            "1GiB",
+            "--client-output-buffer-limit",
+            "0",
+        ])
+        .expect("resolve");
+        assert_eq!(s.memory_limit, Some(1 << 30));
+        assert_eq!(s.client_output_buffer_limit, 0);
+        assert!(resolve(&["--workdir", "/x", "--memory-limit", "lots"]).is_err());
+    }
+
+    /// The error for `text` as a config file, as the server prints it.
+    fn file_error(text: &str) -> String {
+        let (_d, conf) = config(text);
+        let e = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect_err("must fail");
+        assert!(matches!(e, Error::ConfigFile { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("nokv-server.toml"), "names the file: {msg}");
+        msg
+    }
+
+    #[test]
+    fn bad_files_name_the_file_line_and_key() {
+        let m = file_error("cores = 2\nmax_clinets = 5\n");
+        assert!(m.contains("line 2") && m.contains("max_clinets"), "{m}");
+        let m = file_error("cores = 2\n\nmax-clients = 5\n");
+        assert!(
+            m.contains("line 3") && m.contains("`max_clients`"),
+            "hint: {m}"
+        );
+        let m = file_error("# x\ncores = \"2\"\n");
+        assert!(m.contains("line 2") && m.contains("`cores`"), "{m}");
+        let m = file_error("durability = \"fast\"\n");
+        assert!(
+            m.contains("line 1") && m.contains("`durability`") && m.contains("\"fast\""),
+            "{m}"
+        );
+        let m = file_error("memory_limit = \"lots\"\n");
+        assert!(
+            m.contains("line 1") && m.contains("memory_limit") && m.contains("\"lots\""),
+            "{m}"
+        );
+        let m = file_error("x\n memory_limit = 1\n");
+        assert!(m.contains("line 1"), "syntax error: {m}");
+        let m = file_error("cores = 1\nbackground_nice = 40\n");
+        assert!(m.contains("line 2") && m.contains("background_nice"), "{m}");
+        let m = file_error("cores = 0\n");
+        assert!(m.contains("line 1") && m.contains("`cores`"), "{m}");
+        let m = file_error("requirepass = true\n");
+        assert!(m.contains("requirepass"), "{m}");
+        let m = file_error("client_output_buffer_limit = -1\n");
+        assert!(m.contains("client_output_buffer_limit"), "{m}");
+    }
+
+    #[test]
+    fn the_sample_deploy_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nokv-server.toml");
+        let text = std::fs::read_to_string(&path).expect("deploy/nokv-server.toml");
+        let file = ConfigFile::parse(&path, &text).expect("the sample parses");
+        // Destructured so that a new key fails to compile here until the sample shows it.
+        let ConfigFile {
+            workdir,
+            redis_addr,
+            cores,
+            cpus,
+            durability,
+            max_clients,
+            max_bulk_bytes,
+            requirepass,
+            metrics_addr,
+            memory_limit,
+            client_output_buffer_limit,
+            background_nice,
+            rpc_addr,
+            cluster_id,
+            coordinator,
+            bootstrap_replicas,
+        } = file;
+        for (key, set) in [
+            ("workdir", workdir.is_some()),
+            ("redis_addr", redis_addr.is_some()),
+            ("durability", durability.is_some()),
+            ("max_clients", max_clients.is_some()),
+            ("max_bulk_bytes", max_bulk_bytes.is_some()),
+            ("metrics_addr", metrics_addr.is_some()),
+            ("memory_limit", memory_limit.is_some()),
+            (
+                "client_output_buffer_limit",
+                client_output_buffer_limit.is_some(),
+            ),
+            ("background_nice", background_nice.is_some()),
+            ("cluster_id", cluster_id.is_some()),
+            ("bootstrap_replicas", bootstrap_replicas.is_some()),
+        ] {
+            assert!(set, "the sample sets {key}");
+        }
+        // Commented out in the sample (no default value to show), yet documented there.
+        for (key, set) in [
+            ("cores", cores.is_some()),
+            ("cpus", cpus.is_some()),
+            ("requirepass", requirepass.is_some()),
+            ("rpc_addr", rpc_addr.is_some()),
+            ("coordinator", coordinator.is_some()),
+        ] {
+            assert!(!set && text.contains(&format!("# {key} = ")), "{key}");
+        }
+        let conf = path.to_str().expect("utf8");
+        let s = resolve(&["--config", conf]).expect("the sample resolves");
+        let d = resolve(&["--workdir", "/var/lib/nokv"]).expect("defaults");
+        assert_eq!(s.workdir, d.workdir);
+        assert_eq!(s.redis_addr, d.redis_addr);
+        assert_eq!(s.durability, d.durability);
+        assert_eq!(s.max_clients, d.max_clients);
+        assert_eq!(s.max_bulk_bytes, d.max_bulk_bytes);
+        assert_eq!(
+            s.memory_limit,
+            Some(crate::memory::MemoryBudget::default_limit(1))
+        );
+        assert_eq!(s.client_output_buffer_limit, d.client_output_buffer_limit);
+        assert_eq!(s.background_nice, d.background_nice);
+        assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));
+        assert_eq!(s.cluster_id, d.cluster_id);
+        assert_eq!(s.rpc_addr, None);
+        assert_eq!(d.rpc_addr, None);
+        assert!(s.coordinator.is_empty() && d.coordinator.is_empty());
+        assert_eq!(s.bootstrap_replicas, d.bootstrap_replicas);
+    }
+
+    #[test]
+    fn coordinator_settings_come_from_file_or_flags() {
+        let (_d, conf) = config(
+            "rpc_addr = \"127.0.0.1:7380\"\ncoordinator = \"127.0.0.1:2390, 127.0.0.1:2391\"\nbootstrap_replicas = 1\n",
+        );
+        let s = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect("resolve");
+        assert_eq!(s.coordinator, vec!["127.0.0.1:2390", "127.0.0.1:2391"]);
+        assert_eq!(s.bootstrap_replicas, 1);
+        let s = resolve(&[
+            "--workdir",
+            "/tmp/x",
+            "--config",
+            &conf,
+            "--coordinator",
+            "off",
+        ])
+        .expect("resolve");
+        assert!(s.coordinator.is_empty());
+        let e = resolve(&["--workdir", "/tmp/x", "--coordinator", "127.0.0.1:2390"])
+            .expect_err("needs --rpc-addr");
+        assert!(e.to_string().contains("--rpc-addr"), "{e}");
+        let m = file_error("bootstrap_replicas = 9\n");
+        assert!(m.contains("`bootstrap_replicas`"), "{m}");
+    }
+
+    #[test]
+    fn rpc_settings_come_from_file_or_flags() {
+        let (_d, conf) = config("rpc_addr = \"127.0.0.1:7380\"\ncluster_id = 42\n");
+        let s = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect("resolve");
+        assert_eq!(s.rpc_addr.as_deref(), Some("127.0.0.1:7380"));
+        assert_eq!(s.cluster_id, 42);
+        let s = resolve(&[
+            "--workdir",
+            "/tmp/x",
+            "--config",
+            &conf,
+            "--rpc-addr",
+            "off",
+            "--cluster-id",
+            "7",
+        ])
+        .expect("resolve");
+        assert_eq!(s.rpc_addr, None);
+        assert_eq!(s.cluster_id, 7);
+        let d = resolve(&["--workdir", "/tmp/x"]).expect("defaults");
+        assert_eq!((d.rpc_addr, d.cluster_id), (None, DEFAULT_CLUSTER_ID));
+        let m = file_error("cluster_id = 0\n");
+        assert!(m.contains("line 1") && m.contains("`cluster_id`"), "{m}");
+        let m = file_error("rpc_addr = 7380\n");
+        assert!(m.contains("rpc_addr"), "{m}");
     }
 }

@@ -9,6 +9,17 @@ pub enum Error {
     /// A flag or configuration value is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// The config file is not valid TOML, has an unknown key, or a value of the wrong type
+    /// or out of range.
+    #[error("config file {}{}: {detail}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line, when known.
+        line: Option<usize>,
+        /// What is wrong, naming the key.
+        detail: String,
+    },
     /// Another process holds the workdir.
     #[error("workdir {path} is in use by another nokv-server (its LOCK file is locked)")]
     WorkdirLocked {
@@ -67,6 +78,17 @@ pub enum Error {
         core: usize,
         /// What glommio said.
         detail: String,
+    },
+    /// The store cannot take its place in the cluster (`--coordinator`).
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// A call to the coordinator failed.
+    #[error("coordinator: {op}: {source}")]
+    Coordinator {
+        /// What the store asked for.
+        op: &'static str,
+        /// The coordinator client's error.
+        source: nokv_coordinator::Error,
     },
 }
 

@@ -13,10 +13,15 @@
 //! metadata or hash member, starts with its slot), so each core's share is
 //! spread over the whole slot space.
 
+use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::hooks::NodeHooks;
+use crate::knobs::Knobs;
+use crate::memory::MemoryBudget;
 use nokv::Db;
 use nokv_gateway::model::{self, SLOTS};
-use nokv_raft::{Epoch, LogReplay, PeerMeta, RegionDescriptor, ReplayedRegion};
+use nokv_raft::snapshot::DataRange;
+use nokv_raft::{Epoch, LogReplay, PeerMeta, Recovered, RegionDescriptor};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
@@ -35,6 +40,9 @@ pub struct StoreMeta {
     pub cores: usize,
     /// Regions per core at bootstrap.
     pub regions_per_core: usize,
+    /// Whether the store belongs to a cluster (`--coordinator`: its id comes from the
+    /// coordinator, its regions from the cluster's bootstrap) rather than standing alone.
+    pub coordinated: bool,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -68,6 +76,32 @@ pub fn lock_workdir(dir: &Path) -> Result<File> {
     }
 }
 
+/// Reads the `key = value` lines of `STORE` (`#` starts a comment; values may be quoted;
+/// `_` in keys reads as `-`). The format is on disk: it stays as it is.
+fn parse_key_values(text: &str) -> std::result::Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "line {}: expected `key = value`, got {raw:?}",
+                n + 1
+            ));
+        };
+        let key = k.trim().replace('_', "-");
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or(v);
+        out.insert(key, v.to_string());
+    }
+    Ok(out)
+}
+
 /// Reads `<workdir>/STORE`, None if absent.
 pub fn read_store_meta(dir: &Path) -> Result<Option<StoreMeta>> {
     let path = dir.join("STORE");
@@ -76,8 +110,8 @@ pub fn read_store_meta(dir: &Path) -> Result<Option<StoreMeta>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("read", &path)(e)),
     };
-    let kv = crate::config::parse_config_file(&text)
-        .map_err(|e| Error::Layout(format!("{}: {e}", path.display())))?;
+    let kv =
+        parse_key_values(&text).map_err(|e| Error::Layout(format!("{}: {e}", path.display())))?;
     let num = |k: &str| -> Result<u64> {
         kv.get(k)
             .and_then(|v| v.parse().ok())
@@ -93,6 +127,7 @@ pub fn read_store_meta(dir: &Path) -> Result<Option<StoreMeta>> {
         store_id: num("store-id")?,
         cores: num("cores")? as usize,
         regions_per_core: num("regions-per-core")? as usize,
+        coordinated: kv.get("coordinated").map(String::as_str) == Some("true"),
     }))
 }
 
@@ -100,10 +135,13 @@ pub fn read_store_meta(dir: &Path) -> Result<Option<StoreMeta>> {
 pub fn write_store_meta(dir: &Path, meta: &StoreMeta) -> Result<()> {
     let tmp = dir.join("STORE.tmp");
     let path = dir.join("STORE");
-    let text = format!(
+    let mut text = format!(
         "# nokv-server store layout; written once at bootstrap.\nformat = {STORE_FORMAT}\nstore-id = {}\ncores = {}\nregions-per-core = {}\n",
         meta.store_id, meta.cores, meta.regions_per_core
     );
+    if meta.coordinated {
+        text.push_str("coordinated = true\n");
+    }
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
@@ -128,6 +166,19 @@ fn slot_bound(slot: u32) -> Vec<u8> {
     }
 }
 
+/// The `regions - 1` keys that cut the hash-slot space into `regions` equal ranges.
+pub fn slot_split_keys(regions: usize) -> Vec<Vec<u8>> {
+    let total = regions.max(1) as u32;
+    (1..total)
+        .map(|i| slot_bound(i * SLOTS as u32 / total))
+        .collect()
+}
+
+/// The first slot of a region (its start bound), 0 when the bound is not a slot.
+pub fn start_slot(desc: &RegionDescriptor) -> u16 {
+    bound_slot(&desc.start_key, false).map_or(0, |s| s as u16)
+}
+
 /// The slot a region bound stands for (`end` = true: the empty bound is the end).
 fn bound_slot(key: &[u8], end: bool) -> Result<u32> {
     match key {
@@ -137,6 +188,25 @@ fn bound_slot(key: &[u8], end: bool) -> Result<u32> {
             "region bound {other:?} is not a hash slot"
         ))),
     }
+}
+
+/// Where a region's data lives in its core's engine: the Redis namespace between its
+/// slot bounds (the gateway's keys start with the slot), in the metadata and sub-key
+/// column families and the transaction ones.
+pub fn region_data(desc: &RegionDescriptor) -> Vec<DataRange> {
+    vec![DataRange {
+        range: nokv::RegionRange {
+            ns: nokv::NS_REDIS,
+            start: desc.start_key.clone(),
+            end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+        },
+        cfs: &[
+            model::META_CF,
+            model::SUBKEY_CF,
+            nokv::CF_LOCK,
+            nokv::CF_WRITE,
+        ],
+    }]
 }
 
 /// The regions bootstrap gives core `core` of `cores`.
@@ -159,65 +229,115 @@ pub fn bootstrap_regions(
                     version: 1,
                     conf_version: 1,
                 },
-                peers: vec![PeerMeta {
-                    store_id: STORE_ID,
-                    peer_id: i as u64 + 1,
-                }],
+                peers: vec![PeerMeta::voter(STORE_ID, i as u64 + 1)],
             }
         })
         .collect()
 }
 
-/// One core's engine, regions and replayed raft log, opened on the main thread.
+/// One core's engine, regions and replayed raft log, opened on the main thread (all
+/// the file IO of starting a core happens here, before its executor runs).
 pub struct OpenedCore {
     /// The engine.
     pub db: Db,
-    /// Its regions.
+    /// Its regions (also in `recovered`).
     pub regions: Vec<RegionDescriptor>,
-    /// Raft records the WAL handed back.
-    pub replayed: BTreeMap<u64, ReplayedRegion>,
+    /// What the raft core starts from.
+    pub recovered: Recovered,
 }
 
-/// Engine options of core engines.
-pub fn engine_options(durability: nokv::Durability, replay: &LogReplay) -> nokv::Options {
-    nokv::Options {
+/// Engine options of core engines: memtables and block cache sized by the store's
+/// memory split, then the test-only knobs.
+pub fn engine_options(
+    durability: nokv::Durability,
+    background_nice: i32,
+    replay: &LogReplay,
+    budget: &MemoryBudget,
+    knobs: &Knobs,
+) -> nokv::Options {
+    let mut opts = nokv::Options {
         durability,
+        background_nice: Some(background_nice),
         opaque_replay: Some(replay.hook()),
-        block_cache_bytes: 32 << 20,
         ..nokv::Options::default()
-    }
+    };
+    budget.apply(&mut opts);
+    knobs.engine(&mut opts);
+    opts
 }
 
-/// Opens core `core`'s engine; bootstraps its regions if it has none.
+/// Where a core's regions come from when its engine has none.
+#[derive(Debug, Clone)]
+pub enum Seed {
+    /// A standalone store: the single-replica bootstrap layout.
+    Standalone,
+    /// A store of a cluster: the replicas the coordinator placed on this core (those not
+    /// yet in the engine are created).
+    Assigned(Vec<RegionDescriptor>),
+}
+
+/// Opens core `core`'s engine (options adjusted by `hooks`); creates its regions from
+/// `seed` (standalone: only when it has none; cluster: the assigned ones it lacks).
+#[allow(clippy::too_many_arguments)]
 pub fn open_core(
     workdir: &Path,
     meta: &StoreMeta,
     core: usize,
-    durability: nokv::Durability,
+    settings: &Settings,
+    hooks: &NodeHooks,
+    budget: &MemoryBudget,
+    knobs: &Knobs,
+    seed: &Seed,
 ) -> Result<OpenedCore> {
     let dir = core_dir(workdir, core);
     let replay = LogReplay::new();
-    let db = Db::open(&dir, engine_options(durability, &replay))
-        .map_err(|source| Error::Engine { core, source })?;
+    let mut opts = engine_options(
+        settings.durability,
+        settings.background_nice,
+        &replay,
+        budget,
+        knobs,
+    );
+    hooks.adjust_engine(core, &mut opts);
+    let db = Db::open(&dir, opts).map_err(|source| Error::Engine { core, source })?;
+    // A region snapshot a crash interrupted is finished before the regions are read.
+    nokv_raft::snapshot::recover_pending(&db, region_data)
+        .map_err(|source| Error::Raft { core, source })?;
     let mut regions =
         nokv_raft::region::load_regions(&db).map_err(|source| Error::Raft { core, source })?;
-    if regions.is_empty() {
-        for desc in bootstrap_regions(meta.cores, meta.regions_per_core, core) {
+    let create = match seed {
+        Seed::Standalone if regions.is_empty() => {
+            bootstrap_regions(meta.cores, meta.regions_per_core, core)
+        }
+        Seed::Standalone => Vec::new(),
+        Seed::Assigned(assigned) => assigned
+            .iter()
+            .filter(|a| !regions.iter().any(|r| r.id == a.id))
+            .cloned()
+            .collect(),
+    };
+    if !create.is_empty() {
+        for desc in create {
             nokv_raft::region::save_region(&db, &desc)
                 .map_err(|source| Error::Raft { core, source })?;
             regions.push(desc);
         }
-        tracing::info!(core, regions = regions.len(), "bootstrapped regions");
+        tracing::info!(core, regions = regions.len(), "created regions");
     }
     let replayed = replay
         .take()
         .map_err(|source| Error::Raft { core, source })?;
+    let recovered = Recovered::load(&db, regions.clone(), replayed)
+        .map_err(|source| Error::Raft { core, source })?;
     Ok(OpenedCore {
         db,
         regions,
-        replayed,
+        recovered,
     })
 }
+
+/// The core of a route whose region has no replica on this store.
+pub const NOT_HERE: usize = usize::MAX;
 
 /// Where a region lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,21 +357,32 @@ pub struct Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     by_slot: Vec<u16>,
+    by_region: std::collections::HashMap<u64, usize>,
 }
 
 impl RouteTable {
     /// Builds the table from each core's regions; fails unless they tile the slot space.
     pub fn build(per_core: &[Vec<RegionDescriptor>]) -> Result<RouteTable> {
+        let placed = per_core
+            .iter()
+            .enumerate()
+            .flat_map(|(core, regions)| regions.iter().map(move |r| (r, core)));
+        Self::from_regions(placed)
+    }
+
+    /// Builds the table from regions and their core ([`NOT_HERE`] for regions without a
+    /// replica on this store); fails unless they tile the slot space.
+    pub fn from_regions<'a>(
+        placed: impl IntoIterator<Item = (&'a RegionDescriptor, usize)>,
+    ) -> Result<RouteTable> {
         let mut routes = Vec::new();
-        for (core, regions) in per_core.iter().enumerate() {
-            for r in regions {
-                routes.push(Route {
-                    region: r.id,
-                    core,
-                    start_slot: bound_slot(&r.start_key, false)?,
-                    end_slot: bound_slot(&r.end_key, true)?,
-                });
-            }
+        for (r, core) in placed {
+            routes.push(Route {
+                region: r.id,
+                core,
+                start_slot: bound_slot(&r.start_key, false)?,
+                end_slot: bound_slot(&r.end_key, true)?,
+            });
         }
         routes.sort_by_key(|r| r.start_slot);
         let mut next = 0u32;
@@ -273,7 +404,12 @@ impl RouteTable {
                 "regions do not tile the slot space: slots {next}.. have no region"
             )));
         }
-        Ok(RouteTable { routes, by_slot })
+        let by_region = routes.iter().map(|r| (r.region, r.core)).collect();
+        Ok(RouteTable {
+            routes,
+            by_slot,
+            by_region,
+        })
     }
 
     /// The route of a hash slot.
@@ -289,6 +425,11 @@ impl RouteTable {
     /// The route after `r` in slot order.
     pub fn next(&self, r: &Route) -> Option<&Route> {
         (r.end_slot < SLOTS as u32).then(|| self.for_slot(r.end_slot as u16))
+    }
+
+    /// The core holding region `id` here ([`NOT_HERE`] when no replica is on this store).
+    pub fn core_of(&self, id: u64) -> Option<usize> {
+        self.by_region.get(&id).copied()
     }
 
     /// Every route, in slot order.
@@ -312,6 +453,10 @@ mod tests {
         assert_eq!(t.for_slot(SLOTS - 1).region, 12);
         let cores: Vec<usize> = t.all().iter().map(|r| r.core).collect();
         assert_eq!(cores, vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        assert_eq!(
+            (t.core_of(1), t.core_of(5), t.core_of(99)),
+            (Some(0), Some(1), None)
+        );
         let broken = vec![per_core[0].clone(), per_core[1].clone()];
         assert!(RouteTable::build(&broken).is_err());
     }
@@ -324,9 +469,20 @@ mod tests {
             store_id: 1,
             cores: 2,
             regions_per_core: REGIONS_PER_CORE,
+            coordinated: false,
         };
         write_store_meta(dir.path(), &m).expect("write");
-        assert_eq!(read_store_meta(dir.path()).expect("read"), Some(m));
+        assert_eq!(read_store_meta(dir.path()).expect("read"), Some(m.clone()));
+        let c = StoreMeta {
+            store_id: 7,
+            coordinated: true,
+            ..m
+        };
+        write_store_meta(dir.path(), &c).expect("write");
+        assert_eq!(read_store_meta(dir.path()).expect("read"), Some(c));
+        assert_eq!(slot_split_keys(1), Vec::<Vec<u8>>::new());
+        assert_eq!(slot_split_keys(4).len(), 3);
+        assert_eq!(slot_split_keys(4)[0], 4096u16.to_be_bytes().to_vec());
         let _held = lock_workdir(dir.path()).expect("lock");
         assert!(matches!(
             lock_workdir(dir.path()),

@@ -1,27 +1,40 @@
 //! The node: start-up, one pinned glommio executor per core, the channel mesh,
 //! each core's raft driver, connections, and graceful shutdown.
 //!
-//! Engine calls (reads, `append_opaque` with its fdatasync, applies) run inline
-//! on the executor thread and block it while they run: a known gap until the
-//! engine gets a glommio IO backend (see docs/architecture.md).
+//! No executor thread blocks on the engine: it is marked
+//! (`nokv::fs::forbid_blocking_io`, asserted in debug builds). Reads run inline
+//! through the engine's cache-only tier and go to the core's blocking pool
+//! (glommio `spawn_blocking`) only when they need disk IO; the raft driver's
+//! engine work (applies, the round's WAL append and fdatasync, checkpoints) and
+//! the shutdown flush always run there while the executor keeps serving. Writes
+//! are refused with `-BUSY` while the core's engine stops writes.
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::hooks::NodeHooks;
+use crate::knobs::Knobs;
 use crate::layout::{self, OpenedCore, RouteTable, StoreMeta, STORE_ID};
+use crate::memory::{self, ClientMemory, ConnMemory, MemoryBudget};
+use crate::metrics::{CoreMetrics, CoreSample};
+use crate::oneshot;
 use crate::route::{self, Plan, Work};
-use crate::view::RegionView;
+use crate::transport::{CoreTransport, StaticResolver, StoreTransport, TransportConfig};
+use crate::view::{GroupedApply, HeldWrites, RegionView};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorBuilder, Placement};
-use nokv::Db;
+use glommio::sync::Semaphore;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
+use nokv::{Db, WriteStall};
 use nokv_gateway::exec::{self, WriteCommand};
+use nokv_gateway::model;
 use nokv_gateway::{Action, Reply, Session, State};
-use nokv_raft::raftpb::Message;
-use nokv_raft::{Apply, CoreConfig, RaftCore, RegionDescriptor};
+use nokv_raft::raftpb::{Message, MessageType};
+use nokv_raft::transport::RaftEnvelope;
+use nokv_raft::{CoreConfig, EntrySink, Outbox, RaftCore, ReadPath, RegionDescriptor};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -37,18 +50,52 @@ pub const MAX_REMOTE_HANDLERS: usize = 4096;
 pub const MAX_REMOTE_WAITING: usize = 8192;
 /// Raft tick interval.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How much shorter than the election timeout a leader's read lease is (clock drift
+/// between stores, scheduling delays).
+pub const LEASE_DRIFT_MARGIN: Duration = Duration::from_millis(300);
 /// How often each core tries to truncate its raft logs.
 pub const LOG_COMPACT_INTERVAL: Duration = Duration::from_secs(5);
+/// With `--durability relaxed`, the longest acknowledged writes stay without an fdatasync.
+pub const RELAXED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Locked-memory budget of one process's io_uring buffers (all executors, 3 rings each): RLIMIT_MEMLOCK
 /// is 8 MiB here and io_uring charges it per user, so several servers (tests) must fit together.
 pub const IO_MEMORY_BUDGET: usize = 768 << 10;
 /// Longest a graceful shutdown waits for connections and other cores.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a stopping store in a cluster waits for its regions' leadership to move to
+/// other stores (two of the shortest election timeouts).
+pub const LEADER_HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read from a socket at a time.
 pub const READ_CHUNK: usize = 16 << 10;
+/// How often each core publishes its queue depths as metrics.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Threads of each core's blocking pool (glommio `spawn_blocking`), pinned to the core's
+/// CPU. The raft driver uses one at a time, so reads that need IO still find a thread
+/// while a write waits out an engine stall.
+pub const BLOCKING_THREADS: usize = 2;
+/// Most reads of one core on its blocking pool at once; more wait (on the executor,
+/// without blocking it) for a turn.
+pub const MAX_BLOCKING_READS: u64 = 64;
+
+/// Starts the reply to writes on a core whose engine failed to write (a full disk, an IO
+/// error): Redis's reply when it cannot write its AOF (docs/redis.md, "Disk failures").
+pub const WRITE_FAILED: &str = "MISCONF Errors writing to disk";
+
+/// The `-MISCONF` reply of core `core` after `error`, one line.
+fn write_failed_reply(core: usize, error: &impl std::fmt::Display) -> String {
+    let why = error.to_string().replace(['\r', '\n'], " ");
+    format!(
+        "{WRITE_FAILED} on core {core}: {why}; writes are refused until nokv-server restarts, reads are served"
+    )
+}
 
 /// `-TRYAGAIN` when a bounded queue toward another core is full.
 const BUSY: &str = "TRYAGAIN core is busy, retry";
+/// `-BUSY` while the owning core's engine stops writes (docs/redis.md).
+pub const WRITE_STALLED: &str =
+    "BUSY write stall: the storage engine is catching up on flush and compaction, retry later";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -71,6 +118,7 @@ struct Response {
 
 /// What every core shares (read-mostly).
 struct NodeShared {
+    knobs: Knobs,
     cores: usize,
     routes: RouteTable,
     gateway: Arc<nokv_gateway::Shared>,
@@ -81,64 +129,147 @@ struct NodeShared {
     failed: AtomicBool,
     listening: AtomicUsize,
     drained: AtomicUsize,
+    client_memory: Arc<ClientMemory>,
+    /// The store's place in a cluster (`--coordinator`); None: standalone.
+    cluster: Option<ClusterNode>,
 }
 
-/// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor.
+/// What the cores of a store in a cluster share.
+struct ClusterNode {
+    /// This store's id.
+    store_id: u64,
+    /// Other stores' addresses.
+    directory: Arc<crate::cluster::Directory>,
+    /// Each replica's core on its store, from the coordinator's routes at start.
+    peer_cores: HashMap<u64, u32>,
+    /// Regions without a replica here: the store the coordinator named as leader.
+    remote_leaders: HashMap<u64, u64>,
+    /// Region reports for the heartbeat thread (bounded; try_send).
+    reports: crate::cluster::ReportSender,
+}
+
+/// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor,
+/// at least glommio's floor of 64 KiB (so 3 x 64 KiB x cores exceeds the budget above 4 cores,
+/// and 8 MiB above 42).
 pub fn io_memory_per_executor(cores: usize) -> usize {
     let per = IO_MEMORY_BUDGET / (3 * cores.max(1));
-    (per.clamp(32 << 10, 128 << 10)) & !4095
+    (per.clamp(64 << 10, 128 << 10)) & !4095
 }
 
 /// Runs the node until SIGTERM/SIGINT; returns once every core has stopped.
 pub fn run(settings: Settings) -> Result<()> {
+    // A panicking core (or blocking-pool job) would leave its regions unserved and its
+    // writers waiting: stop the whole process so that a supervisor restarts it.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    run_with(settings, NodeHooks::default())
+}
+
+/// Runs the node with injected pieces (see [`NodeHooks`]) until stopped; returns once
+/// every core has stopped.
+pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
+    let knobs = Knobs::from_env();
     let _lock = layout::lock_workdir(&settings.workdir)?;
-    // Probe the address without SO_REUSEPORT: a running server (whose listeners set it)
-    // makes this bind fail, where glommio's own bind would silently share the port.
-    let probe = std::net::TcpListener::bind(&settings.redis_addr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            Error::AddrInUse {
-                addr: settings.redis_addr.clone(),
+    // A running server (whose listeners set SO_REUSEPORT) would otherwise silently share
+    // the port with ours; connections of a crashed run in TIME_WAIT do not block it.
+    let addr = crate::addr::reserve(&settings.redis_addr)?;
+    // The same check for the store-to-store port, which also fixes its port for every core.
+    let rpc_listen = match &settings.rpc_addr {
+        Some(a) => {
+            let listen = crate::transport::reserve_addr(a)?;
+            if listen == addr {
+                return Err(Error::Config(format!(
+                    "--rpc-addr {a} is the Redis address {addr}: they need different ports"
+                )));
             }
-        } else {
-            Error::Net {
-                op: "bind",
-                addr: settings.redis_addr.clone(),
-                source: e,
+            Some(listen)
+        }
+        None => None,
+    };
+    // Before anything waits on the coordinator: SIGTERM must stop that wait too.
+    let shutdown = hooks.stop_flag()?;
+    let cluster_mode = !settings.coordinator.is_empty();
+    let existing = layout::read_store_meta(&settings.workdir)?;
+    if let Some(m) = &existing {
+        if let Some(c) = settings.cores {
+            if c != m.cores {
+                return Err(Error::Layout(format!(
+                    "{} was created with {} cores; start with --cores {} (moving regions between cores is not supported yet)",
+                    settings.workdir.display(),
+                    m.cores,
+                    m.cores
+                )));
             }
         }
-    })?;
-    let addr = probe.local_addr().map_err(|e| Error::Net {
-        op: "local address of",
-        addr: settings.redis_addr.clone(),
-        source: e,
-    })?;
-    drop(probe);
-    let meta = match layout::read_store_meta(&settings.workdir)? {
-        Some(m) => {
-            if let Some(c) = settings.cores {
-                if c != m.cores {
-                    return Err(Error::Layout(format!(
-                        "{} was created with {} cores; start with --cores {} (moving regions between cores is not supported yet)",
-                        settings.workdir.display(),
-                        m.cores,
-                        m.cores
-                    )));
+        if m.coordinated != cluster_mode {
+            return Err(Error::Layout(format!(
+                "{} was created {}; start it {}",
+                settings.workdir.display(),
+                if m.coordinated {
+                    "as a store of a cluster (--coordinator)"
+                } else {
+                    "as a standalone store"
+                },
+                if m.coordinated {
+                    "with --coordinator"
+                } else {
+                    "without --coordinator"
                 }
-            }
-            m
+            )));
         }
-        None => {
-            let cores = settings
+    }
+    let cores = existing.as_ref().map_or_else(
+        || {
+            settings
                 .cores
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        },
+        |m| m.cores,
+    );
+    let joined = match (cluster_mode, rpc_listen) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::Config(
+                "--coordinator needs --rpc-addr: the other stores reach this one there".into(),
+            ))
+        }
+        (true, Some(rpc)) => Some(crate::cluster::join(
+            &settings,
+            existing.as_ref().map(|m| m.store_id),
+            cores,
+            rpc,
+            addr,
+            &shutdown,
+        )?),
+    };
+    let meta = match existing {
+        Some(m) => m,
+        None => {
             let m = StoreMeta {
-                store_id: STORE_ID,
+                store_id: joined.as_ref().map_or(STORE_ID, |j| j.store_id),
                 cores,
                 regions_per_core: REGIONS_PER_CORE,
+                coordinated: cluster_mode,
             };
+            // In a cluster, only once the coordinator gave the id: a crash before this
+            // line registers again (the unused id stays down forever).
             layout::write_store_meta(&settings.workdir, &m)?;
-            tracing::info!(cores, regions_per_core = REGIONS_PER_CORE, workdir = %settings.workdir.display(), "bootstrapping an empty workdir");
+            tracing::info!(cores, regions_per_core = REGIONS_PER_CORE, store = m.store_id, workdir = %settings.workdir.display(), "initialised an empty workdir");
             m
+        }
+    };
+    // Each core's seed: the standalone layout, or the replicas placed on it.
+    let seeds: Vec<layout::Seed> = match &joined {
+        None => vec![layout::Seed::Standalone; cores],
+        Some(j) => {
+            let mut per_core = vec![Vec::new(); cores];
+            for (desc, core) in j.local_regions(cores)? {
+                per_core[core].push(desc);
+            }
+            per_core.into_iter().map(layout::Seed::Assigned).collect()
         }
     };
     let cores = meta.cores;
@@ -147,23 +278,75 @@ pub fn run(settings: Settings) -> Result<()> {
         (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
     });
 
+    let budget = MemoryBudget::split(
+        settings
+            .memory_limit
+            .unwrap_or_else(|| MemoryBudget::default_limit(cores)),
+        cores,
+    )?;
+    tracing::info!(
+        limit = budget.limit,
+        write_buffer_per_core = budget.write_buffer_bytes,
+        memtables_per_core = budget.memtable_bytes_per_core(),
+        block_cache_per_core = budget.block_cache_bytes,
+        clients = budget.client_bytes,
+        client_output_buffer_limit = settings.client_output_buffer_limit,
+        "memory split"
+    );
+    // Before the engines open: metric handles registered earlier stay no-ops.
+    let prometheus = match settings.metrics_addr {
+        Some(_) => Some(crate::metrics::install()?),
+        None => None,
+    };
+
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
-    for core in 0..cores {
+    for (core, seed) in seeds.iter().enumerate() {
         opened.push(layout::open_core(
             &settings.workdir,
             &meta,
             core,
-            settings.durability,
+            &settings,
+            &hooks,
+            &budget,
+            &knobs,
+            seed,
         )?);
     }
     let per_core: Vec<Vec<RegionDescriptor>> = opened.iter().map(|o| o.regions.clone()).collect();
-    let routes = RouteTable::build(&per_core)?;
-
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, shutdown.clone())
-            .map_err(|e| Error::Config(format!("install signal handler: {e}")))?;
-    }
+    let routes = match &joined {
+        None => RouteTable::build(&per_core)?,
+        Some(j) => {
+            // Every region of the cluster: those with a replica here on their core, the
+            // others marked NOT_HERE (their requests get -MOVED).
+            let remote: Vec<RegionDescriptor> = j
+                .routes
+                .iter()
+                .filter_map(|r| r.region.as_ref())
+                .filter(|r| !per_core.iter().flatten().any(|l| l.id == r.id))
+                .map(RegionDescriptor::from)
+                .collect();
+            let placed = per_core
+                .iter()
+                .enumerate()
+                .flat_map(|(core, regions)| regions.iter().map(move |r| (r, core)))
+                .chain(remote.iter().map(|r| (r, layout::NOT_HERE)));
+            RouteTable::from_regions(placed)?
+        }
+    };
+    let (cluster, heartbeats) = match joined {
+        None => (None, None),
+        Some(j) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(crate::cluster::REPORT_QUEUE);
+            let link = ClusterNode {
+                store_id: meta.store_id,
+                directory: j.directory.clone(),
+                peer_cores: j.peer_cores(),
+                remote_leaders: j.leader_stores(),
+                reports: tx,
+            };
+            (Some(link), Some((j, rx)))
+        }
+    };
     let gateway_config = nokv_gateway::Config {
         requirepass: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
         limits: nokv_gateway::resp::Limits {
@@ -173,9 +356,16 @@ pub fn run(settings: Settings) -> Result<()> {
         max_query_buffer_bytes: settings.max_bulk_bytes.saturating_mul(2).max(64 << 20),
         max_clients: settings.max_clients,
         port: addr.port(),
+        max_output_bytes: match settings.client_output_buffer_limit {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        maxmemory: budget.limit,
         ..Default::default()
     };
+    let client_memory = ClientMemory::new(budget.client_bytes, settings.client_output_buffer_limit);
     let node = Arc::new(NodeShared {
+        knobs,
         cores,
         routes,
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
@@ -186,7 +376,57 @@ pub fn run(settings: Settings) -> Result<()> {
         failed: AtomicBool::new(false),
         listening: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
+        client_memory: client_memory.clone(),
+        cluster,
     });
+    {
+        let clients = client_memory.clone();
+        node.gateway
+            .set_info_hook(Box::new(move |section| match section {
+                "memory" => budget.info_lines(&clients),
+                _ => Vec::new(),
+            }));
+    }
+    // After the recorder is installed: the transport's counters register with it.
+    let rpc = rpc_listen.map(|listen| {
+        // Standalone: no other store is known. In a cluster the directory is filled from
+        // the coordinator (at start and every few seconds by the heartbeat thread).
+        let resolver: Arc<dyn crate::transport::StoreResolver> = match &node.cluster {
+            Some(c) => c.directory.resolver(),
+            None => Arc::new(StaticResolver::default()),
+        };
+        StoreTransport::new(
+            TransportConfig::new(settings.cluster_id, meta.store_id, cores, listen),
+            resolver,
+        )
+    });
+    // Stopped and joined when run_with returns (dropped), after the cores.
+    let _heartbeats = match heartbeats {
+        Some((j, rx)) => Some(crate::cluster::spawn_heartbeats(
+            j.client,
+            meta.store_id,
+            j.directory,
+            rx,
+        )?),
+        None => None,
+    };
+    // Stopped (its threads joined) when this function returns.
+    let (metrics_sources, _metrics_server) = match (prometheus, &settings.metrics_addr) {
+        (Some(handle), Some(metrics_addr)) => {
+            let sources = crate::metrics::Sources::new(
+                node.gateway.clone(),
+                client_memory,
+                budget,
+                opened.iter().map(|o| o.db.clone()).collect(),
+            );
+            let server = crate::metrics::serve(metrics_addr, handle, sources.clone())?;
+            let bound = server.addr();
+            println!("nokv-server metrics on {bound}");
+            tracing::info!(addr = %bound, "metrics endpoint");
+            (Some(sources), Some(server))
+        }
+        _ => (None, None),
+    };
     let requests: MeshBuilder<Request, _> = MeshBuilder::full(cores, MESH_CHANNEL_CAPACITY);
     let responses: MeshBuilder<Response, _> = MeshBuilder::full(cores, MESH_CHANNEL_CAPACITY);
     let io_memory = io_memory_per_executor(cores);
@@ -194,13 +434,25 @@ pub fn run(settings: Settings) -> Result<()> {
     for (core, o) in opened.into_iter().enumerate() {
         let cpu = cpus[core % cpus.len()];
         let node = node.clone();
-        let requests = requests.clone();
-        let responses = responses.clone();
+        let links = CoreLinks {
+            requests: requests.clone(),
+            responses: responses.clone(),
+            rpc: rpc.clone(),
+        };
+        let this_cpu = CpuSet::online()
+            .map_err(|e| Error::Executor {
+                core,
+                detail: format!("list CPUs: {e}"),
+            })?
+            .filter(|l| l.cpu == cpu);
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("core-{core}"))
             .io_memory(io_memory)
+            .blocking_thread_pool_placement(PoolPlacement::Fenced(BLOCKING_THREADS, this_cpu))
             .spawn(move || async move {
-                let r = core_main(core, node.clone(), o, addr, requests, responses).await;
+                // From here on this thread must never block on the engine.
+                nokv::fs::forbid_blocking_io();
+                let r = core_main(core, node.clone(), o, addr, links).await;
                 if let Err(e) = &r {
                     tracing::error!(core, error = %e, "core stopped with an error");
                     node.failed.store(true, Ordering::SeqCst);
@@ -217,8 +469,16 @@ pub fn run(settings: Settings) -> Result<()> {
     // Announce once every core listens (tests and scripts wait for this line).
     loop {
         if node.listening.load(Ordering::SeqCst) == cores {
+            if let Some(rpc) = &rpc {
+                let rpc_addr = rpc.config().listen;
+                println!("nokv-server rpc on {rpc_addr}");
+                tracing::info!(addr = %rpc_addr, cluster_id = settings.cluster_id, "store rpc port");
+            }
             println!("nokv-server listening on {addr} ({cores} cores)");
             tracing::info!(%addr, cores, io_memory, "listening");
+            if let Some(tx) = &hooks.listening {
+                let _ = tx.send(addr);
+            }
             break;
         }
         if node.failed.load(Ordering::SeqCst) {
@@ -227,8 +487,12 @@ pub fn run(settings: Settings) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut first_err = None;
-    for (core, h) in handles.into_iter().enumerate() {
-        match h.join() {
+    let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    if let Some(sources) = &metrics_sources {
+        sources.release_engines();
+    }
+    for (core, h) in joined.into_iter().enumerate() {
+        match h {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 first_err.get_or_insert(e);
@@ -250,7 +514,26 @@ pub fn run(settings: Settings) -> Result<()> {
     }
 }
 
-type Waiter = LocalSender<Reply>;
+/// Where a proposal's or a remote request's reply goes.
+type ReplyTx = oneshot::Sender<Reply>;
+
+/// What a raft token hands back: a proposal's reply, or a linearizable read's go-ahead.
+enum Waiter {
+    /// A proposer waiting for its reply.
+    Write(ReplyTx),
+    /// A read waiting for its ReadIndex round (`Err`: the reply to give instead).
+    Read(oneshot::Sender<std::result::Result<(), Reply>>),
+}
+
+impl Waiter {
+    /// Answers the proposer with `reply`, or fails the read with it.
+    fn answer(self, reply: Reply) {
+        match self {
+            Waiter::Write(tx) => tx.send(reply),
+            Waiter::Read(tx) => tx.send(Err(reply)),
+        }
+    }
+}
 
 /// One core's state, shared by its tasks.
 struct Core {
@@ -260,45 +543,396 @@ struct Core {
     raft: RefCell<RaftCore<Waiter>>,
     requests: Senders<Request>,
     responses: Senders<Response>,
-    waiting: RefCell<HashMap<u64, Waiter>>,
+    waiting: RefCell<HashMap<u64, ReplyTx>>,
     next_id: Cell<u64>,
     handlers: Cell<usize>,
     connections: Cell<usize>,
-    notify: LocalSender<()>,
+    notify: local_channel::LocalSender<()>,
     stop: Event,
+    metrics: CoreMetrics,
+    /// Turns of reads on the blocking pool ([`MAX_BLOCKING_READS`]).
+    blocking_reads: Semaphore,
+    /// Fires once every region has re-applied the log it started with; reads wait for it.
+    caught_up: Event,
+    /// Set (to the `-MISCONF` reply) once the engine failed under the raft log: the core
+    /// then refuses writes and serves reads until the process restarts.
+    write_failure: Rc<RefCell<Option<String>>>,
+    /// Fires with `write_failure`.
+    failed: Event,
+    /// Raft messages to and from other stores (`--rpc-addr`); its inbox is what the raft
+    /// driver will step (multi-replica regions are not built yet).
+    transport: Option<Rc<CoreTransport>>,
+    /// Raft messages from other stores that were not stepped, by reason.
+    step_drops: StepDrops,
 }
 
-/// Applies committed entries on this core's engine and answers their proposers.
-struct Applier<'a> {
+impl Core {
+    /// Enters the read-only state after the engine failed under the raft log (`error`):
+    /// every waiting proposal, and every later write, gets the `-MISCONF` reply. No raft
+    /// round runs any more.
+    fn refuse_writes(&self, error: &nokv_raft::Error) {
+        let reply = write_failed_reply(self.id, error);
+        tracing::error!(core = self.id, error = %error, "the engine failed to write: this core refuses writes until restarted and keeps serving reads");
+        self.raft
+            .borrow_mut()
+            .abandon_all(None, |t| refuse(t, &reply));
+        *self.write_failure.borrow_mut() = Some(reply);
+        self.failed.fire();
+    }
+
+    /// The `-MISCONF` reply when the core refuses writes.
+    fn write_refusal(&self) -> Option<String> {
+        self.write_failure.borrow().clone()
+    }
+}
+
+/// Answers a proposer of a core that refuses writes with its `-MISCONF` `reply`.
+fn refuse(token: Waiter, reply: &str) {
+    token.answer(Reply::error(reply.to_string()));
+}
+
+/// Runs `f` on this core's blocking pool and waits for it without blocking the executor.
+/// A panic there aborts the process (see the hook in [`run`]).
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Applies a round's committed entries (on the blocking pool): small writes of
+/// consecutive entries of a region go to the engine as one batch (see [`HeldWrites`]).
+/// An engine write that failed is an error, not a reply: the round stops before the
+/// region's applied index moves past the entries it carried.
+struct RoundApply<'a> {
     db: &'a Db,
+    held: RefCell<HeldWrites>,
 }
 
-impl Apply<Waiter> for Applier<'_> {
-    fn apply(&mut self, region: &RegionDescriptor, index: u64, data: &[u8], token: Option<Waiter>) {
-        let reply = match WriteCommand::decode(data) {
-            // Version = the entry's raft index: fixed by the log, identical on every replica,
-            // growing with every write of the region.
-            Ok(cmd) => exec::apply(&cmd, &mut RegionView::apply(self.db, region, index), index),
+impl EntrySink for RoundApply<'_> {
+    type Output = Reply;
+
+    fn entry(
+        &mut self,
+        region: &RegionDescriptor,
+        index: u64,
+        data: &[u8],
+    ) -> std::result::Result<Reply, nokv_raft::Error> {
+        match WriteCommand::decode(data) {
+            // Version = the entry's raft index: fixed by the log, identical on every
+            // replica, growing with every write of the region.
+            Ok(cmd) => {
+                let mut view = GroupedApply::new(self.db, region, index, &self.held);
+                let reply = exec::apply(&cmd, &mut view, index);
+                match view.write_error() {
+                    None => Ok(reply),
+                    Some(detail) => Err(nokv_raft::Error::Apply {
+                        region: region.id,
+                        index,
+                        detail,
+                    }),
+                }
+            }
             Err(e) => {
                 tracing::error!(region = region.id, index, error = %e, "undecodable raft entry skipped");
-                Reply::error(format!("ERR {e}"))
+                Ok(Reply::error(format!("ERR {e}")))
             }
-        };
-        if let Some(t) = token {
-            let _ = t.try_send(reply);
         }
     }
 
+    fn end_region(
+        &mut self,
+        region: &RegionDescriptor,
+    ) -> std::result::Result<(), nokv_raft::Error> {
+        let mut held = self.held.borrow_mut();
+        let index = held.last_index();
+        held.write(self.db, region.id)
+            .map_err(|e| nokv_raft::Error::Apply {
+                region: region.id,
+                index,
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// Answers abandoned proposals and read go-aheads; collects the raft messages of a round
+/// phase, which [`send_messages`] addresses and hands to the transport once the raft core
+/// is no longer borrowed.
+#[derive(Default)]
+struct NodeOutbox {
+    messages: Vec<(u64, Message)>,
+}
+
+impl Outbox<Waiter> for NodeOutbox {
     fn abandon(&mut self, token: Waiter, error: nokv_raft::Error) {
-        let _ = token.try_send(Reply::error(format!("ERR {error}")));
+        token.answer(Reply::error(format!("ERR {error}")));
     }
 
-    fn send(&mut self, region: u64, _msg: Message) {
+    fn send(&mut self, region: u64, msg: Message) {
+        self.messages.push((region, msg));
+    }
+
+    fn read_ready(&mut self, token: Waiter, result: nokv_raft::Result<()>) {
+        match (token, result) {
+            (Waiter::Read(tx), Ok(())) => tx.send(Ok(())),
+            (t, Ok(())) => t.answer(Reply::error("ERR internal: a read go-ahead for a write")),
+            (t, Err(e)) => t.answer(Reply::error(format!("TRYAGAIN read not confirmed: {e}"))),
+        }
+    }
+}
+
+/// Sends the messages a round phase produced: each to the store of its peer in the
+/// region's descriptor and the core the coordinator placed that peer on. Standalone
+/// stores have no other replica (nothing is sent). A message the transport drops is
+/// reported to raft (`report_unreachable`), which probes the peer again.
+fn send_messages(core: &Core, out: NodeOutbox) {
+    if out.messages.is_empty() {
+        return;
+    }
+    let (Some(transport), Some(cluster)) = (&core.transport, &core.node.cluster) else {
+        tracing::debug!(
+            messages = out.messages.len(),
+            "raft messages dropped: no other replica (standalone store)"
+        );
+        return;
+    };
+    let mut unreachable = Vec::new();
+    {
+        let raft = core.raft.borrow();
+        for (region, msg) in out.messages {
+            let Some(desc) = raft.region(region) else {
+                continue;
+            };
+            let Some(to) = desc.peer(msg.to) else {
+                core.step_drops.unknown_peer.increment(1);
+                continue;
+            };
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                // Shipping snapshot files is not built: the replica cannot catch up this way.
+                core.step_drops.snapshot.increment(1);
+                unreachable.push((region, msg.to, true));
+                continue;
+            }
+            let route = nokv_raft::transport::Route {
+                region_id: region,
+                epoch: desc.epoch,
+                from_store: cluster.store_id,
+                to_store: to.store_id,
+                to_core: core
+                    .node
+                    .knobs
+                    .raft_to_core
+                    .or_else(|| cluster.peer_cores.get(&msg.to).copied())
+                    .unwrap_or(0),
+            };
+            let env = match RaftEnvelope::new(route, &msg) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "raft message not encodable");
+                    continue;
+                }
+            };
+            if transport.send(env).is_err() {
+                unreachable.push((region, msg.to, false));
+            }
+        }
+    }
+    let mut raft = core.raft.borrow_mut();
+    for (region, peer, snapshot) in unreachable {
+        if snapshot {
+            raft.report_snapshot(region, peer, false);
+        }
+        raft.report_unreachable(region, peer);
+    }
+}
+
+/// Steps the raft messages waiting in this core's inbox (at most [`MAX_STEP_BATCH`]);
+/// returns how many it took. A message for a region another core of this store holds is
+/// handed to that core (counted as `rerouted`). Messages for a region no core here holds, from a stale
+/// epoch (an older split version, or an older membership from a peer no longer in the
+/// region), undecodable, or carrying a snapshot (shipping is not built) are dropped and
+/// counted (`nokv_raft_messages_dropped_total`).
+fn step_inbox(core: &Core) -> usize {
+    let Some(transport) = &core.transport else {
+        return 0;
+    };
+    let envelopes = transport.inbox().drain(MAX_STEP_BATCH);
+    let n = envelopes.len();
+    if n == 0 {
+        return 0;
+    }
+    let mut raft = core.raft.borrow_mut();
+    for mut env in envelopes {
+        let Some(desc) = raft.region(env.region_id) else {
+            // Addressed to this core, held by another one here (the sender's idea of the
+            // placement is off): one more hop over the transport mesh. Never bounced on.
+            match core.node.routes.core_of(env.region_id) {
+                Some(c)
+                    if c != core.id && c != layout::NOT_HERE && env.to_core as usize == core.id =>
+                {
+                    env.to_core = c as u32;
+                    core.step_drops.rerouted.increment(1);
+                    let _ = transport.deliver(env);
+                }
+                _ => core.step_drops.unknown_region.increment(1),
+            }
+            continue;
+        };
+        let epoch = env.epoch();
+        if epoch.version < desc.epoch.version
+            || (epoch.conf_version < desc.epoch.conf_version && desc.peer(env.from_peer).is_none())
+        {
+            core.step_drops.stale_epoch.increment(1);
+            continue;
+        }
+        let msg = match env.message() {
+            Ok(m) => m,
+            Err(_) => {
+                core.step_drops.undecodable.increment(1);
+                continue;
+            }
+        };
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            core.step_drops.snapshot.increment(1);
+            continue;
+        }
+        if let Err(e) = raft.step(env.region_id, msg) {
+            core.step_drops.refused.increment(1);
+            tracing::debug!(region = env.region_id, error = %e, "raft message refused");
+        }
+    }
+    n
+}
+
+/// Most inbox messages stepped between two looks at the rest of the driver's work.
+const MAX_STEP_BATCH: usize = 4096;
+
+/// Counters of raft messages from other stores that were not stepped.
+struct StepDrops {
+    unknown_region: metrics::Counter,
+    unknown_peer: metrics::Counter,
+    stale_epoch: metrics::Counter,
+    undecodable: metrics::Counter,
+    snapshot: metrics::Counter,
+    refused: metrics::Counter,
+    /// Not dropped: handed to the core that holds the region.
+    rerouted: metrics::Counter,
+}
+
+impl StepDrops {
+    fn new(core: usize) -> StepDrops {
+        let c = |reason: &'static str| metrics::counter!("nokv_raft_messages_dropped_total", "core" => core.to_string(), "reason" => reason);
+        StepDrops {
+            unknown_region: c("unknown_region"),
+            unknown_peer: c("unknown_peer"),
+            stale_epoch: c("stale_epoch"),
+            undecodable: c("undecodable"),
+            snapshot: c("snapshot"),
+            refused: c("refused"),
+            rerouted: c("rerouted"),
+        }
+    }
+}
+
+/// Before a store in a cluster stops: asks every region this core leads to hand
+/// leadership to another voter and waits (at most [`LEADER_HANDOVER_TIMEOUT`]) until it
+/// leads none, so that clients find a new leader at once instead of after an election
+/// timeout. The raft driver and the transport keep running meanwhile.
+async fn hand_over_leadership(core: &Core) {
+    if core.node.cluster.is_none() {
+        return;
+    }
+    // Regions led here that have a live voter elsewhere to take over.
+    let led = |raft: &RaftCore<Waiter>| -> Vec<(u64, u64)> {
+        raft.regions()
+            .filter_map(|d| raft.transfer_candidate(d.id).map(|p| (d.id, p)))
+            .collect()
+    };
+    let targets = led(&core.raft.borrow());
+    if targets.is_empty() {
+        return;
+    }
+    tracing::info!(
+        core = core.id,
+        regions = targets.len(),
+        "handing leadership to other stores"
+    );
+    {
+        let mut raft = core.raft.borrow_mut();
+        for &(region, peer) in &targets {
+            if let Err(e) = raft.transfer_leader(region, peer) {
+                tracing::debug!(core = core.id, region, error = %e, "leader transfer not started");
+            }
+        }
+    }
+    let _ = core.notify.try_send(());
+    let deadline = Instant::now() + LEADER_HANDOVER_TIMEOUT;
+    while Instant::now() < deadline && !led(&core.raft.borrow()).is_empty() {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let left = led(&core.raft.borrow()).len();
+    if left > 0 {
         tracing::warn!(
-            region,
-            "raft message dropped: no transport yet (single replica)"
+            core = core.id,
+            regions = left,
+            "still leading after the handover wait; stopping anyway"
         );
     }
+}
+
+/// Reports the regions this core leads to the heartbeat thread (cluster only); never waits.
+fn report_leaders(core: &Core) -> usize {
+    let Some(cluster) = &core.node.cluster else {
+        return 0;
+    };
+    let raft = core.raft.borrow();
+    let mut n = 0;
+    for desc in raft.regions().filter(|r| raft.is_leader(r.id)) {
+        let Some(me) = desc.peer_on_store(cluster.store_id) else {
+            continue;
+        };
+        n += 1;
+        let _ = cluster.reports.try_send(crate::cluster::RegionReport {
+            desc: desc.clone(),
+            leader_peer_id: me.peer_id,
+            core: core.id as u32,
+        });
+    }
+    n
+}
+
+/// The reply to a request for `region` on a store whose replica does not lead it:
+/// `-MOVED <slot> <leader's Redis address>` (Redis Cluster's redirection), or `-TRYAGAIN`
+/// while no leader is known.
+fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
+    let Some(cluster) = &core.node.cluster else {
+        return Reply::error(format!("ERR region {region} has no leader here"));
+    };
+    let (leader_store, start) = {
+        let raft = core.raft.borrow();
+        match raft.region(region) {
+            Some(desc) => (
+                raft.leader(region).map(|p| p.store_id),
+                layout::start_slot(desc),
+            ),
+            None => (cluster.remote_leaders.get(&region).copied(), 0),
+        }
+    };
+    let slot = slot.unwrap_or(start);
+    match leader_store
+        .filter(|s| *s != cluster.store_id)
+        .and_then(|s| cluster.directory.redis_addr(s))
+    {
+        Some(addr) => Reply::error(format!("MOVED {slot} {addr}")),
+        None => Reply::error(format!(
+            "TRYAGAIN region {region} has no known leader yet, retry"
+        )),
+    }
+}
+
+/// How a core reaches the others: the request and response meshes, and the store-to-store
+/// transport when `--rpc-addr` is set.
+struct CoreLinks {
+    requests: MeshBuilder<Request, glommio::channels::channel_mesh::Full>,
+    responses: MeshBuilder<Response, glommio::channels::channel_mesh::Full>,
+    rpc: Option<StoreTransport>,
 }
 
 async fn core_main(
@@ -306,15 +940,47 @@ async fn core_main(
     node: Arc<NodeShared>,
     opened: OpenedCore,
     addr: std::net::SocketAddr,
-    requests: MeshBuilder<Request, glommio::channels::channel_mesh::Full>,
-    responses: MeshBuilder<Response, glommio::channels::channel_mesh::Full>,
+    links: CoreLinks,
 ) -> Result<()> {
-    let cfg = CoreConfig {
-        store_id: STORE_ID,
+    let db = opened.db.clone();
+    let write_failure = Rc::new(RefCell::new(None));
+    let served = serve_core(id, node, opened, addr, links, write_failure.clone()).await;
+    // Close the engine on the blocking pool (WAL sync, background threads joined), so
+    // that dropping the last handle here later does no IO.
+    let closed = blocking(move || db.close()).await;
+    if let (Err(e), Some(_)) = (&closed, write_failure.borrow().as_ref()) {
+        // Already reported when the core stopped taking writes; what it acknowledged is
+        // in the WAL, which the next start replays.
+        tracing::warn!(core = id, error = %e, "closing the engine after a write failure");
+        return served;
+    }
+    served.and(closed.map_err(|source| Error::Engine { core: id, source }))
+}
+
+async fn serve_core(
+    id: usize,
+    node: Arc<NodeShared>,
+    opened: OpenedCore,
+    addr: std::net::SocketAddr,
+    links: CoreLinks,
+    write_failure: Rc<RefCell<Option<String>>>,
+) -> Result<()> {
+    let CoreLinks {
+        requests,
+        responses,
+        rpc,
+    } = links;
+    let mut cfg = CoreConfig {
+        store_id: node.cluster.as_ref().map_or(STORE_ID, |c| c.store_id),
         durability: node.durability,
+        data_ranges: crate::layout::region_data,
         ..CoreConfig::default()
     };
-    let raft = RaftCore::open(opened.db.clone(), cfg, opened.regions, opened.replayed)
+    if node.cluster.is_some() {
+        // Below the shortest election timeout (election_tick ticks) by a clock-drift margin.
+        cfg.lease = Some((TICK * cfg.election_tick as u32).saturating_sub(LEASE_DRIFT_MARGIN));
+    }
+    let raft = RaftCore::start(opened.db.clone(), cfg, opened.recovered)
         .map_err(|source| Error::Raft { core: id, source })?;
     let (req_tx, mut req_rx) = requests.join().await.map_err(|e| Error::Executor {
         core: id,
@@ -324,6 +990,10 @@ async fn core_main(
         core: id,
         detail: format!("join the response mesh: {e}"),
     })?;
+    let transport = match rpc {
+        Some(rpc) => Some(rpc.start_core(id).await?),
+        None => None,
+    };
     let (notify_tx, notify_rx) = local_channel::new_bounded::<()>(1);
     let core = Rc::new(Core {
         id,
@@ -338,7 +1008,15 @@ async fn core_main(
         connections: Cell::new(0),
         notify: notify_tx,
         stop: Event::new(),
+        metrics: CoreMetrics::new(id),
+        blocking_reads: Semaphore::new(MAX_BLOCKING_READS),
+        caught_up: Event::new(),
+        write_failure,
+        failed: Event::new(),
+        transport,
+        step_drops: StepDrops::new(id),
     });
+    glommio::spawn_local(sample_core(core.clone())).detach();
 
     let driver_stop = Event::new();
     let driver = glommio::spawn_local(raft_driver(core.clone(), notify_rx, driver_stop.clone()));
@@ -380,8 +1058,9 @@ async fn core_main(
         let core = core.clone();
         glommio::spawn_local(async move {
             while let Some(rep) = stream.recv().await {
-                if let Some(w) = core.waiting.borrow_mut().remove(&rep.id) {
-                    let _ = w.try_send(rep.reply);
+                let waiter = core.waiting.borrow_mut().remove(&rep.id);
+                if let Some(w) = waiter {
+                    w.send(rep.reply);
                 }
             }
         })
@@ -461,16 +1140,25 @@ async fn core_main(
     {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    hand_over_leadership(&core).await;
     driver_stop.fire();
     let _ = core.notify.try_send(());
     let driven = driver.await;
-    // Flush so that a restart finds every region's data in SSTs and replays nothing.
-    let flushed = core
-        .db
-        .flush()
-        .map_err(|source| Error::Engine { core: id, source });
+    // Flush so that a restart finds every region's data in SSTs and replays nothing
+    // (not after a write failure: the engine refuses it, and the WAL has everything).
+    let flushed = if core.write_refusal().is_some() {
+        Ok(())
+    } else {
+        let db = core.db.clone();
+        blocking(move || db.flush())
+            .await
+            .map_err(|source| Error::Engine { core: id, source })
+    };
     core.requests.close();
     core.responses.close();
+    if let Some(t) = &core.transport {
+        t.shutdown();
+    }
     driven?;
     flushed?;
     tracing::info!(core = id, "stopped");
@@ -478,7 +1166,9 @@ async fn core_main(
 }
 
 /// Drives the core's raft peers: a poll round whenever something is ready, ticks,
-/// periodic log truncation.
+/// periodic log truncation. One round (or truncation) at a time; while its engine work
+/// runs on the blocking pool the executor keeps serving connections, whose proposals
+/// the next round batches.
 async fn raft_driver(
     core: Rc<Core>,
     notify: local_channel::LocalReceiver<()>,
@@ -486,39 +1176,82 @@ async fn raft_driver(
 ) -> Result<()> {
     let mut last_tick = Instant::now();
     let mut last_compact = Instant::now();
+    let mut last_sync = Instant::now();
+    let relaxed = core.node.durability == nokv::Durability::Relaxed;
+    let mut last_report = Instant::now();
+    let mut leading = 0usize;
     loop {
+        if !core.caught_up.is_fired() && core.raft.borrow().caught_up() {
+            tracing::debug!(core = core.id, "the log of the previous run is applied");
+            core.caught_up.fire();
+        }
+        step_inbox(&core);
         let ready = core.raft.borrow().has_ready();
         if !ready {
             if stop.is_fired() {
                 return Ok(());
             }
             let wait = TICK.saturating_sub(last_tick.elapsed());
+            let inbox = async {
+                match &core.transport {
+                    Some(t) => t.inbox().ready().await,
+                    None => future::pending::<()>().await,
+                }
+            };
             future::or(
                 async {
                     notify.recv().await;
                 },
-                glommio::timer::sleep(wait),
+                future::or(inbox, glommio::timer::sleep(wait)),
             )
             .await;
+            step_inbox(&core);
         }
         if last_tick.elapsed() >= TICK {
             core.raft.borrow_mut().tick();
             last_tick = Instant::now();
-        }
-        let result = {
-            let mut raft = core.raft.borrow_mut();
-            let mut applier = Applier { db: &core.db };
-            let r = raft.poll_round(&mut applier);
-            if r.is_ok() && last_compact.elapsed() >= LOG_COMPACT_INTERVAL {
-                last_compact = Instant::now();
-                raft.compact_log().map(|_| Default::default())
-            } else {
-                r
+            if core.node.cluster.is_some() {
+                // At once when leadership changed here, else periodically.
+                let now_leading = {
+                    let raft = core.raft.borrow();
+                    raft.regions().filter(|r| raft.is_leader(r.id)).count()
+                };
+                if now_leading != leading
+                    || last_report.elapsed() >= crate::cluster::REGION_REPORT_INTERVAL
+                {
+                    leading = report_leaders(&core);
+                    last_report = Instant::now();
+                }
             }
-        };
+        }
+        let mut result = run_round(&core).await;
+        if result.is_ok() && last_compact.elapsed() >= LOG_COMPACT_INTERVAL {
+            last_compact = Instant::now();
+            result = compact_log(&core).await;
+        }
+        if result.is_ok() && relaxed && last_sync.elapsed() >= RELAXED_SYNC_INTERVAL {
+            // Relaxed writes are acknowledged before their fdatasync: bound the window in
+            // time (the engine bounds it in bytes).
+            last_sync = Instant::now();
+            let db = core.db.clone();
+            result = blocking(move || db.sync_logs())
+                .await
+                .map_err(|e| nokv_raft::Error::engine("sync relaxed writes", e));
+        }
         if let Err(source) = result {
-            // The engine failed under the raft log: nothing more can be acknowledged here.
-            // Stop the whole node (exit status 1) rather than leave writes hanging.
+            if matches!(
+                source,
+                nokv_raft::Error::Engine { .. } | nokv_raft::Error::Apply { .. }
+            ) {
+                // The engine failed to write (a full disk, an IO error): the raft log cannot
+                // grow here. Refuse writes, keep serving reads, until a restart; a full
+                // disk would make a restarting node fail its recovery anyway.
+                core.refuse_writes(&source);
+                stop.wait().await;
+                return Ok(());
+            }
+            // A broken invariant of the raft layer: stop the whole node (exit status 1)
+            // rather than leave writes hanging.
             tracing::error!(core = core.id, error = %source, "raft driver failed; stopping the node");
             core.node.failed.store(true, Ordering::SeqCst);
             core.node.shutdown.store(true, Ordering::SeqCst);
@@ -532,33 +1265,239 @@ async fn raft_driver(
     }
 }
 
+/// One poll round: apply what is committed (then answer its proposers), then write the
+/// new entries and hard states (one WAL write + fdatasync), both on the blocking pool.
+async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error> {
+    let mut out = NodeOutbox::default();
+    let round = core.raft.borrow_mut().begin_round(&mut out);
+    send_messages(core, out);
+    let Some(mut round) = round? else {
+        return Ok(());
+    };
+    if let Some(batch) = round.take_apply() {
+        let db = core.db.clone();
+        let applied = blocking(move || {
+            batch.run_with(
+                &db,
+                &mut RoundApply {
+                    db: &db,
+                    held: RefCell::new(HeldWrites::default()),
+                },
+            )
+        })
+        .await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => return Err(abandon_round(core, round, e)),
+        };
+        core.raft
+            .borrow_mut()
+            .finish_apply(&mut round, applied, |token: Waiter, reply| {
+                token.answer(reply);
+            });
+    }
+    let written = match round.take_append() {
+        None => Ok(None),
+        Some(batch) if core.node.knobs.inline_wal => {
+            // Negative control (debug knob): the assertion must stop this.
+            batch.write(&core.db).map(Some)
+        }
+        Some(batch) => {
+            let db = core.db.clone();
+            blocking(move || batch.write(&db)).await.map(Some)
+        }
+    };
+    let segment = match written {
+        Ok(s) => s,
+        Err(e) => return Err(abandon_round(core, round, e)),
+    };
+    core.metrics.round(&round.stats());
+    let mut out = NodeOutbox::default();
+    core.raft
+        .borrow_mut()
+        .finish_append(round, segment, &mut out);
+    send_messages(core, out);
+    Ok(())
+}
+
+/// A round that failed with `error`: its proposers get the `-MISCONF` reply (the
+/// driver then refuses every other write, see [`Core::refuse_writes`]).
+fn abandon_round(
+    core: &Rc<Core>,
+    round: nokv_raft::Round<Waiter>,
+    error: nokv_raft::Error,
+) -> nokv_raft::Error {
+    let reply = write_failed_reply(core.id, &error);
+    core.raft
+        .borrow_mut()
+        .abandon_all(Some(round), |t| refuse(t, &reply));
+    error
+}
+
+/// Log truncation (see `RaftCore::plan_checkpoint`): engine steps on the blocking pool.
+async fn compact_log(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error> {
+    let ids: Vec<u64> = core.raft.borrow().regions().map(|r| r.id).collect();
+    let db = core.db.clone();
+    let durable = blocking(move || nokv_raft::durable_applied(&db, &ids)).await;
+    let Some(plan) = core.raft.borrow().plan_checkpoint(&durable) else {
+        return Ok(());
+    };
+    let db = core.db.clone();
+    let (plan, segment) = blocking(move || {
+        let segment = plan.write(&db);
+        (plan, segment)
+    })
+    .await;
+    let Some(floor) = core.raft.borrow_mut().finish_checkpoint(plan, segment?) else {
+        return Ok(());
+    };
+    let db = core.db.clone();
+    blocking(move || db.set_opaque_floor(Some(floor)))
+        .await
+        .map_err(|e| nokv_raft::Error::engine("release raft log segments", e))
+}
+
 /// Runs work for a region this core owns.
 async fn execute_local(core: &Rc<Core>, work: Work) -> Reply {
     match work {
         Work::Read { region, op } => {
-            let raft = core.raft.borrow();
-            let Some(desc) = raft.region(region) else {
-                return Reply::error(format!("ERR {}", nokv_raft::Error::RegionNotFound(region)));
-            };
-            // Single replica: the leader's engine is the only copy, and a write is answered
-            // only after it is applied, so reading it directly is linearizable.
-            exec::read(&op, &RegionView::read(&core.db, desc), now_ms())
-        }
-        Work::Write { region, cmd } => {
-            let (tx, rx) = local_channel::new_bounded(1);
-            let proposed = core.raft.borrow_mut().propose(region, cmd.encode(), tx);
-            if let Err((e, _)) = proposed {
-                return Reply::error(match e {
-                    nokv_raft::Error::Busy { .. } => BUSY.to_string(),
-                    e => format!("ERR {e}"),
-                });
+            // In a cluster the leadership check below covers this: a lease read needs the
+            // region applied up to its commit index, a ReadIndex read up to the confirmed
+            // one (and a restarted replica's log may be cut by the new leader, so the
+            // length it started with is no target).
+            if !core.caught_up.is_fired() && core.node.cluster.is_none() {
+                // After a restart, entries of acknowledged writes may still be re-applying.
+                let caught_up = future::or(
+                    async {
+                        core.caught_up.wait().await;
+                        true
+                    },
+                    future::or(
+                        async {
+                            core.stop.wait().await;
+                            false
+                        },
+                        async {
+                            core.failed.wait().await;
+                            false
+                        },
+                    ),
+                )
+                .await;
+                if !caught_up {
+                    return Reply::error(if core.failed.is_fired() {
+                        "ERR read refused: the core could not re-apply its log after a write failure (docs/redis.md, \"Disk failures\")"
+                    } else {
+                        "ERR read abandoned: the core is stopping"
+                    });
+                }
             }
-            let _ = core.notify.try_send(());
-            rx.recv()
-                .await
-                .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping"))
+            if core.node.cluster.is_some() {
+                if let Err(reply) = confirm_leadership(core, region, &op).await {
+                    return reply;
+                }
+            }
+            let now = now_ms();
+            let desc = {
+                let raft = core.raft.borrow();
+                let Some(desc) = raft.region(region) else {
+                    return Reply::error(format!(
+                        "ERR {}",
+                        nokv_raft::Error::RegionNotFound(region)
+                    ));
+                };
+                // Single replica: the leader's engine is the only copy, and a write is
+                // answered only after it is applied, so reading it directly is linearizable.
+                // First from memory (memtables, block cache), on this thread.
+                if core.node.knobs.inline_reads {
+                    // Negative control (debug knob): the assertion must stop this.
+                    return exec::read(&op, &RegionView::read(&core.db, desc), now);
+                }
+                if let Some(reply) =
+                    exec::try_read(&op, &RegionView::read_cached(&core.db, desc), now)
+                {
+                    return reply;
+                }
+                desc.clone()
+            };
+            // It needs disk IO (a block-cache miss, a value-log read): on the blocking pool.
+            let Ok(_turn) = core.blocking_reads.acquire_permit(1).await else {
+                return Reply::error("ERR read abandoned: the core is stopping");
+            };
+            let db = core.db.clone();
+            blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await
         }
+        Work::Write { region, cmd } => match propose_local(core, region, cmd) {
+            Ok(rx) => rx
+                .await
+                .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping")),
+            Err(reply) => reply,
+        },
     }
+}
+
+/// Before a read in a cluster: the local replica must lead `region` and its data be
+/// current, through the leader lease (at once) or a ReadIndex round (waits for a quorum's
+/// confirmation and the apply up to its index). `Err` is the reply instead: `-MOVED` on
+/// a follower, `-TRYAGAIN` when leadership was lost meanwhile.
+async fn confirm_leadership(
+    core: &Rc<Core>,
+    region: u64,
+    op: &nokv_gateway::exec::ReadOp,
+) -> std::result::Result<(), Reply> {
+    let (tx, rx) = oneshot::channel();
+    let asked = core
+        .raft
+        .borrow_mut()
+        .read(region, Instant::now(), Waiter::Read(tx));
+    match asked {
+        Ok(ReadPath::Now(_)) => Ok(()),
+        Ok(ReadPath::Waiting) => {
+            let _ = core.notify.try_send(());
+            match rx.await {
+                Some(r) => r,
+                None => Err(Reply::error("ERR read abandoned: the core is stopping")),
+            }
+        }
+        Err((nokv_raft::Error::NotLeader { .. }, _)) => {
+            Err(moved(core, region, route::read_slot(op)))
+        }
+        Err((nokv_raft::Error::Busy { .. }, _)) => Err(Reply::error(BUSY)),
+        Err((e, _)) => Err(Reply::error(format!("ERR {e}"))),
+    }
+}
+
+/// Proposes a write to a region of this core; the receiver yields its reply once applied.
+fn propose_local(
+    core: &Rc<Core>,
+    region: u64,
+    cmd: WriteCommand,
+) -> std::result::Result<oneshot::Receiver<Reply>, Reply> {
+    // A core whose engine failed a write refuses writes until restart (-MISCONF).
+    if let Some(reply) = core.write_refusal() {
+        return Err(Reply::error(reply));
+    }
+    // Queueing behind a stopped engine would only pile writes up: refuse them.
+    if core.db.write_stall() == WriteStall::Stop {
+        return Err(Reply::error(WRITE_STALLED));
+    }
+    let (tx, rx) = oneshot::channel();
+    let proposed = core
+        .raft
+        .borrow_mut()
+        .propose(region, cmd.encode(), Waiter::Write(tx));
+    core.metrics.proposal(proposed.is_ok());
+    if let Err((e, _)) = proposed {
+        return Err(match e {
+            nokv_raft::Error::Busy { .. } => Reply::error(BUSY),
+            nokv_raft::Error::NotLeader { .. } => {
+                moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
+            }
+            e => Reply::error(format!("ERR {e}")),
+        });
+    }
+    let _ = core.notify.try_send(());
+    Ok(rx)
 }
 
 /// Runs work on the owning core: inline here, or over the mesh.
@@ -566,12 +1505,20 @@ async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
     if target == core.id {
         return execute_local(core, work).await;
     }
+    if target == layout::NOT_HERE {
+        // No replica on this store: the client goes to the leader the coordinator named.
+        let (region, slot) = match &work {
+            Work::Read { region, op } => (*region, route::read_slot(op)),
+            Work::Write { region, cmd } => (*region, cmd.op.keys().first().map(|k| model::slot(k))),
+        };
+        return moved(core, region, slot);
+    }
     if core.waiting.borrow().len() >= MAX_REMOTE_WAITING {
         return Reply::error(BUSY);
     }
     let id = core.next_id.get();
     core.next_id.set(id + 1);
-    let (tx, rx) = local_channel::new_bounded(1);
+    let (tx, rx) = oneshot::channel();
     core.waiting.borrow_mut().insert(id, tx);
     let req = Request {
         from: core.id,
@@ -584,8 +1531,7 @@ async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         core.waiting.borrow_mut().remove(&id);
         return Reply::error(BUSY);
     }
-    rx.recv()
-        .await
+    rx.await
         .unwrap_or_else(|| Reply::error("ERR request abandoned: the core is stopping"))
 }
 
@@ -612,41 +1558,124 @@ async fn run_plan(core: &Rc<Core>, plan: Plan) -> Reply {
     route::merge(merge, replies)
 }
 
-async fn run_action(core: Rc<Core>, action: Action) -> (nokv_gateway::Ticket, Reply) {
-    match action {
-        Action::Read { ticket, op } => {
-            let plan = route::plan_read(&core.node.routes, op);
-            (ticket, run_plan(&core, plan).await)
+/// What [`try_inline`] made of a plan.
+enum Inline {
+    /// Answered on the spot.
+    Reply(Reply),
+    /// Proposed to a region of this core: the reply comes once it is applied.
+    Proposed(oneshot::Receiver<Reply>),
+}
+
+/// Runs a plan of one part on this core without a task of its own: a read served from
+/// memory, a write proposed. `Err` gives the plan back when it needs more (other cores,
+/// several parts, disk IO, a core still re-applying its log).
+fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> {
+    let local = plan.parts.len() == 1
+        && matches!(plan.merge, route::Merge::Single)
+        && plan.parts[0].0 == core.id;
+    if !local {
+        return Err(plan);
+    }
+    match &plan.parts[0].1 {
+        Work::Read { region, op } => {
+            if !core.caught_up.is_fired()
+                || core.node.knobs.inline_reads
+                || core.node.cluster.is_some()
+            {
+                // In a cluster a read first confirms leadership (lease or ReadIndex).
+                return Err(plan);
+            }
+            let reply = {
+                let raft = core.raft.borrow();
+                let Some(desc) = raft.region(*region) else {
+                    return Err(plan);
+                };
+                exec::try_read(op, &RegionView::read_cached(&core.db, desc), now_ms())
+            };
+            match reply {
+                Some(reply) => Ok(Inline::Reply(reply)),
+                None => Err(plan),
+            }
         }
-        Action::Write { ticket, cmd } => match route::plan_write(&core.node.routes, cmd) {
-            Ok(plan) => (ticket, run_plan(&core, plan).await),
-            Err(reply) => (ticket, reply),
-        },
+        Work::Write { .. } => {
+            let Plan { mut parts, .. } = plan;
+            let Some((_, Work::Write { region, cmd })) = parts.pop() else {
+                return Err(Plan {
+                    parts,
+                    merge: route::Merge::Single,
+                });
+            };
+            Ok(match propose_local(core, region, cmd) {
+                Ok(rx) => Inline::Proposed(rx),
+                Err(reply) => Inline::Reply(reply),
+            })
+        }
+    }
+}
+
+/// An action of a connection that is still running.
+enum Inflight {
+    /// A write proposed inline (see [`try_inline`]).
+    Proposed(nokv_gateway::Ticket, oneshot::Receiver<Reply>),
+    /// Anything else, in a task of its own (its reply already charged).
+    Task(glommio::Task<(nokv_gateway::Ticket, Reply)>),
+}
+
+/// Waits for every running action, in order, and hands their replies to the session.
+async fn settle(inflight: &mut Vec<(Inflight, bool)>, session: &mut Session, mem: &ConnMemory) {
+    for (f, _) in inflight.drain(..) {
+        let (ticket, reply) = match f {
+            Inflight::Proposed(ticket, rx) => {
+                let reply = rx
+                    .await
+                    .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping"));
+                (ticket, memory::charge(mem, reply))
+            }
+            Inflight::Task(t) => t.await,
+        };
+        session.complete(ticket, reply);
     }
 }
 
 /// Evaluates every action the buffered input yields. A read waits for the writes
 /// before it on this connection, so a client always reads its own writes; writes
-/// (and reads with no write before them) run concurrently.
-async fn drive(core: &Rc<Core>, session: &mut Session) {
-    let mut inflight: Vec<(glommio::Task<(nokv_gateway::Ticket, Reply)>, bool)> = Vec::new();
+/// (and reads with no write before them) run concurrently. Single-region work of this
+/// core runs inline (reads from memory answered at once, writes proposed); the rest
+/// gets a task.
+async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
+    let mut inflight: Vec<(Inflight, bool)> = Vec::new();
     while let Some(action) = session.next_action(now_ms()) {
         let is_write = matches!(action, Action::Write { .. });
         if !is_write && inflight.iter().any(|(_, w)| *w) {
-            for (t, _) in inflight.drain(..) {
-                let (ticket, reply) = t.await;
-                session.complete(ticket, reply);
+            settle(&mut inflight, session, mem).await;
+        }
+        let (ticket, plan) = match action {
+            Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.node.routes, op))),
+            Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.node.routes, cmd)),
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(reply) => {
+                session.complete(ticket, memory::charge(mem, reply));
+                continue;
+            }
+        };
+        match try_inline(core, plan) {
+            // Each reply is charged to the connection as it arrives (see memory::charge).
+            Ok(Inline::Reply(reply)) => session.complete(ticket, memory::charge(mem, reply)),
+            Ok(Inline::Proposed(rx)) => inflight.push((Inflight::Proposed(ticket, rx), is_write)),
+            Err(plan) => {
+                let c = core.clone();
+                let m = mem.clone();
+                let task = glommio::spawn_local(async move {
+                    let reply = run_plan(&c, plan).await;
+                    (ticket, memory::charge(&m, reply))
+                });
+                inflight.push((Inflight::Task(task), is_write));
             }
         }
-        inflight.push((
-            glommio::spawn_local(run_action(core.clone(), action)),
-            is_write,
-        ));
     }
-    for (t, _) in inflight {
-        let (ticket, reply) = t.await;
-        session.complete(ticket, reply);
-    }
+    settle(&mut inflight, session, mem).await;
 }
 
 async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
@@ -660,6 +1689,11 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let mut session = Session::new(core.node.gateway.clone(), peer, local, now_ms());
+    // What this connection holds, charged against the store's client share.
+    let mem = core.node.client_memory.connection();
+    if memory::evict_if_over(&mut session, &mem) {
+        return;
+    }
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if core.stop.is_fired() {
@@ -678,16 +1712,24 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
             tracing::debug!(error = %e, "closing connection");
             return;
         }
+        if !mem.sync(&session, 0) && memory::evict_if_over(&mut session, &mem) {
+            return;
+        }
         // Each round parses at most the per-read budget; bounded by the input.
         loop {
-            drive(core, &mut session).await;
+            drive(core, &mut session, &mem).await;
             let out = session.take_output();
             if session.state() == State::CloseNow {
+                return;
+            }
+            if !mem.sync(&session, out.capacity()) && memory::evict_if_over(&mut session, &mem) {
                 return;
             }
             if !out.is_empty() && stream.write_all(&out).await.is_err() {
                 return;
             }
+            drop(out);
+            mem.sync(&session, 0); // shrinks: cannot fail
             if session.state() == State::CloseAfterFlush {
                 let _ = stream.flush().await;
                 return;
@@ -698,5 +1740,24 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
                 break;
             }
         }
+    }
+}
+
+/// Publishes this core's queue depths every [`SAMPLE_INTERVAL`] until it stops.
+async fn sample_core(core: Rc<Core>) {
+    while !core.stop.is_fired() {
+        let sample = {
+            let raft = core.raft.borrow();
+            CoreSample {
+                connections: core.connections.get(),
+                handlers: core.handlers.get(),
+                waiting: core.waiting.borrow().len(),
+                pending: raft.pending(),
+                leaders: raft.regions().filter(|r| raft.is_leader(r.id)).count(),
+                regions: raft.regions().count(),
+            }
+        };
+        core.metrics.sample(&sample);
+        future::or(core.stop.wait(), glommio::timer::sleep(SAMPLE_INTERVAL)).await;
     }
 }

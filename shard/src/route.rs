@@ -108,6 +108,27 @@ pub fn scan_start(args: &nokv_gateway::exec::ScanArgs) -> Vec<u8> {
     }
 }
 
+/// The slot of a read's (first) key, for `-MOVED`; None for reads of every region.
+pub fn read_slot(op: &ReadOp) -> Option<u16> {
+    let key: &[u8] = match op {
+        ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.first()?,
+        ReadOp::Get(k)
+        | ReadOp::Strlen(k)
+        | ReadOp::Type(k)
+        | ReadOp::Ttl { key: k, .. }
+        | ReadOp::HGet(k, _)
+        | ReadOp::HMGet(k, _)
+        | ReadOp::HGetAll(k)
+        | ReadOp::HLen(k)
+        | ReadOp::HExists(k, _)
+        | ReadOp::HKeys(k)
+        | ReadOp::HVals(k)
+        | ReadOp::HScan(k, _) => k,
+        ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => return None,
+    };
+    Some(nokv_gateway::model::slot(key))
+}
+
 /// Plans a read.
 pub fn plan_read(routes: &RouteTable, op: ReadOp) -> Plan {
     let single = |key: &[u8], op: ReadOp| Plan {

@@ -208,3 +208,87 @@ fn a_second_server_on_the_same_workdir_or_port_fails_clearly() {
     let mut c = s.client();
     assert_eq!(c.cmd("PING"), R::Simple("PONG".into()));
 }
+
+/// Thread name -> nice values of process `pid`'s threads (`/proc/<pid>/task/*/stat`).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After "(comm)": field 3 (state) onwards; nice is field 19.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if let Some(nice) = fields.get(16).and_then(|n| n.parse().ok()) {
+            out.push((stat[open + 1..close].to_string(), nice));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_toml_config_file_sets_the_server_up_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let conf = dir.path().join("nokv-server.toml");
+    std::fs::write(
+        &conf,
+        "cores = 2\ndurability = \"relaxed\"\nmemory_limit = \"512MiB\"\nbackground_nice = 7\n",
+    )
+    .expect("write config");
+    let s = Server::start(&data, &["--config", conf.to_str().expect("utf8")]);
+    let mut c = s.client();
+    assert_eq!(c.cmd("SET k v"), R::ok());
+    // The engines' flush and compaction threads run at the configured nice value, the
+    // executors and their blocking pools as the process was started (this test's value).
+    let mine = thread_nices(std::process::id())
+        .first()
+        .map(|t| t.1)
+        .expect("own nice value");
+    let deadline = std::time::Instant::now() + support::LIMIT;
+    let threads = loop {
+        let threads = thread_nices(s.child.id());
+        let background: Vec<_> = threads
+            .iter()
+            .filter(|(n, _)| n == "nokv-flush" || n.starts_with("nokv-compact"))
+            .collect();
+        if background.len() == 4 && background.iter().all(|t| t.1 == 7.max(mine)) {
+            break threads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background threads not at nice 7: {threads:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let executors: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("core-"))
+        .collect();
+    // Each core's executor and its blocking pool ("core-<n>-<id>").
+    assert!(executors.len() >= 2, "{threads:?}");
+    assert!(executors.iter().all(|t| t.1 == mine), "{threads:?}");
+    drop(c);
+    assert!(s.terminate().success());
+
+    // A wrong type and an unknown key: the error names the file, the line and the key.
+    std::fs::write(&conf, "cores = 2\nmemory_limit = true\n").expect("write config");
+    let (status, err) = run_to_exit(&data, &["--config", conf.to_str().expect("utf8")]);
+    assert!(!status.success());
+    assert!(
+        err.contains("nokv-server.toml, line 2") && err.contains("memory_limit"),
+        "{err}"
+    );
+    std::fs::write(&conf, "cores = 2\n\nmax-clients = 5\n").expect("write config");
+    let (status, err) = run_to_exit(&data, &["--config", conf.to_str().expect("utf8")]);
+    assert!(!status.success());
+    assert!(
+        err.contains("line 3") && err.contains("max-clients") && err.contains("max_clients"),
+        "{err}"
+    );
+}

@@ -32,6 +32,10 @@ pub fn engine_config(args: &YcsbArgs) -> EngineConfig {
         bloom_bits: None,
         compression: CompressionType::None,
         create_if_missing: true,
+        vlog_on_write: true,
+        vlog_gc_ratio: 0.0,
+        vlog_gc_space_amp: 0.0,
+        relaxed_sync_bytes: 0,
     }
 }
 

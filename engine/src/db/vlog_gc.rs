@@ -49,8 +49,8 @@ use crate::sst::{Table, TableBuilder, TableBuilderOptions};
 use crate::stats::{Counters, Stats};
 use crate::version::{FileDesc, FileMeta, VersionEdit};
 use crate::vlog::{
-    GcJob, LiveSegment, ReaderCache, SegmentMeta, SegmentReader, SegmentSet, SegmentWriter,
-    SegmentWriterOptions, ValueFetcher, ValuePointer,
+    GcJob, LiveSegment, ReaderCache, Recycler, SegmentMeta, SegmentReader, SegmentSet,
+    SegmentWriter, SegmentWriterOptions, ValueFetcher, ValuePointer,
 };
 
 /// Most key ranges a GC watches before it re-checks every moved key instead.
@@ -93,6 +93,8 @@ pub(super) struct VlogState {
     dir: std::path::PathBuf,
     fs: Arc<dyn FileSystem>,
     readers: Arc<ReaderCache>,
+    /// Where collected segments' files go for the write path to reuse (`None`: deleted).
+    pub recycler: Option<Arc<Recycler>>,
 }
 
 impl VlogState {
@@ -102,12 +104,14 @@ impl VlogState {
         dir: &Path,
         fs: &Arc<dyn FileSystem>,
         readers: &Arc<ReaderCache>,
+        recycler: Option<Arc<Recycler>>,
     ) -> VlogState {
         let segments = state
             .segments
             .values()
             .map(|m| {
-                let seg = LiveSegment::new(*m, dir, fs.clone(), readers.clone());
+                let seg = LiveSegment::new(*m, dir, fs.clone(), readers.clone())
+                    .with_recycler(recycler.clone());
                 (m.id, Arc::new(seg))
             })
             .collect();
@@ -118,6 +122,7 @@ impl VlogState {
             dir: dir.to_path_buf(),
             fs: fs.clone(),
             readers: readers.clone(),
+            recycler,
         }
     }
 }
@@ -224,7 +229,7 @@ impl Inner {
         self.value_fetcher().fetch_pointer(p)
     }
 
-    /// Counts values a flush or compaction moved to the value log.
+    /// Counts values the write path, a flush or a compaction moved to the value log.
     pub(super) fn note_separated(&self, (values, bytes): (u64, u64)) {
         let c = &self.counters;
         Counters::add(
@@ -297,7 +302,8 @@ impl Inner {
                 &st.vlog.dir,
                 st.vlog.fs.clone(),
                 st.vlog.readers.clone(),
-            );
+            )
+            .with_recycler(st.vlog.recycler.clone());
             set.insert(m.id, Arc::new(seg));
             Counters::add(
                 &self.counters.vlog_segments_created,
@@ -326,12 +332,16 @@ impl Inner {
             .values()
             .map(|m| m.file_bytes)
             .sum();
-        s.vlog_gc_candidates = st
-            .manifest_state
-            .discard
-            .iter()
-            .filter(|(_, u)| u.ratio() >= self.opts.vlog_gc_min_discard_ratio)
-            .count();
+        s.vlog_segments_kept = st.vlog.recycler.as_ref().map_or(0, |r| r.len());
+        s.vlog_gc_candidates = if over_space_target(&st, self.opts.vlog_gc_space_amp) {
+            st.manifest_state
+                .discard
+                .iter()
+                .filter(|(_, u)| u.ratio() >= self.opts.vlog_gc_min_discard_ratio)
+                .count()
+        } else {
+            0
+        };
         drop(st);
         s.vlog_live_bytes = totals.total - totals.discarded;
         s.vlog_garbage_bytes = totals.discarded;
@@ -346,6 +356,12 @@ impl Inner {
         s.vlog_gc_bytes_rewritten = ld(&c.vlog_gc_bytes_rewritten);
         s.vlog_gc_bytes_reclaimed = ld(&c.vlog_gc_bytes_reclaimed);
         s.vlog_gc_deferred = ld(&c.vlog_gc_deferred);
+        s.vlog_write_values = ld(&c.vlog_write_values);
+        s.vlog_write_bytes = ld(&c.vlog_write_bytes);
+        s.vlog_write_syncs = ld(&c.vlog_write_syncs);
+        s.vlog_segments_reused = ld(&c.vlog_segments_reused);
+        s.relaxed_sync_waits = ld(&c.relaxed_sync_waits);
+        s.relaxed_sync_wait_micros = ld(&c.relaxed_sync_wait_micros);
         let sst: u64 = s.levels.iter().map(|l| l.bytes).sum();
         let largest = s.levels.iter().map(|l| l.bytes).max().unwrap_or(0);
         s.disk_bytes = sst + s.vlog_bytes;
@@ -366,7 +382,9 @@ impl Inner {
                     && k.at.elapsed() < RETRY_AFTER
                     && st.vlog.segments.contains_key(id)
             });
-            let candidate = if self.is_poisoned.load(Ordering::Acquire) {
+            let candidate = if self.is_poisoned.load(Ordering::Acquire)
+                || !over_space_target(&st, self.opts.vlog_gc_space_amp)
+            {
                 None
             } else {
                 pick_candidate(&st, self.opts.vlog_gc_min_discard_ratio, &postponed)
@@ -685,9 +703,7 @@ impl Inner {
     fn sync_wal(&self) -> Result<()> {
         let mut ws = self.write.lock();
         self.check_writable()?;
-        ws.wal.sync().inspect_err(|e| self.poison(e))?;
-        Counters::add(&self.counters.wal_syncs, "nokv_wal_syncs_total", 1);
-        Ok(())
+        self.sync_logs(&mut ws)
     }
 
     /// Writes the L0 table that re-points the moved entries (same internal keys, new pointers).
@@ -791,7 +807,13 @@ impl Inner {
                     == Some(ptr)
         };
         // The newest entry of the key: if it is this one, the record is live and movable.
-        let Some(newest) = self.find(logical, MAX_VERSION, MAX_SEQ, false)? else {
+        let Some(newest) = self.find(
+            logical,
+            MAX_VERSION,
+            MAX_SEQ,
+            crate::options::BlockRead::NoFill,
+        )?
+        else {
             return Ok(Liveness::Dead);
         };
         if same(&newest) {
@@ -806,13 +828,13 @@ impl Inner {
             return Ok(Liveness::Dead);
         }
         // Hidden from every reader by a newer version they all see?
-        if let Some(x) = self.find(logical, sp, ss, false)? {
+        if let Some(x) = self.find(logical, sp, ss, crate::options::BlockRead::NoFill)? {
             if (x.version, x.seq) > (version, seq) {
                 return Ok(Liveness::Dead);
             }
         }
         // Still held with this pointer (the first copy of the internal key wins)?
-        match self.find(logical, version, seq, false)? {
+        match self.find(logical, version, seq, crate::options::BlockRead::NoFill)? {
             Some(f) if same(&f) && points_here(&f) => {
                 if self.only_plain_puts_before(logical, version, seq)? {
                     Ok(Liveness::Live(expiry(&f)))
@@ -835,7 +857,7 @@ impl Inner {
             children.push(Box::new(m.iter()));
         }
         for f in sv.version.files_for_key(logical) {
-            children.push(Box::new(f.table.iter(false)));
+            children.push(Box::new(f.table.iter(crate::options::BlockRead::NoFill)));
         }
         let mut it = MergingIterator::new(children);
         it.seek(&first_key(logical));
@@ -884,6 +906,14 @@ impl Drop for PendingTable {
             self.discard();
         }
     }
+}
+
+/// True when the value log holds more than `target` record bytes per byte not known to be
+/// garbage: background GC has work to do.
+fn over_space_target(st: &State, target: f64) -> bool {
+    let t = st.manifest_state.discard.totals();
+    let live = t.total.saturating_sub(t.discarded);
+    t.discarded > 0 && t.total as f64 > target * live as f64
 }
 
 /// The live segment with the highest discard ratio at or above `min_ratio`, skipping

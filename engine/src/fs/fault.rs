@@ -49,11 +49,14 @@ pub enum Op {
     Remove,
     /// [`File::read_at`] (and so `read_exact_at`).
     Read,
+    /// [`FileSystem::open`] of a file it creates (`CreateNew`, `CreateTruncate`), after
+    /// the `Open` check: a full disk fails these but not opens for reading.
+    Create,
 }
 
 impl Op {
     /// Number of variants.
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 
     /// Dense index of the variant, for counter arrays.
     fn index(self) -> usize {
@@ -65,6 +68,7 @@ impl Op {
             Op::Truncate => 4,
             Op::Remove => 5,
             Op::Read => 6,
+            Op::Create => 7,
         }
     }
 }
@@ -365,6 +369,21 @@ impl FaultFs {
         }
     }
 
+    /// A new, independent in-memory filesystem holding what a power loss at this instant
+    /// would leave (`how` as for [`FaultFs::power_loss`]); this filesystem, its handles and
+    /// its locks go on unaffected. A test keeps the image while the "dead" process winds
+    /// down on the original, which nothing it does can reach. `None` for
+    /// [`FaultFs::wrapping`], which has no durable state of its own.
+    pub fn durable_image(&self, how: PowerLoss) -> Option<FaultFs> {
+        match &self.shared.backend {
+            Backend::Memory(mem) => {
+                let image = mem.lock().durable_image(how);
+                Some(Self::with_backend(Backend::Memory(Mutex::new(image))))
+            }
+            Backend::Wrapped(_) => None,
+        }
+    }
+
     /// The current epoch (consistent with the memory state when called under its lock).
     fn epoch(&self) -> u64 {
         self.shared.epoch.load(Ordering::Acquire)
@@ -412,14 +431,14 @@ fn split(path: &Path) -> io::Result<(PathBuf, String)> {
 }
 
 /// One directory: current and durable entries (name -> inode number).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Dir {
     current: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
 }
 
 /// A file's contents plus what is needed to roll back to its durable state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inode {
     /// Current contents (what a reader sees).
     data: Vec<u8>,
@@ -780,6 +799,37 @@ impl MemFs {
         Ok(())
     }
 
+    /// A copy reverted to its durable state (see [`FaultFs::durable_image`]).
+    fn durable_image(&self, how: PowerLoss) -> MemFs {
+        // Every inode is locked at once (the caller holds the directory lock), so the copy is
+        // one instant: a sync finishing between the copies of two files could otherwise be
+        // seen without an earlier sync of the other file that it depends on.
+        let locked: Vec<_> = self
+            .inodes
+            .iter()
+            .map(|(&ino, slot)| (ino, slot, slot.node.lock()))
+            .collect();
+        let inodes = locked
+            .iter()
+            .map(|(ino, slot, inode)| {
+                let copy = InodeSlot {
+                    node: Arc::new(Mutex::new((**inode).clone())),
+                    cur_links: slot.cur_links,
+                    dur_links: slot.dur_links,
+                };
+                (*ino, copy)
+            })
+            .collect();
+        drop(locked);
+        let mut image = MemFs {
+            dirs: self.dirs.clone(),
+            inodes,
+            next_ino: self.next_ino,
+        };
+        image.power_loss(how);
+        image
+    }
+
     /// Reverts every directory and file to its durable state.
     fn power_loss(&mut self, how: PowerLoss) {
         for dir in self.dirs.values_mut() {
@@ -957,6 +1007,9 @@ impl Drop for FaultLock {
 impl FileSystem for FaultFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn File>> {
         self.shared.check_err(Op::Open, path)?;
+        if matches!(mode, OpenMode::CreateNew | OpenMode::CreateTruncate) {
+            self.shared.check_err(Op::Create, path)?;
+        }
         let (kind, epoch) = match &self.shared.backend {
             Backend::Memory(mem) => {
                 let mut state = mem.lock();
@@ -1139,6 +1192,43 @@ mod tests {
         f.write_all_at(b"xx", 1).unwrap();
         fs.power_loss(CRASH);
         assert_eq!(contents(&fs, "/db/1.wal").unwrap(), b"SYNCED-");
+    }
+
+    #[test]
+    fn durable_image_is_the_power_loss_state_and_independent_of_the_original() {
+        let fs = setup();
+        let f = create_synced(&fs, "/db/1.wal", b"synced-");
+        f.write_all_at(b"unsynced", 7).unwrap();
+        let g = fs.open(Path::new("/db/new"), OpenMode::CreateNew).unwrap();
+        g.write_all_at(b"data", 0).unwrap();
+        g.sync_all().unwrap(); // synced file, unsynced directory entry
+        let _lock = fs.lock(Path::new("/db/LOCK")).unwrap();
+
+        let image = fs.durable_image(CRASH).unwrap();
+        assert!(image.is_in_memory());
+        assert_eq!(contents(&image, "/db/1.wal").unwrap(), b"synced-");
+        assert!(!image.exists(Path::new("/db/new")));
+        // The image's locks are free although the original still holds its lock.
+        drop(image.lock(Path::new("/db/LOCK")).unwrap());
+
+        // The original is untouched and keeps working; nothing it does reaches the image.
+        assert_eq!(read_all(&*f), b"synced-unsynced");
+        f.write_all_at(b"more", 15).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new("/db")).unwrap();
+        assert_eq!(contents(&image, "/db/1.wal").unwrap(), b"synced-");
+        assert!(!image.exists(Path::new("/db/new")));
+        // And the image is a filesystem of its own, with its own power loss.
+        let h = image
+            .open(Path::new("/db/1.wal"), OpenMode::ReadWrite)
+            .unwrap();
+        h.write_all_at(b"IMAGE", 0).unwrap();
+        image.power_loss(CRASH);
+        assert_eq!(contents(&image, "/db/1.wal").unwrap(), b"synced-");
+        assert_eq!(contents(&fs, "/db/1.wal").unwrap(), b"synced-unsyncedmore");
+
+        let wrapped = FaultFs::wrapping(Arc::new(StdFs::new()));
+        assert!(wrapped.durable_image(CRASH).is_none());
     }
 
     #[test]

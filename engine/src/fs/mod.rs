@@ -3,14 +3,17 @@
 //! Backends: [`StdFs`] (plain syscalls), [`UringFs`] (writes and syncs through an
 //! io_uring instance) and, for tests, [`FaultFs`] (failure injection and
 //! simulated power loss) wrapping either of them. [`IoQueue`] is the completion-based
-//! interface writers use to overlap their work with IO.
+//! interface writers use to overlap their work with IO. [`guard`] marks threads that
+//! must never block on file IO (executor threads) and checks it in debug builds.
 
 mod fault;
+pub mod guard;
 mod queue;
 mod std_fs;
 mod uring;
 
 pub use fault::{FaultFs, FaultMode, FaultRule, Op, PowerLoss};
+pub use guard::{forbid_blocking_io, AllowBlockingIo, GuardedFs};
 pub use queue::{
     new_queue, Completion, InlineQueue, IoQueue, QueueKind, ThreadQueue, Ticket, UringQueue,
     DEFAULT_QUEUE_DEPTH,
@@ -61,6 +64,14 @@ pub trait File: Send + Sync {
     /// True when the file is zero bytes long.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
+    }
+
+    /// Reads exactly `len` bytes at `offset` into a new buffer, failing with
+    /// `UnexpectedEof` on a short file (backends may skip zeroing the buffer first).
+    fn read_exact_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` on a short file.

@@ -86,6 +86,43 @@ impl File for StdFile {
         self.read_at_impl(buf, offset)
     }
 
+    fn read_exact_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        // pread straight into the spare capacity: no zeroing of a buffer about to be
+        // overwritten (block reads of scans spent ~8% of their CPU on it).
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let done = buf.len();
+            let off = libc::off_t::try_from(offset + done as u64)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+            // SAFETY: the destination is the vector's unused capacity (`len - done` bytes
+            // from `done`); the kernel writes at most that many bytes there.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(done).cast::<libc::c_void>(),
+                    len - done,
+                    off,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than expected",
+                ));
+            }
+            // SAFETY: the kernel initialised `n` more bytes, within the capacity.
+            unsafe { buf.set_len(done + n as usize) };
+        }
+        Ok(buf)
+    }
+
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
     }
@@ -400,6 +437,14 @@ pub(crate) mod conformance {
             let want = (chunk_idx % 4) as u8 + 1;
             assert!(chunk.iter().all(|&b| b == want));
         }
+        // Reads into a fresh buffer: exact bytes, empty reads, short files fail.
+        let v = shared.read_exact_vec(300, 150).unwrap();
+        assert_eq!(v, all[150..450].to_vec());
+        assert!(shared.read_exact_vec(0, 7).unwrap().is_empty());
+        let short = shared
+            .read_exact_vec(200, all.len() as u64 - 100)
+            .unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
 

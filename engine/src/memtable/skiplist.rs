@@ -10,6 +10,13 @@
 //! Publication: the writer fully initializes a node, then links it level by
 //! level from the bottom with `Release` stores; readers follow links with
 //! `Acquire` loads, which makes the node's header, key and value visible.
+//!
+//! Point lookups by logical key skip the descent: a hash index (buckets of
+//! intrusive chains through the nodes) holds every node that became the first
+//! entry of its logical key when inserted. The newest such node of a key in a
+//! chain is the key's current first entry; a key with no node in its chain is
+//! not in the list. Chains are pushed at the front with `Release` stores, after
+//! the node is linked into the list.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::marker::PhantomData;
@@ -37,6 +44,8 @@ pub(crate) struct Node {
     height: u32,
     /// Keeps the tower pointer-aligned.
     _pad: u32,
+    /// Next node in this node's hash-index chain (null: end, or not in a chain).
+    chain: AtomicPtr<Node>,
     /// Start of the tower: `height` next pointers, level 0 first.
     tower: [AtomicPtr<Node>; 0],
 }
@@ -230,8 +239,97 @@ pub(crate) struct SkipList {
     len: AtomicUsize,
     /// Arena bytes used, mirrored for lock-free readers.
     bytes: AtomicUsize,
+    /// Hash index by logical key: chain heads (see the module docs); a power-of-two count.
+    buckets: Box<[AtomicPtr<Node>]>,
     /// Writer state; the mutex serializes inserts.
     writer: Mutex<Writer>,
+}
+
+/// Searches [`SkipList::insert_many`] runs side by side.
+const INTERLEAVE: usize = 8;
+
+/// One entry for [`SkipList::insert_many`].
+pub(crate) struct NewEntry<'a> {
+    /// Namespace byte + column family byte + user key.
+    pub(crate) logical: &'a [u8],
+    /// Encoded (version, sequence, kind).
+    pub(crate) trailer: [u8; TRAILER_LEN],
+    /// Stored value.
+    pub(crate) value: &'a [u8],
+}
+
+impl NewEntry<'_> {
+    /// The entry's position in internal key order.
+    #[inline]
+    fn target(&self) -> Target<'_> {
+        Target {
+            logical: self.logical,
+            trailer: u128::from_be_bytes(self.trailer),
+        }
+    }
+}
+
+/// The state of one search of [`SkipList::insert_many`].
+struct Search<'l> {
+    /// Last node known to sort before the key, at `level`.
+    x: NodeRef<'l>,
+    level: usize,
+    /// `x`'s successor at `level` (prefetched), to compare next.
+    next: Option<NodeRef<'l>>,
+    /// Predecessor per level, filled from the top down.
+    prev: [NodeRef<'l>; MAX_HEIGHT],
+    done: bool,
+}
+
+/// Asks the CPU to start loading a node's header and the start of its key.
+#[inline]
+fn prefetch(n: NodeRef<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = n.ptr.as_ptr().cast::<i8>();
+        // SAFETY: prefetching is a hint without memory effects; the addresses lie in (or
+        // just past) a live node of the arena, and prefetches never fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(64),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = n;
+}
+
+/// Expected memtable bytes per hash-index bucket: with 100-byte values about one entry
+/// per chain; the 8-byte buckets add ~6% to the arena.
+const BYTES_PER_BUCKET: usize = 128;
+/// Fewest hash-index buckets.
+const MIN_BUCKETS: usize = 64;
+
+/// Hash of a logical key for the index (fast, not DoS-resistant: chains only cost time).
+#[inline]
+fn hash_key(k: &[u8]) -> u64 {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (k.len() as u64).wrapping_mul(M);
+    let mut chunks = k.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(M).rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(M).rotate_left(29);
+    }
+    h ^ (h >> 32)
+}
+
+/// The logical-key part of an internal key.
+#[inline]
+fn logical_of(ikey: &[u8]) -> &[u8] {
+    &ikey[..ikey.len() - TRAILER_LEN]
 }
 
 // SAFETY: the raw pointers inside point into the list's own arena, which is
@@ -250,11 +348,19 @@ impl SkipList {
         // SAFETY: the block is large enough for a header plus MAX_HEIGHT slots and
         // aligned to ALIGN (>= the alignment of Node and AtomicPtr); we are its only user.
         unsafe { init_node(head, NonNull::dangling(), 0, 0, MAX_HEIGHT) };
+        let nbuckets = (capacity_hint / BYTES_PER_BUCKET)
+            .max(MIN_BUCKETS)
+            .next_power_of_two();
+        let buckets: Box<[AtomicPtr<Node>]> = (0..nbuckets)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect();
+        let index_bytes = nbuckets * std::mem::size_of::<AtomicPtr<Node>>();
         SkipList {
             head,
             max_height: AtomicUsize::new(1),
             len: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(arena.used()),
+            bytes: AtomicUsize::new(arena.used() + index_bytes),
+            buckets,
             writer: Mutex::new(Writer {
                 arena,
                 values: Arena::new(capacity_hint),
@@ -293,35 +399,193 @@ impl SkipList {
 
     /// Inserts `logical ++ trailer` → `value`; an identical key already present is shadowed.
     pub(crate) fn insert(&self, logical: &[u8], trailer: [u8; TRAILER_LEN], value: &[u8]) {
+        let mut w = self.writer.lock();
+        self.insert_locked(&mut w, logical, trailer, value);
+    }
+
+    /// Inserts several entries under one lock; the same result as inserting them one by
+    /// one, in any order. A batch that sorts after every entry of the list goes
+    /// through the append path of [`SkipList::insert`]; otherwise the entries are sorted
+    /// and the searches of [`INTERLEAVE`] of them are interleaved, each prefetching the
+    /// next node it needs, so their cache misses overlap instead of following each other.
+    pub(crate) fn insert_many(&self, entries: &mut [NewEntry<'_>]) {
+        entries.sort_unstable_by(|a, b| {
+            a.logical
+                .cmp(b.logical)
+                .then_with(|| u128::from_be_bytes(a.trailer).cmp(&u128::from_be_bytes(b.trailer)))
+        });
+        let mut w = self.writer.lock();
+        // Appends: the batch sorts after the list's last node, which the last insert was.
+        let appends = match (NonNull::new(w.last.cast_mut()), entries.first()) {
+            (Some(last), Some(first)) => {
+                // SAFETY: `last` is a published node of this list.
+                let last = unsafe { NodeRef::from_raw(last) };
+                last.next(0).is_none() && last.cmp(&first.target()).is_lt()
+            }
+            _ => true,
+        };
+        if appends || entries.len() < 2 {
+            for e in entries.iter() {
+                self.insert_locked(&mut w, e.logical, e.trailer, e.value);
+            }
+            return;
+        }
+        let head = self.head();
+        for chunk in entries.chunks(INTERLEAVE) {
+            let top = self.max_height.load(Ordering::Relaxed) - 1;
+            let mut searches: [Search<'_>; INTERLEAVE] = std::array::from_fn(|_| Search {
+                x: head,
+                level: top,
+                next: head.next(top),
+                prev: [head; MAX_HEIGHT],
+                done: false,
+            });
+            let mut running = chunk.len();
+            while running > 0 {
+                for (s, e) in searches.iter_mut().zip(chunk) {
+                    if s.done {
+                        continue;
+                    }
+                    // One step per search and turn: the node compared now was prefetched
+                    // one turn ago.
+                    match s.next {
+                        Some(n) if n.cmp(&e.target()).is_lt() => {
+                            s.x = n;
+                            s.next = n.next(s.level);
+                        }
+                        _ => {
+                            s.prev[s.level] = s.x;
+                            if s.level == 0 {
+                                s.done = true;
+                                running -= 1;
+                                continue;
+                            }
+                            s.level -= 1;
+                            s.next = s.x.next(s.level);
+                        }
+                    }
+                    if let Some(n) = s.next {
+                        prefetch(n);
+                    }
+                }
+            }
+            for (s, e) in searches.iter_mut().zip(chunk) {
+                // Entries of this chunk linked since the search may now sit between a
+                // predecessor and the new key: step over them (they are in cache).
+                let t = e.target();
+                for (level, p) in s.prev.iter_mut().enumerate() {
+                    while let Some(n) = p.next(level) {
+                        if !n.cmp(&t).is_lt() {
+                            break;
+                        }
+                        *p = n;
+                    }
+                }
+                let node = self.new_node(&mut w, e.logical, e.trailer, e.value);
+                self.link(&mut w, node, &s.prev, e.logical);
+            }
+        }
+    }
+
+    /// Allocates and fills an unpublished node with a random height.
+    fn new_node<'l>(
+        &'l self,
+        w: &mut Writer,
+        logical: &[u8],
+        trailer: [u8; TRAILER_LEN],
+        value: &[u8],
+    ) -> NodeRef<'l> {
         let key_len = logical.len() + TRAILER_LEN;
         assert!(
             key_len <= u32::MAX as usize && value.len() <= u32::MAX as usize,
             "memtable entry too large"
         );
-        let target = Target {
-            logical,
-            trailer: u128::from_be_bytes(trailer),
-        };
-        let mut w = self.writer.lock();
         let height = w.random_height();
         let vp = w.values.alloc_bytes(value.len());
         // SAFETY: `vp` is valid for `value.len()` bytes (dangling only when that is 0)
-        // and unseen by anyone until the node pointing at it is linked below.
+        // and unseen by anyone until the node pointing at it is linked.
         unsafe { ptr::copy_nonoverlapping(value.as_ptr(), vp.as_ptr(), value.len()) };
         let raw = w
             .arena
             .alloc(HEADER + height * SLOT + key_len)
             .cast::<Node>();
         // SAFETY: the fresh block holds header, tower and key, aligned for Node;
-        // nobody else can see it until it is linked below.
+        // nobody else can see it until it is linked.
         unsafe {
             init_node(raw, vp, key_len, value.len(), height);
             let kp = raw.as_ptr().cast::<u8>().add(HEADER + height * SLOT);
             ptr::copy_nonoverlapping(logical.as_ptr(), kp, logical.len());
             ptr::copy_nonoverlapping(trailer.as_ptr(), kp.add(logical.len()), TRAILER_LEN);
         }
-        // SAFETY: initialized just above; the list (self) outlives this call.
-        let node = unsafe { NodeRef::from_raw(raw) };
+        // SAFETY: initialized just above; the list (self) outlives the returned borrow.
+        unsafe { NodeRef::from_raw(raw) }
+    }
+
+    /// Links an unpublished `node` after its predecessors `prev` (one per level, at
+    /// least its height), pushes it on its hash chain if it is its key's first entry,
+    /// and records it as the last insert.
+    fn link<'l>(
+        &'l self,
+        w: &mut Writer,
+        node: NodeRef<'l>,
+        prev: &[NodeRef<'l>; MAX_HEIGHT],
+        logical: &[u8],
+    ) {
+        let height = node.header().height as usize;
+        let raw = node.ptr;
+        if height > self.max_height.load(Ordering::Relaxed) {
+            // Readers that see the new height before the links find null (or the
+            // new node) at the new levels from the head, both of which are fine.
+            self.max_height.store(height, Ordering::Relaxed);
+        }
+        for (i, p) in prev.iter().enumerate().take(height) {
+            let succ = p.slot(i).load(Ordering::Relaxed);
+            // The node is unpublished: a relaxed store is enough.
+            node.slot(i).store(succ, Ordering::Relaxed);
+            // Publish: pairs with readers' Acquire loads.
+            p.slot(i).store(raw.as_ptr(), Ordering::Release);
+        }
+        for (i, s) in w.splice.iter_mut().enumerate() {
+            *s = if i < height {
+                raw.as_ptr()
+            } else {
+                prev[i].ptr.as_ptr()
+            };
+        }
+        // The node is now its key's first entry unless its predecessor has the same key:
+        // then push it on its hash chain (after linking, so a reader that finds it in the
+        // chain can walk on from it through the list).
+        let head = self.head();
+        let first_of_key = prev[0] == head || logical_of(prev[0].key()) != logical;
+        if first_of_key {
+            let bucket = &self.buckets[self.bucket_of(logical)];
+            node.header()
+                .chain
+                .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+            bucket.store(raw.as_ptr(), Ordering::Release);
+        }
+        w.last = raw.as_ptr();
+        self.len.fetch_add(1, Ordering::Relaxed);
+        let index_bytes = self.buckets.len() * std::mem::size_of::<AtomicPtr<Node>>();
+        self.bytes.store(
+            w.arena.used() + w.values.used() + index_bytes,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// [`SkipList::insert`] with the writer lock held.
+    fn insert_locked(
+        &self,
+        w: &mut Writer,
+        logical: &[u8],
+        trailer: [u8; TRAILER_LEN],
+        value: &[u8],
+    ) {
+        let target = Target {
+            logical,
+            trailer: u128::from_be_bytes(trailer),
+        };
+        let node = self.new_node(w, logical, trailer, value);
 
         let head = self.head();
         let list_height = self.max_height.load(Ordering::Relaxed);
@@ -367,30 +631,30 @@ impl SkipList {
             }
             level -= 1;
         }
+        self.link(w, node, &prev, logical);
+    }
 
-        if height > list_height {
-            // Readers that see the new height before the links find null (or the
-            // new node) at the new levels from the head, both of which are fine.
-            self.max_height.store(height, Ordering::Relaxed);
+    /// Bucket of a logical key.
+    #[inline]
+    fn bucket_of(&self, logical: &[u8]) -> usize {
+        (hash_key(logical) as usize) & (self.buckets.len() - 1)
+    }
+
+    /// The first entry (highest version, newest write) of `logical`, found through the
+    /// hash index; None when the key has no entry.
+    #[inline]
+    pub(crate) fn find_first_of(&self, logical: &[u8]) -> Option<NodeRef<'_>> {
+        let mut p = self.buckets[self.bucket_of(logical)].load(Ordering::Acquire);
+        while let Some(nn) = NonNull::new(p) {
+            // SAFETY: chains only hold published nodes of this list, pushed with a Release
+            // store (bucket) or written before it (chain links) that the Acquire loads see.
+            let n = unsafe { NodeRef::from_raw(nn) };
+            if logical_of(n.key()) == logical {
+                return Some(n);
+            }
+            p = n.header().chain.load(Ordering::Acquire);
         }
-        for (i, p) in prev.iter().enumerate().take(height) {
-            let succ = p.slot(i).load(Ordering::Relaxed);
-            // The node is unpublished: a relaxed store is enough.
-            node.slot(i).store(succ, Ordering::Relaxed);
-            // Publish: pairs with readers' Acquire loads.
-            p.slot(i).store(raw.as_ptr(), Ordering::Release);
-        }
-        for (i, s) in w.splice.iter_mut().enumerate() {
-            *s = if i < height {
-                raw.as_ptr()
-            } else {
-                prev[i].ptr.as_ptr()
-            };
-        }
-        w.last = raw.as_ptr();
-        self.len.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .store(w.arena.used() + w.values.used(), Ordering::Relaxed);
+        None
     }
 
     /// First node with key >= `t`.
@@ -479,6 +743,7 @@ unsafe fn init_node(
             value_len: value_len as u32,
             height: height as u32,
             _pad: 0,
+            chain: AtomicPtr::new(ptr::null_mut()),
             tower: [],
         });
         let tower = ptr::addr_of_mut!((*p.as_ptr()).tower).cast::<AtomicPtr<Node>>();

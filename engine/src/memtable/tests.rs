@@ -641,3 +641,136 @@ fn get_from_skips_entries_below_the_floor() {
     assert!(m.get_from(&lk("j"), u64::MAX, MAX_SEQ, 2).is_some());
     assert!(m.get_from(&lk("j"), u64::MAX, MAX_SEQ, 3).is_none());
 }
+
+#[test]
+fn point_lookups_through_the_hash_index_see_every_key_and_version() {
+    // A small hint: 64 buckets for 2000 keys, so chains are long and shared.
+    let m = Memtable::new(1 << 10);
+    let mut seq = 0;
+    for i in 0..2000u32 {
+        seq += 1;
+        m.add(
+            10,
+            seq,
+            Kind::Put,
+            &lk(&format!("k{i}")),
+            format!("v10-{i}").as_bytes(),
+        );
+    }
+    // A higher version becomes the key's first entry; a lower one written later does not.
+    for i in (0..2000u32).step_by(3) {
+        seq += 1;
+        m.add(
+            20,
+            seq,
+            Kind::Put,
+            &lk(&format!("k{i}")),
+            format!("v20-{i}").as_bytes(),
+        );
+        seq += 1;
+        m.add(
+            5,
+            seq,
+            Kind::Put,
+            &lk(&format!("k{i}")),
+            format!("v5-{i}").as_bytes(),
+        );
+    }
+    for i in 0..2000u32 {
+        let k = lk(&format!("k{i}"));
+        let newest = m.get(&k, u64::MAX, MAX_SEQ).map(|f| f.value);
+        let want = if i % 3 == 0 {
+            format!("v20-{i}")
+        } else {
+            format!("v10-{i}")
+        };
+        assert_eq!(newest, Some(want.into_bytes()), "k{i}");
+        let at15 = m.get(&k, 15, MAX_SEQ).map(|f| f.value);
+        assert_eq!(at15, Some(format!("v10-{i}").into_bytes()), "k{i} at 15");
+        let at7 = m.get(&k, 7, MAX_SEQ).map(|f| f.value);
+        let want7 = (i % 3 == 0).then(|| format!("v5-{i}").into_bytes());
+        assert_eq!(at7, want7, "k{i} at 7");
+        assert_eq!(m.get(&lk(&format!("absent{i}")), u64::MAX, MAX_SEQ), None);
+    }
+}
+
+/// An owned `(version, seq, kind, logical key, value)` for `Memtable::add_many` tests.
+type Owned = (u64, u64, Kind, Vec<u8>, Vec<u8>);
+
+#[test]
+fn add_many_equals_adding_one_by_one() {
+    // Scattered keys (not appends), repeated keys with several versions, deletes, and a
+    // batch that does append; both memtables must hold the same entries and answer alike.
+    let one = Memtable::new(1 << 20);
+    let many = Memtable::new(1 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut seq = 0u64;
+    for round in 0..40 {
+        let mut batch: Vec<Owned> = Vec::new();
+        for _ in 0..(1 + round * 7 % 50) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seq += 1;
+            let key = if round == 39 {
+                lk(&format!("zz{seq:08}")) // sorts after everything: the append path
+            } else {
+                lk(&format!("k{:04}", x % 500))
+            };
+            let kind = if x.is_multiple_of(7) {
+                Kind::Delete
+            } else {
+                Kind::Put
+            };
+            let value = if kind == Kind::Put {
+                format!("v{seq}").into_bytes()
+            } else {
+                Vec::new()
+            };
+            batch.push((seq, seq, kind, key, value));
+        }
+        for (v, s, k, key, value) in &batch {
+            one.add(*v, *s, *k, key, value);
+        }
+        many.add_many(
+            batch
+                .iter()
+                .map(|(v, s, k, key, value)| (*v, *s, *k, key.as_slice(), value.as_slice())),
+        );
+    }
+    assert_eq!(one.len(), many.len());
+    assert_eq!(
+        collect_forward(&mut Arc::new(one).iter()),
+        collect_forward(&mut Arc::new(many).iter())
+    );
+}
+
+#[test]
+fn add_many_point_reads_match() {
+    let one = Memtable::new(1 << 20);
+    let many = Memtable::new(1 << 20);
+    let mut seq = 0u64;
+    for round in 0..20u64 {
+        let batch: Vec<Owned> = (0..64u64)
+            .map(|i| {
+                seq += 1;
+                let key = lk(&format!("k{:03}", (i * 37 + round * 11) % 300));
+                (seq, seq, Kind::Put, key, format!("{seq}").into_bytes())
+            })
+            .collect();
+        for (v, s, k, key, value) in &batch {
+            one.add(*v, *s, *k, key, value);
+        }
+        many.add_many(
+            batch
+                .iter()
+                .map(|(v, s, k, key, value)| (*v, *s, *k, key.as_slice(), value.as_slice())),
+        );
+    }
+    for i in 0..300u64 {
+        let key = lk(&format!("k{i:03}"));
+        for at in [seq / 3, seq / 2, seq] {
+            assert_eq!(get(&one, &key, at), get(&many, &key, at), "key {i} at {at}");
+        }
+    }
+}

@@ -319,21 +319,5 @@ fn read_error(e: io::Error, path: &Path, offset: u64, what: &str) -> Error {
 
 /// Rebuilds an equivalent error (the engine error type is not `Clone`).
 fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Io { op, path, source } => {
-            let src = match source.raw_os_error() {
-                Some(code) => io::Error::from_raw_os_error(code),
-                None => io::Error::new(source.kind(), source.to_string()),
-            };
-            Error::io(op, path.clone(), src)
-        }
-        Error::Corruption { path, offset, msg } => Error::corruption(path.clone(), *offset, msg),
-        Error::UnsupportedFormat { path, version, max } => Error::UnsupportedFormat {
-            path: path.clone(),
-            version: *version,
-            max: *max,
-        },
-        // Table code only produces the variants above.
-        other => Error::InvalidArgument(other.to_string()),
-    }
+    e.duplicate()
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::File;
 use crate::iter::InternalIterator;
 use crate::key::{compare_internal, logical_key, parse_trailer, MAX_SEQ, TRAILER_LEN};
+use crate::options::BlockRead;
 use crate::range_del::{self, FragmentedTombstones, RangeTombstone};
 
 /// An open, immutable table file. Index and filter stay in memory; data blocks
@@ -128,7 +129,8 @@ impl Table {
 
         let index_contents = decode_block_contents(slice(footer.index), p, footer.index.offset)?;
         let index = Block::new(index_contents)
-            .ok_or_else(|| Error::corruption(p, footer.index.offset, "malformed index block"))?;
+            .ok_or_else(|| Error::corruption(p, footer.index.offset, "malformed index block"))?
+            .with_restart_sample();
         let filter = if footer.filter.size == 0 {
             None
         } else {
@@ -223,11 +225,11 @@ impl Table {
     }
 
     /// The first entry with internal key >= `lookup`, if its logical key equals `lookup`'s.
-    pub fn get(&self, lookup: &[u8], fill_cache: bool) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn get(&self, lookup: &[u8], mode: BlockRead) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if lookup.len() < TRAILER_LEN || !self.may_contain(logical_key(lookup)) {
             return Ok(None);
         }
-        self.get_unfiltered(lookup, fill_cache)
+        self.get_unfiltered(lookup, mode)
     }
 
     /// Like [`Table::get`], skipping entries with a sequence number below `min_seq`.
@@ -239,21 +241,21 @@ impl Table {
         &self,
         lookup: &[u8],
         min_seq: u64,
-        fill_cache: bool,
+        mode: BlockRead,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if lookup.len() < TRAILER_LEN || !self.may_contain(logical_key(lookup)) {
             return Ok(None);
         }
-        self.get_unfiltered_from(lookup, min_seq, fill_cache)
+        self.get_unfiltered_from(lookup, min_seq, mode)
     }
 
     /// [`Table::get`] with the bloom check done by the caller via [`Table::may_contain_hash`].
     pub fn get_unfiltered(
         &self,
         lookup: &[u8],
-        fill_cache: bool,
+        mode: BlockRead,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.get_unfiltered_from(lookup, 0, fill_cache)
+        self.get_unfiltered_from(lookup, 0, mode)
     }
 
     /// [`Table::get_from`] without the bloom check.
@@ -261,7 +263,7 @@ impl Table {
         &self,
         lookup: &[u8],
         min_seq: u64,
-        fill_cache: bool,
+        mode: BlockRead,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if lookup.len() < TRAILER_LEN {
             return Ok(None);
@@ -277,7 +279,7 @@ impl Table {
             return Ok(None);
         }
         let h = self.decode_handle(icur.value(&self.index))?;
-        key = match self.search_block(h, lookup, logical, key, min_seq, fill_cache)? {
+        key = match self.search_block(h, lookup, logical, key, min_seq, mode)? {
             Probe::Found(k, v) => return Ok(Some((k, v))),
             Probe::Absent => return Ok(None),
             Probe::PastEnd(k) => k,
@@ -294,7 +296,7 @@ impl Table {
                 return Ok(None);
             }
             let h = self.decode_handle(icur.value(&self.index))?;
-            key = match self.search_block(h, lookup, logical, key, min_seq, fill_cache)? {
+            key = match self.search_block(h, lookup, logical, key, min_seq, mode)? {
                 Probe::Found(k, v) => return Ok(Some((k, v))),
                 Probe::Absent => return Ok(None),
                 Probe::PastEnd(k) => k,
@@ -311,9 +313,9 @@ impl Table {
         logical: &[u8],
         mut key: Vec<u8>,
         min_seq: u64,
-        fill_cache: bool,
+        mode: BlockRead,
     ) -> Result<Probe> {
-        let block = self.read_block(h, fill_cache)?;
+        let block = self.read_block(h, mode)?;
         let mut c = BlockCursor::default();
         c.seek(&block, &mut key, lookup);
         if c.corrupt {
@@ -371,10 +373,10 @@ impl Table {
     }
 
     /// A cursor over all entries.
-    pub fn iter(self: &Arc<Self>, fill_cache: bool) -> TableIterator {
+    pub fn iter(self: &Arc<Self>, mode: BlockRead) -> TableIterator {
         TableIterator {
             table: Arc::clone(self),
-            fill_cache,
+            mode,
             index_cur: BlockCursor::default(),
             index_key: Vec::new(),
             data_block: None,
@@ -382,6 +384,7 @@ impl Table {
             data_cur: BlockCursor::default(),
             data_key: Vec::new(),
             patched_key: Vec::new(),
+            readahead: Readahead::new(),
             err: None,
         }
     }
@@ -499,15 +502,21 @@ impl Table {
         BlockHandle::decode(v).ok_or_else(|| self.index_corruption("bad block handle in index"))
     }
 
-    /// Returns a data block from the cache or disk, inserting it when `fill_cache`.
-    fn read_block(&self, h: BlockHandle, fill_cache: bool) -> Result<Arc<Block>> {
+    /// Returns a data block from the cache or, unless `mode` is cache-only, from disk
+    /// (inserting it into the cache with `BlockRead::Fill`).
+    fn read_block(&self, h: BlockHandle, mode: BlockRead) -> Result<Arc<Block>> {
         if let Some(c) = &self.cache {
             if let Some(b) = c.lookup(self.file_number, h.offset) {
                 return Ok(b);
             }
         }
+        if mode == BlockRead::CacheOnly {
+            return Err(Error::WouldBlock(
+                "a table block missing from the block cache",
+            ));
+        }
         let b = Arc::new(self.read_block_uncached(h)?);
-        if fill_cache {
+        if mode == BlockRead::Fill {
             if let Some(c) = &self.cache {
                 c.insert(self.file_number, h.offset, Arc::clone(&b));
             }
@@ -527,13 +536,106 @@ impl Table {
                 ))
             }
         }
-        let mut raw = vec![0u8; h.size as usize + super::BLOCK_TRAILER_LEN];
-        self.file
-            .read_exact_at(&mut raw, h.offset)
+        let raw = self
+            .file
+            .read_exact_vec(h.size as usize + super::BLOCK_TRAILER_LEN, h.offset)
             .map_err(|e| read_error(e, p, h.offset, "data block"))?;
+        self.decode_data_block(h, raw)
+    }
+
+    /// Verifies and parses the raw bytes (block plus trailer) of data block `h`.
+    fn decode_data_block(&self, h: BlockHandle, raw: Vec<u8>) -> Result<Block> {
+        let p = &self.path;
         let contents = decode_block_contents(raw, p, h.offset)?;
         Block::new(contents)
             .ok_or_else(|| Error::corruption(p, h.offset, "malformed block restart array"))
+    }
+
+    /// Like `read_block`, but a miss is served from (or refills) `ra`, which holds the
+    /// bytes of several consecutive data blocks read with one call.
+    fn read_block_ahead(
+        &self,
+        h: BlockHandle,
+        mode: BlockRead,
+        ra: &mut Readahead,
+    ) -> Result<Arc<Block>> {
+        if mode == BlockRead::CacheOnly {
+            return self.read_block(h, mode);
+        }
+        if let Some(c) = &self.cache {
+            if let Some(b) = c.lookup(self.file_number, h.offset) {
+                return Ok(b);
+            }
+        }
+        let p = &self.path;
+        let len = h.size as usize + super::BLOCK_TRAILER_LEN;
+        let end = match h.end() {
+            Some(end) if end <= self.data_end => end,
+            _ => {
+                return Err(Error::corruption(
+                    p,
+                    h.offset,
+                    format!("data block handle (size {}) out of range", h.size),
+                ))
+            }
+        };
+        let buffered = ra.offset <= h.offset && end <= ra.offset + ra.buf.len() as u64;
+        if !buffered {
+            let want = (ra.next_len.max(len) as u64).min(self.data_end - h.offset) as usize;
+            ra.buf.resize(want, 0);
+            if let Err(e) = self.file.read_exact_at(&mut ra.buf, h.offset) {
+                ra.buf.clear();
+                return Err(read_error(e, p, h.offset, "data blocks (readahead)"));
+            }
+            ra.offset = h.offset;
+            ra.next_len = (ra.next_len * 2).min(READAHEAD_MAX);
+        }
+        let s = (h.offset - ra.offset) as usize;
+        let b = Arc::new(self.decode_data_block(h, ra.buf[s..s + len].to_vec())?);
+        if mode == BlockRead::Fill {
+            if let Some(c) = &self.cache {
+                c.insert(self.file_number, h.offset, Arc::clone(&b));
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Data blocks a forward scan must cross in a row before it reads ahead.
+const READAHEAD_AFTER: u32 = 2;
+/// First readahead size; it doubles on each refill up to [`READAHEAD_MAX`].
+const READAHEAD_MIN: usize = 16 << 10;
+/// Largest readahead of one table cursor.
+const READAHEAD_MAX: usize = 256 << 10;
+
+/// A table cursor's readahead: consecutive data blocks read with one call for a bulk
+/// scan (`BlockRead::NoFill`: compaction, exports, GC) that keeps moving forward.
+#[derive(Debug)]
+struct Readahead {
+    /// File offset of `buf[0]`.
+    offset: u64,
+    /// Raw bytes (blocks with trailers) from `offset`.
+    buf: Vec<u8>,
+    /// Bytes the next refill reads.
+    next_len: usize,
+    /// Data blocks loaded in a row by forward steps since the last seek.
+    sequential: u32,
+}
+
+impl Readahead {
+    fn new() -> Readahead {
+        Readahead {
+            offset: 0,
+            buf: Vec::new(),
+            next_len: READAHEAD_MIN,
+            sequential: 0,
+        }
+    }
+
+    /// A seek: the next block is not part of a forward run.
+    fn reset(&mut self) {
+        self.sequential = 0;
+        self.next_len = READAHEAD_MIN;
     }
 }
 
@@ -638,7 +740,7 @@ enum Probe {
 /// cursor inside the current data block.
 pub struct TableIterator {
     table: Arc<Table>,
-    fill_cache: bool,
+    mode: BlockRead,
     index_cur: BlockCursor,
     index_key: Vec<u8>,
     data_block: Option<Arc<Block>>,
@@ -647,6 +749,7 @@ pub struct TableIterator {
     data_key: Vec<u8>,
     /// `data_key` with the table's global sequence number (ingested tables only).
     patched_key: Vec<u8>,
+    readahead: Readahead,
     err: Option<Error>,
 }
 
@@ -712,7 +815,16 @@ impl TableIterator {
         if self.data_block.is_some() && self.data_offset == h.offset {
             return true;
         }
-        match self.table.read_block(h, self.fill_cache) {
+        // Bulk readers only (compaction, exports, GC, scans that skip the cache): short
+        // scans from the page cache lose more to the extra copy than the preads cost.
+        let read = if self.mode == BlockRead::NoFill && self.readahead.sequential > READAHEAD_AFTER
+        {
+            self.table
+                .read_block_ahead(h, self.mode, &mut self.readahead)
+        } else {
+            self.table.read_block(h, self.mode)
+        };
+        match read {
             Ok(b) => {
                 self.data_block = Some(b);
                 self.data_offset = h.offset;
@@ -732,6 +844,7 @@ impl TableIterator {
                 return;
             }
             self.index_cur.next(&self.table.index, &mut self.index_key);
+            self.readahead.sequential = self.readahead.sequential.saturating_add(1);
             if !self.load_block() {
                 return;
             }
@@ -747,6 +860,7 @@ impl TableIterator {
                 return;
             }
             self.index_cur.prev(&self.table.index, &mut self.index_key);
+            self.readahead.reset();
             if !self.load_block() {
                 return;
             }
@@ -798,6 +912,7 @@ impl InternalIterator for TableIterator {
         }
         self.index_cur
             .seek_to_first(&self.table.index, &mut self.index_key);
+        self.readahead.reset();
         if self.load_block() {
             if let Some(b) = &self.data_block {
                 self.data_cur.seek_to_first(b, &mut self.data_key);
@@ -813,6 +928,7 @@ impl InternalIterator for TableIterator {
         }
         self.index_cur
             .seek_to_last(&self.table.index, &mut self.index_key);
+        self.readahead.reset();
         if self.load_block() {
             if let Some(b) = &self.data_block {
                 self.data_cur.seek_to_last(b, &mut self.data_key);
@@ -835,6 +951,7 @@ impl InternalIterator for TableIterator {
         }
         self.index_cur
             .seek(&self.table.index, &mut self.index_key, target);
+        self.readahead.reset();
         if self.load_block() {
             if let Some(b) = &self.data_block {
                 self.data_cur.seek(b, &mut self.data_key, target);

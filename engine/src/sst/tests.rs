@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::fs::File;
 use crate::iter::InternalIterator;
 use crate::key::{compare_internal, logical_key, lookup_key, make_internal_key, Kind, MAX_SEQ};
-use crate::options::Compression;
+use crate::options::{BlockRead, Compression};
 
 /// Test-only [`File`] over `std::fs::File`.
 pub(crate) struct StdFile(std::fs::File);
@@ -187,7 +187,7 @@ fn roundtrip_many_keys() {
         assert_eq!(t.properties(), &props);
         assert_eq!(t.file_number(), 7);
         t.verify_checksums().expect("verify");
-        let mut it = t.iter(true);
+        let mut it = t.iter(BlockRead::Fill);
         assert_eq!(collect_forward(&mut it), entries);
         assert_eq!(collect_backward(&mut it), entries);
 
@@ -196,29 +196,34 @@ fn roundtrip_many_keys() {
         while i < entries.len() {
             let logical = logical_key(&entries[i].0).to_vec();
             let got = t
-                .get(&lookup_key(&logical, MAX_SEQ, MAX_SEQ), true)
+                .get(&lookup_key(&logical, MAX_SEQ, MAX_SEQ), BlockRead::Fill)
                 .expect("get")
                 .expect("present");
             assert_eq!(got, entries[i]);
             let mut j = i;
             while j < entries.len() && logical_key(&entries[j].0) == logical.as_slice() {
                 let (seq, _) = crate::key::parse_trailer(&entries[j].0);
-                let got = t.get(&lookup_key(&logical, seq, seq), false).expect("get");
+                let got = t
+                    .get(&lookup_key(&logical, seq, seq), BlockRead::NoFill)
+                    .expect("get");
                 assert_eq!(got.as_ref(), Some(&entries[j]));
                 j += 1;
             }
             let (oldest, _) = crate::key::parse_trailer(&entries[j - 1].0);
             if oldest > 0 {
                 assert_eq!(
-                    t.get(&lookup_key(&logical, oldest - 1, oldest - 1), false)
-                        .expect("get"),
+                    t.get(
+                        &lookup_key(&logical, oldest - 1, oldest - 1),
+                        BlockRead::NoFill
+                    )
+                    .expect("get"),
                     None
                 );
             }
             let mut absent = logical.clone();
             absent.push(b'x');
             assert_eq!(
-                t.get(&lookup_key(&absent, MAX_SEQ, MAX_SEQ), false)
+                t.get(&lookup_key(&absent, MAX_SEQ, MAX_SEQ), BlockRead::NoFill)
                     .expect("get"),
                 None
             );
@@ -261,7 +266,7 @@ fn lz4_compresses_and_round_trips() {
     assert!(lz.data_bytes * 2 < raw.data_bytes, "{lz:?} vs {raw:?}");
     let t = open(&p2, None).expect("open");
     t.verify_checksums().expect("verify");
-    assert_eq!(collect_forward(&mut t.iter(false)), entries);
+    assert_eq!(collect_forward(&mut t.iter(BlockRead::NoFill)), entries);
     // Incompressible data is stored raw.
     let mut rng = StdRng::seed_from_u64(9);
     let noisy: Entries = (0..500u32)
@@ -284,7 +289,7 @@ fn lz4_compresses_and_round_trips() {
     );
     assert!(props.data_bytes >= 500 * 300);
     assert_eq!(
-        collect_forward(&mut open(&p3, None).expect("open").iter(false)),
+        collect_forward(&mut open(&p3, None).expect("open").iter(BlockRead::NoFill)),
         noisy
     );
 }
@@ -328,9 +333,12 @@ fn bloom_false_positive_rate_near_one_percent() {
     t.verify_checksums().expect("verify");
     let k = &entries[777].0;
     assert_eq!(
-        t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), false)
-            .expect("get")
-            .map(|e| e.0),
+        t.get(
+            &lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ),
+            BlockRead::NoFill
+        )
+        .expect("get")
+        .map(|e| e.0),
         Some(k.clone())
     );
 }
@@ -344,7 +352,7 @@ fn empty_table() {
     assert!(props.smallest.is_empty());
     let t = open(&path, None).expect("open");
     t.verify_checksums().expect("verify");
-    let mut it = t.iter(false);
+    let mut it = t.iter(BlockRead::NoFill);
     it.seek_to_first();
     assert!(!it.valid());
     it.seek_to_last();
@@ -355,7 +363,7 @@ fn empty_table() {
     assert!(!it.valid());
     it.status().expect("ok");
     assert_eq!(
-        t.get(&lookup_key(b"ka", MAX_SEQ, MAX_SEQ), false)
+        t.get(&lookup_key(b"ka", MAX_SEQ, MAX_SEQ), BlockRead::NoFill)
             .expect("get"),
         None
     );
@@ -371,17 +379,94 @@ fn cache_fill_and_skip() {
     let cache = Arc::new(BlockCache::new(8 << 20));
     let t = open(&path, Some(Arc::clone(&cache))).expect("open");
     let k = lookup_key(logical_key(&entries[100].0), MAX_SEQ, MAX_SEQ);
-    t.get(&k, false).expect("get");
+    t.get(&k, BlockRead::NoFill).expect("get");
     assert_eq!(cache.usage_bytes(), 0);
-    t.get(&k, true).expect("get");
+    t.get(&k, BlockRead::Fill).expect("get");
     assert!(cache.usage_bytes() > 0);
     let hits = cache.hits();
-    t.get(&k, true).expect("get");
+    t.get(&k, BlockRead::Fill).expect("get");
     assert_eq!(cache.hits(), hits + 1);
-    collect_forward(&mut t.iter(true));
+    collect_forward(&mut t.iter(BlockRead::Fill));
     assert!(cache.usage_bytes() >= t.data_block_handles().len() * 1000);
     cache.erase_file(t.file_number());
     assert_eq!(cache.usage_bytes(), 0);
+}
+
+/// A file that counts its reads.
+struct CountingFile {
+    inner: Arc<dyn File>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl File for CountingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.inner.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+#[test]
+fn cache_only_reads_miss_without_io_and_hit_once_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(5);
+    let entries = random_entries(&mut rng, 3000, false);
+    let path = dir.path().join("c.sst");
+    build(&path, &entries, TableBuilderOptions::default());
+    let file = Arc::new(CountingFile {
+        inner: open_ro(&path),
+        reads: Default::default(),
+    });
+    let reads = || file.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let size = file.len().expect("len");
+    let cache = Arc::new(BlockCache::new(8 << 20));
+    let t = Table::open(file.clone(), path.clone(), 7, size, Some(cache)).expect("open");
+    let opened = reads();
+    let k = lookup_key(logical_key(&entries[100].0), MAX_SEQ, MAX_SEQ);
+    assert!(matches!(
+        t.get(&k, BlockRead::CacheOnly),
+        Err(Error::WouldBlock(_))
+    ));
+    let mut it = t.iter(BlockRead::CacheOnly);
+    it.seek_to_first();
+    assert!(!it.valid());
+    assert!(matches!(it.status(), Err(Error::WouldBlock(_))));
+    assert_eq!(reads(), opened, "cache-only reads do no IO");
+    let want = t.get(&k, BlockRead::Fill).expect("get");
+    assert!(want.is_some());
+    assert!(reads() > opened);
+    let after_fill = reads();
+    assert_eq!(t.get(&k, BlockRead::CacheOnly).expect("cached"), want);
+    assert_eq!(reads(), after_fill, "the hit needs no IO");
+}
+
+/// Scans `t` forward until it stops; the entries seen and the error it must have stopped on.
+fn scan_to_error(t: &Arc<Table>) -> (usize, Error) {
+    let mut it = t.iter(BlockRead::Fill);
+    it.seek_to_first();
+    let mut n = 0;
+    while it.valid() {
+        n += 1;
+        it.next();
+    }
+    (n, it.status().expect_err("the scan must fail"))
 }
 
 fn flip(path: &Path, offset: u64) {
@@ -432,19 +517,12 @@ fn corrupt_data_block_is_reported_with_path_and_offset() {
     let e = t.verify_checksums().expect_err("verify must fail");
     assert_eq!(corruption_at(&e), (path.clone(), victim));
     // Forward iteration stops at the damaged block.
-    let mut it = t.iter(true);
-    it.seek_to_first();
-    let mut n = 0;
-    while it.valid() {
-        n += 1;
-        it.next();
-    }
+    let (n, e) = scan_to_error(&t);
     assert!(n > 0 && n < entries.len());
-    let e = it.status().expect_err("status must fail");
     assert_eq!(corruption_at(&e), (path.clone(), victim));
     assert!(e.to_string().contains("d.sst"));
     // Seeking into the block and backward iteration fail the same way.
-    let mut it = t.iter(false);
+    let mut it = t.iter(BlockRead::NoFill);
     it.seek_to_last();
     while it.valid() {
         it.prev();
@@ -454,8 +532,11 @@ fn corrupt_data_block_is_reported_with_path_and_offset() {
     let errs = entries
         .iter()
         .filter_map(|(k, _)| {
-            t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), true)
-                .err()
+            t.get(
+                &lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ),
+                BlockRead::Fill,
+            )
+            .err()
         })
         .map(|e| corruption_at(&e).1)
         .collect::<Vec<_>>();
@@ -561,7 +642,7 @@ fn every_single_byte_flip_is_detected_without_panic() {
             Err(_) => true,
             Ok(t) => {
                 let verify = t.verify_checksums().is_err();
-                let mut it = t.iter(false);
+                let mut it = t.iter(BlockRead::NoFill);
                 let mut n = 0;
                 it.seek_to_first();
                 while it.valid() {
@@ -571,7 +652,10 @@ fn every_single_byte_flip_is_detected_without_panic() {
                 let iter_failed = it.status().is_err();
                 assert!(iter_failed || n == entries.len());
                 for (k, _) in &entries {
-                    let _ = t.get(&lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ), false);
+                    let _ = t.get(
+                        &lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ),
+                        BlockRead::NoFill,
+                    );
                 }
                 verify
             }
@@ -676,7 +760,7 @@ proptest! {
         };
         build(&path, &entries, opts);
         let t = open(&path, Some(Arc::new(BlockCache::new(1 << 16)))).expect("open");
-        let mut it = t.iter(true);
+        let mut it = t.iter(BlockRead::Fill);
         let mut pos: Option<usize> = None;
         for op in ops {
             match op {
@@ -732,7 +816,7 @@ proptest! {
                     .get(i)
                     .filter(|e| logical_key(&e.0) == model_key(k).as_slice())
                     .cloned();
-                prop_assert_eq!(t.get(&lk, true).expect("get"), want);
+                prop_assert_eq!(t.get(&lk, BlockRead::Fill).expect("get"), want);
             }
         }
     }
@@ -782,11 +866,11 @@ fn perf_smoke() {
         })
         .collect();
     for k in &keys {
-        t.get(k, true).expect("get");
+        t.get(k, BlockRead::Fill).expect("get");
     }
     let t0 = Instant::now();
     for k in &keys {
-        assert!(t.get(k, true).expect("get").is_some());
+        assert!(t.get(k, BlockRead::Fill).expect("get").is_some());
     }
     println!("get (cached): {:?}/op", t0.elapsed() / keys.len() as u32);
     let misses: Vec<Vec<u8>> = (0..200_000)
@@ -794,10 +878,10 @@ fn perf_smoke() {
         .collect();
     let t0 = Instant::now();
     for k in &misses {
-        t.get(k, true).expect("get");
+        t.get(k, BlockRead::Fill).expect("get");
     }
     println!("get (absent): {:?}/op", t0.elapsed() / misses.len() as u32);
-    let mut it = t.iter(true);
+    let mut it = t.iter(BlockRead::Fill);
     let t0 = Instant::now();
     for k in &keys {
         it.seek(k);
@@ -886,14 +970,19 @@ fn range_tombstones_round_trip_and_widen_the_key_range() {
     let k = &entries[5].0; // kkey0105 at seq 10
     let lookup = lookup_key(logical_key(k), MAX_SEQ, MAX_SEQ);
     assert_eq!(
-        t.get(&lookup, false).expect("get").map(|e| e.0),
+        t.get(&lookup, BlockRead::NoFill).expect("get").map(|e| e.0),
         Some(k.clone())
     );
     assert_eq!(
-        t.get_from(&lookup, 10, false).expect("get").map(|e| e.0),
+        t.get_from(&lookup, 10, BlockRead::NoFill)
+            .expect("get")
+            .map(|e| e.0),
         Some(k.clone())
     );
-    assert_eq!(t.get_from(&lookup, 11, false).expect("get"), None);
+    assert_eq!(
+        t.get_from(&lookup, 11, BlockRead::NoFill).expect("get"),
+        None
+    );
     // A table without tombstones has none and costs nothing.
     let (plain, _) = small_table(dir.path(), "p.sst", 10);
     let t = open(&plain, None).expect("open");
@@ -920,7 +1009,7 @@ fn a_table_may_hold_only_range_tombstones() {
     );
     let t = open(&path, None).expect("open");
     t.verify_checksums().expect("verify");
-    let mut it = t.iter(false);
+    let mut it = t.iter(BlockRead::NoFill);
     it.seek_to_first();
     assert!(!it.valid());
     assert_eq!(
@@ -992,4 +1081,35 @@ fn range_deletion_properties_without_a_block_are_corruption() {
     assert!(super::table::read_range_dels_for_test(&ok)
         .expect("no block")
         .is_none());
+}
+
+#[test]
+fn forward_scans_read_ahead_and_still_verify_every_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, entries) = small_table(dir.path(), "r.sst", 12000);
+    let file = Arc::new(CountingFile {
+        inner: open_ro(&path),
+        reads: Default::default(),
+    });
+    let reads = || file.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let size = file.len().expect("len");
+    let t = Table::open(file.clone(), path.clone(), 7, size, None).expect("open");
+    let blocks = t.data_block_handles().len();
+    assert!(blocks > 40, "{blocks} blocks");
+    let before = reads();
+    assert_eq!(collect_forward(&mut t.iter(BlockRead::NoFill)), entries);
+    let scan_reads = reads() - before;
+    assert!(
+        scan_reads * 4 < blocks,
+        "a forward scan of {blocks} blocks took {scan_reads} reads"
+    );
+    // Backward scans and seeks read block by block and see the same entries.
+    assert_eq!(collect_backward(&mut t.iter(BlockRead::NoFill)), entries);
+    drop(t);
+    // A damaged block inside a readahead window is still caught, at its own offset.
+    let victim = open(&path, None).expect("open").data_block_handles()[blocks - 5].0;
+    flip(&path, victim + 10);
+    let (n, e) = scan_to_error(&open(&path, None).expect("open"));
+    assert!(n > 0 && n < entries.len());
+    assert_eq!(corruption_at(&e), (path, victim));
 }

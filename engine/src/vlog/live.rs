@@ -24,12 +24,69 @@ use crate::key::{Kind, EXPIRY_LEN};
 /// Default number of segment readers (open files) a [`ReaderCache`] keeps.
 pub const DEFAULT_OPEN_READERS: usize = 256;
 
-/// One live segment; deletes its file on drop once marked obsolete.
+/// Files of collected segments kept for the write path to write its next segments into:
+/// overwriting blocks that are allocated (and usually still cached) costs the kernel and
+/// the disk less than appending to a new file, and its fdatasync need not record a new
+/// size. A kept file is an orphan (no manifest names it): if the process stops before it
+/// is reused, the next open deletes it.
+#[derive(Debug)]
+pub struct Recycler {
+    /// The kept files; `None` once closed (files are deleted, not kept).
+    pool: Mutex<Option<Vec<PathBuf>>>,
+    max: usize,
+}
+
+impl Recycler {
+    /// A pool holding at most `max` files.
+    pub fn new(max: usize) -> Recycler {
+        Recycler {
+            pool: Mutex::new(Some(Vec::new())),
+            max,
+        }
+    }
+
+    /// Keeps `path` for reuse if the pool is open and has room; false when the caller must
+    /// delete it.
+    pub fn offer(&self, path: &Path) -> bool {
+        let mut pool = self.pool.lock();
+        match pool.as_mut() {
+            Some(p) if p.len() < self.max => {
+                p.push(path.to_path_buf());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A kept file to reuse, if any.
+    pub fn take(&self) -> Option<PathBuf> {
+        self.pool.lock().as_mut().and_then(|p| p.pop())
+    }
+
+    /// Stops keeping files and returns those kept (the caller deletes them).
+    pub fn close(&self) -> Vec<PathBuf> {
+        self.pool.lock().take().unwrap_or_default()
+    }
+
+    /// Files kept now.
+    pub fn len(&self) -> usize {
+        self.pool.lock().as_ref().map_or(0, |p| p.len())
+    }
+
+    /// True when no file is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One live segment; deletes its file on drop once marked obsolete (or hands it to a
+/// [`Recycler`]).
 pub struct LiveSegment {
     meta: SegmentMeta,
     path: PathBuf,
     fs: Arc<dyn FileSystem>,
     readers: Arc<ReaderCache>,
+    recycler: Option<Arc<Recycler>>,
     obsolete: AtomicBool,
 }
 
@@ -54,8 +111,15 @@ impl LiveSegment {
             meta,
             fs,
             readers,
+            recycler: None,
             obsolete: AtomicBool::new(false),
         }
+    }
+
+    /// Hands the file to `recycler` instead of deleting it once collected and unreachable.
+    pub fn with_recycler(mut self, recycler: Option<Arc<Recycler>>) -> LiveSegment {
+        self.recycler = recycler;
+        self
     }
 
     /// What the manifest records about the segment.
@@ -73,9 +137,16 @@ impl Drop for LiveSegment {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
             self.readers.evict(self.meta.id);
-            if let Err(e) = self.fs.remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not delete a collected value-log segment");
+            if self.recycler.as_ref().is_some_and(|r| r.offer(&self.path)) {
+                return;
             }
+            // The last reader may be an executor thread: delete from a background thread then.
+            let (fs, path) = (self.fs.clone(), std::mem::take(&mut self.path));
+            crate::fs::guard::run_off_marked_thread(move || {
+                if let Err(e) = fs.remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete a collected value-log segment");
+                }
+            });
         }
     }
 }

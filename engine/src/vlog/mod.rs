@@ -1,9 +1,10 @@
-//! The value log: key-value separation for large values (WiscKey, done at flush time like
-//! RocksDB's integrated BlobDB).
+//! The value log: key-value separation for large values (WiscKey).
 //!
-//! When a memtable is flushed or compaction writes output, values of at least
-//! [`DEFAULT_VALUE_THRESHOLD`] bytes are appended to a value-log *segment* by a
-//! [`SegmentWriter`] and the table stores the returned [`ValuePointer`] (20 bytes) instead.
+//! Values of at least [`DEFAULT_VALUE_THRESHOLD`] bytes are appended to a value-log
+//! *segment* by a [`SegmentWriter`] and the table stores the returned [`ValuePointer`]
+//! (20 bytes) instead. Logged writes are separated at commit ([`write_path`]: the WAL holds
+//! the pointer, the value is written once); values that reach a flush or compaction whole
+//! (applied without the WAL, or written before separation was on) are separated there.
 //! A segment is immutable once [`SegmentWriter::finish`]ed and becomes live through the same
 //! manifest edit as the table that points into it. Reads resolve a pointer with
 //! [`SegmentReader::read_value`]: one positional read of the whole record, checksum verified.
@@ -15,8 +16,8 @@
 //!
 //! Modules: [`pointer`](mod@pointer) (the pointer and its encoding), [`segment`] (file format, writer,
 //! reader, iterator), [`discard`] (garbage accounting), [`gc`], [`separate`] (moving values
-//! out of a flush or compaction), [`live`] (live segment handles, the reader cache, pointer
-//! reads). The byte format is in `docs/format.md`, "Value-log segments"; how the database
+//! out of a flush or compaction), [`write_path`] (separation at commit and its recovery),
+//! [`live`] (live segment handles, the reader cache, pointer reads). The byte format is in `docs/format.md`, "Value-log segments"; how the database
 //! drives all of it (the manifest tags, the GC commit with its L0 relocation table) is in
 //! `docs/architecture.md`, "Value log", and `db/vlog_gc.rs`.
 //!
@@ -29,6 +30,7 @@ pub mod live;
 pub mod pointer;
 pub mod segment;
 pub mod separate;
+pub mod write_path;
 
 #[cfg(test)]
 mod tests;
@@ -37,12 +39,14 @@ use std::path::Path;
 
 pub use discard::{DiscardStats, SegmentUsage};
 pub use gc::{GcJob, GcOutcome, GcStep, Relocation};
-pub use live::{LiveSegment, ReaderCache, SegmentSet, ValueFetcher};
+pub use live::{LiveSegment, ReaderCache, Recycler, SegmentSet, ValueFetcher};
 pub use pointer::{PointerError, ValuePointer};
 pub use segment::{
-    Record, RecordRef, SegmentIter, SegmentMeta, SegmentReader, SegmentWriter, SegmentWriterOptions,
+    Record, RecordRef, SegmentIter, SegmentMeta, SegmentReader, SegmentWriter,
+    SegmentWriterOptions, UnfinishedSegment,
 };
 pub use separate::{SeparatorSettings, Thresholds, ValueSeparator};
+pub use write_path::{MemtableValues, RecoveredSegments, WriteLog, WriteLogSettings};
 
 use crate::error::{IoContext, Result};
 use crate::filename::{self, FileKind};

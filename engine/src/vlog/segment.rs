@@ -201,8 +201,13 @@ pub struct SegmentWriter {
     /// Bytes not yet written; they start at file offset `written`.
     buf: Vec<u8>,
     written: u64,
+    /// Bytes known durable (fdatasynced) from offset 0.
+    synced: u64,
     records: u64,
     failed: bool,
+    /// The file was a collected segment's: whatever lies past the footer is cut off when
+    /// the segment is finished.
+    recycled: bool,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -225,10 +230,38 @@ impl SegmentWriter {
     ) -> Result<SegmentWriter> {
         let path = filename::vlog(dir, id);
         let file = fs.open(&path, OpenMode::CreateNew).ctx("create", &path)?;
+        Ok(SegmentWriter::start(fs, file, path, id, opts, false))
+    }
+
+    /// Creates segment `id` in `dir` in the file of a collected segment (`from`, renamed to
+    /// the new name): its blocks are overwritten in place and the file is cut to size when
+    /// the segment is finished. The directory entry is not synced.
+    pub fn create_recycled(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        id: u64,
+        from: &Path,
+        opts: SegmentWriterOptions,
+    ) -> Result<SegmentWriter> {
+        let path = filename::vlog(dir, id);
+        fs.rename(from, &path).ctx("rename", from)?;
+        let file = fs.open(&path, OpenMode::ReadWrite).ctx("open", &path)?;
+        Ok(SegmentWriter::start(fs, file, path, id, opts, true))
+    }
+
+    /// A writer of segment `id` in `file`, with its header buffered.
+    fn start(
+        fs: Arc<dyn FileSystem>,
+        file: Arc<dyn File>,
+        path: PathBuf,
+        id: u64,
+        opts: SegmentWriterOptions,
+        recycled: bool,
+    ) -> SegmentWriter {
         let cap = opts.write_buffer_bytes.max(4096);
         let mut buf = Vec::with_capacity(cap);
         buf.extend_from_slice(&encode_header(id));
-        Ok(SegmentWriter {
+        SegmentWriter {
             fs,
             file,
             path,
@@ -239,9 +272,11 @@ impl SegmentWriter {
             },
             buf,
             written: 0,
+            synced: 0,
             records: 0,
             failed: false,
-        })
+            recycled,
+        }
     }
 
     /// The segment id.
@@ -252,6 +287,11 @@ impl SegmentWriter {
     /// The segment's file path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The segment's open file (for a background sync of what was written).
+    pub fn file(&self) -> &Arc<dyn File> {
+        &self.file
     }
 
     /// Records appended so far.
@@ -319,6 +359,34 @@ impl SegmentWriter {
         })
     }
 
+    /// Writes the buffered bytes to the file now: the records added so far become readable
+    /// by offset (not durable; see [`SegmentWriter::sync`]).
+    pub fn write_buffered(&mut self) -> Result<()> {
+        self.check_failed()?;
+        self.flush()
+    }
+
+    /// Writes the buffered bytes and fdatasyncs the file (without finishing it): every
+    /// record added so far is durable when this returns.
+    pub fn sync(&mut self) -> Result<()> {
+        self.write_buffered()?;
+        if self.synced < self.written {
+            if !self.opts.unsafe_skip_sync {
+                if let Err(e) = self.file.sync_data() {
+                    self.failed = true;
+                    return Err(Error::io("fdatasync", &self.path, e));
+                }
+            }
+            self.synced = self.written;
+        }
+        Ok(())
+    }
+
+    /// Bytes added (header and records) that are not durable yet.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.written + self.buf.len() as u64 - self.synced
+    }
+
     /// Writes the buffer to the file.
     fn flush(&mut self) -> Result<()> {
         if self.buf.is_empty() {
@@ -348,6 +416,12 @@ impl SegmentWriter {
         self.buf
             .extend_from_slice(&encode_footer(self.records, records_end));
         self.flush()?;
+        if self.recycled {
+            // The old segment's bytes past the footer go; the footer ends the file.
+            self.file
+                .set_len(self.written)
+                .ctx("truncate", &self.path)?;
+        }
         if !self.opts.unsafe_skip_sync {
             self.file.sync_data().ctx("fdatasync", &self.path)?;
         }
@@ -557,13 +631,146 @@ impl SegmentReader {
             id: self.meta.id,
             pos: SEGMENT_HEADER_LEN as u64,
             records_end: SEGMENT_HEADER_LEN as u64 + self.meta.record_bytes,
-            expected: self.meta.records,
+            expected: Some(self.meta.records),
             seen: 0,
             buf: Vec::new(),
             buf_start: 0,
             readahead: DEFAULT_READAHEAD_BYTES,
             failed: false,
         }
+    }
+}
+
+/// A segment the write path was appending to when the database stopped: it has no footer
+/// (or one that recovery replaces), and its tail may be torn.
+///
+/// Recovery reads the records that replayed WAL entries point at
+/// ([`UnfinishedSegment::read_value`]), then [`UnfinishedSegment::finish`]es the segment
+/// right after the last of them: records past that point were never acknowledged.
+pub struct UnfinishedSegment {
+    file: Arc<dyn File>,
+    path: PathBuf,
+    id: u64,
+    len: u64,
+}
+
+impl std::fmt::Debug for UnfinishedSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnfinishedSegment")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnfinishedSegment {
+    /// Opens segment `id` of `dir` for recovery; `None` when the file is missing or its
+    /// header is not intact (then no record of it was ever durable).
+    pub fn open(fs: &dyn FileSystem, dir: &Path, id: u64) -> Result<Option<UnfinishedSegment>> {
+        let path = filename::vlog(dir, id);
+        if !fs.exists(&path) {
+            return Ok(None);
+        }
+        let file = fs.open(&path, OpenMode::ReadWrite).ctx("open", &path)?;
+        let len = file.len().ctx("stat", &path)?;
+        if len < SEGMENT_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let mut h = [0u8; SEGMENT_HEADER_LEN];
+        read_exact(&*file, &path, &mut h, 0)?;
+        if h != encode_header(id) {
+            return Ok(None);
+        }
+        Ok(Some(UnfinishedSegment {
+            file,
+            path,
+            id,
+            len,
+        }))
+    }
+
+    /// The segment id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The segment's file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The value of the record at `ptr` if the record is there whole (crc verified) and was
+    /// stored with exactly `key`; `None` when it is missing, torn or another record.
+    pub fn read_value(&self, ptr: ValuePointer, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let inside = ptr.segment == self.id
+            && ptr.offset >= SEGMENT_HEADER_LEN as u64
+            && ptr.len as usize >= RECORD_HEADER_LEN
+            && ptr
+                .offset
+                .checked_add(ptr.len as u64)
+                .is_some_and(|e| e <= self.len);
+        if !inside {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; ptr.len as usize];
+        match self.file.read_exact_at(&mut buf, ptr.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(Error::io("read", &self.path, e)),
+        }
+        let Ok(key_len) = check_record(&buf, &self.path, ptr.offset) else {
+            return Ok(None);
+        };
+        if &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key_len] != key {
+            return Ok(None);
+        }
+        buf.drain(..RECORD_HEADER_LEN + key_len);
+        Ok(Some(buf))
+    }
+
+    /// Seals the segment with its records ending at `end`: verifies every record in
+    /// `[header, end)`, cuts off whatever follows, writes the footer and fdatasyncs.
+    /// Damage before `end` is corruption. Running it again after a crash gives the same
+    /// segment.
+    pub fn finish(self, end: u64) -> Result<SegmentMeta> {
+        if end < SEGMENT_HEADER_LEN as u64 || end > self.len {
+            return Err(Error::corruption(
+                &self.path,
+                end,
+                format!(
+                    "records cannot end at {end} in a segment file of {} bytes",
+                    self.len
+                ),
+            ));
+        }
+        let mut it = SegmentIter {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            id: self.id,
+            pos: SEGMENT_HEADER_LEN as u64,
+            records_end: end,
+            expected: None,
+            seen: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            readahead: DEFAULT_READAHEAD_BYTES,
+            failed: false,
+        };
+        // Bounded: each record advances the position by at least its header.
+        while it.next_record()?.is_some() {}
+        let records = it.records_seen();
+        let p: &Path = &self.path;
+        self.file.set_len(end).ctx("truncate", p)?;
+        self.file
+            .write_all_at(&encode_footer(records, end), end)
+            .ctx("write", p)?;
+        self.file.sync_data().ctx("fdatasync", p)?;
+        Ok(SegmentMeta {
+            id: self.id,
+            file_bytes: end + SEGMENT_FOOTER_LEN as u64,
+            records,
+            record_bytes: end - SEGMENT_HEADER_LEN as u64,
+        })
     }
 }
 
@@ -580,7 +787,8 @@ pub struct SegmentIter {
     /// File offset of the next record.
     pos: u64,
     records_end: u64,
-    expected: u64,
+    /// Records the footer counts (`None` for a segment being recovered: no footer yet).
+    expected: Option<u64>,
     seen: u64,
     /// Bytes of the file starting at offset `buf_start`.
     buf: Vec<u8>,
@@ -641,13 +849,13 @@ impl SegmentIter {
     /// Length of the next record (validated against the records' end), `None` at the end.
     fn next_len(&mut self) -> Result<Option<u64>> {
         if self.pos == self.records_end {
-            if self.seen != self.expected {
+            if let Some(expected) = self.expected.filter(|e| *e != self.seen) {
                 return Err(Error::corruption(
                     &self.path,
                     self.records_end,
                     format!(
-                        "footer counts {} records, the segment holds {}",
-                        self.expected, self.seen
+                        "footer counts {expected} records, the segment holds {}",
+                        self.seen
                     ),
                 ));
             }
@@ -714,12 +922,12 @@ impl SegmentIter {
         let r = check_record(&self.buf[at..end], &self.path, self.pos);
         let key_len = self.guard(r)?;
         self.seen += 1;
-        if self.seen > self.expected {
+        if let Some(expected) = self.expected.filter(|e| self.seen > *e) {
             self.failed = true;
             return Err(Error::corruption(
                 &self.path,
                 self.pos,
-                format!("more records than the {} the footer counts", self.expected),
+                format!("more records than the {expected} the footer counts"),
             ));
         }
         let pointer = ValuePointer {

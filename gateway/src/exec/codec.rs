@@ -57,7 +57,15 @@ fn put_expiry(out: &mut Vec<u8>, e: ExpiryUpdate) {
 impl WriteCommand {
     /// Encodes the command for the log.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
+        // Sized up front for the common commands: growing the buffer would copy it.
+        let hint = match &self.op {
+            WriteOp::Set { key, value, .. } | WriteOp::GetSet { key, value } => {
+                key.len() + value.len() + 32
+            }
+            _ => 64,
+        };
+        let mut out = Vec::with_capacity(hint);
+        out.push(FORMAT);
         put_varint(&mut out, self.now_ms);
         match &self.op {
             WriteOp::Set {

@@ -827,6 +827,17 @@ pub fn read(op: &ReadOp, view: &dyn ReadView, now_ms: u64) -> Reply {
     read_inner(op, view, now_ms).unwrap_or_else(storage_error)
 }
 
+/// Like [`read`], except that a view reporting `nokv::Error::WouldBlock` (a cache-only
+/// read that needs disk IO) yields None instead of an error reply: the caller runs the
+/// read again where IO may block.
+pub fn try_read(op: &ReadOp, view: &dyn ReadView, now_ms: u64) -> Option<Reply> {
+    match read_inner(op, view, now_ms) {
+        Ok(reply) => Some(reply),
+        Err(crate::Error::Store(e)) if e.is_would_block() => None,
+        Err(e) => Some(storage_error(e)),
+    }
+}
+
 fn string_of(meta: Option<Meta>) -> std::result::Result<Option<Vec<u8>>, Reply> {
     match meta {
         None => Ok(None),
@@ -1203,7 +1214,12 @@ fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {
             expiry,
             reply,
         } => {
-            let old = tx.load(key)?;
+            // A plain SET (no condition, no KEEPTTL, no GET) replaces whatever is there,
+            // whatever its type: it needs no read.
+            let needs_old = *condition != SetCondition::Always
+                || *expiry == ExpiryUpdate::Keep
+                || *reply == SetReply::Old;
+            let old = if needs_old { tx.load(key)? } else { None };
             let old_value = if *reply == SetReply::Old {
                 tri!(string_of(old.clone()))
             } else {
@@ -1539,6 +1555,44 @@ mod tests {
             Prepared::Reply(r) => r,
         };
         String::from_utf8_lossy(&reply.to_bytes(Protocol::Resp2).unwrap_or_default()).into_owned()
+    }
+
+    /// A view whose every read fails with the given engine error.
+    struct Failing(fn() -> nokv::Error);
+
+    impl ReadView for Failing {
+        fn get(&self, _: nokv::KeySpace, _: &[u8]) -> Result<Option<Vec<u8>>> {
+            Err((self.0)().into())
+        }
+        fn scan(
+            &self,
+            _: nokv::KeySpace,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<()> {
+            Err((self.0)().into())
+        }
+    }
+
+    #[test]
+    fn try_read_hands_back_reads_that_would_block_and_answers_the_rest() {
+        let get = match prep("GET k", 0) {
+            Prepared::Read(op) => op,
+            _ => panic!("GET is a read"),
+        };
+        let keys = match prep("KEYS *", 0) {
+            Prepared::Read(op) => op,
+            _ => panic!("KEYS is a read"),
+        };
+        let blocked = Failing(|| nokv::Error::WouldBlock("test"));
+        assert_eq!(try_read(&get, &blocked, 0), None);
+        assert_eq!(try_read(&keys, &blocked, 0), None);
+        let broken = Failing(|| nokv::Error::Closed);
+        assert!(try_read(&get, &broken, 0).is_some_and(|r| r.is_error()));
+        let mut view = MemView::default();
+        run(&mut view, "SET k v", 0, 1);
+        assert_eq!(try_read(&get, &view, 0), Some(Reply::Bulk(b"v".to_vec())));
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Starting the real `nokv-server` binary and talking raw RESP2 to it.
+//! Starting the real `nokv-server` binary (or, in `inproc`, a node in this process) and
+//! talking raw RESP2 to it.
 #![allow(dead_code)]
+
+pub mod inproc;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,6 +19,10 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub stderr: PathBuf,
+    /// The metrics endpoint, when started with `--metrics-addr`.
+    pub metrics: Option<String>,
+    /// The store-to-store RPC address, when started with `--rpc-addr`.
+    pub rpc: Option<String>,
 }
 
 /// The server's result when it refuses to start: (exit status, stderr).
@@ -33,22 +40,73 @@ pub fn run_to_exit(workdir: &Path, extra: &[&str]) -> (ExitStatus, String) {
     )
 }
 
+/// Runs the server with extra environment variables until it exits on its own (at most
+/// `LIMIT`; then it is killed and None returned): (exit status, stderr).
+pub fn run_env_to_exit(
+    workdir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Option<(ExitStatus, String)> {
+    std::fs::create_dir_all(workdir).expect("workdir");
+    let stderr = workdir.with_extension("stderr.log");
+    let log = std::fs::File::create(&stderr).expect("stderr log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nokv-server"))
+        .arg("--workdir")
+        .arg(workdir)
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn nokv-server");
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    status.map(|s| (s, std::fs::read_to_string(&stderr).unwrap_or_default()))
+}
+
 impl Server {
     /// Starts a server on a free loopback port and waits for its "listening on" line.
     pub fn start(workdir: &Path, extra: &[&str]) -> Server {
         Server::start_on(workdir, "127.0.0.1:0", extra)
     }
 
+    /// Starts a server on a free loopback port with extra environment variables.
+    pub fn start_env(workdir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with(workdir, "127.0.0.1:0", extra, env)
+    }
+
     /// Starts a server on `addr`.
     pub fn start_on(workdir: &Path, addr: &str, extra: &[&str]) -> Server {
+        Server::start_with(workdir, addr, extra, &[])
+    }
+
+    fn start_with(workdir: &Path, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(workdir).expect("workdir");
-        let stderr = workdir.with_extension("stderr.log");
-        let log = std::fs::File::create(&stderr).expect("stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nokv-server"))
-            .arg("--workdir")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
+        cmd.arg("--workdir")
             .arg(workdir)
             .args(["--redis-addr", addr])
             .args(extra)
+            .envs(env.iter().copied());
+        Server::launch(cmd, workdir.with_extension("stderr.log"))
+    }
+
+    /// Runs `cmd` (a `nokv-server` command line, possibly behind wrappers that exec it),
+    /// stderr to the file `stderr`, and waits for its "listening on" line.
+    pub fn launch(mut cmd: Command, stderr: PathBuf) -> Server {
+        let log = std::fs::File::create(&stderr).expect("stderr log");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -57,15 +115,24 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // The metrics and rpc lines (if any) come before the listening line.
+            let mut metrics = None;
+            let mut rpc = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                let word = |rest: &str| rest.split_whitespace().next().unwrap_or("").to_string();
+                if let Some(rest) = line.split("metrics on ").nth(1) {
+                    metrics = Some(word(rest));
+                }
+                if let Some(rest) = line.split("rpc on ").nth(1) {
+                    rpc = Some(word(rest));
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
+                    let _ = tx.send((word(rest), metrics.take(), rpc.take()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(LIMIT) {
+        let (addr, metrics, rpc) = match rx.recv_timeout(LIMIT) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -77,12 +144,46 @@ impl Server {
             child,
             addr,
             stderr,
+            metrics,
+            rpc,
         }
     }
 
     /// A new client connection.
     pub fn client(&self) -> Client {
         Client::connect(&self.addr)
+    }
+
+    /// One line of `/proc/<pid>/status` (e.g. `VmHWM`), in bytes.
+    pub fn proc_status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"));
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        kib * 1024
+    }
+
+    /// Sends one raw HTTP request to the metrics endpoint; returns (status code, body).
+    pub fn http(&self, request: &[u8]) -> (u16, String) {
+        let addr = self
+            .metrics
+            .as_deref()
+            .expect("started with --metrics-addr");
+        http(addr, request)
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub fn scrape(&self) -> String {
+        let (status, body) = self.http(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// SIGKILL and wait.
@@ -118,6 +219,50 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends one raw HTTP request to `addr`; returns (status code, body).
+pub fn http(addr: &str, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect metrics");
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    s.write_all(request).expect("send request");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read response");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered, or "" for none).
+pub fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    scrape.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == key).then(|| v.parse().ok())?
+    })
+}
+
+/// The value of INFO field `field` (e.g. `evicted_clients`), read through `c`.
+pub fn info_field(c: &mut Client, section: &str, field: &str) -> Option<String> {
+    let R::Bulk(text) = c.cmd(&format!("INFO {section}")) else {
+        panic!("INFO {section}: not a bulk reply")
+    };
+    String::from_utf8_lossy(&text).lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
 }
 
 /// A RESP2 reply.
@@ -157,6 +302,18 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
 }
 
 impl Client {
+    /// Connects with bounded connect and read times; None when the server is not there.
+    pub fn try_connect(addr: &str, timeout: Duration) -> Option<Client> {
+        let sock: std::net::SocketAddr = addr.parse().ok()?;
+        let s = TcpStream::connect_timeout(&sock, timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.set_nodelay(true).ok()?;
+        Some(Client {
+            reader: BufReader::new(s.try_clone().ok()?),
+            writer: s,
+        })
+    }
+
     pub fn connect(addr: &str) -> Client {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(LIMIT)).expect("timeout");
@@ -172,6 +329,35 @@ impl Client {
         let words: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
         self.send(&words);
         self.read()
+    }
+
+    /// Sends one command and reads its reply; None when the connection fails (closed by
+    /// a dying server) instead of panicking.
+    pub fn try_cmd(&mut self, args: &[&[u8]]) -> Option<R> {
+        self.writer.write_all(&encode(args)).ok()?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        Some(match kind {
+            "$" => {
+                let n: i64 = rest.parse().ok()?;
+                if n < 0 {
+                    return Some(R::Nil);
+                }
+                let mut b = vec![0u8; n as usize + 2];
+                self.reader.read_exact(&mut b).ok()?;
+                b.truncate(n as usize);
+                R::Bulk(b)
+            }
+            "-" => R::Error(rest.to_string()),
+            "+" => R::Simple(rest.to_string()),
+            ":" => R::Int(rest.parse().ok()?),
+            other => panic!("unexpected reply type {other:?} in {line:?}"),
+        })
     }
 
     pub fn send(&mut self, args: &[&[u8]]) {

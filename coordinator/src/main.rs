@@ -1,0 +1,151 @@
+//! `nokv-coordinator`: the cluster's coordinator process, alone or as one of several replicas.
+
+use clap::Parser;
+use nokv_coordinator::{
+    Config, Coordinator, ReplicaConfig, Server, ServerOptions, SystemClock, DEFAULT_ADDR,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// NoKV coordinator: registers stores and tracks their heartbeats, keeps the region catalog
+/// and answers route lookups, places replicas on a (store, core), hands out hybrid
+/// timestamps (TSO) and unique ids. All state lives in an embedded NoKV engine under
+/// --workdir and survives restarts. Clients speak NoKV wire frames over TCP
+/// (docs/coordinator.md). Runs alone, or as one of several replicas (--replica-id, --peers)
+/// that elect a leader with raft. SIGTERM or SIGINT stops it cleanly.
+#[derive(Debug, Parser)]
+#[command(name = "nokv-coordinator", version)]
+struct Args {
+    /// Address to listen on for stores and clients (host:port).
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    addr: String,
+    /// Directory holding the coordinator's state (created if missing; one coordinator at a
+    /// time, a second one on the same directory is refused).
+    #[arg(long)]
+    workdir: PathBuf,
+    /// The cluster's id (non-zero). Frames of another cluster are refused, and a workdir
+    /// created for another cluster will not open.
+    #[arg(long)]
+    cluster_id: u64,
+    /// A store without a heartbeat for this long is considered down and gets no new
+    /// replicas: a number with a unit, `ms`, `s` or `m` (e.g. 500ms, 30s, 2m; a bare number
+    /// is seconds).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    store_down_after: Duration,
+    /// Connections served at once; more are refused with a busy error.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Largest request frame payload accepted, in bytes; a larger frame drops its connection.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_frame_bytes: u32,
+    /// Replicated mode: this replica's id, 1..=N, its address being the N-th of --peers.
+    /// 0 (default): a single coordinator process.
+    #[arg(long, default_value_t = 0)]
+    replica_id: u64,
+    /// Replicated mode: every replica's address (host:port, comma-separated, replica 1
+    /// first), the same list on every replica. Replicas elect a leader with raft; only the
+    /// leader serves, the others answer with its address.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s or 2m"))?;
+    n.checked_mul(mult_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+fn init_logging() {
+    let level = nokv_raft::logger::level_from_env();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_thread_names(true)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    let config = Config {
+        workdir: args.workdir.clone(),
+        cluster_id: args.cluster_id,
+        store_down_after: args.store_down_after,
+        clock: Arc::new(SystemClock::new()),
+        replica: match (args.replica_id, args.peers.is_empty()) {
+            (0, true) => None,
+            (0, false) => return Err("--peers needs --replica-id".into()),
+            (_, true) => return Err("--replica-id needs --peers".into()),
+            (id, false) => Some(ReplicaConfig::new(id, args.peers.clone())),
+        },
+    };
+    let coord = Arc::new(Coordinator::open(config).map_err(|e| e.to_string())?);
+    let opts = ServerOptions {
+        max_connections: args.max_connections.max(1),
+        max_frame_bytes: args.max_frame_bytes,
+        ..ServerOptions::default()
+    };
+    let server = Server::start(coord.clone(), &args.addr, opts).map_err(|e| e.to_string())?;
+    tracing::info!(addr = %server.local_addr(), workdir = %args.workdir.display(), cluster_id = args.cluster_id, "coordinator serving");
+    println!("nokv-coordinator listening on {}", server.local_addr());
+    // Bounded by the signal: polls the flag.
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("signal received, shutting down");
+    server.shutdown();
+    match Arc::try_unwrap(coord) {
+        Ok(c) => c.close().map_err(|e| e.to_string())?,
+        Err(c) => {
+            if let Some(r) = c.replica() {
+                r.stop();
+            }
+            tracing::warn!("connections still running; state closed by the exit")
+        }
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    init_logging();
+    if let Err(e) = run(args) {
+        tracing::error!("{e}");
+        eprintln!("nokv-coordinator: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

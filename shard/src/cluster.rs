@@ -1,0 +1,408 @@
+//! The store in a cluster (`--coordinator`): registration with the coordinator, the
+//! cluster's bootstrap, the replicas this store holds (and on which core), the directory of
+//! the other stores' addresses, and the heartbeat thread.
+//!
+//! Everything here that talks to the coordinator blocks (`CoordClient` is blocking), so it
+//! runs on the main thread before the executors start, or on the heartbeat thread
+//! (`nokv-heartbeat`, a std thread). The cores hand their region heartbeats to that thread
+//! over a bounded channel (`try_send`: a full channel drops the report, the next one
+//! follows within [`REGION_REPORT_INTERVAL`]).
+
+use crate::config::{Settings, REGIONS_PER_CORE};
+use crate::error::{Error, Result};
+use crate::layout;
+use nokv_coordinator::proto::{Region, RegionHeartbeat, Route, StoreMeta, StoreState, StoreStats};
+use nokv_coordinator::{ClientOptions, CoordClient};
+use nokv_raft::transport::StaticResolver;
+use nokv_raft::RegionDescriptor;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often a core reports the regions it leads (also at once when that set changes).
+pub const REGION_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the store sends its own heartbeat (well under `--store-down-after`).
+pub const STORE_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the store refreshes the other stores' addresses.
+pub const DIRECTORY_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// Region reports waiting for the heartbeat thread, over all cores.
+pub const REPORT_QUEUE: usize = 4096;
+/// Pause between two looks at a cluster that is not bootstrapped yet.
+const BOOTSTRAP_POLL: Duration = Duration::from_millis(200);
+
+/// A core's report of a region it leads, for the coordinator.
+#[derive(Debug, Clone)]
+pub struct RegionReport {
+    /// The region as the leader knows it.
+    pub desc: RegionDescriptor,
+    /// The leader's peer id.
+    pub leader_peer_id: u64,
+    /// The core holding the leader (the coordinator keeps each replica's core).
+    pub core: u32,
+}
+
+/// The other stores' addresses, refreshed from the coordinator: RPC addresses for the
+/// transport (a [`StaticResolver`]) and Redis addresses for `-MOVED` replies. Written by the
+/// heartbeat thread every few seconds; read briefly on the executors (the lock is never
+/// held across anything that waits).
+#[derive(Debug, Default)]
+pub struct Directory {
+    redis: RwLock<HashMap<u64, String>>,
+    resolver: Arc<StaticResolver>,
+}
+
+impl Directory {
+    /// The resolver the transport asks for store addresses.
+    pub fn resolver(&self) -> Arc<StaticResolver> {
+        self.resolver.clone()
+    }
+
+    /// The Redis address of store `store_id`, if known.
+    pub fn redis_addr(&self, store_id: u64) -> Option<String> {
+        self.redis.read().ok()?.get(&store_id).cloned()
+    }
+
+    /// Records the addresses of `stores`.
+    pub fn update<'a>(&self, stores: impl IntoIterator<Item = &'a StoreMeta>) {
+        for s in stores {
+            match s.rpc_addr.parse::<SocketAddr>() {
+                Ok(a) => self.resolver.set(s.id, a),
+                Err(e) => {
+                    tracing::warn!(store = s.id, addr = %s.rpc_addr, error = %e, "unusable rpc address")
+                }
+            }
+            if let Ok(mut m) = self.redis.write() {
+                m.insert(s.id, s.redis_addr.clone());
+            }
+        }
+    }
+}
+
+/// What a store learned when it joined the cluster.
+pub struct Joined {
+    /// This store's id (persisted in `<workdir>/STORE`).
+    pub store_id: u64,
+    /// The coordinator client (blocking; the heartbeat thread takes it).
+    pub client: CoordClient,
+    /// Every region of the cluster as the coordinator routes it (empty when the
+    /// coordinator could not be reached at a restart).
+    pub routes: Vec<Route>,
+    /// Addresses of the other stores.
+    pub directory: Arc<Directory>,
+}
+
+impl Joined {
+    /// The regions with a replica on this store, with their core.
+    pub fn local_regions(&self, cores: usize) -> Result<Vec<(RegionDescriptor, usize)>> {
+        let mut out = Vec::new();
+        for route in &self.routes {
+            let Some(region) = &route.region else {
+                continue;
+            };
+            let Some(peer) = region.peers.iter().find(|p| p.store_id == self.store_id) else {
+                continue;
+            };
+            let core = peer.core.unwrap_or(0) as usize;
+            if core >= cores {
+                return Err(Error::Cluster(format!(
+                    "region {} is placed on core {core} of this store, which has {cores} cores",
+                    region.id
+                )));
+            }
+            out.push((RegionDescriptor::from(region), core));
+        }
+        Ok(out)
+    }
+
+    /// Each replica's core on its store (peer id -> core), for addressing raft messages.
+    pub fn peer_cores(&self) -> HashMap<u64, u32> {
+        self.regions()
+            .flat_map(|r| r.peers.iter())
+            .map(|p| (p.id, p.core.unwrap_or(0)))
+            .collect()
+    }
+
+    /// For every region: the store the coordinator names as its leader (else its first
+    /// replica's store).
+    pub fn leader_stores(&self) -> HashMap<u64, u64> {
+        self.routes
+            .iter()
+            .filter_map(|r| {
+                let region = r.region.as_ref()?;
+                let leader = region
+                    .peers
+                    .iter()
+                    .find(|p| p.id == r.leader_peer_id)
+                    .or(region.peers.first())?;
+                Some((region.id, leader.store_id))
+            })
+            .collect()
+    }
+
+    fn regions(&self) -> impl Iterator<Item = &Region> {
+        self.routes.iter().filter_map(|r| r.region.as_ref())
+    }
+}
+
+fn coord_err(op: &'static str) -> impl FnOnce(nokv_coordinator::Error) -> Error {
+    move |source| Error::Coordinator { op, source }
+}
+
+/// Every route, in key order (several scans when there are more than one answer holds).
+fn scan_all(client: &CoordClient) -> nokv_coordinator::Result<Vec<Route>> {
+    let mut out: Vec<Route> = Vec::new();
+    let mut start = Vec::new();
+    // Bounded: each scan moves past at least one region, and the key space is finite.
+    loop {
+        let batch = client.scan_regions(&start, b"", 0)?;
+        let before = out.len();
+        for r in batch {
+            if let Some(region) = &r.region {
+                if out
+                    .iter()
+                    .any(|o| o.region.as_ref().map(|x| x.id) == Some(region.id))
+                {
+                    continue;
+                }
+            }
+            out.push(r);
+        }
+        let end = out
+            .last()
+            .and_then(|r| r.region.as_ref())
+            .map(|r| r.end_key.clone());
+        match end {
+            Some(end) if !end.is_empty() && out.len() > before => start = end,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The split keys of a new cluster: the Redis hash-slot space cut into `regions` equal
+/// ranges, as a standalone store does (`layout::bootstrap_regions`).
+pub fn split_keys(regions: usize) -> Vec<Vec<u8>> {
+    layout::slot_split_keys(regions)
+}
+
+/// Joins the cluster: registers the store (id 0 the first time; the workdir's id after),
+/// waits until the cluster is bootstrapped, bootstrapping it itself once enough stores are
+/// up, and reads the routes. `known_id` is the workdir's store id (None: a new store).
+/// At a restart an unreachable coordinator is not fatal: the store starts from its local
+/// regions (the heartbeat thread keeps trying).
+pub fn join(
+    settings: &Settings,
+    known_id: Option<u64>,
+    cores: usize,
+    rpc: SocketAddr,
+    redis: SocketAddr,
+    shutdown: &AtomicBool,
+) -> Result<Joined> {
+    let client = CoordClient::new(
+        settings.coordinator.clone(),
+        settings.cluster_id,
+        ClientOptions::default(),
+    )
+    .map_err(coord_err("connect"))?;
+    let meta = StoreMeta {
+        id: known_id.unwrap_or(0),
+        rpc_addr: rpc.to_string(),
+        redis_addr: redis.to_string(),
+        cores: cores as u32,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let directory = Arc::new(Directory::default());
+    let store_id = match (client.register_store(meta.clone()), known_id) {
+        (Ok(id), _) => id,
+        (Err(e), Some(id)) => {
+            tracing::warn!(error = %e, store = id, "coordinator unreachable at start: serving the local regions; the heartbeat thread keeps trying");
+            return Ok(Joined {
+                store_id: id,
+                client,
+                routes: Vec::new(),
+                directory,
+            });
+        }
+        (Err(e), None) => return Err(coord_err("register the store")(e)),
+    };
+    if let Some(id) = known_id {
+        if id != store_id {
+            return Err(Error::Cluster(format!(
+                "the workdir is store {id} but the coordinator registered it as {store_id}"
+            )));
+        }
+    }
+    tracing::info!(store = store_id, "registered with the coordinator");
+    let replicas = settings.bootstrap_replicas;
+    let mut waiting_logged = false;
+    let routes = loop {
+        if shutdown.load(Ordering::SeqCst) {
+            return Err(Error::Cluster(
+                "stopped while waiting for the cluster's bootstrap".into(),
+            ));
+        }
+        let routes = scan_all(&client).map_err(coord_err("scan regions"))?;
+        if !routes.is_empty() {
+            break routes;
+        }
+        let stores = client.stores().map_err(coord_err("list stores"))?;
+        let up = stores
+            .iter()
+            .filter(|s| {
+                s.state == StoreState::Up as i32 && s.meta.as_ref().is_some_and(|m| m.cores > 0)
+            })
+            .count();
+        if up >= replicas as usize {
+            let keys = split_keys(cores * REGIONS_PER_CORE);
+            match client.bootstrap(keys, replicas) {
+                Ok(regions) => {
+                    tracing::info!(
+                        regions = regions.len(),
+                        replicas,
+                        "bootstrapped the cluster"
+                    );
+                    continue;
+                }
+                Err(nokv_coordinator::Error::AlreadyBootstrapped)
+                | Err(nokv_coordinator::Error::NotEnoughStores { .. }) => {}
+                Err(e) => return Err(coord_err("bootstrap")(e)),
+            }
+        } else if !waiting_logged {
+            waiting_logged = true;
+            tracing::info!(
+                up,
+                need = replicas,
+                "waiting for stores to register before bootstrapping the cluster"
+            );
+        }
+        std::thread::sleep(BOOTSTRAP_POLL);
+    };
+    let stores = client.stores().map_err(coord_err("list stores"))?;
+    directory.update(stores.iter().filter_map(|s| s.meta.as_ref()));
+    Ok(Joined {
+        store_id,
+        client,
+        routes,
+        directory,
+    })
+}
+
+/// The running heartbeat thread; dropping it stops the thread and waits for it (at most
+/// one coordinator call, bounded by the client's call timeout), so that it is not left
+/// running while the process exits.
+pub struct Heartbeats {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                tracing::warn!("the heartbeat thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the heartbeat thread: store heartbeats, the cores' region reports, and the
+/// directory's refresh, until the returned handle is dropped.
+pub fn spawn_heartbeats(
+    client: CoordClient,
+    store_id: u64,
+    directory: Arc<Directory>,
+    reports: Receiver<RegionReport>,
+) -> Result<Heartbeats> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("nokv-heartbeat".into())
+        .spawn(move || heartbeat_loop(client, store_id, directory, reports, flag))
+        .map_err(|e| Error::Cluster(format!("start the heartbeat thread: {e}")))?;
+    Ok(Heartbeats {
+        stop,
+        handle: Some(handle),
+    })
+}
+
+fn heartbeat_loop(
+    client: CoordClient,
+    store_id: u64,
+    directory: Arc<Directory>,
+    reports: Receiver<RegionReport>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let mut pending: HashMap<u64, RegionReport> = HashMap::new();
+    let mut leaders: HashMap<u64, u64> = HashMap::new();
+    // The first store heartbeat goes out at once.
+    let mut last_store = Instant::now()
+        .checked_sub(STORE_HEARTBEAT_INTERVAL)
+        .unwrap_or_else(Instant::now);
+    let mut last_directory = Instant::now();
+    while !shutdown.load(Ordering::SeqCst) {
+        match reports.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                leaders.insert(r.desc.id, r.leader_peer_id);
+                pending.insert(r.desc.id, r);
+                // Take whatever else waits (bounded by the channel).
+                while let Ok(r) = reports.try_recv() {
+                    leaders.insert(r.desc.id, r.leader_peer_id);
+                    pending.insert(r.desc.id, r);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for (_, r) in pending.drain() {
+            if shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut region = Region::from(&r.desc);
+            for p in region.peers.iter_mut() {
+                if p.id == r.leader_peer_id {
+                    p.core = Some(r.core);
+                }
+            }
+            let hb = RegionHeartbeat {
+                region: Some(region),
+                leader_peer_id: r.leader_peer_id,
+                approximate_size_bytes: 0,
+                approximate_keys: 0,
+            };
+            match client.region_heartbeat(hb) {
+                Ok(()) => {}
+                Err(nokv_coordinator::Error::StaleEpoch { .. }) => {
+                    tracing::debug!(region = r.desc.id, "region heartbeat refused: stale epoch")
+                }
+                Err(e) => {
+                    tracing::debug!(region = r.desc.id, error = %e, "region heartbeat failed")
+                }
+            }
+        }
+        if last_store.elapsed() >= STORE_HEARTBEAT_INTERVAL {
+            last_store = Instant::now();
+            let stats = StoreStats {
+                store_id,
+                leader_count: leaders.len() as u64,
+                ..StoreStats::default()
+            };
+            leaders.clear();
+            if let Err(e) = client.store_heartbeat(stats) {
+                tracing::warn!(error = %e, "store heartbeat failed");
+            }
+        }
+        if last_directory.elapsed() >= DIRECTORY_REFRESH_INTERVAL {
+            last_directory = Instant::now();
+            match client.stores() {
+                Ok(stores) => directory.update(stores.iter().filter_map(|s| s.meta.as_ref())),
+                Err(e) => tracing::debug!(error = %e, "refreshing store addresses failed"),
+            }
+        }
+    }
+}
+
+/// The sending side of the region reports, one clone per core.
+pub type ReportSender = SyncSender<RegionReport>;

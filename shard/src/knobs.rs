@@ -1,0 +1,76 @@
+//! Test-only knobs, read from the environment in debug builds only (release builds
+//! ignore the variables). System tests use them to make rare states happen on demand.
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `NOKV_DEBUG_INLINE_ENGINE_IO=wal` | each round's WAL append runs on the executor thread: a negative control of the blocking-IO assertion (a debug server must abort at its first round) |
+//! | `NOKV_DEBUG_INLINE_ENGINE_IO=reads` | reads run on the executor thread with every storage tier: the other negative control (a debug server must abort on a block-cache miss) |
+//! | `NOKV_DEBUG_WRITE_BUFFER_BYTES=n` | the engines' memtable size (at least 65536) |
+//! | `NOKV_DEBUG_MAX_IMMUTABLE_MEMTABLES=n` | frozen memtables before writes stop |
+//! | `NOKV_DEBUG_HOLD_FLUSH_WHILE=path` | the engines start no flush while `path` exists |
+//! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
+
+use std::path::PathBuf;
+
+/// The knobs in effect (all off in release builds).
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    /// Run the round's WAL append inline on the executor (negative control).
+    pub inline_wal: bool,
+    /// Run reads inline on the executor with every tier (negative control).
+    pub inline_reads: bool,
+    /// Engine `write_buffer_bytes` override.
+    pub write_buffer_bytes: Option<usize>,
+    /// Engine `max_immutable_memtables` override.
+    pub max_immutable_memtables: Option<usize>,
+    /// Hold flushes while this file exists.
+    pub hold_flush_while: Option<PathBuf>,
+    /// Address every outgoing raft message to this core of its store.
+    pub raft_to_core: Option<u32>,
+}
+
+impl Knobs {
+    /// Reads the variables (debug builds); every knob off in release builds.
+    pub fn from_env() -> Knobs {
+        #[cfg(debug_assertions)]
+        {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let knobs = Knobs {
+                inline_wal: var("NOKV_DEBUG_INLINE_ENGINE_IO").is_some_and(|v| v == "wal"),
+                inline_reads: var("NOKV_DEBUG_INLINE_ENGINE_IO").is_some_and(|v| v == "reads"),
+                write_buffer_bytes: var("NOKV_DEBUG_WRITE_BUFFER_BYTES")
+                    .and_then(|v| v.parse().ok()),
+                max_immutable_memtables: var("NOKV_DEBUG_MAX_IMMUTABLE_MEMTABLES")
+                    .and_then(|v| v.parse().ok()),
+                hold_flush_while: var("NOKV_DEBUG_HOLD_FLUSH_WHILE").map(PathBuf::from),
+                raft_to_core: var("NOKV_DEBUG_RAFT_TO_CORE").and_then(|v| v.parse().ok()),
+            };
+            if knobs.inline_wal
+                || knobs.inline_reads
+                || knobs.write_buffer_bytes.is_some()
+                || knobs.max_immutable_memtables.is_some()
+                || knobs.hold_flush_while.is_some()
+                || knobs.raft_to_core.is_some()
+            {
+                tracing::warn!(?knobs, "debug knobs in effect (tests only)");
+            }
+            knobs
+        }
+        #[cfg(not(debug_assertions))]
+        Knobs::default()
+    }
+
+    /// Applies the engine overrides to `opts`.
+    pub fn engine(&self, opts: &mut nokv::Options) {
+        if let Some(n) = self.write_buffer_bytes {
+            opts.write_buffer_bytes = n;
+        }
+        if let Some(n) = self.max_immutable_memtables {
+            opts.max_immutable_memtables = n;
+        }
+        if let Some(path) = self.hold_flush_while.clone() {
+            // Called by the engine's flush thread (never an executor thread).
+            opts.test_hold_flush = Some(std::sync::Arc::new(move || path.exists()));
+        }
+    }
+}

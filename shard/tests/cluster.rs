@@ -1,0 +1,512 @@
+//! Scenario: three `nokv-server` processes and a coordinator make one replicated database.
+//!
+//! The stores are real processes on loopback (`--coordinator`, `--rpc-addr`, two cores
+//! each, so raft messages are addressed to the core the coordinator placed each replica
+//! on); the coordinator runs in this process (`nokv_coordinator::Server` on a free port:
+//! cargo builds no binary of another package for this test). The stores register, one of
+//! them bootstraps the cluster (every region replicated on all three), and a client that
+//! follows `-MOVED` writes and reads through any store. Then the store leading the most
+//! keys is SIGKILLed: writes resume once the others elect new leaders, no acknowledged
+//! write is lost; the killed store restarts on its workdir and addresses and catches up,
+//! which the test
+//! shows by killing one of the other two: the remaining quorum (the restarted store and
+//! one more) still serves every acknowledged write and takes new ones.
+//!
+//! A second scenario stops the coordinator: the stores go on serving (writes, reads, a
+//! store killed and its regions' leaders re-elected without it), and the coordinator
+//! restarted on its workdir hands out timestamps above every earlier one.
+//!
+//! Every wait is bounded; nothing asserts a time.
+
+mod support;
+
+use nokv_coordinator::{
+    ClientOptions, Config, CoordClient, Coordinator, Server as CoordServer, ServerOptions,
+    SystemClock,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Client, Server, R};
+
+/// The stores' shortest election timeout (10 ticks of 100 ms).
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound for one operation while leaders may be changing: 10x the election timeout, plus
+/// the raft log and start-up work of a debug build on a shared machine.
+const OP_BOUND: Duration = Duration::from_secs(30);
+/// Connect and read timeout of the client's connections.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A free loopback address (bound, read, released).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// One store's fixed addresses and workdir (kept over restarts).
+#[derive(Clone)]
+struct StoreSpec {
+    workdir: std::path::PathBuf,
+    redis: String,
+    rpc: String,
+}
+
+/// Starts `nokv-server` for `spec` and waits for its listening line (which comes once the
+/// store has its regions, i.e. after the cluster's bootstrap).
+fn start_store(spec: &StoreSpec, coordinator: &str) -> Server {
+    start_store_env(spec, coordinator, &[])
+}
+
+/// [`start_store`] with extra environment variables (debug knobs).
+fn start_store_env(spec: &StoreSpec, coordinator: &str, env: &[(&str, &str)]) -> Server {
+    std::fs::create_dir_all(&spec.workdir).expect("workdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
+    cmd.arg("--workdir")
+        .arg(&spec.workdir)
+        .args(["--redis-addr", &spec.redis])
+        .args(["--rpc-addr", &spec.rpc])
+        .args(["--coordinator", coordinator])
+        .args(["--cores", "2", "--cluster-id", "7"])
+        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
+        .envs(env.iter().copied());
+    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
+}
+
+/// Three stores' workdirs under `dir` and free loopback addresses.
+fn store_specs(dir: &Path) -> Vec<StoreSpec> {
+    (1..=3)
+        .map(|i| StoreSpec {
+            workdir: dir.join(format!("store-{i}")),
+            redis: free_addr(),
+            rpc: free_addr(),
+        })
+        .collect()
+}
+
+/// The store that leads the most of the `acked` keys, and how many each store leads.
+fn busiest_leader(addrs: &[String], acked: &BTreeMap<String, String>) -> (usize, Vec<usize>) {
+    let keys: Vec<String> = acked.keys().cloned().collect();
+    let led: Vec<usize> = addrs.iter().map(|a| keys_led(a, &keys)).collect();
+    let victim = (0..led.len()).max_by_key(|&i| led[i]).expect("stores");
+    (victim, led)
+}
+
+/// Starts the three stores at once (each waits for the others before it listens); each
+/// slot is emptied when its store is killed.
+fn start_stores(specs: &[StoreSpec], coordinator: &str) -> Vec<Option<Server>> {
+    let handles: Vec<_> = specs
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, spec)| {
+            let coordinator = coordinator.to_string();
+            // The first store addresses every raft message to core 0 of the other stores,
+            // whatever the placement: they must hand messages to the core of the region.
+            let env: &'static [(&str, &str)] = if i == 0 {
+                &[("NOKV_DEBUG_RAFT_TO_CORE", "0")]
+            } else {
+                &[]
+            };
+            std::thread::spawn(move || start_store_env(&spec, &coordinator, env))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| Some(h.join().expect("store started")))
+        .collect()
+}
+
+/// A client of the cluster: sends each command to a store and follows `-MOVED`; a store
+/// that is down, or answers `-TRYAGAIN`/`-CLUSTERDOWN`, sends it to the next store.
+struct ClusterClient {
+    stores: Vec<String>,
+    conns: BTreeMap<String, Client>,
+    /// MOVED replies followed (shows redirection happened).
+    redirects: usize,
+    /// The stores' stderr logs, shown when a read is not answered in time.
+    logs: Vec<std::path::PathBuf>,
+}
+
+impl ClusterClient {
+    fn new(specs: &[StoreSpec]) -> ClusterClient {
+        ClusterClient {
+            stores: specs.iter().map(|s| s.redis.clone()).collect(),
+            conns: BTreeMap::new(),
+            redirects: 0,
+            logs: specs
+                .iter()
+                .map(|s| s.workdir.with_extension("stderr.log"))
+                .collect(),
+        }
+    }
+
+    /// The last lines of every store's log (for a failure message).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (i, path) in self.logs.iter().enumerate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(15);
+            out.push_str(&format!(
+                "--- store {i} ({}):\n{}\n",
+                path.display(),
+                lines[from..].join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Sends `args` starting at store `first` until a final reply or `bound` passes
+    /// (None: not answered in time, so not acknowledged).
+    fn call(&mut self, first: usize, args: &[&[u8]], bound: Duration) -> Option<R> {
+        let deadline = Instant::now() + bound;
+        let mut next = first;
+        let mut target = self.stores[first % self.stores.len()].clone();
+        // Bounded by the deadline.
+        while Instant::now() < deadline {
+            let conn = match self.conns.get_mut(&target) {
+                Some(c) => c,
+                None => match Client::try_connect(&target, IO_TIMEOUT) {
+                    Some(c) => self.conns.entry(target.clone()).or_insert(c),
+                    None => {
+                        next += 1;
+                        target = self.stores[next % self.stores.len()].clone();
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                },
+            };
+            match conn.try_cmd(args) {
+                None => {
+                    self.conns.remove(&target);
+                    next += 1;
+                    target = self.stores[next % self.stores.len()].clone();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(R::Error(e)) if e.starts_with("MOVED ") => {
+                    self.redirects += 1;
+                    target = e.split(' ').nth(2).unwrap_or_default().to_string();
+                }
+                Some(R::Error(e))
+                    if e.starts_with("TRYAGAIN")
+                        || e.starts_with("CLUSTERDOWN")
+                        || e.starts_with("BUSY") =>
+                {
+                    next += 1;
+                    target = self.stores[next % self.stores.len()].clone();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(r) => return Some(r),
+            }
+        }
+        None
+    }
+
+    /// SET key value; whether it was acknowledged.
+    fn set(&mut self, first: usize, key: &str, value: &str, bound: Duration) -> bool {
+        match self.call(first, &[b"SET", key.as_bytes(), value.as_bytes()], bound) {
+            Some(R::Simple(s)) if s == "OK" => true,
+            None => false,
+            Some(other) => panic!("SET {key}: {other:?}"),
+        }
+    }
+
+    /// GET key (panics when not answered within `bound`).
+    fn get(&mut self, first: usize, key: &str, bound: Duration) -> R {
+        match self.call(first, &[b"GET", key.as_bytes()], bound) {
+            Some(r) => r,
+            None => panic!(
+                "GET {key} through store {first}: no answer in time\n{}",
+                self.log_tails()
+            ),
+        }
+    }
+}
+
+/// How many of `keys` store `addr` answers itself (it leads their regions).
+fn keys_led(addr: &str, keys: &[String]) -> usize {
+    let Some(mut c) = Client::try_connect(addr, IO_TIMEOUT) else {
+        return 0;
+    };
+    keys.iter()
+        .filter(|k| {
+            matches!(c.try_cmd(&[b"GET", k.as_bytes()]), Some(r) if !matches!(&r, R::Error(e) if e.starts_with("MOVED") || e.starts_with("TRYAGAIN")))
+        })
+        .count()
+}
+
+/// Every acknowledged write reads back, through every store in `entry`.
+fn check_all(client: &mut ClusterClient, acked: &BTreeMap<String, String>, entry: &[usize]) {
+    for &first in entry {
+        for (k, v) in acked {
+            assert_eq!(
+                client.get(first, k, OP_BOUND),
+                R::bulk(v),
+                "{k} through store {first}"
+            );
+        }
+    }
+}
+
+fn start_coordinator(dir: &Path) -> (Arc<Coordinator>, CoordServer, String) {
+    let config = Config {
+        workdir: dir.to_path_buf(),
+        cluster_id: 7,
+        store_down_after: Duration::from_secs(30),
+        clock: Arc::new(SystemClock::new()),
+        replica: None,
+    };
+    let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
+    let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
+        .expect("coordinator serves");
+    let addr = server.local_addr().to_string();
+    (coord, server, addr)
+}
+
+#[test]
+fn three_stores_replicate_survive_a_killed_leader_and_catch_up() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_coord, coord_server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let specs = store_specs(dir.path());
+    let mut stores = start_stores(&specs, &coord_addr);
+    let addrs: Vec<String> = specs.iter().map(|s| s.redis.clone()).collect();
+    let mut client = ClusterClient::new(&specs);
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+
+    // Writes through every store (round robin as the entry point), until every region has
+    // a leader: the first writes wait out the elections.
+    for i in 0..120 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND + 10 * ELECTION_TIMEOUT),
+            "SET {k} not acknowledged in time"
+        );
+        acked.insert(k, v);
+    }
+    assert!(client.redirects > 0, "some writes were sent to a follower");
+    eprintln!("{:?}: 120 writes acknowledged", started.elapsed());
+    check_all(&mut client, &acked, &[0, 1, 2]);
+
+    // The leaders' region heartbeats reach the coordinator: its routes name a leader for
+    // every region, on one of the three stores.
+    let coord_client = CoordClient::new(vec![coord_addr.clone()], 7, ClientOptions::default())
+        .expect("coordinator client");
+    let store_ids: Vec<u64> = coord_client
+        .stores()
+        .expect("stores")
+        .iter()
+        .filter_map(|s| s.meta.as_ref().map(|m| m.id))
+        .collect();
+    assert_eq!(store_ids.len(), 3, "three stores registered");
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let routes = coord_client.scan_regions(b"", b"", 0).expect("routes");
+        assert!(!routes.is_empty(), "bootstrapped");
+        let led = routes.iter().all(|r| {
+            r.region.as_ref().is_some_and(|region| {
+                region.peers.len() == 3
+                    && region
+                        .peers
+                        .iter()
+                        .any(|p| p.id == r.leader_peer_id && store_ids.contains(&p.store_id))
+            })
+        });
+        if led {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator learns every region's leader: {routes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Store 0's misaddressed messages were handed to the right core by the others.
+    let rerouted: f64 = stores[1..]
+        .iter()
+        .flatten()
+        .map(|s| {
+            let scrape = s.scrape();
+            (0..2)
+                .filter_map(|core| {
+                    support::sample(
+                        &scrape,
+                        "nokv_raft_messages_dropped_total",
+                        &format!("core=\"{core}\",reason=\"rerouted\""),
+                    )
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(
+        rerouted > 0.0,
+        "messages for core 1 arrived at core 0 and were handed on"
+    );
+
+    // The store leading the most keys goes away without warning.
+    let (victim, led) = busiest_leader(&addrs, &acked);
+    assert!(led[victim] > 0, "some store leads: {led:?}");
+    stores[victim].take().expect("running").kill();
+
+    // Writes resume once the other two elect leaders for the regions it led.
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    eprintln!(
+        "{:?}: killed store {victim} (keys led: {led:?})",
+        started.elapsed()
+    );
+    for i in 120..200 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(survivors[i % 2], &k, &v, OP_BOUND),
+            "SET {k}: writes resume after the leader's store was killed"
+        );
+        acked.insert(k, v);
+    }
+    eprintln!("{:?}: writes resumed", started.elapsed());
+    check_all(&mut client, &acked, &survivors);
+
+    // The killed store restarts on its workdir and addresses (the dead process's
+    // connections left in TIME_WAIT do not keep it from binding them again).
+    stores[victim] = Some(start_store(&specs[victim], &coord_addr));
+    eprintln!("{:?}: store {victim} restarted", started.elapsed());
+    for i in 200..240 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(victim, &k, &v, OP_BOUND),
+            "SET {k} through the restarted store"
+        );
+        acked.insert(k, v);
+    }
+    check_all(&mut client, &acked, &[victim]);
+
+    // It caught up: with one of the others gone, it is needed for every quorum, and the
+    // leaders (it or the other) still serve every acknowledged write and take new ones.
+    let other = survivors[0];
+    stores[other].take().expect("running").kill();
+    eprintln!("{:?}: killed store {other}", started.elapsed());
+    for i in 240..260 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(victim, &k, &v, OP_BOUND),
+            "SET {k} with the restarted store in the quorum"
+        );
+        acked.insert(k, v);
+    }
+    let remaining: Vec<usize> = (0..3).filter(|&i| i != other).collect();
+    check_all(&mut client, &acked, &remaining);
+    eprintln!(
+        "{:?}: every acknowledged write read back",
+        started.elapsed()
+    );
+
+    for s in stores.into_iter().flatten() {
+        let log = s.stderr.clone();
+        let status = s.terminate();
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        // A stopping store hands the regions it leads to a live voter elsewhere first.
+        assert!(
+            !tail.contains("still leading after the handover wait"),
+            "leadership handed over before stopping:\n{tail}"
+        );
+        let tail: Vec<&str> = tail.lines().rev().take(40).collect();
+        assert!(
+            status.success(),
+            "SIGTERM exits 0: {status:?}; stderr ends with:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    coord_server.shutdown();
+}
+
+#[test]
+fn the_cluster_serves_while_the_coordinator_is_down_and_its_tso_never_goes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let coord_dir = dir.path().join("coord");
+    let (coord, coord_server, coord_addr) = start_coordinator(&coord_dir);
+    let specs = store_specs(dir.path());
+    let mut stores = start_stores(&specs, &coord_addr);
+    let addrs: Vec<String> = specs.iter().map(|s| s.redis.clone()).collect();
+    let mut client = ClusterClient::new(&specs);
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..30 {
+        let (k, v) = (format!("c:{i}"), format!("v{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND + 10 * ELECTION_TIMEOUT),
+            "SET {k}"
+        );
+        acked.insert(k, v);
+    }
+    let coord_client = CoordClient::new(vec![coord_addr.clone()], 7, ClientOptions::default())
+        .expect("coordinator client");
+    let ts_before = coord_client.get_ts(1).expect("a timestamp");
+
+    // The coordinator goes away: the stores keep serving from what they know, and raft
+    // elects new leaders without it when a store is killed.
+    coord_server.shutdown();
+    drop(coord);
+    for i in 30..60 {
+        let (k, v) = (format!("c:{i}"), format!("v{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND),
+            "SET {k}, coordinator down"
+        );
+        acked.insert(k, v);
+    }
+    let (victim, _) = busiest_leader(&addrs, &acked);
+    stores[victim].take().expect("running").kill();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    for i in 60..90 {
+        let (k, v) = (format!("c:{i}"), format!("v{i}"));
+        assert!(
+            client.set(survivors[i % 2], &k, &v, OP_BOUND),
+            "SET {k}: a store lost while the coordinator is down"
+        );
+        acked.insert(k, v);
+    }
+    check_all(&mut client, &acked, &survivors);
+
+    // The coordinator restarts on its workdir (a new port): its TSO is above everything
+    // it handed out before.
+    let (_coord, coord_server, coord_addr) = start_coordinator(&coord_dir);
+    let coord_client = CoordClient::new(vec![coord_addr], 7, ClientOptions::default())
+        .expect("coordinator client");
+    let ts_after = coord_client
+        .get_ts(1)
+        .expect("a timestamp after the restart");
+    assert!(
+        ts_after > ts_before,
+        "TSO went back across a restart: {ts_after} <= {ts_before}"
+    );
+    for s in stores.into_iter().flatten() {
+        assert!(s.terminate().success(), "SIGTERM exits 0");
+    }
+    coord_server.shutdown();
+}
+
+#[test]
+fn a_standalone_workdir_refuses_to_join_a_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let s = Server::start(&workdir, &["--cores", "1", "--memory-limit", "128MiB"]);
+    assert!(s.terminate().success(), "SIGTERM exits 0");
+    // Nothing listens there: the workdir check comes before any call to the coordinator.
+    let (status, stderr) = support::run_to_exit(
+        &workdir,
+        &[
+            "--redis-addr",
+            "127.0.0.1:0",
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--coordinator",
+            &free_addr(),
+        ],
+    );
+    assert!(!status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("standalone store") && stderr.contains("without --coordinator"),
+        "says why: {stderr}"
+    );
+}
