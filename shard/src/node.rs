@@ -127,6 +127,9 @@ struct NodeShared {
     clients: AtomicUsize,
     shutdown: Arc<AtomicBool>,
     failed: AtomicBool,
+    /// The first core whose executor died before its core ran to the end (a panic in
+    /// glommio's set-up or in the core), or `usize::MAX`.
+    lost_core: AtomicUsize,
     listening: AtomicUsize,
     drained: AtomicUsize,
     client_memory: Arc<ClientMemory>,
@@ -374,6 +377,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         clients: AtomicUsize::new(0),
         shutdown,
         failed: AtomicBool::new(false),
+        lost_core: AtomicUsize::new(usize::MAX),
         listening: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
         client_memory: client_memory.clone(),
@@ -434,6 +438,11 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     for (core, o) in opened.into_iter().enumerate() {
         let cpu = cpus[core % cpus.len()];
         let node = node.clone();
+        let guard = CoreGuard {
+            node: node.clone(),
+            core,
+            done: false,
+        };
         let links = CoreLinks {
             requests: requests.clone(),
             responses: responses.clone(),
@@ -458,6 +467,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                     node.failed.store(true, Ordering::SeqCst);
                     node.shutdown.store(true, Ordering::SeqCst);
                 }
+                guard.finished();
                 r
             })
             .map_err(|e| Error::Executor {
@@ -482,6 +492,19 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             break;
         }
         if node.failed.load(Ordering::SeqCst) {
+            let lost = node.lost_core.load(Ordering::SeqCst);
+            if lost != usize::MAX {
+                // The other cores may wait for the lost one forever (the channel mesh
+                // joins all cores): report without joining them. Nothing was served yet.
+                return Err(Error::Executor {
+                    core: lost,
+                    detail: "the executor died while starting (its panic is above); \
+                             if glommio could not set up io_uring, the locked-memory limit \
+                             (RLIMIT_MEMLOCK, charged per user) may be used up by other \
+                             processes of this user"
+                        .into(),
+                });
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -511,6 +534,37 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             tracing::info!("stopped cleanly");
             Ok(())
         }
+    }
+}
+
+/// Owned by a core's executor closure: dropped without [`CoreGuard::finished`] (glommio
+/// panicked before or while running the core), it marks the node failed and the core lost.
+struct CoreGuard {
+    node: Arc<NodeShared>,
+    core: usize,
+    done: bool,
+}
+
+impl CoreGuard {
+    /// The core ran to its end (with or without an error it reported itself).
+    fn finished(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CoreGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = self.node.lost_core.compare_exchange(
+            usize::MAX,
+            self.core,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.node.failed.store(true, Ordering::SeqCst);
+        self.node.shutdown.store(true, Ordering::SeqCst);
     }
 }
 

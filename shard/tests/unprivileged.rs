@@ -87,6 +87,16 @@ fn binary_for_nobody(dir: &Path) -> PathBuf {
     copy
 }
 
+/// How often a run as nobody is started before the test fails.
+const START_ATTEMPTS: u32 = 3;
+
+/// A copy of `cmd` (program and arguments) to spawn once more.
+fn cmd_again(cmd: &Command) -> Command {
+    let mut again = Command::new(cmd.get_program());
+    again.args(cmd.get_args());
+    again
+}
+
 /// Starts the server as nobody under a `memlock`-byte limit on a fresh workdir owned by nobody.
 fn start_as_nobody(
     base: &Path,
@@ -107,7 +117,24 @@ fn start_as_nobody(
         .arg(&workdir)
         .args(["--redis-addr", "127.0.0.1:0"])
         .args(extra);
-    let server = Server::launch(cmd, base.join(format!("{name}.stderr.log")));
+    let log = base.join(format!("{name}.stderr.log"));
+    let mut attempt = 1;
+    let server = loop {
+        match Server::try_launch(cmd_again(&cmd), log.clone()) {
+            Ok(server) => break server,
+            // io_uring charges registered buffers to the user, and the kernel releases a
+            // stopped server's rings a little later: the previous run's may still count.
+            Err(e) if attempt < START_ATTEMPTS => {
+                eprintln!("{name}: start {attempt} failed, retrying in 2 s:\n{e}");
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                std::fs::remove_dir_all(&workdir).expect("clear the workdir");
+                std::fs::create_dir(&workdir).expect("workdir");
+                std::os::unix::fs::chown(&workdir, nobody_uid(), None).expect("chown");
+            }
+            Err(e) => panic!("{name}: {START_ATTEMPTS} starts failed; the last:\n{e}"),
+        }
+    };
     (server, workdir)
 }
 

@@ -104,7 +104,13 @@ impl Server {
 
     /// Runs `cmd` (a `nokv-server` command line, possibly behind wrappers that exec it),
     /// stderr to the file `stderr`, and waits for its "listening on" line.
-    pub fn launch(mut cmd: Command, stderr: PathBuf) -> Server {
+    pub fn launch(cmd: Command, stderr: PathBuf) -> Server {
+        Server::try_launch(cmd, stderr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Server::launch`], but a server that exits or does not listen within `LIMIT` is
+    /// an `Err` carrying its stderr and, if it hung, its threads' stacks (gdb).
+    pub fn try_launch(mut cmd: Command, stderr: PathBuf) -> Result<Server, String> {
         let log = std::fs::File::create(&stderr).expect("stderr log");
         let mut child = cmd
             .stdin(Stdio::null())
@@ -134,19 +140,24 @@ impl Server {
         });
         let (addr, metrics, rpc) = match rx.recv_timeout(LIMIT) {
             Ok(a) => a,
-            Err(_) => {
+            Err(e) => {
+                let stacks = match (e, child.try_wait()) {
+                    (mpsc::RecvTimeoutError::Timeout, Ok(None)) => thread_stacks(child.id()),
+                    _ => String::new(),
+                };
                 let _ = child.kill();
+                let _ = child.wait();
                 let log = std::fs::read_to_string(&stderr).unwrap_or_default();
-                panic!("nokv-server did not start:\n{log}");
+                return Err(format!("nokv-server did not start:\n{log}{stacks}"));
             }
         };
-        Server {
+        Ok(Server {
             child,
             addr,
             stderr,
             metrics,
             rpc,
-        }
+        })
     }
 
     /// A new client connection.
@@ -396,5 +407,21 @@ impl Client {
             }
             other => panic!("unexpected reply type {other:?} in {line:?}"),
         }
+    }
+}
+
+/// Every thread's stack of the hung process `pid` (gdb, if installed), for a failure message.
+pub fn thread_stacks(pid: u32) -> String {
+    match Command::new("gdb")
+        .args(["-batch", "-ex", "thread apply all bt 20", "-p"])
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => format!(
+            "\n--- threads of the hung server (gdb) ---\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => format!("\n(no thread stacks: gdb: {e})"),
     }
 }
