@@ -166,8 +166,9 @@ impl CoordClient {
                         std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
                     )
                 })?;
-            let s = TcpStream::connect_timeout(&addr, self.opts.connect_timeout.min(remaining))
-                .map_err(|e| Error::io(format!("connect {target}"), e))?;
+            let s =
+                nokv_raft::transport::connect_std(&addr, self.opts.connect_timeout.min(remaining))
+                    .map_err(|e| Error::io(format!("connect {target}"), e))?;
             let _ = s.set_nodelay(true);
             c.stream = Some(s);
         }

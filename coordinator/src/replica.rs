@@ -338,7 +338,9 @@ fn send_loop(addr: &str, cluster_id: u64, rx: &Receiver<Vec<u8>>, stop: &AtomicB
                 .to_socket_addrs()
                 .ok()
                 .and_then(|mut a| a.next())
-                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).ok());
+                .and_then(|a| {
+                    nokv_raft::transport::connect_std(&a, Duration::from_millis(200)).ok()
+                });
             match &conn {
                 Some(s) => {
                     let _ = s.set_nodelay(true);

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use socket2::{Domain, Socket, Type};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// How long the check for a server already listening waits for its connect.
@@ -38,7 +38,9 @@ pub fn reserve(addr: &str) -> Result<SocketAddr> {
         .map_err(net("resolve"))?
         .next()
         .ok_or_else(|| net("resolve")(std::io::Error::other("no address")))?;
-    if target.port() != 0 && TcpStream::connect_timeout(&target, PROBE_CONNECT_TIMEOUT).is_ok() {
+    if target.port() != 0
+        && nokv_raft::transport::connect_std(&target, PROBE_CONNECT_TIMEOUT).is_ok()
+    {
         return Err(in_use(addr));
     }
     let socket =

@@ -1211,7 +1211,7 @@ async fn serve_core(
     core.requests.close();
     core.responses.close();
     if let Some(t) = &core.transport {
-        t.shutdown();
+        t.shutdown().await;
     }
     driven?;
     flushed?;

@@ -13,7 +13,7 @@ use nokv_raft::wire::{self, kind};
 use nokv_raft::Epoch;
 use nokv_shard::transport::{
     reserve_addr, BackoffConfig, CoreTransport, DropCause, Event, StaticResolver, StoreTransport,
-    TransportConfig,
+    TransportConfig, TransportStats,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,6 +38,26 @@ fn config(store: u64, cores: usize, listen: SocketAddr) -> TransportConfig {
     };
     c.max_payload = 64 << 10;
     c
+}
+
+/// The counters that tell where messages stopped, for failure messages.
+fn counters(s: &TransportStats) -> String {
+    [
+        ("connects", Event::Connects),
+        ("connect_failures", Event::ConnectFailures),
+        ("frames_sent", Event::FramesSent),
+        ("messages_sent", Event::MessagesSent),
+        ("accepted", Event::Accepted),
+        ("refused", Event::Refused),
+        ("received", Event::MessagesReceived),
+        ("delivered", Event::MessagesDelivered),
+        ("lost_in_write", Event::Dropped(DropCause::ConnectionLost)),
+        ("queue_full", Event::Dropped(DropCause::QueueFull)),
+    ]
+    .iter()
+    .map(|(name, e)| format!("{name}={}", s.get(*e)))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 fn free_addr() -> SocketAddr {
@@ -96,7 +116,7 @@ where
                         .await
                         .expect("start the core's transport");
                     let r = f(t.clone()).await;
-                    t.shutdown();
+                    t.shutdown().await;
                     r
                 })
                 .expect("spawn an executor")
@@ -496,6 +516,7 @@ fn a_restarted_store_is_reconnected_to() {
     let incarnation = |min: usize| {
         let b = StoreTransport::new(config(2, 2, b_addr), resolver.clone());
         let sb = b.stats();
+        let sb2 = sb.clone();
         let got = join(run_store(&b, move |t| {
             let sb = sb.clone();
             async move { collect_until(&t, || sb.get(Event::MessagesDelivered) >= min as u64).await }
@@ -505,7 +526,13 @@ fn a_restarted_store_is_reconnected_to() {
             .iter()
             .map(|e| e.message().expect("decodes").commit)
             .collect();
-        assert!(seqs.len() >= min, "only {} messages arrived", seqs.len());
+        assert!(
+            seqs.len() >= min,
+            "only {} messages arrived; sender: {}; receiver: {}",
+            seqs.len(),
+            counters(&sa),
+            counters(&sb2)
+        );
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
         seqs
     };

@@ -6,21 +6,27 @@ use futures_lite::{future, AsyncReadExt};
 use glommio::net::{TcpListener, TcpStream};
 use nokv_raft::transport::{Event, InboundDecoder, LocalStore};
 use nokv_raft::wire::FrameLimits;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 64 << 10;
 
-/// Accepts connections until the transport stops.
-pub(super) async fn accept_loop(t: Rc<CoreTransport>, listener: TcpListener) {
+/// Accepts connections until the transport stops. The accept is never raced against the
+/// stop: an io_uring accept dropped in flight can still complete in the kernel, leaving
+/// an accepted connection nobody reads or closes. [`CoreTransport::shutdown`] shuts the
+/// listener down instead, which fails the pending accept.
+pub(super) async fn accept_loop(t: Rc<CoreTransport>, listener: Listener) {
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            t.stop.wait().await;
-            None
-        })
-        .await;
-        let Some(accepted) = accepted else { break };
+        let accepted = listener.socket.accept().await;
+        if t.stop.is_fired() {
+            if let Ok(s) = &accepted {
+                close_now(s);
+            }
+            break;
+        }
         let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
@@ -41,12 +47,29 @@ pub(super) async fn accept_loop(t: Rc<CoreTransport>, listener: TcpListener) {
         t.shared.stats.add(Event::Accepted, 1);
         t.inbound.set(t.inbound.get() + 1);
         let c = t.clone();
+        let guard = t.task();
         glommio::spawn_local(async move {
+            let _guard = guard;
             read_connection(&c, stream).await;
             c.inbound.set(c.inbound.get() - 1);
         })
         .detach();
     }
+    drop(listener);
+}
+
+/// Shuts `socket` down at once. Dropping it is not enough while an io_uring read on it is
+/// still in flight (its cancellation is only submitted at the next reactor poll, which a
+/// stopping executor may never run), so the other store would not see it close.
+pub(super) fn close_now(socket: &impl std::os::fd::AsRawFd) {
+    shutdown_fd(socket.as_raw_fd());
+}
+
+/// shutdown(2) both ways on `fd`, which the caller keeps open for the call.
+pub(super) fn shutdown_fd(fd: RawFd) {
+    // SAFETY: the caller guarantees `fd` is an open socket of its own; shutdown(2)
+    // neither closes nor frees it.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 /// Reads frames and hands each accepted message to its core. Returns (closing the
@@ -76,7 +99,10 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
         })
         .await;
         let n = match read {
-            None => return,
+            None => {
+                close_now(&stream);
+                return;
+            }
             Some(Err(e)) => {
                 tracing::debug!(core = t.core, %peer, error = %e, "rpc connection failed");
                 return;
@@ -108,7 +134,35 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
     }
 }
 
-/// Binds this core's listener on `addr` (a concrete port: every core shares it).
-pub(super) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+/// This core's listener and its descriptor (glommio's listener does not expose it).
+pub(super) struct Listener {
+    socket: TcpListener,
+    fd: RawFd,
+}
+
+impl Listener {
+    /// Its descriptor, open until the accept loop ends (after the transport stopped).
+    pub(super) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The bound address.
+    pub(super) fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.socket
+            .local_addr()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// Binds this core's listener on `addr` (a concrete port: every core shares it), with
+/// SO_REUSEPORT as glommio's own `bind` does.
+pub(super) fn bind(addr: std::net::SocketAddr) -> std::io::Result<Listener> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(1024)?;
+    let fd = sk.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening socket owned by nobody else; the listener takes it.
+    let socket = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(Listener { socket, fd })
 }

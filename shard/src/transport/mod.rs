@@ -155,10 +155,10 @@ impl StoreTransport {
             addr: cfg.listen.to_string(),
             source,
         })?;
-        let local_addr = listener.local_addr().map_err(|e| Error::Net {
+        let local_addr = listener.local_addr().map_err(|source| Error::Net {
             op: "local address of rpc",
             addr: cfg.listen.to_string(),
-            source: std::io::Error::other(e.to_string()),
+            source,
         })?;
         let t = Rc::new(CoreTransport {
             core,
@@ -168,6 +168,8 @@ impl StoreTransport {
             links: RefCell::new(HashMap::new()),
             resolver: ResolverCache::new(self.shared.resolver.clone()),
             stop: Signal::new(),
+            tasks: Rc::new(Tasks::default()),
+            listener_fd: Cell::new(Some(listener.fd())),
             local_addr,
             inbound: Cell::new(0),
         });
@@ -175,7 +177,9 @@ impl StoreTransport {
             let inbox = t.inbox.clone();
             let stats = self.shared.stats.clone();
             let stop = t.stop.clone();
+            let guard = t.task();
             glommio::spawn_local(async move {
+                let _guard = guard;
                 loop {
                     let got = futures_lite::future::or(stream.recv(), async {
                         stop.wait().await;
@@ -188,7 +192,13 @@ impl StoreTransport {
             })
             .detach();
         }
-        glommio::spawn_local(listen::accept_loop(t.clone(), listener)).detach();
+        let guard = t.task();
+        let accept = listen::accept_loop(t.clone(), listener);
+        glommio::spawn_local(async move {
+            let _guard = guard;
+            accept.await
+        })
+        .detach();
         tracing::debug!(core, addr = %local_addr, "rpc listening");
         Ok(t)
     }
@@ -221,8 +231,43 @@ pub struct CoreTransport {
     links: RefCell<HashMap<u64, Rc<Link>>>,
     resolver: ResolverCache,
     stop: Signal,
+    /// The listener, connection and mesh tasks still running (see [`CoreTransport::shutdown`]).
+    tasks: Rc<Tasks>,
+    /// The listener's descriptor until [`CoreTransport::shutdown`] shut it down.
+    listener_fd: Cell<Option<std::os::fd::RawFd>>,
     local_addr: SocketAddr,
     inbound: Cell<usize>,
+}
+
+/// How long [`CoreTransport::shutdown`] waits for the transport's tasks to end.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Counts a core's transport tasks, so that shutdown can wait until their sockets closed.
+#[derive(Default)]
+struct Tasks {
+    live: Cell<usize>,
+    none_left: Signal,
+}
+
+/// Held by a running transport task; dropped when it ends.
+struct TaskGuard(Rc<Tasks>);
+
+impl TaskGuard {
+    /// Counts one more running task.
+    fn new(tasks: &Rc<Tasks>) -> TaskGuard {
+        tasks.live.set(tasks.live.get() + 1);
+        TaskGuard(tasks.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let left = self.0.live.get() - 1;
+        self.0.live.set(left);
+        if left == 0 {
+            self.0.none_left.fire();
+        }
+    }
 }
 
 impl CoreTransport {
@@ -277,9 +322,27 @@ impl CoreTransport {
 
     /// Stops this core's part: the listener and connections close, queued messages are
     /// dropped (counted), later sends are refused.
-    pub fn shutdown(&self) {
+    /// Waits (at most [`SHUTDOWN_WAIT`]) until its tasks ended: a listener left open would
+    /// keep taking a restarted store's connections (SO_REUSEPORT) into a queue nobody reads.
+    pub async fn shutdown(&self) {
+        // First, so that no store connects any more once connections start closing. The
+        // accept loop keeps the descriptor open until it sees the stop fired (below).
+        if let Some(fd) = self.listener_fd.take() {
+            listen::shutdown_fd(fd);
+        }
         self.stop.fire();
         self.mesh.close();
+        if self.tasks.live.get() > 0 {
+            futures_lite::future::or(self.tasks.none_left.wait(), async {
+                glommio::timer::sleep(SHUTDOWN_WAIT).await;
+            })
+            .await;
+        }
+    }
+
+    /// Counts a task spawned for this transport until it ends.
+    fn task(&self) -> TaskGuard {
+        TaskGuard::new(&self.tasks)
     }
 
     /// Hands a message for this store to the core that owns its peer.
@@ -344,7 +407,7 @@ mod tests {
             assert_eq!(t.send(env(1, 5)), Err(DropCause::NoSuchCore));
             assert_eq!(stats.get(Event::Dropped(DropCause::NoSuchCore)), 1);
             assert_eq!(stats.get(Event::MessagesDelivered), 1);
-            t.shutdown();
+            t.shutdown().await;
             assert_eq!(t.send(env(2, 0)), Err(DropCause::Stopping));
         });
     }

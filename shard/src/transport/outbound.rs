@@ -25,7 +25,13 @@ impl Link {
             queue: RefCell::new(SendQueue::new(t.shared.config.queue)),
             wake,
         });
-        glommio::spawn_local(writer(Rc::downgrade(t), link.clone(), woken)).detach();
+        let guard = t.task();
+        let write = writer(Rc::downgrade(t), link.clone(), woken);
+        glommio::spawn_local(async move {
+            let _guard = guard;
+            write.await
+        })
+        .detach();
         link
     }
 
@@ -63,6 +69,9 @@ async fn writer(t: Weak<CoreTransport>, link: Rc<Link>, woken: LocalReceiver<()>
         let Some(tp) = t.upgrade() else { return };
         if tp.stop.is_fired() {
             drop_queued(&tp, &link);
+            if let Some(c) = &conn {
+                super::listen::close_now(c);
+            }
             return;
         }
         if link.queue.borrow().is_empty() {
@@ -192,6 +201,11 @@ async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<TcpStream, String>
     let stream = TcpStream::connect_timeout(addr, cfg.connect_timeout)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    if nokv_raft::transport::connected_to_itself(stream.local_addr(), stream.peer_addr()) {
+        return Err(format!(
+            "connect {addr}: connected to itself (nothing listens there)"
+        ));
+    }
     let _ = stream.set_nodelay(true);
     stream
         .set_write_timeout(Some(cfg.write_timeout))
