@@ -311,7 +311,7 @@ impl Drop for Heartbeats {
 /// Starts the heartbeat thread: store heartbeats, the cores' region reports, and the
 /// directory's refresh, until the returned handle is dropped.
 pub fn spawn_heartbeats(
-    client: CoordClient,
+    client: Arc<CoordClient>,
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
@@ -329,7 +329,7 @@ pub fn spawn_heartbeats(
 }
 
 fn heartbeat_loop(
-    client: CoordClient,
+    client: Arc<CoordClient>,
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
