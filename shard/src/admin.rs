@@ -165,7 +165,16 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
                 ));
             }
             if cluster.directory.redis_addr(store).is_none() {
-                return Reply::error(format!("ERR store {store} is not known to the cluster"));
+                // Registered after the last refresh of the directory: ask the coordinator.
+                let client = cluster.client.clone();
+                match blocking(move || client.store(store)).await {
+                    Ok(info) => cluster.directory.update(info.meta.as_ref()),
+                    Err(e) => {
+                        return Reply::error(format!(
+                            "ERR store {store} is not known to the cluster: {e}"
+                        ))
+                    }
+                }
             }
             let client = cluster.client.clone();
             let peer_id = match blocking(move || client.alloc_ids(1)).await {
@@ -449,29 +458,111 @@ pub(super) fn reap_removed(core: &Rc<Core>) {
             .collect()
     };
     for region in removed {
-        let desc = core.raft.borrow_mut().remove_region(region, |t| {
-            t.answer(Reply::error(format!(
-                "ERR region {region} was removed from this store"
-            )))
-        });
-        let Some(desc) = desc else { continue };
-        core.tombstones
-            .borrow_mut()
-            .insert(region, desc.epoch.conf_version);
-        core.node.set_hosted(region, None);
-        tracing::info!(
-            region,
-            conf_version = desc.epoch.conf_version,
-            "replica removed from this store; deleting its data"
-        );
-        let db = core.db.clone();
-        glommio::spawn_local(async move {
-            let deleted = blocking(move || delete_region_data(&db, &desc)).await;
-            if let Err(e) = deleted {
-                tracing::error!(region, error = %e, "deleting a removed replica's data failed");
+        remove_local(core, region, None);
+    }
+}
+
+/// Forgets the local replica of `region` (removed from this store): its waiters are
+/// answered, it is never recreated from raft messages, its descriptor and data are
+/// deleted on the blocking pool.
+fn remove_local(core: &Rc<Core>, region: u64, leader_hint: Option<u64>) {
+    let leader = leader_hint.or_else(|| core.raft.borrow().leader(region).map(|p| p.store_id));
+    if let (Some(l), Ok(mut m)) = (leader, core.node.moved_out.write()) {
+        m.insert(region, l);
+    }
+    let desc = core.raft.borrow_mut().remove_region(region, |t| {
+        t.answer(Reply::error(format!(
+            "ERR region {region} was removed from this store"
+        )))
+    });
+    let Some(desc) = desc else { return };
+    core.tombstones
+        .borrow_mut()
+        .insert(region, desc.epoch.conf_version);
+    core.node.set_hosted(region, None);
+    tracing::info!(
+        region,
+        conf_version = desc.epoch.conf_version,
+        "replica removed from this store; deleting its data"
+    );
+    let db = core.db.clone();
+    glommio::spawn_local(async move {
+        let deleted = blocking(move || delete_region_data(&db, &desc)).await;
+        if let Err(e) = deleted {
+            tracing::error!(region, error = %e, "deleting a removed replica's data failed");
+        }
+    })
+    .detach();
+}
+
+/// How often a core compares its replicas with the coordinator's routes.
+pub const REMOVED_CHECK_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A replica removed from its region may never apply its own removal (the leader stops
+/// sending to it once the change applied there): every [`REMOVED_CHECK_INTERVAL`] the
+/// core asks the coordinator for the routes (off the executor) and removes each local
+/// replica of a region whose newer membership (a higher conf version, reported by its
+/// leader) no longer lists this store.
+pub(super) async fn gc_removed(core: Rc<Core>) {
+    let Some(cluster) = &core.node.cluster else {
+        return;
+    };
+    loop {
+        let slept = future::or(
+            async {
+                glommio::timer::sleep(REMOVED_CHECK_INTERVAL).await;
+                true
+            },
+            async {
+                core.stop.wait().await;
+                false
+            },
+        )
+        .await;
+        if !slept {
+            return;
+        }
+        if core.raft.borrow().regions().next().is_none() {
+            continue;
+        }
+        let client = cluster.client.clone();
+        let routes = match blocking(move || crate::cluster::scan_all(&client)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "routes for removed replicas not read");
+                continue;
             }
-        })
-        .detach();
+        };
+        let stale: Vec<(u64, Option<u64>)> = {
+            let raft = core.raft.borrow();
+            routes
+                .iter()
+                .filter_map(|r| {
+                    let region = r.region.as_ref()?;
+                    let leader = region
+                        .peers
+                        .iter()
+                        .find(|p| p.id == r.leader_peer_id)
+                        .map(|p| p.store_id);
+                    Some((RegionDescriptor::from(region), leader))
+                })
+                .filter(|(d, _)| {
+                    raft.region(d.id).is_some_and(|local| {
+                        d.epoch.conf_version > local.epoch.conf_version
+                            && d.peer_on_store(cluster.store_id).is_none()
+                            && !raft.is_leader(d.id)
+                    })
+                })
+                .map(|(d, leader)| (d.id, leader))
+                .collect()
+        };
+        for (region, leader) in stale {
+            tracing::info!(
+                region,
+                "the coordinator's newer membership no longer lists this store"
+            );
+            remove_local(&core, region, leader);
+        }
     }
 }
 

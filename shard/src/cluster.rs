@@ -152,7 +152,7 @@ fn coord_err(op: &'static str) -> impl FnOnce(nokv_coordinator::Error) -> Error 
 }
 
 /// Every route, in key order (several scans when there are more than one answer holds).
-fn scan_all(client: &CoordClient) -> nokv_coordinator::Result<Vec<Route>> {
+pub fn scan_all(client: &CoordClient) -> nokv_coordinator::Result<Vec<Route>> {
     let mut out: Vec<Route> = Vec::new();
     let mut start = Vec::new();
     // Bounded: each scan moves past at least one region, and the key space is finite.

@@ -143,6 +143,9 @@ struct NodeShared {
     /// Regions whose replica was created or removed here while running (the route table
     /// is fixed at start): region -> core.
     hosted: std::sync::RwLock<HashMap<u64, usize>>,
+    /// Regions whose replica was removed from this store while running: the store that
+    /// led them then (where `-MOVED` sends their requests).
+    moved_out: std::sync::RwLock<HashMap<u64, u64>>,
 }
 
 impl NodeShared {
@@ -421,6 +424,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         cluster,
         checks: crate::consistency::CheckBook::default(),
         hosted: std::sync::RwLock::new(HashMap::new()),
+        moved_out: std::sync::RwLock::new(HashMap::new()),
     });
     {
         let clients = client_memory.clone();
@@ -1044,7 +1048,15 @@ fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
                 raft.leader(region).map(|p| p.store_id),
                 layout::start_slot(desc),
             ),
-            None => (cluster.remote_leaders.get(&region).copied(), 0),
+            None => (
+                core.node
+                    .moved_out
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(&region).copied())
+                    .or_else(|| cluster.remote_leaders.get(&region).copied()),
+                0,
+            ),
         }
     };
     let slot = slot.unwrap_or(start);
@@ -1151,6 +1163,7 @@ async fn serve_core(
         tombstones: RefCell::new(HashMap::new()),
     });
     if node.cluster.is_some() {
+        glommio::spawn_local(admin::gc_removed(core.clone())).detach();
         if let Some(interval) = crate::consistency::check_interval() {
             glommio::spawn_local(admin::periodic_checks(core.clone(), interval)).detach();
         }
@@ -1604,6 +1617,10 @@ async fn confirm_leadership(
         Err((nokv_raft::Error::NotLeader { .. }, _)) => {
             Err(moved(core, region, route::read_slot(op)))
         }
+        // The replica was removed from this store while running.
+        Err((nokv_raft::Error::RegionNotFound(_), _)) => {
+            Err(moved(core, region, route::read_slot(op)))
+        }
         Err((nokv_raft::Error::Busy { .. }, _)) => Err(Reply::error(BUSY)),
         Err((e, _)) => Err(Reply::error(format!("ERR {e}"))),
     }
@@ -1632,7 +1649,9 @@ fn propose_local(
     if let Err((e, _)) = proposed {
         return Err(match e {
             nokv_raft::Error::Busy { .. } => Reply::error(BUSY),
-            nokv_raft::Error::NotLeader { .. } => {
+            nokv_raft::Error::NotLeader { .. } | nokv_raft::Error::RegionNotFound(_)
+                if core.node.cluster.is_some() =>
+            {
                 moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
             }
             e => Reply::error(format!("ERR {e}")),
