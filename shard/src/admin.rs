@@ -330,7 +330,7 @@ async fn change(core: &Rc<Core>, region: u64, c: PeerChange) -> std::result::Res
         });
     }
     let _ = core.notify.try_send(());
-    let answered = future::or(async { rx.await }, async {
+    let answered = future::or(rx, async {
         glommio::timer::sleep(CHANGE_TIMEOUT).await;
         None
     })
