@@ -349,8 +349,8 @@ async fn change(core: &Rc<Core>, region: u64, c: PeerChange) -> std::result::Res
 }
 
 /// A store received raft messages for `region` (from `from_store`, to its peer
-/// `to_peer`, at `epoch`) and holds no replica: asks the coordinator (off the executor)
-/// and creates an empty replica when the coordinator's descriptor lists this store with
+/// `to_peer`, at `epoch`) and holds no replica: looks the region up in the coordinator's
+/// routes (refreshed by the heartbeat thread) and creates an empty replica when the coordinator's descriptor lists this store with
 /// that peer id and the sender as a member, at the same split version. Never twice at
 /// once for one region, never for a region removed from this store.
 pub(super) fn maybe_create(
@@ -367,17 +367,15 @@ pub(super) fn maybe_create(
     {
         return;
     }
-    let client = cluster.client.clone();
     let store_id = cluster.store_id;
+    let known = cluster.directory.region(region);
     let c = core.clone();
     glommio::spawn_local(async move {
-        let route = blocking(move || client.route_by_id(region)).await;
-        let created = match route {
-            Ok(route) => match route.region.as_ref().map(RegionDescriptor::from) {
-                Some(desc) => create(&c, store_id, desc, to_peer, from_store, epoch).await,
-                None => Err(format!("the coordinator knows no region {region}")),
-            },
-            Err(e) => Err(format!("ask the coordinator about region {region}: {e}")),
+        let created = match known {
+            Some((desc, _)) => create(&c, store_id, desc, to_peer, from_store, epoch).await,
+            None => Err(format!(
+                "the coordinator's routes (refreshed every few seconds) have no region {region} yet"
+            )),
         };
         if let Err(why) = created {
             tracing::debug!(region, why, "no replica created for incoming raft messages");
@@ -500,9 +498,9 @@ pub const REMOVED_CHECK_INTERVAL: Duration = Duration::from_secs(3);
 
 /// A replica removed from its region may never apply its own removal (the leader stops
 /// sending to it once the change applied there): every [`REMOVED_CHECK_INTERVAL`] the
-/// core asks the coordinator for the routes (off the executor) and removes each local
-/// replica of a region whose newer membership (a higher conf version, reported by its
-/// leader) no longer lists this store.
+/// core compares its replicas with the coordinator's routes (which the heartbeat thread
+/// refreshes into the directory) and removes each local replica of a region whose newer
+/// membership (a higher conf version, reported by its leader) no longer lists this store.
 pub(super) async fn gc_removed(core: Rc<Core>) {
     let Some(cluster) = &core.node.cluster else {
         return;
@@ -522,38 +520,16 @@ pub(super) async fn gc_removed(core: Rc<Core>) {
         if !slept {
             return;
         }
-        if core.raft.borrow().regions().next().is_none() {
-            continue;
-        }
-        let client = cluster.client.clone();
-        let routes = match blocking(move || crate::cluster::scan_all(&client)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "routes for removed replicas not read");
-                continue;
-            }
-        };
         let stale: Vec<(u64, Option<u64>)> = {
             let raft = core.raft.borrow();
-            routes
-                .iter()
-                .filter_map(|r| {
-                    let region = r.region.as_ref()?;
-                    let leader = region
-                        .peers
-                        .iter()
-                        .find(|p| p.id == r.leader_peer_id)
-                        .map(|p| p.store_id);
-                    Some((RegionDescriptor::from(region), leader))
+            raft.regions()
+                .filter(|local| !raft.is_leader(local.id))
+                .filter_map(|local| {
+                    let (d, leader) = cluster.directory.region(local.id)?;
+                    (d.epoch.conf_version > local.epoch.conf_version
+                        && d.peer_on_store(cluster.store_id).is_none())
+                    .then_some((local.id, leader))
                 })
-                .filter(|(d, _)| {
-                    raft.region(d.id).is_some_and(|local| {
-                        d.epoch.conf_version > local.epoch.conf_version
-                            && d.peer_on_store(cluster.store_id).is_none()
-                            && !raft.is_leader(d.id)
-                    })
-                })
-                .map(|(d, leader)| (d.id, leader))
                 .collect()
         };
         for (region, leader) in stale {

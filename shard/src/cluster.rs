@@ -52,6 +52,9 @@ pub struct RegionReport {
 pub struct Directory {
     redis: RwLock<HashMap<u64, String>>,
     resolver: Arc<StaticResolver>,
+    /// Every region as the coordinator routes it, with its leader's store (refreshed
+    /// with the addresses; empty until the first refresh).
+    regions: RwLock<HashMap<u64, (RegionDescriptor, Option<u64>)>>,
 }
 
 impl Directory {
@@ -63,6 +66,31 @@ impl Directory {
     /// The Redis address of store `store_id`, if known.
     pub fn redis_addr(&self, store_id: u64) -> Option<String> {
         self.redis.read().ok()?.get(&store_id).cloned()
+    }
+
+    /// The coordinator's descriptor of `region` and its leader's store, as of the last
+    /// refresh.
+    pub fn region(&self, region: u64) -> Option<(RegionDescriptor, Option<u64>)> {
+        self.regions.read().ok()?.get(&region).cloned()
+    }
+
+    /// Replaces the regions with the coordinator's `routes`.
+    pub fn set_routes(&self, routes: &[Route]) {
+        let map = routes
+            .iter()
+            .filter_map(|r| {
+                let region = r.region.as_ref()?;
+                let leader = region
+                    .peers
+                    .iter()
+                    .find(|p| p.id == r.leader_peer_id)
+                    .map(|p| p.store_id);
+                Some((region.id, (RegionDescriptor::from(region), leader)))
+            })
+            .collect();
+        if let Ok(mut m) = self.regions.write() {
+            *m = map;
+        }
     }
 
     /// Records the addresses of `stores`.
@@ -152,7 +180,7 @@ fn coord_err(op: &'static str) -> impl FnOnce(nokv_coordinator::Error) -> Error 
 }
 
 /// Every route, in key order (several scans when there are more than one answer holds).
-pub fn scan_all(client: &CoordClient) -> nokv_coordinator::Result<Vec<Route>> {
+fn scan_all(client: &CoordClient) -> nokv_coordinator::Result<Vec<Route>> {
     let mut out: Vec<Route> = Vec::new();
     let mut start = Vec::new();
     // Bounded: each scan moves past at least one region, and the key space is finite.
@@ -399,6 +427,11 @@ fn heartbeat_loop(
             match client.stores() {
                 Ok(stores) => directory.update(stores.iter().filter_map(|s| s.meta.as_ref())),
                 Err(e) => tracing::debug!(error = %e, "refreshing store addresses failed"),
+            }
+            // Membership changes: replicas added to or removed from this store.
+            match scan_all(&client) {
+                Ok(routes) => directory.set_routes(&routes),
+                Err(e) => tracing::debug!(error = %e, "refreshing routes failed"),
             }
         }
     }

@@ -883,6 +883,8 @@ fn step_inbox(core: &Rc<Core>) -> usize {
     if n == 0 {
         return 0;
     }
+    // Regions no core here holds: looked at once the raft core is no longer borrowed.
+    let mut unknown = Vec::new();
     let mut raft = core.raft.borrow_mut();
     for mut env in envelopes {
         let Some(desc) = raft.region(env.region_id) else {
@@ -899,13 +901,7 @@ fn step_inbox(core: &Rc<Core>) -> usize {
                     core.step_drops.unknown_region.increment(1);
                     // A replica added to this store: created once the coordinator confirms.
                     if let Ok(msg) = env.message() {
-                        admin::maybe_create(
-                            core,
-                            env.region_id,
-                            msg.to,
-                            env.from_store,
-                            env.epoch(),
-                        );
+                        unknown.push((env.region_id, msg.to, env.from_store, env.epoch()));
                     }
                 }
             }
@@ -933,6 +929,10 @@ fn step_inbox(core: &Rc<Core>) -> usize {
             core.step_drops.refused.increment(1);
             tracing::debug!(region = env.region_id, error = %e, "raft message refused");
         }
+    }
+    drop(raft);
+    for (region, to_peer, from_store, epoch) in unknown {
+        admin::maybe_create(core, region, to_peer, from_store, epoch);
     }
     n
 }

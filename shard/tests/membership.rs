@@ -116,6 +116,27 @@ fn list(addr: &str) -> Vec<String> {
     }
 }
 
+/// The last lines of every store's log (for a failure message).
+fn log_tails(specs: &[StoreSpec]) -> String {
+    let mut out = String::new();
+    for s in specs {
+        let path = s.workdir.with_extension("stderr.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        // A panic's message, else the last lines.
+        let from = lines
+            .iter()
+            .position(|l| l.contains("panicked"))
+            .unwrap_or(lines.len().saturating_sub(20));
+        out.push_str(&format!(
+            "--- {}:\n{}\n",
+            path.display(),
+            lines[from..(from + 20).min(lines.len())].join("\n")
+        ));
+    }
+    out
+}
+
 /// A field (`name=value`) of a LIST line.
 fn field<'a>(line: &'a str, name: &str) -> &'a str {
     line.split(' ')
@@ -230,7 +251,11 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
             R::Error(e) if e.contains("lags") || e.contains("no progress") => {}
             other => panic!("PROMOTE: {other:?}"),
         }
-        assert!(Instant::now() < deadline, "the learner never caught up");
+        assert!(
+            Instant::now() < deadline,
+            "the learner never caught up\n{}",
+            log_tails(&specs)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(admin(&["NOKV.REGION", "REMOVEPEER", &rs, &sx]), R::ok());
@@ -238,7 +263,11 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
     // Store X forgets the region; store 4 holds it as a voter.
     let deadline = Instant::now() + OP_BOUND;
     while region_line(&addrs[x], region).is_some() {
-        assert!(Instant::now() < deadline, "store X still holds the region");
+        assert!(
+            Instant::now() < deadline,
+            "store X still holds the region\n{}",
+            log_tails(&specs)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let line = region_line(&addrs[3], region).expect("store 4 holds the region");
