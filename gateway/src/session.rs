@@ -1314,7 +1314,29 @@ mod tests {
         match a {
             Action::Read { ticket, op } => (*ticket, exec::read(op, view, 0)),
             Action::Write { ticket, cmd } => (*ticket, exec::apply(cmd, view, version)),
+            Action::Admin { ticket, .. } => (*ticket, Reply::error("ERR no server here")),
         }
+    }
+
+    #[test]
+    fn nokv_commands_go_to_the_server_after_auth() {
+        let mut s = session(Config {
+            requirepass: Some(b"pw".to_vec()),
+            ..Config::default()
+        });
+        s.feed(&req("nokv.region list")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert!(out(&mut s).starts_with("-NOAUTH"));
+        s.feed(&[req("auth pw"), req("nokv.region list")].concat())
+            .unwrap();
+        match s.next_action(0) {
+            Some(Action::Admin { ticket, args }) => {
+                assert_eq!(args, vec![b"nokv.region".to_vec(), b"list".to_vec()]);
+                s.complete(ticket, Reply::Array(Vec::new()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out(&mut s), "+OK\r\n*0\r\n");
     }
 
     #[test]
