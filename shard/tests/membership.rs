@@ -327,7 +327,48 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
         "{verdict:?}"
     );
 
+    // The new replica leads: requests through any store (both cores of store 4) reach it.
+    assert_eq!(admin(&["NOKV.REGION", "TRANSFERLEADER", &rs, &s4]), R::ok());
+    let line = region_line(&addrs[3], region).expect("store 4 holds the region");
+    assert_eq!(field(&line, "leader_store"), s4, "{line}");
+    for i in KEYS..KEYS + 40 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        let r = call(
+            &addrs,
+            &addrs[3],
+            &[b"SET", k.as_bytes(), v.as_bytes()],
+            OP_BOUND,
+        );
+        assert_eq!(r, Some(R::ok()), "SET {k}");
+        acked.insert(k, v);
+    }
+    for a in &addrs {
+        for (k, v) in &acked {
+            let r = call(&addrs, a, &[b"GET", k.as_bytes()], OP_BOUND);
+            assert_eq!(r, Some(R::bulk(v)), "GET {k} through {a}");
+        }
+    }
+    let verdict = call(
+        &addrs,
+        &addrs[3],
+        &[b"NOKV.REGION", b"CHECK", rs.as_bytes()],
+        OP_BOUND,
+    );
+    assert!(
+        matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")),
+        "{verdict:?}"
+    );
+
+    // Store X restarts without the region (its descriptor was deleted).
+    let old = servers.remove(x);
+    assert!(old.terminate().success(), "SIGTERM exits 0");
+    servers.insert(x, start_store(&specs[x], &coord_addr, &[]));
+    assert!(
+        region_line(&addrs[x], region).is_none(),
+        "store X holds the region again after a restart"
+    );
+
     for s in servers {
-        s.terminate();
+        assert!(s.terminate().success(), "SIGTERM exits 0");
     }
 }
