@@ -16,6 +16,9 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// messages for but does not hold.
 const CREATE_RETRY: Duration = Duration::from_millis(500);
 
+/// The membership version of a region when it is created (bootstrap).
+pub const INITIAL_CONF_VERSION: u64 = 1;
+
 /// The help text of `NOKV.REGION`.
 const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | CHECK <region> | HASH <region> <index>";
 
@@ -417,6 +420,11 @@ async fn create(
     {
         return Err("the region is already held here".into());
     }
+    // The peer re-applies every membership change of the log from index 1 (each bumps
+    // the version): it starts from the version regions are born with, so that it ends
+    // where the other replicas are.
+    let mut desc = desc;
+    desc.epoch.conf_version = INITIAL_CONF_VERSION;
     let db = core.db.clone();
     let saved = desc.clone();
     blocking(move || nokv_raft::region::save_region(&db, &saved))

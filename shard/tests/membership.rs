@@ -279,6 +279,17 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
         !field(&line, "peers").contains(&format!("@{}:", ids[x])),
         "{line}"
     );
+    // The new replica reached the leader's membership version by re-applying the log.
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let ours = region_line(&addrs[3], region).expect("store 4 holds the region");
+        let leaders = region_line(&addrs[leader_idx], region).expect("the leader holds it");
+        if field(&ours, "conf_version") == field(&leaders, "conf_version") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ours}\n{leaders}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Every key reads back through every store.
     for a in &addrs {
