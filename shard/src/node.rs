@@ -1054,6 +1054,7 @@ fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
                     .read()
                     .ok()
                     .and_then(|m| m.get(&region).copied())
+                    .or_else(|| cluster.directory.region(region).and_then(|(_, l)| l))
                     .or_else(|| cluster.remote_leaders.get(&region).copied()),
                 0,
             ),
