@@ -673,13 +673,10 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
             Err(why) => missing.push(format!("store {}: {why}", p.store_id)),
         }
     }
-    let region_label = region.to_string();
-    metrics::counter!("nokv_consistency_checks_total", "region" => region_label.clone())
-        .increment(1);
+    metrics::counter!(consistency::CHECKS_TOTAL).increment(1);
     let verdict = if !mismatched.is_empty() {
-        metrics::counter!("nokv_consistency_mismatch_total", "region" => region_label.clone())
-            .increment(1);
-        metrics::gauge!("nokv_consistency_last_ok", "region" => region_label).set(0.0);
+        metrics::counter!(consistency::MISMATCH_TOTAL).increment(1);
+        metrics::gauge!(consistency::LAST_OK).set(0.0);
         format!(
             "MISMATCH region={region} index={index} leader_store={} hash={own:016x} differing: {}",
             cluster.store_id,
@@ -691,7 +688,7 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
             missing.join("; ")
         )
     } else {
-        metrics::gauge!("nokv_consistency_last_ok", "region" => region_label).set(1.0);
+        metrics::gauge!(consistency::LAST_OK).set(1.0);
         format!("MATCH region={region} index={index} hash={own:016x} stores={agreeing:?}")
     };
     tracing::info!(region, verdict, "consistency check");

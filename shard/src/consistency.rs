@@ -5,8 +5,8 @@
 //! hashes the region's data in it on its blocking pool ([`hash_region`]). Each store keeps
 //! the hash of the latest check of every region it holds ([`CheckBook`]); the leader
 //! collects the other replicas' hashes over their Redis ports (`NOKV.REGION HASH`, see
-//! docs/redis.md), compares them with its own, logs and counts a mismatch
-//! (`nokv_consistency_mismatch_total`) and records the verdict
+//! docs/redis.md), compares them with its own, logs (with region and stores) and counts
+//! a mismatch (`nokv_consistency_mismatch_total`) and records the verdict
 //! (`nokv_consistency_last_ok`, the `NOKV.REGION CHECK` reply).
 
 use crate::layout;
@@ -24,6 +24,21 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Connect/read timeout of one hash query to another store.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks this store led to a verdict.
+pub const CHECKS_TOTAL: &str = "nokv_consistency_checks_total";
+/// Checks led here whose replicas' hashes differed.
+pub const MISMATCH_TOTAL: &str = "nokv_consistency_mismatch_total";
+/// The last conclusive check led here: 1 every replica agreed (also before any), 0 a mismatch.
+pub const LAST_OK: &str = "nokv_consistency_last_ok";
+
+/// Registers the checks' metrics (after the recorder is installed), so that they are
+/// exported before the first check.
+pub fn register_metrics() {
+    metrics::counter!(CHECKS_TOTAL).increment(0);
+    metrics::counter!(MISMATCH_TOTAL).increment(0);
+    metrics::gauge!(LAST_OK).set(1.0);
+}
 
 /// First bytes of a check entry (write commands start with their format byte, 1).
 const CHECK_MAGIC: &[u8] = b"\xC5nokv-check";

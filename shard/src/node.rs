@@ -337,6 +337,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         Some(_) => Some(crate::metrics::install()?),
         None => None,
     };
+    crate::consistency::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
