@@ -7,7 +7,9 @@
 //! every store, store X no longer lists the region, and `NOKV.REGION CHECK` finds the
 //! replicas' hashes equal. Negative control: while a file exists, store 4 (debug knob
 //! `NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE`) reports a wrong hash, and the check must report
-//! the mismatch (reply and `nokv_consistency_mismatch_total`).
+//! the mismatch (reply and `nokv_consistency_mismatch_total`). Then store 4 takes the
+//! leadership, serves writes and reads, runs periodic checks that match, and store X
+//! restarts without the region.
 //!
 //! The data is small, so the leader's raft log still covers it and the new replica
 //! catches up from the log (shipping snapshots between stores is separate work).
@@ -195,10 +197,14 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
     servers.push(start_store(
         &specs[3],
         &coord_addr,
-        &[(
-            "NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE",
-            corrupt.display().to_string(),
-        )],
+        &[
+            (
+                "NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE",
+                corrupt.display().to_string(),
+            ),
+            // Store 4 checks the regions it leads every second (it leads one at the end).
+            ("NOKV_CONSISTENCY_CHECK_SECS", "1".to_string()),
+        ],
     ));
     assert!(list(&addrs[3]).is_empty(), "store 4 holds nothing yet");
     let store_of = |redis: &str| -> u64 {
@@ -364,6 +370,23 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
     assert!(
         matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")),
         "{verdict:?}"
+    );
+
+    // Store 4 also checks the region it leads on its own (the periodic knob).
+    let checks = |s: &Server| {
+        support::sample(&s.scrape(), "nokv_consistency_checks_total", "").unwrap_or(0.0)
+    };
+    let before = checks(&servers[3]);
+    let deadline = Instant::now() + OP_BOUND;
+    while checks(&servers[3]) <= before {
+        assert!(Instant::now() < deadline, "no periodic check on store 4");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let scrape = servers[3].scrape();
+    assert_eq!(
+        support::sample(&scrape, "nokv_consistency_last_ok", ""),
+        Some(1.0),
+        "{scrape}"
     );
 
     // Store X restarts without the region (its descriptor was deleted).
