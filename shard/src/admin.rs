@@ -20,7 +20,7 @@ const CREATE_RETRY: Duration = Duration::from_millis(500);
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
 /// The help text of `NOKV.REGION`.
-const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | CHECK <region> | HASH <region> <index>";
+const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
 
 /// A parsed `NOKV.REGION` subcommand naming a region.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +31,7 @@ enum RegionOp {
     TransferLeader(u64),
     Check,
     Hash(u64),
+    LocalCount,
 }
 
 fn parse_u64(arg: &[u8], what: &str) -> std::result::Result<u64, Reply> {
@@ -49,7 +50,7 @@ fn parse_u64(arg: &[u8], what: &str) -> std::result::Result<u64, Reply> {
 fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Reply> {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
     let want = match sub.as_str() {
-        "CHECK" => 3,
+        "CHECK" | "LOCALCOUNT" => 3,
         "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" => 4,
         _ => return Err(Reply::error(USAGE)),
     };
@@ -71,6 +72,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
         "REMOVEPEER" => RegionOp::RemovePeer(arg),
         "TRANSFERLEADER" => RegionOp::TransferLeader(arg),
         "HASH" => RegionOp::Hash(arg),
+        "LOCALCOUNT" => RegionOp::LocalCount,
         _ => RegionOp::Check,
     };
     Ok((region, op))
@@ -111,10 +113,25 @@ pub(super) async fn execute(core: &Rc<Core>, args: Vec<Vec<u8>>) -> Reply {
         }
         return Reply::Array(lines);
     }
-    let (region, _) = match parse_region_op(&args) {
+    let (region, op) = match parse_region_op(&args) {
         Ok(p) => p,
         Err(reply) => return reply,
     };
+    if let RegionOp::LocalCount = op {
+        // Every core's engine: a replica removed from this store must have left none.
+        let mut total = 0i64;
+        for target in 0..core.node.cores {
+            let work = Work::Admin {
+                region,
+                args: args.clone(),
+            };
+            match execute_on(core, target, work).await {
+                Reply::Int(n) => total += n,
+                other => return other,
+            }
+        }
+        return Reply::Int(total);
+    }
     match local_core(&core.node, region) {
         Some(target) => execute_on(core, target, Work::Admin { region, args }).await,
         None => moved(core, region, None),
@@ -148,6 +165,17 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
     let Some(cluster) = &core.node.cluster else {
         return Reply::error("ERR NOKV.REGION needs a store of a cluster (--coordinator)");
     };
+    if let RegionOp::LocalCount = op {
+        let known = core.raft.borrow().region(region).cloned();
+        let Some(desc) = known.or_else(|| cluster.directory.region(region).map(|(d, _)| d)) else {
+            return Reply::error(format!("ERR region {region} is not known here"));
+        };
+        let db = core.db.clone();
+        return match blocking(move || consistency::count_keys(&db, &desc)).await {
+            Ok(n) => Reply::Int(n as i64),
+            Err(e) => Reply::error(format!("ERR count the keys of region {region}: {e}")),
+        };
+    }
     let desc = {
         let raft = core.raft.borrow();
         let Some(desc) = raft.region(region) else {
@@ -278,7 +306,7 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
             ))
         }
         RegionOp::Check => run_check(core, region).await,
-        RegionOp::Hash(_) => Reply::error(USAGE),
+        RegionOp::Hash(_) | RegionOp::LocalCount => Reply::error(USAGE),
     }
 }
 
@@ -555,12 +583,18 @@ fn delete_region_data(db: &Db, desc: &RegionDescriptor) -> std::result::Result<(
     nokv_raft::region::delete_region(db, desc.id).map_err(|e| e.to_string())?;
     let mut b = nokv::WriteBatch::new();
     for range in layout::region_data(desc) {
+        // Keys are never empty: "\0" is the smallest start.
+        let start: &[u8] = if range.range.start.is_empty() {
+            b"\0"
+        } else {
+            &range.range.start
+        };
         for &cf in range.cfs {
             let space = nokv::KeySpace {
                 ns: range.range.ns,
                 cf,
             };
-            b.delete_range_in(space, &range.range.start, range.range.end.as_deref());
+            b.delete_range_in(space, start, range.range.end.as_deref());
         }
     }
     db.write(&b, &nokv::WriteOptions::default())

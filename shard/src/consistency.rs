@@ -129,6 +129,34 @@ pub fn hash_region(db: &Db, pending: &PendingHash) -> Result<u64, nokv::Error> {
     Ok(h.0)
 }
 
+/// Counts the engine keys of the region's data (all its column families, every key
+/// whose newest version is live) in `db` as of now. File IO: call on the blocking pool.
+pub fn count_keys(db: &Db, desc: &RegionDescriptor) -> Result<u64, nokv::Error> {
+    let mut n = 0;
+    for range in layout::region_data(desc) {
+        for &cf in range.cfs {
+            let space = KeySpace {
+                ns: range.range.ns,
+                cf,
+            };
+            let ro = ReadOptions {
+                lower_bound: Some(range.range.start.clone()),
+                upper_bound: range.range.end.clone(),
+                skip_cache_fill: true,
+                ..ReadOptions::default()
+            };
+            let mut it = db.iter_in(space, ro)?;
+            it.seek_to_first();
+            // Bounded by the region's data.
+            while it.valid() {
+                n += 1;
+                it.next();
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// The latest check hash of every region a store holds, and the last verdict of every
 /// region whose check it led. Shared by the store's cores; the lock is held only to read
 /// or replace an entry.

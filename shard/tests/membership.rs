@@ -266,6 +266,16 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
     }
     assert_eq!(admin(&["NOKV.REGION", "REMOVEPEER", &rs, &sx]), R::ok());
 
+    // Every replica holds the region's keys (some of the N keys are in it).
+    let count = |addr: &str| -> i64 {
+        match Client::connect(addr).try_cmd(&[b"NOKV.REGION", b"LOCALCOUNT", rs.as_bytes()]) {
+            Some(R::Int(n)) => n,
+            other => panic!("LOCALCOUNT on {addr}: {other:?}"),
+        }
+    };
+    let held = count(&addrs[x]);
+    assert!(held > 0, "store X holds no key of region {region}");
+
     // Store X forgets the region; store 4 holds it as a voter.
     let deadline = Instant::now() + OP_BOUND;
     while region_line(&addrs[x], region).is_some() {
@@ -276,6 +286,17 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Its data is deleted (bounded: the delete runs after the removal).
+    let deadline = Instant::now() + OP_BOUND;
+    while count(&addrs[x]) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "store X kept the region's keys\n{}",
+            log_tails(&specs)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(&addrs[3]), held, "store 4 holds the same keys");
     let line = region_line(&addrs[3], region).expect("store 4 holds the region");
     assert!(
         field(&line, "peers").contains(&format!("@{}:voter", ids[3])),
