@@ -467,6 +467,7 @@ async fn create(
         .start_region(desc.clone())
         .map_err(|e| e.to_string())?;
     core.node.set_hosted(region, Some(core.id));
+    glommio::spawn_local(report_core(core.clone(), region, to_peer)).detach();
     tracing::info!(
         region,
         peer = to_peer,
@@ -476,6 +477,55 @@ async fn create(
     );
     let _ = core.notify.try_send(());
     Ok(())
+}
+
+/// Tells the coordinator which core holds the replica `peer` of `region` created here
+/// (a restart places it where the coordinator says), through the heartbeat thread with
+/// the coordinator's own descriptor; repeated until the routes show it (bounded).
+async fn report_core(core: Rc<Core>, region: u64, peer: u64) {
+    let Some(cluster) = &core.node.cluster else {
+        return;
+    };
+    for _ in 0..20 {
+        if cluster.directory.peer_core(peer) == Some(core.id as u32)
+            || core.raft.borrow().region(region).is_none()
+        {
+            return;
+        }
+        if let Some((desc, leader)) = cluster.directory.region(region) {
+            let leader_peer_id = leader
+                .and_then(|s| desc.peer_on_store(s))
+                .map_or(0, |p| p.peer_id);
+            if desc.peer(peer).is_some() && leader_peer_id != 0 {
+                let _ = cluster.reports.try_send(crate::cluster::RegionReport {
+                    desc,
+                    leader_peer_id,
+                    core: core.id as u32,
+                    core_peer: Some(peer),
+                });
+            }
+        }
+        let slept = future::or(
+            async {
+                glommio::timer::sleep(crate::cluster::REGION_REPORT_INTERVAL).await;
+                true
+            },
+            async {
+                core.stop.wait().await;
+                false
+            },
+        )
+        .await;
+        if !slept {
+            return;
+        }
+    }
+    tracing::warn!(
+        region,
+        peer,
+        core = core.id,
+        "the coordinator did not record this replica's core"
+    );
 }
 
 /// After a round: forgets every region whose membership no longer lists this store (its

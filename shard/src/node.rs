@@ -846,6 +846,7 @@ fn send_messages(core: &Core, out: NodeOutbox) {
                     .knobs
                     .raft_to_core
                     .or_else(|| cluster.peer_cores.get(&msg.to).copied())
+                    .or_else(|| cluster.directory.peer_core(msg.to))
                     .unwrap_or(0),
             };
             let env = match RaftEnvelope::new(route, &msg) {
@@ -899,10 +900,29 @@ fn step_inbox(core: &Rc<Core>) -> usize {
                 }
                 Some(c) if c != core.id => core.step_drops.unknown_region.increment(1),
                 _ => {
-                    core.step_drops.unknown_region.increment(1);
-                    // A replica added to this store: created once the coordinator confirms.
-                    if let Ok(msg) = env.message() {
-                        unknown.push((env.region_id, msg.to, env.from_store, env.epoch()));
+                    let Ok(msg) = env.message() else {
+                        core.step_drops.undecodable.increment(1);
+                        continue;
+                    };
+                    // A replica added to this store: created on the core the coordinator
+                    // records for it (else here) once the coordinator lists it.
+                    let placed = core
+                        .node
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.directory.peer_core(msg.to))
+                        .map(|c| c as usize)
+                        .filter(|c| *c != core.id && *c < core.node.cores);
+                    match placed {
+                        Some(c) if env.to_core as usize == core.id => {
+                            env.to_core = c as u32;
+                            core.step_drops.rerouted.increment(1);
+                            let _ = transport.deliver(env);
+                        }
+                        _ => {
+                            core.step_drops.unknown_region.increment(1);
+                            unknown.push((env.region_id, msg.to, env.from_store, env.epoch()));
+                        }
                     }
                 }
             }
@@ -1030,6 +1050,7 @@ fn report_leaders(core: &Core) -> usize {
             desc: desc.clone(),
             leader_peer_id: me.peer_id,
             core: core.id as u32,
+            core_peer: None,
         });
     }
     n

@@ -419,6 +419,47 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
         "store X holds the region again after a restart"
     );
 
+    // The coordinator records the core of the replica created on store 4, so a restart
+    // of store 4 places it there: it holds the region again and the replicas agree.
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let route = coord.route_by_id(region).expect("route");
+        let peer = route
+            .region
+            .as_ref()
+            .and_then(|r| r.peers.iter().find(|p| p.store_id == ids[3]).cloned())
+            .expect("store 4 is a peer");
+        if peer.core.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no core recorded for store 4's replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let old = servers.remove(3);
+    assert!(old.terminate().success(), "SIGTERM exits 0");
+    servers.push(start_store(&specs[3], &coord_addr, &[]));
+    assert!(
+        region_line(&addrs[3], region).is_some(),
+        "store 4 lost the region"
+    );
+    for (k, v) in &acked {
+        let r = call(&addrs, &addrs[3], &[b"GET", k.as_bytes()], OP_BOUND);
+        assert_eq!(r, Some(R::bulk(v)), "GET {k} after store 4 restarted");
+    }
+    let verdict = call(
+        &addrs,
+        &addrs[0],
+        &[b"NOKV.REGION", b"CHECK", rs.as_bytes()],
+        OP_BOUND,
+    );
+    assert!(
+        matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")),
+        "{verdict:?}"
+    );
+
     for s in servers {
         assert!(s.terminate().success(), "SIGTERM exits 0");
     }
