@@ -16,6 +16,37 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// messages for but does not hold.
 const CREATE_RETRY: Duration = Duration::from_millis(500);
 
+/// Why a replica was not created or not deleted on this store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The coordinator's routes do not (yet) allow creating it.
+    #[error("region {region}: {reason}")]
+    Refused {
+        /// The region.
+        region: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The raft layer failed (persisting or starting the peer, deleting its descriptor).
+    #[error("region {region}: {source}")]
+    Raft {
+        /// The region.
+        region: u64,
+        /// The raft layer's error.
+        #[source]
+        source: nokv_raft::Error,
+    },
+    /// The engine failed to delete the data.
+    #[error("delete the data of region {region}: {source}")]
+    Engine {
+        /// The region.
+        region: u64,
+        /// The engine's error.
+        #[source]
+        source: nokv::Error,
+    },
+}
+
 /// The membership version of a region when it is created (bootstrap).
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
@@ -404,12 +435,14 @@ pub(super) fn maybe_create(
     glommio::spawn_local(async move {
         let created = match known {
             Some((desc, _)) => create(&c, store_id, desc, to_peer, from_store, epoch).await,
-            None => Err(format!(
-                "the coordinator's routes (refreshed every few seconds) have no region {region} yet"
-            )),
+            None => Err(ReplicaError::Refused {
+                region,
+                reason: "the coordinator's routes (refreshed every few seconds) do not have it yet"
+                    .into(),
+            }),
         };
-        if let Err(why) = created {
-            tracing::debug!(region, why, "no replica created for incoming raft messages");
+        if let Err(e) = created {
+            tracing::debug!(error = %e, "no replica created for incoming raft messages");
             glommio::timer::sleep(CREATE_RETRY).await;
         }
         c.creating.borrow_mut().remove(&region);
@@ -424,29 +457,32 @@ async fn create(
     to_peer: u64,
     from_store: u64,
     epoch: nokv_raft::Epoch,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), ReplicaError> {
     let region = desc.id;
+    let refused = |reason: String| ReplicaError::Refused { region, reason };
     match desc.peer_on_store(store_id) {
         Some(p) if p.peer_id == to_peer => {}
         _ => {
-            return Err(format!(
+            return Err(refused(format!(
                 "the coordinator lists no peer {to_peer} on this store"
-            ))
+            )))
         }
     }
     if desc.peer_on_store(from_store).is_none() {
-        return Err(format!("the sender's store {from_store} is not a member"));
+        return Err(refused(format!(
+            "the sender's store {from_store} is not a member"
+        )));
     }
     if epoch.version != desc.epoch.version {
-        return Err(format!(
+        return Err(refused(format!(
             "split version differs (message {}, coordinator {})",
             epoch.version, desc.epoch.version
-        ));
+        )));
     }
     if local_core(&core.node, region).is_some_and(|c| c != core.id)
         || core.raft.borrow().region(region).is_some()
     {
-        return Err("the region is already held here".into());
+        return Err(refused("the region is already held here".into()));
     }
     // The peer re-applies every membership change of the log from index 1 (each bumps
     // the version): it starts from the version regions are born with, so that it ends
@@ -457,15 +493,15 @@ async fn create(
     let saved = desc.clone();
     blocking(move || nokv_raft::region::save_region(&db, &saved))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ReplicaError::Raft { region, source })?;
     if core.tombstones.borrow().contains_key(&region) || core.raft.borrow().region(region).is_some()
     {
-        return Err("the region changed meanwhile".into());
+        return Err(refused("the region changed meanwhile".into()));
     }
     core.raft
         .borrow_mut()
         .start_region(desc.clone())
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ReplicaError::Raft { region, source })?;
     core.node.set_hosted(region, Some(core.id));
     glommio::spawn_local(report_core(core.clone(), region, to_peer)).detach();
     tracing::info!(
@@ -629,8 +665,10 @@ pub(super) async fn gc_removed(core: Rc<Core>) {
 }
 
 /// Deletes a removed replica's descriptor and every key of its data (all column families).
-fn delete_region_data(db: &Db, desc: &RegionDescriptor) -> std::result::Result<(), String> {
-    nokv_raft::region::delete_region(db, desc.id).map_err(|e| e.to_string())?;
+fn delete_region_data(db: &Db, desc: &RegionDescriptor) -> std::result::Result<(), ReplicaError> {
+    let region = desc.id;
+    nokv_raft::region::delete_region(db, region)
+        .map_err(|source| ReplicaError::Raft { region, source })?;
     let mut b = nokv::WriteBatch::new();
     for range in layout::region_data(desc) {
         // Keys are never empty: "\0" is the smallest start.
@@ -648,7 +686,7 @@ fn delete_region_data(db: &Db, desc: &RegionDescriptor) -> std::result::Result<(
         }
     }
     db.write(&b, &nokv::WriteOptions::default())
-        .map_err(|e| format!("delete the data of region {}: {e}", desc.id))
+        .map_err(|source| ReplicaError::Engine { region, source })
 }
 
 /// Hashes the checks a round applied (on the blocking pool) and records them.
