@@ -1672,9 +1672,11 @@ fn propose_local(
     if let Err((e, _)) = proposed {
         return Err(match e {
             nokv_raft::Error::Busy { .. } => Reply::error(BUSY),
-            nokv_raft::Error::NotLeader { .. } | nokv_raft::Error::RegionNotFound(_)
-                if core.node.cluster.is_some() =>
-            {
+            nokv_raft::Error::NotLeader { .. } => {
+                moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
+            }
+            // The replica was removed from this store while running.
+            nokv_raft::Error::RegionNotFound(_) if core.node.cluster.is_some() => {
                 moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
             }
             e => Reply::error(format!("ERR {e}")),
