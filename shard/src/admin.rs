@@ -850,3 +850,42 @@ pub(super) async fn periodic_checks(core: Rc<Core>, interval: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<Vec<u8>> {
+        line.split(' ').map(|a| a.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn region_subcommands_parse_with_their_arguments() {
+        let ok = |line: &str| parse_region_op(&args(line)).map(|(r, op)| (r, format!("{op:?}")));
+        assert_eq!(
+            ok("NOKV.REGION addlearner 7 4"),
+            Ok((7, "AddLearner(4)".into()))
+        );
+        assert_eq!(ok("NOKV.REGION PROMOTE 7 4"), Ok((7, "Promote(4)".into())));
+        assert_eq!(
+            ok("NOKV.REGION REMOVEPEER 7 2"),
+            Ok((7, "RemovePeer(2)".into()))
+        );
+        assert_eq!(
+            ok("NOKV.REGION TRANSFERLEADER 7 3"),
+            Ok((7, "TransferLeader(3)".into()))
+        );
+        assert_eq!(ok("NOKV.REGION CHECK 7"), Ok((7, "Check".into())));
+        assert_eq!(ok("NOKV.REGION HASH 7 12"), Ok((7, "Hash(12)".into())));
+        assert_eq!(ok("NOKV.REGION LOCALCOUNT 7"), Ok((7, "LocalCount".into())));
+        let err = |line: &str| match parse_region_op(&args(line)) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert!(err("NOKV.REGION CHECK 7 8").contains("wrong number of arguments"));
+        assert!(err("NOKV.REGION PROMOTE 7").contains("wrong number of arguments"));
+        assert!(err("NOKV.REGION PROMOTE x 4").contains("region must be"));
+        assert!(err("NOKV.REGION PROMOTE 7 -1").contains("store must be"));
+        assert!(err("NOKV.REGION SPLIT 7").starts_with("ERR usage"));
+    }
+}
