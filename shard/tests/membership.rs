@@ -429,6 +429,11 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
             .as_ref()
             .and_then(|r| r.peers.iter().find(|p| p.store_id == ids[3]).cloned())
             .expect("store 4 is a peer");
+        let peers = &route.region.as_ref().expect("region").peers;
+        assert!(
+            peers.iter().all(|p| p.store_id != ids[x]),
+            "the coordinator still routes to store X: {peers:?}"
+        );
         if peer.core.is_some() {
             break;
         }
