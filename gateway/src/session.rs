@@ -208,6 +208,14 @@ pub enum Action {
         /// The write.
         cmd: WriteCommand,
     },
+    /// An operator command of the server (`NOKV.*`, e.g. `NOKV.REGION`): the caller
+    /// evaluates `args` and passes the reply to [`Session::complete`].
+    Admin {
+        /// Where the reply goes.
+        ticket: Ticket,
+        /// The command and its arguments as sent.
+        args: Vec<Vec<u8>>,
+    },
 }
 
 /// Whether the connection should stay open.
@@ -561,6 +569,11 @@ impl Session {
                     let reply = backend.write(&cmd);
                     self.complete(ticket, reply);
                 }
+                Action::Admin { ticket, args } => {
+                    let name = String::from_utf8_lossy(&args[0][..args[0].len().min(64)]);
+                    let reply = Reply::Error(format!("ERR unknown command '{name}'"));
+                    self.complete(ticket, reply);
+                }
             }
         }
         n
@@ -678,6 +691,23 @@ impl Session {
         self.shared
             .commands_processed
             .fetch_add(1, Ordering::Relaxed);
+        if args
+            .first()
+            .is_some_and(|a| a.len() > 5 && a[..5].eq_ignore_ascii_case(b"NOKV."))
+        {
+            self.start_timing("nokv.admin");
+            if !self.authenticated {
+                self.push_local(Reply::error(NOAUTH));
+                return None;
+            }
+            let ticket = self.push_slot(Slot {
+                proto: self.proto,
+                reply: None,
+                scan: ScanKind::None,
+                timing: None,
+            });
+            return Some(Action::Admin { ticket, args });
+        }
         let cmd = match command::lookup(&args) {
             Lookup::Found(c) => c,
             Lookup::Unknown => {
@@ -1284,7 +1314,29 @@ mod tests {
         match a {
             Action::Read { ticket, op } => (*ticket, exec::read(op, view, 0)),
             Action::Write { ticket, cmd } => (*ticket, exec::apply(cmd, view, version)),
+            Action::Admin { ticket, .. } => (*ticket, Reply::error("ERR no server here")),
         }
+    }
+
+    #[test]
+    fn nokv_commands_go_to_the_server_after_auth() {
+        let mut s = session(Config {
+            requirepass: Some(b"pw".to_vec()),
+            ..Config::default()
+        });
+        s.feed(&req("nokv.region list")).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert!(out(&mut s).starts_with("-NOAUTH"));
+        s.feed(&[req("auth pw"), req("nokv.region list")].concat())
+            .unwrap();
+        match s.next_action(0) {
+            Some(Action::Admin { ticket, args }) => {
+                assert_eq!(args, vec![b"nokv.region".to_vec(), b"list".to_vec()]);
+                s.complete(ticket, Reply::Array(Vec::new()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out(&mut s), "+OK\r\n*0\r\n");
     }
 
     #[test]

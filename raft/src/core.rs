@@ -643,6 +643,51 @@ impl<T> RaftCore<T> {
         self.add_peer(desc, storage, 0)
     }
 
+    /// Starts the peer of a region whose descriptor the caller already persisted
+    /// ([`crate::region::save_region`], IO: off the executor): a new, empty replica that
+    /// catches up from the leader. No IO.
+    pub fn start_region(&mut self, desc: RegionDescriptor) -> Result<()> {
+        if self.peers.contains_key(&desc.id) {
+            return Err(Error::InvalidProposal {
+                region: desc.id,
+                reason: "region exists".into(),
+            });
+        }
+        let storage = PeerStorage::new(conf_state(&desc));
+        self.add_peer(desc, storage, 0)
+    }
+
+    /// Stops and forgets the local peer of `region` (its replica was removed); its
+    /// proposals and reads are handed to `answer`. Returns the descriptor it had. No IO:
+    /// the caller deletes the persisted descriptor and the data.
+    pub fn remove_region(
+        &mut self,
+        region: u64,
+        mut answer: impl FnMut(T),
+    ) -> Option<RegionDescriptor> {
+        let mut peer = self.peers.remove(&region)?;
+        while let Some(p) = peer.pending.pop_front() {
+            answer(p.token);
+        }
+        while let Some(r) = peer.reads.pop_front() {
+            answer(r.token);
+        }
+        self.exporting.remove(&region);
+        Some(peer.region)
+    }
+
+    /// The leader's view of replica `peer_id` of `region`: (its matched index, the
+    /// leader's last index); None when the local peer does not lead or knows no such peer.
+    pub fn progress(&self, region: u64, peer_id: u64) -> Option<(u64, u64)> {
+        let peer = self.peers.get(&region)?;
+        let raft = &peer.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let pr = raft.prs().get(peer_id)?;
+        Some((pr.matched, raft.raft_log.last_index()))
+    }
+
     fn add_peer(
         &mut self,
         desc: RegionDescriptor,

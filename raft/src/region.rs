@@ -212,6 +212,17 @@ pub fn save_region(db: &Db, desc: &RegionDescriptor) -> Result<()> {
         .map_err(|e| Error::engine(format!("persist region {}", desc.id), e))
 }
 
+/// Deletes the persisted descriptor of region `id` (synced): a removed replica.
+pub fn delete_region(db: &Db, id: u64) -> Result<()> {
+    let mut b = WriteBatch::new();
+    b.delete_in(META_SPACE, &region_key(id));
+    let wo = WriteOptions {
+        durability: Some(Durability::Sync),
+    };
+    db.write(&b, &wo)
+        .map_err(|e| Error::engine(format!("delete region {id}"), e))
+}
+
 /// Every region descriptor persisted in `db`, by id.
 pub fn load_regions(db: &Db) -> Result<Vec<RegionDescriptor>> {
     let ro = ReadOptions {

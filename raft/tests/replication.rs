@@ -682,3 +682,56 @@ fn a_leader_transfer_hands_over_leadership_and_suspends_the_lease() {
     let i = c.write("k2", 5);
     assert_eq!(c.read(target, "k2", 6), Some(Some(i)));
 }
+
+#[test]
+fn a_replica_started_empty_after_its_addition_catches_up_and_a_removed_one_is_forgotten() {
+    let mut c = Cluster::new(3);
+    for i in 0..5u32 {
+        c.write(&format!("early{i}"), i);
+    }
+    let leader = c.wait_leader();
+    let learner = PeerMeta::learner(4, 104);
+    c.core(leader)
+        .propose_conf_change(REGION, &[PeerChange::AddLearner(learner)], 900)
+        .map_err(|(e, _)| e)
+        .expect("propose");
+    c.run_until("learner added", |c| {
+        c.rec(leader).conf_changes.iter().any(|(t, _)| *t == 900)
+    });
+    // Store 4 starts the replica only now (as a node does once the coordinator lists
+    // it), from the membership the leader has, at the initial membership version.
+    let mut desc = c.core(leader).region(REGION).expect("region").clone();
+    assert_eq!(desc.epoch.conf_version, 2);
+    desc.epoch.conf_version = 1;
+    c.peer_store.insert(104, 4);
+    c.add_store(4);
+    nokv_raft::region::save_region(&c.rec(4).db, &desc).expect("save");
+    c.core(4).start_region(desc).expect("start");
+    let again = c.core(leader).region(REGION).cloned().expect("region");
+    assert!(
+        c.core(4).start_region(again).is_err(),
+        "a second peer of one region"
+    );
+    c.run_until("learner caught up", |c| {
+        c.core(leader)
+            .progress(REGION, 104)
+            .is_some_and(|(matched, last)| matched == last)
+    });
+    assert_eq!(c.core(4).progress(REGION, 104), None, "not the leader");
+    c.write("late", 9);
+    for i in 0..5 {
+        assert!(value(&c.rec(4).db, &format!("early{i}")).is_some());
+    }
+    assert!(value(&c.rec(4).db, "late").is_some());
+    let leaders = c.core(leader).region(REGION).cloned().expect("region");
+    assert_eq!(
+        c.core(4).region(REGION),
+        Some(&leaders),
+        "same membership and version"
+    );
+    // Forgetting the replica: its descriptor comes back, the core no longer holds it.
+    let gone = c.core(4).remove_region(REGION, |_| {}).expect("held");
+    assert_eq!(gone.id, REGION);
+    assert!(c.core(4).region(REGION).is_none());
+    assert!(c.core(4).remove_region(REGION, |_| {}).is_none());
+}

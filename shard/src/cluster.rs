@@ -42,6 +42,9 @@ pub struct RegionReport {
     pub leader_peer_id: u64,
     /// The core holding the leader (the coordinator keeps each replica's core).
     pub core: u32,
+    /// The replica whose core `core` is, when not the leader: a replica created on this
+    /// store reports its core (the descriptor is then the coordinator's own).
+    pub core_peer: Option<u64>,
 }
 
 /// The other stores' addresses, refreshed from the coordinator: RPC addresses for the
@@ -52,6 +55,11 @@ pub struct RegionReport {
 pub struct Directory {
     redis: RwLock<HashMap<u64, String>>,
     resolver: Arc<StaticResolver>,
+    /// Every region as the coordinator routes it, with its leader's store (refreshed
+    /// with the addresses; empty until the first refresh).
+    regions: RwLock<HashMap<u64, (RegionDescriptor, Option<u64>)>>,
+    /// Each replica's core as the coordinator records it (peer id -> core).
+    peer_cores: RwLock<HashMap<u64, u32>>,
 }
 
 impl Directory {
@@ -63,6 +71,45 @@ impl Directory {
     /// The Redis address of store `store_id`, if known.
     pub fn redis_addr(&self, store_id: u64) -> Option<String> {
         self.redis.read().ok()?.get(&store_id).cloned()
+    }
+
+    /// The coordinator's descriptor of `region` and its leader's store, as of the last
+    /// refresh.
+    pub fn region(&self, region: u64) -> Option<(RegionDescriptor, Option<u64>)> {
+        self.regions.read().ok()?.get(&region).cloned()
+    }
+
+    /// The core the coordinator records for replica `peer` (refreshed with the routes).
+    pub fn peer_core(&self, peer: u64) -> Option<u32> {
+        self.peer_cores.read().ok()?.get(&peer).copied()
+    }
+
+    /// Replaces the regions with the coordinator's `routes`.
+    pub fn set_routes(&self, routes: &[Route]) {
+        let cores = routes
+            .iter()
+            .filter_map(|r| r.region.as_ref())
+            .flat_map(|r| r.peers.iter())
+            .filter_map(|p| p.core.map(|c| (p.id, c)))
+            .collect();
+        if let Ok(mut m) = self.peer_cores.write() {
+            *m = cores;
+        }
+        let map = routes
+            .iter()
+            .filter_map(|r| {
+                let region = r.region.as_ref()?;
+                let leader = region
+                    .peers
+                    .iter()
+                    .find(|p| p.id == r.leader_peer_id)
+                    .map(|p| p.store_id);
+                Some((region.id, (RegionDescriptor::from(region), leader)))
+            })
+            .collect();
+        if let Ok(mut m) = self.regions.write() {
+            *m = map;
+        }
     }
 
     /// Records the addresses of `stores`.
@@ -311,7 +358,7 @@ impl Drop for Heartbeats {
 /// Starts the heartbeat thread: store heartbeats, the cores' region reports, and the
 /// directory's refresh, until the returned handle is dropped.
 pub fn spawn_heartbeats(
-    client: CoordClient,
+    client: Arc<CoordClient>,
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
@@ -329,7 +376,7 @@ pub fn spawn_heartbeats(
 }
 
 fn heartbeat_loop(
-    client: CoordClient,
+    client: Arc<CoordClient>,
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
@@ -345,11 +392,15 @@ fn heartbeat_loop(
     while !shutdown.load(Ordering::SeqCst) {
         match reports.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => {
-                leaders.insert(r.desc.id, r.leader_peer_id);
+                if r.core_peer.is_none() {
+                    leaders.insert(r.desc.id, r.leader_peer_id);
+                }
                 pending.insert(r.desc.id, r);
                 // Take whatever else waits (bounded by the channel).
                 while let Ok(r) = reports.try_recv() {
-                    leaders.insert(r.desc.id, r.leader_peer_id);
+                    if r.core_peer.is_none() {
+                        leaders.insert(r.desc.id, r.leader_peer_id);
+                    }
                     pending.insert(r.desc.id, r);
                 }
             }
@@ -361,8 +412,9 @@ fn heartbeat_loop(
                 return;
             }
             let mut region = Region::from(&r.desc);
+            let core_peer = r.core_peer.unwrap_or(r.leader_peer_id);
             for p in region.peers.iter_mut() {
-                if p.id == r.leader_peer_id {
+                if p.id == core_peer {
                     p.core = Some(r.core);
                 }
             }
@@ -399,6 +451,11 @@ fn heartbeat_loop(
             match client.stores() {
                 Ok(stores) => directory.update(stores.iter().filter_map(|s| s.meta.as_ref())),
                 Err(e) => tracing::debug!(error = %e, "refreshing store addresses failed"),
+            }
+            // Membership changes: replicas added to or removed from this store.
+            match scan_all(&client) {
+                Ok(routes) => directory.set_routes(&routes),
+                Err(e) => tracing::debug!(error = %e, "refreshing routes failed"),
             }
         }
     }

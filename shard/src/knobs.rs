@@ -8,6 +8,7 @@
 //! | `NOKV_DEBUG_WRITE_BUFFER_BYTES=n` | the engines' memtable size (at least 65536) |
 //! | `NOKV_DEBUG_MAX_IMMUTABLE_MEMTABLES=n` | frozen memtables before writes stop |
 //! | `NOKV_DEBUG_HOLD_FLUSH_WHILE=path` | the engines start no flush while `path` exists |
+//! | `NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE=path` | while `path` exists, this store reports a wrong hash for every consistency check: the negative control of the check (its leader must report a mismatch) |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Knobs {
     pub hold_flush_while: Option<PathBuf>,
     /// Address every outgoing raft message to this core of its store.
     pub raft_to_core: Option<u32>,
+    /// Report wrong consistency-check hashes while this file exists (negative control).
+    pub corrupt_check_hash_while: Option<PathBuf>,
 }
 
 impl Knobs {
@@ -44,6 +47,8 @@ impl Knobs {
                     .and_then(|v| v.parse().ok()),
                 hold_flush_while: var("NOKV_DEBUG_HOLD_FLUSH_WHILE").map(PathBuf::from),
                 raft_to_core: var("NOKV_DEBUG_RAFT_TO_CORE").and_then(|v| v.parse().ok()),
+                corrupt_check_hash_while: var("NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE")
+                    .map(PathBuf::from),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -51,6 +56,7 @@ impl Knobs {
                 || knobs.max_immutable_memtables.is_some()
                 || knobs.hold_flush_while.is_some()
                 || knobs.raft_to_core.is_some()
+                || knobs.corrupt_check_hash_while.is_some()
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -6,6 +6,7 @@ pub mod addr;
 pub mod alloc;
 pub mod cluster;
 pub mod config;
+pub mod consistency;
 pub mod error;
 mod event;
 pub mod hooks;

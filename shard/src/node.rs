@@ -9,6 +9,9 @@
 //! the shutdown flush always run there while the executor keeps serving. Writes
 //! are refused with `-BUSY` while the core's engine stops writes.
 
+#[path = "admin.rs"]
+mod admin;
+
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -36,7 +39,7 @@ use nokv_raft::raftpb::{Message, MessageType};
 use nokv_raft::transport::RaftEnvelope;
 use nokv_raft::{CoreConfig, EntrySink, Outbox, RaftCore, ReadPath, RegionDescriptor};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -135,6 +138,35 @@ struct NodeShared {
     client_memory: Arc<ClientMemory>,
     /// The store's place in a cluster (`--coordinator`); None: standalone.
     cluster: Option<ClusterNode>,
+    /// Consistency-check hashes and verdicts of this store's replicas.
+    checks: crate::consistency::CheckBook,
+    /// Regions whose replica was created or removed here while running (the route table
+    /// is fixed at start): region -> core.
+    hosted: std::sync::RwLock<HashMap<u64, usize>>,
+    /// Regions whose replica was removed from this store while running: the store that
+    /// led them then (where `-MOVED` sends their requests).
+    moved_out: std::sync::RwLock<HashMap<u64, u64>>,
+}
+
+impl NodeShared {
+    /// The core of a replica created here while running.
+    fn hosted_core(&self, region: u64) -> Option<usize> {
+        self.hosted.read().ok()?.get(&region).copied()
+    }
+
+    /// Records (Some) or forgets (None) the core of a replica created here while running.
+    fn set_hosted(&self, region: u64, core: Option<usize>) {
+        if let Ok(mut m) = self.hosted.write() {
+            match core {
+                Some(c) => {
+                    m.insert(region, c);
+                }
+                None => {
+                    m.remove(&region);
+                }
+            }
+        }
+    }
 }
 
 /// What the cores of a store in a cluster share.
@@ -149,6 +181,10 @@ struct ClusterNode {
     remote_leaders: HashMap<u64, u64>,
     /// Region reports for the heartbeat thread (bounded; try_send).
     reports: crate::cluster::ReportSender,
+    /// The coordinator client (blocking: call it on the blocking pool).
+    client: Arc<nokv_coordinator::CoordClient>,
+    /// The cluster's `requirepass`, for this store's queries to the others' Redis ports.
+    password: Option<Vec<u8>>,
 }
 
 /// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor,
@@ -301,6 +337,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         Some(_) => Some(crate::metrics::install()?),
         None => None,
     };
+    crate::consistency::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
@@ -340,14 +377,18 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         None => (None, None),
         Some(j) => {
             let (tx, rx) = std::sync::mpsc::sync_channel(crate::cluster::REPORT_QUEUE);
+            let (peer_cores, remote_leaders) = (j.peer_cores(), j.leader_stores());
+            let client = Arc::new(j.client);
             let link = ClusterNode {
                 store_id: meta.store_id,
                 directory: j.directory.clone(),
-                peer_cores: j.peer_cores(),
-                remote_leaders: j.leader_stores(),
+                peer_cores,
+                remote_leaders,
                 reports: tx,
+                client: client.clone(),
+                password: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
             };
-            (Some(link), Some((j, rx)))
+            (Some(link), Some((client, j.directory, rx)))
         }
     };
     let gateway_config = nokv_gateway::Config {
@@ -382,6 +423,9 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         drained: AtomicUsize::new(0),
         client_memory: client_memory.clone(),
         cluster,
+        checks: crate::consistency::CheckBook::default(),
+        hosted: std::sync::RwLock::new(HashMap::new()),
+        moved_out: std::sync::RwLock::new(HashMap::new()),
     });
     {
         let clients = client_memory.clone();
@@ -406,10 +450,10 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     });
     // Stopped and joined when run_with returns (dropped), after the cores.
     let _heartbeats = match heartbeats {
-        Some((j, rx)) => Some(crate::cluster::spawn_heartbeats(
-            j.client,
+        Some((client, directory, rx)) => Some(crate::cluster::spawn_heartbeats(
+            client,
             meta.store_id,
-            j.directory,
+            directory,
             rx,
         )?),
         None => None,
@@ -577,6 +621,8 @@ enum Waiter {
     Write(ReplyTx),
     /// A read waiting for its ReadIndex round (`Err`: the reply to give instead).
     Read(oneshot::Sender<std::result::Result<(), Reply>>),
+    /// A membership change waiting to apply (`Ok`: the region as it is now).
+    Conf(oneshot::Sender<std::result::Result<RegionDescriptor, Reply>>),
 }
 
 impl Waiter {
@@ -585,6 +631,7 @@ impl Waiter {
         match self {
             Waiter::Write(tx) => tx.send(reply),
             Waiter::Read(tx) => tx.send(Err(reply)),
+            Waiter::Conf(tx) => tx.send(Err(reply)),
         }
     }
 }
@@ -618,6 +665,11 @@ struct Core {
     transport: Option<Rc<CoreTransport>>,
     /// Raft messages from other stores that were not stepped, by reason.
     step_drops: StepDrops,
+    /// Regions this core is asking the coordinator about (raft messages came for them).
+    creating: RefCell<HashSet<u64>>,
+    /// Regions removed from this core while running, with their last membership version:
+    /// never recreated from raft messages.
+    tombstones: RefCell<HashMap<u64, u64>>,
 }
 
 impl Core {
@@ -658,6 +710,8 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 struct RoundApply<'a> {
     db: &'a Db,
     held: RefCell<HeldWrites>,
+    /// Consistency checks applied by the round, to hash afterwards.
+    checks: Vec<crate::consistency::PendingHash>,
 }
 
 impl EntrySink for RoundApply<'_> {
@@ -669,6 +723,16 @@ impl EntrySink for RoundApply<'_> {
         index: u64,
         data: &[u8],
     ) -> std::result::Result<Reply, nokv_raft::Error> {
+        if crate::consistency::is_check(data) {
+            // Every write before the check reaches the engine, then its state is pinned.
+            self.end_region(region)?;
+            self.checks.push(crate::consistency::PendingHash {
+                desc: region.clone(),
+                index,
+                snapshot: self.db.snapshot(),
+            });
+            return Ok(Reply::Int(index as i64));
+        }
         match WriteCommand::decode(data) {
             // Version = the entry's raft index: fixed by the log, identical on every
             // replica, growing with every write of the region.
@@ -723,6 +787,14 @@ impl Outbox<Waiter> for NodeOutbox {
         self.messages.push((region, msg));
     }
 
+    fn conf_changed(&mut self, token: Waiter, result: nokv_raft::Result<RegionDescriptor>) {
+        match (token, result) {
+            (Waiter::Conf(tx), Ok(desc)) => tx.send(Ok(desc)),
+            (t, Ok(_)) => t.answer(Reply::ok()),
+            (t, Err(e)) => t.answer(Reply::error(format!("ERR membership change refused: {e}"))),
+        }
+    }
+
     fn read_ready(&mut self, token: Waiter, result: nokv_raft::Result<()>) {
         match (token, result) {
             (Waiter::Read(tx), Ok(())) => tx.send(Ok(())),
@@ -774,6 +846,7 @@ fn send_messages(core: &Core, out: NodeOutbox) {
                     .knobs
                     .raft_to_core
                     .or_else(|| cluster.peer_cores.get(&msg.to).copied())
+                    .or_else(|| cluster.directory.peer_core(msg.to))
                     .unwrap_or(0),
             };
             let env = match RaftEnvelope::new(route, &msg) {
@@ -803,7 +876,7 @@ fn send_messages(core: &Core, out: NodeOutbox) {
 /// epoch (an older split version, or an older membership from a peer no longer in the
 /// region), undecodable, or carrying a snapshot (shipping is not built) are dropped and
 /// counted (`nokv_raft_messages_dropped_total`).
-fn step_inbox(core: &Core) -> usize {
+fn step_inbox(core: &Rc<Core>) -> usize {
     let Some(transport) = &core.transport else {
         return 0;
     };
@@ -812,20 +885,46 @@ fn step_inbox(core: &Core) -> usize {
     if n == 0 {
         return 0;
     }
+    // Regions no core here holds: looked at once the raft core is no longer borrowed.
+    let mut unknown = Vec::new();
     let mut raft = core.raft.borrow_mut();
     for mut env in envelopes {
         let Some(desc) = raft.region(env.region_id) else {
             // Addressed to this core, held by another one here (the sender's idea of the
             // placement is off): one more hop over the transport mesh. Never bounced on.
-            match core.node.routes.core_of(env.region_id) {
-                Some(c)
-                    if c != core.id && c != layout::NOT_HERE && env.to_core as usize == core.id =>
-                {
+            match admin::local_core(&core.node, env.region_id) {
+                Some(c) if c != core.id && env.to_core as usize == core.id => {
                     env.to_core = c as u32;
                     core.step_drops.rerouted.increment(1);
                     let _ = transport.deliver(env);
                 }
-                _ => core.step_drops.unknown_region.increment(1),
+                Some(c) if c != core.id => core.step_drops.unknown_region.increment(1),
+                _ => {
+                    let Ok(msg) = env.message() else {
+                        core.step_drops.undecodable.increment(1);
+                        continue;
+                    };
+                    // A replica added to this store: created on the core the coordinator
+                    // records for it (else here) once the coordinator lists it.
+                    let placed = core
+                        .node
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.directory.peer_core(msg.to))
+                        .map(|c| c as usize)
+                        .filter(|c| *c != core.id && *c < core.node.cores);
+                    match placed {
+                        Some(c) if env.to_core as usize == core.id => {
+                            env.to_core = c as u32;
+                            core.step_drops.rerouted.increment(1);
+                            let _ = transport.deliver(env);
+                        }
+                        _ => {
+                            core.step_drops.unknown_region.increment(1);
+                            unknown.push((env.region_id, msg.to, env.from_store, env.epoch()));
+                        }
+                    }
+                }
             }
             continue;
         };
@@ -851,6 +950,10 @@ fn step_inbox(core: &Core) -> usize {
             core.step_drops.refused.increment(1);
             tracing::debug!(region = env.region_id, error = %e, "raft message refused");
         }
+    }
+    drop(raft);
+    for (region, to_peer, from_store, epoch) in unknown {
+        admin::maybe_create(core, region, to_peer, from_store, epoch);
     }
     n
 }
@@ -947,6 +1050,7 @@ fn report_leaders(core: &Core) -> usize {
             desc: desc.clone(),
             leader_peer_id: me.peer_id,
             core: core.id as u32,
+            core_peer: None,
         });
     }
     n
@@ -966,7 +1070,16 @@ fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
                 raft.leader(region).map(|p| p.store_id),
                 layout::start_slot(desc),
             ),
-            None => (cluster.remote_leaders.get(&region).copied(), 0),
+            None => (
+                core.node
+                    .moved_out
+                    .read()
+                    .ok()
+                    .and_then(|m| m.get(&region).copied())
+                    .or_else(|| cluster.directory.region(region).and_then(|(_, l)| l))
+                    .or_else(|| cluster.remote_leaders.get(&region).copied()),
+                0,
+            ),
         }
     };
     let slot = slot.unwrap_or(start);
@@ -1069,7 +1182,15 @@ async fn serve_core(
         failed: Event::new(),
         transport,
         step_drops: StepDrops::new(id),
+        creating: RefCell::new(HashSet::new()),
+        tombstones: RefCell::new(HashMap::new()),
     });
+    if node.cluster.is_some() {
+        glommio::spawn_local(admin::gc_removed(core.clone())).detach();
+        if let Some(interval) = crate::consistency::check_interval() {
+            glommio::spawn_local(admin::periodic_checks(core.clone(), interval)).detach();
+        }
+    }
     glommio::spawn_local(sample_core(core.clone())).detach();
 
     let driver_stop = Event::new();
@@ -1330,16 +1451,17 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
     };
     if let Some(batch) = round.take_apply() {
         let db = core.db.clone();
-        let applied = blocking(move || {
-            batch.run_with(
-                &db,
-                &mut RoundApply {
-                    db: &db,
-                    held: RefCell::new(HeldWrites::default()),
-                },
-            )
+        let (applied, checks) = blocking(move || {
+            let mut sink = RoundApply {
+                db: &db,
+                held: RefCell::new(HeldWrites::default()),
+                checks: Vec::new(),
+            };
+            let applied = batch.run_with(&db, &mut sink);
+            (applied, sink.checks)
         })
         .await;
+        admin::hash_checks(core, checks);
         let applied = match applied {
             Ok(a) => a,
             Err(e) => return Err(abandon_round(core, round, e)),
@@ -1371,6 +1493,7 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
         .borrow_mut()
         .finish_append(round, segment, &mut out);
     send_messages(core, out);
+    admin::reap_removed(core);
     Ok(())
 }
 
@@ -1487,6 +1610,7 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Reply {
                 .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping")),
             Err(reply) => reply,
         },
+        Work::Admin { region, args } => admin::execute_region(core, region, args).await,
     }
 }
 
@@ -1514,6 +1638,10 @@ async fn confirm_leadership(
             }
         }
         Err((nokv_raft::Error::NotLeader { .. }, _)) => {
+            Err(moved(core, region, route::read_slot(op)))
+        }
+        // The replica was removed from this store while running.
+        Err((nokv_raft::Error::RegionNotFound(_), _)) => {
             Err(moved(core, region, route::read_slot(op)))
         }
         Err((nokv_raft::Error::Busy { .. }, _)) => Err(Reply::error(BUSY)),
@@ -1547,6 +1675,10 @@ fn propose_local(
             nokv_raft::Error::NotLeader { .. } => {
                 moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
             }
+            // The replica was removed from this store while running.
+            nokv_raft::Error::RegionNotFound(_) if core.node.cluster.is_some() => {
+                moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
+            }
             e => Reply::error(format!("ERR {e}")),
         });
     }
@@ -1556,6 +1688,16 @@ fn propose_local(
 
 /// Runs work on the owning core: inline here, or over the mesh.
 async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
+    let region = match &work {
+        Work::Read { region, .. } | Work::Write { region, .. } | Work::Admin { region, .. } => {
+            *region
+        }
+    };
+    // A replica created here while running (the route table says NOT_HERE).
+    let target = match core.node.hosted_core(region) {
+        Some(c) if target == layout::NOT_HERE => c,
+        _ => target,
+    };
     if target == core.id {
         return execute_local(core, work).await;
     }
@@ -1564,6 +1706,7 @@ async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         let (region, slot) = match &work {
             Work::Read { region, op } => (*region, route::read_slot(op)),
             Work::Write { region, cmd } => (*region, cmd.op.keys().first().map(|k| model::slot(k))),
+            Work::Admin { region, .. } => (*region, None),
         };
         return moved(core, region, slot);
     }
@@ -1651,6 +1794,7 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 None => Err(plan),
             }
         }
+        Work::Admin { .. } => Err(plan),
         Work::Write { .. } => {
             let Plan { mut parts, .. } = plan;
             let Some((_, Work::Write { region, cmd })) = parts.pop() else {
@@ -1706,6 +1850,17 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
         let (ticket, plan) = match action {
             Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.node.routes, op))),
             Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.node.routes, cmd)),
+            Action::Admin { ticket, args } => {
+                let c = core.clone();
+                let m = mem.clone();
+                let task = glommio::spawn_local(async move {
+                    let reply = admin::execute(&c, args).await;
+                    (ticket, memory::charge(&m, reply))
+                });
+                // Ordered like a write: later reads of this connection wait for it.
+                inflight.push((Inflight::Task(task), true));
+                continue;
+            }
         };
         let plan = match plan {
             Ok(plan) => plan,

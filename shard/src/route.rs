@@ -27,6 +27,13 @@ pub enum Work {
         /// The write.
         cmd: WriteCommand,
     },
+    /// An operator command (`NOKV.REGION ...`) for a region of the target core.
+    Admin {
+        /// Region id (0: the core's regions as a whole).
+        region: u64,
+        /// The command and its arguments.
+        args: Vec<Vec<u8>>,
+    },
 }
 
 /// How the parts' replies combine.
