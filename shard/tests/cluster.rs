@@ -402,13 +402,15 @@ fn three_stores_replicate_survive_a_killed_leader_and_catch_up() {
         started.elapsed()
     );
 
-    for s in stores.into_iter().flatten() {
+    for (nth, s) in stores.into_iter().flatten().enumerate() {
         let log = s.stderr.clone();
         let status = s.terminate();
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         // A stopping store hands the regions it leads to a live voter elsewhere first.
+        // Only the first store stopped has both others alive: the last one has nobody
+        // to hand over to and stops leading only when check-quorum notices (a timing).
         assert!(
-            !tail.contains("still leading after the handover wait"),
+            nth > 0 || !tail.contains("still leading after the handover wait"),
             "leadership handed over before stopping:\n{tail}"
         );
         let tail: Vec<&str> = tail.lines().rev().take(40).collect();
