@@ -12,7 +12,7 @@ pub mod resolve;
 pub mod stats;
 
 pub use backoff::{Backoff, BackoffConfig};
-pub use inbound::{InboundDecoder, LocalStore};
+pub use inbound::{Inbound, InboundDecoder, LocalStore};
 pub use message::{encode_batch, RaftBatch, RaftEnvelope, Route};
 pub use queue::{DropReason, OutFrame, QueueLimits, SendQueue};
 pub use resolve::{ResolveFuture, ResolverCache, StaticResolver, StoreResolver};
