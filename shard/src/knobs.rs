@@ -8,6 +8,8 @@
 //! | `NOKV_DEBUG_WRITE_BUFFER_BYTES=n` | the engines' memtable size (at least 65536) |
 //! | `NOKV_DEBUG_MAX_IMMUTABLE_MEMTABLES=n` | frozen memtables before writes stop |
 //! | `NOKV_DEBUG_HOLD_FLUSH_WHILE=path` | the engines start no flush while `path` exists |
+//! | `NOKV_DEBUG_NO_SNAPSHOT_SHIPPING=1` | raft snapshot messages are dropped instead of shipped (a lagging replica cannot catch up: the negative control of the snapshot test) |
+//! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -27,6 +29,10 @@ pub struct Knobs {
     pub hold_flush_while: Option<PathBuf>,
     /// Address every outgoing raft message to this core of its store.
     pub raft_to_core: Option<u32>,
+    /// Drop raft snapshot messages instead of shipping them (negative control).
+    pub no_snapshot_shipping: bool,
+    /// Applied raft entries kept per region in memory.
+    pub raft_cached_entries: Option<usize>,
 }
 
 impl Knobs {
@@ -44,6 +50,10 @@ impl Knobs {
                     .and_then(|v| v.parse().ok()),
                 hold_flush_while: var("NOKV_DEBUG_HOLD_FLUSH_WHILE").map(PathBuf::from),
                 raft_to_core: var("NOKV_DEBUG_RAFT_TO_CORE").and_then(|v| v.parse().ok()),
+                no_snapshot_shipping: var("NOKV_DEBUG_NO_SNAPSHOT_SHIPPING").is_some(),
+                raft_cached_entries: var("NOKV_DEBUG_RAFT_CACHED_ENTRIES")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n > 0),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -51,6 +61,8 @@ impl Knobs {
                 || knobs.max_immutable_memtables.is_some()
                 || knobs.hold_flush_while.is_some()
                 || knobs.raft_to_core.is_some()
+                || knobs.no_snapshot_shipping
+                || knobs.raft_cached_entries.is_some()
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -17,6 +17,7 @@ pub mod metrics;
 mod node;
 mod oneshot;
 mod route;
+pub mod snapship;
 pub mod transport;
 mod view;
 
