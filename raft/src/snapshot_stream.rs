@@ -342,7 +342,13 @@ pub fn send_snapshot(
                 crc: crc32fast::hash(&buf[..n]),
             };
             frame.clear();
-            encode_raw(&mut frame, kind::SNAPSHOT_CHUNK, cluster_id, 0, &chunk.encode());
+            encode_raw(
+                &mut frame,
+                kind::SNAPSHOT_CHUNK,
+                cluster_id,
+                0,
+                &chunk.encode(),
+            );
             stream.write_all(&frame).map_err(net("write a chunk to"))?;
             offset += n as u64;
             if n < buf.len() {
@@ -364,7 +370,13 @@ pub fn send_snapshot(
         envelope,
     };
     frame.clear();
-    encode_raw(&mut frame, kind::SNAPSHOT_CHUNK, cluster_id, 0, &done.encode());
+    encode_raw(
+        &mut frame,
+        kind::SNAPSHOT_CHUNK,
+        cluster_id,
+        0,
+        &done.encode(),
+    );
     stream.write_all(&frame).map_err(net("write the end to"))?;
     stream.flush().map_err(net("flush"))?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -485,10 +497,12 @@ impl Staging {
             .iter()
             .map(|p| p.to_string_lossy().replace('\\', "/"))
             .collect();
-        if got_names.iter().map(String::as_str).ne(want.iter().copied()) {
-            return Err(self.mismatch(format!(
-                "files received {got_names:?}, announced {want:?}"
-            )));
+        if got_names
+            .iter()
+            .map(String::as_str)
+            .ne(want.iter().copied())
+        {
+            return Err(self.mismatch(format!("files received {got_names:?}, announced {want:?}")));
         }
         for f in files {
             let path = self.dir.join(&f.name);

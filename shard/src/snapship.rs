@@ -49,7 +49,10 @@ fn failed(side: &'static str) {
 /// Every counter name this module reports, with its help text.
 pub fn metric_names() -> [(&'static str, &'static str); 5] {
     [
-        ("nokv_snapshot_sent_total", "region snapshots sent to other stores"),
+        (
+            "nokv_snapshot_sent_total",
+            "region snapshots sent to other stores",
+        ),
         (
             "nokv_snapshot_received_total",
             "region snapshots received and handed to raft",
@@ -84,7 +87,10 @@ pub fn ship(
     done: impl FnOnce(bool) + 'static,
 ) {
     if sends.running.get() >= MAX_SENDS_PER_CORE {
-        tracing::debug!(region = key.region, "snapshot send deferred: another one runs");
+        tracing::debug!(
+            region = key.region,
+            "snapshot send deferred: another one runs"
+        );
         failed("send");
         done(false);
         return;
@@ -98,10 +104,19 @@ pub fn ship(
     .detach();
 }
 
-async fn send(transport: &CoreTransport, dir: PathBuf, key: SnapshotKey, env: RaftEnvelope) -> bool {
+async fn send(
+    transport: &CoreTransport,
+    dir: PathBuf,
+    key: SnapshotKey,
+    env: RaftEnvelope,
+) -> bool {
     let to_store = env.to_store;
     let Some(addr) = transport.resolve(to_store).await else {
-        tracing::warn!(region = key.region, store = to_store, "snapshot not sent: store address unknown");
+        tracing::warn!(
+            region = key.region,
+            store = to_store,
+            "snapshot not sent: store address unknown"
+        );
         failed("send");
         return false;
     };
@@ -115,7 +130,13 @@ async fn send(transport: &CoreTransport, dir: PathBuf, key: SnapshotKey, env: Ra
         .await;
     match result {
         Ok(s) => {
-            tracing::info!(region = key.region, store = to_store, files = s.files, bytes = s.bytes, "snapshot sent");
+            tracing::info!(
+                region = key.region,
+                store = to_store,
+                files = s.files,
+                bytes = s.bytes,
+                "snapshot sent"
+            );
             sent(s.bytes);
             true
         }
@@ -143,7 +164,9 @@ impl Receiver {
                 tracing::warn!(core = t.core(), error = %e, "snapshot transfer refused");
                 failed("receive");
                 if let Some(s) = self.staging.take() {
-                    let _ = glommio::executor().spawn_blocking(move || s.discard()).await;
+                    let _ = glommio::executor()
+                        .spawn_blocking(move || s.discard())
+                        .await;
                 }
                 false
             }
@@ -165,7 +188,9 @@ impl Receiver {
             if let Some(old) = self.staging.take() {
                 // A new transfer on the same connection: the old one never finished.
                 failed("receive");
-                let _ = glommio::executor().spawn_blocking(move || old.discard()).await;
+                let _ = glommio::executor()
+                    .spawn_blocking(move || old.discard())
+                    .await;
             }
             let r = root.clone();
             let s = glommio::executor()
@@ -221,7 +246,12 @@ impl Receiver {
                         ),
                     });
                 }
-                tracing::info!(region = key.region, index = key.index, bytes = staging.bytes, "snapshot received");
+                tracing::info!(
+                    region = key.region,
+                    index = key.index,
+                    bytes = staging.bytes,
+                    "snapshot received"
+                );
                 metrics::counter!("nokv_snapshot_received_total").increment(1);
                 // Dropped (inbox full) or not: counted; the leader sends again if needed.
                 let _ = t.deliver(env);
