@@ -366,7 +366,11 @@ fn a_store_that_missed_compacted_log_catches_up_from_shipped_snapshots() {
     let received = counter(victim, "nokv_snapshot_received_total", "");
     let bytes = counter(victim, "nokv_snapshot_bytes_received_total", "");
     let sent = counter(&l.stores, "nokv_snapshot_sent_total", "");
-    assert!(received > 0.0, "the restarted store received snapshots");
+    assert!(
+        received > 0.0,
+        "the restarted store received snapshots\n{}",
+        snapshot_log(&l.client)
+    );
     assert!(bytes > 0.0, "with their files");
     // The senders that still run: the remaining other store (the killed one may have
     // sent some too).
