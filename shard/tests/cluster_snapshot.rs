@@ -403,7 +403,18 @@ fn without_snapshot_shipping_no_snapshot_reaches_the_lagging_store() {
             break;
         }
     }
-    eprintln!("writes not acknowledged in time: {refused}");
+    let applied: f64 = (0..2)
+        .map(|core| {
+            counter(
+                std::slice::from_ref(&l.stores[l.victim]),
+                "nokv_raft_applied_entries_total",
+                &format!("core=\"{core}\""),
+            )
+        })
+        .sum();
+    eprintln!(
+        "writes not acknowledged in time: {refused}; entries the restarted store applied: {applied}"
+    );
     let victim = std::slice::from_ref(&l.stores[l.victim]);
     assert_eq!(counter(victim, "nokv_snapshot_received_total", ""), 0.0);
     assert!(
