@@ -878,6 +878,12 @@ impl<T> RaftCore<T> {
         }
     }
 
+    /// Where the files of snapshot `key` are (exported here, or received for a replica
+    /// here); `None` without a snapshot directory.
+    pub fn snap_dir(&self, key: &SnapshotKey) -> Option<PathBuf> {
+        self.cfg.snap_dir.as_ref().map(|d| d.join(key.dir_name()))
+    }
+
     /// Tells raft whether a snapshot sent to replica `peer_id` of `region` arrived.
     pub fn report_snapshot(&mut self, region: u64, peer_id: u64, delivered: bool) {
         if let Some(p) = self.peers.get_mut(&region) {

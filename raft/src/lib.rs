@@ -17,6 +17,7 @@ pub mod error;
 pub mod logger;
 pub mod region;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod storage;
 pub mod transport;
 pub mod wire;

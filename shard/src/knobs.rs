@@ -9,6 +9,8 @@
 //! | `NOKV_DEBUG_MAX_IMMUTABLE_MEMTABLES=n` | frozen memtables before writes stop |
 //! | `NOKV_DEBUG_HOLD_FLUSH_WHILE=path` | the engines start no flush while `path` exists |
 //! | `NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE=path` | while `path` exists, this store reports a wrong hash for every consistency check: the negative control of the check (its leader must report a mismatch) |
+//! | `NOKV_DEBUG_NO_SNAPSHOT_SHIPPING=1` | raft snapshot messages are dropped instead of shipped (a lagging replica cannot catch up: the negative control of the snapshot test) |
+//! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -30,6 +32,10 @@ pub struct Knobs {
     pub raft_to_core: Option<u32>,
     /// Report wrong consistency-check hashes while this file exists (negative control).
     pub corrupt_check_hash_while: Option<PathBuf>,
+    /// Drop raft snapshot messages instead of shipping them (negative control).
+    pub no_snapshot_shipping: bool,
+    /// Applied raft entries kept per region in memory.
+    pub raft_cached_entries: Option<usize>,
 }
 
 impl Knobs {
@@ -49,6 +55,10 @@ impl Knobs {
                 raft_to_core: var("NOKV_DEBUG_RAFT_TO_CORE").and_then(|v| v.parse().ok()),
                 corrupt_check_hash_while: var("NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE")
                     .map(PathBuf::from),
+                no_snapshot_shipping: var("NOKV_DEBUG_NO_SNAPSHOT_SHIPPING").is_some(),
+                raft_cached_entries: var("NOKV_DEBUG_RAFT_CACHED_ENTRIES")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n > 0),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -57,6 +67,8 @@ impl Knobs {
                 || knobs.hold_flush_while.is_some()
                 || knobs.raft_to_core.is_some()
                 || knobs.corrupt_check_hash_while.is_some()
+                || knobs.no_snapshot_shipping
+                || knobs.raft_cached_entries.is_some()
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -18,6 +18,7 @@ pub mod metrics;
 mod node;
 mod oneshot;
 mod route;
+pub mod snapship;
 pub mod transport;
 mod view;
 

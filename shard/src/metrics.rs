@@ -102,6 +102,16 @@ pub fn install() -> Result<PrometheusHandle> {
             None => metrics::counter!(name).increment(0),
         }
     }
+    for (name, help) in crate::snapship::metric_names() {
+        metrics::describe_counter!(name, help);
+        if name == "nokv_snapshot_failed_total" {
+            for side in ["send", "receive"] {
+                metrics::counter!(name, "side" => side).increment(0);
+            }
+        } else {
+            metrics::counter!(name).increment(0);
+        }
+    }
     Ok(handle)
 }
 

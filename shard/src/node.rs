@@ -443,10 +443,12 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             Some(c) => c.directory.resolver(),
             None => Arc::new(StaticResolver::default()),
         };
-        StoreTransport::new(
-            TransportConfig::new(settings.cluster_id, meta.store_id, cores, listen),
-            resolver,
-        )
+        let mut config = TransportConfig::new(settings.cluster_id, meta.store_id, cores, listen);
+        if node.cluster.is_some() {
+            // Region snapshots from other stores land in the cores' snapshot directories.
+            config.workdir = Some(settings.workdir.clone());
+        }
+        StoreTransport::new(config, resolver)
     });
     // Stopped and joined when run_with returns (dropped), after the cores.
     let _heartbeats = match heartbeats {
@@ -670,6 +672,8 @@ struct Core {
     /// Regions removed from this core while running, with their last membership version:
     /// never recreated from raft messages.
     tombstones: RefCell<HashMap<u64, u64>>,
+    /// Region snapshots being sent to other stores (`crate::snapship`).
+    snapshot_sends: Rc<crate::snapship::Sends>,
 }
 
 impl Core {
@@ -808,7 +812,7 @@ impl Outbox<Waiter> for NodeOutbox {
 /// region's descriptor and the core the coordinator placed that peer on. Standalone
 /// stores have no other replica (nothing is sent). A message the transport drops is
 /// reported to raft (`report_unreachable`), which probes the peer again.
-fn send_messages(core: &Core, out: NodeOutbox) {
+fn send_messages(core: &Rc<Core>, out: NodeOutbox) {
     if out.messages.is_empty() {
         return;
     }
@@ -820,6 +824,7 @@ fn send_messages(core: &Core, out: NodeOutbox) {
         return;
     };
     let mut unreachable = Vec::new();
+    let mut snapshots = Vec::new();
     {
         let raft = core.raft.borrow();
         for (region, msg) in out.messages {
@@ -830,8 +835,9 @@ fn send_messages(core: &Core, out: NodeOutbox) {
                 core.step_drops.unknown_peer.increment(1);
                 continue;
             };
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                // Shipping snapshot files is not built: the replica cannot catch up this way.
+            let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            if is_snapshot && core.node.knobs.no_snapshot_shipping {
+                // Negative control: the replica cannot catch up this way.
                 core.step_drops.snapshot.increment(1);
                 unreachable.push((region, msg.to, true));
                 continue;
@@ -856,10 +862,43 @@ fn send_messages(core: &Core, out: NodeOutbox) {
                     continue;
                 }
             };
+            if is_snapshot {
+                let meta = msg.get_snapshot().get_metadata();
+                let key = nokv_raft::SnapshotKey {
+                    region,
+                    term: meta.term,
+                    index: meta.index,
+                };
+                snapshots.push((key, msg.to, env));
+                continue;
+            }
             if transport.send(env).is_err() {
                 unreachable.push((region, msg.to, false));
             }
         }
+    }
+    for (key, peer, env) in snapshots {
+        let Some(dir) = core.raft.borrow().snap_dir(&key) else {
+            unreachable.push((key.region, peer, true));
+            continue;
+        };
+        let c = core.clone();
+        crate::snapship::ship(
+            transport.clone(),
+            core.snapshot_sends.clone(),
+            dir,
+            key,
+            env,
+            move |delivered| {
+                let mut raft = c.raft.borrow_mut();
+                raft.report_snapshot(key.region, peer, delivered);
+                if !delivered {
+                    raft.report_unreachable(key.region, peer);
+                }
+                drop(raft);
+                let _ = c.notify.try_send(());
+            },
+        );
     }
     let mut raft = core.raft.borrow_mut();
     for (region, peer, snapshot) in unreachable {
@@ -874,7 +913,7 @@ fn send_messages(core: &Core, out: NodeOutbox) {
 /// returns how many it took. A message for a region another core of this store holds is
 /// handed to that core (counted as `rerouted`). Messages for a region no core here holds, from a stale
 /// epoch (an older split version, or an older membership from a peer no longer in the
-/// region), undecodable, or carrying a snapshot (shipping is not built) are dropped and
+/// region), undecodable, or carrying a snapshot while shipping is off (a debug knob) are dropped and
 /// counted (`nokv_raft_messages_dropped_total`).
 fn step_inbox(core: &Rc<Core>) -> usize {
     let Some(transport) = &core.transport else {
@@ -942,7 +981,7 @@ fn step_inbox(core: &Rc<Core>) -> usize {
                 continue;
             }
         };
-        if msg.get_msg_type() == MessageType::MsgSnapshot {
+        if msg.get_msg_type() == MessageType::MsgSnapshot && core.node.knobs.no_snapshot_shipping {
             core.step_drops.snapshot.increment(1);
             continue;
         }
@@ -1143,7 +1182,14 @@ async fn serve_core(
         data_ranges: crate::layout::region_data,
         ..CoreConfig::default()
     };
+    if let Some(n) = node.knobs.raft_cached_entries {
+        cfg.max_cached_entries = n;
+    }
     if node.cluster.is_some() {
+        cfg.snap_dir = rpc
+            .as_ref()
+            .and_then(|r| r.config().workdir.as_deref())
+            .map(|w| crate::snapship::snap_dir(w, id));
         // Below the shortest election timeout (election_tick ticks) by a clock-drift margin.
         cfg.lease = Some((TICK * cfg.election_tick as u32).saturating_sub(LEASE_DRIFT_MARGIN));
     }
@@ -1184,6 +1230,7 @@ async fn serve_core(
         step_drops: StepDrops::new(id),
         creating: RefCell::new(HashSet::new()),
         tombstones: RefCell::new(HashMap::new()),
+        snapshot_sends: Rc::new(crate::snapship::Sends::default()),
     });
     if node.cluster.is_some() {
         glommio::spawn_local(admin::gc_removed(core.clone())).detach();
@@ -1400,6 +1447,7 @@ async fn raft_driver(
             }
         }
         let mut result = run_round(&core).await;
+        export_snapshots(&core);
         if result.is_ok() && last_compact.elapsed() >= LOG_COMPACT_INTERVAL {
             last_compact = Instant::now();
             result = compact_log(&core).await;
@@ -1437,6 +1485,26 @@ async fn raft_driver(
         }
         // Let connections run (and propose more) before the next round.
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Runs the snapshot exports raft asked for on the blocking pool (one task each) and
+/// hands each back to raft, which then sends it (see `crate::snapship`).
+fn export_snapshots(core: &Rc<Core>) {
+    let tasks = core.raft.borrow_mut().take_snapshot_tasks();
+    for task in tasks {
+        let c = core.clone();
+        glommio::spawn_local(async move {
+            let db = c.db.clone();
+            let (task, result) = blocking(move || {
+                let r = task.run(&db);
+                (task, r)
+            })
+            .await;
+            c.raft.borrow_mut().snapshot_exported(task, result);
+            let _ = c.notify.try_send(());
+        })
+        .detach();
     }
 }
 

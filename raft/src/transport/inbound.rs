@@ -20,6 +20,15 @@ pub struct LocalStore {
     pub cores: u32,
 }
 
+/// One accepted frame.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The raft messages of a batch that passed the message checks.
+    Batch(Vec<RaftEnvelope>),
+    /// The payload of a snapshot frame (`crate::snapshot_stream::SnapFrame`).
+    Snapshot(Vec<u8>),
+}
+
 /// Decodes and checks the frames of one incoming connection.
 #[derive(Debug)]
 pub struct InboundDecoder {
@@ -48,11 +57,27 @@ impl InboundDecoder {
         &mut self,
         stats: &TransportStats,
     ) -> Result<Option<Vec<RaftEnvelope>>, FrameError> {
+        match self.next_inbound(stats, false)? {
+            Some(Inbound::Batch(envs)) => Ok(Some(envs)),
+            Some(Inbound::Snapshot(_)) | None => Ok(None),
+        }
+    }
+
+    /// Like [`InboundDecoder::next_batch`], and with `snapshots` a
+    /// [`kind::SNAPSHOT_CHUNK`] frame's payload is handed back as it is.
+    pub fn next_inbound(
+        &mut self,
+        stats: &TransportStats,
+        snapshots: bool,
+    ) -> Result<Option<Inbound>, FrameError> {
         let frame = match self.frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
             Err(e) => return Err(counted(stats, e)),
         };
+        if snapshots && frame.kind == kind::SNAPSHOT_CHUNK {
+            return Ok(Some(Inbound::Snapshot(frame.payload)));
+        }
         if frame.kind != kind::RAFT_BATCH {
             return Err(counted(
                 stats,
@@ -78,7 +103,7 @@ impl InboundDecoder {
             }
         }
         stats.add(Event::MessagesReceived, out.len() as u64);
-        Ok(Some(out))
+        Ok(Some(Inbound::Batch(out)))
     }
 
     /// At the end of the stream: an error (counted) if it stopped inside a frame.

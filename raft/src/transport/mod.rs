@@ -37,7 +37,7 @@ pub fn connect_std(addr: &SocketAddr, timeout: Duration) -> std::io::Result<TcpS
     }
     Ok(s)
 }
-pub use inbound::{InboundDecoder, LocalStore};
+pub use inbound::{Inbound, InboundDecoder, LocalStore};
 pub use message::{encode_batch, RaftBatch, RaftEnvelope, Route};
 pub use queue::{DropReason, OutFrame, QueueLimits, SendQueue};
 pub use resolve::{ResolveFuture, ResolverCache, StaticResolver, StoreResolver};

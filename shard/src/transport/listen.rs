@@ -4,7 +4,7 @@
 use super::CoreTransport;
 use futures_lite::{future, AsyncReadExt};
 use glommio::net::{TcpListener, TcpStream};
-use nokv_raft::transport::{Event, InboundDecoder, LocalStore};
+use nokv_raft::transport::{Event, Inbound, InboundDecoder, LocalStore};
 use nokv_raft::wire::FrameLimits;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
@@ -92,6 +92,7 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
         },
     );
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut snapshot = crate::snapship::Receiver::default();
     loop {
         let read = future::or(async { Some(stream.read(&mut buf).await) }, async {
             t.stop.wait().await;
@@ -117,11 +118,18 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
         };
         decoder.feed(&buf[..n]);
         loop {
-            match decoder.next_batch(&t.shared.stats) {
-                Ok(Some(envelopes)) => {
+            match decoder.next_inbound(&t.shared.stats, t.shared.config.workdir.is_some()) {
+                Ok(Some(Inbound::Batch(envelopes))) => {
                     for env in envelopes {
                         // Dropped or not, counted; the next message goes on.
                         let _ = t.deliver(env);
+                    }
+                }
+                Ok(Some(Inbound::Snapshot(payload))) => {
+                    // Awaits the chunk's write (blocking pool): the connection is not read
+                    // meanwhile, so TCP holds the sender back.
+                    if !snapshot.frame(t, payload).await {
+                        return;
                     }
                 }
                 Ok(None) => break,

@@ -67,6 +67,9 @@ pub struct TransportConfig {
     pub write_timeout: Duration,
     /// Most incoming connections a core serves at once; more are closed and counted.
     pub max_inbound_connections: usize,
+    /// The store's workdir: region snapshots are received into its cores' snapshot
+    /// directories (`None`: snapshot frames are refused).
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 impl TransportConfig {
@@ -85,6 +88,7 @@ impl TransportConfig {
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(10),
             max_inbound_connections: 1024,
+            workdir: None,
         }
     }
 }
@@ -313,6 +317,22 @@ impl CoreTransport {
     /// This core's number.
     pub fn core(&self) -> usize {
         self.core
+    }
+
+    /// The address of store `store_id` (cached per core), `None` if unknown.
+    pub async fn resolve(&self, store_id: u64) -> Option<SocketAddr> {
+        self.resolver.resolve(store_id).await.ok()
+    }
+
+    /// The cluster id frames carry.
+    pub fn cluster_id(&self) -> u64 {
+        self.shared.config.cluster_id
+    }
+
+    /// Core `core`'s snapshot directory, `None` without a workdir or for no such core.
+    pub fn snap_dir(&self, core: usize) -> Option<std::path::PathBuf> {
+        let w = self.shared.config.workdir.as_ref()?;
+        (core < self.shared.config.cores).then(|| crate::snapship::snap_dir(w, core))
     }
 
     /// The address the listener is bound to.
