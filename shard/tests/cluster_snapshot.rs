@@ -1,8 +1,8 @@
 //! Scenario: a replica that fell behind the log its leaders still hold catches up from a
 //! region snapshot shipped between stores (`shard/src/snapship.rs`).
 //!
-//! Three `nokv-server` processes and a coordinator (as in `cluster.rs`, whose helpers are
-//! repeated here), every store keeping only 8 applied raft entries per region
+//! Three `nokv-server` processes and a coordinator (`support/cluster.rs`, shared with
+//! `cluster.rs`), every store keeping only 8 applied raft entries per region
 //! (`NOKV_DEBUG_RAFT_CACHED_ENTRIES`: a leader keeps at most 32 for a lagging replica).
 //! One store is SIGKILLed; 600 writes go through the others (about 75 per region, so
 //! every leader drops entries the dead store needs); it restarts. Then one of the others
@@ -19,196 +19,16 @@
 
 mod support;
 
-use nokv_coordinator::{Config, Coordinator, Server as CoordServer, ServerOptions, SystemClock};
+use nokv_coordinator::Server as CoordServer;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Client, Server, R};
+use support::cluster::*;
+use support::{Server, R};
 
-/// Bound for one operation while leaders may be changing (debug build, shared machine).
-const OP_BOUND: Duration = Duration::from_secs(30);
-/// Connect and read timeout of the client's connections.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Applied raft entries each store keeps per region.
 const CACHED_ENTRIES: &str = "8";
 /// Writes while one store is down.
 const LAGGING_WRITES: usize = 600;
-
-/// A free loopback address (bound, read, released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-/// One store's fixed addresses and workdir (kept over restarts).
-#[derive(Clone)]
-struct StoreSpec {
-    workdir: std::path::PathBuf,
-    redis: String,
-    rpc: String,
-}
-
-/// [`start_store`] with extra environment variables (debug knobs).
-fn start_store_env(spec: &StoreSpec, coordinator: &str, env: &[(&str, &str)]) -> Server {
-    std::fs::create_dir_all(&spec.workdir).expect("workdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
-    cmd.arg("--workdir")
-        .arg(&spec.workdir)
-        .args(["--redis-addr", &spec.redis])
-        .args(["--rpc-addr", &spec.rpc])
-        .args(["--coordinator", coordinator])
-        .args(["--cores", "2", "--cluster-id", "7"])
-        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
-        .envs(env.iter().copied());
-    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
-}
-
-/// Three stores' workdirs under `dir` and free loopback addresses.
-fn store_specs(dir: &Path) -> Vec<StoreSpec> {
-    (1..=3)
-        .map(|i| StoreSpec {
-            workdir: dir.join(format!("store-{i}")),
-            redis: free_addr(),
-            rpc: free_addr(),
-        })
-        .collect()
-}
-
-/// A client of the cluster: sends each command to a store and follows `-MOVED`; a store
-/// that is down, or answers `-TRYAGAIN`/`-CLUSTERDOWN`, sends it to the next store.
-struct ClusterClient {
-    stores: Vec<String>,
-    conns: BTreeMap<String, Client>,
-    /// MOVED replies followed (shows redirection happened).
-    redirects: usize,
-    /// The stores' stderr logs, shown when a read is not answered in time.
-    logs: Vec<std::path::PathBuf>,
-}
-
-impl ClusterClient {
-    fn new(specs: &[StoreSpec]) -> ClusterClient {
-        ClusterClient {
-            stores: specs.iter().map(|s| s.redis.clone()).collect(),
-            conns: BTreeMap::new(),
-            redirects: 0,
-            logs: specs
-                .iter()
-                .map(|s| s.workdir.with_extension("stderr.log"))
-                .collect(),
-        }
-    }
-
-    /// The last lines of every store's log (for a failure message).
-    fn log_tails(&self) -> String {
-        let mut out = String::new();
-        for (i, path) in self.logs.iter().enumerate() {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(15);
-            out.push_str(&format!(
-                "--- store {i} ({}):\n{}\n",
-                path.display(),
-                lines[from..].join("\n")
-            ));
-        }
-        out
-    }
-
-    /// Sends `args` starting at store `first` until a final reply or `bound` passes
-    /// (None: not answered in time, so not acknowledged).
-    fn call(&mut self, first: usize, args: &[&[u8]], bound: Duration) -> Option<R> {
-        let deadline = Instant::now() + bound;
-        let mut next = first;
-        let mut target = self.stores[first % self.stores.len()].clone();
-        // Bounded by the deadline.
-        while Instant::now() < deadline {
-            let conn = match self.conns.get_mut(&target) {
-                Some(c) => c,
-                None => match Client::try_connect(&target, IO_TIMEOUT) {
-                    Some(c) => self.conns.entry(target.clone()).or_insert(c),
-                    None => {
-                        next += 1;
-                        target = self.stores[next % self.stores.len()].clone();
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                },
-            };
-            match conn.try_cmd(args) {
-                None => {
-                    self.conns.remove(&target);
-                    next += 1;
-                    target = self.stores[next % self.stores.len()].clone();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Some(R::Error(e)) if e.starts_with("MOVED ") => {
-                    self.redirects += 1;
-                    target = e.split(' ').nth(2).unwrap_or_default().to_string();
-                }
-                Some(R::Error(e))
-                    if e.starts_with("TRYAGAIN")
-                        || e.starts_with("CLUSTERDOWN")
-                        || e.starts_with("BUSY") =>
-                {
-                    next += 1;
-                    target = self.stores[next % self.stores.len()].clone();
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Some(r) => return Some(r),
-            }
-        }
-        None
-    }
-
-    /// SET key value; whether it was acknowledged.
-    fn set(&mut self, first: usize, key: &str, value: &str, bound: Duration) -> bool {
-        match self.call(first, &[b"SET", key.as_bytes(), value.as_bytes()], bound) {
-            Some(R::Simple(s)) if s == "OK" => true,
-            None => false,
-            Some(other) => panic!("SET {key}: {other:?}"),
-        }
-    }
-
-    /// GET key (panics when not answered within `bound`).
-    fn get(&mut self, first: usize, key: &str, bound: Duration) -> R {
-        match self.call(first, &[b"GET", key.as_bytes()], bound) {
-            Some(r) => r,
-            None => panic!(
-                "GET {key} through store {first}: no answer in time\n{}",
-                self.log_tails()
-            ),
-        }
-    }
-}
-
-/// How many of `keys` store `addr` answers itself (it leads their regions).
-fn keys_led(addr: &str, keys: &[String]) -> usize {
-    let Some(mut c) = Client::try_connect(addr, IO_TIMEOUT) else {
-        return 0;
-    };
-    keys.iter()
-        .filter(|k| {
-            matches!(c.try_cmd(&[b"GET", k.as_bytes()]), Some(r) if !matches!(&r, R::Error(e) if e.starts_with("MOVED") || e.starts_with("TRYAGAIN")))
-        })
-        .count()
-}
-
-fn start_coordinator(dir: &Path) -> (Arc<Coordinator>, CoordServer, String) {
-    let config = Config {
-        workdir: dir.to_path_buf(),
-        cluster_id: 7,
-        store_down_after: Duration::from_secs(30),
-        clock: Arc::new(SystemClock::new()),
-        replica: None,
-    };
-    let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
-    let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
-        .expect("coordinator serves");
-    let addr = server.local_addr().to_string();
-    (coord, server, addr)
-}
 
 /// Starts the three stores at once with `env` (each waits for the others before it listens).
 fn start_all(

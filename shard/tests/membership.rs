@@ -17,62 +17,20 @@
 
 mod support;
 
-use nokv_coordinator::{Config, Coordinator, Server as CoordServer, ServerOptions, SystemClock};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::cluster::*;
 use support::{Client, Server, R};
 
-/// Bound of one operation while leaders may be changing.
-const OP_BOUND: Duration = Duration::from_secs(30);
-/// Connect and read timeout of the client's connections.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys written.
 const KEYS: usize = 120;
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-#[derive(Clone)]
-struct StoreSpec {
-    workdir: std::path::PathBuf,
-    redis: String,
-    rpc: String,
-}
-
+/// Starts a store with `env`; consistency checks run only when asked for (deterministic
+/// verdicts) unless `env` sets their period.
 fn start_store(spec: &StoreSpec, coordinator: &str, env: &[(&str, String)]) -> Server {
-    std::fs::create_dir_all(&spec.workdir).expect("workdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
-    cmd.arg("--workdir")
-        .arg(&spec.workdir)
-        .args(["--redis-addr", &spec.redis])
-        .args(["--rpc-addr", &spec.rpc])
-        .args(["--coordinator", coordinator])
-        .args(["--cores", "2", "--cluster-id", "7"])
-        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
-        // Checks run only when asked for (deterministic verdicts).
-        .env("NOKV_CONSISTENCY_CHECK_SECS", "0")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
-}
-
-fn start_coordinator(dir: &Path) -> (Arc<Coordinator>, CoordServer, String) {
-    let config = Config {
-        workdir: dir.to_path_buf(),
-        cluster_id: 7,
-        store_down_after: Duration::from_secs(30),
-        clock: Arc::new(SystemClock::new()),
-        replica: None,
-    };
-    let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
-    let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
-        .expect("coordinator serves");
-    let addr = server.local_addr().to_string();
-    (coord, server, addr)
+    let mut all: Vec<(&str, &str)> = vec![("NOKV_CONSISTENCY_CHECK_SECS", "0")];
+    all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    start_store_env(spec, coordinator, &all)
 }
 
 /// Sends `args` to `first`, following `-MOVED`; retries `-TRYAGAIN` and refused

@@ -2,6 +2,7 @@
 //! talking raw RESP2 to it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod inproc;
 
 use std::io::{BufRead, BufReader, Read, Write};

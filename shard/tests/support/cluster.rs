@@ -1,0 +1,245 @@
+//! A three-store cluster for the system tests: real `nokv-server` processes on loopback,
+//! a coordinator in the test's process, and a client that follows `-MOVED`.
+
+use super::{Client, Server, R};
+use nokv_coordinator::{Config, Coordinator, Server as CoordServer, ServerOptions, SystemClock};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The stores' shortest election timeout (10 ticks of 100 ms).
+pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound for one operation while leaders may be changing: 10x the election timeout, plus
+/// the raft log and start-up work of a debug build on a shared machine.
+pub const OP_BOUND: Duration = Duration::from_secs(30);
+/// Connect and read timeout of the client's connections.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A free loopback address (bound, read, released).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// One store's fixed addresses and workdir (kept over restarts).
+#[derive(Clone)]
+pub struct StoreSpec {
+    pub workdir: std::path::PathBuf,
+    pub redis: String,
+    pub rpc: String,
+}
+
+/// Starts `nokv-server` for `spec` and waits for its listening line (which comes once the
+/// store has its regions, i.e. after the cluster's bootstrap).
+pub fn start_store(spec: &StoreSpec, coordinator: &str) -> Server {
+    start_store_env(spec, coordinator, &[])
+}
+
+/// [`start_store`] with extra environment variables (debug knobs).
+pub fn start_store_env(spec: &StoreSpec, coordinator: &str, env: &[(&str, &str)]) -> Server {
+    std::fs::create_dir_all(&spec.workdir).expect("workdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
+    cmd.arg("--workdir")
+        .arg(&spec.workdir)
+        .args(["--redis-addr", &spec.redis])
+        .args(["--rpc-addr", &spec.rpc])
+        .args(["--coordinator", coordinator])
+        .args(["--cores", "2", "--cluster-id", "7"])
+        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
+        .envs(env.iter().copied());
+    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
+}
+
+/// Three stores' workdirs under `dir` and free loopback addresses.
+pub fn store_specs(dir: &Path) -> Vec<StoreSpec> {
+    (1..=3)
+        .map(|i| StoreSpec {
+            workdir: dir.join(format!("store-{i}")),
+            redis: free_addr(),
+            rpc: free_addr(),
+        })
+        .collect()
+}
+
+/// The store that leads the most of the `acked` keys, and how many each store leads.
+pub fn busiest_leader(addrs: &[String], acked: &BTreeMap<String, String>) -> (usize, Vec<usize>) {
+    let keys: Vec<String> = acked.keys().cloned().collect();
+    let led: Vec<usize> = addrs.iter().map(|a| keys_led(a, &keys)).collect();
+    let victim = (0..led.len()).max_by_key(|&i| led[i]).expect("stores");
+    (victim, led)
+}
+
+/// Starts the three stores at once (each waits for the others before it listens); each
+/// slot is emptied when its store is killed.
+pub fn start_stores(specs: &[StoreSpec], coordinator: &str) -> Vec<Option<Server>> {
+    let handles: Vec<_> = specs
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, spec)| {
+            let coordinator = coordinator.to_string();
+            // The first store addresses every raft message to core 0 of the other stores,
+            // whatever the placement: they must hand messages to the core of the region.
+            let env: &'static [(&str, &str)] = if i == 0 {
+                &[("NOKV_DEBUG_RAFT_TO_CORE", "0")]
+            } else {
+                &[]
+            };
+            std::thread::spawn(move || start_store_env(&spec, &coordinator, env))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| Some(h.join().expect("store started")))
+        .collect()
+}
+
+/// A client of the cluster: sends each command to a store and follows `-MOVED`; a store
+/// that is down, or answers `-TRYAGAIN`/`-CLUSTERDOWN`, sends it to the next store.
+pub struct ClusterClient {
+    pub stores: Vec<String>,
+    pub conns: BTreeMap<String, Client>,
+    /// MOVED replies followed (shows redirection happened).
+    pub redirects: usize,
+    /// The stores' stderr logs, shown when a read is not answered in time.
+    pub logs: Vec<std::path::PathBuf>,
+}
+
+impl ClusterClient {
+    pub fn new(specs: &[StoreSpec]) -> ClusterClient {
+        ClusterClient {
+            stores: specs.iter().map(|s| s.redis.clone()).collect(),
+            conns: BTreeMap::new(),
+            redirects: 0,
+            logs: specs
+                .iter()
+                .map(|s| s.workdir.with_extension("stderr.log"))
+                .collect(),
+        }
+    }
+
+    /// The last lines of every store's log (for a failure message).
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (i, path) in self.logs.iter().enumerate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(15);
+            out.push_str(&format!(
+                "--- store {i} ({}):\n{}\n",
+                path.display(),
+                lines[from..].join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Sends `args` starting at store `first` until a final reply or `bound` passes
+    /// (None: not answered in time, so not acknowledged).
+    pub fn call(&mut self, first: usize, args: &[&[u8]], bound: Duration) -> Option<R> {
+        let deadline = Instant::now() + bound;
+        let mut next = first;
+        let mut target = self.stores[first % self.stores.len()].clone();
+        // Bounded by the deadline.
+        while Instant::now() < deadline {
+            let conn = match self.conns.get_mut(&target) {
+                Some(c) => c,
+                None => match Client::try_connect(&target, IO_TIMEOUT) {
+                    Some(c) => self.conns.entry(target.clone()).or_insert(c),
+                    None => {
+                        next += 1;
+                        target = self.stores[next % self.stores.len()].clone();
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                },
+            };
+            match conn.try_cmd(args) {
+                None => {
+                    self.conns.remove(&target);
+                    next += 1;
+                    target = self.stores[next % self.stores.len()].clone();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(R::Error(e)) if e.starts_with("MOVED ") => {
+                    self.redirects += 1;
+                    target = e.split(' ').nth(2).unwrap_or_default().to_string();
+                }
+                Some(R::Error(e))
+                    if e.starts_with("TRYAGAIN")
+                        || e.starts_with("CLUSTERDOWN")
+                        || e.starts_with("BUSY") =>
+                {
+                    next += 1;
+                    target = self.stores[next % self.stores.len()].clone();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(r) => return Some(r),
+            }
+        }
+        None
+    }
+
+    /// SET key value; whether it was acknowledged.
+    pub fn set(&mut self, first: usize, key: &str, value: &str, bound: Duration) -> bool {
+        match self.call(first, &[b"SET", key.as_bytes(), value.as_bytes()], bound) {
+            Some(R::Simple(s)) if s == "OK" => true,
+            None => false,
+            Some(other) => panic!("SET {key}: {other:?}"),
+        }
+    }
+
+    /// GET key (panics when not answered within `bound`).
+    pub fn get(&mut self, first: usize, key: &str, bound: Duration) -> R {
+        match self.call(first, &[b"GET", key.as_bytes()], bound) {
+            Some(r) => r,
+            None => panic!(
+                "GET {key} through store {first}: no answer in time\n{}",
+                self.log_tails()
+            ),
+        }
+    }
+}
+
+/// How many of `keys` store `addr` answers itself (it leads their regions).
+pub fn keys_led(addr: &str, keys: &[String]) -> usize {
+    let Some(mut c) = Client::try_connect(addr, IO_TIMEOUT) else {
+        return 0;
+    };
+    keys.iter()
+        .filter(|k| {
+            matches!(c.try_cmd(&[b"GET", k.as_bytes()]), Some(r) if !matches!(&r, R::Error(e) if e.starts_with("MOVED") || e.starts_with("TRYAGAIN")))
+        })
+        .count()
+}
+
+/// Every acknowledged write reads back, through every store in `entry`.
+pub fn check_all(client: &mut ClusterClient, acked: &BTreeMap<String, String>, entry: &[usize]) {
+    for &first in entry {
+        for (k, v) in acked {
+            assert_eq!(
+                client.get(first, k, OP_BOUND),
+                R::bulk(v),
+                "{k} through store {first}"
+            );
+        }
+    }
+}
+
+/// A coordinator (cluster id 7) on its workdir `dir`, serving on a free loopback port.
+pub fn start_coordinator(dir: &Path) -> (Arc<Coordinator>, CoordServer, String) {
+    let config = Config {
+        workdir: dir.to_path_buf(),
+        cluster_id: 7,
+        store_down_after: Duration::from_secs(30),
+        clock: Arc::new(SystemClock::new()),
+        replica: None,
+    };
+    let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
+    let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
+        .expect("coordinator serves");
+    let addr = server.local_addr().to_string();
+    (coord, server, addr)
+}
