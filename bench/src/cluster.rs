@@ -8,8 +8,8 @@ mod wire;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -62,47 +62,69 @@ trait KvClient {
     }
 }
 
-/// A NoKV cluster client: a slot -> store cache filled from -MOVED replies, one connection
-/// per store it has talked to.
-struct NokvClient {
-    seed: String,
-    addrs: Vec<String>,
-    conns: HashMap<String, Conn>,
-    slots: Vec<u16>,
-    redirects: u64,
+/// The slot -> leader map of one process, shared by its clients (like a cluster client's
+/// slot table): filled from -MOVED replies, read with one atomic load per request.
+pub struct SlotMap {
+    slots: Vec<AtomicU16>,
+    addrs: RwLock<Vec<String>>,
 }
 
 const NO_ADDR: u16 = u16::MAX;
 
-impl NokvClient {
-    fn new(seed: String) -> Self {
-        NokvClient {
-            seed,
-            addrs: Vec::new(),
-            conns: HashMap::new(),
-            slots: vec![NO_ADDR; wire::SLOTS],
-            redirects: 0,
-        }
-    }
-
-    /// The store to send a key of `slot` to: the cached leader, else the seed.
-    fn addr_for(&self, slot: u16) -> &str {
-        match self.slots[slot as usize] {
-            NO_ADDR => &self.seed,
-            i => &self.addrs[i as usize],
+impl SlotMap {
+    fn new() -> Self {
+        SlotMap {
+            slots: (0..wire::SLOTS).map(|_| AtomicU16::new(NO_ADDR)).collect(),
+            addrs: RwLock::new(Vec::new()),
         }
     }
 
     /// Records that `slot` is led by `addr` (a -MOVED reply).
-    fn learn(&mut self, slot: u16, addr: String) {
-        let i = match self.addrs.iter().position(|a| *a == addr) {
+    fn learn(&self, slot: u16, addr: &str) {
+        let mut addrs = self.addrs.write().expect("lock");
+        let i = match addrs.iter().position(|a| a == addr) {
             Some(i) => i,
             None => {
-                self.addrs.push(addr);
-                self.addrs.len() - 1
+                addrs.push(addr.to_string());
+                addrs.len() - 1
             }
         };
-        self.slots[slot as usize & (wire::SLOTS - 1)] = i as u16;
+        self.slots[slot as usize & (wire::SLOTS - 1)].store(i as u16, Ordering::Relaxed);
+    }
+}
+
+/// A NoKV cluster client: the shared slot map, one connection per store it has talked to.
+struct NokvClient {
+    seed: String,
+    map: Arc<SlotMap>,
+    /// This client's copy of `map.addrs` (grows only).
+    addrs: Vec<String>,
+    conns: HashMap<String, Conn>,
+    redirects: u64,
+}
+
+impl NokvClient {
+    fn new(seed: String, map: Arc<SlotMap>) -> Self {
+        NokvClient {
+            seed,
+            map,
+            addrs: Vec::new(),
+            conns: HashMap::new(),
+            redirects: 0,
+        }
+    }
+
+    /// The store to send a key of `slot` to: the known leader, else the seed.
+    fn addr_for(&mut self, slot: u16) -> &str {
+        match self.map.slots[slot as usize].load(Ordering::Relaxed) {
+            NO_ADDR => &self.seed,
+            i => {
+                if i as usize >= self.addrs.len() {
+                    self.addrs = self.map.addrs.read().expect("lock").clone();
+                }
+                &self.addrs[i as usize]
+            }
+        }
     }
 
     fn exec(&mut self, key: &[u8], args: &[&[u8]]) -> std::result::Result<Reply, String> {
@@ -130,7 +152,9 @@ impl NokvClient {
                 Reply::Error(e) => {
                     if let Some((s, a)) = wire::parse_moved(&e) {
                         self.redirects += 1;
-                        self.learn(s, a);
+                        // The reply's slot and the key's own: both are led by `a`.
+                        self.map.learn(s, &a);
+                        self.map.learn(slot, &a);
                     } else if e.starts_with("TRYAGAIN") {
                         std::thread::sleep(Duration::from_millis(5));
                     } else {
@@ -230,10 +254,17 @@ impl Op {
     }
 }
 
-fn make_client(system: System, endpoints: &[String], i: usize) -> Box<dyn KvClient> {
-    let addr = endpoints[i % endpoints.len()].clone();
-    match system {
-        System::Nokv => Box::new(NokvClient::new(addr)),
+/// One system under test: its endpoints and (NoKV) the process's slot map.
+struct Target {
+    system: System,
+    endpoints: Vec<String>,
+    slots: Arc<SlotMap>,
+}
+
+fn make_client(target: &Target, i: usize) -> Box<dyn KvClient> {
+    let addr = target.endpoints[i % target.endpoints.len()].clone();
+    match target.system {
+        System::Nokv => Box::new(NokvClient::new(addr, target.slots.clone())),
         System::Etcd => Box::new(EtcdClient { addr, conn: None }),
     }
 }
@@ -282,14 +313,14 @@ fn percentile(sorted: &[u32], p: f64) -> u64 {
 }
 
 /// Loads every key once (unmeasured) with 64 clients so that gets hit.
-fn preload(system: System, endpoints: &[String], keys: u64, value: &[u8]) -> Result<()> {
+fn preload(target: &Target, keys: u64, value: &[u8]) -> Result<()> {
     let threads = 64.min(keys.max(1) as usize);
     let failed: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|s| {
         for t in 0..threads {
             let failed = &failed;
             s.spawn(move || {
-                let mut c = make_client(system, endpoints, t);
+                let mut c = make_client(target, t);
                 let mut k = t as u64;
                 while k < keys {
                     if let Err(e) = c.put(&key_of(k), value) {
@@ -304,15 +335,14 @@ fn preload(system: System, endpoints: &[String], keys: u64, value: &[u8]) -> Res
     match failed.into_inner().expect("lock") {
         Some(e) => Err(BenchError::engine(
             "preload",
-            format!("{}: {e}", system.name()),
+            format!("{}: {e}", target.system.name()),
         )),
         None => Ok(()),
     }
 }
 
 fn run_phase(
-    system: System,
-    endpoints: &[String],
+    target: &Target,
     op: Op,
     clients: usize,
     args: &ClusterArgs,
@@ -332,12 +362,13 @@ fn run_phase(
         redirects: u64,
         first_error: Option<String>,
     }
+    let system = target.system;
     let outs: Vec<Out> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|t| {
                 let (barrier, issued, start) = (&barrier, &issued, &start);
                 s.spawn(move || {
-                    let mut c = make_client(system, endpoints, t);
+                    let mut c = make_client(target, t);
                     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) << 20));
                     let mut out = Out {
                         lat: Vec::with_capacity(4096),
@@ -457,20 +488,25 @@ pub fn run(args: &ClusterArgs, out: &mut impl std::io::Write) -> Result<()> {
         systems.push((System::Etcd, args.etcd.clone()));
     }
     let mut results = Vec::new();
-    for (system, endpoints) in &systems {
+    for (system, endpoints) in systems {
+        let target = Target {
+            system,
+            endpoints,
+            slots: Arc::new(SlotMap::new()),
+        };
         writeln!(
             out,
             "== {}: preloading {} keys ({}-byte values) through {}",
             system.name(),
             args.keys,
             args.value_size,
-            endpoints.join(",")
+            target.endpoints.join(",")
         )
         .map_err(io)?;
-        preload(*system, endpoints, args.keys, &value)?;
+        preload(&target, args.keys, &value)?;
         for &clients in &args.clients {
             for op in [Op::Put, Op::Get] {
-                let r = run_phase(*system, endpoints, op, clients, args, &value)?;
+                let r = run_phase(&target, op, clients, args, &value)?;
                 writeln!(
                     out,
                     "   {:<4} {:<3} c={:<4} {:>10.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ({} ops in {:.1} s, {} errors, {} misses, {} redirects)",
@@ -674,7 +710,7 @@ mod tests {
         }
         let ha = serve(a, Some(b_addr.clone()));
         let hb = serve(b, None);
-        let mut c = NokvClient::new(a_addr);
+        let mut c = NokvClient::new(a_addr, Arc::new(SlotMap::new()));
         c.put(b"k1", b"v").unwrap();
         assert_eq!(c.redirects(), 1);
         assert_eq!(c.addr_for(wire::slot(b"k1")), b_addr);
