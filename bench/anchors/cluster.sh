@@ -184,13 +184,16 @@ for ((w = 0; w < 600; w++)); do
 done
 grep -q "is up" "$WORKDIR/nokv-cluster.out" || die "NoKV cluster not up in 120 s; see $WORKDIR/nokv-cluster.out"
 NOKV_ADDRS=$(IFS=,; echo "${NOKV_REDIS[*]}")
+# CPU per operation: the stores and the coordinator (deploy/cluster.sh's children), the etcd members.
+NOKV_PIDS=$(pgrep -P "$CLUSTER_PID" -x 'nokv-server|nokv-coordinator' | paste -sd, -)
+ETCD_PIDS=$(IFS=,; echo "${PIDS[*]:0:3}")
 echo "== NoKV cluster up: $NOKV_ADDRS (--durability sync; topology $WORKDIR/topology.json)"
 
 # --- the comparison ----------------------------------------------------------------------
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
 CMD=("$BIN/nokv-bench" cluster --nokv "$NOKV_ADDRS" --etcd "$ETCD_ADDRS" --clients "$CLIENTS"
     --ops "$OPS" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE"
-    --json "$WORKDIR/cluster.json")
+    --json "$WORKDIR/cluster.json" --nokv-pids "$NOKV_PIDS" --etcd-pids "$ETCD_PIDS")
 echo "${CMD[*]}" | tee "$WORKDIR/cluster.cmd"
 "${CMD[@]}" | tee "$WORKDIR/cluster.out"
 

@@ -50,6 +50,26 @@ pub struct ClusterArgs {
     /// Where to write the JSON results.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// NoKV server process ids (comma-separated): their CPU time per operation is reported.
+    #[arg(long, value_delimiter = ',')]
+    pub nokv_pids: Vec<u32>,
+    /// etcd process ids (comma-separated): their CPU time per operation is reported.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_pids: Vec<u32>,
+}
+
+/// utime+stime of a process (every thread), microseconds; None if it is gone. USER_HZ is 100
+/// on Linux.
+fn cpu_us(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
+}
+
+fn pids_cpu_us(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_us(&p.to_string())).sum()
 }
 
 /// What a benchmark client does: put a value, get one (Ok(true) when found).
@@ -301,6 +321,10 @@ struct PhaseResult {
     errors: u64,
     misses: u64,
     redirects: u64,
+    /// CPU time of this benchmark process (all clients) per operation, microseconds.
+    client_cpu_us: f64,
+    /// CPU time of the servers (--nokv-pids / --etcd-pids) per operation, microseconds.
+    server_cpu_us: f64,
     first_error: Option<String>,
 }
 
@@ -363,6 +387,11 @@ fn run_phase(
         first_error: Option<String>,
     }
     let system = target.system;
+    let server_pids = match system {
+        System::Nokv => &args.nokv_pids,
+        System::Etcd => &args.etcd_pids,
+    };
+    let mut cpu0 = (0, 0);
     let outs: Vec<Out> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|t| {
@@ -423,6 +452,7 @@ fn run_phase(
             })
             .collect();
         // Every client has connected and warmed up; start the clock and release them.
+        cpu0 = (cpu_us("self").unwrap_or(0), pids_cpu_us(server_pids));
         {
             let mut st = start.lock().expect("lock");
             *st = Some(Instant::now());
@@ -433,6 +463,7 @@ fn run_phase(
             .map(|h| h.join().map_err(|_| BenchError::ThreadPanic))
             .collect::<Result<Vec<_>>>()
     })?;
+    let cpu1 = (cpu_us("self").unwrap_or(0), pids_cpu_us(server_pids));
     let begun = start.into_inner().expect("lock").expect("start set");
     let end = outs.iter().map(|o| o.end).max().unwrap_or(begun);
     let secs = end.duration_since(begun).as_secs_f64().max(1e-9);
@@ -453,6 +484,8 @@ fn run_phase(
         errors: outs.iter().map(|o| o.errors).sum(),
         misses: outs.iter().map(|o| o.misses).sum(),
         redirects: outs.iter().map(|o| o.redirects).sum(),
+        client_cpu_us: cpu1.0.saturating_sub(cpu0.0) as f64 / ops.max(1) as f64,
+        server_cpu_us: cpu1.1.saturating_sub(cpu0.1) as f64 / ops.max(1) as f64,
         first_error: outs.iter().find_map(|o| o.first_error.clone()),
     })
 }
@@ -509,9 +542,9 @@ pub fn run(args: &ClusterArgs, out: &mut impl std::io::Write) -> Result<()> {
                 let r = run_phase(&target, op, clients, args, &value)?;
                 writeln!(
                     out,
-                    "   {:<4} {:<3} c={:<4} {:>10.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ({} ops in {:.1} s, {} errors, {} misses, {} redirects)",
+                    "   {:<4} {:<3} c={:<4} {:>10.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ({} ops in {:.1} s, {} errors, {} misses, {} redirects; CPU us/op client {:.1} servers {:.1})",
                     system.name(), op.name(), clients, r.ops_per_sec, ms(r.p50_us), ms(r.p99_us),
-                    ms(r.p999_us), r.ops, r.secs, r.errors, r.misses, r.redirects
+                    ms(r.p999_us), r.ops, r.secs, r.errors, r.misses, r.redirects, r.client_cpu_us, r.server_cpu_us
                 )
                 .map_err(io)?;
                 if let Some(e) = &r.first_error {
@@ -541,13 +574,13 @@ fn render_table(results: &[PhaseResult], args: &ClusterArgs) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n| system | op | clients | ops/s | p50 ms | p99 ms | p99.9 ms | ops | errors |"
+        "\n| system | op | clients | ops/s | p50 ms | p99 ms | p99.9 ms | ops | errors | client CPU us/op | server CPU us/op |"
     );
-    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.1} |",
             r.system.name(),
             r.op.name(),
             r.clients,
@@ -556,7 +589,9 @@ fn render_table(results: &[PhaseResult], args: &ClusterArgs) -> String {
             ms(r.p99_us),
             ms(r.p999_us),
             r.ops,
-            r.errors
+            r.errors,
+            r.client_cpu_us,
+            r.server_cpu_us
         );
     }
     if args.nokv.is_empty() || args.etcd.is_empty() {
@@ -642,7 +677,7 @@ fn render_json(results: &[PhaseResult], args: &ClusterArgs) -> String {
     for (i, r) in results.iter().enumerate() {
         let _ = write!(
             j,
-            "    {{\"system\": \"{}\", \"op\": \"{}\", \"clients\": {}, \"ops\": {}, \"secs\": {:.3}, \"ops_per_sec\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}, \"errors\": {}, \"misses\": {}, \"redirects\": {}, \"first_error\": {}}}{}\n",
+            "    {{\"system\": \"{}\", \"op\": \"{}\", \"clients\": {}, \"ops\": {}, \"secs\": {:.3}, \"ops_per_sec\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}, \"errors\": {}, \"misses\": {}, \"redirects\": {}, \"client_cpu_us_per_op\": {:.2}, \"server_cpu_us_per_op\": {:.2}, \"first_error\": {}}}{}\n",
             r.system.name(),
             r.op.name(),
             r.clients,
@@ -656,6 +691,8 @@ fn render_json(results: &[PhaseResult], args: &ClusterArgs) -> String {
             r.errors,
             r.misses,
             r.redirects,
+            r.client_cpu_us,
+            r.server_cpu_us,
             r.first_error.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
             if i + 1 < results.len() { "," } else { "" }
         );
