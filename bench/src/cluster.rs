@@ -675,9 +675,9 @@ fn render_json(results: &[PhaseResult], args: &ClusterArgs) -> String {
         args.value_size
     );
     for (i, r) in results.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             j,
-            "    {{\"system\": \"{}\", \"op\": \"{}\", \"clients\": {}, \"ops\": {}, \"secs\": {:.3}, \"ops_per_sec\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}, \"errors\": {}, \"misses\": {}, \"redirects\": {}, \"client_cpu_us_per_op\": {:.2}, \"server_cpu_us_per_op\": {:.2}, \"first_error\": {}}}{}\n",
+            "    {{\"system\": \"{}\", \"op\": \"{}\", \"clients\": {}, \"ops\": {}, \"secs\": {:.3}, \"ops_per_sec\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}, \"errors\": {}, \"misses\": {}, \"redirects\": {}, \"client_cpu_us_per_op\": {:.2}, \"server_cpu_us_per_op\": {:.2}, \"first_error\": {}}}{}",
             r.system.name(),
             r.op.name(),
             r.clients,

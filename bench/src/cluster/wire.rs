@@ -323,7 +323,7 @@ pub fn etcd_range_value(body: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let end = rest
         .find('"')
         .ok_or_else(|| format!("unterminated value in {text:?}"))?;
-    b64_decode(rest[..end].as_bytes())
+    b64_decode(&rest.as_bytes()[..end])
         .map(Some)
         .ok_or_else(|| format!("bad base64 value in {text:?}"))
 }
