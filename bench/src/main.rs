@@ -1,7 +1,8 @@
 //! `nokv-bench`: NoKV benchmarks. `dbbench` mirrors RocksDB's db_bench (same flags, key
 //! layout, value generator and result lines); `ycsb` runs the YCSB core workloads against
-//! NoKV and fjall; `parse` reads db_bench-format output; `plot` draws SVG charts of both.
+//! NoKV and fjall; `cluster` compares a NoKV cluster with an etcd cluster; `parse` reads db_bench-format output; `plot` draws SVG charts of both.
 
+mod cluster;
 mod db;
 mod error;
 mod fjall_db;
@@ -34,6 +35,9 @@ enum Command {
     Dbbench(flags::DbBenchArgs),
     /// Run the YCSB core workloads A-F against NoKV and fjall with the same settings.
     Ycsb(ycsb::flags::YcsbArgs),
+    /// Drive a NoKV cluster (RESP, following -MOVED) and an etcd cluster (v3 JSON gateway)
+    /// with the same closed-loop clients: put and get throughput and p50/p99 latency.
+    Cluster(cluster::ClusterArgs),
     /// Parse db_bench or `nokv-bench dbbench` output (plus optional `time -v` output) into
     /// tab-separated lines: result, settle, write_amp, peak_rss_kib.
     Parse {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Dbbench(args) => runner::run(&args, &mut std::io::stdout().lock()),
         Command::Ycsb(args) => ycsb::run(&args, &mut std::io::stdout().lock()),
+        Command::Cluster(args) => cluster::run(&args, &mut std::io::stdout().lock()),
         Command::Parse { files } => parse_files(&files),
         Command::Plot { kind } => plot::run(&kind),
     };
