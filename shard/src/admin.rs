@@ -627,21 +627,7 @@ pub(super) async fn gc_removed(core: Rc<Core>) {
     let Some(cluster) = &core.node.cluster else {
         return;
     };
-    loop {
-        let slept = future::or(
-            async {
-                glommio::timer::sleep(REMOVED_CHECK_INTERVAL).await;
-                true
-            },
-            async {
-                core.stop.wait().await;
-                false
-            },
-        )
-        .await;
-        if !slept {
-            return;
-        }
+    while sleep_unless_stopped(&core, REMOVED_CHECK_INTERVAL).await {
         let stale: Vec<(u64, Option<u64>)> = {
             let raft = core.raft.borrow();
             raft.regions()
@@ -818,23 +804,24 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
     Reply::Simple(verdict)
 }
 
+/// Sleeps `d`; false (at once) when the core stops meanwhile.
+async fn sleep_unless_stopped(core: &Core, d: Duration) -> bool {
+    future::or(
+        async {
+            glommio::timer::sleep(d).await;
+            true
+        },
+        async {
+            core.stop.wait().await;
+            false
+        },
+    )
+    .await
+}
+
 /// Checks every region this core leads, every `interval`, until the core stops.
 pub(super) async fn periodic_checks(core: Rc<Core>, interval: Duration) {
-    loop {
-        let slept = future::or(
-            async {
-                glommio::timer::sleep(interval).await;
-                true
-            },
-            async {
-                core.stop.wait().await;
-                false
-            },
-        )
-        .await;
-        if !slept {
-            return;
-        }
+    while sleep_unless_stopped(&core, interval).await {
         let led: Vec<u64> = {
             let raft = core.raft.borrow();
             raft.regions()

@@ -10,33 +10,8 @@ use std::time::Duration;
 /// Number of Redis Cluster hash slots.
 pub const SLOTS: usize = 16384;
 
-/// CRC16-CCITT (XModem), Redis Cluster's key hash.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The hash slot of `key` (the non-empty `{tag}` if there is one), as NoKV's gateway computes it.
-pub fn slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|s| {
-        let rest = &key[s + 1..];
-        match rest.iter().position(|&b| b == b'}') {
-            Some(0) | None => None,
-            Some(e) => Some(&rest[..e]),
-        }
-    });
-    crc16(tagged.unwrap_or(key)) & (SLOTS as u16 - 1)
-}
+/// A key's hash slot (Redis Cluster's CRC16), as NoKV's gateway computes it.
+pub use nokv_gateway::model::slot;
 
 /// One RESP2 reply, as far as SET and GET need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +306,7 @@ pub fn etcd_range_value(body: &[u8]) -> Result<Option<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nokv_gateway::model::crc16;
 
     #[test]
     fn slots_match_redis_cluster() {
