@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod core;
 pub mod error;
+pub mod kv;
 pub mod logger;
 pub mod region;
 pub mod snapshot;

@@ -1,13 +1,16 @@
-//! A compact, versioned binary codec for [`WriteCommand`] (it travels in Raft log entries).
+//! A compact, versioned binary codec for [`WriteCommand`] (it travels in Raft log entries),
+//! and for [`ReadOp`] and [`Reply`] (a store forwards a region's read or write to the
+//! region's leader on another store and gets the reply back).
 //!
 //! Layout: `format u8 (=1) | now_ms varint | op tag u8 | fields`, where byte
 //! strings are `varint len | bytes`, lists are `varint count | items`, integers
 //! are zig-zag varints and booleans/enums one byte. Decoding checks every
 //! length against the bytes left, rejects unknown tags and trailing bytes.
 
-use super::{ExpiryUpdate, SetCondition, SetReply, WriteCommand, WriteOp};
+use super::{ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand, WriteOp};
 use crate::error::{Error, Result};
 use crate::numeric::LongDouble;
+use crate::resp::{Reply, ScanPage};
 
 const FORMAT: u8 = 1;
 
@@ -260,6 +263,231 @@ impl WriteCommand {
     }
 }
 
+/// Deepest nesting of arrays, maps and sets [`Reply::decode`] accepts.
+pub const MAX_REPLY_DEPTH: usize = 32;
+
+fn put_opt(out: &mut Vec<u8>, b: &Option<Vec<u8>>) {
+    match b {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            put_bytes(out, b);
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_scan_args(out: &mut Vec<u8>, a: &ScanArgs) {
+    put_varint(out, a.cursor);
+    put_opt(out, &a.resume);
+    put_opt(out, &a.pattern);
+    put_varint(out, a.count);
+    put_opt(out, &a.kind);
+    put_opt(out, &a.invalid.as_ref().map(|s| s.as_bytes().to_vec()));
+}
+
+impl ReadOp {
+    /// Encodes the read for a store that leads its region.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.push(FORMAT);
+        match self {
+            ReadOp::Get(k) => {
+                out.push(1);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::Strlen(k) => {
+                out.push(2);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::MGet(keys) => {
+                out.push(3);
+                put_list(&mut out, keys);
+            }
+            ReadOp::Exists(keys) => {
+                out.push(4);
+                put_list(&mut out, keys);
+            }
+            ReadOp::Type(k) => {
+                out.push(5);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::Ttl { key, millis } => {
+                out.push(6);
+                put_bytes(&mut out, key);
+                out.push(u8::from(*millis));
+            }
+            ReadOp::HGet(k, f) => {
+                out.push(7);
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, f);
+            }
+            ReadOp::HMGet(k, fields) => {
+                out.push(8);
+                put_bytes(&mut out, k);
+                put_list(&mut out, fields);
+            }
+            ReadOp::HGetAll(k) => {
+                out.push(9);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::HLen(k) => {
+                out.push(10);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::HExists(k, f) => {
+                out.push(11);
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, f);
+            }
+            ReadOp::HKeys(k) => {
+                out.push(12);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::HVals(k) => {
+                out.push(13);
+                put_bytes(&mut out, k);
+            }
+            ReadOp::Scan(a) => {
+                out.push(14);
+                put_scan_args(&mut out, a);
+            }
+            ReadOp::HScan(k, a) => {
+                out.push(15);
+                put_bytes(&mut out, k);
+                put_scan_args(&mut out, a);
+            }
+            ReadOp::Keys(p) => {
+                out.push(16);
+                put_bytes(&mut out, p);
+            }
+            ReadOp::DbSize => out.push(17),
+            ReadOp::Info { text, keyspace } => {
+                out.push(18);
+                put_str(&mut out, text);
+                out.push(u8::from(*keyspace));
+            }
+        }
+        out
+    }
+
+    /// Decodes [`ReadOp::encode`]'s output.
+    pub fn decode(buf: &[u8]) -> Result<ReadOp> {
+        let mut r = Reader { buf, pos: 0 };
+        let format = r.u8()?;
+        if format != FORMAT {
+            return Err(Error::Codec(format!("unknown ReadOp format {format}")));
+        }
+        let op = match r.u8()? {
+            1 => ReadOp::Get(r.bytes()?),
+            2 => ReadOp::Strlen(r.bytes()?),
+            3 => ReadOp::MGet(r.list()?),
+            4 => ReadOp::Exists(r.list()?),
+            5 => ReadOp::Type(r.bytes()?),
+            6 => ReadOp::Ttl {
+                key: r.bytes()?,
+                millis: r.bool()?,
+            },
+            7 => ReadOp::HGet(r.bytes()?, r.bytes()?),
+            8 => ReadOp::HMGet(r.bytes()?, r.list()?),
+            9 => ReadOp::HGetAll(r.bytes()?),
+            10 => ReadOp::HLen(r.bytes()?),
+            11 => ReadOp::HExists(r.bytes()?, r.bytes()?),
+            12 => ReadOp::HKeys(r.bytes()?),
+            13 => ReadOp::HVals(r.bytes()?),
+            14 => ReadOp::Scan(r.scan_args()?),
+            15 => ReadOp::HScan(r.bytes()?, r.scan_args()?),
+            16 => ReadOp::Keys(r.bytes()?),
+            17 => ReadOp::DbSize,
+            18 => ReadOp::Info {
+                text: r.string()?,
+                keyspace: r.bool()?,
+            },
+            t => return Err(Error::Codec(format!("unknown ReadOp {t}"))),
+        };
+        r.end("ReadOp")?;
+        Ok(op)
+    }
+}
+
+fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
+    let put_all = |out: &mut Vec<u8>, items: &[Reply]| {
+        put_varint(out, items.len() as u64);
+        for i in items {
+            put_reply(out, i);
+        }
+    };
+    match reply {
+        Reply::Simple(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+        Reply::Error(s) => {
+            out.push(2);
+            put_str(out, s);
+        }
+        Reply::Int(i) => {
+            out.push(3);
+            put_i64(out, *i);
+        }
+        Reply::Bulk(b) => {
+            out.push(4);
+            put_bytes(out, b);
+        }
+        Reply::Null => out.push(5),
+        Reply::Array(items) => {
+            out.push(6);
+            put_all(out, items);
+        }
+        Reply::Map(pairs) => {
+            out.push(7);
+            put_varint(out, pairs.len() as u64);
+            for (k, v) in pairs {
+                put_reply(out, k);
+                put_reply(out, v);
+            }
+        }
+        Reply::Verbatim(b) => {
+            out.push(8);
+            put_bytes(out, b);
+        }
+        Reply::Set(items) => {
+            out.push(9);
+            put_all(out, items);
+        }
+        Reply::Scan(page) => {
+            out.push(10);
+            put_opt(out, &page.next);
+            put_all(out, &page.items);
+        }
+    }
+}
+
+impl Reply {
+    /// Encodes the reply for the store that forwarded its command (binary, not RESP).
+    pub fn to_binary(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.push(FORMAT);
+        put_reply(&mut out, self);
+        out
+    }
+
+    /// Decodes [`Reply::to_binary`]'s output (nesting at most [`MAX_REPLY_DEPTH`] deep).
+    pub fn from_binary(buf: &[u8]) -> Result<Reply> {
+        let mut r = Reader { buf, pos: 0 };
+        let format = r.u8()?;
+        if format != FORMAT {
+            return Err(Error::Codec(format!("unknown Reply format {format}")));
+        }
+        let reply = r.reply(0)?;
+        r.end("Reply")?;
+        Ok(reply)
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -329,6 +557,83 @@ impl<'a> Reader<'a> {
     fn pairs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let n = self.len()?;
         (0..n).map(|_| Ok((self.bytes()?, self.bytes()?))).collect()
+    }
+
+    fn opt(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(if self.bool()? {
+            Some(self.bytes()?)
+        } else {
+            None
+        })
+    }
+
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?).map_err(|_| Error::Codec("text is not UTF-8".to_string()))
+    }
+
+    fn scan_args(&mut self) -> Result<ScanArgs> {
+        Ok(ScanArgs {
+            cursor: self.varint()?,
+            resume: self.opt()?,
+            pattern: self.opt()?,
+            count: self.varint()?,
+            kind: self.opt()?,
+            invalid: match self.opt()? {
+                None => None,
+                Some(b) => Some(
+                    String::from_utf8(b)
+                        .map_err(|_| Error::Codec("text is not UTF-8".to_string()))?,
+                ),
+            },
+        })
+    }
+
+    fn replies(&mut self, depth: usize) -> Result<Vec<Reply>> {
+        // Every reply takes at least one byte, so the count is bounded by the bytes left.
+        let n = self.len()?;
+        (0..n).map(|_| self.reply(depth + 1)).collect()
+    }
+
+    fn reply(&mut self, depth: usize) -> Result<Reply> {
+        if depth > MAX_REPLY_DEPTH {
+            return Err(Error::Codec(format!(
+                "reply nested deeper than {MAX_REPLY_DEPTH}"
+            )));
+        }
+        Ok(match self.u8()? {
+            1 => Reply::Simple(self.string()?),
+            2 => Reply::Error(self.string()?),
+            3 => Reply::Int(self.i64()?),
+            4 => Reply::Bulk(self.bytes()?),
+            5 => Reply::Null,
+            6 => Reply::Array(self.replies(depth)?),
+            7 => {
+                let n = self.len()?;
+                let mut pairs = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    pairs.push((self.reply(depth + 1)?, self.reply(depth + 1)?));
+                }
+                Reply::Map(pairs)
+            }
+            8 => Reply::Verbatim(self.bytes()?),
+            9 => Reply::Set(self.replies(depth)?),
+            10 => Reply::Scan(ScanPage {
+                next: self.opt()?,
+                items: self.replies(depth)?,
+            }),
+            t => return Err(Error::Codec(format!("unknown Reply tag {t}"))),
+        })
+    }
+
+    /// Fails unless every byte was read.
+    fn end(&self, what: &str) -> Result<()> {
+        if self.pos != self.buf.len() {
+            return Err(Error::Codec(format!(
+                "{} trailing bytes after {what}",
+                self.buf.len() - self.pos
+            )));
+        }
+        Ok(())
     }
 
     fn expiry(&mut self) -> Result<ExpiryUpdate> {
@@ -434,6 +739,106 @@ mod tests {
         #[test]
         fn garbage_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = WriteCommand::decode(&raw);
+            let _ = ReadOp::decode(&raw);
+            let _ = Reply::from_binary(&raw);
         }
+
+        #[test]
+        fn reads_round_trip_and_cuts_are_refused(op in read_op(), cut in any::<prop::sample::Index>()) {
+            let bytes = op.encode();
+            prop_assert_eq!(ReadOp::decode(&bytes).unwrap(), op);
+            prop_assert!(ReadOp::decode(&bytes[..cut.index(bytes.len())]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(ReadOp::decode(&longer).is_err());
+        }
+
+        #[test]
+        fn replies_round_trip_and_cuts_are_refused(reply in reply(), cut in any::<prop::sample::Index>()) {
+            let bytes = reply.to_binary();
+            prop_assert_eq!(Reply::from_binary(&bytes).unwrap(), reply);
+            prop_assert!(Reply::from_binary(&bytes[..cut.index(bytes.len())]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(Reply::from_binary(&longer).is_err());
+        }
+    }
+
+    fn opt_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::of(bytes())
+    }
+
+    fn scan_args() -> impl Strategy<Value = ScanArgs> {
+        (
+            any::<u64>(),
+            opt_bytes(),
+            opt_bytes(),
+            any::<u64>(),
+            opt_bytes(),
+            proptest::option::of("[a-z ]{0,8}"),
+        )
+            .prop_map(|(cursor, resume, pattern, count, kind, invalid)| ScanArgs {
+                cursor,
+                resume,
+                pattern,
+                count,
+                kind,
+                invalid,
+            })
+    }
+
+    fn read_op() -> impl Strategy<Value = ReadOp> {
+        let list = || proptest::collection::vec(bytes(), 0..4);
+        prop_oneof![
+            bytes().prop_map(ReadOp::Get),
+            bytes().prop_map(ReadOp::Strlen),
+            list().prop_map(ReadOp::MGet),
+            list().prop_map(ReadOp::Exists),
+            bytes().prop_map(ReadOp::Type),
+            (bytes(), any::<bool>()).prop_map(|(key, millis)| ReadOp::Ttl { key, millis }),
+            (bytes(), bytes()).prop_map(|(k, f)| ReadOp::HGet(k, f)),
+            (bytes(), list()).prop_map(|(k, f)| ReadOp::HMGet(k, f)),
+            bytes().prop_map(ReadOp::HGetAll),
+            bytes().prop_map(ReadOp::HLen),
+            (bytes(), bytes()).prop_map(|(k, f)| ReadOp::HExists(k, f)),
+            bytes().prop_map(ReadOp::HKeys),
+            bytes().prop_map(ReadOp::HVals),
+            scan_args().prop_map(ReadOp::Scan),
+            (bytes(), scan_args()).prop_map(|(k, a)| ReadOp::HScan(k, a)),
+            bytes().prop_map(ReadOp::Keys),
+            Just(ReadOp::DbSize),
+            ("[ -~]{0,16}", any::<bool>())
+                .prop_map(|(text, keyspace)| ReadOp::Info { text, keyspace }),
+        ]
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        let leaf = prop_oneof![
+            "[ -~]{0,8}".prop_map(Reply::Simple),
+            "[ -~]{0,8}".prop_map(Reply::Error),
+            any::<i64>().prop_map(Reply::Int),
+            bytes().prop_map(Reply::Bulk),
+            Just(Reply::Null),
+            bytes().prop_map(Reply::Verbatim),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Reply::Array),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..3)
+                    .prop_map(Reply::Map),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Reply::Set),
+                (opt_bytes(), proptest::collection::vec(inner, 0..4))
+                    .prop_map(|(next, items)| Reply::Scan(ScanPage { next, items })),
+            ]
+        })
+    }
+
+    #[test]
+    fn replies_nested_too_deep_are_refused() {
+        let mut r = Reply::Null;
+        for _ in 0..=MAX_REPLY_DEPTH {
+            r = Reply::Array(vec![r]);
+        }
+        assert!(Reply::from_binary(&r.to_binary()).is_err());
     }
 }
