@@ -1,0 +1,233 @@
+//! One pipelined connection per store: requests are written under a lock, a reader thread
+//! hands each response to the caller waiting for its request id. A failed connection fails
+//! every request in flight on it and is replaced at the next call.
+
+use nokv_raft::kv::{self, KvRequest, KvResponse};
+use nokv_raft::wire::{self, FrameLimits};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why one request on a connection got no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnError {
+    /// Connecting failed.
+    Connect(String),
+    /// The connection failed (write, read, a refused frame, closed by the store).
+    Broken(String),
+    /// No response within the wait.
+    Timeout,
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Connect(e) => write!(f, "connect: {e}"),
+            ConnError::Broken(e) => write!(f, "connection: {e}"),
+            ConnError::Timeout => write!(f, "no response in time"),
+        }
+    }
+}
+
+type Waiter = SyncSender<Result<KvResponse, String>>;
+
+struct Pending {
+    /// Set once the reader stopped: no new request may wait on this connection.
+    failed: Option<String>,
+    waiters: HashMap<u64, Waiter>,
+}
+
+/// A connection to one store's RPC port.
+pub struct StoreConn {
+    addr: String,
+    writer: Mutex<TcpStream>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+    cluster_id: u64,
+}
+
+impl StoreConn {
+    /// Connects to `addr` (host:port) within `timeout` and starts the reader thread.
+    pub fn connect(
+        addr: &str,
+        cluster_id: u64,
+        timeout: Duration,
+        max_frame_bytes: u32,
+    ) -> Result<Arc<StoreConn>, ConnError> {
+        let sock: SocketAddr = addr
+            .to_socket_addrs()
+            .map_err(|e| ConnError::Connect(format!("resolve {addr}: {e}")))?
+            .next()
+            .ok_or_else(|| ConnError::Connect(format!("resolve {addr}: no address")))?;
+        let stream =
+            nokv_raft::transport::connect_std(&sock, timeout.max(Duration::from_millis(1)))
+                .map_err(|e| ConnError::Connect(format!("{addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_write_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .map_err(|e| ConnError::Connect(format!("{addr}: set write timeout: {e}")))?;
+        let reader = stream
+            .try_clone()
+            .map_err(|e| ConnError::Connect(format!("{addr}: clone socket: {e}")))?;
+        let pending = Arc::new(Mutex::new(Pending {
+            failed: None,
+            waiters: HashMap::new(),
+        }));
+        let limits = FrameLimits {
+            cluster_id,
+            max_payload: max_frame_bytes,
+        };
+        let p = pending.clone();
+        let name = addr.to_string();
+        std::thread::Builder::new()
+            .name("nokv-client-rx".into())
+            .spawn(move || read_loop(reader, limits, &p, &name))
+            .map_err(|e| ConnError::Connect(format!("{addr}: spawn reader: {e}")))?;
+        Ok(Arc::new(StoreConn {
+            addr: addr.to_string(),
+            writer: Mutex::new(stream),
+            pending,
+            next_id: AtomicU64::new(1),
+            cluster_id,
+        }))
+    }
+
+    /// The address this connection goes to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the connection failed (it must be replaced).
+    pub fn is_broken(&self) -> bool {
+        self.pending.lock().failed.is_some()
+    }
+
+    /// Sends `req` and waits at most `wait` for its response.
+    pub fn request(&self, req: &KvRequest, wait: Duration) -> Result<KvResponse, ConnError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut p = self.pending.lock();
+            if let Some(e) = &p.failed {
+                return Err(ConnError::Broken(e.clone()));
+            }
+            p.waiters.insert(id, tx);
+        }
+        let mut frame = Vec::with_capacity(64 + req.payload.len());
+        kv::encode_request(&mut frame, self.cluster_id, id, req);
+        let written = self.writer.lock().write_all(&frame);
+        if let Err(e) = written {
+            self.fail(format!("write to {}: {e}", self.addr));
+            return Err(ConnError::Broken(format!("write to {}: {e}", self.addr)));
+        }
+        match rx.recv_timeout(wait) {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ConnError::Broken(e)),
+            Err(RecvTimeoutError::Timeout) => {
+                // A late response finds no waiter and is dropped.
+                self.pending.lock().waiters.remove(&id);
+                Err(ConnError::Timeout)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ConnError::Broken(format!("{}: reader stopped", self.addr)))
+            }
+        }
+    }
+
+    /// Marks the connection failed and shuts the socket down (the reader then stops and
+    /// fails every waiter).
+    fn fail(&self, why: String) {
+        fail_all(&self.pending, why);
+        let _ = self.writer.lock().shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for StoreConn {
+    fn drop(&mut self) {
+        // Stops the reader thread (its read returns).
+        let _ = self.writer.get_mut().shutdown(Shutdown::Both);
+    }
+}
+
+fn fail_all(pending: &Mutex<Pending>, why: String) {
+    let waiters = {
+        let mut p = pending.lock();
+        if p.failed.is_none() {
+            p.failed = Some(why.clone());
+        }
+        std::mem::take(&mut p.waiters)
+    };
+    for (_, w) in waiters {
+        let _ = w.try_send(Err(why.clone()));
+    }
+}
+
+fn read_loop(mut stream: TcpStream, limits: FrameLimits, pending: &Mutex<Pending>, addr: &str) {
+    // Bounded by the stream: every turn reads a frame or stops.
+    let why = loop {
+        let frame = match wire::read_frame(&mut stream, &limits) {
+            Ok(Some(f)) => f,
+            Ok(None) => break format!("{addr} closed the connection"),
+            Err(e) => break format!("read from {addr}: {e}"),
+        };
+        if frame.kind != wire::kind::KV_RESPONSE {
+            break format!("{addr} sent a frame of kind {}", frame.kind);
+        }
+        let resp = match frame.decode::<KvResponse>() {
+            Ok(r) => r,
+            Err(e) => break format!("{addr}: {e}"),
+        };
+        if let Some(w) = pending.lock().waiters.remove(&frame.request_id) {
+            let _ = w.try_send(Ok(resp));
+        }
+    };
+    tracing::debug!(addr, why = %why, "store connection closed");
+    fail_all(pending, why);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// The connections of one client, one per store.
+#[derive(Default)]
+pub struct ConnPool {
+    conns: Mutex<HashMap<u64, Arc<StoreConn>>>,
+}
+
+impl ConnPool {
+    /// The connection to store `store` at `addr`: the live one, or a new one (made
+    /// without holding the pool's lock).
+    pub fn get(
+        &self,
+        store: u64,
+        addr: &str,
+        cluster_id: u64,
+        timeout: Duration,
+        max_frame_bytes: u32,
+    ) -> Result<Arc<StoreConn>, ConnError> {
+        if let Some(c) = self.conns.lock().get(&store) {
+            if !c.is_broken() && c.addr() == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = StoreConn::connect(addr, cluster_id, timeout, max_frame_bytes)?;
+        self.conns.lock().insert(store, c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection to `store` if it is `conn` (a newer one is kept).
+    pub fn drop_conn(&self, store: u64, conn: &Arc<StoreConn>) {
+        let mut m = self.conns.lock();
+        if m.get(&store).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            m.remove(&store);
+        }
+    }
+
+    /// Closes every connection.
+    pub fn clear(&self) {
+        self.conns.lock().clear();
+    }
+}
