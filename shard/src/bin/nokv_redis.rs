@@ -1,0 +1,79 @@
+//! `nokv-redis`: a standalone Redis gateway in front of a NoKV cluster. It parses RESP with
+//! the gateway crate's sessions and sends every read and write through a
+//! `nokv_client::Client` to the regions' leaders (`docs/client.md`).
+
+use clap::Parser;
+use nokv_client::{Client, ClientOptions};
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(name = "nokv-redis", version, about = "A Redis gateway in front of a NoKV cluster")]
+struct Args {
+    /// The coordinators (host:port, comma-separated; the leader is followed).
+    #[arg(long, value_delimiter = ',', required = true)]
+    coordinator: Vec<String>,
+    /// Where Redis clients connect.
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    listen: String,
+    /// The cluster's id (the stores' and coordinator's `--cluster-id`).
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Deadline of one command's call to the cluster, retries included, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Most client connections at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// Password clients must AUTH with (none: no AUTH needed).
+    #[arg(long)]
+    requirepass: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    if let Err(e) = run(args) {
+        eprintln!("nokv-redis: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let opts = ClientOptions {
+        cluster_id: args.cluster_id,
+        call_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        ..ClientOptions::default()
+    };
+    let client = Client::new(args.coordinator.clone(), opts).map_err(|e| e.to_string())?;
+    // Routes are loaded now if the cluster answers; otherwise at the first command.
+    if let Err(e) = client.refresh_routes() {
+        tracing::warn!(error = %e, "no routes yet; commands will ask the coordinator");
+    }
+    let listener =
+        TcpListener::bind(&args.listen).map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let config = nokv_gateway::Config {
+        requirepass: args.requirepass.map(String::into_bytes),
+        port: local.port(),
+        max_clients: args.max_clients,
+        ..nokv_gateway::Config::default()
+    };
+    println!("nokv-redis listening on {local}");
+    tracing::info!(addr = %local, coordinators = ?args.coordinator, "nokv-redis serving");
+    nokv_client::gateway::serve(listener, Arc::new(client), config, args.max_clients, stop)
+        .map_err(|e| format!("serve: {e}"))
+}
