@@ -11,7 +11,11 @@ use std::time::Duration;
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
-#[command(name = "nokv-redis", version, about = "A Redis gateway in front of a NoKV cluster")]
+#[command(
+    name = "nokv-redis",
+    version,
+    about = "A Redis gateway in front of a NoKV cluster"
+)]
 struct Args {
     /// The coordinators (host:port, comma-separated; the leader is followed).
     #[arg(long, value_delimiter = ',', required = true)]
