@@ -171,10 +171,16 @@ pub(super) async fn execute(core: &Rc<Core>, args: Vec<Vec<u8>>) -> Reply {
 
 /// Runs `work` on core `target` of this store (inline when it is this core).
 async fn execute_on(core: &Rc<Core>, target: usize, work: Work) -> Reply {
-    if target == core.id {
-        return execute_local(core, work).await;
+    let answer = if target == core.id {
+        execute_local(core, work).await
+    } else {
+        super::execute(core, target, work).await
+    };
+    match answer {
+        Answer::Reply(reply) => reply,
+        // Operator commands go to the leader's store itself.
+        Answer::Elsewhere { work, .. } => moved(core, work.region(), None),
     }
-    super::execute(core, target, work).await
 }
 
 /// Runs an operator command for `region` on the core that holds it (`region` 0: `LOCAL`,

@@ -120,6 +120,7 @@ fn a_replica_moves_to_a_new_store_and_the_replicas_agree() {
             workdir: dir.path().join(format!("store-{i}")),
             redis: free_addr(),
             rpc: free_addr(),
+            redirect: "moved",
         })
         .collect();
     let corrupt = dir.path().join("corrupt-store-4");
