@@ -105,18 +105,7 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
             continue;
         }
         let wait = pause.min(deadline.saturating_duration_since(Instant::now()));
-        let stopped = future::or(
-            async {
-                glommio::timer::sleep(wait).await;
-                false
-            },
-            async {
-                core.stop.wait().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
+        if !admin::sleep_unless_stopped(core, wait).await {
             return Reply::error("ERR request abandoned: the core is stopping");
         }
         pause = (pause * 2).min(RETRY_MAX);
