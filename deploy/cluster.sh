@@ -16,12 +16,15 @@
 #   --bin-dir DIR   use the binaries in DIR instead of building them (cargo build --release once)
 #   --timeout SECS  how long to wait for the cluster to come up [120]
 #   --durability M  every store's --durability (sync or relaxed) [the server's default: sync]
+#   --redirect M    every store's --redirect: forward (a store runs commands for regions led
+#                   elsewhere on the leader) or moved (answers -MOVED, for cluster-aware
+#                   clients) [the server's default: forward]
 #   --help          this text
 #
 # Needs python3 (to read the JSON) and bash. Logs go to <workdir>/<name>.log.
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -30,6 +33,7 @@ BASE="./cluster-data"
 BIN_DIR=""
 TIMEOUT=120
 DURABILITY=""
+REDIRECT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --config) CONFIG=${2:?--config needs a file}; shift 2 ;;
@@ -37,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --bin-dir) BIN_DIR=${2:?--bin-dir needs a directory}; shift 2 ;;
     --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
     --durability) DURABILITY=${2:?--durability needs sync or relaxed}; shift 2 ;;
+    --redirect) REDIRECT=${2:?--redirect needs forward or moved}; shift 2 ;;
     --help | -h) usage; exit 0 ;;
     *) echo "cluster.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
@@ -55,6 +60,10 @@ if ! [[ $TIMEOUT =~ ^[0-9]+$ ]]; then
 fi
 if [[ -n $DURABILITY && $DURABILITY != sync && $DURABILITY != relaxed ]]; then
     echo "cluster.sh: --durability must be sync or relaxed, got '$DURABILITY'" >&2
+    exit 2
+fi
+if [[ -n $REDIRECT && $REDIRECT != forward && $REDIRECT != moved ]]; then
+    echo "cluster.sh: --redirect must be forward or moved, got '$REDIRECT'" >&2
     exit 2
 fi
 if ! command -v python3 > /dev/null; then
@@ -199,6 +208,7 @@ while read -r kind id redis rpc metrics wd cores cpus; do
     if [[ $metrics != - ]]; then args+=(--metrics-addr "$metrics"); fi
     if [[ $cpus != - ]]; then args+=(--cpus "$cpus"); fi
     if [[ -n $DURABILITY ]]; then args+=(--durability "$DURABILITY"); fi
+    if [[ -n $REDIRECT ]]; then args+=(--redirect "$REDIRECT"); fi
     log=$BASE/store-$id.log
     "$BIN_DIR/nokv-server" "${args[@]}" > "$log" 2>&1 &
     PIDS+=($!)

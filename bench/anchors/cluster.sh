@@ -173,8 +173,10 @@ free_port
     done
     echo '] }'
 } >"$WORKDIR/topology.json"
+# --redirect moved: the client follows -MOVED to each region's leader, like a Redis cluster
+# client (forwarding would add a store-to-store hop to two of every three requests).
 bash "$REPO/deploy/cluster.sh" --config "$WORKDIR/topology.json" --workdir "$WORKDIR/nokv" \
-    --bin-dir "$BIN" --durability sync >"$WORKDIR/nokv-cluster.out" 2>&1 &
+    --bin-dir "$BIN" --durability sync --redirect moved >"$WORKDIR/nokv-cluster.out" 2>&1 &
 CLUSTER_PID=$!
 PIDS+=("$CLUSTER_PID")
 for ((w = 0; w < 600; w++)); do

@@ -761,6 +761,15 @@ impl<T> RaftCore<T> {
             .is_some_and(|p| p.node.raft.state == StateRole::Leader)
     }
 
+    /// Whether a membership change of `region` is in the log but not applied yet (raft
+    /// turns a further change proposed meanwhile into an empty entry: it would be dropped).
+    pub fn conf_change_pending(&self, region: u64) -> bool {
+        self.peers.get(&region).is_some_and(|p| {
+            let raft = &p.node.raft;
+            raft.pending_conf_index > raft.raft_log.applied
+        })
+    }
+
     /// The replica that leads `region` as far as the local peer knows.
     pub fn leader(&self, region: u64) -> Option<PeerMeta> {
         let p = self.peers.get(&region)?;

@@ -465,8 +465,17 @@ fn a_learner_is_added_promoted_and_a_voter_removed_on_every_replica() {
             .propose_conf_change(REGION, &[change], token)
             .map_err(|(e, _)| e)
             .expect("propose conf change");
+        // Until it is applied, a further change would be dropped by raft: the store's
+        // operator commands wait while this says so.
+        assert!(
+            c.core(leader).conf_change_pending(REGION),
+            "{change:?} pending"
+        );
         c.run_until("conf change applied", |c| {
             c.rec(leader).conf_changes.iter().any(|(t, _)| *t == token)
+        });
+        c.run_until("no change pending", |c| {
+            !c.core(leader).conf_change_pending(REGION)
         });
         let (_, result) = c
             .rec(leader)

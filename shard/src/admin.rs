@@ -15,6 +15,8 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before a store asks the coordinator again about a region it was sent raft
 /// messages for but does not hold.
 const CREATE_RETRY: Duration = Duration::from_millis(500);
+/// Pause between two looks at a region whose previous membership change is not applied.
+const CONF_PENDING_POLL: Duration = Duration::from_millis(20);
 
 /// Why a replica was not created or not deleted on this store.
 #[derive(Debug, thiserror::Error)]
@@ -171,10 +173,16 @@ pub(super) async fn execute(core: &Rc<Core>, args: Vec<Vec<u8>>) -> Reply {
 
 /// Runs `work` on core `target` of this store (inline when it is this core).
 async fn execute_on(core: &Rc<Core>, target: usize, work: Work) -> Reply {
-    if target == core.id {
-        return execute_local(core, work).await;
+    let answer = if target == core.id {
+        execute_local(core, work).await
+    } else {
+        super::execute(core, target, work).await
+    };
+    match answer {
+        Answer::Reply(reply) => reply,
+        // Operator commands go to the leader's store itself.
+        Answer::Elsewhere { work, .. } => moved(core, work.region(), None),
     }
-    super::execute(core, target, work).await
 }
 
 /// Runs an operator command for `region` on the core that holds it (`region` 0: `LOCAL`,
@@ -380,6 +388,21 @@ fn list_local(core: &Rc<Core>) -> Reply {
 /// Proposes one membership change of `region` and waits for it to apply; then reports
 /// the new membership to the coordinator.
 async fn change(core: &Rc<Core>, region: u64, c: PeerChange) -> std::result::Result<(), Reply> {
+    // A change proposed while the previous one (or a joint configuration's leave) is not
+    // applied yet would be dropped by raft: wait for it first, within the change's bound.
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    while core.raft.borrow().conf_change_pending(region) {
+        if Instant::now() >= deadline {
+            return Err(Reply::error(format!(
+                "ERR region {region}: the previous membership change is still not applied, retry"
+            )));
+        }
+        if !sleep_unless_stopped(core, CONF_PENDING_POLL).await {
+            return Err(Reply::error(
+                "ERR membership change abandoned: the core is stopping",
+            ));
+        }
+    }
     let (tx, rx) = oneshot::channel();
     let proposed = core
         .raft
@@ -393,7 +416,7 @@ async fn change(core: &Rc<Core>, region: u64, c: PeerChange) -> std::result::Res
     }
     let _ = core.notify.try_send(());
     let answered = future::or(rx, async {
-        glommio::timer::sleep(CHANGE_TIMEOUT).await;
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
         None
     })
     .await;
@@ -805,7 +828,7 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
 }
 
 /// Sleeps `d`; false (at once) when the core stops meanwhile.
-async fn sleep_unless_stopped(core: &Core, d: Duration) -> bool {
+pub(super) async fn sleep_unless_stopped(core: &Core, d: Duration) -> bool {
     future::or(
         async {
             glommio::timer::sleep(d).await;

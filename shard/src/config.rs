@@ -24,9 +24,11 @@ use toml::Spanned;
         With --rpc-addr the store also listens for raft messages from other stores of its \
         cluster (--cluster-id) on that address, on every core. With --coordinator it \
         joins a cluster: it registers, the cluster is bootstrapped once --bootstrap-replicas \
-        stores are up, every region is replicated on that many stores, and a store whose \
-        replica does not lead a key's region answers -MOVED <slot> <leader host:port> \
-        (redis-cli -c follows it).\n\n\
+        stores are up, every region is replicated on that many stores, and any store \
+        answers any command: a region led by another store gets its part of the command \
+        forwarded there (--redirect forward), or the client is sent there with \
+        -MOVED <slot> <leader host:port> (--redirect moved, for cluster-aware clients; \
+        redis-cli -c follows it).\n\n\
         Example: nokv-server --workdir ./data   then   redis-cli -p 6380 set hello world"
 )]
 pub struct Flags {
@@ -81,6 +83,12 @@ pub struct Flags {
     /// Replicas of each region when this store bootstraps the cluster; it does so once that many stores are registered [default: 3].
     #[arg(long, value_name = "N")]
     pub bootstrap_replicas: Option<u32>,
+    /// In a cluster, a command for a region led by another store: "forward" runs it there and relays the reply; "moved" answers -MOVED <slot> <leader host:port> (Redis Cluster clients follow it) [default: forward].
+    #[arg(long, value_name = "forward|moved")]
+    pub redirect: Option<String>,
+    /// In a cluster, how long a command may wait for its region's leader (an election, a store that is down) before it gets -TRYAGAIN or -CLUSTERDOWN, milliseconds [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// Regions each core gets when an empty workdir is bootstrapped.
@@ -121,7 +129,14 @@ pub struct Settings {
     pub coordinator: Vec<String>,
     /// Replicas per region when this store bootstraps the cluster.
     pub bootstrap_replicas: u32,
+    /// In a cluster: forward commands for regions led elsewhere (false: answer -MOVED).
+    pub forward: bool,
+    /// In a cluster: how long a command may wait for its region's leader.
+    pub request_timeout: std::time::Duration,
 }
+
+/// Default of `--request-timeout-ms`.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 
 /// Default replicas per region at a cluster's bootstrap.
 pub const DEFAULT_BOOTSTRAP_REPLICAS: u32 = 3;
@@ -250,6 +265,10 @@ pub struct ConfigFile {
     pub coordinator: Option<Spanned<String>>,
     /// `--bootstrap-replicas`.
     pub bootstrap_replicas: Option<Spanned<u32>>,
+    /// `--redirect`: "forward" or "moved".
+    pub redirect: Option<Spanned<String>>,
+    /// `--request-timeout-ms`.
+    pub request_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// The 1-based line of byte offset `at` in `text`.
@@ -468,6 +487,30 @@ impl Settings {
                 format!("{bootstrap_replicas}: expected 1..=7"),
             ));
         }
+        let (redirect, origin) = pick(flags.redirect, file.redirect, path, text)
+            .unwrap_or_else(|| ("forward".to_string(), Origin::Default));
+        let forward = match redirect.as_str() {
+            "forward" => true,
+            "moved" => false,
+            other => {
+                return Err(
+                    origin.error("redirect", format!("{other:?}: expected forward or moved"))
+                )
+            }
+        };
+        let (request_timeout_ms, origin) = pick(
+            flags.request_timeout_ms,
+            file.request_timeout_ms,
+            path,
+            text,
+        )
+        .unwrap_or((DEFAULT_REQUEST_TIMEOUT_MS, Origin::Default));
+        if !(100..=600_000).contains(&request_timeout_ms) {
+            return Err(origin.error(
+                "request_timeout_ms",
+                format!("{request_timeout_ms}: expected 100..=600000"),
+            ));
+        }
         Ok(Settings {
             workdir,
             redis_addr: pick(flags.redis_addr, file.redis_addr, path, text)
@@ -486,6 +529,8 @@ impl Settings {
             cluster_id,
             coordinator,
             bootstrap_replicas,
+            forward,
+            request_timeout: std::time::Duration::from_millis(request_timeout_ms),
         })
     }
 }
@@ -665,6 +710,8 @@ mod tests {
             cluster_id,
             coordinator,
             bootstrap_replicas,
+            redirect,
+            request_timeout_ms,
         } = file;
         for (key, set) in [
             ("workdir", workdir.is_some()),
@@ -681,6 +728,8 @@ mod tests {
             ("background_nice", background_nice.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
+            ("redirect", redirect.is_some()),
+            ("request_timeout_ms", request_timeout_ms.is_some()),
         ] {
             assert!(set, "the sample sets {key}");
         }

@@ -151,6 +151,10 @@ fn describe() {
         "nokv_raft_pending_proposals",
         "Proposals waiting to be applied"
     );
+    describe_counter!(
+        "nokv_forwarded_total",
+        "Commands sent to the store leading their region (--redirect forward)"
+    );
     describe_gauge!("nokv_raft_leaders", "Regions this core leads");
     describe_gauge!("nokv_raft_regions", "Regions this core hosts");
     describe_counter!(
@@ -246,6 +250,7 @@ pub struct CoreMetrics {
     applied: Counter,
     proposals: Counter,
     rejected: Counter,
+    forwarded: Counter,
     connections: Gauge,
     handlers: Gauge,
     waiting: Gauge,
@@ -281,6 +286,7 @@ impl CoreMetrics {
             applied: metrics::counter!("nokv_raft_applied_entries_total", "core" => c.clone()),
             proposals: metrics::counter!("nokv_raft_proposals_total", "core" => c.clone()),
             rejected: metrics::counter!("nokv_raft_proposals_rejected_total", "core" => c.clone()),
+            forwarded: metrics::counter!("nokv_forwarded_total", "core" => c.clone()),
             connections: metrics::gauge!("nokv_core_connections", "core" => c.clone()),
             handlers: metrics::gauge!("nokv_core_remote_handlers", "core" => c.clone()),
             waiting: metrics::gauge!("nokv_core_remote_waiting", "core" => c.clone()),
@@ -306,6 +312,11 @@ impl CoreMetrics {
         } else {
             self.rejected.increment(1);
         }
+    }
+
+    /// Records a command sent to the store leading its region.
+    pub fn forwarded(&self) {
+        self.forwarded.increment(1);
     }
 
     /// Publishes a sample of the core's queues.

@@ -11,6 +11,8 @@
 
 #[path = "admin.rs"]
 mod admin;
+#[path = "forward.rs"]
+mod forward;
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
@@ -32,7 +34,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use nokv::{Db, WriteStall};
-use nokv_gateway::exec::{self, WriteCommand};
+use nokv_gateway::exec::{self, ReadOp, WriteCommand};
 use nokv_gateway::model;
 use nokv_gateway::{Action, Reply, Session, State};
 use nokv_raft::raftpb::{Message, MessageType};
@@ -116,7 +118,21 @@ struct Request {
 /// The answer to a [`Request`].
 struct Response {
     id: u64,
-    reply: Reply,
+    answer: Answer,
+}
+
+/// What running a region's work on this store gave.
+enum Answer {
+    /// The reply for the client.
+    Reply(Reply),
+    /// Another store leads the region, or no leader is known: the work comes back unrun,
+    /// with the store believed to lead it (see `forward`).
+    Elsewhere {
+        /// The work, unrun.
+        work: Work,
+        /// The store believed to lead the region (None: unknown).
+        leader: Option<u64>,
+    },
 }
 
 /// What every core shares (read-mostly).
@@ -185,6 +201,10 @@ struct ClusterNode {
     client: Arc<nokv_coordinator::CoordClient>,
     /// The cluster's `requirepass`, for this store's queries to the others' Redis ports.
     password: Option<Vec<u8>>,
+    /// Forward commands for regions led elsewhere (false: answer `-MOVED`).
+    forward: bool,
+    /// How long a command may wait for its region's leader.
+    request_timeout: Duration,
 }
 
 /// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor,
@@ -387,6 +407,8 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                 reports: tx,
                 client: client.clone(),
                 password: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
+                forward: settings.forward,
+                request_timeout: settings.request_timeout,
             };
             (Some(link), Some((client, j.directory, rx)))
         }
@@ -646,7 +668,7 @@ struct Core {
     raft: RefCell<RaftCore<Waiter>>,
     requests: Senders<Request>,
     responses: Senders<Response>,
-    waiting: RefCell<HashMap<u64, ReplyTx>>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
     next_id: Cell<u64>,
     handlers: Cell<usize>,
     connections: Cell<usize>,
@@ -1102,7 +1124,24 @@ fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
     let Some(cluster) = &core.node.cluster else {
         return Reply::error(format!("ERR region {region} has no leader here"));
     };
-    let (leader_store, start) = {
+    let (leader_store, start) = leader_store(core, cluster, region);
+    let slot = slot.unwrap_or(start);
+    match leader_store
+        .filter(|s| *s != cluster.store_id)
+        .and_then(|s| cluster.directory.redis_addr(s))
+    {
+        Some(addr) => Reply::error(format!("MOVED {slot} {addr}")),
+        None => Reply::error(format!(
+            "TRYAGAIN region {region} has no known leader yet, retry"
+        )),
+    }
+}
+
+/// The store this store believes leads `region` (its replica's view, else what it knew
+/// when the replica was removed, else the coordinator's routes) and the region's first
+/// slot (0 when it has no replica here).
+fn leader_store(core: &Core, cluster: &ClusterNode, region: u64) -> (Option<u64>, u16) {
+    {
         let raft = core.raft.borrow();
         match raft.region(region) {
             Some(desc) => (
@@ -1120,17 +1159,28 @@ fn moved(core: &Core, region: u64, slot: Option<u16>) -> Reply {
                 0,
             ),
         }
-    };
-    let slot = slot.unwrap_or(start);
-    match leader_store
-        .filter(|s| *s != cluster.store_id)
-        .and_then(|s| cluster.directory.redis_addr(s))
-    {
-        Some(addr) => Reply::error(format!("MOVED {slot} {addr}")),
-        None => Reply::error(format!(
-            "TRYAGAIN region {region} has no known leader yet, retry"
-        )),
     }
+}
+
+/// The slot a `-MOVED` for `work` names: its (first) key's, None for work over a whole
+/// region.
+fn work_slot(work: &Work) -> Option<u16> {
+    match work {
+        Work::Read { op, .. } => route::read_slot(op),
+        Work::Write { cmd, .. } => cmd.op.keys().first().map(|k| model::slot(k)),
+        Work::Admin { .. } => None,
+    }
+}
+
+/// The work of `region` comes back unrun: another store leads it (or none is known).
+fn elsewhere(core: &Core, work: Work) -> Answer {
+    let region = work.region();
+    let leader = core
+        .node
+        .cluster
+        .as_ref()
+        .and_then(|c| leader_store(core, c, region).0);
+    Answer::Elsewhere { work, leader }
 }
 
 /// How a core reaches the others: the request and response meshes, and the store-to-store
@@ -1232,6 +1282,9 @@ async fn serve_core(
         tombstones: RefCell::new(HashMap::new()),
         snapshot_sends: Rc::new(crate::snapship::Sends::default()),
     });
+    if let Some(t) = &core.transport {
+        t.set_kv_service(Rc::new(forward::Service(Rc::downgrade(&core))));
+    }
     if node.cluster.is_some() {
         glommio::spawn_local(admin::gc_removed(core.clone())).detach();
         if let Some(interval) = crate::consistency::check_interval() {
@@ -1254,7 +1307,7 @@ async fn serve_core(
                             from,
                             Response {
                                 id: req.id,
-                                reply: Reply::error(BUSY),
+                                answer: Answer::Reply(Reply::error(BUSY)),
                             },
                         )
                         .await;
@@ -1263,11 +1316,11 @@ async fn serve_core(
                 core.handlers.set(core.handlers.get() + 1);
                 let c = core.clone();
                 glommio::spawn_local(async move {
-                    let reply = execute_local(&c, req.work).await;
+                    let answer = execute_local(&c, req.work).await;
                     // Response receivers never block, so awaiting here cannot close a cycle.
                     let _ = c
                         .responses
-                        .send_to(req.from, Response { id: req.id, reply })
+                        .send_to(req.from, Response { id: req.id, answer })
                         .await;
                     c.handlers.set(c.handlers.get() - 1);
                 })
@@ -1282,7 +1335,7 @@ async fn serve_core(
             while let Some(rep) = stream.recv().await {
                 let waiter = core.waiting.borrow_mut().remove(&rep.id);
                 if let Some(w) = waiter {
-                    w.send(rep.reply);
+                    w.send(rep.answer);
                 }
             }
         })
@@ -1602,95 +1655,102 @@ async fn compact_log(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Erro
         .map_err(|e| nokv_raft::Error::engine("release raft log segments", e))
 }
 
-/// Runs work for a region this core owns.
-async fn execute_local(core: &Rc<Core>, work: Work) -> Reply {
+/// Runs work for a region this core owns: its reply, or the work back when another
+/// store leads the region.
+async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
     match work {
         Work::Read { region, op } => {
-            // In a cluster the leadership check below covers this: a lease read needs the
-            // region applied up to its commit index, a ReadIndex read up to the confirmed
-            // one (and a restarted replica's log may be cut by the new leader, so the
-            // length it started with is no target).
-            if !core.caught_up.is_fired() && core.node.cluster.is_none() {
-                // After a restart, entries of acknowledged writes may still be re-applying.
-                let caught_up = future::or(
-                    async {
-                        core.caught_up.wait().await;
-                        true
-                    },
-                    future::or(
-                        async {
-                            core.stop.wait().await;
-                            false
-                        },
-                        async {
-                            core.failed.wait().await;
-                            false
-                        },
-                    ),
-                )
-                .await;
-                if !caught_up {
-                    return Reply::error(if core.failed.is_fired() {
-                        "ERR read refused: the core could not re-apply its log after a write failure (docs/redis.md, \"Disk failures\")"
-                    } else {
-                        "ERR read abandoned: the core is stopping"
-                    });
-                }
-            }
             if core.node.cluster.is_some() {
-                if let Err(reply) = confirm_leadership(core, region, &op).await {
-                    return reply;
+                match confirm_leadership(core, region).await {
+                    Ok(()) => {}
+                    Err(Refusal::Reply(reply)) => return Answer::Reply(reply),
+                    Err(Refusal::Elsewhere) => return elsewhere(core, Work::Read { region, op }),
                 }
             }
-            let now = now_ms();
-            let desc = {
-                let raft = core.raft.borrow();
-                let Some(desc) = raft.region(region) else {
-                    return Reply::error(format!(
-                        "ERR {}",
-                        nokv_raft::Error::RegionNotFound(region)
-                    ));
-                };
-                // Single replica: the leader's engine is the only copy, and a write is
-                // answered only after it is applied, so reading it directly is linearizable.
-                // First from memory (memtables, block cache), on this thread.
-                if core.node.knobs.inline_reads {
-                    // Negative control (debug knob): the assertion must stop this.
-                    return exec::read(&op, &RegionView::read(&core.db, desc), now);
-                }
-                if let Some(reply) =
-                    exec::try_read(&op, &RegionView::read_cached(&core.db, desc), now)
-                {
-                    return reply;
-                }
-                desc.clone()
-            };
-            // It needs disk IO (a block-cache miss, a value-log read): on the blocking pool.
-            let Ok(_turn) = core.blocking_reads.acquire_permit(1).await else {
-                return Reply::error("ERR read abandoned: the core is stopping");
-            };
-            let db = core.db.clone();
-            blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await
+            Answer::Reply(read_local(core, region, op).await)
         }
         Work::Write { region, cmd } => match propose_local(core, region, cmd) {
-            Ok(rx) => rx
-                .await
-                .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping")),
-            Err(reply) => reply,
+            Proposal::Waiting(rx) => Answer::Reply(forward::await_write(core, rx).await),
+            Proposal::Refused(reply) => Answer::Reply(reply),
+            Proposal::Elsewhere(cmd) => elsewhere(core, Work::Write { region, cmd }),
         },
-        Work::Admin { region, args } => admin::execute_region(core, region, args).await,
+        Work::Admin { region, args } => {
+            Answer::Reply(admin::execute_region(core, region, args).await)
+        }
     }
+}
+
+/// Reads from a region of this core, once a cluster read confirmed leadership.
+async fn read_local(core: &Rc<Core>, region: u64, op: ReadOp) -> Reply {
+    // In a cluster the leadership check covers this: a lease read needs the region
+    // applied up to its commit index, a ReadIndex read up to the confirmed one (and a
+    // restarted replica's log may be cut by the new leader, so the length it started
+    // with is no target).
+    if !core.caught_up.is_fired() && core.node.cluster.is_none() {
+        // After a restart, entries of acknowledged writes may still be re-applying.
+        let caught_up = future::or(
+            async {
+                core.caught_up.wait().await;
+                true
+            },
+            future::or(
+                async {
+                    core.stop.wait().await;
+                    false
+                },
+                async {
+                    core.failed.wait().await;
+                    false
+                },
+            ),
+        )
+        .await;
+        if !caught_up {
+            return Reply::error(if core.failed.is_fired() {
+                "ERR read refused: the core could not re-apply its log after a write failure (docs/redis.md, \"Disk failures\")"
+            } else {
+                "ERR read abandoned: the core is stopping"
+            });
+        }
+    }
+    let now = now_ms();
+    let desc = {
+        let raft = core.raft.borrow();
+        let Some(desc) = raft.region(region) else {
+            return Reply::error(format!("ERR {}", nokv_raft::Error::RegionNotFound(region)));
+        };
+        // Single replica: the leader's engine is the only copy, and a write is
+        // answered only after it is applied, so reading it directly is linearizable.
+        // First from memory (memtables, block cache), on this thread.
+        if core.node.knobs.inline_reads {
+            // Negative control (debug knob): the assertion must stop this.
+            return exec::read(&op, &RegionView::read(&core.db, desc), now);
+        }
+        if let Some(reply) = exec::try_read(&op, &RegionView::read_cached(&core.db, desc), now) {
+            return reply;
+        }
+        desc.clone()
+    };
+    // It needs disk IO (a block-cache miss, a value-log read): on the blocking pool.
+    let Ok(_turn) = core.blocking_reads.acquire_permit(1).await else {
+        return Reply::error("ERR read abandoned: the core is stopping");
+    };
+    let db = core.db.clone();
+    blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await
+}
+
+/// Why this core does not run a region's work.
+enum Refusal {
+    /// The reply to give instead.
+    Reply(Reply),
+    /// Another store leads the region (or none is known, or the replica left this store).
+    Elsewhere,
 }
 
 /// Before a read in a cluster: the local replica must lead `region` and its data be
 /// current, through the leader lease (at once) or a ReadIndex round (waits for a quorum's
-/// confirmation and the apply up to its index). `Err` is the reply instead: `-MOVED` on
-/// a follower, `-TRYAGAIN` when leadership was lost meanwhile.
-async fn confirm_leadership(
-    core: &Rc<Core>,
-    region: u64,
-    op: &nokv_gateway::exec::ReadOp,
-) -> std::result::Result<(), Reply> {
+/// confirmation and the apply up to its index).
+async fn confirm_leadership(core: &Rc<Core>, region: u64) -> std::result::Result<(), Refusal> {
     let (tx, rx) = oneshot::channel();
     let asked = core
         .raft
@@ -1701,35 +1761,42 @@ async fn confirm_leadership(
         Ok(ReadPath::Waiting) => {
             let _ = core.notify.try_send(());
             match rx.await {
-                Some(r) => r,
-                None => Err(Reply::error("ERR read abandoned: the core is stopping")),
+                Some(Ok(())) => Ok(()),
+                // Leadership was lost during the round: the region is led elsewhere now.
+                Some(Err(_)) => Err(Refusal::Elsewhere),
+                None => Err(Refusal::Reply(Reply::error(
+                    "ERR read abandoned: the core is stopping",
+                ))),
             }
         }
-        Err((nokv_raft::Error::NotLeader { .. }, _)) => {
-            Err(moved(core, region, route::read_slot(op)))
+        // A follower, or the replica was removed from this store while running.
+        Err((nokv_raft::Error::NotLeader { .. } | nokv_raft::Error::RegionNotFound(_), _)) => {
+            Err(Refusal::Elsewhere)
         }
-        // The replica was removed from this store while running.
-        Err((nokv_raft::Error::RegionNotFound(_), _)) => {
-            Err(moved(core, region, route::read_slot(op)))
-        }
-        Err((nokv_raft::Error::Busy { .. }, _)) => Err(Reply::error(BUSY)),
-        Err((e, _)) => Err(Reply::error(format!("ERR {e}"))),
+        Err((nokv_raft::Error::Busy { .. }, _)) => Err(Refusal::Reply(Reply::error(BUSY))),
+        Err((e, _)) => Err(Refusal::Reply(Reply::error(format!("ERR {e}")))),
     }
 }
 
-/// Proposes a write to a region of this core; the receiver yields its reply once applied.
-fn propose_local(
-    core: &Rc<Core>,
-    region: u64,
-    cmd: WriteCommand,
-) -> std::result::Result<oneshot::Receiver<Reply>, Reply> {
+/// What proposing a write on this core gave.
+enum Proposal {
+    /// Proposed: the receiver yields its reply once applied.
+    Waiting(oneshot::Receiver<Reply>),
+    /// Refused with this reply.
+    Refused(Reply),
+    /// Another store leads the region: the write back, unrun.
+    Elsewhere(WriteCommand),
+}
+
+/// Proposes a write to a region of this core.
+fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     // A core whose engine failed a write refuses writes until restart (-MISCONF).
     if let Some(reply) = core.write_refusal() {
-        return Err(Reply::error(reply));
+        return Proposal::Refused(Reply::error(reply));
     }
     // Queueing behind a stopped engine would only pile writes up: refuse them.
     if core.db.write_stall() == WriteStall::Stop {
-        return Err(Reply::error(WRITE_STALLED));
+        return Proposal::Refused(Reply::error(WRITE_STALLED));
     }
     let (tx, rx) = oneshot::channel();
     let proposed = core
@@ -1738,29 +1805,24 @@ fn propose_local(
         .propose(region, cmd.encode(), Waiter::Write(tx));
     core.metrics.proposal(proposed.is_ok());
     if let Err((e, _)) = proposed {
-        return Err(match e {
-            nokv_raft::Error::Busy { .. } => Reply::error(BUSY),
-            nokv_raft::Error::NotLeader { .. } => {
-                moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
-            }
+        return match e {
+            nokv_raft::Error::Busy { .. } => Proposal::Refused(Reply::error(BUSY)),
+            nokv_raft::Error::NotLeader { .. } => Proposal::Elsewhere(cmd),
             // The replica was removed from this store while running.
             nokv_raft::Error::RegionNotFound(_) if core.node.cluster.is_some() => {
-                moved(core, region, cmd.op.keys().first().map(|k| model::slot(k)))
+                Proposal::Elsewhere(cmd)
             }
-            e => Reply::error(format!("ERR {e}")),
-        });
+            e => Proposal::Refused(Reply::error(format!("ERR {e}"))),
+        };
     }
     let _ = core.notify.try_send(());
-    Ok(rx)
+    Proposal::Waiting(rx)
 }
 
-/// Runs work on the owning core: inline here, or over the mesh.
-async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
-    let region = match &work {
-        Work::Read { region, .. } | Work::Write { region, .. } | Work::Admin { region, .. } => {
-            *region
-        }
-    };
+/// Runs work on the owning core of this store: inline here, or over the mesh. Work of a
+/// region this store holds no replica of comes back as [`Answer::Elsewhere`].
+async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Answer {
+    let region = work.region();
     // A replica created here while running (the route table says NOT_HERE).
     let target = match core.node.hosted_core(region) {
         Some(c) if target == layout::NOT_HERE => c,
@@ -1770,16 +1832,10 @@ async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         return execute_local(core, work).await;
     }
     if target == layout::NOT_HERE {
-        // No replica on this store: the client goes to the leader the coordinator named.
-        let (region, slot) = match &work {
-            Work::Read { region, op } => (*region, route::read_slot(op)),
-            Work::Write { region, cmd } => (*region, cmd.op.keys().first().map(|k| model::slot(k))),
-            Work::Admin { region, .. } => (*region, None),
-        };
-        return moved(core, region, slot);
+        return elsewhere(core, work);
     }
     if core.waiting.borrow().len() >= MAX_REMOTE_WAITING {
-        return Reply::error(BUSY);
+        return Answer::Reply(Reply::error(BUSY));
     }
     let id = core.next_id.get();
     core.next_id.set(id + 1);
@@ -1794,10 +1850,11 @@ async fn execute(core: &Rc<Core>, target: usize, work: Work) -> Reply {
     // other would deadlock. Answer busy instead.
     if core.requests.try_send_to(target, req).is_err() {
         core.waiting.borrow_mut().remove(&id);
-        return Reply::error(BUSY);
+        return Answer::Reply(Reply::error(BUSY));
     }
-    rx.await
-        .unwrap_or_else(|| Reply::error("ERR request abandoned: the core is stopping"))
+    rx.await.unwrap_or_else(|| {
+        Answer::Reply(Reply::error("ERR request abandoned: the core is stopping"))
+    })
 }
 
 /// Runs a plan's parts concurrently and merges their replies.
@@ -1805,7 +1862,7 @@ async fn run_plan(core: &Rc<Core>, plan: Plan) -> Reply {
     let Plan { mut parts, merge } = plan;
     if parts.len() == 1 {
         if let Some((target, work)) = parts.pop() {
-            let reply = execute(core, target, work).await;
+            let reply = forward::run(core, target, work).await;
             return route::merge(merge, vec![reply]);
         }
     }
@@ -1813,7 +1870,7 @@ async fn run_plan(core: &Rc<Core>, plan: Plan) -> Reply {
         .into_iter()
         .map(|(target, work)| {
             let c = core.clone();
-            glommio::spawn_local(async move { execute(&c, target, work).await })
+            glommio::spawn_local(async move { forward::run(&c, target, work).await })
         })
         .collect();
     let mut replies = Vec::with_capacity(tasks.len());
@@ -1871,10 +1928,15 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                     merge: route::Merge::Single,
                 });
             };
-            Ok(match propose_local(core, region, cmd) {
-                Ok(rx) => Inline::Proposed(rx),
-                Err(reply) => Inline::Reply(reply),
-            })
+            match propose_local(core, region, cmd) {
+                Proposal::Waiting(rx) => Ok(Inline::Proposed(rx)),
+                Proposal::Refused(reply) => Ok(Inline::Reply(reply)),
+                // Led elsewhere: the task path forwards it (or answers -MOVED).
+                Proposal::Elsewhere(cmd) => Err(Plan {
+                    parts: vec![(core.id, Work::Write { region, cmd })],
+                    merge: route::Merge::Single,
+                }),
+            }
         }
     }
 }
@@ -1888,13 +1950,16 @@ enum Inflight {
 }
 
 /// Waits for every running action, in order, and hands their replies to the session.
-async fn settle(inflight: &mut Vec<(Inflight, bool)>, session: &mut Session, mem: &ConnMemory) {
+async fn settle(
+    core: &Core,
+    inflight: &mut Vec<(Inflight, bool)>,
+    session: &mut Session,
+    mem: &ConnMemory,
+) {
     for (f, _) in inflight.drain(..) {
         let (ticket, reply) = match f {
             Inflight::Proposed(ticket, rx) => {
-                let reply = rx
-                    .await
-                    .unwrap_or_else(|| Reply::error("ERR write abandoned: the core is stopping"));
+                let reply = forward::await_write(core, rx).await;
                 (ticket, memory::charge(mem, reply))
             }
             Inflight::Task(t) => t.await,
@@ -1913,7 +1978,7 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
     while let Some(action) = session.next_action(now_ms()) {
         let is_write = matches!(action, Action::Write { .. });
         if !is_write && inflight.iter().any(|(_, w)| *w) {
-            settle(&mut inflight, session, mem).await;
+            settle(core, &mut inflight, session, mem).await;
         }
         let (ticket, plan) = match action {
             Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.node.routes, op))),
@@ -1952,7 +2017,7 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
             }
         }
     }
-    settle(&mut inflight, session, mem).await;
+    settle(core, &mut inflight, session, mem).await;
 }
 
 async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {

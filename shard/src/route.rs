@@ -36,6 +36,17 @@ pub enum Work {
     },
 }
 
+impl Work {
+    /// The region the work is for.
+    pub fn region(&self) -> u64 {
+        match self {
+            Work::Read { region, .. } | Work::Write { region, .. } | Work::Admin { region, .. } => {
+                *region
+            }
+        }
+    }
+}
+
 /// How the parts' replies combine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Merge {

@@ -436,7 +436,7 @@ fn bad_frames_drop_the_connection_count_and_deliver_nothing() {
             "not a raft batch",
             {
                 let mut f = Vec::new();
-                wire::encode_raw(&mut f, kind::KV_REQUEST, CLUSTER, 1, b"GET k");
+                wire::encode_raw(&mut f, kind::COORD_REQUEST, CLUSTER, 1, b"GET k");
                 f
             },
             false,

@@ -27,6 +27,14 @@ pub enum Inbound {
     Batch(Vec<RaftEnvelope>),
     /// The payload of a snapshot frame (`crate::snapshot_stream::SnapFrame`).
     Snapshot(Vec<u8>),
+    /// A key-value request (`crate::kv::KvRequest`), to be answered on this connection
+    /// with the frame's request id.
+    Kv {
+        /// The frame's request id.
+        request_id: u64,
+        /// The request.
+        request: crate::kv::KvRequest,
+    },
 }
 
 /// Decodes and checks the frames of one incoming connection.
@@ -59,31 +67,39 @@ impl InboundDecoder {
     ) -> Result<Option<Vec<RaftEnvelope>>, FrameError> {
         match self.next_inbound(stats, false)? {
             Some(Inbound::Batch(envs)) => Ok(Some(envs)),
-            Some(Inbound::Snapshot(_)) | None => Ok(None),
+            Some(Inbound::Snapshot(_) | Inbound::Kv { .. }) | None => Ok(None),
         }
     }
 
-    /// Like [`InboundDecoder::next_batch`], and with `snapshots` a
-    /// [`kind::SNAPSHOT_CHUNK`] frame's payload is handed back as it is.
+    /// Like [`InboundDecoder::next_batch`], and with `store` (a store's RPC port, not a
+    /// transport alone) a [`kind::SNAPSHOT_CHUNK`] frame's payload is handed back as it
+    /// is, and a [`kind::KV_REQUEST`] frame decoded.
     pub fn next_inbound(
         &mut self,
         stats: &TransportStats,
-        snapshots: bool,
+        store: bool,
     ) -> Result<Option<Inbound>, FrameError> {
         let frame = match self.frames.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
             Err(e) => return Err(counted(stats, e)),
         };
-        if snapshots && frame.kind == kind::SNAPSHOT_CHUNK {
+        if store && frame.kind == kind::SNAPSHOT_CHUNK {
             return Ok(Some(Inbound::Snapshot(frame.payload)));
+        }
+        if store && frame.kind == kind::KV_REQUEST {
+            let request = frame.decode().map_err(|e| counted(stats, e))?;
+            return Ok(Some(Inbound::Kv {
+                request_id: frame.request_id,
+                request,
+            }));
         }
         if frame.kind != kind::RAFT_BATCH {
             return Err(counted(
                 stats,
                 FrameError::Payload {
                     kind: frame.kind,
-                    detail: "not a raft batch: the store RPC port takes raft batches only".into(),
+                    detail: "not a raft batch, snapshot chunk or key-value request".into(),
                 },
             ));
         }

@@ -1,12 +1,17 @@
 //! One core's RPC listener (SO_REUSEPORT: every core binds the same address and the kernel
 //! spreads incoming connections) and the reader task of each accepted connection.
 
-use super::CoreTransport;
-use futures_lite::{future, AsyncReadExt};
+use super::{CoreTransport, MAX_KV_INFLIGHT};
+use futures_lite::io::WriteHalf;
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use nokv_raft::kv::{self, KvOutcome, KvResponse};
 use nokv_raft::transport::{Event, Inbound, InboundDecoder, LocalStore};
 use nokv_raft::wire::FrameLimits;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsRawFd;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -75,11 +80,16 @@ pub(super) fn shutdown_fd(fd: RawFd) {
 /// Reads frames and hands each accepted message to its core. Returns (closing the
 /// connection) at the end of the stream, on a refused frame (counted; nothing of it is
 /// delivered), on an IO error, or when the transport stops.
-async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
+async fn read_connection(t: &Rc<CoreTransport>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Kept open by the halves below for the whole function.
+    let fd = stream.as_raw_fd();
+    let (mut stream, writer) = futures_lite::io::split(stream);
+    let mut writer = Some(writer);
+    let mut kv: Option<KvAnswers> = None;
     let cfg = &t.shared.config;
     let mut decoder = InboundDecoder::new(
         FrameLimits {
@@ -101,7 +111,7 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
         .await;
         let n = match read {
             None => {
-                close_now(&stream);
+                shutdown_fd(fd);
                 return;
             }
             Some(Err(e)) => {
@@ -125,6 +135,33 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
                         let _ = t.deliver(env);
                     }
                 }
+                Ok(Some(Inbound::Kv {
+                    request_id,
+                    request,
+                })) => {
+                    let answers = match (&kv, writer.take()) {
+                        (Some(a), _) => a.clone(),
+                        (None, Some(w)) => kv.insert(KvAnswers::start(t, w)).clone(),
+                        (None, None) => return,
+                    };
+                    // Bounds the requests of this connection running at once: the
+                    // connection is not read while the bound is reached.
+                    let Ok(permit) = answers.inflight.acquire_static_permit(1).await else {
+                        return;
+                    };
+                    let service = t.kv_service();
+                    glommio::spawn_local(async move {
+                        let _permit = permit;
+                        let response = match service {
+                            Some(s) => s.call(request).await,
+                            None => KvResponse::new(KvOutcome::Refused(
+                                "this port serves no key-value requests".into(),
+                            )),
+                        };
+                        let _ = answers.tx.send((request_id, response)).await;
+                    })
+                    .detach();
+                }
                 Ok(Some(Inbound::Snapshot(payload))) => {
                     // Awaits the chunk's write (blocking pool): the connection is not read
                     // meanwhile, so TCP holds the sender back.
@@ -138,6 +175,53 @@ async fn read_connection(t: &Rc<CoreTransport>, mut stream: TcpStream) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The answering side of a connection that sent key-value requests: its request tasks
+/// hand answers to a writer task that owns the connection's write half.
+#[derive(Clone)]
+struct KvAnswers {
+    tx: Rc<LocalSender<(u64, KvResponse)>>,
+    inflight: Rc<Semaphore>,
+}
+
+impl KvAnswers {
+    /// Starts the writer task of `writer` (ends with the transport, a failed write, or
+    /// once the reader and every request task are gone).
+    fn start(t: &Rc<CoreTransport>, mut writer: WriteHalf<TcpStream>) -> KvAnswers {
+        let (tx, rx) = local_channel::new_bounded::<(u64, KvResponse)>(MAX_KV_INFLIGHT);
+        let guard = t.task();
+        let c = t.clone();
+        glommio::spawn_local(async move {
+            let _guard = guard;
+            let mut out = Vec::new();
+            loop {
+                let next = future::or(rx.recv(), async {
+                    c.stop.wait().await;
+                    None
+                })
+                .await;
+                let Some((id, response)) = next else { break };
+                out.clear();
+                kv::encode_response(&mut out, c.shared.config.cluster_id, id, &response);
+                // Whatever else is ready goes out in the same write.
+                while let Some(Some((id, response))) = future::poll_once(rx.recv()).await {
+                    kv::encode_response(&mut out, c.shared.config.cluster_id, id, &response);
+                    if out.len() >= READ_CHUNK {
+                        break;
+                    }
+                }
+                if writer.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+        KvAnswers {
+            tx: Rc::new(tx),
+            inflight: Rc::new(Semaphore::new(MAX_KV_INFLIGHT as u64)),
         }
     }
 }

@@ -17,12 +17,19 @@
 //!   core's inbox. A refused frame drops the connection; nothing of it is delivered.
 //! - **The raft core** reads its [`Inbox`] ([`CoreTransport::inbox`]): `ready().await`,
 //!   then `drain(max)`.
+//! - **Key-value requests** (`nokv_raft::kv`) arriving on a connection are run by the
+//!   core's [`KvService`] (set by the node; without one they are refused), at most
+//!   [`MAX_KV_INFLIGHT`] at once per connection, and answered on the same connection in
+//!   the order they finish. A core sends its own (commands forwarded to their region's
+//!   leader) with [`CoreTransport::kv_call`], over one connection per store.
 
 mod inbox;
+mod kv_client;
 mod listen;
 mod outbound;
 
 pub use inbox::{Inbox, Ready};
+pub use kv_client::KvCallError;
 pub use nokv_raft::transport::{
     BackoffConfig, DropCause, Event, QueueLimits, RaftEnvelope, StaticResolver, StoreResolver,
     TransportStats,
@@ -39,6 +46,19 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Most key-value requests of one connection running at once; the connection is not read
+/// while that many wait.
+pub const MAX_KV_INFLIGHT: usize = 1024;
+
+/// Runs the key-value requests that arrive on this core's connections (the node).
+pub trait KvService {
+    /// Runs `request` and gives its answer.
+    fn call(
+        self: Rc<Self>,
+        request: nokv_raft::kv::KvRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = nokv_raft::kv::KvResponse>>>;
+}
 
 /// Settings of a store's transport.
 #[derive(Debug, Clone)]
@@ -176,6 +196,8 @@ impl StoreTransport {
             listener_fd: Cell::new(Some(listener.fd())),
             local_addr,
             inbound: Cell::new(0),
+            kv: RefCell::new(None),
+            kv_links: Default::default(),
         });
         for (_, stream) in receivers.streams() {
             let inbox = t.inbox.clone();
@@ -241,6 +263,10 @@ pub struct CoreTransport {
     listener_fd: Cell<Option<std::os::fd::RawFd>>,
     local_addr: SocketAddr,
     inbound: Cell<usize>,
+    /// Runs key-value requests (None: refused).
+    kv: RefCell<Option<Rc<dyn KvService>>>,
+    /// Connections for the key-value requests this core sends.
+    kv_links: kv_client::KvLinks,
 }
 
 /// How long [`CoreTransport::shutdown`] waits for the transport's tasks to end.
@@ -358,6 +384,16 @@ impl CoreTransport {
             })
             .await;
         }
+    }
+
+    /// Sets what runs the key-value requests arriving on this core's connections.
+    pub fn set_kv_service(&self, service: Rc<dyn KvService>) {
+        *self.kv.borrow_mut() = Some(service);
+    }
+
+    /// The key-value service, if set.
+    fn kv_service(&self) -> Option<Rc<dyn KvService>> {
+        self.kv.borrow().clone()
     }
 
     /// Counts a task spawned for this transport until it ends.

@@ -195,7 +195,7 @@ async fn writer(t: Weak<CoreTransport>, link: Rc<Link>, woken: LocalReceiver<()>
 }
 
 /// A connection to `store`'s RPC port (its address from the core's resolver cache).
-async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<TcpStream, String> {
+pub(super) async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<TcpStream, String> {
     let addr = t.resolver.resolve(store).await.map_err(|e| e.to_string())?;
     let cfg = &t.shared.config;
     let stream = TcpStream::connect_timeout(addr, cfg.connect_timeout)

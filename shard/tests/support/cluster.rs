@@ -29,6 +29,9 @@ pub struct StoreSpec {
     pub workdir: std::path::PathBuf,
     pub redis: String,
     pub rpc: String,
+    /// `--redirect`: `moved` (the scenarios that tell leaders apart by `-MOVED`) or
+    /// `forward` (the server's default).
+    pub redirect: &'static str,
 }
 
 /// Starts `nokv-server` for `spec` and waits for its listening line (which comes once the
@@ -39,15 +42,27 @@ pub fn start_store(spec: &StoreSpec, coordinator: &str) -> Server {
 
 /// [`start_store`] with extra environment variables (debug knobs).
 pub fn start_store_env(spec: &StoreSpec, coordinator: &str, env: &[(&str, &str)]) -> Server {
+    start_store_args(spec, coordinator, env, &[])
+}
+
+/// [`start_store_env`] with extra command-line flags.
+pub fn start_store_args(
+    spec: &StoreSpec,
+    coordinator: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Server {
     std::fs::create_dir_all(&spec.workdir).expect("workdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
     cmd.arg("--workdir")
         .arg(&spec.workdir)
         .args(["--redis-addr", &spec.redis])
         .args(["--rpc-addr", &spec.rpc])
+        .args(["--redirect", spec.redirect])
         .args(["--coordinator", coordinator])
         .args(["--cores", "2", "--cluster-id", "7"])
         .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
+        .args(flags)
         .envs(env.iter().copied());
     Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
 }
@@ -59,6 +74,7 @@ pub fn store_specs(dir: &Path) -> Vec<StoreSpec> {
             workdir: dir.join(format!("store-{i}")),
             redis: free_addr(),
             rpc: free_addr(),
+            redirect: "moved",
         })
         .collect()
 }
@@ -74,6 +90,16 @@ pub fn busiest_leader(addrs: &[String], acked: &BTreeMap<String, String>) -> (us
 /// Starts the three stores at once (each waits for the others before it listens); each
 /// slot is emptied when its store is killed.
 pub fn start_stores(specs: &[StoreSpec], coordinator: &str) -> Vec<Option<Server>> {
+    start_stores_args(specs, coordinator, &[])
+}
+
+/// [`start_stores`] with extra command-line flags for every store.
+pub fn start_stores_args(
+    specs: &[StoreSpec],
+    coordinator: &str,
+    flags: &[&str],
+) -> Vec<Option<Server>> {
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     let handles: Vec<_> = specs
         .iter()
         .cloned()
@@ -87,7 +113,11 @@ pub fn start_stores(specs: &[StoreSpec], coordinator: &str) -> Vec<Option<Server
             } else {
                 &[]
             };
-            std::thread::spawn(move || start_store_env(&spec, &coordinator, env))
+            let flags = flags.clone();
+            std::thread::spawn(move || {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                start_store_args(&spec, &coordinator, env, &flags)
+            })
         })
         .collect();
     handles
