@@ -656,6 +656,12 @@ impl Client {
                     self.cache.write().remove(region);
                     backoff.sleep(deadline);
                 }
+                Some(KvOutcome::Refused(message)) if message.contains("stopping") => {
+                    // A store shutting down: another voter takes over.
+                    last = format!("store {store}: {message}");
+                    self.cache.write().rotate(region, store);
+                    backoff.sleep(deadline);
+                }
                 Some(KvOutcome::Refused(message)) => {
                     return Err(Error::Refused {
                         store,
