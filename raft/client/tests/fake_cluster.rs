@@ -32,6 +32,8 @@ struct World {
     leaders: Mutex<HashMap<u64, u64>>,
     /// Answer `Refused` to everything.
     refuse: AtomicBool,
+    /// This store answers `Refused("the store is stopping")` (0: none).
+    stopping: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -49,6 +51,9 @@ impl World {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.refuse.load(Ordering::SeqCst) {
             return KvOutcome::Refused("refused by the test".into());
+        }
+        if self.stopping.load(Ordering::SeqCst) == me {
+            return KvOutcome::Refused("the store is stopping".into());
         }
         let Some(region) = self.region(req.region_id) else {
             return KvOutcome::RegionNotFound(req.region_id);
@@ -279,6 +284,7 @@ fn cluster() -> Cluster {
         ),
         regions,
         refuse: AtomicBool::new(false),
+        stopping: AtomicU64::new(0),
         requests: AtomicU64::new(0),
     });
     let stores = bound
@@ -433,6 +439,28 @@ fn calls_survive_a_dead_leader_and_an_election() {
     }
     let s = client.stats();
     assert!(s.retries > 0 && s.redirects > 0, "{s:?}");
+}
+
+#[test]
+fn a_store_that_is_stopping_is_left_for_another_voter() {
+    let c = cluster();
+    let client = Client::connect(vec![c.coord_addr.clone()], opts()).expect("client");
+    client.put(b"k", b"v").expect("put");
+    let region = client.region_for_key(b"k").expect("region");
+    let r = c.world.region(region).expect("region").clone();
+    let old = c.world.leaders.lock().expect("leaders")[&region];
+    let new = r
+        .peers
+        .iter()
+        .map(|p| p.store_id)
+        .find(|s| *s != old)
+        .expect("another voter");
+    // The leader stops (refusing) and hands the region over.
+    c.world.stopping.store(old, Ordering::SeqCst);
+    c.world.leaders.lock().expect("leaders").insert(region, new);
+    assert_eq!(client.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    client.put(b"k", b"w").expect("put");
+    assert_eq!(client.get(b"k").expect("get").as_deref(), Some(&b"w"[..]));
 }
 
 #[test]
