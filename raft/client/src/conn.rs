@@ -231,3 +231,119 @@ impl ConnPool {
         self.conns.lock().clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_raft::kv::{KvKind, KvOutcome};
+    use std::net::TcpListener;
+
+    fn request(region: u64) -> KvRequest {
+        KvRequest {
+            region_id: region,
+            kind: KvKind::Read as i32,
+            payload: vec![region as u8],
+            timeout_ms: 100,
+            from_store: 0,
+        }
+    }
+
+    /// A server that reads `n` requests, then answers them in reverse order (each with
+    /// `NotLeader(region)`), then closes the connection.
+    fn reversing_server(n: usize) -> (String, std::thread::JoinHandle<Vec<KvRequest>>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let limits = FrameLimits::new(7);
+            let mut got = Vec::new();
+            for _ in 0..n {
+                let f = wire::read_frame(&mut s, &limits)
+                    .expect("frame")
+                    .expect("not closed");
+                assert_eq!(f.kind, wire::kind::KV_REQUEST);
+                got.push((f.request_id, f.decode::<KvRequest>().expect("request")));
+            }
+            for (id, req) in got.iter().rev() {
+                let mut out = Vec::new();
+                let resp = KvResponse::new(KvOutcome::NotLeader(req.region_id));
+                kv::encode_response(&mut out, 7, *id, &resp);
+                s.write_all(&out).expect("answer");
+            }
+            got.into_iter().map(|(_, r)| r).collect()
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn pipelined_responses_reach_their_callers_in_any_order() {
+        let (addr, server) = reversing_server(4);
+        let conn = StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20).expect("connect");
+        let callers: Vec<_> = (1..=4u64)
+            .map(|region| {
+                let c = conn.clone();
+                std::thread::spawn(move || c.request(&request(region), Duration::from_secs(30)))
+            })
+            .collect();
+        for (i, h) in callers.into_iter().enumerate() {
+            let resp = h.join().expect("caller").expect("response");
+            assert_eq!(resp.outcome, Some(KvOutcome::NotLeader(i as u64 + 1)));
+        }
+        let seen = server.join().expect("server");
+        let mut regions: Vec<u64> = seen.iter().map(|r| r.region_id).collect();
+        regions.sort_unstable();
+        assert_eq!(regions, vec![1, 2, 3, 4]);
+        assert_eq!(seen[0].payload, vec![seen[0].region_id as u8]);
+    }
+
+    #[test]
+    fn a_closed_connection_fails_its_requests_and_the_pool_reconnects() {
+        let (addr, server) = reversing_server(1);
+        let pool = ConnPool::default();
+        let c = pool
+            .get(1, &addr, 7, Duration::from_secs(5), 1 << 20)
+            .expect("connect");
+        assert!(c.request(&request(1), Duration::from_secs(30)).is_ok());
+        server.join().expect("server");
+        // The server closed the connection after its answer: the next request fails.
+        let mut failed = false;
+        for _ in 0..1000 {
+            match c.request(&request(2), Duration::from_secs(30)) {
+                Err(ConnError::Broken(_)) => {
+                    failed = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+                Ok(_) => panic!("a closed connection answered"),
+            }
+        }
+        assert!(failed && c.is_broken());
+        // Nothing listens any more: the pool's reconnect fails with a connect error.
+        match pool.get(1, &addr, 7, Duration::from_secs(1), 1 << 20) {
+            Err(ConnError::Connect(_)) => {}
+            Err(e) => panic!("expected a connect error, got {e}"),
+            Ok(_) => panic!("connected to a closed port"),
+        }
+        // A new server on another port: the pool connects to the new address.
+        let (addr2, server2) = reversing_server(1);
+        let c2 = pool
+            .get(1, &addr2, 7, Duration::from_secs(5), 1 << 20)
+            .expect("reconnect");
+        assert!(!Arc::ptr_eq(&c, &c2));
+        assert!(c2.request(&request(3), Duration::from_secs(30)).is_ok());
+        server2.join().expect("server");
+    }
+
+    #[test]
+    fn no_answer_is_a_timeout_and_the_connection_stays() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let conn = StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20).expect("connect");
+        let (_s, _) = l.accept().expect("accept");
+        assert_eq!(
+            conn.request(&request(1), Duration::from_millis(50)),
+            Err(ConnError::Timeout)
+        );
+        assert!(!conn.is_broken());
+    }
+}
