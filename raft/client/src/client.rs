@@ -53,6 +53,8 @@ impl Default for ClientOptions {
 const GRACE: Duration = Duration::from_millis(250);
 /// Redirects followed in a row before a backoff (a hint loop while leaders change).
 const REDIRECTS_BEFORE_BACKOFF: u32 = 3;
+/// Voters passed over in a row because their store was just found down (a region has 3).
+const MAX_SKIPS: usize = 3;
 /// Pages one [`Client::scan`] reads at most (beside its deadline per page).
 const MAX_SCAN_PAGES: usize = 1 << 20;
 
@@ -540,6 +542,8 @@ impl Client {
         let mut last = String::from("none");
         // Whether the last failure was finding a route (the coordinator), not a store.
         let mut route_failed = false;
+        // Voters passed over in a row because their store was just found down.
+        let mut skipped = 0usize;
         // Bounded by the deadline: every turn returns, or sleeps a backoff, or follows a
         // hint (at most REDIRECTS_BEFORE_BACKOFF in a row).
         loop {
@@ -580,6 +584,13 @@ impl Client {
             };
             route_failed = false;
             region = r;
+            if skipped < MAX_SKIPS && self.pool.recently_down(store) {
+                // Another voter first (bounded: then this store is tried all the same).
+                skipped += 1;
+                self.cache.write().rotate(region, store);
+                continue;
+            }
+            skipped = 0;
             attempts += 1;
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let remaining = deadline.saturating_duration_since(Instant::now());

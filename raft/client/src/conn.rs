@@ -191,10 +191,16 @@ fn read_loop(mut stream: TcpStream, limits: FrameLimits, pending: &Mutex<Pending
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+/// How long a store that could not be connected to is passed over when another voter
+/// can be tried.
+pub const DOWN_MEMO: Duration = Duration::from_secs(1);
+
 /// The connections of one client, one per store.
 #[derive(Default)]
 pub struct ConnPool {
     conns: Mutex<HashMap<u64, Arc<StoreConn>>>,
+    /// Stores whose last connect failed, and when.
+    down: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl ConnPool {
@@ -213,9 +219,24 @@ impl ConnPool {
                 return Ok(c.clone());
             }
         }
-        let c = StoreConn::connect(addr, cluster_id, timeout, max_frame_bytes)?;
+        let c = match StoreConn::connect(addr, cluster_id, timeout, max_frame_bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                self.down.lock().insert(store, std::time::Instant::now());
+                return Err(e);
+            }
+        };
+        self.down.lock().remove(&store);
         self.conns.lock().insert(store, c.clone());
         Ok(c)
+    }
+
+    /// Whether connecting to `store` failed within [`DOWN_MEMO`].
+    pub fn recently_down(&self, store: u64) -> bool {
+        self.down
+            .lock()
+            .get(&store)
+            .is_some_and(|t| t.elapsed() < DOWN_MEMO)
     }
 
     /// Drops the connection to `store` if it is `conn` (a newer one is kept).
