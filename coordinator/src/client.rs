@@ -13,10 +13,11 @@
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    request, response, AllocIdsRequest, BootstrapRequest, GetRegionByIdRequest,
-    GetRegionByKeyRequest, GetStoreRequest, GetStoresRequest, GetTsRequest, Peer,
-    PlaceReplicaRequest, PlaceReplicaResponse, Region, RegionHeartbeat, RegisterStoreRequest,
-    Request, Response, Route, ScanRegionsRequest, StoreInfo, StoreMeta, StoreStats,
+    request, response, AllocIdsRequest, BootstrapRequest, GetOperatorsRequest,
+    GetRegionByIdRequest, GetRegionByKeyRequest, GetStoreRequest, GetStoresRequest, GetTsRequest,
+    Operator, OperatorsResponse, Peer, PlaceReplicaRequest, PlaceReplicaResponse, Region,
+    RegionHeartbeat, RegisterStoreRequest, Request, Response, Route, ScanRegionsRequest, StoreInfo,
+    StoreMeta, StoreStats,
 };
 use nokv_raft::wire::{self, FrameLimits};
 use parking_lot::Mutex;
@@ -242,7 +243,24 @@ impl CoordClient {
     /// Sends a region leader's heartbeat; a stale epoch comes back as
     /// [`Error::StaleEpoch`] with the coordinator's descriptor.
     pub fn region_heartbeat(&self, hb: RegionHeartbeat) -> Result<()> {
-        self.ack(request::Body::RegionHeartbeat(hb))
+        self.region_heartbeat_op(hb).map(|_| ())
+    }
+
+    /// [`CoordClient::region_heartbeat`], returning the scheduler's operator for the
+    /// region, if the answer carries one.
+    pub fn region_heartbeat_op(&self, hb: RegionHeartbeat) -> Result<Option<Operator>> {
+        match self.call(request::Body::RegionHeartbeat(hb))? {
+            response::Body::Ack(a) => Ok(a.operator),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The scheduler's operators in flight and counters.
+    pub fn operators(&self) -> Result<OperatorsResponse> {
+        match self.call(request::Body::GetOperators(GetOperatorsRequest {}))? {
+            response::Body::Operators(o) => Ok(o),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Bootstraps the cluster: regions split at `split_keys`, `replicas` each.

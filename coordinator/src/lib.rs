@@ -13,6 +13,7 @@ pub mod ids;
 pub mod placement;
 pub mod proto;
 pub mod replica;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -34,6 +34,14 @@ struct Args {
     /// is seconds).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     store_down_after: Duration,
+    /// The scheduler (`on` or `off`): re-creates the replicas of stores down longer than
+    /// --store-down-after on other stores, and balances region leaders across stores.
+    #[arg(long, default_value = "on", value_parser = parse_switch)]
+    schedule: bool,
+    /// Voters per region the scheduler keeps (0: as many as the cluster was bootstrapped
+    /// with).
+    #[arg(long, default_value_t = 0)]
+    replicas: usize,
     /// Connections served at once; more are refused with a busy error.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
@@ -71,6 +79,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is too long"))
 }
 
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{s}` is not on or off")),
+    }
+}
+
 fn init_logging() {
     let level = nokv_raft::logger::level_from_env();
     tracing_subscriber::fmt()
@@ -91,6 +107,11 @@ fn run(args: Args) -> Result<(), String> {
         cluster_id: args.cluster_id,
         store_down_after: args.store_down_after,
         clock: Arc::new(SystemClock::new()),
+        scheduler: nokv_coordinator::scheduler::Options {
+            enabled: args.schedule,
+            replicas: args.replicas,
+            ..Default::default()
+        },
         replica: match (args.replica_id, args.peers.is_empty()) {
             (0, true) => None,
             (0, false) => return Err("--peers needs --replica-id".into()),
@@ -147,5 +168,12 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn switches_parse() {
+        assert_eq!(parse_switch("on"), Ok(true));
+        assert_eq!(parse_switch("OFF"), Ok(false));
+        assert!(parse_switch("maybe").is_err());
     }
 }

@@ -427,9 +427,81 @@ pub struct PlaceReplicaResponse {
     pub peer: Option<Peer>,
 }
 
-/// An empty success.
+/// A success; in answer to a region heartbeat it may carry an operator for the region.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct Ack {}
+pub struct Ack {
+    /// Only in answer to a `RegionHeartbeat`: a membership change or leader transfer the
+    /// scheduler asks the region's leader to run (older stores ignore the field).
+    #[prost(message, optional, tag = "1")]
+    pub operator: Option<Operator>,
+}
+
+/// What a scheduler operator does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum OperatorKind {
+    /// Unknown (never sent).
+    Unknown = 0,
+    /// Add `peer` (id, store, core placed by the coordinator) as a learner.
+    AddLearner = 1,
+    /// Promote the learner `peer` to a voter.
+    Promote = 2,
+    /// Remove `peer` from the region.
+    RemovePeer = 3,
+    /// Transfer the region's leadership to `peer`.
+    TransferLeader = 4,
+}
+
+/// One step the scheduler asks a region's leader to take.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Operator {
+    /// The operator's id (unique within one coordinator leadership).
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The region.
+    #[prost(uint64, tag = "2")]
+    pub region_id: u64,
+    /// [`OperatorKind`].
+    #[prost(enumeration = "OperatorKind", tag = "3")]
+    pub kind: i32,
+    /// The peer the step is about (id, store, core).
+    #[prost(message, optional, tag = "4")]
+    pub peer: Option<Peer>,
+    /// Why (`repair` or `balance-leader`), for operators.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    /// The store the step moves away from (the down store of a repair, the leader's store
+    /// of a transfer; 0: none).
+    #[prost(uint64, tag = "6")]
+    pub from_store: u64,
+    /// In `GetOperators`: milliseconds since the operator was issued.
+    #[prost(uint64, tag = "7")]
+    pub age_ms: u64,
+}
+
+/// The scheduler's in-flight operators.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GetOperatorsRequest {}
+
+/// The scheduler's in-flight operators and counters (since this coordinator leads).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct OperatorsResponse {
+    /// In flight, by region.
+    #[prost(message, repeated, tag = "1")]
+    pub operators: Vec<Operator>,
+    /// Operators issued.
+    #[prost(uint64, tag = "2")]
+    pub issued: u64,
+    /// Operators the heartbeats showed done.
+    #[prost(uint64, tag = "3")]
+    pub completed: u64,
+    /// Operators given up after the timeout.
+    #[prost(uint64, tag = "4")]
+    pub expired: u64,
+    /// Whether the scheduler issues operators.
+    #[prost(bool, tag = "5")]
+    pub enabled: bool,
+}
 
 /// Error codes of [`ErrorResponse`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -494,7 +566,7 @@ pub struct Request {
     /// The call.
     #[prost(
         oneof = "request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"
     )]
     pub body: Option<request::Body>,
 }
@@ -542,6 +614,9 @@ pub mod request {
         /// Placement of a new replica.
         #[prost(message, tag = "12")]
         PlaceReplica(PlaceReplicaRequest),
+        /// The scheduler's in-flight operators.
+        #[prost(message, tag = "13")]
+        GetOperators(GetOperatorsRequest),
     }
 }
 
@@ -549,7 +624,7 @@ pub mod request {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Response {
     /// The result.
-    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: Option<response::Body>,
 }
 
@@ -590,6 +665,9 @@ pub mod response {
         /// A placed replica.
         #[prost(message, tag = "10")]
         PlaceReplica(PlaceReplicaResponse),
+        /// The scheduler's operators.
+        #[prost(message, tag = "11")]
+        Operators(OperatorsResponse),
     }
 }
 
@@ -644,6 +722,10 @@ pub struct PutRegions {
     /// Pending peer ids to forget.
     #[prost(uint64, repeated, tag = "3")]
     pub resolved_pending: Vec<u64>,
+    /// In a `Bootstrap`: the replicas each region was created with (the scheduler's
+    /// target; 0 in other commands and in workdirs bootstrapped before it was recorded).
+    #[prost(uint32, tag = "4")]
+    pub replicas: u32,
 }
 
 /// A replica placed by the coordinator that no region heartbeat shows yet.
@@ -720,6 +802,7 @@ mod tests {
             let resps = vec![
                 response::Body::Route(RouteResponse { route: Some(route) }),
                 response::Body::Ts(GetTsResponse { first, count: 3 }),
+                response::Body::Ack(Ack { operator: Some(Operator { id: first, region_id: r.id, kind: OperatorKind::AddLearner as i32, peer: r.peers.first().cloned(), reason: "repair".into(), from_store: leader, age_ms: 0 }) }),
                 response::Body::Error(crate::Error::StaleEpoch { region: r.id, current: Box::new(r.clone()) }.to_proto()),
             ];
             for body in resps {
@@ -727,7 +810,7 @@ mod tests {
                 let back = Response::decode(resp.encode_to_vec().as_slice()).expect("decode");
                 prop_assert_eq!(back, resp);
             }
-            let cmd = Command { body: Some(command::Body::PutRegions(PutRegions { regions: vec![RegionRecord { region: Some(r.clone()), leader_peer_id: leader }], remove: vec![first], resolved_pending: vec![leader] })) };
+            let cmd = Command { body: Some(command::Body::PutRegions(PutRegions { regions: vec![RegionRecord { region: Some(r.clone()), leader_peer_id: leader }], remove: vec![first], resolved_pending: vec![leader], replicas: 3 })) };
             prop_assert_eq!(Command::decode(cmd.encode_to_vec().as_slice()).expect("decode"), cmd);
         }
 

@@ -12,12 +12,13 @@ use crate::ids::IdAlloc;
 use crate::placement::{self, StoreCandidate};
 use crate::proto::{
     command, request, response, Ack, AllocIdsResponse, BootstrapRequest, BootstrapResponse,
-    Command, GetTsResponse, Peer, PendingPeer, PlaceReplicaResponse, PutRegions, Region,
-    RegionHeartbeat, RegionRecord, RegisterStoreResponse, Request, Response, Route, RouteResponse,
-    ScanRegionsRequest, ScanRegionsResponse, StoreInfo, StoreMeta, StoreState, StoreStats,
-    StoresResponse,
+    Command, GetTsResponse, Operator, OperatorKind, OperatorsResponse, Peer, PendingPeer,
+    PlaceReplicaResponse, PutRegions, Region, RegionHeartbeat, RegionRecord, RegisterStoreResponse,
+    Request, Response, Route, RouteResponse, ScanRegionsRequest, ScanRegionsResponse, StoreInfo,
+    StoreMeta, StoreState, StoreStats, StoresResponse,
 };
 use crate::replica::{LeaderStatus, Replica, ReplicaConfig};
+use crate::scheduler::{self, ClusterView, Scheduler, Step, StoreView};
 use crate::state::ClusterState;
 use crate::tso::Tso;
 use nokv::{Db, Options, WriteOptions};
@@ -53,6 +54,9 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// `Some`: one of several replicas running commands through a raft log.
     pub replica: Option<ReplicaConfig>,
+    /// The scheduler's settings (its `store_down_after_ms` is taken from
+    /// `store_down_after`).
+    pub scheduler: scheduler::Options,
 }
 
 impl Config {
@@ -64,6 +68,12 @@ impl Config {
             store_down_after: DEFAULT_STORE_DOWN_AFTER,
             clock: Arc::new(SystemClock::new()),
             replica: None,
+            // Off in the library (tests drive heartbeats by hand); the binary's
+            // `--schedule` is on by default.
+            scheduler: scheduler::Options {
+                enabled: false,
+                ..scheduler::Options::default()
+            },
         }
     }
 }
@@ -100,6 +110,8 @@ struct Inner {
     grace_from_mono_ms: u64,
     /// The raft term this replica last became a ready leader in (0: never / single process).
     leader_term: u64,
+    /// Operators in flight and the scheduler's counters (volatile).
+    scheduler: Scheduler,
 }
 
 /// The coordinator: state, TSO, ids; thread-safe (one lock around request handling).
@@ -165,6 +177,10 @@ impl Coordinator {
                 region_sizes: HashMap::new(),
                 grace_from_mono_ms: config.clock.mono_ms(),
                 leader_term: 0,
+                scheduler: Scheduler::new(scheduler::Options {
+                    store_down_after_ms: config.store_down_after.as_millis() as u64,
+                    ..config.scheduler
+                }),
             }),
             core,
             backend,
@@ -229,6 +245,7 @@ impl Coordinator {
                     inner.region_sizes.clear();
                     inner.grace_from_mono_ms = self.clock.mono_ms();
                     inner.leader_term = term;
+                    inner.scheduler = Scheduler::new(inner.scheduler.options().clone());
                     tracing::info!(term, replica = r.id(), "serving as the coordinator leader");
                 }
                 Ok(())
@@ -297,12 +314,11 @@ impl Coordinator {
             }
             Q::StoreHeartbeat(s) => {
                 self.store_heartbeat(s)?;
-                A::Ack(Ack {})
+                A::Ack(Ack { operator: None })
             }
-            Q::RegionHeartbeat(h) => {
-                self.region_heartbeat(h)?;
-                A::Ack(Ack {})
-            }
+            Q::RegionHeartbeat(h) => A::Ack(Ack {
+                operator: self.region_heartbeat_op(h)?,
+            }),
             Q::Bootstrap(b) => A::Bootstrap(BootstrapResponse {
                 regions: self.bootstrap(&b)?,
             }),
@@ -338,6 +354,7 @@ impl Coordinator {
             Q::PlaceReplica(p) => A::PlaceReplica(PlaceReplicaResponse {
                 peer: Some(self.place_replica(p.region_id)?),
             }),
+            Q::GetOperators(_) => A::Operators(self.operators()),
         })
     }
 
@@ -410,6 +427,135 @@ impl Coordinator {
     /// regions it overlaps, when they are older), a stale one is refused with the current
     /// record.
     pub fn region_heartbeat(&self, hb: RegionHeartbeat) -> Result<()> {
+        self.region_heartbeat_op(hb).map(|_| ())
+    }
+
+    /// [`Coordinator::region_heartbeat`], then the scheduler's operator for the region, if
+    /// any (see [`crate::scheduler`]).
+    pub fn region_heartbeat_op(&self, hb: RegionHeartbeat) -> Result<Option<Operator>> {
+        let leader = hb.leader_peer_id;
+        let mut inner = self.inner.lock();
+        let region = self.record_region_heartbeat(&mut inner, hb)?;
+        Ok(self.schedule(&mut inner, &region, leader))
+    }
+
+    /// Turns the scheduler on or off at run time (operators in flight are still resent).
+    pub fn set_scheduling(&self, enabled: bool) {
+        self.inner.lock().scheduler.set_enabled(enabled);
+        tracing::info!(enabled, "scheduler switched");
+    }
+
+    /// The scheduler's operators in flight and counters.
+    pub fn operators(&self) -> OperatorsResponse {
+        let inner = self.inner.lock();
+        let (issued, completed, expired) = inner.scheduler.counters();
+        OperatorsResponse {
+            operators: inner.scheduler.in_flight(self.clock.mono_ms()),
+            issued,
+            completed,
+            expired,
+            enabled: inner.scheduler.options().enabled,
+        }
+    }
+
+    /// Runs the scheduler for `region` just reported by `leader`; allocates and records
+    /// the placement of a new learner. Failures are logged: the next heartbeat tries again.
+    fn schedule(&self, inner: &mut Inner, region: &Region, leader: u64) -> Option<Operator> {
+        if !inner.scheduler.options().enabled && !inner.scheduler.has_in_flight(region.id) {
+            return None;
+        }
+        let now = self.clock.mono_ms();
+        let (regions, stores, candidates, pending, replicas) = {
+            let core = self.core.lock();
+            let st = &core.state;
+            let regions: Vec<_> = st.regions_in_order().cloned().collect();
+            let stores: Vec<StoreView> = st
+                .stores()
+                .values()
+                .map(|m| StoreView {
+                    store_id: m.id,
+                    since_heartbeat_ms: self.since_heartbeat_ms(inner, m.id, now),
+                    core_leaders: inner
+                        .live
+                        .get(&m.id)
+                        .and_then(|l| l.stats.as_ref())
+                        .map(|s| {
+                            let mut v = vec![0; m.cores as usize];
+                            for c in &s.cores {
+                                if let Some(slot) = v.get_mut(c.core as usize) {
+                                    *slot = c.leaders;
+                                }
+                            }
+                            v
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let pending: Vec<PendingPeer> = st.pending().values().cloned().collect();
+            let replicas = st.replicas() as usize;
+            (
+                regions,
+                stores,
+                self.candidates(inner, st, now),
+                pending,
+                replicas,
+            )
+        };
+        let view = ClusterView {
+            replicas,
+            regions: &regions,
+            stores: &stores,
+            candidates: &candidates,
+            pending: &pending,
+        };
+        let mut op = match inner.scheduler.on_heartbeat(now, region, leader, &view) {
+            Step::Nothing => return None,
+            Step::Resend(op) => return Some(op),
+            Step::Propose(op) => op,
+        };
+        if op.kind() == OperatorKind::AddLearner {
+            if let Some(peer) = op.peer.as_mut().filter(|p| p.id == 0) {
+                match self.alloc_locked(inner, 1) {
+                    Ok(id) => peer.id = id,
+                    Err(e) => {
+                        tracing::warn!(region = region.id, error = %e, "scheduler: no peer id for a new replica");
+                        return None;
+                    }
+                }
+                let placed = Command {
+                    body: Some(command::Body::PutPendingPeer(PendingPeer {
+                        region_id: region.id,
+                        peer: Some(Peer {
+                            learner: false,
+                            ..peer.clone()
+                        }),
+                    })),
+                };
+                if let Err(e) = self.propose(inner, placed) {
+                    tracing::warn!(region = region.id, error = %e, "scheduler: placement not recorded");
+                    return None;
+                }
+            }
+        }
+        let op = inner.scheduler.start(op, now);
+        let peer = op.peer.clone().unwrap_or_default();
+        tracing::info!(
+            region = region.id,
+            op = op.id,
+            kind = ?op.kind(),
+            reason = %op.reason,
+            peer = peer.id,
+            store = peer.store_id,
+            core = ?peer.core,
+            from_store = op.from_store,
+            "scheduler operator issued"
+        );
+        Some(op)
+    }
+
+    /// Validates and records a region heartbeat under the request lock; returns the region
+    /// as recorded (cores filled in).
+    fn record_region_heartbeat(&self, inner: &mut Inner, hb: RegionHeartbeat) -> Result<Region> {
         let mut region = hb
             .region
             .ok_or_else(|| Error::InvalidArgument("region heartbeat without a region".into()))?;
@@ -430,8 +576,7 @@ impl Coordinator {
                 region.id, hb.leader_peer_id
             )));
         }
-        let mut inner = self.inner.lock();
-        self.gate(&mut inner)?;
+        self.gate(inner)?;
         let core = self.core.lock();
         let st = &core.state;
         for (i, p) in region.peers.iter().enumerate() {
@@ -506,25 +651,27 @@ impl Coordinator {
             None => true,
         };
         if !changed && remove.is_empty() && resolved.is_empty() {
-            return Ok(());
+            return Ok(region);
         }
         if !remove.is_empty() {
             tracing::info!(region = region.id, replaced = ?remove, "region heartbeat replaces overlapped regions");
         }
         drop(core);
         self.propose(
-            &mut inner,
+            inner,
             Command {
                 body: Some(command::Body::PutRegions(PutRegions {
                     regions: vec![RegionRecord {
-                        region: Some(region),
+                        region: Some(region.clone()),
                         leader_peer_id: hb.leader_peer_id,
                     }],
                     remove,
                     resolved_pending: resolved,
+                    replicas: 0,
                 })),
             },
-        )
+        )?;
+        Ok(region)
     }
 
     /// Creates the first regions: split at `split_keys`, each with `replicas` replicas
@@ -612,6 +759,7 @@ impl Coordinator {
                             leader_peer_id: 0,
                         })
                         .collect(),
+                    replicas,
                     ..Default::default()
                 })),
             },

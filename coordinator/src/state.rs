@@ -16,6 +16,7 @@
 //! | `c/mode` | `single` or `replicated`: how the workdir is run |
 //! | `c/id_fence` | u64 BE: ids below it may have been handed out |
 //! | `c/tso_bound` | u64 BE: physical ms up to it may have been handed out |
+//! | `c/replicas` | u64 BE: replicas per region at the bootstrap (the scheduler's target) |
 //! | `s/<store id u64 BE>` | [`StoreMeta`] |
 //! | `r/<region id u64 BE>` | [`RegionRecord`] |
 //! | `p/<peer id u64 BE>` | [`PendingPeer`] |
@@ -34,6 +35,7 @@ const KEY_BOOTSTRAPPED: &[u8] = b"c/bootstrapped";
 const KEY_MODE: &[u8] = b"c/mode";
 const KEY_ID_FENCE: &[u8] = b"c/id_fence";
 const KEY_TSO_BOUND: &[u8] = b"c/tso_bound";
+const KEY_REPLICAS: &[u8] = b"c/replicas";
 const PREFIX_STORE: &[u8] = b"s/";
 const PREFIX_REGION: &[u8] = b"r/";
 const PREFIX_PENDING: &[u8] = b"p/";
@@ -70,6 +72,7 @@ pub struct ClusterState {
     pending: BTreeMap<u64, PendingPeer>,
     id_fence: u64,
     tso_bound_ms: u64,
+    replicas: u32,
 }
 
 impl ClusterState {
@@ -81,6 +84,11 @@ impl ClusterState {
     /// Whether the first regions exist.
     pub fn bootstrapped(&self) -> bool {
         self.bootstrapped
+    }
+
+    /// Replicas per region the cluster was bootstrapped with (0: not recorded).
+    pub fn replicas(&self) -> u32 {
+        self.replicas
     }
 
     /// The persisted id fence.
@@ -234,6 +242,9 @@ impl ClusterState {
                 }
                 if matches!(cmd.body, Some(command::Body::Bootstrap(_))) {
                     b.put(KEY_BOOTSTRAPPED, b"");
+                    if p.replicas > 0 {
+                        b.put(KEY_REPLICAS, &u64::from(p.replicas).to_be_bytes());
+                    }
                 }
             }
             Some(command::Body::RaiseIdFence(v)) => {
@@ -275,6 +286,9 @@ impl ClusterState {
                 }
                 if matches!(cmd.body, Some(command::Body::Bootstrap(_))) {
                     self.bootstrapped = true;
+                    if p.replicas > 0 {
+                        self.replicas = p.replicas;
+                    }
                 }
             }
             Some(command::Body::RaiseIdFence(v)) => self.id_fence = self.id_fence.max(*v),
@@ -344,6 +358,10 @@ impl ClusterState {
         }
         if let Some(v) = get(KEY_TSO_BOUND)? {
             st.tso_bound_ms = u64_value("tso bound", &v)?;
+        }
+        if let Some(v) = get(KEY_REPLICAS)? {
+            st.replicas = u32::try_from(u64_value("replicas", &v)?)
+                .map_err(|_| Error::corrupt("replicas", "out of range"))?;
         }
         for (k, v) in scan(db, PREFIX_STORE)? {
             let s = StoreMeta::decode(v.as_slice())
@@ -558,6 +576,7 @@ mod tests {
                     regions,
                     remove,
                     resolved_pending,
+                    replicas: if boot { 3 } else { 0 },
                 };
                 if boot {
                     command::Body::Bootstrap(p)

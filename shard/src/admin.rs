@@ -215,36 +215,14 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
             Err(e) => Reply::error(format!("ERR count the keys of region {region}: {e}")),
         };
     }
-    let desc = {
-        let raft = core.raft.borrow();
-        let Some(desc) = raft.region(region) else {
-            return Reply::error(format!("ERR region {region} is not on this store"));
-        };
-        if !raft.is_leader(region) {
-            drop(raft);
-            return moved(core, region, None);
-        }
-        desc.clone()
+    let desc = match led_region(core, region) {
+        Ok(desc) => desc,
+        Err(reply) => return reply,
     };
-    match op {
+    let done = match op {
         RegionOp::AddLearner(store) => {
-            if let Some(p) = desc.peer_on_store(store) {
-                return Reply::error(format!(
-                    "ERR store {store} already holds region {region} (peer {}, {:?})",
-                    p.peer_id, p.role
-                ));
-            }
-            if cluster.directory.redis_addr(store).is_none() {
-                // Registered after the last refresh of the directory: ask the coordinator.
-                let client = cluster.client.clone();
-                match blocking(move || client.store(store)).await {
-                    Ok(info) => cluster.directory.update(info.meta.as_ref()),
-                    Err(e) => {
-                        return Reply::error(format!(
-                            "ERR store {store} is not known to the cluster: {e}"
-                        ))
-                    }
-                }
+            if let Err(reply) = check_new_learner(cluster, &desc, store).await {
+                return reply;
             }
             let client = cluster.client.clone();
             let peer_id = match blocking(move || client.alloc_ids(1)).await {
@@ -256,97 +234,184 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
                 }
             };
             let peer = PeerMeta::learner(store, peer_id);
-            match change(core, region, PeerChange::AddLearner(peer)).await {
+            return match change(core, region, PeerChange::AddLearner(peer)).await {
                 Ok(()) => Reply::Int(peer_id as i64),
                 Err(reply) => reply,
-            }
-        }
-        RegionOp::Promote(store) => {
-            let Some(p) = desc.peer_on_store(store) else {
-                return Reply::error(format!(
-                    "ERR store {store} holds no replica of region {region}"
-                ));
             };
-            if p.role != PeerRole::Learner {
-                return Reply::error(format!(
-                    "ERR peer {} on store {store} is already a voter",
-                    p.peer_id
-                ));
-            }
-            let progress = core.raft.borrow().progress(region, p.peer_id);
-            match progress {
-                Some((matched, last)) if last.saturating_sub(matched) <= PROMOTE_MAX_LAG => {}
-                Some((matched, last)) => {
-                    return Reply::error(format!(
-                        "ERR learner {} of region {region} lags: it has the log up to {matched}, the leader up to {last}; retry once it caught up",
-                        p.peer_id
-                    ))
-                }
-                None => {
-                    return Reply::error(format!(
-                        "ERR no progress of learner {} is known yet; retry",
-                        p.peer_id
-                    ))
-                }
-            }
-            let voter = PeerMeta::voter(store, p.peer_id);
-            match change(core, region, PeerChange::AddVoter(voter)).await {
-                Ok(()) => Reply::ok(),
-                Err(reply) => reply,
-            }
         }
-        RegionOp::RemovePeer(store) => {
-            let Some(p) = desc.peer_on_store(store) else {
-                return Reply::error(format!(
-                    "ERR store {store} holds no replica of region {region}"
-                ));
-            };
-            if store == cluster.store_id {
-                return Reply::error(format!(
-                    "ERR peer {} on store {store} leads region {region}: TRANSFERLEADER first",
-                    p.peer_id
-                ));
-            }
-            match change(core, region, PeerChange::Remove(p)).await {
-                Ok(()) => Reply::ok(),
-                Err(reply) => reply,
-            }
-        }
-        RegionOp::TransferLeader(store) => {
-            let Some(p) = desc.peer_on_store(store) else {
-                return Reply::error(format!(
-                    "ERR store {store} holds no replica of region {region}"
-                ));
-            };
-            if p.role != PeerRole::Voter {
-                return Reply::error(format!(
-                    "ERR peer {} on store {store} is a learner",
-                    p.peer_id
-                ));
-            }
-            if store == cluster.store_id {
-                return Reply::ok();
-            }
-            if let Err(e) = core.raft.borrow_mut().transfer_leader(region, p.peer_id) {
-                return Reply::error(format!("ERR {e}"));
-            }
-            let _ = core.notify.try_send(());
-            let deadline = Instant::now() + CHANGE_TIMEOUT;
-            // Bounded by the deadline.
-            while Instant::now() < deadline && !core.stop.is_fired() {
-                let leader = core.raft.borrow().leader(region);
-                if leader.is_some_and(|l| l.peer_id == p.peer_id) {
-                    return Reply::ok();
-                }
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            Reply::error(format!(
-                "ERR leadership of region {region} did not move to store {store} in time"
-            ))
-        }
-        RegionOp::Check => run_check(core, region).await,
-        RegionOp::Hash(_) | RegionOp::LocalCount => Reply::error(USAGE),
+        RegionOp::Promote(store) => promote(core, &desc, store).await,
+        RegionOp::RemovePeer(store) => remove_peer(core, cluster, &desc, store).await,
+        RegionOp::TransferLeader(store) => transfer_leader(core, cluster, &desc, store).await,
+        RegionOp::Check => return run_check(core, region).await,
+        RegionOp::Hash(_) | RegionOp::LocalCount => return Reply::error(USAGE),
+    };
+    match done {
+        Ok(()) => Reply::ok(),
+        Err(reply) => reply,
     }
+}
+
+/// This core's descriptor of `region` when it leads it; else the reply (`-MOVED`, or an
+/// error when the region has no replica on this core).
+pub(super) fn led_region(
+    core: &Rc<Core>,
+    region: u64,
+) -> std::result::Result<RegionDescriptor, Reply> {
+    let raft = core.raft.borrow();
+    let Some(desc) = raft.region(region) else {
+        return Err(Reply::error(format!(
+            "ERR region {region} is not on this store"
+        )));
+    };
+    if !raft.is_leader(region) {
+        drop(raft);
+        return Err(moved(core, region, None));
+    }
+    Ok(desc.clone())
+}
+
+/// Checks that a learner of region `desc` may be added on `store`: the store holds no
+/// replica of it and is known (asking the coordinator when the directory does not know it
+/// yet).
+pub(super) async fn check_new_learner(
+    cluster: &ClusterNode,
+    desc: &RegionDescriptor,
+    store: u64,
+) -> std::result::Result<(), Reply> {
+    let region = desc.id;
+    if let Some(p) = desc.peer_on_store(store) {
+        return Err(Reply::error(format!(
+            "ERR store {store} already holds region {region} (peer {}, {:?})",
+            p.peer_id, p.role
+        )));
+    }
+    if cluster.directory.redis_addr(store).is_none() {
+        // Registered after the last refresh of the directory: ask the coordinator.
+        let client = cluster.client.clone();
+        match blocking(move || client.store(store)).await {
+            Ok(info) => cluster.directory.update(info.meta.as_ref()),
+            Err(e) => {
+                return Err(Reply::error(format!(
+                    "ERR store {store} is not known to the cluster: {e}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds `peer` as a learner of region `desc` (led here) and waits for the change to apply.
+pub(super) async fn add_learner(
+    core: &Rc<Core>,
+    cluster: &ClusterNode,
+    desc: &RegionDescriptor,
+    peer: PeerMeta,
+) -> std::result::Result<(), Reply> {
+    check_new_learner(cluster, desc, peer.store_id).await?;
+    change(core, desc.id, PeerChange::AddLearner(peer)).await
+}
+
+/// Promotes the learner on `store` of region `desc` (led here) to a voter once it is at
+/// most [`PROMOTE_MAX_LAG`] entries behind, and waits for the change to apply.
+pub(super) async fn promote(
+    core: &Rc<Core>,
+    desc: &RegionDescriptor,
+    store: u64,
+) -> std::result::Result<(), Reply> {
+    let region = desc.id;
+    let Some(p) = desc.peer_on_store(store) else {
+        return Err(Reply::error(format!(
+            "ERR store {store} holds no replica of region {region}"
+        )));
+    };
+    if p.role != PeerRole::Learner {
+        return Err(Reply::error(format!(
+            "ERR peer {} on store {store} is already a voter",
+            p.peer_id
+        )));
+    }
+    let progress = core.raft.borrow().progress(region, p.peer_id);
+    match progress {
+        Some((matched, last)) if last.saturating_sub(matched) <= PROMOTE_MAX_LAG => {}
+        Some((matched, last)) => {
+            return Err(Reply::error(format!(
+                "ERR learner {} of region {region} lags: it has the log up to {matched}, the leader up to {last}; retry once it caught up",
+                p.peer_id
+            )))
+        }
+        None => {
+            return Err(Reply::error(format!(
+                "ERR no progress of learner {} is known yet; retry",
+                p.peer_id
+            )))
+        }
+    }
+    let voter = PeerMeta::voter(store, p.peer_id);
+    change(core, region, PeerChange::AddVoter(voter)).await
+}
+
+/// Removes the replica on `store` (not this store) from region `desc` (led here) and waits
+/// for the change to apply.
+pub(super) async fn remove_peer(
+    core: &Rc<Core>,
+    cluster: &ClusterNode,
+    desc: &RegionDescriptor,
+    store: u64,
+) -> std::result::Result<(), Reply> {
+    let region = desc.id;
+    let Some(p) = desc.peer_on_store(store) else {
+        return Err(Reply::error(format!(
+            "ERR store {store} holds no replica of region {region}"
+        )));
+    };
+    if store == cluster.store_id {
+        return Err(Reply::error(format!(
+            "ERR peer {} on store {store} leads region {region}: TRANSFERLEADER first",
+            p.peer_id
+        )));
+    }
+    change(core, region, PeerChange::Remove(p)).await
+}
+
+/// Hands the leadership of region `desc` (led here) to its voter on `store` and waits
+/// (at most [`CHANGE_TIMEOUT`]) until that voter leads.
+pub(super) async fn transfer_leader(
+    core: &Rc<Core>,
+    cluster: &ClusterNode,
+    desc: &RegionDescriptor,
+    store: u64,
+) -> std::result::Result<(), Reply> {
+    let region = desc.id;
+    let Some(p) = desc.peer_on_store(store) else {
+        return Err(Reply::error(format!(
+            "ERR store {store} holds no replica of region {region}"
+        )));
+    };
+    if p.role != PeerRole::Voter {
+        return Err(Reply::error(format!(
+            "ERR peer {} on store {store} is a learner",
+            p.peer_id
+        )));
+    }
+    if store == cluster.store_id {
+        return Ok(());
+    }
+    if let Err(e) = core.raft.borrow_mut().transfer_leader(region, p.peer_id) {
+        return Err(Reply::error(format!("ERR {e}")));
+    }
+    let _ = core.notify.try_send(());
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    // Bounded by the deadline.
+    while Instant::now() < deadline && !core.stop.is_fired() {
+        let leader = core.raft.borrow().leader(region);
+        if leader.is_some_and(|l| l.peer_id == p.peer_id) {
+            return Ok(());
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    Err(Reply::error(format!(
+        "ERR leadership of region {region} did not move to store {store} in time"
+    )))
 }
 
 /// One line per region of this core.

@@ -7,19 +7,25 @@
 //! (`nokv-heartbeat`, a std thread). The cores hand their region heartbeats to that thread
 //! over a bounded channel (`try_send`: a full channel drops the report, the next one
 //! follows within [`REGION_REPORT_INTERVAL`]).
+//!
+//! The coordinator's scheduler answers a region heartbeat with at most one operator for
+//! the region (a membership change or leader transfer); the heartbeat thread hands it to
+//! the core that leads the region through an [`OperatorQueue`], which the cores poll.
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
 use crate::layout;
-use nokv_coordinator::proto::{Region, RegionHeartbeat, Route, StoreMeta, StoreState, StoreStats};
+use nokv_coordinator::proto::{
+    Operator, Region, RegionHeartbeat, Route, StoreMeta, StoreState, StoreStats,
+};
 use nokv_coordinator::{ClientOptions, CoordClient};
 use nokv_raft::transport::StaticResolver;
 use nokv_raft::RegionDescriptor;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often a core reports the regions it leads (also at once when that set changes).
@@ -32,6 +38,52 @@ pub const DIRECTORY_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 pub const REPORT_QUEUE: usize = 4096;
 /// Pause between two looks at a cluster that is not bootstrapped yet.
 const BOOTSTRAP_POLL: Duration = Duration::from_millis(200);
+/// Operators waiting for one core (more are dropped: the coordinator sends them again).
+pub const OPERATOR_QUEUE: usize = 64;
+/// The same operator (re-sent with every heartbeat until done) is handed to a core again
+/// only after this long (its previous run may still be waiting for the change).
+pub const OPERATOR_RERUN_AFTER: Duration = Duration::from_secs(3);
+/// How often a core looks for operators.
+pub const OPERATOR_POLL: Duration = Duration::from_millis(200);
+
+/// The scheduler's operators on their way from the heartbeat thread to the cores: one
+/// bounded queue per core (short critical sections, never held across a wait).
+#[derive(Debug)]
+pub struct OperatorQueue {
+    cores: Vec<Mutex<VecDeque<Operator>>>,
+}
+
+impl OperatorQueue {
+    /// Empty queues for `cores` cores.
+    pub fn new(cores: usize) -> OperatorQueue {
+        OperatorQueue {
+            cores: (0..cores).map(|_| Mutex::new(VecDeque::new())).collect(),
+        }
+    }
+
+    /// Queues `op` for `core`; false when the core is unknown or its queue is full.
+    pub fn push(&self, core: usize, op: Operator) -> bool {
+        let Some(q) = self.cores.get(core) else {
+            return false;
+        };
+        let Ok(mut q) = q.lock() else {
+            return false;
+        };
+        if q.len() >= OPERATOR_QUEUE {
+            return false;
+        }
+        q.push_back(op);
+        true
+    }
+
+    /// Takes every operator queued for `core`.
+    pub fn take(&self, core: usize) -> Vec<Operator> {
+        match self.cores.get(core).map(|q| q.lock()) {
+            Some(Ok(mut q)) => q.drain(..).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
 
 /// A core's report of a region it leads, for the coordinator.
 #[derive(Debug, Clone)]
@@ -362,12 +414,13 @@ pub fn spawn_heartbeats(
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
+    operators: Arc<OperatorQueue>,
 ) -> Result<Heartbeats> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::Builder::new()
         .name("nokv-heartbeat".into())
-        .spawn(move || heartbeat_loop(client, store_id, directory, reports, flag))
+        .spawn(move || heartbeat_loop(client, store_id, directory, reports, operators, flag))
         .map_err(|e| Error::Cluster(format!("start the heartbeat thread: {e}")))?;
     Ok(Heartbeats {
         stop,
@@ -380,9 +433,12 @@ fn heartbeat_loop(
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
+    operators: Arc<OperatorQueue>,
     shutdown: Arc<AtomicBool>,
 ) {
     let mut pending: HashMap<u64, RegionReport> = HashMap::new();
+    // Operator id -> when it was last handed to a core.
+    let mut handed: HashMap<u64, Instant> = HashMap::new();
     let mut leaders: HashMap<u64, u64> = HashMap::new();
     // The first store heartbeat goes out at once.
     let mut last_store = Instant::now()
@@ -424,8 +480,23 @@ fn heartbeat_loop(
                 approximate_size_bytes: 0,
                 approximate_keys: 0,
             };
-            match client.region_heartbeat(hb) {
-                Ok(()) => {}
+            match client.region_heartbeat_op(hb) {
+                Ok(None) => {}
+                // Only the leader's own reports run operators (a replica created here
+                // reports its core with the coordinator's descriptor).
+                Ok(Some(op)) if r.core_peer.is_none() => {
+                    let due = handed
+                        .get(&op.id)
+                        .is_none_or(|at| at.elapsed() >= OPERATOR_RERUN_AFTER);
+                    if due {
+                        tracing::debug!(region = op.region_id, op = op.id, kind = ?op.kind(), core = r.core, "scheduler operator received");
+                        handed.insert(op.id, Instant::now());
+                        if !operators.push(r.core as usize, op) {
+                            tracing::debug!(region = r.desc.id, "operator queue full: dropped");
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
                 Err(nokv_coordinator::Error::StaleEpoch { .. }) => {
                     tracing::debug!(region = r.desc.id, "region heartbeat refused: stale epoch")
                 }
@@ -436,6 +507,7 @@ fn heartbeat_loop(
         }
         if last_store.elapsed() >= STORE_HEARTBEAT_INTERVAL {
             last_store = Instant::now();
+            handed.retain(|_, at| at.elapsed() < Duration::from_secs(120));
             let stats = StoreStats {
                 store_id,
                 leader_count: leaders.len() as u64,

@@ -13,6 +13,8 @@
 mod admin;
 #[path = "forward.rs"]
 mod forward;
+#[path = "operate.rs"]
+mod operate;
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
@@ -205,6 +207,8 @@ struct ClusterNode {
     forward: bool,
     /// How long a command may wait for its region's leader.
     request_timeout: Duration,
+    /// The scheduler's operators, per core (filled by the heartbeat thread).
+    operators: Arc<crate::cluster::OperatorQueue>,
 }
 
 /// Byte size of each executor's io_uring buffer pool: the budget over 3 rings per executor,
@@ -358,6 +362,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         None => None,
     };
     crate::consistency::register_metrics();
+    operate::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
@@ -399,6 +404,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel(crate::cluster::REPORT_QUEUE);
             let (peer_cores, remote_leaders) = (j.peer_cores(), j.leader_stores());
             let client = Arc::new(j.client);
+            let operators = Arc::new(crate::cluster::OperatorQueue::new(cores));
             let link = ClusterNode {
                 store_id: meta.store_id,
                 directory: j.directory.clone(),
@@ -409,8 +415,9 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                 password: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
                 forward: settings.forward,
                 request_timeout: settings.request_timeout,
+                operators: operators.clone(),
             };
-            (Some(link), Some((client, j.directory, rx)))
+            (Some(link), Some((client, j.directory, rx, operators)))
         }
     };
     let gateway_config = nokv_gateway::Config {
@@ -474,11 +481,12 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     });
     // Stopped and joined when run_with returns (dropped), after the cores.
     let _heartbeats = match heartbeats {
-        Some((client, directory, rx)) => Some(crate::cluster::spawn_heartbeats(
+        Some((client, directory, rx, operators)) => Some(crate::cluster::spawn_heartbeats(
             client,
             meta.store_id,
             directory,
             rx,
+            operators,
         )?),
         None => None,
     };
@@ -1287,6 +1295,10 @@ async fn serve_core(
     }
     if node.cluster.is_some() {
         glommio::spawn_local(admin::gc_removed(core.clone())).detach();
+        if let Some(c) = &node.cluster {
+            glommio::spawn_local(operate::run_operators(core.clone(), c.operators.clone()))
+                .detach();
+        }
         if let Some(interval) = crate::consistency::check_interval() {
             glommio::spawn_local(admin::periodic_checks(core.clone(), interval)).detach();
         }

@@ -233,6 +233,11 @@ fn cluster() -> Cluster {
         store_down_after: Duration::from_secs(30),
         clock: Arc::new(SystemClock::new()),
         replica: None,
+        // Fake stores run no operators.
+        scheduler: nokv_coordinator::scheduler::Options {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
     let server = CoordServer::start(coord, "127.0.0.1:0", ServerOptions::default())

@@ -258,15 +258,23 @@ pub fn check_all(client: &mut ClusterClient, acked: &BTreeMap<String, String>, e
     }
 }
 
-/// A coordinator (cluster id 7) on its workdir `dir`, serving on a free loopback port.
+/// A coordinator (cluster id 7) on its workdir `dir`, serving on a free loopback port;
+/// its scheduler is off (tests that move replicas or leaders themselves).
 pub fn start_coordinator(dir: &Path) -> (Arc<Coordinator>, CoordServer, String) {
-    let config = Config {
-        workdir: dir.to_path_buf(),
-        cluster_id: 7,
-        store_down_after: Duration::from_secs(30),
-        clock: Arc::new(SystemClock::new()),
-        replica: None,
-    };
+    start_coordinator_with(dir, Duration::from_secs(30), false)
+}
+
+/// [`start_coordinator`] with a store-down time and the scheduler on or off (switchable
+/// later with `Coordinator::set_scheduling`).
+pub fn start_coordinator_with(
+    dir: &Path,
+    store_down_after: Duration,
+    schedule: bool,
+) -> (Arc<Coordinator>, CoordServer, String) {
+    let mut config = Config::new(dir, 7);
+    config.store_down_after = store_down_after;
+    config.clock = Arc::new(SystemClock::new());
+    config.scheduler.enabled = schedule;
     let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
     let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
         .expect("coordinator serves");

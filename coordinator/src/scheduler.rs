@@ -1,0 +1,946 @@
+//! The scheduler: which membership change or leader transfer a region's leader should run
+//! next. Pure decisions (no IO, no clock of its own): the service hands it the catalog, the
+//! stores' liveness and figures and the time, and delivers what it returns in the answer to
+//! the region's heartbeat.
+//!
+//! Rules, for the region whose leader just reported (see docs/coordinator.md, "Scheduler"):
+//!
+//! - **Replica repair.** A store is down once it missed heartbeats for longer than
+//!   `store_down_after_ms` (a store only briefly silent triggers nothing). A region with
+//!   fewer voters on up stores than the target replica count gets, in order: a learner on a
+//!   new (store, core) chosen by placement (never a store that already holds the region),
+//!   the learner's promotion once a heartbeat shows it, and then the removal of the
+//!   replica on the down store (a down learner too). Nothing is removed while the region
+//!   has fewer healthy voters than the target: with no spare up store the down replica
+//!   stays, and the region keeps its quorum size.
+//! - **Leader balance.** With `mean` the leaders per up store, a store leading more than
+//!   `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
+//!   store leading the fewest (ties: the least-leading core as the stores report it, then
+//!   the lowest store id), only if that store would still lead fewer than the source.
+//!   Transfers in flight count as done.
+//! - **Rate limits.** One operator in flight per region (re-sent with every heartbeat
+//!   until a heartbeat shows it done), at most `max_repair` repair steps and
+//!   `max_leader_moves` transfers in flight cluster-wide, an operator expires after
+//!   `timeout_ms`, and a region waits `cooldown_ms` after a transfer or an expired operator
+//!   (the steps of one repair follow each other at once).
+
+use crate::placement::{self, StoreCandidate};
+use crate::proto::{Operator, OperatorKind, Peer, PendingPeer, Region};
+use crate::state::RegionEntry;
+use std::collections::HashMap;
+
+/// The scheduler's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Whether operators are issued at all (`--schedule on|off`).
+    pub enabled: bool,
+    /// A store without a heartbeat for longer than this is down.
+    pub store_down_after_ms: u64,
+    /// Voters a region should have (0: as bootstrapped; else the most common voter count
+    /// of the catalog).
+    pub replicas: usize,
+    /// Repair steps in flight at once, cluster-wide.
+    pub max_repair: usize,
+    /// Leader transfers in flight at once, cluster-wide.
+    pub max_leader_moves: usize,
+    /// Pause of a region after a transfer or an expired operator.
+    pub cooldown_ms: u64,
+    /// An operator not shown done by the heartbeats after this long is dropped.
+    pub timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            enabled: true,
+            store_down_after_ms: 30_000,
+            replicas: 0,
+            max_repair: 4,
+            max_leader_moves: 4,
+            cooldown_ms: 10_000,
+            timeout_ms: 60_000,
+        }
+    }
+}
+
+/// One store as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreView {
+    /// Store id.
+    pub store_id: u64,
+    /// Milliseconds since its last heartbeat.
+    pub since_heartbeat_ms: u64,
+    /// Leaders per core as the store last reported them (empty: not reported).
+    pub core_leaders: Vec<u64>,
+}
+
+/// The cluster as the scheduler sees it when a region's leader reports.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterView<'a> {
+    /// Replicas per region recorded at the bootstrap (0: not recorded).
+    pub replicas: usize,
+    /// Every region of the catalog with its leader.
+    pub regions: &'a [RegionEntry],
+    /// Every registered store.
+    pub stores: &'a [StoreView],
+    /// Placement's view of the stores (for a new replica).
+    pub candidates: &'a [StoreCandidate],
+    /// Replicas placed but not yet shown by a heartbeat.
+    pub pending: &'a [PendingPeer],
+}
+
+/// What a heartbeat's answer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do.
+    Nothing,
+    /// The region's operator in flight, sent again (the last delivery may have failed).
+    Resend(Operator),
+    /// A new operator: the caller allocates the peer id of an `AddLearner` whose peer has
+    /// id 0 (and records the placement), then calls [`Scheduler::start`].
+    Propose(Operator),
+}
+
+/// An operator in flight.
+#[derive(Debug, Clone)]
+struct InFlight {
+    op: Operator,
+    started_ms: u64,
+}
+
+/// The scheduler's state: operators in flight, cooldowns, counters. Volatile (a new
+/// coordinator leader starts afresh).
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    opts: Options,
+    in_flight: HashMap<u64, InFlight>,
+    cooldown_until: HashMap<u64, u64>,
+    next_id: u64,
+    issued: u64,
+    completed: u64,
+    expired: u64,
+}
+
+const REPAIR: &str = "repair";
+const BALANCE: &str = "balance-leader";
+
+fn is_repair(op: &Operator) -> bool {
+    op.kind() != OperatorKind::TransferLeader
+}
+
+impl Scheduler {
+    /// A scheduler with no operators.
+    pub fn new(opts: Options) -> Scheduler {
+        Scheduler {
+            opts,
+            in_flight: HashMap::new(),
+            cooldown_until: HashMap::new(),
+            next_id: 1,
+            issued: 0,
+            completed: 0,
+            expired: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Turns issuing operators on or off (operators in flight are kept and resent).
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.opts.enabled = enabled;
+    }
+
+    /// Whether `region` has an operator in flight.
+    pub fn has_in_flight(&self, region: u64) -> bool {
+        self.in_flight.contains_key(&region)
+    }
+
+    /// Operators in flight (ages as of `now_ms`), by region id.
+    pub fn in_flight(&self, now_ms: u64) -> Vec<Operator> {
+        let mut out: Vec<Operator> = self
+            .in_flight
+            .values()
+            .map(|f| Operator {
+                age_ms: now_ms.saturating_sub(f.started_ms),
+                ..f.op.clone()
+            })
+            .collect();
+        out.sort_by_key(|o| o.region_id);
+        out
+    }
+
+    /// (issued, completed, expired) since this scheduler started.
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (self.issued, self.completed, self.expired)
+    }
+
+    /// Records `op` (from a [`Step::Propose`], its peer id filled in) as in flight and
+    /// returns it with its id.
+    pub fn start(&mut self, mut op: Operator, now_ms: u64) -> Operator {
+        op.id = self.next_id;
+        self.next_id += 1;
+        self.issued += 1;
+        self.in_flight.insert(
+            op.region_id,
+            InFlight {
+                op: op.clone(),
+                started_ms: now_ms,
+            },
+        );
+        op
+    }
+
+    /// A region's leader reported `region` led by `leader_peer_id`: completes or expires
+    /// operators, then returns what the leader should do.
+    pub fn on_heartbeat(
+        &mut self,
+        now_ms: u64,
+        region: &Region,
+        leader_peer_id: u64,
+        view: &ClusterView<'_>,
+    ) -> Step {
+        self.expire(now_ms);
+        self.abandon_toward_down(region.id, view);
+        if let Some(f) = self.in_flight.get(&region.id) {
+            if done(&f.op, region, leader_peer_id) {
+                let op = f.op.clone();
+                self.in_flight.remove(&region.id);
+                self.completed += 1;
+                if !is_repair(&op) {
+                    self.cooldown_until
+                        .insert(region.id, now_ms + self.opts.cooldown_ms);
+                }
+            } else {
+                return Step::Resend(f.op.clone());
+            }
+        }
+        if !self.opts.enabled {
+            return Step::Nothing;
+        }
+        if self
+            .cooldown_until
+            .get(&region.id)
+            .is_some_and(|until| now_ms < *until)
+        {
+            return Step::Nothing;
+        }
+        self.cooldown_until.remove(&region.id);
+        match self.decide(region, leader_peer_id, view) {
+            Some(op) => Step::Propose(op),
+            None => Step::Nothing,
+        }
+    }
+
+    /// Drops operators older than the timeout; their regions cool down.
+    fn expire(&mut self, now_ms: u64) {
+        let timeout = self.opts.timeout_ms;
+        let old: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| now_ms.saturating_sub(f.started_ms) >= timeout)
+            .map(|(r, _)| *r)
+            .collect();
+        for region in old {
+            if let Some(f) = self.in_flight.remove(&region) {
+                tracing::info!(region, op = f.op.id, kind = ?f.op.kind(), "scheduler operator expired");
+            }
+            self.expired += 1;
+            self.cooldown_until
+                .insert(region, now_ms + self.opts.cooldown_ms);
+        }
+    }
+
+    /// Drops `region`'s operator when it moves something *to* a store that went down (a
+    /// leader transfer or a new replica there cannot finish; waiting for the timeout would
+    /// hold the region's repair back). Counted as expired; no cooldown.
+    fn abandon_toward_down(&mut self, region: u64, view: &ClusterView<'_>) {
+        let Some(f) = self.in_flight.get(&region) else {
+            return;
+        };
+        let toward = match f.op.kind() {
+            OperatorKind::RemovePeer | OperatorKind::Unknown => None,
+            _ => f.op.peer.as_ref().map(|p| p.store_id),
+        };
+        if toward.is_some_and(|store| !self.up(view, store)) {
+            if let Some(f) = self.in_flight.remove(&region) {
+                tracing::info!(region, op = f.op.id, kind = ?f.op.kind(), "scheduler operator abandoned: its store is down");
+            }
+            self.expired += 1;
+        }
+    }
+
+    fn up(&self, view: &ClusterView<'_>, store: u64) -> bool {
+        view.stores
+            .iter()
+            .find(|s| s.store_id == store)
+            .is_some_and(|s| s.since_heartbeat_ms <= self.opts.store_down_after_ms)
+    }
+
+    /// The voter count regions should have.
+    fn target(&self, view: &ClusterView<'_>) -> usize {
+        if self.opts.replicas > 0 {
+            return self.opts.replicas;
+        }
+        if view.replicas > 0 {
+            return view.replicas;
+        }
+        let mut counts: HashMap<usize, usize> = HashMap::new();
+        for e in view.regions {
+            *counts
+                .entry(e.region.peers.iter().filter(|p| !p.learner).count())
+                .or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(voters, n)| (*n, *voters))
+            .map_or(0, |(voters, _)| voters)
+    }
+
+    fn decide(
+        &self,
+        region: &Region,
+        leader_peer_id: u64,
+        view: &ClusterView<'_>,
+    ) -> Option<Operator> {
+        let leader = region.peer(leader_peer_id)?;
+        if !self.up(view, leader.store_id) {
+            return None;
+        }
+        let repair = self.repair(region, view);
+        if repair.needed {
+            let in_flight = self.in_flight.values().filter(|f| is_repair(&f.op)).count();
+            if in_flight >= self.opts.max_repair {
+                return None;
+            }
+            return repair.op;
+        }
+        let moving = self
+            .in_flight
+            .values()
+            .filter(|f| !is_repair(&f.op))
+            .count();
+        if moving >= self.opts.max_leader_moves {
+            return None;
+        }
+        self.balance_leader(region, leader, view)
+    }
+
+    fn repair(&self, region: &Region, view: &ClusterView<'_>) -> Repair {
+        let target = self.target(view);
+        let healthy_voters = region
+            .peers
+            .iter()
+            .filter(|p| !p.learner && self.up(view, p.store_id))
+            .count();
+        let down: Vec<&Peer> = region
+            .peers
+            .iter()
+            .filter(|p| !self.up(view, p.store_id))
+            .collect();
+        let from_store = down.first().map_or(0, |p| p.store_id);
+        let op = |kind: OperatorKind, peer: Peer| Operator {
+            id: 0,
+            region_id: region.id,
+            kind: kind as i32,
+            peer: Some(peer),
+            reason: REPAIR.into(),
+            from_store,
+            age_ms: 0,
+        };
+        if healthy_voters < target {
+            if let Some(l) = region
+                .peers
+                .iter()
+                .find(|p| p.learner && self.up(view, p.store_id))
+            {
+                return Repair::with(op(OperatorKind::Promote, l.clone()));
+            }
+            // A placement not yet shown in a heartbeat, on an up store: the same peer again.
+            let pending = view.pending.iter().filter(|p| p.region_id == region.id);
+            if let Some(p) = pending
+                .clone()
+                .filter_map(|p| p.peer.as_ref())
+                .find(|p| self.up(view, p.store_id) && region.peer(p.id).is_none())
+                .filter(|p| region.peers.iter().all(|q| q.store_id != p.store_id))
+            {
+                return Repair::with(op(
+                    OperatorKind::AddLearner,
+                    Peer {
+                        learner: true,
+                        ..p.clone()
+                    },
+                ));
+            }
+            let mut exclude: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
+            exclude.extend(pending.filter_map(|p| p.peer.as_ref().map(|q| q.store_id)));
+            // No spare up store: nothing to do (the down replica is not removed).
+            let placed = placement::place(view.candidates, &exclude, 1).unwrap_or_default();
+            let Some(at) = placed.first() else {
+                return Repair {
+                    needed: true,
+                    op: None,
+                };
+            };
+            return Repair::with(op(
+                OperatorKind::AddLearner,
+                Peer {
+                    id: 0,
+                    store_id: at.store_id,
+                    core: Some(at.core),
+                    learner: true,
+                },
+            ));
+        }
+        match down.first() {
+            Some(p) => Repair::with(op(OperatorKind::RemovePeer, (*p).clone())),
+            None => Repair {
+                needed: false,
+                op: None,
+            },
+        }
+    }
+
+    fn balance_leader(
+        &self,
+        region: &Region,
+        leader: &Peer,
+        view: &ClusterView<'_>,
+    ) -> Option<Operator> {
+        let voters: Vec<&Peer> = region.peers.iter().filter(|p| !p.learner).collect();
+        if voters.iter().any(|p| !self.up(view, p.store_id)) {
+            return None;
+        }
+        let mut counts: HashMap<u64, u64> = view
+            .stores
+            .iter()
+            .filter(|s| self.up(view, s.store_id))
+            .map(|s| (s.store_id, 0))
+            .collect();
+        for e in view.regions {
+            if let Some(l) = e.region.peer(e.leader_peer_id) {
+                if let Some(c) = counts.get_mut(&l.store_id) {
+                    *c += 1;
+                }
+            }
+        }
+        // Transfers in flight count as done.
+        for f in self.in_flight.values().filter(|f| !is_repair(&f.op)) {
+            if let Some(c) = counts.get_mut(&f.op.from_store) {
+                *c = c.saturating_sub(1);
+            }
+            if let Some(c) = f.op.peer.as_ref().and_then(|p| counts.get_mut(&p.store_id)) {
+                *c += 1;
+            }
+        }
+        if counts.is_empty() {
+            return None;
+        }
+        let total: u64 = counts.values().sum();
+        let n = counts.len() as u64;
+        let limit = total.div_ceil(n) + 1;
+        let src = *counts.get(&leader.store_id)?;
+        if src <= limit {
+            return None;
+        }
+        let core_leaders = |p: &Peer| -> u64 {
+            view.stores
+                .iter()
+                .find(|s| s.store_id == p.store_id)
+                .and_then(|s| s.core_leaders.get(p.core? as usize).copied())
+                .unwrap_or(0)
+        };
+        let to = voters
+            .iter()
+            .filter(|p| p.id != leader.id)
+            .filter_map(|p| Some((*counts.get(&p.store_id)?, core_leaders(p), p.store_id, *p)))
+            .min_by_key(|(count, core, store, _)| (*count, *core, *store))?;
+        if to.0 + 1 >= src {
+            return None;
+        }
+        Some(Operator {
+            id: 0,
+            region_id: region.id,
+            kind: OperatorKind::TransferLeader as i32,
+            peer: Some(to.3.clone()),
+            reason: BALANCE.into(),
+            from_store: leader.store_id,
+            age_ms: 0,
+        })
+    }
+}
+
+/// The repair a region needs: `needed` even when no step is possible now.
+struct Repair {
+    needed: bool,
+    op: Option<Operator>,
+}
+
+impl Repair {
+    fn with(op: Operator) -> Repair {
+        Repair {
+            needed: true,
+            op: Some(op),
+        }
+    }
+}
+
+/// Whether `region` (as its leader reports it) shows `op` done.
+fn done(op: &Operator, region: &Region, leader_peer_id: u64) -> bool {
+    let Some(peer) = &op.peer else {
+        return true;
+    };
+    let now = region.peer(peer.id);
+    match op.kind() {
+        OperatorKind::AddLearner => now.is_some(),
+        OperatorKind::Promote => now.is_some_and(|p| !p.learner),
+        OperatorKind::RemovePeer => now.is_none(),
+        OperatorKind::TransferLeader => leader_peer_id == peer.id,
+        OperatorKind::Unknown => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOWN_AFTER: u64 = 3_000;
+
+    fn opts() -> Options {
+        Options {
+            store_down_after_ms: DOWN_AFTER,
+            ..Options::default()
+        }
+    }
+
+    fn peer(id: u64, store: u64) -> Peer {
+        Peer {
+            id,
+            store_id: store,
+            core: Some(0),
+            learner: false,
+        }
+    }
+
+    /// Region `id` with voters on `stores` (peer ids `id * 10 + store`), led by the first.
+    fn entry(id: u64, stores: &[u64]) -> RegionEntry {
+        let peers: Vec<Peer> = stores.iter().map(|s| peer(id * 10 + s, *s)).collect();
+        RegionEntry {
+            leader_peer_id: peers[0].id,
+            region: Region {
+                id,
+                start_key: vec![id as u8],
+                end_key: vec![id as u8 + 1],
+                epoch_version: 1,
+                epoch_conf_version: 1,
+                peers,
+            },
+        }
+    }
+
+    /// Stores 1..=n, those in `down` silent for longer than the down time.
+    fn stores(n: u64, down: &[u64]) -> Vec<StoreView> {
+        (1..=n)
+            .map(|id| StoreView {
+                store_id: id,
+                since_heartbeat_ms: if down.contains(&id) {
+                    DOWN_AFTER + 1
+                } else {
+                    100
+                },
+                core_leaders: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn candidates(stores: &[StoreView], regions: &[RegionEntry]) -> Vec<StoreCandidate> {
+        stores
+            .iter()
+            .map(|s| StoreCandidate {
+                store_id: s.store_id,
+                up: s.since_heartbeat_ms <= DOWN_AFTER,
+                replicas: regions
+                    .iter()
+                    .flat_map(|e| e.region.peers.iter())
+                    .filter(|p| p.store_id == s.store_id)
+                    .count() as u64,
+                load: 0,
+                cores: vec![(0, 0), (0, 0)],
+            })
+            .collect()
+    }
+
+    /// One heartbeat of region `i` of `regions` through `s` (bootstrapped with 3 replicas).
+    fn beat(
+        s: &mut Scheduler,
+        now: u64,
+        regions: &[RegionEntry],
+        i: usize,
+        st: &[StoreView],
+    ) -> Step {
+        beat_with(s, now, regions, i, st, 3)
+    }
+
+    fn beat_with(
+        s: &mut Scheduler,
+        now: u64,
+        regions: &[RegionEntry],
+        i: usize,
+        st: &[StoreView],
+        replicas: usize,
+    ) -> Step {
+        let cands = candidates(st, regions);
+        let view = ClusterView {
+            replicas,
+            regions,
+            stores: st,
+            candidates: &cands,
+            pending: &[],
+        };
+        let e = &regions[i];
+        s.on_heartbeat(now, &e.region, e.leader_peer_id, &view)
+    }
+
+    fn proposed(step: Step) -> Operator {
+        match step {
+            Step::Propose(op) => op,
+            other => panic!("expected an operator, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_down_voter_is_replaced_add_promote_remove() {
+        let mut s = Scheduler::new(opts());
+        let mut regions = vec![entry(1, &[1, 2, 3])];
+        let st = stores(4, &[3]);
+        let add = proposed(beat(&mut s, 0, &regions, 0, &st));
+        assert_eq!(add.kind(), OperatorKind::AddLearner);
+        let p = add.peer.clone().expect("peer");
+        assert_eq!(
+            (p.store_id, p.learner, p.id),
+            (4, true, 0),
+            "the spare store, id to allocate"
+        );
+        assert_eq!(add.from_store, 3);
+        let add = s.start(
+            Operator {
+                peer: Some(Peer { id: 99, ..p }),
+                ..add
+            },
+            0,
+        );
+        // Not shown yet: the same operator again.
+        assert_eq!(
+            beat(&mut s, 1000, &regions, 0, &st),
+            Step::Resend(add.clone())
+        );
+        // The learner shows up: promote it.
+        regions[0].region.peers.push(Peer {
+            id: 99,
+            store_id: 4,
+            core: Some(1),
+            learner: true,
+        });
+        let promote = proposed(beat(&mut s, 2000, &regions, 0, &st));
+        assert_eq!(promote.kind(), OperatorKind::Promote);
+        assert_eq!(promote.peer.as_ref().map(|p| p.id), Some(99));
+        s.start(promote, 2000);
+        regions[0].region.peers[3].learner = false;
+        // Four voters, three healthy: the down one goes.
+        let remove = proposed(beat(&mut s, 3000, &regions, 0, &st));
+        assert_eq!(remove.kind(), OperatorKind::RemovePeer);
+        assert_eq!(remove.peer.as_ref().map(|p| p.store_id), Some(3));
+        s.start(remove, 3000);
+        regions[0].region.peers.retain(|p| p.store_id != 3);
+        assert_eq!(beat(&mut s, 4000, &regions, 0, &st), Step::Nothing);
+        assert_eq!(s.counters(), (3, 3, 0));
+        assert!(s.in_flight(4000).is_empty());
+    }
+
+    #[test]
+    fn a_briefly_silent_store_triggers_nothing() {
+        let mut s = Scheduler::new(opts());
+        let regions = vec![entry(1, &[1, 2, 3])];
+        let mut st = stores(4, &[]);
+        st[2].since_heartbeat_ms = DOWN_AFTER; // at the bound: still up
+        assert_eq!(beat(&mut s, 0, &regions, 0, &st), Step::Nothing);
+    }
+
+    #[test]
+    fn without_a_spare_store_the_down_replica_stays() {
+        let mut s = Scheduler::new(opts());
+        let regions = vec![entry(1, &[1, 2, 3])];
+        // Store 4 exists but is down too: no placement, and no removal.
+        let st = stores(4, &[3, 4]);
+        assert_eq!(beat(&mut s, 0, &regions, 0, &st), Step::Nothing);
+        let st = stores(3, &[3]);
+        assert_eq!(beat(&mut s, 0, &regions, 0, &st), Step::Nothing);
+    }
+
+    #[test]
+    fn a_region_short_of_voters_gets_one_and_the_target_is_the_common_count() {
+        let regions = vec![
+            entry(1, &[1, 2, 3]),
+            entry(2, &[1, 2, 3]),
+            entry(3, &[1, 2]),
+        ];
+        let st = stores(4, &[]);
+        for replicas in [3, 0] {
+            let mut s = Scheduler::new(opts());
+            let add = proposed(beat_with(&mut s, 0, &regions, 2, &st, replicas));
+            assert_eq!(add.kind(), OperatorKind::AddLearner);
+            let store = add.peer.as_ref().map(|p| p.store_id);
+            assert!(store == Some(3) || store == Some(4), "{store:?}");
+        }
+        // The recorded target of 2 (or a configured one): nothing to add (store 1 leads
+        // every region: a leader transfer is all it may get).
+        let no_add = |step: Step| !matches!(step, Step::Propose(op) if op.kind() == OperatorKind::AddLearner);
+        let mut s = Scheduler::new(opts());
+        assert!(no_add(beat_with(&mut s, 0, &regions, 2, &st, 2)));
+        let mut s = Scheduler::new(Options {
+            replicas: 2,
+            ..opts()
+        });
+        assert!(no_add(beat(&mut s, 0, &regions, 2, &st)));
+    }
+
+    #[test]
+    fn a_pending_placement_is_reused() {
+        let mut s = Scheduler::new(opts());
+        let regions = vec![entry(1, &[1, 2, 3])];
+        let st = stores(5, &[3]);
+        let cands = candidates(&st, &regions);
+        let pending = [PendingPeer {
+            region_id: 1,
+            peer: Some(Peer {
+                id: 77,
+                store_id: 5,
+                core: Some(1),
+                learner: false,
+            }),
+        }];
+        let view = ClusterView {
+            replicas: 3,
+            regions: &regions,
+            stores: &st,
+            candidates: &cands,
+            pending: &pending,
+        };
+        let add = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
+        assert_eq!(
+            add.peer.as_ref().map(|p| (p.id, p.store_id, p.learner)),
+            Some((77, 5, true))
+        );
+    }
+
+    #[test]
+    fn one_operator_per_region_and_a_bounded_number_of_repairs() {
+        let mut s = Scheduler::new(Options {
+            max_repair: 2,
+            ..opts()
+        });
+        let regions: Vec<RegionEntry> = (1..=4).map(|i| entry(i, &[1, 2, 3])).collect();
+        let st = stores(4, &[3]);
+        for i in 0..2 {
+            let op = proposed(beat(&mut s, 0, &regions, i, &st));
+            s.start(
+                Operator {
+                    peer: Some(Peer {
+                        id: 100 + i as u64,
+                        ..op.peer.clone().expect("peer")
+                    }),
+                    ..op
+                },
+                0,
+            );
+        }
+        assert!(matches!(beat(&mut s, 0, &regions, 0, &st), Step::Resend(_)));
+        assert_eq!(
+            beat(&mut s, 0, &regions, 2, &st),
+            Step::Nothing,
+            "two repairs in flight"
+        );
+        assert_eq!(s.in_flight(5).len(), 2);
+        assert!(s.in_flight(5).iter().all(|o| o.age_ms == 5));
+    }
+
+    #[test]
+    fn an_operator_toward_a_store_that_went_down_is_dropped_at_once() {
+        let mut s = Scheduler::new(opts());
+        let regions = vec![entry(1, &[1, 2, 3])];
+        let st = stores(5, &[3]);
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        let target = op.peer.clone().expect("peer").store_id;
+        s.start(
+            Operator {
+                peer: Some(Peer {
+                    id: 50,
+                    ..op.peer.clone().expect("peer")
+                }),
+                ..op
+            },
+            0,
+        );
+        assert!(matches!(
+            beat(&mut s, 10, &regions, 0, &st),
+            Step::Resend(_)
+        ));
+        // The new replica's store dies too: the operator cannot finish; a new one goes
+        // to the remaining spare store without waiting for the timeout.
+        let st = stores(5, &[3, target]);
+        let again = proposed(beat(&mut s, 20, &regions, 0, &st));
+        assert_eq!(again.kind(), OperatorKind::AddLearner);
+        let other = again.peer.expect("peer").store_id;
+        assert!(other != target && other != 3, "{other}");
+        assert_eq!(s.counters(), (1, 0, 1));
+    }
+
+    #[test]
+    fn an_operator_expires_and_its_region_cools_down() {
+        let o = opts();
+        let mut s = Scheduler::new(o.clone());
+        let regions = vec![entry(1, &[1, 2, 3])];
+        let st = stores(4, &[3]);
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        s.start(
+            Operator {
+                peer: Some(Peer {
+                    id: 50,
+                    ..op.peer.clone().expect("peer")
+                }),
+                ..op
+            },
+            0,
+        );
+        assert!(matches!(
+            beat(&mut s, o.timeout_ms - 1, &regions, 0, &st),
+            Step::Resend(_)
+        ));
+        assert_eq!(
+            beat(&mut s, o.timeout_ms, &regions, 0, &st),
+            Step::Nothing,
+            "expired, cooling down"
+        );
+        assert_eq!(s.counters(), (1, 0, 1));
+        let again = o.timeout_ms + o.cooldown_ms;
+        assert!(matches!(
+            beat(&mut s, again, &regions, 0, &st),
+            Step::Propose(_)
+        ));
+    }
+
+    #[test]
+    fn switched_off_nothing_new_is_issued() {
+        let mut s = Scheduler::new(Options {
+            enabled: false,
+            ..opts()
+        });
+        let regions = vec![entry(1, &[1, 2, 3])];
+        assert_eq!(
+            beat(&mut s, 0, &regions, 0, &stores(4, &[3])),
+            Step::Nothing
+        );
+        s.set_enabled(true);
+        assert!(matches!(
+            beat(&mut s, 0, &regions, 0, &stores(4, &[3])),
+            Step::Propose(_)
+        ));
+    }
+
+    /// Nine regions on stores 1..=3, all led by store 1.
+    fn skewed() -> Vec<RegionEntry> {
+        (1..=9).map(|i| entry(i, &[1, 2, 3])).collect()
+    }
+
+    #[test]
+    fn a_store_leading_too_many_regions_hands_one_to_the_least_leading_store() {
+        let mut s = Scheduler::new(opts());
+        let mut regions = skewed();
+        // Store 2 already leads one.
+        regions[8].leader_peer_id = regions[8].region.peers[1].id;
+        let st = stores(3, &[]);
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        assert_eq!(op.kind(), OperatorKind::TransferLeader);
+        assert_eq!(
+            op.peer.as_ref().map(|p| p.store_id),
+            Some(3),
+            "the store leading fewest"
+        );
+        assert_eq!(op.from_store, 1);
+        s.start(op, 0);
+        // In flight counts as done: the next goes to store 2 or 3, each leading one.
+        let next = proposed(beat(&mut s, 0, &regions, 1, &st));
+        assert!(matches!(
+            next.peer.as_ref().map(|p| p.store_id),
+            Some(2 | 3)
+        ));
+        // The transfer shows: done, and the region cools down.
+        regions[0].leader_peer_id = regions[0].region.peers[2].id;
+        assert_eq!(beat(&mut s, 100, &regions, 0, &st), Step::Nothing);
+        assert_eq!(s.counters().1, 1);
+    }
+
+    #[test]
+    fn leader_balance_stops_within_one_of_the_mean_and_respects_its_limit() {
+        let st = stores(3, &[]);
+        let mut regions = skewed();
+        // 5 / 2 / 2: the limit is ceil(9 / 3) + 1 = 4 and store 1 leads 5.
+        for (i, r) in regions.iter_mut().enumerate().skip(5) {
+            r.leader_peer_id = r.region.peers[1 + i % 2].id;
+        }
+        let mut s = Scheduler::new(opts());
+        assert!(matches!(
+            beat(&mut s, 0, &regions, 0, &st),
+            Step::Propose(_)
+        ));
+        // 4 / 3 / 2: within the limit.
+        regions[0].leader_peer_id = regions[0].region.peers[1].id;
+        let mut s = Scheduler::new(opts());
+        assert_eq!(beat(&mut s, 0, &regions, 1, &st), Step::Nothing);
+        // At most `max_leader_moves` transfers at once.
+        let mut s = Scheduler::new(Options {
+            max_leader_moves: 1,
+            ..opts()
+        });
+        let regions = skewed();
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        s.start(op, 0);
+        assert_eq!(beat(&mut s, 0, &regions, 1, &st), Step::Nothing);
+    }
+
+    #[test]
+    fn leader_ties_go_to_the_least_leading_core() {
+        let mut st = stores(3, &[]);
+        st[1].core_leaders = vec![0, 5];
+        st[2].core_leaders = vec![0, 1];
+        let mut regions = skewed();
+        for r in &mut regions {
+            for p in &mut r.region.peers {
+                p.core = Some(1);
+            }
+        }
+        let mut s = Scheduler::new(opts());
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        assert_eq!(op.peer.as_ref().map(|p| p.store_id), Some(3));
+    }
+
+    #[test]
+    fn no_leader_moves_for_a_region_with_a_down_voter_or_from_a_down_store() {
+        let mut s = Scheduler::new(Options {
+            max_repair: 0,
+            ..opts()
+        });
+        let regions = skewed();
+        // Store 3 down: every region needs repair (none allowed), and no transfer either.
+        assert_eq!(
+            beat(&mut s, 0, &regions, 0, &stores(4, &[3])),
+            Step::Nothing
+        );
+        let mut s = Scheduler::new(opts());
+        assert_eq!(
+            beat(&mut s, 0, &regions, 0, &stores(3, &[1])),
+            Step::Nothing
+        );
+    }
+}

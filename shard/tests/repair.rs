@@ -1,0 +1,304 @@
+//! Scenario: the coordinator's scheduler repairs the replicas of a dead store.
+//!
+//! A coordinator (in this process, `--store-down-after 3s`) and four `nokv-server`
+//! processes: three start together and bootstrap the cluster with three replicas per
+//! region, a client writes N keys, then the fourth store joins (holding nothing). One of
+//! the first three (every region has a replica there; the one leading the most keys) is
+//! SIGKILLed. With the scheduler on, every region's leader runs the operators its
+//! heartbeats are answered with (add a learner on the fourth store, promote it, remove the
+//! dead replica), until every region has three voters on live stores again; then every
+//! acknowledged key reads back through every live store, new writes are taken, and the
+//! consistency check finds the replicas of every region equal. Negative control: with the
+//! scheduler off the same wait does not reach three live voters, and no operator is issued.
+//!
+//! Every wait is bounded; nothing asserts a time.
+
+mod support;
+
+use nokv_coordinator::proto::{Route, ScanRegionsRequest};
+use nokv_coordinator::Coordinator;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::cluster::*;
+use support::{Client, Server, R};
+
+/// Keys written before the kill.
+const KEYS: usize = 100;
+/// How long a store may be silent before the coordinator counts it as down.
+const DOWN_AFTER: Duration = Duration::from_secs(3);
+/// Bound of the repair (a failure bound, not a timing assumption: the repair takes three
+/// heartbeat round trips per region, at most four regions at a time, on a debug build).
+const REPAIR_BOUND: Duration = Duration::from_secs(90);
+/// How long the negative control waits (well past `DOWN_AFTER` plus several heartbeats).
+const CONTROL_WAIT: Duration = Duration::from_secs(10);
+
+/// The two tests start eight processes between them: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A running cluster of four stores (the fourth joined after the writes).
+struct Cluster {
+    coord: std::sync::Arc<Coordinator>,
+    _server: nokv_coordinator::Server,
+    specs: Vec<StoreSpec>,
+    servers: Vec<Option<Server>>,
+    ids: Vec<u64>,
+    acked: BTreeMap<String, String>,
+    client: ClusterClient,
+    _dir: tempfile::TempDir,
+}
+
+/// Every route of the coordinator.
+fn routes(coord: &Coordinator) -> Vec<Route> {
+    coord
+        .scan_regions(&ScanRegionsRequest::default())
+        .expect("scan regions")
+}
+
+/// For every region: (region id, voters on stores other than `dead`, replicas on `dead`).
+fn voter_counts(coord: &Coordinator, dead: u64) -> Vec<(u64, usize, usize)> {
+    routes(coord)
+        .iter()
+        .filter_map(|r| r.region.as_ref())
+        .map(|r| {
+            let live = r
+                .peers
+                .iter()
+                .filter(|p| !p.learner && p.store_id != dead)
+                .count();
+            let on_dead = r.peers.iter().filter(|p| p.store_id == dead).count();
+            (r.id, live, on_dead)
+        })
+        .collect()
+}
+
+fn start(schedule: bool) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, server, coord_addr) =
+        start_coordinator_with(&dir.path().join("coord"), DOWN_AFTER, schedule);
+    let specs: Vec<StoreSpec> = (1..=4)
+        .map(|i| StoreSpec {
+            workdir: dir.path().join(format!("store-{i}")),
+            redis: free_addr(),
+            rpc: free_addr(),
+            redirect: "moved",
+        })
+        .collect();
+    // The first three start together (the cluster bootstraps once they registered).
+    let handles: Vec<_> = specs[..3]
+        .iter()
+        .cloned()
+        .map(|spec| {
+            let coord_addr = coord_addr.clone();
+            std::thread::spawn(move || start_store(&spec, &coord_addr))
+        })
+        .collect();
+    let mut servers: Vec<Option<Server>> = handles
+        .into_iter()
+        .map(|h| Some(h.join().expect("store started")))
+        .collect();
+    let mut client = ClusterClient::new(&specs[..3]);
+    let mut acked = BTreeMap::new();
+    for i in 0..KEYS {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND),
+            "SET {k} not acknowledged in time\n{}",
+            client.log_tails()
+        );
+        acked.insert(k, v);
+    }
+    // The fourth store joins; the bootstrap placed nothing on it.
+    servers.push(Some(start_store(&specs[3], &coord_addr)));
+    let ids: Vec<u64> = specs
+        .iter()
+        .map(|s| {
+            coord
+                .stores()
+                .iter()
+                .filter_map(|i| i.meta.as_ref())
+                .find(|m| m.redis_addr == s.redis)
+                .map(|m| m.id)
+                .unwrap_or_else(|| panic!("store at {} registered", s.redis))
+        })
+        .collect();
+    for (region, voters, _) in voter_counts(&coord, 0) {
+        assert_eq!(voters, 3, "region {region} bootstrapped with 3 voters");
+    }
+    let client = ClusterClient::new(&specs);
+    Cluster {
+        coord,
+        _server: server,
+        specs,
+        servers,
+        ids,
+        acked,
+        client,
+        _dir: dir,
+    }
+}
+
+/// SIGKILLs the first-three store leading the most of the keys; returns its index.
+fn kill_busiest(c: &mut Cluster) -> usize {
+    let addrs: Vec<String> = c.specs[..3].iter().map(|s| s.redis.clone()).collect();
+    let (victim, led) = busiest_leader(&addrs, &c.acked);
+    eprintln!(
+        "killing store {} (id {}), leading {led:?} of the keys per store",
+        victim + 1,
+        c.ids[victim]
+    );
+    c.servers[victim].take().expect("running").kill();
+    victim
+}
+
+/// Waits (at most `bound`) until every region has 3 voters on stores other than `dead`;
+/// returns whether it got there, and the last counts.
+fn wait_live_voters(
+    coord: &Coordinator,
+    dead: u64,
+    bound: Duration,
+) -> (bool, Vec<(u64, usize, usize)>) {
+    let deadline = Instant::now() + bound;
+    // Bounded by the deadline.
+    loop {
+        let counts = voter_counts(coord, dead);
+        if !counts.is_empty() && counts.iter().all(|(_, live, _)| *live >= 3) {
+            return (true, counts);
+        }
+        if Instant::now() >= deadline {
+            return (false, counts);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = start(true);
+    let victim = kill_busiest(&mut c);
+    let dead = c.ids[victim];
+    let live: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+
+    let (repaired, counts) = wait_live_voters(&c.coord, dead, REPAIR_BOUND);
+    let ops = c.coord.operators();
+    assert!(
+        repaired,
+        "regions (id, live voters, replicas on the dead store) {counts:?}; scheduler {ops:?}\n{}",
+        c.client.log_tails()
+    );
+    eprintln!(
+        "3 live voters everywhere: {counts:?}; issued {} completed {} expired {}",
+        ops.issued, ops.completed, ops.expired
+    );
+    // The last step of a repair removes the dead replica.
+    let deadline = Instant::now() + REPAIR_BOUND;
+    // Bounded by the deadline.
+    let counts = loop {
+        let counts = voter_counts(&c.coord, dead);
+        if counts
+            .iter()
+            .all(|(_, live, on_dead)| *live == 3 && *on_dead == 0)
+        {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead replicas not removed: {counts:?}; scheduler {:?}\n{}",
+            c.coord.operators(),
+            c.client.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The new replicas are on the fourth store.
+    let fourth = c.ids[3];
+    let on_fourth = routes(&c.coord)
+        .iter()
+        .filter_map(|r| r.region.as_ref())
+        .filter(|r| r.peers.iter().any(|p| p.store_id == fourth && !p.learner))
+        .count();
+    assert_eq!(
+        on_fourth,
+        counts.len(),
+        "every region has a voter on store 4"
+    );
+
+    // Every acknowledged key, through every live store.
+    check_all(&mut c.client, &c.acked, &live);
+    // New writes are taken and read back.
+    for i in 0..20 {
+        let (k, v) = (format!("after:{i}"), format!("after-{i}"));
+        assert!(
+            c.client.set(live[i % live.len()], &k, &v, OP_BOUND),
+            "SET {k} after the repair\n{}",
+            c.client.log_tails()
+        );
+        c.acked.insert(k, v);
+    }
+    check_all(&mut c.client, &c.acked, &live);
+
+    // The replicas of every region agree (the new ones hold the same data).
+    for (region, _, _) in counts {
+        let id = region.to_string();
+        let args: [&[u8]; 3] = [b"NOKV.REGION", b"CHECK", id.as_bytes()];
+        let verdict = c.client.call(live[0], &args, OP_BOUND);
+        match verdict {
+            Some(R::Simple(v)) if v.starts_with("MATCH") => {}
+            other => panic!(
+                "region {region}: consistency check {other:?}\n{}",
+                c.client.log_tails()
+            ),
+        }
+    }
+    // The stores ran the operators (not the test): their counters show it, and store 4
+    // holds every region.
+    let mut results: BTreeMap<String, u64> = BTreeMap::new();
+    for i in &live {
+        let server = c.servers[*i].as_ref().expect("live store");
+        for line in server.scrape().lines() {
+            let Some(rest) = line.strip_prefix("nokv_scheduler_operators_total{result=\"") else {
+                continue;
+            };
+            let mut parts = rest.splitn(2, "\"} ");
+            let (Some(result), Some(n)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            *results.entry(result.to_string()).or_default() += n.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    eprintln!("operators run by the live stores: {results:?}");
+    assert!(
+        results.get("done").copied().unwrap_or(0) >= on_fourth as u64,
+        "{results:?}"
+    );
+    let mut conn = Client::connect(&c.specs[3].redis);
+    match conn.cmd("NOKV.REGION LIST") {
+        R::Array(lines) => assert_eq!(lines.len(), on_fourth, "store 4's regions {lines:?}"),
+        other => panic!("NOKV.REGION LIST on store 4: {other:?}"),
+    }
+}
+
+#[test]
+fn without_the_scheduler_a_dead_store_is_not_repaired() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = start(false);
+    let victim = kill_busiest(&mut c);
+    let dead = c.ids[victim];
+    let (repaired, counts) = wait_live_voters(&c.coord, dead, CONTROL_WAIT);
+    assert!(
+        !repaired,
+        "regions reached 3 live voters without the scheduler: {counts:?}"
+    );
+    assert!(
+        counts
+            .iter()
+            .all(|(_, live, on_dead)| *live == 2 && *on_dead == 1),
+        "{counts:?}"
+    );
+    let ops = c.coord.operators();
+    assert!(!ops.enabled);
+    assert_eq!(ops.issued, 0, "{ops:?}");
+    // The two live replicas still serve every acknowledged key.
+    let live: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    check_all(&mut c.client, &c.acked, &live);
+}
