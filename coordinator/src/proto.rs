@@ -99,7 +99,8 @@ pub struct StoreInfo {
     /// Up or down.
     #[prost(enumeration = "StoreState", tag = "3")]
     pub state: i32,
-    /// Milliseconds since the last heartbeat (or registration, or coordinator start).
+    /// Milliseconds since the last heartbeat (or registration, or coordinator start);
+    /// `u64::MAX` once a new store registered at this store's rpc address.
     #[prost(uint64, tag = "4")]
     pub since_heartbeat_ms: u64,
 }

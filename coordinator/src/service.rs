@@ -83,6 +83,10 @@ impl Config {
 struct Liveness {
     last_heartbeat_mono_ms: u64,
     stats: Option<StoreStats>,
+    /// A new store registered at this store's rpc address: this one is gone (its disk was
+    /// wiped or it moved), so it counts as down at once instead of after
+    /// `store_down_after`. Cleared when the store registers again with its id.
+    replaced_by: Option<u64>,
 }
 
 /// The persisted state and its engine: changed only by applying commands.
@@ -382,6 +386,7 @@ impl Coordinator {
         if meta.id == 0 {
             meta.id = self.alloc_locked(&mut inner, 1)?;
             tracing::info!(store_id = meta.id, rpc_addr = %meta.rpc_addr, "new store registered");
+            self.mark_replaced(&mut inner, &meta);
         } else {
             match self.core.lock().state.store(meta.id) {
                 None => return Err(Error::StoreNotFound(meta.id)),
@@ -405,8 +410,34 @@ impl Coordinator {
             )?;
         }
         let now = self.clock.mono_ms();
-        inner.live.entry(id).or_default().last_heartbeat_mono_ms = now;
+        let live = inner.live.entry(id).or_default();
+        live.last_heartbeat_mono_ms = now;
+        live.replaced_by = None;
         Ok(id)
+    }
+
+    /// A new store listening at another store's rpc address proves that store is gone
+    /// (one address, one process): it counts as down from now on, so the scheduler
+    /// re-creates its replicas without waiting `store_down_after`.
+    fn mark_replaced(&self, inner: &mut Inner, new: &StoreMeta) {
+        let old: Vec<u64> = self
+            .core
+            .lock()
+            .state
+            .stores()
+            .values()
+            .filter(|m| m.id != new.id && m.rpc_addr == new.rpc_addr)
+            .map(|m| m.id)
+            .collect();
+        for id in old {
+            tracing::warn!(
+                store_id = id,
+                new_store_id = new.id,
+                rpc_addr = %new.rpc_addr,
+                "a new store registered at this store's address: the old store counts as down (wiped disk?); its replicas will be re-created"
+            );
+            inner.live.entry(id).or_default().replaced_by = Some(new.id);
+        }
     }
 
     /// Records a store's heartbeat figures.
@@ -927,10 +958,13 @@ impl Coordinator {
         Ok(())
     }
 
+    /// How long the store has been silent; `u64::MAX` once another store took its address.
     fn since_heartbeat_ms(&self, inner: &Inner, id: u64, now: u64) -> u64 {
-        let last = inner
-            .live
-            .get(&id)
+        let live = inner.live.get(&id);
+        if live.is_some_and(|l| l.replaced_by.is_some()) {
+            return u64::MAX;
+        }
+        let last = live
             .map(|l| l.last_heartbeat_mono_ms)
             .unwrap_or(inner.grace_from_mono_ms);
         now.saturating_sub(last)

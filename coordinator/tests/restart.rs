@@ -424,3 +424,41 @@ fn right_child(parent: &Region, child_id: u64) -> Region {
             .collect(),
     }
 }
+
+#[test]
+fn a_new_store_at_a_known_address_replaces_the_old_one_at_once() {
+    use nokv_coordinator::proto::StoreState;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let c = open(dir.path(), &clock);
+    let ids: Vec<u64> = (0..3)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    let state = |id: u64| c.store_info(id).expect("info").state;
+    assert_eq!(state(ids[2]), StoreState::Up as i32);
+    // Store 2's disk was wiped: it starts again at the same address, with no id.
+    let wiped = c.register_store(store(2)).expect("register the wiped store");
+    assert!(!ids.contains(&wiped), "a wiped store gets a new id");
+    // Within `store_down_after` of its last heartbeat, the old store already counts as
+    // down (and gets no new replicas); the new one is up.
+    assert_eq!(state(ids[2]), StoreState::Down as i32);
+    assert_eq!(state(wiped), StoreState::Up as i32);
+    assert_eq!(
+        c.store_info(ids[2]).expect("info").since_heartbeat_ms,
+        u64::MAX
+    );
+    let regions = c
+        .bootstrap(&nokv_coordinator::proto::BootstrapRequest {
+            split_keys: vec![],
+            replicas: 3,
+        })
+        .expect("bootstrap");
+    assert!(regions[0].peers.iter().all(|p| p.store_id != ids[2]));
+    // The other stores are untouched.
+    assert_eq!(state(ids[0]), StoreState::Up as i32);
+    // The old store registering again with its id (it moved, data intact) is up again.
+    let mut moved = store(7);
+    moved.id = ids[2];
+    assert_eq!(c.register_store(moved).expect("re-register"), ids[2]);
+    assert_eq!(state(ids[2]), StoreState::Up as i32);
+}
