@@ -1355,8 +1355,10 @@ fn record_proposal<T>(
     token: T,
 ) -> std::result::Result<u64, (Error, T)> {
     let region = peer.region.id;
-    if let Err(source) = taken {
-        return Err((Error::Raft { region, source }, token));
+    match taken {
+        Ok(()) => {}
+        Err(raft::Error::ProposalDropped) => return Err((Error::NotTaken { region }, token)),
+        Err(source) => return Err((Error::Raft { region, source }, token)),
     }
     let index = peer.node.raft.raft_log.last_index();
     if index == before {

@@ -45,6 +45,13 @@ pub enum Error {
         /// Proposals waiting.
         pending: usize,
     },
+    /// The leader did not take a proposal into its log (a leader transfer is in progress,
+    /// or too much is uncommitted): nothing was written, it can be retried.
+    #[error("region {region}: the leader did not take the proposal (leader transfer in progress or too much uncommitted); nothing was written")]
+    NotTaken {
+        /// The region.
+        region: u64,
+    },
     /// A proposal was dropped (leadership changed before it was committed).
     #[error("region {region}: proposal at index {index} was dropped")]
     ProposalDropped {

@@ -681,6 +681,12 @@ fn a_leader_transfer_hands_over_leadership_and_suspends_the_lease() {
     c.core(old)
         .transfer_leader(REGION, 100 + target)
         .expect("transfer");
+    // While it hands over, the old leader takes no proposal: a retryable refusal, not
+    // raft's generic error.
+    match c.core(old).propose(REGION, b"during".to_vec(), 3) {
+        Err((nokv_raft::Error::NotTaken { region }, 3)) => assert_eq!(region, REGION),
+        other => panic!("a proposal during the transfer: {other:?}"),
+    }
     let now = c.now;
     assert!(
         !matches!(c.core(old).read(REGION, now, 2), Ok(ReadPath::Now(_))),

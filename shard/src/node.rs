@@ -100,6 +100,12 @@ fn write_failed_reply(core: usize, error: &impl std::fmt::Display) -> String {
 
 /// `-TRYAGAIN` when a bounded queue toward another core is full.
 const BUSY: &str = "TRYAGAIN core is busy, retry";
+
+/// `-TRYAGAIN` for a write that is known not to be applied (not taken by the leader, or
+/// its log entry was replaced after a leadership change): the client can simply retry.
+fn not_written_reply(error: &nokv_raft::Error) -> String {
+    format!("TRYAGAIN {error}; retry")
+}
 /// `-BUSY` while the owning core's engine stops writes (docs/redis.md).
 pub const WRITE_STALLED: &str =
     "BUSY write stall: the storage engine is catching up on flush and compaction, retry later";
@@ -814,7 +820,7 @@ struct NodeOutbox {
 
 impl Outbox<Waiter> for NodeOutbox {
     fn abandon(&mut self, token: Waiter, error: nokv_raft::Error) {
-        token.answer(Reply::error(format!("ERR {error}")));
+        token.answer(Reply::error(not_written_reply(&error)));
     }
 
     fn send(&mut self, region: u64, msg: Message) {
@@ -1819,6 +1825,9 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     if let Err((e, _)) = proposed {
         return match e {
             nokv_raft::Error::Busy { .. } => Proposal::Refused(Reply::error(BUSY)),
+            nokv_raft::Error::NotTaken { .. } => {
+                Proposal::Refused(Reply::error(not_written_reply(&e)))
+            }
             nokv_raft::Error::NotLeader { .. } => Proposal::Elsewhere(cmd),
             // The replica was removed from this store while running.
             nokv_raft::Error::RegionNotFound(_) if core.node.cluster.is_some() => {
