@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, RecvBuf, Reply};
 use super::{
-    etcd_outcome, etcd_request, nokv_command, nokv_outcome, ClientStats, Gate, Phase, Release,
-    Rng, Router, Step, System, MAX_TRIES, TRYAGAIN_DELAY,
+    etcd_outcome, etcd_request, nokv_command, nokv_outcome, ClientStats, Gate, Phase, Release, Rng,
+    Router, Step, System, MAX_TRIES, TRYAGAIN_DELAY,
 };
 use crate::error::{BenchError, Result};
 
@@ -134,6 +134,14 @@ struct EvClient {
     stats: ClientStats,
 }
 
+/// A complete answer on a connection.
+enum Answer {
+    /// A RESP reply (NoKV).
+    Resp(Reply),
+    /// An HTTP response (etcd).
+    Http(wire::HttpResponse),
+}
+
 /// What to do with a client after an answer.
 enum Next {
     Finish(std::result::Result<bool, String>),
@@ -166,11 +174,7 @@ struct Loop<'a> {
 
 /// Runs the clients `ids` of a phase on this thread: warm-up, the release, the measured
 /// closed loop; their measurements in `ids` order.
-pub(super) fn drive(
-    phase: &Phase,
-    release: &Release,
-    ids: Vec<usize>,
-) -> Result<Vec<ClientStats>> {
+pub(super) fn drive(phase: &Phase, release: &Release, ids: Vec<usize>) -> Result<Vec<ClientStats>> {
     let mut lp = match Loop::new(phase, &ids) {
         Ok(lp) => lp,
         Err(e) => {
@@ -496,8 +500,12 @@ impl<'a> Loop<'a> {
             };
             let data = conn.recv.data();
             let parsed = match self.phase.target.system {
-                System::Nokv => wire::parse_reply(data).map(|o| o.map(|(r, n)| (Ok(r), n))),
-                System::Etcd => wire::parse_http_response(data).map(|o| o.map(|(r, n)| (Err(r), n))),
+                System::Nokv => {
+                    wire::parse_reply(data).map(|o| o.map(|(r, n)| (Answer::Resp(r), n)))
+                }
+                System::Etcd => {
+                    wire::parse_http_response(data).map(|o| o.map(|(r, n)| (Answer::Http(r), n)))
+                }
             };
             match parsed {
                 Ok(None) => return,
@@ -512,7 +520,7 @@ impl<'a> Loop<'a> {
 
     /// Handles a complete answer on connection `cid`: a RESP reply (NoKV) or an HTTP
     /// response (etcd).
-    fn on_answer(&mut self, cid: usize, answer: std::result::Result<Reply, (u16, Vec<u8>)>) {
+    fn on_answer(&mut self, cid: usize, answer: Answer) {
         let Some(conn) = self.conns.get(cid).and_then(Option::as_ref) else {
             return;
         };
@@ -525,7 +533,7 @@ impl<'a> Loop<'a> {
         p.conn = None;
         let op = self.phase.op;
         let next = match (&mut c.links, answer) {
-            (Links::Nokv { router, .. }, Ok(reply)) => {
+            (Links::Nokv { router, .. }, Answer::Resp(reply)) => {
                 match router.route(wire::slot(&p.key), reply) {
                     Step::Done(r) => Next::Finish(nokv_outcome(op, r)),
                     Step::Redirected => Next::Attempt,
@@ -533,7 +541,7 @@ impl<'a> Loop<'a> {
                     Step::Failed(e) => Next::Finish(Err(format!("{}: -{e}", conn.addr))),
                 }
             }
-            (Links::Etcd { addr, .. }, Err((status, body))) => {
+            (Links::Etcd { addr, .. }, Answer::Http((status, body))) => {
                 Next::Finish(etcd_outcome(op, status, &body).map_err(|e| format!("{addr} {e}")))
             }
             // on_readable parses by the target's system, which also fixed the links.

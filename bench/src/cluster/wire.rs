@@ -53,6 +53,12 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// An incremental parse: the message and the bytes it took, or None while incomplete.
+pub type Parsed<T> = io::Result<Option<(T, usize)>>;
+
+/// An HTTP response: status and body.
+pub type HttpResponse = (u16, Vec<u8>);
+
 /// Longest RESP line (simple string, error, length) and longest HTTP response head.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -79,16 +85,17 @@ fn line_at(buf: &[u8], from: usize, limit: usize) -> io::Result<Option<(&[u8], u
 
 /// A decimal length or count of a RESP header line.
 fn parse_len(text: &str, what: &str) -> io::Result<i64> {
-    text.parse().map_err(|_| bad(format!("bad {what} {text:?}")))
+    text.parse()
+        .map_err(|_| bad(format!("bad {what} {text:?}")))
 }
 
 /// Parses one RESP2 reply from the start of `buf`: the reply and the bytes it took, or
 /// Ok(None) when `buf` holds only a prefix of it. Oversized lines and bulks are errors.
-pub fn parse_reply(buf: &[u8]) -> io::Result<Option<(Reply, usize)>> {
+pub fn parse_reply(buf: &[u8]) -> Parsed<Reply> {
     parse_reply_at(buf, 0, 0)
 }
 
-fn parse_reply_at(buf: &[u8], from: usize, depth: usize) -> io::Result<Option<(Reply, usize)>> {
+fn parse_reply_at(buf: &[u8], from: usize, depth: usize) -> Parsed<Reply> {
     let Some((line, next)) = line_at(buf, from, MAX_LINE)? else {
         return Ok(None);
     };
@@ -142,7 +149,7 @@ fn parse_reply_at(buf: &[u8], from: usize, depth: usize) -> io::Result<Option<(R
 /// Parses one HTTP/1.1 response (status, body) from the start of `buf`, framed by
 /// Content-Length or chunked transfer encoding: the response and the bytes it took, or
 /// Ok(None) while incomplete. A head over [`MAX_LINE`] or a body over [`MAX_BODY`] is an error.
-pub fn parse_http_response(buf: &[u8]) -> io::Result<Option<((u16, Vec<u8>), usize)>> {
+pub fn parse_http_response(buf: &[u8]) -> Parsed<HttpResponse> {
     let Some((line, mut pos)) = line_at(buf, 0, MAX_LINE)? else {
         return Ok(None);
     };
@@ -230,10 +237,7 @@ pub fn parse_http_response(buf: &[u8]) -> io::Result<Option<((u16, Vec<u8>), usi
 
 /// Reads one message from a blocking reader with an incremental parser (`parse_reply`,
 /// `parse_http_response`), consuming exactly the message's bytes from `r`.
-fn read_with<R: BufRead, T>(
-    r: &mut R,
-    parse: impl Fn(&[u8]) -> io::Result<Option<(T, usize)>>,
-) -> io::Result<T> {
+fn read_with<R: BufRead, T>(r: &mut R, parse: impl Fn(&[u8]) -> Parsed<T>) -> io::Result<T> {
     // Bytes of the message consumed from `r` so far (empty while it fits one buffer).
     let mut acc: Vec<u8> = Vec::new();
     loop {
@@ -348,7 +352,7 @@ impl Conn {
     }
 
     /// Reads one HTTP response (status, body).
-    pub fn read_http(&mut self) -> io::Result<(u16, Vec<u8>)> {
+    pub fn read_http(&mut self) -> io::Result<HttpResponse> {
         read_http_response(&mut self.reader)
     }
 }
@@ -367,7 +371,7 @@ pub fn encode_post(out: &mut Vec<u8>, host: &str, path: &str, body: &[u8]) {
 }
 
 /// Reads one HTTP/1.1 response (status, body) from a blocking reader.
-pub fn read_http_response<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<u8>)> {
+pub fn read_http_response<R: BufRead>(r: &mut R) -> io::Result<HttpResponse> {
     read_with(r, parse_http_response)
 }
 
@@ -503,7 +507,7 @@ mod tests {
     /// byte boundary: None until a message is complete, then the same value and length.
     fn split_everywhere<T: PartialEq + std::fmt::Debug>(
         input: &[u8],
-        parse: impl Fn(&[u8]) -> io::Result<Option<(T, usize)>>,
+        parse: impl Fn(&[u8]) -> Parsed<T>,
         expected: &[T],
     ) {
         // The whole-buffer parse: the reference messages and their lengths.
@@ -573,7 +577,10 @@ mod tests {
         );
         // The blocking reader consumes exactly one reply of a pipelined buffer.
         let mut r: &[u8] = b"$3\r\nabc\r\n+OK\r\n";
-        assert_eq!(read_reply(&mut r).unwrap(), Reply::Bulk(Some(b"abc".to_vec())));
+        assert_eq!(
+            read_reply(&mut r).unwrap(),
+            Reply::Bulk(Some(b"abc".to_vec()))
+        );
         assert_eq!(r, b"+OK\r\n");
     }
 
@@ -630,9 +637,16 @@ HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
             b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ] {
-            assert!(parse_http_response(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_http_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         assert!(parse_http_response(big.as_bytes()).is_err());
         let big = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
