@@ -284,9 +284,6 @@ impl<'a> Loop<'a> {
                 self.timers.pop();
                 self.attempt(ci);
             }
-            if !self.ready.is_empty() {
-                continue;
-            }
             if now >= next_check {
                 self.expire_stalled(now);
                 next_check = now + STALL_CHECK;
@@ -294,6 +291,11 @@ impl<'a> Loop<'a> {
             let mut wake = next_check;
             if let Some(&Reverse((at, _))) = self.timers.peek() {
                 wake = wake.min(at);
+            }
+            // Clients to restart (attempts that failed at once): only poll, so that a
+            // client failing in a tight loop cannot starve the others' sockets.
+            if !self.ready.is_empty() {
+                wake = now;
             }
             let n = self
                 .ep
