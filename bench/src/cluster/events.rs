@@ -193,12 +193,11 @@ pub(super) fn drive(phase: &Phase, release: &Release, ids: Vec<usize>) -> Result
         .into_iter()
         .zip(before)
         .map(|(c, before)| {
-            let mut stats = c.stats;
-            stats.redirects = match &c.links {
-                Links::Nokv { router, .. } => router.redirects - before,
-                Links::Etcd { .. } => 0,
-            };
-            stats
+            let redirects = c.redirects() - before;
+            ClientStats {
+                redirects,
+                ..c.stats
+            }
         })
         .collect())
 }
