@@ -14,6 +14,8 @@
 # Environment (defaults in brackets):
 #   CLIENTS [16,64,256]   OPS [200000] per phase   DURATION [10] s per phase (cap)
 #   WARMUP [1] s per phase   KEYS [10000]   VALUE_SIZE [100]
+#   DRIVER [events]       nokv-bench's client driver: events (epoll loops) or threads (a thread per client)
+#   DRIVER_THREADS [2]    threads of the events driver (the clients are dealt over them)
 #   RB [1]                1 runs the redis-benchmark replication-cost pass
 #   RB_N [200000] RB_CLIENTS [50] RB_PIPELINE [16]   redis-benchmark -n/-r, -c, -P
 #   SINGLE_CPU [0]        CPU of the single nokv-server
@@ -37,6 +39,8 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-100}
+DRIVER=${DRIVER:-events}
+DRIVER_THREADS=${DRIVER_THREADS:-2}
 RB=${RB:-1}
 RB_N=${RB_N:-200000}
 RB_CLIENTS=${RB_CLIENTS:-50}
@@ -195,6 +199,7 @@ echo "== NoKV cluster up: $NOKV_ADDRS (--durability sync; topology $WORKDIR/topo
 echo "== $(date -u '+%Y-%m-%d %H:%M:%S UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
 CMD=("$BIN/nokv-bench" cluster --nokv "$NOKV_ADDRS" --etcd "$ETCD_ADDRS" --clients "$CLIENTS"
     --ops "$OPS" --duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE"
+    --driver "$DRIVER" --driver-threads "$DRIVER_THREADS"
     --json "$WORKDIR/cluster.json" --nokv-pids "$NOKV_PIDS" --etcd-pids "$ETCD_PIDS")
 echo "${CMD[*]}" | tee "$WORKDIR/cluster.cmd"
 "${CMD[@]}" | tee "$WORKDIR/cluster.out"

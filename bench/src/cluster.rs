@@ -4,6 +4,9 @@
 //! by an operation count and a time, after an unmeasured warm-up. Prints a table and
 //! writes a JSON results file.
 
+mod events;
+#[cfg(test)]
+mod fake;
 mod wire;
 
 use std::collections::HashMap;
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::error::{BenchError, Result};
 use wire::{Conn, Reply};
@@ -28,10 +31,17 @@ pub struct ClusterArgs {
     /// over them round-robin, like etcd's client balancer. Empty skips etcd.
     #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
-    /// Concurrent clients per run (comma-separated); each client is a thread with one
-    /// connection per server it talks to, one request outstanding.
+    /// Concurrent clients per run (comma-separated); each client has one connection per
+    /// server it talks to and one request outstanding (closed loop).
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     pub clients: Vec<usize>,
+    /// How the clients run: `events` multiplexes them over --driver-threads epoll loops,
+    /// `threads` gives each its own thread with blocking I/O.
+    #[arg(long, value_enum, default_value_t = Driver::Events)]
+    pub driver: Driver,
+    /// Threads of the `events` driver; the clients are dealt over them round-robin.
+    #[arg(long, default_value_t = 2)]
+    pub driver_threads: usize,
     /// Operations per measured phase (a phase also stops after --duration).
     #[arg(long, default_value_t = 200_000)]
     pub ops: u64,
@@ -58,6 +68,15 @@ pub struct ClusterArgs {
     pub etcd_pids: Vec<u32>,
 }
 
+/// How a phase's closed-loop clients are driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// A few threads, each an epoll loop over its share of the clients' connections.
+    Events,
+    /// One OS thread per client, blocking write then read.
+    Threads,
+}
+
 /// utime+stime of a process (every thread), microseconds; None if it is gone. USER_HZ is 100
 /// on Linux.
 fn cpu_us(pid: &str) -> Option<u64> {
@@ -72,10 +91,10 @@ fn pids_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| cpu_us(&p.to_string())).sum()
 }
 
-/// What a benchmark client does: put a value, get one (Ok(true) when found).
+/// What a benchmark client does: one operation on a key, Ok(true) when it found the key
+/// (puts always do).
 trait KvClient {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<(), String>;
-    fn get(&mut self, key: &[u8]) -> std::result::Result<bool, String>;
+    fn run(&mut self, op: Op, key: &[u8], value: &[u8]) -> std::result::Result<bool, String>;
     /// -MOVED redirections followed so far.
     fn redirects(&self) -> u64 {
         0
@@ -90,6 +109,12 @@ pub struct SlotMap {
 }
 
 const NO_ADDR: u16 = u16::MAX;
+
+/// Attempts of one operation (redirects and retries included) before it fails.
+const MAX_TRIES: u32 = 1000;
+
+/// Wait before retrying a `-TRYAGAIN` reply.
+const TRYAGAIN_DELAY: Duration = Duration::from_millis(5);
 
 impl SlotMap {
     fn new() -> Self {
@@ -113,23 +138,34 @@ impl SlotMap {
     }
 }
 
-/// A NoKV cluster client: the shared slot map, one connection per store it has talked to.
-struct NokvClient {
+/// What a NoKV client does next with a reply to a command on a key.
+#[derive(Debug)]
+enum Step {
+    /// The command's answer.
+    Done(Reply),
+    /// -MOVED: the slot map learnt the leader; send the command again.
+    Redirected,
+    /// -TRYAGAIN: send it again after [`TRYAGAIN_DELAY`].
+    TryAgain,
+    /// Any other error reply (its text).
+    Failed(String),
+}
+
+/// One NoKV client's routing: the seed store, the process's slot map, the redirects followed.
+struct Router {
     seed: String,
     map: Arc<SlotMap>,
     /// This client's copy of `map.addrs` (grows only).
     addrs: Vec<String>,
-    conns: HashMap<String, Conn>,
     redirects: u64,
 }
 
-impl NokvClient {
+impl Router {
     fn new(seed: String, map: Arc<SlotMap>) -> Self {
-        NokvClient {
+        Router {
             seed,
             map,
             addrs: Vec::new(),
-            conns: HashMap::new(),
             redirects: 0,
         }
     }
@@ -147,61 +183,132 @@ impl NokvClient {
         }
     }
 
-    fn exec(&mut self, key: &[u8], args: &[&[u8]]) -> std::result::Result<Reply, String> {
+    /// Classifies a reply to a command on a key of `slot`, learning from -MOVED.
+    fn route(&mut self, slot: u16, reply: Reply) -> Step {
+        match reply {
+            Reply::Error(e) => {
+                if let Some((s, a)) = wire::parse_moved(&e) {
+                    self.redirects += 1;
+                    // The reply's slot and the key's own: both are led by `a`.
+                    self.map.learn(s, &a);
+                    self.map.learn(slot, &a);
+                    Step::Redirected
+                } else if e.starts_with("TRYAGAIN") {
+                    Step::TryAgain
+                } else {
+                    Step::Failed(e)
+                }
+            }
+            r => Step::Done(r),
+        }
+    }
+}
+
+/// Appends the RESP command of `op` on `key` to `out`.
+fn nokv_command(out: &mut Vec<u8>, op: Op, key: &[u8], value: &[u8]) {
+    match op {
+        Op::Put => wire::encode_command(out, &[b"SET", key, value]),
+        Op::Get => wire::encode_command(out, &[b"GET", key]),
+    }
+}
+
+/// The result of `op` from NoKV's answer: Ok(found).
+fn nokv_outcome(op: Op, reply: Reply) -> std::result::Result<bool, String> {
+    match (op, reply) {
+        (Op::Put, Reply::Simple(_)) => Ok(true),
+        (Op::Get, Reply::Bulk(v)) => Ok(v.is_some()),
+        (Op::Put, r) => Err(format!("SET answered {r:?}")),
+        (Op::Get, r) => Err(format!("GET answered {r:?}")),
+    }
+}
+
+/// A NoKV cluster client: its router, one connection per store it has talked to.
+struct NokvClient {
+    router: Router,
+    conns: HashMap<String, Conn>,
+    buf: Vec<u8>,
+}
+
+impl NokvClient {
+    fn new(seed: String, map: Arc<SlotMap>) -> Self {
+        NokvClient {
+            router: Router::new(seed, map),
+            conns: HashMap::new(),
+            buf: Vec::with_capacity(512),
+        }
+    }
+
+    fn exec(&mut self, op: Op, key: &[u8], value: &[u8]) -> std::result::Result<Reply, String> {
         let slot = wire::slot(key);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            if tries > 1000 {
-                return Err("no leader after 1000 tries (-MOVED/-TRYAGAIN)".into());
-            }
-            let addr = self.addr_for(slot).to_string();
-            if !self.conns.contains_key(&addr) {
-                let c = Conn::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
-                self.conns.insert(addr.clone(), c);
-            }
-            let conn = self.conns.get_mut(&addr).expect("just inserted");
-            let reply = match conn.resp(args) {
+        self.buf.clear();
+        nokv_command(&mut self.buf, op, key, value);
+        for _ in 0..MAX_TRIES {
+            let addr = self.router.addr_for(slot).to_string();
+            let conn = match self.conns.entry(addr.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Conn::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?)
+                }
+            };
+            let reply = match conn.send(&self.buf).and_then(|()| conn.read_reply()) {
                 Ok(r) => r,
                 Err(e) => {
                     self.conns.remove(&addr);
                     return Err(format!("{addr}: {e}"));
                 }
             };
-            match reply {
-                Reply::Error(e) => {
-                    if let Some((s, a)) = wire::parse_moved(&e) {
-                        self.redirects += 1;
-                        // The reply's slot and the key's own: both are led by `a`.
-                        self.map.learn(s, &a);
-                        self.map.learn(slot, &a);
-                    } else if e.starts_with("TRYAGAIN") {
-                        std::thread::sleep(Duration::from_millis(5));
-                    } else {
-                        return Err(format!("{addr}: -{e}"));
-                    }
-                }
-                r => return Ok(r),
+            match self.router.route(slot, reply) {
+                Step::Done(r) => return Ok(r),
+                Step::Redirected => {}
+                Step::TryAgain => std::thread::sleep(TRYAGAIN_DELAY),
+                Step::Failed(e) => return Err(format!("{addr}: -{e}")),
             }
         }
+        Err(format!(
+            "no leader after {MAX_TRIES} tries (-MOVED/-TRYAGAIN)"
+        ))
     }
 }
 
 impl KvClient for NokvClient {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<(), String> {
-        match self.exec(key, &[b"SET", key, value])? {
-            Reply::Simple(_) => Ok(()),
-            r => Err(format!("SET answered {r:?}")),
-        }
-    }
-    fn get(&mut self, key: &[u8]) -> std::result::Result<bool, String> {
-        match self.exec(key, &[b"GET", key])? {
-            Reply::Bulk(v) => Ok(v.is_some()),
-            r => Err(format!("GET answered {r:?}")),
-        }
+    fn run(&mut self, op: Op, key: &[u8], value: &[u8]) -> std::result::Result<bool, String> {
+        nokv_outcome(op, self.exec(op, key, value)?)
     }
     fn redirects(&self) -> u64 {
-        self.redirects
+        self.router.redirects
+    }
+}
+
+/// The etcd gateway path and JSON body of `op` on `key`.
+fn etcd_request(op: Op, key: &[u8], value: &[u8]) -> (&'static str, Vec<u8>) {
+    let body = match op {
+        Op::Put => wire::etcd_put_body(key, value),
+        Op::Get => wire::etcd_range_body(key),
+    };
+    (etcd_request_path(op), body)
+}
+
+/// The result of `op` from etcd's HTTP answer: Ok(found); errors name the path.
+fn etcd_outcome(op: Op, status: u16, body: &[u8]) -> std::result::Result<bool, String> {
+    let path = etcd_request_path(op);
+    if status != 200 {
+        return Err(format!(
+            "{path}: HTTP {status}: {}",
+            String::from_utf8_lossy(body)
+        ));
+    }
+    match op {
+        Op::Put => Ok(true),
+        Op::Get => wire::etcd_range_value(body)
+            .map(|v| v.is_some())
+            .map_err(|e| format!("{path}: {e}")),
+    }
+}
+
+fn etcd_request_path(op: Op) -> &'static str {
+    match op {
+        Op::Put => "/v3/kv/put",
+        Op::Get => "/v3/kv/range",
     }
 }
 
@@ -209,38 +316,29 @@ impl KvClient for NokvClient {
 struct EtcdClient {
     addr: String,
     conn: Option<Conn>,
+    buf: Vec<u8>,
 }
 
-impl EtcdClient {
-    fn post(&mut self, path: &str, body: &[u8]) -> std::result::Result<Vec<u8>, String> {
-        if self.conn.is_none() {
-            let c = Conn::connect(&self.addr).map_err(|e| format!("connect {}: {e}", self.addr))?;
-            self.conn = Some(c);
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        match conn.post(&self.addr, path, body) {
-            Ok((200, body)) => Ok(body),
-            Ok((status, body)) => Err(format!(
-                "{} {path}: HTTP {status}: {}",
-                self.addr,
-                String::from_utf8_lossy(&body)
-            )),
+impl KvClient for EtcdClient {
+    fn run(&mut self, op: Op, key: &[u8], value: &[u8]) -> std::result::Result<bool, String> {
+        let (path, body) = etcd_request(op, key, value);
+        self.buf.clear();
+        wire::encode_post(&mut self.buf, &self.addr, path, &body);
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(
+                Conn::connect(&self.addr).map_err(|e| format!("connect {}: {e}", self.addr))?,
+            ),
+        };
+        match conn.send(&self.buf).and_then(|()| conn.read_http()) {
+            Ok((status, body)) => {
+                etcd_outcome(op, status, &body).map_err(|e| format!("{} {e}", self.addr))
+            }
             Err(e) => {
                 self.conn = None;
                 Err(format!("{} {path}: {e}", self.addr))
             }
         }
-    }
-}
-
-impl KvClient for EtcdClient {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<(), String> {
-        self.post("/v3/kv/put", &wire::etcd_put_body(key, value))
-            .map(|_| ())
-    }
-    fn get(&mut self, key: &[u8]) -> std::result::Result<bool, String> {
-        let body = self.post("/v3/kv/range", &wire::etcd_range_body(key))?;
-        wire::etcd_range_value(&body).map(|v| v.is_some())
     }
 }
 
@@ -281,11 +379,22 @@ struct Target {
     slots: Arc<SlotMap>,
 }
 
+impl Target {
+    /// The endpoint client `i` starts at (round-robin).
+    fn endpoint(&self, i: usize) -> String {
+        self.endpoints[i % self.endpoints.len()].clone()
+    }
+}
+
 fn make_client(target: &Target, i: usize) -> Box<dyn KvClient> {
-    let addr = target.endpoints[i % target.endpoints.len()].clone();
+    let addr = target.endpoint(i);
     match target.system {
         System::Nokv => Box::new(NokvClient::new(addr, target.slots.clone())),
-        System::Etcd => Box::new(EtcdClient { addr, conn: None }),
+        System::Etcd => Box::new(EtcdClient {
+            addr,
+            conn: None,
+            buf: Vec::with_capacity(512),
+        }),
     }
 }
 
@@ -293,10 +402,15 @@ fn key_of(i: u64) -> Vec<u8> {
     format!("bench:{i:012}").into_bytes()
 }
 
-/// xorshift64*: a cheap per-thread key picker.
+/// xorshift64*: a cheap per-client key picker.
 struct Rng(u64);
 
 impl Rng {
+    /// Client `t`'s generator (the same sequence under either driver).
+    fn for_client(t: usize) -> Self {
+        Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) << 20))
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -347,7 +461,7 @@ fn preload(target: &Target, keys: u64, value: &[u8]) -> Result<()> {
                 let mut c = make_client(target, t);
                 let mut k = t as u64;
                 while k < keys {
-                    if let Err(e) = c.put(&key_of(k), value) {
+                    if let Err(e) = c.run(Op::Put, &key_of(k), value) {
                         *failed.lock().expect("lock") = Some(e);
                         return;
                     }
@@ -365,6 +479,143 @@ fn preload(target: &Target, keys: u64, value: &[u8]) -> Result<()> {
     }
 }
 
+/// What one phase asks of every client, whichever driver runs it.
+struct Phase<'a> {
+    target: &'a Target,
+    op: Op,
+    keys: u64,
+    value: &'a [u8],
+    warmup: Duration,
+    duration: Duration,
+    /// The phase's operation bound, shared by all clients through `issued`.
+    ops: u64,
+    issued: AtomicU64,
+}
+
+impl Phase<'_> {
+    /// The next key of a client.
+    fn key(&self, rng: &mut Rng) -> Vec<u8> {
+        key_of(rng.next() % self.keys)
+    }
+
+    /// The admission of measured operations once the phase has begun at `begun`.
+    fn gate(&self, begun: Instant) -> Gate<'_> {
+        Gate {
+            issued: &self.issued,
+            ops: self.ops,
+            deadline: begun + self.duration,
+        }
+    }
+}
+
+/// Admits a phase's measured operations: at most `ops` in all, none after `deadline`.
+struct Gate<'a> {
+    issued: &'a AtomicU64,
+    ops: u64,
+    deadline: Instant,
+}
+
+impl Gate<'_> {
+    /// The start time of one more operation, or None when the phase is over for the caller.
+    fn admit(&self) -> Option<Instant> {
+        if self.issued.fetch_add(1, Ordering::Relaxed) >= self.ops {
+            return None;
+        }
+        let t0 = Instant::now();
+        (t0 < self.deadline).then_some(t0)
+    }
+}
+
+/// The start line of a phase: every driver waits at it after its warm-up; the main thread
+/// starts the clock and releases them all at once.
+struct Release {
+    barrier: Barrier,
+    start: Mutex<Option<Instant>>,
+}
+
+impl Release {
+    fn new(drivers: usize) -> Self {
+        Release {
+            barrier: Barrier::new(drivers + 1),
+            start: Mutex::new(None),
+        }
+    }
+
+    /// Main thread: starts the clock and releases the drivers; returns the start.
+    fn go(&self) -> Instant {
+        let now = Instant::now();
+        *self.start.lock().expect("lock") = Some(now);
+        self.barrier.wait();
+        now
+    }
+
+    /// Driver: waits for the release; returns the phase's start.
+    fn wait(&self) -> Instant {
+        self.barrier.wait();
+        (*self.start.lock().expect("lock")).unwrap_or_else(Instant::now)
+    }
+}
+
+/// One client's measurements of a phase.
+struct ClientStats {
+    lat: Vec<u32>,
+    end: Instant,
+    errors: u64,
+    misses: u64,
+    redirects: u64,
+    first_error: Option<String>,
+}
+
+impl ClientStats {
+    fn new() -> Self {
+        ClientStats {
+            lat: Vec::with_capacity(4096),
+            end: Instant::now(),
+            errors: 0,
+            misses: 0,
+            redirects: 0,
+            first_error: None,
+        }
+    }
+
+    /// Records an operation started at `t0` that has just ended with `r`.
+    fn record(&mut self, t0: Instant, r: std::result::Result<bool, String>) {
+        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match r {
+            Ok(found) => {
+                self.lat.push(us);
+                if !found {
+                    self.misses += 1;
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// The threaded driver's client `t`: warm-up, release, closed loop until the gate closes.
+fn threaded_client(phase: &Phase, release: &Release, t: usize) -> ClientStats {
+    let mut c = make_client(phase.target, t);
+    let mut rng = Rng::for_client(t);
+    let mut out = ClientStats::new();
+    let warm_end = Instant::now() + phase.warmup;
+    while Instant::now() < warm_end {
+        let _ = c.run(phase.op, &phase.key(&mut rng), phase.value);
+    }
+    let before = c.redirects();
+    let gate = phase.gate(release.wait());
+    while let Some(t0) = gate.admit() {
+        let r = c.run(phase.op, &phase.key(&mut rng), phase.value);
+        out.record(t0, r);
+    }
+    out.end = Instant::now();
+    out.redirects = c.redirects() - before;
+    out
+}
+
 fn run_phase(
     target: &Target,
     op: Op,
@@ -372,99 +623,50 @@ fn run_phase(
     args: &ClusterArgs,
     value: &[u8],
 ) -> Result<PhaseResult> {
-    let barrier = Barrier::new(clients + 1);
-    let issued = AtomicU64::new(0);
-    let start: Mutex<Option<Instant>> = Mutex::new(None);
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let duration = Duration::from_secs_f64(args.duration);
-    let keys = args.keys.max(1);
-    struct Out {
-        lat: Vec<u32>,
-        end: Instant,
-        errors: u64,
-        misses: u64,
-        redirects: u64,
-        first_error: Option<String>,
-    }
+    let phase = Phase {
+        target,
+        op,
+        keys: args.keys.max(1),
+        value,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        ops: args.ops,
+        issued: AtomicU64::new(0),
+    };
+    let drivers = match args.driver {
+        Driver::Threads => clients,
+        Driver::Events => args.driver_threads.clamp(1, clients),
+    };
+    let release = Release::new(drivers);
     let system = target.system;
     let server_pids = match system {
         System::Nokv => &args.nokv_pids,
         System::Etcd => &args.etcd_pids,
     };
     let mut cpu0 = (0, 0);
-    let outs: Vec<Out> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|t| {
-                let (barrier, issued, start) = (&barrier, &issued, &start);
-                s.spawn(move || {
-                    let mut c = make_client(target, t);
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) << 20));
-                    let mut out = Out {
-                        lat: Vec::with_capacity(4096),
-                        end: Instant::now(),
-                        errors: 0,
-                        misses: 0,
-                        redirects: 0,
-                        first_error: None,
-                    };
-                    let one = |c: &mut Box<dyn KvClient>, rng: &mut Rng| {
-                        let key = key_of(rng.next() % keys);
-                        match op {
-                            Op::Put => c.put(&key, value).map(|_| true),
-                            Op::Get => c.get(&key),
-                        }
-                    };
-                    let warm_end = Instant::now() + warmup;
-                    while Instant::now() < warm_end {
-                        let _ = one(&mut c, &mut rng);
+    let mut begun = Instant::now();
+    let outs: Vec<ClientStats> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..drivers)
+            .map(|d| {
+                let (phase, release) = (&phase, &release);
+                s.spawn(move || match args.driver {
+                    Driver::Threads => Ok(vec![threaded_client(phase, release, d)]),
+                    Driver::Events => {
+                        events::drive(phase, release, (d..clients).step_by(drivers).collect())
                     }
-                    let before = c.redirects();
-                    barrier.wait();
-                    let begun = start
-                        .lock()
-                        .expect("lock")
-                        .expect("start set before release");
-                    let deadline = begun + duration;
-                    while issued.fetch_add(1, Ordering::Relaxed) < args.ops {
-                        let t0 = Instant::now();
-                        if t0 >= deadline {
-                            break;
-                        }
-                        let r = one(&mut c, &mut rng);
-                        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        match r {
-                            Ok(found) => {
-                                out.lat.push(us);
-                                if !found {
-                                    out.misses += 1;
-                                }
-                            }
-                            Err(e) => {
-                                out.errors += 1;
-                                out.first_error.get_or_insert(e);
-                            }
-                        }
-                    }
-                    out.end = Instant::now();
-                    out.redirects = c.redirects() - before;
-                    out
                 })
             })
             .collect();
         // Every client has connected and warmed up; start the clock and release them.
         cpu0 = (cpu_us("self").unwrap_or(0), pids_cpu_us(server_pids));
-        {
-            let mut st = start.lock().expect("lock");
-            *st = Some(Instant::now());
+        begun = release.go();
+        let mut all = Vec::with_capacity(clients);
+        for h in handles {
+            all.extend(h.join().map_err(|_| BenchError::ThreadPanic)??);
         }
-        barrier.wait();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| BenchError::ThreadPanic))
-            .collect::<Result<Vec<_>>>()
+        Ok::<_, BenchError>(all)
     })?;
     let cpu1 = (cpu_us("self").unwrap_or(0), pids_cpu_us(server_pids));
-    let begun = start.into_inner().expect("lock").expect("start set");
     let end = outs.iter().map(|o| o.end).max().unwrap_or(begun);
     let secs = end.duration_since(begun).as_secs_f64().max(1e-9);
     let mut lat: Vec<u32> = outs.iter().flat_map(|o| o.lat.iter().copied()).collect();
@@ -505,6 +707,9 @@ pub fn run(args: &ClusterArgs, out: &mut impl std::io::Write) -> Result<()> {
         return Err(BenchError::Flag(
             "--clients must be positive numbers".into(),
         ));
+    }
+    if args.driver_threads == 0 {
+        return Err(BenchError::Flag("--driver-threads must be positive".into()));
     }
     if args.duration <= 0.0 || args.warmup < 0.0 {
         return Err(BenchError::Flag(
@@ -748,11 +953,11 @@ mod tests {
         let ha = serve(a, Some(b_addr.clone()));
         let hb = serve(b, None);
         let mut c = NokvClient::new(a_addr, Arc::new(SlotMap::new()));
-        c.put(b"k1", b"v").unwrap();
+        c.run(Op::Put, b"k1", b"v").unwrap();
         assert_eq!(c.redirects(), 1);
-        assert_eq!(c.addr_for(wire::slot(b"k1")), b_addr);
-        assert!(c.get(b"k1").unwrap());
-        c.put(b"k1", b"v").unwrap();
+        assert_eq!(c.router.addr_for(wire::slot(b"k1")), b_addr);
+        assert!(c.run(Op::Get, b"k1", b"").unwrap());
+        c.run(Op::Put, b"k1", b"v").unwrap();
         assert_eq!(
             c.redirects(),
             1,

@@ -33,6 +33,15 @@ pub enum BenchError {
     /// Benchmark output that cannot be plotted.
     #[error("plot: {0}")]
     Plot(String),
+    /// The event-loop client driver failed (epoll, socket setup).
+    #[error("client driver: {what}: {source}")]
+    Driver {
+        /// What the driver was doing.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A worker thread panicked.
     #[error("benchmark thread panicked")]
     ThreadPanic,
@@ -50,6 +59,14 @@ impl BenchError {
         BenchError::Io {
             what,
             path: path.into(),
+            source,
+        }
+    }
+
+    /// Wraps an IO error of the event-loop driver with what it was doing.
+    pub fn driver(what: impl Into<String>, source: std::io::Error) -> Self {
+        BenchError::Driver {
+            what: what.into(),
             source,
         }
     }

@@ -3,7 +3,7 @@
 //! redirection) and HTTP/1.1 keep-alive with JSON bodies for etcd's v3 gRPC-gateway
 //! (`POST /v3/kv/put`, `POST /v3/kv/range`; keys and values in base64).
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ pub const SLOTS: usize = 16384;
 /// A key's hash slot (Redis Cluster's CRC16), as NoKV's gateway computes it.
 pub use nokv_gateway::model::slot;
 
-/// One RESP2 reply, as far as SET and GET need.
+/// One RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// `+...` a simple string.
@@ -24,6 +24,8 @@ pub enum Reply {
     Int(i64),
     /// `-...` an error.
     Error(String),
+    /// `*n` an array, None for `*-1`.
+    Array(Option<Vec<Reply>>),
 }
 
 /// `MOVED <slot> <host:port>` of an error reply.
@@ -51,51 +53,273 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-fn read_line<R: BufRead>(r: &mut R, line: &mut Vec<u8>) -> io::Result<()> {
-    line.clear();
-    let n = r.read_until(b'\n', line)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
+/// An incremental parse: the message and the bytes it took, or None while incomplete.
+pub type Parsed<T> = io::Result<Option<(T, usize)>>;
+
+/// An HTTP response: status and body.
+pub type HttpResponse = (u16, Vec<u8>);
+
+/// Longest RESP line (simple string, error, length) and longest HTTP response head.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Longest RESP bulk string and HTTP response body.
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Deepest nesting of RESP arrays accepted.
+const MAX_DEPTH: usize = 8;
+
+/// The CRLF-terminated line starting at `buf[from]`: the line without its CRLF and the offset
+/// just past it; Ok(None) while incomplete; an error for a bare LF or a line over `limit`.
+fn line_at(buf: &[u8], from: usize, limit: usize) -> io::Result<Option<(&[u8], usize)>> {
+    let rest = buf.get(from..).unwrap_or_default();
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(i) if i > limit => Err(bad(format!("line longer than {limit} bytes"))),
+        Some(i) => match rest[..i].strip_suffix(b"\r") {
+            Some(line) => Ok(Some((line, from + i + 1))),
+            None => Err(bad("line without CRLF")),
+        },
+        None if rest.len() > limit => Err(bad(format!("line longer than {limit} bytes"))),
+        None => Ok(None),
     }
-    if !line.ends_with(b"\r\n") {
-        return Err(bad("line without CRLF"));
-    }
-    line.truncate(line.len() - 2);
-    Ok(())
 }
 
-/// Reads one RESP2 reply (not arrays: SET and GET never answer one).
-pub fn read_reply<R: BufRead>(r: &mut R) -> io::Result<Reply> {
-    let mut line = Vec::with_capacity(64);
-    read_line(r, &mut line)?;
+/// A decimal length or count of a RESP header line.
+fn parse_len(text: &str, what: &str) -> io::Result<i64> {
+    text.parse()
+        .map_err(|_| bad(format!("bad {what} {text:?}")))
+}
+
+/// Parses one RESP2 reply from the start of `buf`: the reply and the bytes it took, or
+/// Ok(None) when `buf` holds only a prefix of it. Oversized lines and bulks are errors.
+pub fn parse_reply(buf: &[u8]) -> Parsed<Reply> {
+    parse_reply_at(buf, 0, 0)
+}
+
+fn parse_reply_at(buf: &[u8], from: usize, depth: usize) -> Parsed<Reply> {
+    let Some((line, next)) = line_at(buf, from, MAX_LINE)? else {
+        return Ok(None);
+    };
     let (kind, rest) = line.split_first().ok_or_else(|| bad("empty reply line"))?;
-    let text = String::from_utf8_lossy(rest).into_owned();
-    match kind {
-        b'+' => Ok(Reply::Simple(text)),
-        b'-' => Ok(Reply::Error(text)),
-        b':' => text
-            .parse()
-            .map(Reply::Int)
-            .map_err(|_| bad(format!("bad integer reply {text:?}"))),
+    let text = String::from_utf8_lossy(rest);
+    let reply = match kind {
+        b'+' => Reply::Simple(text.into_owned()),
+        b'-' => Reply::Error(text.into_owned()),
+        b':' => Reply::Int(parse_len(&text, "integer reply")?),
         b'$' => {
-            let n: i64 = text
-                .parse()
-                .map_err(|_| bad(format!("bad bulk length {text:?}")))?;
+            let n = parse_len(&text, "bulk length")?;
             if n < 0 {
-                return Ok(Reply::Bulk(None));
+                return Ok(Some((Reply::Bulk(None), next)));
             }
-            let mut buf = vec![0; n as usize + 2];
-            r.read_exact(&mut buf)?;
-            if !buf.ends_with(b"\r\n") {
+            if n as u64 > MAX_BODY as u64 {
+                return Err(bad(format!("bulk string of {n} bytes over {MAX_BODY}")));
+            }
+            let end = next + n as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
                 return Err(bad("bulk string without CRLF"));
             }
-            buf.truncate(n as usize);
-            Ok(Reply::Bulk(Some(buf)))
+            return Ok(Some((Reply::Bulk(Some(buf[next..end].to_vec())), end + 2)));
         }
-        other => Err(bad(format!("unexpected reply type byte {other:#x}"))),
+        b'*' => {
+            let n = parse_len(&text, "array length")?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), next)));
+            }
+            if depth >= MAX_DEPTH || n as u64 > MAX_BODY as u64 {
+                return Err(bad(format!("array of {n} at depth {depth} too large")));
+            }
+            let mut items = Vec::with_capacity((n as usize).min(64));
+            let mut at = next;
+            for _ in 0..n {
+                let Some((item, after)) = parse_reply_at(buf, at, depth + 1)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                at = after;
+            }
+            return Ok(Some((Reply::Array(Some(items)), at)));
+        }
+        other => return Err(bad(format!("unexpected reply type byte {other:#x}"))),
+    };
+    Ok(Some((reply, next)))
+}
+
+/// Parses one HTTP/1.1 response (status, body) from the start of `buf`, framed by
+/// Content-Length or chunked transfer encoding: the response and the bytes it took, or
+/// Ok(None) while incomplete. A head over [`MAX_LINE`] or a body over [`MAX_BODY`] is an error.
+pub fn parse_http_response(buf: &[u8]) -> Parsed<HttpResponse> {
+    let Some((line, mut pos)) = line_at(buf, 0, MAX_LINE)? else {
+        return Ok(None);
+    };
+    let status_line = String::from_utf8_lossy(line);
+    let status: u16 = status_line
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("bad HTTP status line {status_line:?}")))?;
+    let mut length: Option<usize> = None;
+    let mut chunked = false;
+    loop {
+        let limit = MAX_LINE
+            .checked_sub(pos)
+            .ok_or_else(|| bad("HTTP response head too long"))?;
+        let Some((line, next)) = line_at(buf, pos, limit)? else {
+            return Ok(None);
+        };
+        pos = next;
+        if line.is_empty() {
+            break;
+        }
+        let h = String::from_utf8_lossy(line);
+        if let Some((name, value)) = h.split_once(':') {
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("bad Content-Length {value:?}")))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
+            {
+                chunked = true;
+            }
+        }
+    }
+    let too_big = |n: usize| bad(format!("HTTP body of {n} bytes over {MAX_BODY}"));
+    if chunked {
+        let mut body = Vec::new();
+        loop {
+            let Some((line, next)) = line_at(buf, pos, MAX_LINE)? else {
+                return Ok(None);
+            };
+            let text = String::from_utf8_lossy(line);
+            let size = text.split(';').next().unwrap_or("").trim();
+            let n = usize::from_str_radix(size, 16)
+                .map_err(|_| bad(format!("bad chunk size {size:?}")))?;
+            pos = next;
+            if n == 0 {
+                // Trailers until the empty line.
+                loop {
+                    let Some((line, next)) = line_at(buf, pos, MAX_LINE)? else {
+                        return Ok(None);
+                    };
+                    pos = next;
+                    if line.is_empty() {
+                        return Ok(Some(((status, body), pos)));
+                    }
+                }
+            }
+            if n > MAX_BODY - body.len() {
+                return Err(too_big(body.len().saturating_add(n)));
+            }
+            let Some(chunk) = buf.get(pos..pos + n) else {
+                return Ok(None);
+            };
+            body.extend_from_slice(chunk);
+            // The line ending the chunk's data.
+            let Some((_, next)) = line_at(buf, pos + n, MAX_LINE)? else {
+                return Ok(None);
+            };
+            pos = next;
+        }
+    }
+    let n = length.ok_or_else(|| bad("HTTP response without Content-Length or chunking"))?;
+    if n > MAX_BODY {
+        return Err(too_big(n));
+    }
+    Ok(buf
+        .get(pos..pos + n)
+        .map(|body| ((status, body.to_vec()), pos + n)))
+}
+
+/// Reads one message from a blocking reader with an incremental parser (`parse_reply`,
+/// `parse_http_response`), consuming exactly the message's bytes from `r`.
+fn read_with<R: BufRead, T>(r: &mut R, parse: impl Fn(&[u8]) -> Parsed<T>) -> io::Result<T> {
+    // Bytes of the message consumed from `r` so far (empty while it fits one buffer).
+    let mut acc: Vec<u8> = Vec::new();
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let got = buf.len();
+        let old = acc.len();
+        let parsed = if old == 0 {
+            parse(buf)?
+        } else {
+            acc.extend_from_slice(buf);
+            parse(&acc)?
+        };
+        match parsed {
+            Some((v, n)) => {
+                // A message ends in the bytes just read (it was incomplete without them).
+                r.consume(n.saturating_sub(old).min(got));
+                return Ok(v);
+            }
+            None => {
+                if old == 0 {
+                    acc.extend_from_slice(buf);
+                }
+                r.consume(got);
+            }
+        }
+    }
+}
+
+/// Reads one RESP2 reply from a blocking reader.
+pub fn read_reply<R: BufRead>(r: &mut R) -> io::Result<Reply> {
+    read_with(r, parse_reply)
+}
+
+/// A receive buffer for non-blocking reads: bytes in `buf[start..end]`, read into the
+/// spare space after `end`, compacted to the front when the space runs out.
+#[derive(Debug, Default)]
+pub struct RecvBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Bytes asked of each `read` at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl RecvBuf {
+    /// The received bytes not consumed yet.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops the first `n` unconsumed bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// One `read` from `r` into the spare space (compacting or growing first); Ok(0) at EOF.
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        if self.buf.len() - self.end < READ_CHUNK {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < READ_CHUNK {
+                let want = (self.buf.len() * 2).max(self.end + READ_CHUNK);
+                self.buf.resize(want, 0);
+            }
+        }
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 }
 
@@ -103,7 +327,6 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> io::Result<Reply> {
 pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
-    buf: Vec<u8>,
 }
 
 impl Conn {
@@ -115,23 +338,21 @@ impl Conn {
         Ok(Conn {
             reader: BufReader::with_capacity(16 * 1024, s.try_clone()?),
             writer: s,
-            buf: Vec::with_capacity(512),
         })
     }
 
-    /// Sends one RESP command and reads its reply.
-    pub fn resp(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
-        self.buf.clear();
-        encode_command(&mut self.buf, args);
-        self.writer.write_all(&self.buf)?;
+    /// Sends a whole encoded request.
+    pub fn send(&mut self, req: &[u8]) -> io::Result<()> {
+        self.writer.write_all(req)
+    }
+
+    /// Reads one RESP reply.
+    pub fn read_reply(&mut self) -> io::Result<Reply> {
         read_reply(&mut self.reader)
     }
 
-    /// Sends one HTTP/1.1 POST with a JSON body and reads the response (status, body).
-    pub fn post(&mut self, host: &str, path: &str, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        self.buf.clear();
-        encode_post(&mut self.buf, host, path, body);
-        self.writer.write_all(&self.buf)?;
+    /// Reads one HTTP response (status, body).
+    pub fn read_http(&mut self) -> io::Result<HttpResponse> {
         read_http_response(&mut self.reader)
     }
 }
@@ -149,69 +370,9 @@ pub fn encode_post(out: &mut Vec<u8>, host: &str, path: &str, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// Reads one HTTP/1.1 response: status and body (Content-Length or chunked).
-pub fn read_http_response<R: BufRead>(r: &mut R) -> io::Result<(u16, Vec<u8>)> {
-    let mut line = Vec::with_capacity(128);
-    read_line(r, &mut line)?;
-    let status_line = String::from_utf8_lossy(&line).into_owned();
-    let status: u16 = status_line
-        .split_ascii_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("bad HTTP status line {status_line:?}")))?;
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    loop {
-        read_line(r, &mut line)?;
-        if line.is_empty() {
-            break;
-        }
-        let h = String::from_utf8_lossy(&line);
-        if let Some((name, value)) = h.split_once(':') {
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad(format!("bad Content-Length {value:?}")))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                && value.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            read_line(r, &mut line)?;
-            let text = String::from_utf8_lossy(&line);
-            let size = text.split(';').next().unwrap_or("").trim();
-            let n = usize::from_str_radix(size, 16)
-                .map_err(|_| bad(format!("bad chunk size {size:?}")))?;
-            if n == 0 {
-                // Trailers until the empty line.
-                loop {
-                    read_line(r, &mut line)?;
-                    if line.is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let start = body.len();
-            body.resize(start + n, 0);
-            r.read_exact(&mut body[start..])?;
-            read_line(r, &mut line)?;
-        }
-    } else if let Some(n) = length {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        return Err(bad("HTTP response without Content-Length or chunking"));
-    }
-    Ok((status, body))
+/// Reads one HTTP/1.1 response (status, body) from a blocking reader.
+pub fn read_http_response<R: BufRead>(r: &mut R) -> io::Result<HttpResponse> {
+    read_with(r, parse_http_response)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -340,6 +501,164 @@ mod tests {
             None
         );
         assert_eq!(parse_moved("MOVED x 1.2.3.4:1"), None);
+    }
+
+    /// Parses every message of `input` incrementally, feeding it in two parts split at every
+    /// byte boundary: None until a message is complete, then the same value and length.
+    fn split_everywhere<T: PartialEq + std::fmt::Debug>(
+        input: &[u8],
+        parse: impl Fn(&[u8]) -> Parsed<T>,
+        expected: &[T],
+    ) {
+        // The whole-buffer parse: the reference messages and their lengths.
+        let mut whole = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let (v, n) = parse(&input[at..]).unwrap().expect("complete message");
+            assert!(n > 0);
+            whole.push((v, at, n));
+            at += n;
+        }
+        let values: Vec<&T> = whole.iter().map(|(v, _, _)| v).collect();
+        assert_eq!(values, expected.iter().collect::<Vec<_>>());
+        for (v, start, n) in &whole {
+            let msg = &input[*start..];
+            for cut in 0..=*n {
+                match parse(&msg[..cut]).unwrap() {
+                    None => assert!(cut < *n, "complete at {cut} of {n}"),
+                    Some((got, used)) => {
+                        assert_eq!(cut, *n, "complete early at {cut} of {n}");
+                        assert_eq!((&got, used), (v, *n));
+                    }
+                }
+            }
+            // Through a RecvBuf fed one byte at a time.
+            let mut rb = RecvBuf::default();
+            let mut src: &[u8] = &msg[..*n];
+            let mut one = [0u8; 1];
+            let mut done = None;
+            while !src.is_empty() {
+                one[0] = src[0];
+                src = &src[1..];
+                assert_eq!(rb.read_from(&mut &one[..]).unwrap(), 1);
+                if let Some((got, used)) = parse(rb.data()).unwrap() {
+                    rb.consume(used);
+                    done = Some(got);
+                }
+            }
+            assert_eq!(done.as_ref(), Some(v));
+            assert!(rb.data().is_empty());
+        }
+    }
+
+    #[test]
+    fn resp_incremental_at_every_split() {
+        let input: &[u8] =
+            b"+OK\r\n$3\r\nabc\r\n$-1\r\n-MOVED 866 127.0.0.1:6382\r\n:7\r\n$0\r\n\r\n*2\r\n$3\r\nGET\r\n*-1\r\n";
+        let expected = [
+            Reply::Simple("OK".into()),
+            Reply::Bulk(Some(b"abc".to_vec())),
+            Reply::Bulk(None),
+            Reply::Error("MOVED 866 127.0.0.1:6382".into()),
+            Reply::Int(7),
+            Reply::Bulk(Some(Vec::new())),
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(b"GET".to_vec())),
+                Reply::Array(None),
+            ])),
+        ];
+        split_everywhere(input, parse_reply, &expected);
+        // Two pipelined replies in one buffer: the first, then the rest.
+        let (r, n) = parse_reply(b"+OK\r\n:1\r\n").unwrap().unwrap();
+        assert_eq!((r, n), (Reply::Simple("OK".into()), 5));
+        assert_eq!(
+            parse_reply(&b"+OK\r\n:1\r\n"[n..]).unwrap(),
+            Some((Reply::Int(1), 4))
+        );
+        // The blocking reader consumes exactly one reply of a pipelined buffer.
+        let mut r: &[u8] = b"$3\r\nabc\r\n+OK\r\n";
+        assert_eq!(
+            read_reply(&mut r).unwrap(),
+            Reply::Bulk(Some(b"abc".to_vec()))
+        );
+        assert_eq!(r, b"+OK\r\n");
+    }
+
+    #[test]
+    fn resp_malformed_and_oversize_rejected() {
+        for bad in [
+            &b"+OK\n"[..],
+            b"?x\r\n",
+            b"\r\n",
+            b":x\r\n",
+            b"$3\r\nabcd\r\n",
+            b"$x\r\n",
+        ] {
+            assert!(parse_reply(bad).is_err(), "{bad:?}");
+        }
+        // A bulk over the limit is refused from its header, before any body arrives.
+        assert!(parse_reply(format!("${}\r\n", MAX_BODY + 1).as_bytes()).is_err());
+        assert!(parse_reply(format!("${MAX_BODY}\r\n").as_bytes())
+            .unwrap()
+            .is_none());
+        // A line that never ends is refused once over the limit, not buffered forever.
+        let long = vec![b'+'; MAX_LINE + 1];
+        assert!(parse_reply(&long[..MAX_LINE]).unwrap().is_none());
+        assert!(parse_reply(&long).is_err());
+        // Arrays nested too deep.
+        assert!(parse_reply(&b"*1\r\n".repeat(MAX_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn http_incremental_at_every_split() {
+        let input: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhello\
+HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\nX-T: 1\r\n\r\n\
+HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+        let expected = [
+            (200, b"hello".to_vec()),
+            (503, b"abcde".to_vec()),
+            (204, Vec::new()),
+        ];
+        split_everywhere(input, parse_http_response, &expected);
+        // The blocking reader over a tiny buffer (messages span many fills) agrees.
+        let mut r = BufReader::with_capacity(3, input);
+        for e in &expected {
+            assert_eq!(&read_http_response(&mut r).unwrap(), e);
+        }
+        assert!(read_http_response(&mut r).is_err());
+    }
+
+    #[test]
+    fn http_malformed_and_oversize_rejected() {
+        for bad in [
+            &b"HTTP/1.1 abc\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            assert!(
+                parse_http_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(parse_http_response(big.as_bytes()).is_err());
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            MAX_BODY + 1
+        );
+        assert!(parse_http_response(big.as_bytes()).is_err());
+        // A head of many short lines is bounded too.
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while head.len() <= MAX_LINE {
+            head.extend_from_slice(b"X-Pad: 0123456789\r\n");
+        }
+        assert!(parse_http_response(&head).is_err());
     }
 
     #[test]
