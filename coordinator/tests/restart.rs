@@ -437,7 +437,9 @@ fn a_new_store_at_a_known_address_replaces_the_old_one_at_once() {
     let state = |id: u64| c.store_info(id).expect("info").state;
     assert_eq!(state(ids[2]), StoreState::Up as i32);
     // Store 2's disk was wiped: it starts again at the same address, with no id.
-    let wiped = c.register_store(store(2)).expect("register the wiped store");
+    let wiped = c
+        .register_store(store(2))
+        .expect("register the wiped store");
     assert!(!ids.contains(&wiped), "a wiped store gets a new id");
     // Within `store_down_after` of its last heartbeat, the old store already counts as
     // down (and gets no new replicas); the new one is up.

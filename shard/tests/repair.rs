@@ -11,6 +11,12 @@
 //! consistency check finds the replicas of every region equal. Negative control: with the
 //! scheduler off the same wait does not reach three live voters, and no operator is issued.
 //!
+//! A store whose disk was wiped rejoins as a new store: three stores, one SIGKILLed, its
+//! workdir deleted, started again at the same addresses. It registers with a new id; the
+//! coordinator counts the old id as down at once (a new store took its address: the
+//! down-after here is 10 minutes, so only that can start the repair), and the scheduler
+//! re-creates the old store's replicas on the new one.
+//!
 //! Every wait is bounded; nothing asserts a time.
 
 mod support;
@@ -32,14 +38,18 @@ const DOWN_AFTER: Duration = Duration::from_secs(3);
 const REPAIR_BOUND: Duration = Duration::from_secs(90);
 /// How long the negative control waits (well past `DOWN_AFTER` plus several heartbeats).
 const CONTROL_WAIT: Duration = Duration::from_secs(10);
+/// The down-after of the wiped-disk scenario: longer than the test, so a repair there can
+/// only come from the new store taking the old one's address.
+const NEVER_DOWN: Duration = Duration::from_secs(600);
 
 /// The two tests start eight processes between them: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A running cluster of four stores (the fourth joined after the writes).
+/// A running cluster of three or four stores (a fourth joined after the writes).
 struct Cluster {
     coord: std::sync::Arc<Coordinator>,
     _server: nokv_coordinator::Server,
+    coord_addr: String,
     specs: Vec<StoreSpec>,
     servers: Vec<Option<Server>>,
     ids: Vec<u64>,
@@ -72,11 +82,26 @@ fn voter_counts(coord: &Coordinator, dead: u64) -> Vec<(u64, usize, usize)> {
         .collect()
 }
 
-fn start(schedule: bool) -> Cluster {
+/// The newest store id registered with `redis` as its address.
+fn id_at(coord: &Coordinator, redis: &str) -> u64 {
+    coord
+        .stores()
+        .iter()
+        .filter_map(|i| i.meta.as_ref())
+        .filter(|m| m.redis_addr == redis)
+        .map(|m| m.id)
+        .max()
+        .unwrap_or_else(|| panic!("store at {redis} registered"))
+}
+
+/// Starts the coordinator and three stores, writes `KEYS` keys, then starts a fourth
+/// store (holding nothing) when `fourth`.
+fn start(schedule: bool, down_after: Duration, fourth: bool) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let (coord, server, coord_addr) =
-        start_coordinator_with(&dir.path().join("coord"), DOWN_AFTER, schedule);
-    let specs: Vec<StoreSpec> = (1..=4)
+        start_coordinator_with(&dir.path().join("coord"), down_after, schedule);
+    let stores = if fourth { 4 } else { 3 };
+    let specs: Vec<StoreSpec> = (1..=stores)
         .map(|i| StoreSpec {
             workdir: dir.path().join(format!("store-{i}")),
             redis: free_addr(),
@@ -108,20 +133,11 @@ fn start(schedule: bool) -> Cluster {
         );
         acked.insert(k, v);
     }
-    // The fourth store joins; the bootstrap placed nothing on it.
-    servers.push(Some(start_store(&specs[3], &coord_addr)));
-    let ids: Vec<u64> = specs
-        .iter()
-        .map(|s| {
-            coord
-                .stores()
-                .iter()
-                .filter_map(|i| i.meta.as_ref())
-                .find(|m| m.redis_addr == s.redis)
-                .map(|m| m.id)
-                .unwrap_or_else(|| panic!("store at {} registered", s.redis))
-        })
-        .collect();
+    if fourth {
+        // The fourth store joins; the bootstrap placed nothing on it.
+        servers.push(Some(start_store(&specs[3], &coord_addr)));
+    }
+    let ids: Vec<u64> = specs.iter().map(|s| id_at(&coord, &s.redis)).collect();
     for (region, voters, _) in voter_counts(&coord, 0) {
         assert_eq!(voters, 3, "region {region} bootstrapped with 3 voters");
     }
@@ -129,6 +145,7 @@ fn start(schedule: bool) -> Cluster {
     Cluster {
         coord,
         _server: server,
+        coord_addr,
         specs,
         servers,
         ids,
@@ -175,11 +192,33 @@ fn wait_live_voters(
 #[test]
 fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = start(true);
+    let mut c = start(true, DOWN_AFTER, true);
     let victim = kill_busiest(&mut c);
     let dead = c.ids[victim];
     let live: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    check_repaired(&mut c, dead, &live, 3);
+}
 
+#[test]
+fn a_store_whose_disk_was_wiped_rejoins_as_a_new_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = start(true, NEVER_DOWN, false);
+    let victim = kill_busiest(&mut c);
+    let dead = c.ids[victim];
+    let spec = c.specs[victim].clone();
+    std::fs::remove_dir_all(&spec.workdir).expect("wipe the store's workdir");
+    c.servers[victim] = Some(start_store(&spec, &c.coord_addr));
+    let new_id = id_at(&c.coord, &spec.redis);
+    assert_ne!(new_id, dead, "a wiped store registers with a new id");
+    eprintln!("store {} came back as id {new_id} (was {dead})", victim + 1);
+    c.ids[victim] = new_id;
+    check_repaired(&mut c, dead, &[0, 1, 2], victim);
+}
+
+/// Waits until every region has three live voters and none on `dead`, with a voter of
+/// every region on store index `new`; then checks every key through every `live` store,
+/// takes new writes, compares the replicas, and reads the stores' operator counters.
+fn check_repaired(c: &mut Cluster, dead: u64, live: &[usize], new: usize) {
     let (repaired, counts) = wait_live_voters(&c.coord, dead, REPAIR_BOUND);
     let ops = c.coord.operators();
     assert!(
@@ -210,21 +249,22 @@ fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    // The new replicas are on the fourth store.
-    let fourth = c.ids[3];
-    let on_fourth = routes(&c.coord)
+    // The new replicas are on the new store.
+    let new_id = c.ids[new];
+    let on_new = routes(&c.coord)
         .iter()
         .filter_map(|r| r.region.as_ref())
-        .filter(|r| r.peers.iter().any(|p| p.store_id == fourth && !p.learner))
+        .filter(|r| r.peers.iter().any(|p| p.store_id == new_id && !p.learner))
         .count();
     assert_eq!(
-        on_fourth,
+        on_new,
         counts.len(),
-        "every region has a voter on store 4"
+        "every region has a voter on store {}",
+        new + 1
     );
 
     // Every acknowledged key, through every live store.
-    check_all(&mut c.client, &c.acked, &live);
+    check_all(&mut c.client, &c.acked, live);
     // New writes are taken and read back.
     for i in 0..20 {
         let (k, v) = (format!("after:{i}"), format!("after-{i}"));
@@ -235,7 +275,7 @@ fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
         );
         c.acked.insert(k, v);
     }
-    check_all(&mut c.client, &c.acked, &live);
+    check_all(&mut c.client, &c.acked, live);
 
     // The replicas of every region agree (the new ones hold the same data).
     for (region, _, _) in counts {
@@ -250,10 +290,10 @@ fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
             ),
         }
     }
-    // The stores ran the operators (not the test): their counters show it, and store 4
-    // holds every region.
+    // The stores ran the operators (not the test): their counters show it, and the new
+    // store holds every region.
     let mut results: BTreeMap<String, u64> = BTreeMap::new();
-    for i in &live {
+    for i in live {
         let server = c.servers[*i].as_ref().expect("live store");
         for line in server.scrape().lines() {
             let Some(rest) = line.strip_prefix("nokv_scheduler_operators_total{result=\"") else {
@@ -268,20 +308,20 @@ fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
     }
     eprintln!("operators run by the live stores: {results:?}");
     assert!(
-        results.get("done").copied().unwrap_or(0) >= on_fourth as u64,
+        results.get("done").copied().unwrap_or(0) >= on_new as u64,
         "{results:?}"
     );
-    let mut conn = Client::connect(&c.specs[3].redis);
+    let mut conn = Client::connect(&c.specs[new].redis);
     match conn.cmd("NOKV.REGION LIST") {
-        R::Array(lines) => assert_eq!(lines.len(), on_fourth, "store 4's regions {lines:?}"),
-        other => panic!("NOKV.REGION LIST on store 4: {other:?}"),
+        R::Array(lines) => assert_eq!(lines.len(), on_new, "the new store's regions {lines:?}"),
+        other => panic!("NOKV.REGION LIST on the new store: {other:?}"),
     }
 }
 
 #[test]
 fn without_the_scheduler_a_dead_store_is_not_repaired() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = start(false);
+    let mut c = start(false, DOWN_AFTER, true);
     let victim = kill_busiest(&mut c);
     let dead = c.ids[victim];
     let (repaired, counts) = wait_live_voters(&c.coord, dead, CONTROL_WAIT);
