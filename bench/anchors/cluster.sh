@@ -28,6 +28,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
+# shellcheck source=bench/anchors/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
@@ -115,7 +117,7 @@ declare -A USED_PORTS=()
 free_port() {
     local p i
     for ((i = 0; i < 200; i++)); do
-        p=$((20000 + (RANDOM % 30000)))
+        p=$(port_candidate)
         [[ -z ${USED_PORTS[$p]:-} ]] || continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             USED_PORTS[$p]=1

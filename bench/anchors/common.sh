@@ -31,3 +31,15 @@ anchor_cleanup() {
         rm -rf "$WORKDIR"
     fi
 }
+
+# port_candidate: prints a random loopback port to try for a listener, below the kernel's
+# ephemeral range (ip_local_port_range), so that no outgoing connection of the servers
+# under test can take it between the check and the bind.
+port_candidate() {
+    local low=32768 range
+    if range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null); then
+        low=${range%%[[:space:]]*}
+    fi
+    ((low > 12000)) || low=60000
+    echo $((10000 + (RANDOM % (low - 10000))))
+}

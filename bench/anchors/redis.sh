@@ -35,6 +35,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
+# shellcheck source=bench/anchors/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then N=${N:-100000}; else N=${N:-1000000}; fi
@@ -128,7 +130,7 @@ trap 'exit 130' INT TERM
 free_port() {
     local p i
     for ((i = 0; i < 200; i++)); do
-        p=$((20000 + (RANDOM % 30000)))
+        p=$(port_candidate)
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0

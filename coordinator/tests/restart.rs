@@ -26,6 +26,17 @@ fn store(n: u32) -> StoreMeta {
     }
 }
 
+/// A new coordinator (fresh workdir, manual clock) with `stores` stores registered; their ids.
+fn fresh(stores: u32) -> (tempfile::TempDir, Arc<ManualClock>, Coordinator, Vec<u64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let c = open(dir.path(), &clock);
+    let ids = (0..stores)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    (dir, clock, c, ids)
+}
+
 #[test]
 fn restart_keeps_catalog_and_tso_and_ids_stay_monotonic() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -162,12 +173,7 @@ fn a_workdir_of_another_cluster_or_in_use_is_refused() {
 
 #[test]
 fn region_heartbeats_refuse_stale_epochs_and_splits_replace_their_parent() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let stores: Vec<u64> = (0..4)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (_dir, _clock, c, stores) = fresh(4);
     let regions = c
         .bootstrap(&nokv_coordinator::proto::BootstrapRequest {
             split_keys: vec![],
@@ -277,12 +283,7 @@ fn region_heartbeats_refuse_stale_epochs_and_splits_replace_their_parent() {
 
 #[test]
 fn a_store_without_heartbeats_goes_down_and_gets_no_replicas() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let ids: Vec<u64> = (0..3)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (_dir, clock, c, ids) = fresh(3);
     clock.advance_ms(20_000);
     for &id in &ids[..2] {
         c.store_heartbeat(nokv_coordinator::proto::StoreStats {
@@ -428,12 +429,7 @@ fn right_child(parent: &Region, child_id: u64) -> Region {
 #[test]
 fn a_new_store_at_a_known_address_replaces_the_old_one_at_once() {
     use nokv_coordinator::proto::StoreState;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let ids: Vec<u64> = (0..3)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (_dir, _clock, c, ids) = fresh(3);
     let state = |id: u64| c.store_info(id).expect("info").state;
     assert_eq!(state(ids[2]), StoreState::Up as i32);
     // Store 2's disk was wiped: it starts again at the same address, with no id.
