@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use support::{Client, R};
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    format!("127.0.0.1:{}", support::free_port())
 }
 
 fn repo() -> PathBuf {

@@ -61,7 +61,7 @@ fn counters(s: &TransportStats) -> String {
 }
 
 fn free_addr() -> SocketAddr {
-    reserve_addr("127.0.0.1:0").expect("a free loopback port")
+    reserve_addr(&format!("127.0.0.1:{}", support::free_port())).expect("a free loopback port")
 }
 
 /// Peer id of (store, core) in these tests.

@@ -19,8 +19,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A free loopback address (bound, read, released).
 pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    format!("127.0.0.1:{}", super::free_port())
 }
 
 /// One store's fixed addresses and workdir (kept over restarts).

@@ -15,6 +15,43 @@ use std::time::Duration;
 /// Upper bound for start-up and single replies (a failure bound, not a timing assumption).
 pub const LIMIT: Duration = Duration::from_secs(30);
 
+/// A free loopback port for a server a test starts (and may restart on the same port):
+/// below the kernel's ephemeral range, so that no outgoing connection (the stores'
+/// transport, clients) can take it between this check and the bind, or while the server
+/// is down between a kill and its restart; never handed out twice in one process.
+pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > 12_000)
+        .unwrap_or(32_768);
+    // Spread over the range from a per-process start, so that test binaries run one after
+    // another do not walk the same ports.
+    let span = low - 10_000;
+    let mut candidate = (std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()))
+        % span;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..span {
+        candidate = (candidate + 1) % span;
+        let port = (10_000 + candidate) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}");
+}
+
 /// A running server.
 pub struct Server {
     pub child: Child,
