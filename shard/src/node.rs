@@ -106,6 +106,7 @@ const BUSY: &str = "TRYAGAIN core is busy, retry";
 fn not_written_reply(error: &nokv_raft::Error) -> String {
     format!("TRYAGAIN {error}; retry")
 }
+
 /// `-BUSY` while the owning core's engine stops writes (docs/redis.md).
 pub const WRITE_STALLED: &str =
     "BUSY write stall: the storage engine is catching up on flush and compaction, retry later";
