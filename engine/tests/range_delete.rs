@@ -348,9 +348,13 @@ fn deleting_a_whole_region_reclaims_its_files_unread() {
         "most of the region was dropped unread: {} of {bytes_before} bytes\n{stats}",
         stats.range_del_bytes_dropped
     );
+    // Files that straddle the region's edges (left|region, region|right) are rewritten
+    // for their neighbours' keys, a few per level depending on where earlier compactions
+    // cut them (up to 1.4 MB seen in CI); rewriting the region itself would write about
+    // all of `bytes_before`.
     assert!(
-        stats.compaction_bytes_written - written_before < 1 << 20,
-        "the region was not rewritten: {} bytes written\n{stats}",
+        stats.compaction_bytes_written - written_before < bytes_before / 2,
+        "the region was not rewritten: {} of {bytes_before} bytes written\n{stats}",
         stats.compaction_bytes_written - written_before
     );
     assert_eq!(count_space(&db, region), 0);
