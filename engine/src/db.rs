@@ -196,7 +196,7 @@ struct PendingWrite {
     batch: WriteBatch,
     opaque: Vec<(u8, Vec<u8>)>,
     logged: bool,
-    applied: Option<(u64, u64)>,
+    applied: Vec<(u64, u64)>,
     sync: bool,
     /// Set (under the queue lock) once a leader has committed this write.
     done: AtomicBool,
@@ -405,7 +405,7 @@ impl Db {
     fn write_owned(&self, batch: WriteBatch, wo: &WriteOptions) -> Result<()> {
         let sync = wo.durability.unwrap_or(self.inner().opts.durability) == Durability::Sync;
         self.inner()
-            .submit(batch, Vec::new(), true, None, sync)
+            .submit(batch, Vec::new(), true, Vec::new(), sync)
             .map(|_| ())
     }
 
@@ -424,15 +424,21 @@ impl Db {
         let sync = wo.durability.unwrap_or(self.inner().opts.durability) == Durability::Sync;
         let recs = records.iter().map(|(t, p)| (*t, p.to_vec())).collect();
         self.inner()
-            .submit(WriteBatch::new(), recs, true, None, sync)
+            .submit(WriteBatch::new(), recs, true, Vec::new(), sync)
     }
 
     /// Applies `batch` to the memtable without logging it: its durability comes from
     /// a record already in the WAL (e.g. a raft entry). `applied` = (region, index) is
     /// persisted with the flush that makes this data durable (see [`Db::applied_index`]).
     pub fn apply_unlogged(&self, batch: &WriteBatch, applied: Option<(u64, u64)>) -> Result<()> {
+        self.apply_unlogged_at(batch, applied.as_slice())
+    }
+
+    /// Like [`Db::apply_unlogged`], recording the applied index of several regions with the
+    /// same data (they become durable together: a region split records parent and child).
+    pub fn apply_unlogged_at(&self, batch: &WriteBatch, applied: &[(u64, u64)]) -> Result<()> {
         self.inner()
-            .submit(batch.clone(), Vec::new(), false, applied, false)
+            .submit(batch.clone(), Vec::new(), false, applied.to_vec(), false)
             .map(|_| ())
     }
 
@@ -1443,7 +1449,7 @@ impl Inner {
         batch: WriteBatch,
         opaque: Vec<(u8, Vec<u8>)>,
         logged: bool,
-        applied: Option<(u64, u64)>,
+        applied: Vec<(u64, u64)>,
         sync: bool,
     ) -> Result<WalPosition> {
         // A write can wait for the WAL's fdatasync, another writer or a write stall.
@@ -1680,7 +1686,7 @@ impl Inner {
                 }
                 user_bytes += (e.logical_key.len() - PREFIX_LEN + e.value.len()) as u64;
             }
-            if let Some((region, index)) = r.applied {
+            for &(region, index) in &r.applied {
                 let slot = ws.applied.entry(region).or_insert(0);
                 *slot = (*slot).max(index);
             }

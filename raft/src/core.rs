@@ -29,9 +29,10 @@ use crate::codec::{self, TAG_CHECKPOINT, TAG_ENTRY, TAG_HARD_STATE};
 use crate::error::{Error, Result};
 use crate::region::{region_key, save_region, PeerMeta, PeerRole, RegionDescriptor, META_SPACE};
 use crate::snapshot::{
-    applied_snapshot, decode_snapshot_data, kv_ranges, ApplySnapshot, DataRanges, SnapshotKey,
-    SnapshotTask,
+    applied_snapshot, decode_snapshot_data, kv_ranges, put_log_floor, ApplySnapshot, DataRanges,
+    SnapshotKey, SnapshotTask,
 };
+use crate::split::SplitRequest;
 use crate::storage::{PeerStorage, ReplayedRegion};
 use nokv::{Db, Durability, WriteBatch, WriteOptions};
 use protobuf::Message as _;
@@ -107,6 +108,16 @@ pub trait Outbox<T> {
     fn conf_changed(&mut self, token: T, result: Result<RegionDescriptor>) {
         let _ = (token, result);
     }
+    /// A split proposed through this core with [`RaftCore::propose_split`] was applied
+    /// (the new region) or refused.
+    fn split_done(&mut self, token: T, result: Result<RegionDescriptor>) {
+        let _ = (token, result);
+    }
+    /// A split was applied here (on every replica): `parent` as it is now, and the new
+    /// region `child`, whose peer now runs on this core.
+    fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
+        let _ = (parent, child);
+    }
     /// A read queued by [`RaftCore::read`] may now run on the local engine (`Ok`: the
     /// region is applied past the index a quorum confirmed) or failed (leadership lost).
     fn read_ready(&mut self, token: T, result: Result<()>) {
@@ -152,6 +163,28 @@ struct RegionEntries {
     /// The region's descriptor changed (a membership change): persisted with the
     /// applied index, so a restart resumes with the descriptor of that index.
     changed: bool,
+    /// The entries end with a split (at `last`): persisted with the applied index.
+    split: Option<Box<SplitApplied>>,
+}
+
+/// A split applied in a round: what the apply persists.
+struct SplitApplied {
+    /// The parent after the split.
+    parent: RegionDescriptor,
+    /// The new region.
+    child: RegionDescriptor,
+    /// Term of the split entry (the child's log starts at (`last`, `term`)).
+    term: u64,
+}
+
+/// A region a split created in a round, started once the round's peers are released.
+struct Born {
+    parent: RegionDescriptor,
+    child: RegionDescriptor,
+    index: u64,
+    term: u64,
+    /// The parent's peer led: the child's campaigns at once.
+    campaign: bool,
 }
 
 /// The committed entries of a round, to apply in log order on any thread.
@@ -220,13 +253,20 @@ impl ApplyBatch {
             sink.end_region(&r.region)?;
             let region = r.region.id;
             let mut meta = WriteBatch::new();
-            if r.changed {
+            let mut applied = vec![(region, r.last)];
+            if let Some(split) = &r.split {
+                // Parent, child and both applied indexes become durable together.
+                let child = split.child.id;
+                meta.put_in(META_SPACE, &region_key(region), &split.parent.encode());
+                meta.put_in(META_SPACE, &region_key(child), &split.child.encode());
+                put_log_floor(&mut meta, child, r.last, split.term);
+                applied.push((child, r.last));
+            } else if r.changed {
                 meta.put_in(META_SPACE, &region_key(region), &r.region.encode());
             }
-            db.apply_unlogged(&meta, Some((region, r.last)))
-                .map_err(|e| {
-                    Error::engine(format!("record applied index of region {region}"), e)
-                })?;
+            db.apply_unlogged_at(&meta, &applied).map_err(|e| {
+                Error::engine(format!("record applied index of region {region}"), e)
+            })?;
             last.push((region, r.last));
         }
         Ok(Applied { outputs, last })
@@ -371,23 +411,7 @@ impl Recovered {
             let Some((index, term)) = applied_snapshot(db, d.id)? else {
                 continue;
             };
-            let r = replayed.entry(d.id).or_default();
-            if r.checkpoint
-                .as_ref()
-                .is_some_and(|c| c.truncated_index >= index)
-            {
-                continue;
-            }
-            r.entries.retain(|e| e.index > index);
-            let mut hs = r.hard_state.clone().unwrap_or_default();
-            hs.commit = hs.commit.max(index);
-            hs.term = hs.term.max(term);
-            r.hard_state = Some(hs.clone());
-            r.checkpoint = Some(codec::Checkpoint {
-                hard_state: hs,
-                truncated_index: index,
-                truncated_term: term,
-            });
+            start_log_after(replayed.entry(d.id).or_default(), index, term);
         }
         Ok(Recovered {
             regions,
@@ -395,6 +419,27 @@ impl Recovered {
             applied,
         })
     }
+}
+
+/// Makes a replayed log start after (`index`, `term`) (data up to there came from a
+/// snapshot or a split's parent), unless its checkpoint is already there.
+fn start_log_after(r: &mut ReplayedRegion, index: u64, term: u64) {
+    if r.checkpoint
+        .as_ref()
+        .is_some_and(|c| c.truncated_index >= index)
+    {
+        return;
+    }
+    r.entries.retain(|e| e.index > index);
+    let mut hs = r.hard_state.clone().unwrap_or_default();
+    hs.commit = hs.commit.max(index);
+    hs.term = hs.term.max(term);
+    r.hard_state = Some(hs.clone());
+    r.checkpoint = Some(codec::Checkpoint {
+        hard_state: hs,
+        truncated_index: index,
+        truncated_term: term,
+    });
 }
 
 /// Checkpoint records of a log truncation, to write on any thread
@@ -475,6 +520,9 @@ pub struct RaftCore<T> {
     snapshot_tasks: Vec<SnapshotTask>,
     /// Regions with an export in flight.
     exporting: BTreeSet<u64>,
+    /// Replayed logs of regions without a descriptor: children of splits a crash cut
+    /// short, adopted when the split is applied again.
+    orphans: BTreeMap<u64, ReplayedRegion>,
 }
 
 fn conf_state(desc: &RegionDescriptor) -> ConfState {
@@ -617,6 +665,7 @@ impl<T> RaftCore<T> {
             next_read: 1,
             snapshot_tasks: Vec::new(),
             exporting: BTreeSet::new(),
+            orphans: BTreeMap::new(),
         };
         for desc in regions {
             let applied = applied.get(&desc.id).copied().unwrap_or(0);
@@ -625,8 +674,12 @@ impl<T> RaftCore<T> {
             core.add_peer(desc, storage, applied)?;
         }
         for region in replayed.keys() {
-            tracing::warn!(region, "raft log records of an unknown region are ignored");
+            tracing::info!(
+                region,
+                "raft log records of a region without a descriptor are kept until a split creates it"
+            );
         }
+        core.orphans = replayed;
         Ok(core)
     }
 
@@ -1011,7 +1064,45 @@ impl<T> RaftCore<T> {
             return Err((Error::InvalidProposal { region, reason }, token));
         }
         let before = peer.node.raft.raft_log.last_index();
-        let taken = peer.node.propose(Vec::new(), data);
+        let taken = peer.node.propose(epoch_context(&peer.region), data);
+        record_proposal(peer, before, taken, token)
+    }
+
+    /// Proposes to split `region` at `split_key`: the keys from it on become region
+    /// `new_region` with one new peer id per replica (`(store, peer)`); `token` comes back
+    /// through [`Outbox::split_done`]. Refused at once while a membership change is pending.
+    pub fn propose_split(
+        &mut self,
+        region: u64,
+        split_key: Vec<u8>,
+        new_region: u64,
+        new_peers: Vec<(u64, u64)>,
+        token: T,
+    ) -> std::result::Result<u64, (Error, T)> {
+        if self.peers.contains_key(&new_region) {
+            let reason = format!("region {new_region} exists here");
+            return Err((Error::InvalidProposal { region, reason }, token));
+        }
+        let pending = self.conf_change_pending(region);
+        let peer = match leading(&mut self.peers, region) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
+        };
+        let req = SplitRequest {
+            split_key,
+            new_region,
+            new_peers,
+            epoch: peer.region.epoch,
+        };
+        if pending {
+            let reason = "a membership change is not applied yet".to_string();
+            return Err((Error::InvalidProposal { region, reason }, token));
+        }
+        if let Err(e) = req.apply_to(&peer.region) {
+            return Err((e, token));
+        }
+        let before = peer.node.raft.raft_log.last_index();
+        let taken = peer.node.propose(epoch_context(&peer.region), req.encode());
         record_proposal(peer, before, taken, token)
     }
 
@@ -1062,6 +1153,7 @@ impl<T> RaftCore<T> {
         let mut regions = Vec::new();
         let mut tokens = Vec::new();
         let mut persisting = Vec::new();
+        let mut born = Vec::new();
         let segment = self.wal_segment;
         for (&id, peer) in self.peers.iter_mut() {
             if !peer.node.has_ready() {
@@ -1102,6 +1194,7 @@ impl<T> RaftCore<T> {
                     entries: Vec::new(),
                     last: index,
                     changed: false,
+                    split: None,
                 });
                 let c = codec::Checkpoint {
                     hard_state: peer.node.store().hard_state().clone(),
@@ -1118,7 +1211,7 @@ impl<T> RaftCore<T> {
                 confirm_read(peer, &rs.request_ctx, rs.index, self.cfg.lease);
             }
             let committed = rd.take_committed_entries();
-            if let Some(r) = collect_committed(peer, committed, &mut tokens, out) {
+            for r in collect_committed(peer, committed, &mut tokens, out, &mut born) {
                 stats.applied += r.entries.len();
                 regions.push(r);
             }
@@ -1148,6 +1241,9 @@ impl<T> RaftCore<T> {
         for peer in self.peers.values_mut() {
             release_reads(peer, out);
         }
+        for b in born {
+            self.start_child(b, out)?;
+        }
         if persisting.is_empty() {
             return Ok(None);
         }
@@ -1175,6 +1271,49 @@ impl<T> RaftCore<T> {
             persisting,
             stats,
         }))
+    }
+
+    /// Starts the peer of a region a split created here: its log starts at the split
+    /// entry (or continues a log a crash left without a descriptor).
+    fn start_child(&mut self, b: Born, out: &mut dyn Outbox<T>) -> Result<()> {
+        let id = b.child.id;
+        if self.peers.contains_key(&id) {
+            // Cannot happen: propose_split and the shard's creation from messages both
+            // refuse an existing id or a range this store's parent still covers.
+            tracing::error!(
+                region = id,
+                "a split created a region that already runs here"
+            );
+            return Ok(());
+        }
+        let cs = conf_state(&b.child);
+        let storage = match self.orphans.remove(&id) {
+            Some(mut log) => {
+                tracing::info!(
+                    region = id,
+                    "a split applied again adopts its child's replayed log"
+                );
+                start_log_after(&mut log, b.index, b.term);
+                PeerStorage::from_replay(cs, log, b.index)?
+            }
+            None => {
+                let mut s = PeerStorage::new(cs.clone());
+                s.apply_snapshot(b.index, b.term, cs);
+                s
+            }
+        };
+        self.add_peer(b.child.clone(), storage, b.index)?;
+        if b.campaign {
+            if let Some(p) = self.peers.get_mut(&id) {
+                if p.node.raft.state != StateRole::Leader {
+                    p.node
+                        .campaign()
+                        .map_err(|source| Error::Raft { region: id, source })?;
+                }
+            }
+        }
+        out.region_split(&b.parent, &b.child);
+        Ok(())
     }
 
     /// Phase 2's end, on the core's thread: records how far each region is applied and
@@ -1446,16 +1585,33 @@ fn advance_applied<T>(peer: &mut Peer<T>) {
     }
 }
 
+/// The 8-byte context of a proposal: the region's epoch version when it was proposed.
+fn epoch_context(desc: &RegionDescriptor) -> Vec<u8> {
+    desc.epoch.version.to_be_bytes().to_vec()
+}
+
+/// Whether an entry was proposed at another epoch version than the region's now (a split
+/// applied between its proposal and its apply): it is not applied, on any replica.
+fn stale_epoch(peer_region: &RegionDescriptor, e: &Entry) -> bool {
+    <[u8; 8]>::try_from(&e.context[..])
+        .is_ok_and(|v| u64::from_be_bytes(v) != peer_region.epoch.version)
+}
+
 /// Pairs one peer's committed entries with their proposers' tokens (abandoning
-/// proposals that were overwritten or turned into no-ops); None when there are none.
+/// proposals that were overwritten or turned into no-ops, and entries proposed before a
+/// split applied); a split cuts the entries in two parts, and its new region goes to `born`.
 fn collect_committed<T>(
     peer: &mut Peer<T>,
     entries: Vec<Entry>,
     tokens: &mut Vec<Option<T>>,
     out: &mut dyn Outbox<T>,
-) -> Option<RegionEntries> {
+    born: &mut Vec<Born>,
+) -> Vec<RegionEntries> {
     let region = peer.region.id;
-    let last = entries.last()?.index;
+    let mut parts = Vec::new();
+    let Some(last) = entries.last().map(|e| e.index) else {
+        return parts;
+    };
     let mut data = Vec::new();
     let mut changed = false;
     for e in entries {
@@ -1481,10 +1637,70 @@ fn collect_committed<T>(
             );
         }
         match e.get_entry_type() {
-            EntryType::EntryNormal if !e.data.is_empty() => {
-                data.push((e.index, e.data.to_vec()));
-                tokens.push(token);
+            EntryType::EntryNormal if !e.data.is_empty() && stale_epoch(&peer.region, &e) => {
+                if let Some(t) = token {
+                    out.abandon(
+                        t,
+                        Error::EpochNotMatch {
+                            request: crate::region::Epoch {
+                                version: u64::from_be_bytes(
+                                    <[u8; 8]>::try_from(&e.context[..]).unwrap_or_default(),
+                                ),
+                                conf_version: peer.region.epoch.conf_version,
+                            },
+                            current: Box::new(peer.region.clone()),
+                        },
+                    );
+                }
             }
+            EntryType::EntryNormal if !e.data.is_empty() => match SplitRequest::decode(&e.data) {
+                None => {
+                    data.push((e.index, e.data.to_vec()));
+                    tokens.push(token);
+                }
+                Some(req) => {
+                    let result = req.and_then(|r| r.apply_to(&peer.region));
+                    match result {
+                        Ok((parent, child)) => {
+                            parts.push(RegionEntries {
+                                region: peer.region.clone(),
+                                entries: std::mem::take(&mut data),
+                                last: e.index,
+                                changed,
+                                split: Some(Box::new(SplitApplied {
+                                    parent: parent.clone(),
+                                    child: child.clone(),
+                                    term: e.term,
+                                })),
+                            });
+                            changed = false;
+                            tracing::info!(
+                                region,
+                                child = child.id,
+                                index = e.index,
+                                "region split"
+                            );
+                            peer.region = parent.clone();
+                            born.push(Born {
+                                parent,
+                                child: child.clone(),
+                                index: e.index,
+                                term: e.term,
+                                campaign: peer.node.raft.state == StateRole::Leader,
+                            });
+                            if let Some(t) = token {
+                                out.split_done(t, Ok(child));
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(region, index = e.index, error = %err, "split refused");
+                            if let Some(t) = token {
+                                out.split_done(t, Err(err));
+                            }
+                        }
+                    }
+                }
+            },
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 let result = apply_conf_change(peer, &e);
                 changed |= result.is_ok();
@@ -1509,12 +1725,16 @@ fn collect_committed<T>(
             }
         }
     }
-    Some(RegionEntries {
-        region: peer.region.clone(),
-        entries: data,
-        last,
-        changed,
-    })
+    if parts.last().is_none_or(|p| p.last < last) {
+        parts.push(RegionEntries {
+            region: peer.region.clone(),
+            entries: data,
+            last,
+            changed,
+            split: None,
+        });
+    }
+    parts
 }
 
 /// Applies a committed conf change to the peer's raft configuration and descriptor (the

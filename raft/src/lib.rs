@@ -19,6 +19,7 @@ pub mod logger;
 pub mod region;
 pub mod snapshot;
 pub mod snapshot_stream;
+pub mod split;
 pub mod storage;
 pub mod transport;
 pub mod wire;
@@ -30,6 +31,7 @@ pub use crate::core::{
 pub use error::{Error, Result};
 pub use region::{Epoch, PeerMeta, PeerRole, RegionDescriptor, RegionMap};
 pub use snapshot::{ApplySnapshot, SnapshotKey, SnapshotTask};
+pub use split::SplitRequest;
 pub use storage::{LogReplay, PeerStorage, ReplayedRegion};
 
 /// raft-rs types used in this crate's API (entries, messages, hard state).

@@ -230,14 +230,20 @@ impl ApplySnapshot {
         }
         let mut meta = WriteBatch::new();
         meta.put_in(META_SPACE, &region_key(region), &self.region.encode());
-        let mut at = Vec::with_capacity(16);
-        put_u64(&mut at, self.key.index);
-        put_u64(&mut at, self.key.term);
-        meta.put_in(META_SPACE, &meta_key(APPLIED_PREFIX, region), &at);
+        put_log_floor(&mut meta, region, self.key.index, self.key.term);
         db.apply_unlogged(&meta, Some((region, self.key.index)))
             .map_err(|e| engine("record the applied index", e))?;
         db.flush().map_err(|e| engine("flush", e))
     }
+}
+
+/// Records in `batch` that `region`'s log starts after (`index`, `term`): its data up to
+/// there came from elsewhere (a snapshot, or the parent of a split).
+pub(crate) fn put_log_floor(batch: &mut WriteBatch, region: u64, index: u64, term: u64) {
+    let mut at = Vec::with_capacity(16);
+    put_u64(&mut at, index);
+    put_u64(&mut at, term);
+    batch.put_in(META_SPACE, &meta_key(APPLIED_PREFIX, region), &at);
 }
 
 /// The (index, term) of the last snapshot applied to `region` (a floor for its log).

@@ -31,6 +31,9 @@ struct Recorder {
     db: Db,
     wire: Wire,
     applied: Vec<(u64, Option<u32>)>,
+    abandoned: Vec<(u32, String)>,
+    splits: Vec<(u32, Result<RegionDescriptor, String>)>,
+    born: Vec<(RegionDescriptor, RegionDescriptor)>,
     conf_changes: Vec<(u32, Result<RegionDescriptor, String>)>,
     reads: Vec<(u32, Result<(), String>)>,
 }
@@ -50,7 +53,15 @@ impl Apply<u32> for Recorder {
 }
 
 impl Outbox<u32> for Recorder {
-    fn abandon(&mut self, _token: u32, _error: Error) {}
+    fn abandon(&mut self, token: u32, error: Error) {
+        self.abandoned.push((token, error.to_string()));
+    }
+    fn split_done(&mut self, token: u32, result: nokv_raft::Result<RegionDescriptor>) {
+        self.splits.push((token, result.map_err(|e| e.to_string())));
+    }
+    fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
+        self.born.push((parent.clone(), child.clone()));
+    }
     fn send(&mut self, region: u64, msg: Message) {
         self.wire.borrow_mut().push((region, msg));
     }
@@ -176,6 +187,9 @@ impl Cluster {
             db,
             wire,
             applied: Vec::new(),
+            abandoned: Vec::new(),
+            splits: Vec::new(),
+            born: Vec::new(),
             conf_changes: Vec::new(),
             reads: Vec::new(),
         };
@@ -281,16 +295,20 @@ impl Cluster {
         panic!("not reached after 2000 steps: {what}");
     }
 
-    fn leader(&mut self) -> Option<u64> {
+    fn leader_of(&mut self, region: u64) -> Option<u64> {
         let ids: Vec<u64> = self.stores.keys().copied().collect();
         ids.into_iter()
-            .find(|id| !self.down.contains(id) && self.core(*id).is_leader(REGION))
+            .find(|id| !self.down.contains(id) && self.core(*id).is_leader(region))
     }
 
     fn wait_leader(&mut self) -> u64 {
+        self.wait_leader_of(REGION)
+    }
+
+    fn wait_leader_of(&mut self, region: u64) -> u64 {
         let mut found = None;
         self.run_until("a leader", |c| {
-            found = c.leader();
+            found = c.leader_of(region);
             found.is_some()
         });
         found.expect("leader")
@@ -299,12 +317,17 @@ impl Cluster {
     /// Proposes `key` (`-key`: a delete) on the leader (retrying across elections) and waits
     /// until it is applied on every live store; returns its index.
     fn write(&mut self, key: &str, token: u32) -> u64 {
+        self.write_to(REGION, key, token)
+    }
+
+    /// [`Cluster::write`] to `region`.
+    fn write_to(&mut self, region: u64, key: &str, token: u32) -> u64 {
         let mut index = None;
         for _ in 0..20 {
-            let leader = self.wait_leader();
+            let leader = self.wait_leader_of(region);
             match self
                 .core(leader)
-                .propose(REGION, key.as_bytes().to_vec(), token)
+                .propose(region, key.as_bytes().to_vec(), token)
             {
                 Ok(i) => {
                     index = Some(i);
@@ -749,4 +772,199 @@ fn a_replica_started_empty_after_its_addition_catches_up_and_a_removed_one_is_fo
     assert_eq!(gone.id, REGION);
     assert!(c.core(4).region(REGION).is_none());
     assert!(c.core(4).remove_region(REGION, |_| {}).is_none());
+}
+
+/// Splits region 1 at `key` into region 2 (peers 200 + store) through its leader and waits
+/// until every live store runs both with the new ranges.
+fn split_at(c: &mut Cluster, key: &[u8], token: u32) {
+    let stores: Vec<u64> = c.stores.keys().copied().collect();
+    for &s in &stores {
+        c.peer_store.insert(200 + s, s);
+    }
+    let leader = c.wait_leader();
+    let peers: Vec<(u64, u64)> = c
+        .core(leader)
+        .region(REGION)
+        .expect("region")
+        .peers
+        .iter()
+        .map(|p| (p.store_id, 200 + p.store_id))
+        .collect();
+    c.core(leader)
+        .propose_split(REGION, key.to_vec(), 2, peers, token)
+        .map_err(|(e, _)| e)
+        .expect("split proposed");
+    let key = key.to_vec();
+    c.run_until("the split applied everywhere", |c| {
+        let live: Vec<u64> = c
+            .stores
+            .keys()
+            .copied()
+            .filter(|s| !c.down.contains(s))
+            .collect();
+        live.into_iter().all(|s| {
+            let core = c.core(s);
+            core.region(2).is_some_and(|r| r.start_key == key)
+                && core.region(REGION).is_some_and(|r| r.end_key == key)
+        })
+    });
+}
+
+#[test]
+fn a_split_creates_the_new_region_on_every_replica_and_both_take_writes_across_restarts() {
+    let mut c = Cluster::new(3);
+    for (i, k) in ["a1", "b1", "m1", "z1"].iter().enumerate() {
+        c.write(k, i as u32);
+    }
+    let leader = c.wait_leader();
+    let before = c.core(leader).region(REGION).expect("region").epoch;
+    split_at(&mut c, b"m", 77);
+    let leader = c.wait_leader();
+    assert_eq!(
+        c.rec(leader).splits.len(),
+        1,
+        "the proposer is answered once"
+    );
+    assert!(c.rec(leader).splits[0].1.is_ok());
+    for s in 1..=3 {
+        let parent = c.core(s).region(REGION).expect("parent").clone();
+        let child = c.core(s).region(2).expect("child").clone();
+        assert_eq!(
+            (parent.start_key.as_slice(), parent.end_key.as_slice()),
+            (&b""[..], &b"m"[..])
+        );
+        assert_eq!(
+            (child.start_key.as_slice(), child.end_key.as_slice()),
+            (&b"m"[..], &b""[..])
+        );
+        assert_eq!(parent.epoch.version, before.version + 1, "store {s}");
+        assert_eq!(child.epoch, parent.epoch);
+        let mut peers: Vec<u64> = child.peers.iter().map(|p| p.peer_id).collect();
+        peers.sort();
+        assert_eq!(peers, vec![201, 202, 203]);
+        assert_eq!(
+            c.rec(s).born.len(),
+            1,
+            "every replica reports the split once"
+        );
+    }
+    // The child's log starts at the split entry: its first write gets a higher index than
+    // every write of the parent before the split (versions keep growing per key).
+    let split_index = c.core(leader).applied(2).expect("child applied");
+    let i = c.write_to(2, "m2", 10);
+    assert!(
+        i > split_index,
+        "child index {i} after the split at {split_index}"
+    );
+    c.write_to(REGION, "b2", 11);
+    // Every store restarts: both regions come back from their persisted descriptors.
+    for s in 1..=3 {
+        c.stop(s);
+    }
+    for s in 1..=3 {
+        c.start(s);
+    }
+    c.write_to(2, "n3", 12);
+    c.write_to(REGION, "c3", 13);
+    for s in 1..=3 {
+        assert_eq!(
+            c.core(s).region(2).map(|r| r.start_key.clone()),
+            Some(b"m".to_vec())
+        );
+        for k in ["a1", "b1", "m1", "z1", "m2", "b2", "n3", "c3"] {
+            assert!(value(&c.rec(s).db, k).is_some(), "store {s} lost {k}");
+        }
+    }
+}
+
+#[test]
+fn a_write_proposed_before_a_split_applied_is_refused_on_every_replica() {
+    let mut c = Cluster::new(3);
+    c.write("a1", 1);
+    for s in 1..=3 {
+        c.peer_store.insert(200 + s, s);
+    }
+    let leader = c.wait_leader();
+    let peers: Vec<(u64, u64)> = (1..=3).map(|s| (s, 200 + s)).collect();
+    c.core(leader)
+        .propose_split(REGION, b"m".to_vec(), 2, peers, 5)
+        .map_err(|(e, _)| e)
+        .expect("split");
+    // Proposed with the old epoch, after the split in the log: never applied.
+    c.core(leader)
+        .propose(REGION, b"z-late".to_vec(), 6)
+        .map_err(|(e, _)| e)
+        .expect("proposed");
+    c.run_until("split applied", |c| {
+        (1..=3).all(|s| c.core(s).region(2).is_some())
+    });
+    for _ in 0..5 {
+        c.step();
+    }
+    for s in 1..=3 {
+        assert!(
+            value(&c.rec(s).db, "z-late").is_none(),
+            "store {s} applied a stale entry"
+        );
+    }
+    let refused = &c.rec(leader).abandoned;
+    assert!(
+        refused.iter().any(|(t, e)| *t == 6 && e.contains("epoch")),
+        "the proposer hears of it: {refused:?}"
+    );
+    // A second split with the same (now stale) epoch is refused too.
+    let peers: Vec<(u64, u64)> = (1..=3).map(|s| (s, 300 + s)).collect();
+    assert!(c
+        .core(leader)
+        .propose_split(REGION, b"m".to_vec(), 3, peers, 7)
+        .is_err());
+}
+
+#[test]
+fn a_split_lost_with_the_memtable_is_applied_again_and_keeps_the_new_regions_writes() {
+    // One replica: nobody could send the child's entries again.
+    let mut c = Cluster::new(1);
+    c.write("a1", 1);
+    c.write("q1", 2);
+    split_at(&mut c, b"m", 3);
+    for i in 0..20u32 {
+        c.write_to(2, &format!("r{i:02}"), 10 + i);
+        c.write_to(REGION, &format!("b{i:02}"), 40 + i);
+    }
+    // Nothing was flushed: the split's descriptors and the data live in the WAL only.
+    assert_eq!(
+        c.rec(1).db.applied_index(2),
+        None,
+        "the test needs an unflushed split"
+    );
+    c.stop(1);
+    c.start(1);
+    c.run_until("both regions back", |c| {
+        c.core(1).region(2).is_some() && c.core(1).is_leader(2) && c.core(1).is_leader(REGION)
+    });
+    for i in 0..20u32 {
+        assert!(
+            value(&c.rec(1).db, &format!("r{i:02}")).is_some(),
+            "r{i:02} lost"
+        );
+        assert!(
+            value(&c.rec(1).db, &format!("b{i:02}")).is_some(),
+            "b{i:02} lost"
+        );
+    }
+    assert_eq!(
+        c.core(1).region(REGION).map(|r| r.end_key.clone()),
+        Some(b"m".to_vec())
+    );
+    c.write_to(2, "r-after", 99);
+    // Flushed, the split is durable: a restart needs no log to find it.
+    c.rec(1).db.flush().expect("flush");
+    assert!(c.rec(1).db.applied_index(2).is_some());
+    c.stop(1);
+    c.start(1);
+    assert_eq!(
+        c.core(1).region(2).map(|r| r.start_key.clone()),
+        Some(b"m".to_vec())
+    );
+    c.write_to(2, "r-last", 100);
 }
