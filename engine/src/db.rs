@@ -598,6 +598,33 @@ impl Db {
         self.iter_in(KeySpace::KV, ro)
     }
 
+    /// Approximate bytes the SST files hold for user keys `[start, end)` of `space` (`end`
+    /// None: to the end of the space), from the tables' indexes: no data block is read.
+    /// Memtables and value-log values are not counted. For split decisions and reports.
+    pub fn approximate_size(&self, space: KeySpace, start: &[u8], end: Option<&[u8]>) -> u64 {
+        let inner = self.inner();
+        let sv = inner.sv.read().clone();
+        let lo = space.logical(start);
+        let hi = match end {
+            Some(e) => space.logical(e),
+            None => space.end(),
+        };
+        if lo >= hi {
+            return 0;
+        }
+        sv.version
+            .levels
+            .iter()
+            .flatten()
+            .filter(|f| f.desc.smallest_logical() < &hi[..] && f.desc.largest_logical() >= &lo[..])
+            .map(|f| {
+                let from = f.table.approximate_offset(&crate::key::first_key(&lo));
+                let to = f.table.approximate_offset(&crate::key::first_key(&hi));
+                to.saturating_sub(from)
+            })
+            .sum()
+    }
+
     /// An iterator over `space` at `ro`'s timestamp and snapshot.
     pub fn iter_in(&self, space: KeySpace, ro: ReadOptions) -> Result<DbIterator> {
         let inner = self.inner();

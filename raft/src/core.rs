@@ -501,6 +501,9 @@ struct Peer<T> {
     /// The last index of the log the peer started with (acknowledged writes of a
     /// previous run may be anywhere up to it).
     recovered_to: u64,
+    /// A split created this peer and its parent's entries before the split are not in the
+    /// engine yet: no proposal or read until the round's apply finished.
+    unborn: bool,
 }
 
 /// The peers of one core and the engine they share.
@@ -787,6 +790,7 @@ impl<T> RaftCore<T> {
                 lease: None,
                 applied,
                 recovered_to,
+                unborn: false,
             },
         );
         Ok(())
@@ -1303,13 +1307,12 @@ impl<T> RaftCore<T> {
             }
         };
         self.add_peer(b.child.clone(), storage, b.index)?;
-        if b.campaign {
-            if let Some(p) = self.peers.get_mut(&id) {
-                if p.node.raft.state != StateRole::Leader {
-                    p.node
-                        .campaign()
-                        .map_err(|source| Error::Raft { region: id, source })?;
-                }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.unborn = true;
+            if b.campaign && p.node.raft.state != StateRole::Leader {
+                p.node
+                    .campaign()
+                    .map_err(|source| Error::Raft { region: id, source })?;
             }
         }
         out.region_split(&b.parent, &b.child);
@@ -1326,6 +1329,10 @@ impl<T> RaftCore<T> {
     ) {
         self.applying = self.applying.saturating_sub(round.proposals);
         round.proposals = 0;
+        for peer in self.peers.values_mut() {
+            // The round that created it applied its parent's entries up to the split.
+            peer.unborn = false;
+        }
         let tokens = std::mem::take(&mut round.tokens);
         for (token, output) in tokens.into_iter().zip(applied.outputs) {
             if let Some(t) = token {
@@ -1516,6 +1523,9 @@ fn leading<T>(peers: &mut BTreeMap<u64, Peer<T>>, region: u64) -> Result<&mut Pe
     };
     if peer.node.raft.state != StateRole::Leader {
         return Err(not_leader(peer));
+    }
+    if peer.unborn {
+        return Err(Error::NotTaken { region });
     }
     Ok(peer)
 }

@@ -53,7 +53,7 @@ pub enum ReplicaError {
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
 /// The help text of `NOKV.REGION`.
-const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
+const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
 
 /// A parsed `NOKV.REGION` subcommand naming a region.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +62,8 @@ enum RegionOp {
     Promote(u64),
     RemovePeer(u64),
     TransferLeader(u64),
+    /// Split at a slot (None: the slot that halves the region's data).
+    Split(Option<u16>),
     Check,
     Hash(u64),
     LocalCount,
@@ -82,6 +84,26 @@ fn parse_u64(arg: &[u8], what: &str) -> std::result::Result<u64, Reply> {
 /// Parses `NOKV.REGION <sub> <region> [<arg>]` into the region and the operation.
 fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Reply> {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    if sub == "SPLIT" {
+        if !(3..=4).contains(&args.len()) {
+            return Err(Reply::error(
+                "ERR wrong number of arguments for 'nokv.region split'",
+            ));
+        }
+        let region = parse_u64(&args[2], "region")?;
+        let slot = match args.get(3) {
+            None => None,
+            Some(a) => match parse_u64(a, "slot")? {
+                s if s < u64::from(nokv_gateway::model::SLOTS) => Some(s as u16),
+                s => {
+                    return Err(Reply::error(format!(
+                        "ERR slot {s} is not a hash slot (0..16383)"
+                    )))
+                }
+            },
+        };
+        return Ok((region, RegionOp::Split(slot)));
+    }
     let want = match sub.as_str() {
         "CHECK" | "LOCALCOUNT" => 3,
         "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" => 4,
@@ -117,6 +139,7 @@ pub(super) fn local_core(node: &NodeShared, region: u64) -> Option<usize> {
         return Some(c);
     }
     node.routes
+        .current()
         .core_of(region)
         .filter(|c| *c != layout::NOT_HERE)
 }
@@ -182,6 +205,10 @@ async fn execute_on(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         Answer::Reply(reply) => reply,
         // Operator commands go to the leader's store itself.
         Answer::Elsewhere { work, .. } => moved(core, work.region(), None),
+        Answer::Stale(work) => Reply::error(format!(
+            "ERR region {} changed while the command ran, retry",
+            work.region()
+        )),
     }
 }
 
@@ -199,6 +226,14 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
         return match core.node.checks.hash_at(region, index) {
             Some(h) => Reply::Simple(format!("HASH {h:016x}")),
             None => Reply::Simple("PENDING".into()),
+        };
+    }
+    if let RegionOp::Split(slot) = op {
+        return match super::split::split(core, region, slot).await {
+            Ok((child, slot)) => {
+                Reply::Array(vec![Reply::Int(child as i64), Reply::Int(i64::from(slot))])
+            }
+            Err(reply) => reply,
         };
     }
     let Some(cluster) = &core.node.cluster else {
@@ -243,7 +278,9 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
         RegionOp::RemovePeer(store) => remove_peer(core, cluster, &desc, store).await,
         RegionOp::TransferLeader(store) => transfer_leader(core, cluster, &desc, store).await,
         RegionOp::Check => return run_check(core, region).await,
-        RegionOp::Hash(_) | RegionOp::LocalCount => return Reply::error(USAGE),
+        RegionOp::Hash(_) | RegionOp::LocalCount | RegionOp::Split(_) => {
+            return Reply::error(USAGE)
+        }
     };
     match done {
         Ok(()) => Reply::ok(),
@@ -432,9 +469,10 @@ fn list_local(core: &Rc<Core>) -> Reply {
                 })
                 .collect();
             let leader = raft.leader(d.id).map_or(0, |p| p.store_id);
+            let slots = layout::slot_range(d).map_or_else(|_| "-".to_string(), |(s, e)| format!("{s}..{e}"));
             Reply::Bulk(
                 format!(
-                    "region={} core={} leader_store={} applied={} version={} conf_version={} peers={}",
+                    "region={} core={} slots={slots} leader_store={} applied={} version={} conf_version={} peers={}",
                     d.id,
                     core.id,
                     leader,
@@ -571,6 +609,23 @@ async fn create(
         || core.raft.borrow().region(region).is_some()
     {
         return Err(refused("the region is already held here".into()));
+    }
+    // A region made by a split that this store has not applied yet: its parent's replica
+    // here still covers the range, and applying the split will create it.
+    if let Ok((s, e)) = layout::slot_range(&desc) {
+        let raft = core.raft.borrow();
+        let overlaps = |(ls, le): (u32, u32)| ls < e && s < le;
+        let held = core.routes().all().iter().any(|r| {
+            r.region != region && r.core != layout::NOT_HERE && overlaps((r.start_slot, r.end_slot))
+        }) || raft
+            .regions()
+            .any(|r| r.id != region && layout::slot_range(r).is_ok_and(overlaps));
+        if held {
+            return Err(refused(
+                "a replica on this store still covers part of its range (a split not applied here yet)"
+                    .into(),
+            ));
+        }
     }
     // The peer re-applies every membership change of the log from index 1 (each bumps
     // the version): it starts from the version regions are born with, so that it ends
@@ -961,6 +1016,15 @@ mod tests {
         assert!(err("NOKV.REGION PROMOTE 7").contains("wrong number of arguments"));
         assert!(err("NOKV.REGION PROMOTE x 4").contains("region must be"));
         assert!(err("NOKV.REGION PROMOTE 7 -1").contains("store must be"));
-        assert!(err("NOKV.REGION SPLIT 7").starts_with("ERR usage"));
+        assert!(err("NOKV.REGION MERGE 7").starts_with("ERR usage"));
+        assert_eq!(ok("NOKV.REGION SPLIT 7"), Ok((7, "Split(None)".into())));
+        assert_eq!(
+            ok("NOKV.REGION split 7 100"),
+            Ok((7, "Split(Some(100))".into()))
+        );
+        assert!(err("NOKV.REGION SPLIT").contains("wrong number of arguments"));
+        assert!(err("NOKV.REGION SPLIT 7 1 2").contains("wrong number of arguments"));
+        assert!(err("NOKV.REGION SPLIT 7 16384").contains("not a hash slot"));
+        assert!(err("NOKV.REGION SPLIT x").contains("region must be"));
     }
 }

@@ -68,6 +68,12 @@ pub struct Flags {
     /// Most reply bytes one client may have pending before it is disconnected, e.g. 64MiB; 0: only the store's client share applies [default: 64MiB].
     #[arg(long, value_name = "BYTES")]
     pub client_output_buffer_limit: Option<String>,
+    /// A region whose data (in SST files) grows past this size is split in two at the hash slot that halves it, e.g. 96MiB; 0: no size splits [default: 96MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub region_max_bytes: Option<String>,
+    /// How often each core checks the sizes of the regions it leads, milliseconds [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub split_check_ms: Option<u64>,
     /// Internal RPC address for raft messages between stores, e.g. 127.0.0.1:7380 [default: off: a single store, no store-to-store port]. Every core listens on it (SO_REUSEPORT); port 0 picks a free port.
     #[arg(long)]
     pub rpc_addr: Option<String>,
@@ -119,6 +125,10 @@ pub struct Settings {
     pub memory_limit: Option<u64>,
     /// Per-client output buffer limit in bytes (0: none besides the client share).
     pub client_output_buffer_limit: u64,
+    /// Split a region whose data grows past this many bytes (0: never by size).
+    pub region_max_bytes: u64,
+    /// How often the regions' sizes are checked.
+    pub split_check: std::time::Duration,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
     pub background_nice: i32,
     /// Store-to-store RPC address (None: off, a single store).
@@ -146,6 +156,12 @@ pub const DEFAULT_CLUSTER_ID: u64 = 1;
 
 /// Default nice value of the engines' flush, compaction and GC threads.
 pub const DEFAULT_BACKGROUND_NICE: i32 = 10;
+
+/// Default of `--region-max-bytes`.
+pub const DEFAULT_REGION_MAX_BYTES: u64 = 96 << 20;
+
+/// Default of `--split-check-ms`.
+pub const DEFAULT_SPLIT_CHECK_MS: u64 = 10_000;
 
 /// Default per-client output buffer limit.
 pub const DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT: u64 = 64 << 20;
@@ -255,6 +271,10 @@ pub struct ConfigFile {
     pub memory_limit: Option<Spanned<ByteSize>>,
     /// `--client-output-buffer-limit`.
     pub client_output_buffer_limit: Option<Spanned<ByteSize>>,
+    /// `--region-max-bytes`.
+    pub region_max_bytes: Option<Spanned<ByteSize>>,
+    /// `--split-check-ms`.
+    pub split_check_ms: Option<Spanned<u64>>,
     /// `--background-nice`.
     pub background_nice: Option<Spanned<i32>>,
     /// `--rpc-addr` ("" or "off": no RPC port).
@@ -438,6 +458,21 @@ impl Settings {
             text,
         )
         .map_or(DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT, |(b, _)| b.0);
+        let region_max_bytes = pick(
+            flag_bytes("region_max_bytes", flags.region_max_bytes)?,
+            file.region_max_bytes,
+            path,
+            text,
+        )
+        .map_or(DEFAULT_REGION_MAX_BYTES, |(b, _)| b.0);
+        let (split_check_ms, origin) = pick(flags.split_check_ms, file.split_check_ms, path, text)
+            .unwrap_or((DEFAULT_SPLIT_CHECK_MS, Origin::Default));
+        if !(50..=3_600_000).contains(&split_check_ms) {
+            return Err(origin.error(
+                "split_check_ms",
+                format!("{split_check_ms}: expected 50..=3600000"),
+            ));
+        }
         let metrics_addr = pick(flags.metrics_addr, file.metrics_addr, path, text)
             .map(|(a, _)| a)
             .filter(|a| !a.is_empty() && a != "off");
@@ -524,6 +559,8 @@ impl Settings {
             metrics_addr,
             memory_limit,
             client_output_buffer_limit,
+            region_max_bytes,
+            split_check: std::time::Duration::from_millis(split_check_ms),
             background_nice,
             rpc_addr,
             cluster_id,
@@ -705,6 +742,8 @@ mod tests {
             metrics_addr,
             memory_limit,
             client_output_buffer_limit,
+            region_max_bytes,
+            split_check_ms,
             background_nice,
             rpc_addr,
             cluster_id,
@@ -726,6 +765,8 @@ mod tests {
                 client_output_buffer_limit.is_some(),
             ),
             ("background_nice", background_nice.is_some()),
+            ("region_max_bytes", region_max_bytes.is_some()),
+            ("split_check_ms", split_check_ms.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
             ("redirect", redirect.is_some()),
@@ -756,6 +797,8 @@ mod tests {
             Some(crate::memory::MemoryBudget::default_limit(1))
         );
         assert_eq!(s.client_output_buffer_limit, d.client_output_buffer_limit);
+        assert_eq!(s.region_max_bytes, d.region_max_bytes);
+        assert_eq!(s.split_check, d.split_check);
         assert_eq!(s.background_nice, d.background_nice);
         assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));
         assert_eq!(s.cluster_id, d.cluster_id);

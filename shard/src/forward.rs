@@ -23,6 +23,8 @@ const MAX_QUICK_HOPS: u32 = 3;
 /// How much longer than the deadline it sends along a forwarding store waits, so that
 /// the leader's own deadline answer arrives first.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
+/// Pause before work planned before a split is planned again.
+const REPLAN_PAUSE: Duration = Duration::from_millis(2);
 
 /// What forwarding a command once gave.
 enum Forwarded {
@@ -44,6 +46,7 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         return match execute(core, target, work).await {
             Answer::Reply(reply) => reply,
             Answer::Elsewhere { work, .. } => moved(core, work.region(), work_slot(&work)),
+            Answer::Stale(work) => replan(core, work).await,
         };
     };
     let region = work.region();
@@ -66,6 +69,7 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         let leader = match attempt {
             None => return deadline_passed(cluster, region, is_write, leader_seen, &last_error),
             Some(Answer::Reply(reply)) => return reply,
+            Some(Answer::Stale(w)) => return replan(core, w).await,
             Some(Answer::Elsewhere { work: w, leader }) => {
                 work = w;
                 leader
@@ -110,6 +114,36 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         }
         pause = (pause * 2).min(RETRY_MAX);
     }
+}
+
+/// Runs work again whose region no longer holds its keys (a split applied after it was
+/// planned): planned with the current routes, after a short pause (the routes follow the
+/// split once its round applied). Each part of the new plan may come back once more.
+fn replan(core: &Rc<Core>, work: Work) -> Pin<Box<dyn Future<Output = Reply> + '_>> {
+    Box::pin(async move {
+        if !admin::sleep_unless_stopped(core, REPLAN_PAUSE).await {
+            return Reply::error("ERR request abandoned: the core is stopping");
+        }
+        let region = work.region();
+        let routes = core.routes();
+        let plan = match work {
+            Work::Read { op, .. } => route::plan_read(&routes, op),
+            Work::Write { cmd, .. } => match route::plan_write(&routes, cmd) {
+                Ok(plan) => plan,
+                Err(reply) => return reply,
+            },
+            Work::Admin { .. } => {
+                return Reply::error(format!("ERR region {region} changed, retry"));
+            }
+        };
+        if plan.parts.len() == 1 && plan.parts[0].1.region() == region {
+            // The routes do not show the split yet: the client retries.
+            return Reply::error(format!(
+                "TRYAGAIN region {region} was split; nothing was written, retry"
+            ));
+        }
+        run_plan(core, plan).await
+    })
 }
 
 /// The reply once a command's deadline passed: `-TRYAGAIN` while some store was believed
@@ -248,8 +282,7 @@ async fn serve(core: &Rc<Core>, request: KvRequest) -> KvResponse {
         _ => return refused(format!("unknown request kind {}", request.kind)),
     };
     let Some(target) = core
-        .node
-        .routes
+        .routes()
         .core_of(region)
         .or_else(|| core.node.hosted_core(region))
     else {
@@ -272,6 +305,13 @@ async fn serve(core: &Rc<Core>, request: KvRequest) -> KvResponse {
     .await;
     match answer {
         Some(Answer::Reply(reply)) => KvResponse::new(KvOutcome::Reply(reply.to_binary())),
+        // Planned by the sender before a split it has not seen: nothing was run.
+        Some(Answer::Stale(_)) => KvResponse::new(KvOutcome::Reply(
+            Reply::error(format!(
+                "TRYAGAIN region {region} was split; nothing was written, retry"
+            ))
+            .to_binary(),
+        )),
         Some(Answer::Elsewhere { leader, .. }) => {
             let own = core.node.cluster.as_ref().map_or(0, |c| c.store_id);
             KvResponse::new(KvOutcome::NotLeader(

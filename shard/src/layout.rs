@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The id of this store (a single node for now).
 pub const STORE_ID: u64 = 1;
@@ -177,6 +179,19 @@ pub fn slot_split_keys(regions: usize) -> Vec<Vec<u8>> {
 /// The first slot of a region (its start bound), 0 when the bound is not a slot.
 pub fn start_slot(desc: &RegionDescriptor) -> u16 {
     bound_slot(&desc.start_key, false).map_or(0, |s| s as u16)
+}
+
+/// The slots `[start, end)` of a region of the Redis namespace.
+pub fn slot_range(desc: &RegionDescriptor) -> Result<(u32, u32)> {
+    Ok((
+        bound_slot(&desc.start_key, false)?,
+        bound_slot(&desc.end_key, true)?,
+    ))
+}
+
+/// The region bound of a slot (the split key that starts a region at `slot`).
+pub fn slot_key(slot: u16) -> Vec<u8> {
+    slot_bound(u32::from(slot))
 }
 
 /// The slot a region bound stands for (`end` = true: the empty bound is the end).
@@ -377,13 +392,51 @@ impl RouteTable {
     ) -> Result<RouteTable> {
         let mut routes = Vec::new();
         for (r, core) in placed {
+            let (start_slot, end_slot) = slot_range(r)?;
             routes.push(Route {
                 region: r.id,
                 core,
-                start_slot: bound_slot(&r.start_key, false)?,
-                end_slot: bound_slot(&r.end_key, true)?,
+                start_slot,
+                end_slot,
             });
         }
+        Self::from_routes(routes)
+    }
+
+    /// The table after region `parent` split at `child`'s first slot: `child` (on `core`)
+    /// takes the slots from there to the parent's end.
+    pub fn with_split(
+        &self,
+        parent: u64,
+        child: &RegionDescriptor,
+        core: usize,
+    ) -> Result<RouteTable> {
+        let (start, end) = slot_range(child)?;
+        let mut routes = self.routes.clone();
+        let Some(p) = routes.iter_mut().find(|r| r.region == parent) else {
+            return Err(Error::Layout(format!(
+                "split of region {parent}, which is not routed here"
+            )));
+        };
+        if !(p.start_slot < start && start < p.end_slot && end == p.end_slot) {
+            return Err(Error::Layout(format!(
+                "region {parent} [{}, {}) cannot give [{start}, {end}) to region {}",
+                p.start_slot, p.end_slot, child.id
+            )));
+        }
+        p.end_slot = start;
+        routes.retain(|r| r.region != child.id);
+        routes.push(Route {
+            region: child.id,
+            core,
+            start_slot: start,
+            end_slot: end,
+        });
+        Self::from_routes(routes)
+    }
+
+    /// Builds the table from routes; fails unless they tile the slot space.
+    fn from_routes(mut routes: Vec<Route>) -> Result<RouteTable> {
         routes.sort_by_key(|r| r.start_slot);
         let mut next = 0u32;
         let mut by_slot = vec![0u16; SLOTS as usize];
@@ -438,6 +491,69 @@ impl RouteTable {
     }
 }
 
+/// The store's route table, replaced when a split changes it; cores read it through a
+/// [`LocalRoutes`] copy, so a request costs one atomic load.
+pub struct SharedRoutes {
+    table: std::sync::RwLock<Arc<RouteTable>>,
+    generation: AtomicU64,
+}
+
+impl SharedRoutes {
+    /// Starts with `table`.
+    pub fn new(table: RouteTable) -> SharedRoutes {
+        SharedRoutes {
+            table: std::sync::RwLock::new(Arc::new(table)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The table now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the table with `f(current)` (nothing changes when `f` fails).
+    pub fn update(&self, f: impl FnOnce(&RouteTable) -> Result<RouteTable>) -> Result<()> {
+        let mut t = match self.table.write() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        *t = Arc::new(f(&t)?);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// A core's copy of the [`SharedRoutes`], refreshed when the shared table changed.
+pub struct LocalRoutes {
+    seen: std::cell::Cell<u64>,
+    table: std::cell::RefCell<std::rc::Rc<RouteTable>>,
+}
+
+impl LocalRoutes {
+    /// A copy of `shared` as it is now.
+    pub fn new(shared: &SharedRoutes) -> LocalRoutes {
+        let seen = shared.generation.load(Ordering::Acquire);
+        LocalRoutes {
+            seen: std::cell::Cell::new(seen),
+            table: std::cell::RefCell::new(std::rc::Rc::new((*shared.current()).clone())),
+        }
+    }
+
+    /// The current table (copied from `shared` when it changed since the last look).
+    pub fn get(&self, shared: &SharedRoutes) -> std::rc::Rc<RouteTable> {
+        let now = shared.generation.load(Ordering::Acquire);
+        if now != self.seen.get() {
+            *self.table.borrow_mut() = std::rc::Rc::new((*shared.current()).clone());
+            self.seen.set(now);
+        }
+        self.table.borrow().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +575,38 @@ mod tests {
         );
         let broken = vec![per_core[0].clone(), per_core[1].clone()];
         assert!(RouteTable::build(&broken).is_err());
+    }
+
+    #[test]
+    fn a_split_hands_the_upper_slots_to_the_child_on_its_core() {
+        let per_core: Vec<_> = (0..2).map(|c| bootstrap_regions(2, 1, c)).collect();
+        let t = RouteTable::build(&per_core).expect("tiles");
+        let parent = t.for_slot(0).clone();
+        let mut child = per_core[0][0].clone();
+        child.id = 9;
+        child.start_key = slot_key(100);
+        let shared = SharedRoutes::new(t);
+        let local = LocalRoutes::new(&shared);
+        assert_eq!(local.get(&shared).for_slot(100).region, parent.region);
+        shared
+            .update(|t| t.with_split(parent.region, &child, 0))
+            .expect("split");
+        let now = local.get(&shared);
+        assert_eq!(now.for_slot(99).region, parent.region);
+        assert_eq!(now.for_slot(100).region, 9);
+        assert_eq!(now.for_slot(parent.end_slot as u16 - 1).region, 9);
+        assert_eq!(now.core_of(9), Some(0));
+        // A child that does not end where its parent does, or an unknown parent: refused,
+        // and the table stays as it was.
+        let mut bad = child.clone();
+        bad.id = 10;
+        bad.start_key = slot_key(50);
+        bad.end_key = slot_key(60);
+        assert!(shared
+            .update(|t| t.with_split(parent.region, &bad, 0))
+            .is_err());
+        assert!(shared.update(|t| t.with_split(12345, &child, 0)).is_err());
+        assert_eq!(local.get(&shared).all().len(), now.all().len());
     }
 
     #[test]

@@ -15,6 +15,8 @@ mod admin;
 mod forward;
 #[path = "operate.rs"]
 mod operate;
+#[path = "split.rs"]
+mod split;
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
@@ -142,13 +144,23 @@ enum Answer {
         /// The store believed to lead the region (None: unknown).
         leader: Option<u64>,
     },
+    /// The region no longer holds the work's keys (a split moved them to a new region):
+    /// the work back, unrun, to be planned again.
+    Stale(Work),
 }
 
 /// What every core shares (read-mostly).
 struct NodeShared {
     knobs: Knobs,
     cores: usize,
-    routes: RouteTable,
+    /// Hash slot -> region -> core; replaced when a split applies.
+    routes: layout::SharedRoutes,
+    /// Ids for splits of a standalone store.
+    ids: split::LocalIds,
+    /// Split regions whose data grows past this size (0: never by size).
+    region_max_bytes: u64,
+    /// How often each core checks the sizes of the regions it leads.
+    split_check: Duration,
     gateway: Arc<nokv_gateway::Shared>,
     durability: nokv::Durability,
     max_clients: usize,
@@ -370,6 +382,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     };
     crate::consistency::register_metrics();
     operate::register_metrics();
+    split::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
@@ -390,12 +403,23 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         Some(j) => {
             // Every region of the cluster: those with a replica here on their core, the
             // others marked NOT_HERE (their requests get -MOVED).
+            // A remote region overlapping a local one is the coordinator's view of a split
+            // this store has not re-applied yet (its log will): the local one wins.
+            let local_slots: Vec<(u32, u32)> = per_core
+                .iter()
+                .flatten()
+                .filter_map(|l| layout::slot_range(l).ok())
+                .collect();
             let remote: Vec<RegionDescriptor> = j
                 .routes
                 .iter()
                 .filter_map(|r| r.region.as_ref())
                 .filter(|r| !per_core.iter().flatten().any(|l| l.id == r.id))
                 .map(RegionDescriptor::from)
+                .filter(|r| {
+                    layout::slot_range(r)
+                        .is_ok_and(|(s, e)| !local_slots.iter().any(|&(ls, le)| s < le && ls < e))
+                })
                 .collect();
             let placed = per_core
                 .iter()
@@ -444,10 +468,14 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         ..Default::default()
     };
     let client_memory = ClientMemory::new(budget.client_bytes, settings.client_output_buffer_limit);
+    let ids = split::LocalIds::new(&opened)?;
     let node = Arc::new(NodeShared {
         knobs,
         cores,
-        routes,
+        routes: layout::SharedRoutes::new(routes),
+        ids,
+        region_max_bytes: settings.region_max_bytes,
+        split_check: settings.split_check,
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
         durability: settings.durability,
         max_clients: settings.max_clients,
@@ -711,9 +739,16 @@ struct Core {
     tombstones: RefCell<HashMap<u64, u64>>,
     /// Region snapshots being sent to other stores (`crate::snapship`).
     snapshot_sends: Rc<crate::snapship::Sends>,
+    /// This core's copy of the route table.
+    routes: layout::LocalRoutes,
 }
 
 impl Core {
+    /// The route table now (this core's copy, refreshed after a split).
+    fn routes(&self) -> Rc<RouteTable> {
+        self.routes.get(&self.node.routes)
+    }
+
     /// Enters the read-only state after the engine failed under the raft log (`error`):
     /// every waiting proposal, and every later write, gets the `-MISCONF` reply. No raft
     /// round runs any more.
@@ -817,6 +852,8 @@ impl EntrySink for RoundApply<'_> {
 #[derive(Default)]
 struct NodeOutbox {
     messages: Vec<(u64, Message)>,
+    /// Splits applied: (parent as it is now, new region).
+    splits: Vec<(RegionDescriptor, RegionDescriptor)>,
 }
 
 impl Outbox<Waiter> for NodeOutbox {
@@ -834,6 +871,18 @@ impl Outbox<Waiter> for NodeOutbox {
             (t, Ok(_)) => t.answer(Reply::ok()),
             (t, Err(e)) => t.answer(Reply::error(format!("ERR membership change refused: {e}"))),
         }
+    }
+
+    fn split_done(&mut self, token: Waiter, result: nokv_raft::Result<RegionDescriptor>) {
+        match (token, result) {
+            (Waiter::Conf(tx), Ok(child)) => tx.send(Ok(child)),
+            (t, Ok(_)) => t.answer(Reply::ok()),
+            (t, Err(e)) => t.answer(Reply::error(format!("ERR split refused: {e}"))),
+        }
+    }
+
+    fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
+        self.splits.push((parent.clone(), child.clone()));
     }
 
     fn read_ready(&mut self, token: Waiter, result: nokv_raft::Result<()>) {
@@ -1296,6 +1345,7 @@ async fn serve_core(
         creating: RefCell::new(HashSet::new()),
         tombstones: RefCell::new(HashMap::new()),
         snapshot_sends: Rc::new(crate::snapship::Sends::default()),
+        routes: layout::LocalRoutes::new(&node.routes),
     });
     if let Some(t) = &core.transport {
         t.set_kv_service(Rc::new(forward::Service(Rc::downgrade(&core))));
@@ -1311,6 +1361,12 @@ async fn serve_core(
         }
     }
     glommio::spawn_local(sample_core(core.clone())).detach();
+    glommio::spawn_local(split::size_checks(
+        core.clone(),
+        node.region_max_bytes,
+        node.split_check,
+    ))
+    .detach();
 
     let driver_stop = Event::new();
     let driver = glommio::spawn_local(raft_driver(core.clone(), notify_rx, driver_stop.clone()));
@@ -1585,8 +1641,10 @@ fn export_snapshots(core: &Rc<Core>) {
 async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error> {
     let mut out = NodeOutbox::default();
     let round = core.raft.borrow_mut().begin_round(&mut out);
+    let splits = std::mem::take(&mut out.splits);
     send_messages(core, out);
     let Some(mut round) = round? else {
+        split::applied(core, splits);
         return Ok(());
     };
     if let Some(batch) = round.take_apply() {
@@ -1612,6 +1670,8 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
                 token.answer(reply);
             });
     }
+    // The new regions' data (their parents' entries up to the split) is in the engine now.
+    split::applied(core, splits);
     let written = match round.take_append() {
         None => Ok(None),
         Some(batch) if core.node.knobs.inline_wal => {
@@ -1679,6 +1739,14 @@ async fn compact_log(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Erro
 async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
     match work {
         Work::Read { region, op } => {
+            if core
+                .raft
+                .borrow()
+                .region(region)
+                .is_some_and(|d| !split::holds(d, &route::read_keys(&op)))
+            {
+                return Answer::Stale(Work::Read { region, op });
+            }
             if core.node.cluster.is_some() {
                 match confirm_leadership(core, region).await {
                     Ok(()) => {}
@@ -1692,6 +1760,7 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
             Proposal::Waiting(rx) => Answer::Reply(forward::await_write(core, rx).await),
             Proposal::Refused(reply) => Answer::Reply(reply),
             Proposal::Elsewhere(cmd) => elsewhere(core, Work::Write { region, cmd }),
+            Proposal::Stale(cmd) => Answer::Stale(Work::Write { region, cmd }),
         },
         Work::Admin { region, args } => {
             Answer::Reply(admin::execute_region(core, region, args).await)
@@ -1805,6 +1874,8 @@ enum Proposal {
     Refused(Reply),
     /// Another store leads the region: the write back, unrun.
     Elsewhere(WriteCommand),
+    /// The region no longer holds the keys (split): the write back, unrun.
+    Stale(WriteCommand),
 }
 
 /// Proposes a write to a region of this core.
@@ -1816,6 +1887,15 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     // Queueing behind a stopped engine would only pile writes up: refuse them.
     if core.db.write_stall() == WriteStall::Stop {
         return Proposal::Refused(Reply::error(WRITE_STALLED));
+    }
+    // Planned with routes from before a split: the keys now belong to another region.
+    if core
+        .raft
+        .borrow()
+        .region(region)
+        .is_some_and(|d| !split::holds(d, &cmd.op.keys()))
+    {
+        return Proposal::Stale(cmd);
     }
     let (tx, rx) = oneshot::channel();
     let proposed = core
@@ -1934,6 +2014,10 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 let Some(desc) = raft.region(*region) else {
                     return Err(plan);
                 };
+                if !split::holds(desc, &route::read_keys(op)) {
+                    // Planned before a split: the task path plans it again.
+                    return Err(plan);
+                }
                 exec::try_read(op, &RegionView::read_cached(&core.db, desc), now_ms())
             };
             match reply {
@@ -1953,8 +2037,9 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
             match propose_local(core, region, cmd) {
                 Proposal::Waiting(rx) => Ok(Inline::Proposed(rx)),
                 Proposal::Refused(reply) => Ok(Inline::Reply(reply)),
-                // Led elsewhere: the task path forwards it (or answers -MOVED).
-                Proposal::Elsewhere(cmd) => Err(Plan {
+                // Led elsewhere: the task path forwards it (or answers -MOVED); planned
+                // before a split: the task path plans it again.
+                Proposal::Elsewhere(cmd) | Proposal::Stale(cmd) => Err(Plan {
                     parts: vec![(core.id, Work::Write { region, cmd })],
                     merge: route::Merge::Single,
                 }),
@@ -2003,8 +2088,8 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
             settle(core, &mut inflight, session, mem).await;
         }
         let (ticket, plan) = match action {
-            Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.node.routes, op))),
-            Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.node.routes, cmd)),
+            Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.routes(), op))),
+            Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.routes(), cmd)),
             Action::Admin { ticket, args } => {
                 let c = core.clone();
                 let m = mem.clone();

@@ -128,8 +128,14 @@ pub fn scan_start(args: &nokv_gateway::exec::ScanArgs) -> Vec<u8> {
 
 /// The slot of a read's (first) key, for `-MOVED`; None for reads of every region.
 pub fn read_slot(op: &ReadOp) -> Option<u16> {
-    let key: &[u8] = match op {
-        ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.first()?,
+    read_keys(op).first().map(|k| nokv_gateway::model::slot(k))
+}
+
+/// The keys a read touches (empty for reads of whole regions: SCAN, KEYS, DBSIZE, INFO).
+pub fn read_keys(op: &ReadOp) -> Vec<&[u8]> {
+    match op {
+        ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.iter().map(Vec::as_slice).collect(),
+        ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => Vec::new(),
         ReadOp::Get(k)
         | ReadOp::Strlen(k)
         | ReadOp::Type(k)
@@ -141,10 +147,8 @@ pub fn read_slot(op: &ReadOp) -> Option<u16> {
         | ReadOp::HExists(k, _)
         | ReadOp::HKeys(k)
         | ReadOp::HVals(k)
-        | ReadOp::HScan(k, _) => k,
-        ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => return None,
-    };
-    Some(nokv_gateway::model::slot(key))
+        | ReadOp::HScan(k, _) => vec![k.as_slice()],
+    }
 }
 
 /// Plans a read.

@@ -1,0 +1,286 @@
+//! Region splits on a store (docs/regions.md): `NOKV.REGION SPLIT`, the size check each
+//! core runs over the regions it leads, the ids a split needs, and the route table's update
+//! once a split applied.
+//!
+//! A split cuts a region of the Redis namespace at a hash slot: the parent keeps the slots
+//! below it, the new region takes the rest, on the same core (the data does not move). The
+//! raft side (`nokv_raft::split`) makes every replica apply it at the same log index.
+//!
+//! A child module of `node` (it works on the core's private state).
+
+use super::*;
+use nokv::KeySpace;
+
+/// Longest a split is waited for once proposed.
+const SPLIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Key of the highest id a standalone store handed out, in each core's meta space.
+const ID_HIGH_WATER: &[u8] = b"ids/high-water";
+/// Splits done by this store's cores.
+const SPLITS: &str = "nokv_region_splits_total";
+/// Regions past `--region-max-bytes` that hold one hash slot and cannot split.
+const UNSPLITTABLE: &str = "nokv_region_unsplittable_total";
+
+/// Declares the split metrics.
+pub(super) fn register_metrics() {
+    metrics::describe_counter!(SPLITS, "Region splits applied by this store's cores");
+    metrics::describe_counter!(
+        UNSPLITTABLE,
+        "Size checks that found a region past --region-max-bytes holding a single hash slot (a hot key range that cannot split)"
+    );
+}
+
+/// Ids of a standalone store (a cluster's come from the coordinator): one counter for
+/// the store, its high-water mark persisted (synced) in the proposing core's engine before
+/// an id is used, so a restart never hands one out twice.
+pub(super) struct LocalIds {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl LocalIds {
+    /// Starts above every region and peer id the cores hold and every high-water mark.
+    pub(super) fn new(opened: &[OpenedCore]) -> Result<LocalIds> {
+        let mut top = 0u64;
+        for (core, o) in opened.iter().enumerate() {
+            for r in &o.regions {
+                top = top.max(r.id);
+                top = top.max(r.peers.iter().map(|p| p.peer_id).max().unwrap_or(0));
+            }
+            let hw =
+                o.db.get_in(
+                    nokv_raft::region::META_SPACE,
+                    ID_HIGH_WATER,
+                    &Default::default(),
+                )
+                .map_err(|e| {
+                    Error::Layout(format!("core {core}: read the id high-water mark: {e}"))
+                })?;
+            if let Some(v) = hw.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()) {
+                top = top.max(u64::from_be_bytes(v));
+            }
+        }
+        Ok(LocalIds {
+            next: std::sync::atomic::AtomicU64::new(top + 1),
+        })
+    }
+}
+
+/// `count` consecutive new ids (the first returned): from the coordinator in a cluster,
+/// else from the store's counter, made durable first.
+async fn alloc_ids(core: &Rc<Core>, count: u32) -> std::result::Result<u64, Reply> {
+    if let Some(cluster) = &core.node.cluster {
+        let client = cluster.client.clone();
+        return blocking(move || client.alloc_ids(count))
+            .await
+            .map_err(|e| Reply::error(format!("ERR allocate ids from the coordinator: {e}")));
+    }
+    let first = core
+        .node
+        .ids
+        .next
+        .fetch_add(u64::from(count), Ordering::SeqCst);
+    let high = first + u64::from(count) - 1;
+    let db = core.db.clone();
+    blocking(move || {
+        let mut b = nokv::WriteBatch::new();
+        b.put_in(
+            nokv_raft::region::META_SPACE,
+            ID_HIGH_WATER,
+            &high.to_be_bytes(),
+        );
+        db.write(
+            &b,
+            &nokv::WriteOptions {
+                durability: Some(nokv::Durability::Sync),
+            },
+        )
+    })
+    .await
+    .map_err(|e| Reply::error(format!("ERR record the id high-water mark: {e}")))?;
+    Ok(first)
+}
+
+/// Approximate bytes of `desc`'s data in `[start, end)` slots (SST files only).
+fn size_between(db: &Db, desc: &RegionDescriptor, start: u32, end: u32) -> u64 {
+    let lo = layout::slot_key(start as u16);
+    let hi = (end < u32::from(nokv_gateway::model::SLOTS)).then(|| layout::slot_key(end as u16));
+    layout::region_data(desc)
+        .iter()
+        .flat_map(|r| r.cfs.iter().map(move |&cf| (r.range.ns, cf)))
+        .map(|(ns, cf)| db.approximate_size(KeySpace::new(ns, cf), &lo, hi.as_deref()))
+        .sum()
+}
+
+/// The region's size and the slot that halves its data (by binary search over the slots;
+/// the middle slot when it holds nothing measurable). Reads table indexes: blocking pool.
+fn measure(db: &Db, desc: &RegionDescriptor) -> Result<(u64, u16)> {
+    let (start, end) = layout::slot_range(desc)?;
+    let total = size_between(db, desc, start, end);
+    let (mut lo, mut hi) = (start + 1, end - 1);
+    if total == 0 || lo > hi {
+        return Ok((total, ((start + end) / 2) as u16));
+    }
+    // The first slot s with size([start, s)) >= total / 2, kept inside (start, end).
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if size_between(db, desc, start, mid) * 2 >= total {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok((total, lo as u16))
+}
+
+/// Splits `region`, which this core leads, at `slot` (None: the slot that halves its data).
+/// Returns the new region's id and the slot; the reply to give otherwise.
+pub(super) async fn split(
+    core: &Rc<Core>,
+    region: u64,
+    slot: Option<u16>,
+) -> std::result::Result<(u64, u16), Reply> {
+    let desc = admin::led_region(core, region)?;
+    let (start, end) =
+        layout::slot_range(&desc).map_err(|e| Reply::error(format!("ERR region {region}: {e}")))?;
+    if end - start < 2 {
+        return Err(Reply::error(format!(
+            "ERR region {region} holds one hash slot ({start}) and cannot split"
+        )));
+    }
+    let slot = match slot {
+        Some(s) if (start + 1..end).contains(&u32::from(s)) => s,
+        Some(s) => {
+            return Err(Reply::error(format!(
+                "ERR slot {s} is not strictly inside region {region}'s slots [{start}, {end})"
+            )))
+        }
+        None => {
+            let db = core.db.clone();
+            let d = desc.clone();
+            blocking(move || measure(&db, &d))
+                .await
+                .map_err(|e| Reply::error(format!("ERR region {region}: {e}")))?
+                .1
+        }
+    };
+    let first = alloc_ids(core, desc.peers.len() as u32 + 1).await?;
+    let new_peers: Vec<(u64, u64)> = desc
+        .peers
+        .iter()
+        .zip(first + 1..)
+        .map(|(p, id)| (p.store_id, id))
+        .collect();
+    let (tx, rx) = oneshot::channel();
+    let proposed = core.raft.borrow_mut().propose_split(
+        region,
+        layout::slot_key(slot),
+        first,
+        new_peers,
+        Waiter::Conf(tx),
+    );
+    if let Err((e, _)) = proposed {
+        return Err(match e {
+            nokv_raft::Error::NotLeader { .. } => moved(core, region, None),
+            e => Reply::error(format!("ERR split refused: {e}")),
+        });
+    }
+    let _ = core.notify.try_send(());
+    let answered = future::or(rx, async {
+        glommio::timer::sleep(SPLIT_TIMEOUT).await;
+        None
+    })
+    .await;
+    match answered {
+        Some(Ok(child)) => Ok((child.id, slot)),
+        Some(Err(reply)) => Err(reply),
+        None => Err(Reply::error(format!(
+            "ERR split of region {region} not applied in time (it may still apply)"
+        ))),
+    }
+}
+
+/// After a round applied splits (their parents' entries are in the engine): routes send
+/// the new regions' slots to them, and a leader reports both regions to the coordinator.
+pub(super) fn applied(core: &Rc<Core>, splits: Vec<(RegionDescriptor, RegionDescriptor)>) {
+    if splits.is_empty() {
+        return;
+    }
+    for (parent, child) in &splits {
+        metrics::counter!(SPLITS, "core" => core.id.to_string()).increment(1);
+        let updated = core
+            .node
+            .routes
+            .update(|t| t.with_split(parent.id, child, core.id));
+        match updated {
+            Ok(()) => tracing::info!(
+                core = core.id,
+                parent = parent.id,
+                child = child.id,
+                "region split: routes updated"
+            ),
+            // A route table that cannot take it (cannot happen: the raft side checked the
+            // split against the same descriptor) would send the child's keys to the parent,
+            // which refuses them (-TRYAGAIN) rather than write them.
+            Err(e) => {
+                tracing::error!(core = core.id, parent = parent.id, child = child.id, error = %e, "routes not updated after a split")
+            }
+        }
+    }
+    report_leaders(core);
+}
+
+/// Splits the regions this core leads whose data grows past `max_bytes`, looking every
+/// `every`, until the core stops. A region of one hash slot cannot split: counted in
+/// `nokv_region_unsplittable_total` and logged.
+pub(super) async fn size_checks(core: Rc<Core>, max_bytes: u64, every: Duration) {
+    if max_bytes == 0 {
+        return;
+    }
+    while admin::sleep_unless_stopped(&core, every).await {
+        let led: Vec<RegionDescriptor> = {
+            let raft = core.raft.borrow();
+            raft.regions()
+                .filter(|r| raft.is_leader(r.id))
+                .cloned()
+                .collect()
+        };
+        for desc in led {
+            let db = core.db.clone();
+            let d = desc.clone();
+            let Ok((size, slot)) = blocking(move || measure(&db, &d)).await else {
+                continue;
+            };
+            if size <= max_bytes {
+                continue;
+            }
+            if layout::slot_range(&desc).is_ok_and(|(s, e)| e - s < 2) {
+                metrics::counter!(UNSPLITTABLE, "core" => core.id.to_string()).increment(1);
+                tracing::warn!(
+                    region = desc.id,
+                    size,
+                    max_bytes,
+                    "region past --region-max-bytes holds one hash slot: it cannot split"
+                );
+                continue;
+            }
+            match split(&core, desc.id, Some(slot)).await {
+                Ok((child, slot)) => {
+                    tracing::info!(region = desc.id, child, slot, size, "split by size")
+                }
+                Err(reply) => {
+                    tracing::debug!(region = desc.id, reply = ?reply, "size split not done")
+                }
+            }
+        }
+    }
+}
+
+/// Whether `desc` holds every key (by hash slot); true when its bounds are not slots.
+pub(super) fn holds(desc: &RegionDescriptor, keys: &[&[u8]]) -> bool {
+    let Ok((start, end)) = layout::slot_range(desc) else {
+        return true;
+    };
+    keys.iter().all(|k| {
+        let s = u32::from(nokv_gateway::model::slot(k));
+        start <= s && s < end
+    })
+}
