@@ -415,12 +415,17 @@ pub fn spawn_heartbeats(
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
     operators: Arc<OperatorQueue>,
+    routes: Arc<crate::layout::SharedRoutes>,
 ) -> Result<Heartbeats> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::Builder::new()
         .name("nokv-heartbeat".into())
-        .spawn(move || heartbeat_loop(client, store_id, directory, reports, operators, flag))
+        .spawn(move || {
+            heartbeat_loop(
+                client, store_id, directory, reports, operators, routes, flag,
+            )
+        })
         .map_err(|e| Error::Cluster(format!("start the heartbeat thread: {e}")))?;
     Ok(Heartbeats {
         stop,
@@ -434,6 +439,7 @@ fn heartbeat_loop(
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
     operators: Arc<OperatorQueue>,
+    routes: Arc<crate::layout::SharedRoutes>,
     shutdown: Arc<AtomicBool>,
 ) {
     let mut pending: HashMap<u64, RegionReport> = HashMap::new();
@@ -526,7 +532,19 @@ fn heartbeat_loop(
             }
             // Membership changes: replicas added to or removed from this store.
             match scan_all(&client) {
-                Ok(routes) => directory.set_routes(&routes),
+                Ok(all) => {
+                    directory.set_routes(&all);
+                    // Regions without a replica here (split elsewhere, for instance) are
+                    // routed as the coordinator says; the local ones as this store knows.
+                    let remote: Vec<RegionDescriptor> = all
+                        .iter()
+                        .filter_map(|r| r.region.as_ref())
+                        .map(RegionDescriptor::from)
+                        .collect();
+                    if routes.replace_with(|t| t.with_remote(&remote)) {
+                        tracing::info!("route table refreshed from the coordinator's routes");
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "refreshing routes failed"),
             }
         }

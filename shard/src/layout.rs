@@ -181,6 +181,12 @@ pub fn start_slot(desc: &RegionDescriptor) -> u16 {
     bound_slot(&desc.start_key, false).map_or(0, |s| s as u16)
 }
 
+/// Whether two regions' key ranges overlap (an empty end is unbounded).
+fn overlap(a: &RegionDescriptor, b: &RegionDescriptor) -> bool {
+    let below = |start: &[u8], end: &[u8]| end.is_empty() || start < end;
+    below(&a.start_key, &b.end_key) && below(&b.start_key, &a.end_key)
+}
+
 /// The slots `[start, end)` of a region of the Redis namespace.
 pub fn slot_range(desc: &RegionDescriptor) -> Result<(u32, u32)> {
     Ok((
@@ -325,9 +331,11 @@ pub fn open_core(
             bootstrap_regions(meta.cores, meta.regions_per_core, core)
         }
         Seed::Standalone => Vec::new(),
+        // A region the coordinator knows from a split this core has not made durable yet
+        // overlaps the local parent: re-applying the split from the log creates it.
         Seed::Assigned(assigned) => assigned
             .iter()
-            .filter(|a| !regions.iter().any(|r| r.id == a.id))
+            .filter(|a| !regions.iter().any(|r| r.id == a.id || overlap(r, a)))
             .cloned()
             .collect(),
     };
@@ -435,6 +443,37 @@ impl RouteTable {
         Self::from_routes(routes)
     }
 
+    /// The table with the regions this store holds no replica of replaced by `remote`'s
+    /// (the coordinator's), keeping every local route; None when that changes nothing or
+    /// would not tile the slot space (the coordinator's view is in flux).
+    pub fn with_remote(&self, remote: &[RegionDescriptor]) -> Option<RouteTable> {
+        let local: Vec<Route> = self
+            .routes
+            .iter()
+            .filter(|r| r.core != NOT_HERE)
+            .cloned()
+            .collect();
+        let mut routes = local.clone();
+        for d in remote {
+            let Ok((s, e)) = slot_range(d) else {
+                continue;
+            };
+            let covered = local
+                .iter()
+                .any(|l| l.region == d.id || (l.start_slot < e && s < l.end_slot));
+            if !covered {
+                routes.push(Route {
+                    region: d.id,
+                    core: NOT_HERE,
+                    start_slot: s,
+                    end_slot: e,
+                });
+            }
+        }
+        let table = Self::from_routes(routes).ok()?;
+        (table.routes != self.routes).then_some(table)
+    }
+
     /// Builds the table from routes; fails unless they tile the slot space.
     fn from_routes(mut routes: Vec<Route>) -> Result<RouteTable> {
         routes.sort_by_key(|r| r.start_slot);
@@ -515,6 +554,20 @@ impl SharedRoutes {
         }
     }
 
+    /// Replaces the table with `f(current)` when it gives one; returns whether it did.
+    pub fn replace_with(&self, f: impl FnOnce(&RouteTable) -> Option<RouteTable>) -> bool {
+        let mut t = match self.table.write() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let Some(new) = f(&t) else {
+            return false;
+        };
+        *t = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+
     /// Replaces the table with `f(current)` (nothing changes when `f` fails).
     pub fn update(&self, f: impl FnOnce(&RouteTable) -> Result<RouteTable>) -> Result<()> {
         let mut t = match self.table.write() {
@@ -575,6 +628,45 @@ mod tests {
         );
         let broken = vec![per_core[0].clone(), per_core[1].clone()];
         assert!(RouteTable::build(&broken).is_err());
+    }
+
+    #[test]
+    fn remote_regions_follow_the_coordinator_and_local_ones_stay() {
+        let region = |id: u64, s: u16, e: u32| RegionDescriptor {
+            id,
+            start_key: slot_key(s),
+            end_key: if e >= SLOTS as u32 {
+                Vec::new()
+            } else {
+                slot_key(e as u16)
+            },
+            epoch: Epoch::default(),
+            peers: Vec::new(),
+        };
+        let t = RouteTable::from_regions([
+            (&region(1, 0, 8192), 0),
+            (&region(2, 8192, 16384), NOT_HERE),
+        ])
+        .expect("tiles");
+        // Region 2 split elsewhere into 2 and 9; the coordinator still has region 1 whole
+        // and a stale region 5 over part of it: the local region stays as it is.
+        let remote = [
+            region(1, 0, 8192),
+            region(5, 4096, 8192),
+            region(2, 8192, 12288),
+            region(9, 12288, 16384),
+        ];
+        let new = t.with_remote(&remote).expect("changed");
+        assert_eq!(new.for_slot(12288).region, 9);
+        assert_eq!(new.core_of(9), Some(NOT_HERE));
+        assert_eq!(new.for_slot(4096).region, 1);
+        assert_eq!(new.core_of(1), Some(0));
+        assert!(
+            new.with_remote(&remote).is_none(),
+            "nothing changes the second time"
+        );
+        // A view that leaves a gap changes nothing.
+        assert!(t.with_remote(&[region(2, 8192, 12288)]).is_none());
     }
 
     #[test]

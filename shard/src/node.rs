@@ -153,8 +153,9 @@ enum Answer {
 struct NodeShared {
     knobs: Knobs,
     cores: usize,
-    /// Hash slot -> region -> core; replaced when a split applies.
-    routes: layout::SharedRoutes,
+    /// Hash slot -> region -> core; replaced when a split applies (and, for regions
+    /// without a replica here, from the coordinator's routes).
+    routes: Arc<layout::SharedRoutes>,
     /// Ids for splits of a standalone store.
     ids: split::LocalIds,
     /// Split regions whose data grows past this size (0: never by size).
@@ -472,7 +473,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     let node = Arc::new(NodeShared {
         knobs,
         cores,
-        routes: layout::SharedRoutes::new(routes),
+        routes: Arc::new(layout::SharedRoutes::new(routes)),
         ids,
         region_max_bytes: settings.region_max_bytes,
         split_check: settings.split_check,
@@ -522,6 +523,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             directory,
             rx,
             operators,
+            node.routes.clone(),
         )?),
         None => None,
     };

@@ -405,6 +405,10 @@ impl Client {
             "-" => R::Error(rest.to_string()),
             "+" => R::Simple(rest.to_string()),
             ":" => R::Int(rest.parse().ok()?),
+            "*" => match rest.parse::<i64>().ok()? {
+                n if n < 0 => R::Nil,
+                n => R::Array((0..n).map(|_| self.read()).collect()),
+            },
             other => panic!("unexpected reply type {other:?} in {line:?}"),
         })
     }

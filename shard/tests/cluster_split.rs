@@ -1,0 +1,260 @@
+//! Scenario: a region of a three-store cluster (real `nokv-server` processes, the
+//! coordinator in this process) is split by `NOKV.REGION SPLIT` on its leader while clients
+//! write through every store: every replica applies the split at the same index, the new
+//! region elects a leader and takes writes, the coordinator's routes show both regions
+//! tiling the slot space once, and every acknowledged write reads back through every
+//! store, also after the new region's leader is killed and restarted.
+//!
+//! Every wait is bounded; nothing asserts a time.
+
+mod support;
+
+use nokv_coordinator::proto::{Route, ScanRegionsRequest};
+use nokv_coordinator::Coordinator;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::cluster::*;
+use support::{Client, R};
+
+/// The coordinator's regions: (id, start slot, end slot, epoch version), by start.
+fn coord_regions(coord: &Coordinator) -> Vec<(u64, u32, u32, u64)> {
+    let slot = |k: &[u8], end: bool| match k {
+        [] => {
+            if end {
+                16384
+            } else {
+                0
+            }
+        }
+        [a, b] => u32::from(u16::from_be_bytes([*a, *b])),
+        other => panic!("not a slot bound: {other:?}"),
+    };
+    let routes: Vec<Route> = coord
+        .scan_regions(&ScanRegionsRequest::default())
+        .expect("scan regions");
+    let mut out: Vec<_> = routes
+        .iter()
+        .filter_map(|r| r.region.as_ref())
+        .map(|r| {
+            (
+                r.id,
+                slot(&r.start_key, false),
+                slot(&r.end_key, true),
+                r.epoch_version,
+            )
+        })
+        .collect();
+    out.sort_by_key(|r| r.1);
+    out
+}
+
+/// Whether the regions tile the slot space exactly once.
+fn tiles(regions: &[(u64, u32, u32, u64)]) -> bool {
+    let mut next = 0;
+    for r in regions {
+        if r.1 != next || r.2 <= r.1 {
+            return false;
+        }
+        next = r.2;
+    }
+    next == 16384
+}
+
+/// Sends `NOKV.REGION SPLIT <region> [slot]` to each store until its leader answers
+/// (followers answer -MOVED; no leader yet: retried), bounded.
+fn split(specs: &[StoreSpec], region: u64, slot: Option<u32>) -> (u64, u32) {
+    let deadline = Instant::now() + OP_BOUND;
+    let cmd = match slot {
+        Some(s) => format!("NOKV.REGION SPLIT {region} {s}"),
+        None => format!("NOKV.REGION SPLIT {region}"),
+    };
+    loop {
+        for s in specs {
+            let Some(mut c) = Client::try_connect(&s.redis, IO_TIMEOUT) else {
+                continue;
+            };
+            let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+            match c.try_cmd(&words) {
+                Some(R::Array(v)) => match v.as_slice() {
+                    [R::Int(child), R::Int(slot)] => return (*child as u64, *slot as u32),
+                    other => panic!("SPLIT reply {other:?}"),
+                },
+                Some(R::Error(e))
+                    if e.starts_with("MOVED")
+                        || e.starts_with("TRYAGAIN")
+                        || e.contains("not on this store") => {}
+                Some(other) => panic!("{cmd} on {}: {other:?}", s.redis),
+                None => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "{cmd}: no leader answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every store lists `region` with `slots` (bounded).
+fn wait_everywhere(specs: &[StoreSpec], region: u64, slots: (u32, u32)) {
+    let want = format!("region={region} ");
+    let range = format!("slots={}..{}", slots.0, slots.1);
+    let deadline = Instant::now() + OP_BOUND;
+    for s in specs {
+        loop {
+            let mut c = Client::connect(&s.redis);
+            if let R::Array(lines) = c.cmd("NOKV.REGION LIST") {
+                let found = lines.iter().any(|l| {
+                    matches!(l, R::Bulk(b) if { let t = String::from_utf8_lossy(b); t.starts_with(&want) && t.contains(&range) })
+                });
+                if found {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store {} never listed region {region} {range}",
+                s.redis
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_split_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let mut stores = start_stores(&specs, &coord_addr);
+    let mut client = ClusterClient::new(&specs);
+    let mut acked = BTreeMap::new();
+    let write =
+        |client: &mut ClusterClient, acked: &mut BTreeMap<String, String>, n: usize, tag: &str| {
+            for i in 0..n {
+                let (k, v) = (format!("{tag}:{i}"), format!("{tag}-{i}"));
+                assert!(
+                    client.set(i % 3, &k, &v, OP_BOUND),
+                    "SET {k}\n{}",
+                    client.log_tails()
+                );
+                acked.insert(k, v);
+            }
+        };
+    write(&mut client, &mut acked, 150, "before");
+    let before = coord_regions(&coord);
+    assert!(tiles(&before), "{before:?}");
+    let (parent, start, end, version) = before[0];
+    let (child, slot) = split(&specs, parent, None);
+    assert!(
+        start < slot && slot < end,
+        "split slot {slot} of [{start}, {end})"
+    );
+    wait_everywhere(&specs, child, (slot, end));
+    wait_everywhere(&specs, parent, (start, slot));
+    // The leader reported both: the coordinator's routes tile the space with them.
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let now = coord_regions(&coord);
+        let has = |id: u64, s: u32, e: u32| {
+            now.iter()
+                .any(|r| r.0 == id && r.1 == s && r.2 == e && r.3 == version + 1)
+        };
+        if tiles(&now) && has(parent, start, slot) && has(child, slot, end) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "coordinator routes {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    write(&mut client, &mut acked, 150, "after");
+    // The child again, at a slot of our choice.
+    let (grandchild, s2) = split(&specs, child, Some(slot + (end - slot) / 2));
+    wait_everywhere(&specs, grandchild, (s2, end));
+    write(&mut client, &mut acked, 100, "again");
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    // Every store restarts (SIGKILL): the regions and the data come back.
+    for s in stores.iter_mut() {
+        if let Some(server) = s.take() {
+            server.kill();
+        }
+    }
+    let _stores = start_stores(&specs, &coord_addr);
+    wait_everywhere(&specs, grandchild, (s2, end));
+    wait_everywhere(&specs, child, (slot, s2));
+    let mut client = ClusterClient::new(&specs);
+    write(&mut client, &mut acked, 60, "restarted");
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    let now = coord_regions(&coord);
+    assert!(tiles(&now), "{now:?}");
+    assert_eq!(now.len(), before.len() + 2, "{now:?}");
+}
+
+/// A key whose hash slot is in `[start, end)` (the `n`-th found).
+fn key_in(start: u32, end: u32, n: usize) -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| (start..end).contains(&u32::from(nokv_gateway::model::slot(k.as_bytes()))))
+        .nth(n)
+        .expect("a key")
+}
+
+#[test]
+fn a_store_without_a_replica_routes_a_new_region_from_the_coordinator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let _stores = start_stores(&specs, &coord_addr);
+    // A fourth store joins after the bootstrap: it holds no replica (the scheduler is off).
+    let fourth = StoreSpec {
+        workdir: dir.path().join("store-4"),
+        redis: free_addr(),
+        rpc: free_addr(),
+        redirect: "forward",
+    };
+    let _fourth = start_store(&fourth, &coord_addr);
+    let mut client = ClusterClient::new(&specs);
+    assert!(
+        client.set(0, "warm", "up", OP_BOUND),
+        "{}",
+        client.log_tails()
+    );
+    let (parent, start, end, _) = coord_regions(&coord)[2];
+    let (child, slot) = split(&specs, parent, None);
+    wait_everywhere(&specs, child, (slot, end));
+    // Through the fourth store: keys of the new region and of its parent, written and read
+    // back (its route table learns the new region from the coordinator's routes).
+    let mut c = Client::connect(&fourth.redis);
+    let deadline = Instant::now() + OP_BOUND;
+    for (i, (s, e)) in [(slot, end), (start, slot)].into_iter().enumerate() {
+        for n in 0..20 {
+            let k = key_in(s, e, n);
+            let v = format!("v{i}-{n}");
+            loop {
+                match c.cmd(&format!("SET {k} {v}")) {
+                    R::Simple(ok) if ok == "OK" => break,
+                    R::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("CLUSTERDOWN") => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "SET {k} through the fourth store: {e}"
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    other => panic!("SET {k} through the fourth store: {other:?}"),
+                }
+            }
+            assert_eq!(
+                c.cmd(&format!("GET {k}")),
+                R::bulk(&v),
+                "GET {k} through the fourth store"
+            );
+            assert_eq!(
+                client.get(1, &k, OP_BOUND),
+                R::bulk(&v),
+                "GET {k} through the cluster"
+            );
+        }
+    }
+}
