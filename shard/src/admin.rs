@@ -53,7 +53,7 @@ pub enum ReplicaError {
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
 /// The help text of `NOKV.REGION`.
-const USAGE: &str = "ERR usage: NOKV.REGION LIST | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
+const USAGE: &str = "ERR usage: NOKV.REGION LIST | HOT | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
 
 /// A parsed `NOKV.REGION` subcommand naming a region.
 #[derive(Debug, Clone, Copy)]
@@ -155,17 +155,33 @@ pub(super) async fn execute(core: &Rc<Core>, args: Vec<Vec<u8>>) -> Reply {
     if args.len() < 2 {
         return Reply::error(USAGE);
     }
-    if args[1].eq_ignore_ascii_case(b"LIST") {
+    let hot = args[1].eq_ignore_ascii_case(b"HOT");
+    if args[1].eq_ignore_ascii_case(b"LIST") || hot {
+        if args.len() != 2 {
+            return Reply::error(USAGE);
+        }
+        let local: &[u8] = if hot { b"LOCALHOT" } else { b"LOCAL" };
         let mut lines = Vec::new();
         for target in 0..core.node.cores {
             let work = Work::Admin {
                 region: 0,
-                args: vec![b"NOKV.REGION".to_vec(), b"LOCAL".to_vec()],
+                args: vec![b"NOKV.REGION".to_vec(), local.to_vec()],
             };
             match execute_on(core, target, work).await {
                 Reply::Array(mut part) => lines.append(&mut part),
                 other => return other,
             }
+        }
+        if hot {
+            // Busiest first, over every core.
+            let ops = |r: &Reply| match r {
+                Reply::Bulk(b) => String::from_utf8_lossy(b)
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("ops_per_sec=")?.parse::<f64>().ok())
+                    .unwrap_or(0.0),
+                _ => 0.0,
+            };
+            lines.sort_by(|a, b| ops(b).total_cmp(&ops(a)));
         }
         return Reply::Array(lines);
     }
@@ -217,6 +233,14 @@ async fn execute_on(core: &Rc<Core>, target: usize, work: Work) -> Reply {
 pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u8>>) -> Reply {
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCAL") {
         return list_local(core);
+    }
+    if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCALHOT") {
+        return Reply::Array(
+            super::split::hot_local(core)
+                .into_iter()
+                .map(|(_, line)| line)
+                .collect(),
+        );
     }
     let op = match parse_region_op(&args) {
         Ok((_, op)) => op,

@@ -74,6 +74,12 @@ pub struct Flags {
     /// How often each core checks the sizes of the regions it leads, milliseconds [default: 10000].
     #[arg(long, value_name = "MS")]
     pub split_check_ms: Option<u64>,
+    /// A region its leader served more requests per second than this (over the last --split-check-ms) is split at the median slot of its sampled keys; 0: no splits by request rate [default: 3000].
+    #[arg(long, value_name = "N")]
+    pub split_load_qps: Option<u64>,
+    /// A region written faster than this many bytes per second is split the same way, e.g. 30MiB; 0: no splits by write rate [default: 30MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub split_load_bytes: Option<String>,
     /// Internal RPC address for raft messages between stores, e.g. 127.0.0.1:7380 [default: off: a single store, no store-to-store port]. Every core listens on it (SO_REUSEPORT); port 0 picks a free port.
     #[arg(long)]
     pub rpc_addr: Option<String>,
@@ -129,6 +135,10 @@ pub struct Settings {
     pub region_max_bytes: u64,
     /// How often the regions' sizes are checked.
     pub split_check: std::time::Duration,
+    /// Split a region served more requests per second than this (0: never by rate).
+    pub split_load_qps: u64,
+    /// Split a region written more bytes per second than this (0: never by rate).
+    pub split_load_bytes: u64,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
     pub background_nice: i32,
     /// Store-to-store RPC address (None: off, a single store).
@@ -162,6 +172,12 @@ pub const DEFAULT_REGION_MAX_BYTES: u64 = 96 << 20;
 
 /// Default of `--split-check-ms`.
 pub const DEFAULT_SPLIT_CHECK_MS: u64 = 10_000;
+
+/// Default of `--split-load-qps`.
+pub const DEFAULT_SPLIT_LOAD_QPS: u64 = 3000;
+
+/// Default of `--split-load-bytes`.
+pub const DEFAULT_SPLIT_LOAD_BYTES: u64 = 30 << 20;
 
 /// Default per-client output buffer limit.
 pub const DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT: u64 = 64 << 20;
@@ -275,6 +291,10 @@ pub struct ConfigFile {
     pub region_max_bytes: Option<Spanned<ByteSize>>,
     /// `--split-check-ms`.
     pub split_check_ms: Option<Spanned<u64>>,
+    /// `--split-load-qps`.
+    pub split_load_qps: Option<Spanned<u64>>,
+    /// `--split-load-bytes`.
+    pub split_load_bytes: Option<Spanned<ByteSize>>,
     /// `--background-nice`.
     pub background_nice: Option<Spanned<i32>>,
     /// `--rpc-addr` ("" or "off": no RPC port).
@@ -473,6 +493,15 @@ impl Settings {
                 format!("{split_check_ms}: expected 50..=3600000"),
             ));
         }
+        let split_load_qps = pick(flags.split_load_qps, file.split_load_qps, path, text)
+            .map_or(DEFAULT_SPLIT_LOAD_QPS, |(n, _)| n);
+        let split_load_bytes = pick(
+            flag_bytes("split_load_bytes", flags.split_load_bytes)?,
+            file.split_load_bytes,
+            path,
+            text,
+        )
+        .map_or(DEFAULT_SPLIT_LOAD_BYTES, |(b, _)| b.0);
         let metrics_addr = pick(flags.metrics_addr, file.metrics_addr, path, text)
             .map(|(a, _)| a)
             .filter(|a| !a.is_empty() && a != "off");
@@ -561,6 +590,8 @@ impl Settings {
             client_output_buffer_limit,
             region_max_bytes,
             split_check: std::time::Duration::from_millis(split_check_ms),
+            split_load_qps,
+            split_load_bytes,
             background_nice,
             rpc_addr,
             cluster_id,
@@ -744,6 +775,8 @@ mod tests {
             client_output_buffer_limit,
             region_max_bytes,
             split_check_ms,
+            split_load_qps,
+            split_load_bytes,
             background_nice,
             rpc_addr,
             cluster_id,
@@ -767,6 +800,8 @@ mod tests {
             ("background_nice", background_nice.is_some()),
             ("region_max_bytes", region_max_bytes.is_some()),
             ("split_check_ms", split_check_ms.is_some()),
+            ("split_load_qps", split_load_qps.is_some()),
+            ("split_load_bytes", split_load_bytes.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
             ("redirect", redirect.is_some()),
@@ -799,6 +834,8 @@ mod tests {
         assert_eq!(s.client_output_buffer_limit, d.client_output_buffer_limit);
         assert_eq!(s.region_max_bytes, d.region_max_bytes);
         assert_eq!(s.split_check, d.split_check);
+        assert_eq!(s.split_load_qps, d.split_load_qps);
+        assert_eq!(s.split_load_bytes, d.split_load_bytes);
         assert_eq!(s.background_nice, d.background_nice);
         assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));
         assert_eq!(s.cluster_id, d.cluster_id);

@@ -13,6 +13,8 @@
 mod admin;
 #[path = "forward.rs"]
 mod forward;
+#[path = "load.rs"]
+mod load;
 #[path = "operate.rs"]
 mod operate;
 #[path = "split.rs"]
@@ -162,6 +164,10 @@ struct NodeShared {
     region_max_bytes: u64,
     /// How often each core checks the sizes of the regions it leads.
     split_check: Duration,
+    /// Split regions served more requests per second than this (0: never by rate).
+    split_load_qps: u64,
+    /// Split regions written more bytes per second than this (0: never by rate).
+    split_load_bytes: u64,
     gateway: Arc<nokv_gateway::Shared>,
     durability: nokv::Durability,
     max_clients: usize,
@@ -477,6 +483,8 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         ids,
         region_max_bytes: settings.region_max_bytes,
         split_check: settings.split_check,
+        split_load_qps: settings.split_load_qps,
+        split_load_bytes: settings.split_load_bytes,
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
         durability: settings.durability,
         max_clients: settings.max_clients,
@@ -743,6 +751,8 @@ struct Core {
     snapshot_sends: Rc<crate::snapship::Sends>,
     /// This core's copy of the route table.
     routes: layout::LocalRoutes,
+    /// The load of the regions this core leads (splits by load, the hot report).
+    loads: load::Loads,
 }
 
 impl Core {
@@ -1348,6 +1358,7 @@ async fn serve_core(
         tombstones: RefCell::new(HashMap::new()),
         snapshot_sends: Rc::new(crate::snapship::Sends::default()),
         routes: layout::LocalRoutes::new(&node.routes),
+        loads: load::Loads::default(),
     });
     if let Some(t) = &core.transport {
         t.set_kv_service(Rc::new(forward::Service(Rc::downgrade(&core))));
@@ -1363,12 +1374,7 @@ async fn serve_core(
         }
     }
     glommio::spawn_local(sample_core(core.clone())).detach();
-    glommio::spawn_local(split::size_checks(
-        core.clone(),
-        node.region_max_bytes,
-        node.split_check,
-    ))
-    .detach();
+    glommio::spawn_local(split::checks(core.clone())).detach();
 
     let driver_stop = Event::new();
     let driver = glommio::spawn_local(raft_driver(core.clone(), notify_rx, driver_stop.clone()));
@@ -1749,6 +1755,7 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
             {
                 return Answer::Stale(Work::Read { region, op });
             }
+            core.loads.record(region, &route::read_keys(&op), 0);
             if core.node.cluster.is_some() {
                 match confirm_leadership(core, region).await {
                     Ok(()) => {}
@@ -1899,11 +1906,13 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     {
         return Proposal::Stale(cmd);
     }
+    let data = cmd.encode();
+    core.loads.record(region, &cmd.op.keys(), data.len());
     let (tx, rx) = oneshot::channel();
     let proposed = core
         .raft
         .borrow_mut()
-        .propose(region, cmd.encode(), Waiter::Write(tx));
+        .propose(region, data, Waiter::Write(tx));
     core.metrics.proposal(proposed.is_ok());
     if let Err((e, _)) = proposed {
         return match e {
@@ -2023,7 +2032,10 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 exec::try_read(op, &RegionView::read_cached(&core.db, desc), now_ms())
             };
             match reply {
-                Some(reply) => Ok(Inline::Reply(reply)),
+                Some(reply) => {
+                    core.loads.record(*region, &route::read_keys(op), 0);
+                    Ok(Inline::Reply(reply))
+                }
                 None => Err(plan),
             }
         }

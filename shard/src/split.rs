@@ -25,7 +25,7 @@ pub(super) fn register_metrics() {
     metrics::describe_counter!(SPLITS, "Region splits applied by this store's cores");
     metrics::describe_counter!(
         UNSPLITTABLE,
-        "Size checks that found a region past --region-max-bytes holding a single hash slot (a hot key range that cannot split)"
+        "Checks that found a region past --region-max-bytes (reason=size) or the load limits (reason=load) that cannot split: one hash slot holds it (a hot key range)"
     );
 }
 
@@ -228,14 +228,27 @@ pub(super) fn applied(core: &Rc<Core>, splits: Vec<(RegionDescriptor, RegionDesc
     report_leaders(core);
 }
 
-/// Splits the regions this core leads whose data grows past `max_bytes`, looking every
-/// `every`, until the core stops. A region of one hash slot cannot split: counted in
-/// `nokv_region_unsplittable_total` and logged.
-pub(super) async fn size_checks(core: Rc<Core>, max_bytes: u64, every: Duration) {
-    if max_bytes == 0 {
+/// Every `--split-check-ms`, until the core stops: splits the regions this core leads
+/// whose data grew past `--region-max-bytes` (at the slot that halves it), or whose load
+/// over the interval passed `--split-load-qps` or `--split-load-bytes` per second (at the
+/// median slot of its sampled keys). A region of one hash slot cannot split: counted in
+/// `nokv_region_unsplittable_total{reason}` and logged.
+pub(super) async fn checks(core: Rc<Core>) {
+    let node = core.node.clone();
+    let label = core.id.to_string();
+    // Exported from the start (at 0), so dashboards and alerts find them.
+    metrics::counter!(SPLITS, "core" => label.clone()).increment(0);
+    for reason in ["size", "load"] {
+        metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
+    }
+    if node.region_max_bytes == 0 && node.split_load_qps == 0 && node.split_load_bytes == 0 {
         return;
     }
-    while admin::sleep_unless_stopped(&core, every).await {
+    let unsplittable = |reason: &'static str| {
+        metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(1);
+    };
+    while admin::sleep_unless_stopped(&core, node.split_check).await {
+        let loads = core.loads.roll();
         let led: Vec<RegionDescriptor> = {
             let raft = core.raft.borrow();
             raft.regions()
@@ -244,34 +257,82 @@ pub(super) async fn size_checks(core: Rc<Core>, max_bytes: u64, every: Duration)
                 .collect()
         };
         for desc in led {
-            let db = core.db.clone();
-            let d = desc.clone();
-            let Ok((size, slot)) = blocking(move || measure(&db, &d)).await else {
+            let Ok((start, end)) = layout::slot_range(&desc) else {
                 continue;
             };
-            if size <= max_bytes {
-                continue;
+            let mut target = None;
+            if node.region_max_bytes > 0 {
+                let db = core.db.clone();
+                let d = desc.clone();
+                if let Ok((size, slot)) = blocking(move || measure(&db, &d)).await {
+                    if size > node.region_max_bytes {
+                        if end - start < 2 {
+                            unsplittable("size");
+                            tracing::warn!(region = desc.id, size, max = node.region_max_bytes, "region past --region-max-bytes holds one hash slot: it cannot split");
+                        } else {
+                            target = Some((slot, "size"));
+                        }
+                    }
+                }
             }
-            if layout::slot_range(&desc).is_ok_and(|(s, e)| e - s < 2) {
-                metrics::counter!(UNSPLITTABLE, "core" => core.id.to_string()).increment(1);
-                tracing::warn!(
-                    region = desc.id,
-                    size,
-                    max_bytes,
-                    "region past --region-max-bytes holds one hash slot: it cannot split"
-                );
-                continue;
+            if let (None, Some(f)) = (target, loads.get(&desc.id)) {
+                let hot = (node.split_load_qps > 0 && f.ops_per_sec >= node.split_load_qps as f64)
+                    || (node.split_load_bytes > 0
+                        && f.bytes_per_sec >= node.split_load_bytes as f64);
+                if hot {
+                    match load::split_slot(f, start, end) {
+                        Some(slot) => target = Some((slot, "load")),
+                        None => {
+                            unsplittable("load");
+                            tracing::warn!(
+                                region = desc.id,
+                                ops_per_sec = f.ops_per_sec,
+                                top_key = %String::from_utf8_lossy(&f.top_key),
+                                top_share = f.top_share,
+                                "region past the load limit has its load in one hash slot: it cannot split"
+                            );
+                        }
+                    }
+                }
             }
+            let Some((slot, reason)) = target else {
+                continue;
+            };
             match split(&core, desc.id, Some(slot)).await {
                 Ok((child, slot)) => {
-                    tracing::info!(region = desc.id, child, slot, size, "split by size")
+                    tracing::info!(region = desc.id, child, slot, "split by {reason}")
                 }
                 Err(reply) => {
-                    tracing::debug!(region = desc.id, reply = ?reply, "size split not done")
+                    tracing::debug!(region = desc.id, reply = ?reply, "split by {reason} not done")
                 }
             }
         }
     }
+}
+
+/// `NOKV.REGION HOT` on one core: a line per region it led in the last check interval,
+/// busiest first.
+pub(super) fn hot_local(core: &Rc<Core>) -> Vec<(f64, Reply)> {
+    let mut out: Vec<(f64, Reply)> = core
+        .loads
+        .last()
+        .into_iter()
+        .map(|(region, f)| {
+            let key: String = f
+                .top_key
+                .iter()
+                .flat_map(|b| std::ascii::escape_default(*b))
+                .map(char::from)
+                .collect();
+            let line = format!(
+                "region={region} core={} ops_per_sec={:.1} bytes_per_sec={:.0} top_key=\"{key}\" top_share={:.2}",
+                core.id, f.ops_per_sec, f.bytes_per_sec, f.top_share
+            );
+            (f.ops_per_sec, Reply::Bulk(line.into_bytes()))
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out
 }
 
 /// Whether `desc` holds every key (by hash slot); true when its bounds are not slots.

@@ -330,3 +330,104 @@ fn sigkill_in_the_middle_of_splits_leaves_every_slot_owned_once_and_every_write(
     }
     assert!(all.len() > 50, "writes acknowledged: {}", all.len());
 }
+
+/// Sends `keys` as pipelined GETs (batches of 100) for `rounds` rounds.
+fn hammer(c: &mut Client, keys: &[String], rounds: usize) {
+    for _ in 0..rounds {
+        for chunk in keys.chunks(100) {
+            for k in chunk {
+                c.send(&[b"GET", k.as_bytes()]);
+            }
+            for _ in chunk {
+                let _ = c.read();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_busy_region_splits_by_load_and_a_hot_key_is_reported_not_split() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = [
+        "--cores",
+        "1",
+        "--region-max-bytes",
+        "0",
+        "--split-load-qps",
+        "300",
+        "--split-check-ms",
+        "500",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    let before = regions(&mut c);
+    let (first, _, first_end, _) = before[0];
+    // 300 keys, all in the first region, spread over its slots.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("load:{i}"))
+        .filter(|k| u32::from(nokv_gateway::model::slot(k.as_bytes())) < first_end)
+        .take(300)
+        .collect();
+    let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+    load(&mut c, &pairs);
+    let end = Instant::now() + Duration::from_secs(60);
+    while regions(&mut c).iter().filter(|r| r.2 <= first_end).count() < 2 {
+        assert!(
+            Instant::now() < end,
+            "the busy region never split: {:?}",
+            regions(&mut c)
+        );
+        hammer(&mut c, &keys, 5);
+    }
+    let now = regions(&mut c);
+    assert_tiles(&now);
+    assert!(
+        now.iter().any(|r| r.0 == first && r.2 < first_end),
+        "{now:?}"
+    );
+    assert!(std::fs::read_to_string(&server.stderr)
+        .unwrap_or_default()
+        .contains("split by load"));
+    assert_values(&mut c, &pairs.iter().cloned().collect());
+    // One hot key: its region is past the limit, but no split can spread one slot.
+    let hot = vec!["the-hot-key".to_string(); 200];
+    let count = |c: &mut Client| regions(c).len();
+    // Two quiet check intervals: the busy keys' last window is over.
+    std::thread::sleep(Duration::from_millis(1200));
+    let regions_before = count(&mut c);
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        hammer(&mut c, &hot, 5);
+        let scrape = server.scrape();
+        let n = support::sample(
+            &scrape,
+            "nokv_region_unsplittable_total",
+            "core=\"0\",reason=\"load\"",
+        )
+        .unwrap_or(0.0);
+        if n > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the hot key was never reported\n{scrape}"
+        );
+    }
+    let R::Array(lines) = c.cmd("NOKV.REGION HOT") else {
+        panic!("NOKV.REGION HOT did not answer an array");
+    };
+    let top = match lines.first() {
+        Some(R::Bulk(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => panic!("HOT: {other:?}"),
+    };
+    assert!(top.contains("top_key=\"the-hot-key\""), "{top}");
+    assert_eq!(
+        count(&mut c),
+        regions_before,
+        "a hot key alone splits nothing"
+    );
+    server.terminate();
+}

@@ -1,12 +1,13 @@
 //! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores and regions:
-//! `stores`, `region list` (from the coordinator) and `region split` (the `NOKV.REGION
-//! SPLIT` operator command on a store's Redis port).
+//! `stores`, `region list` (from the coordinator), `region split` (the `NOKV.REGION
+//! SPLIT` operator command on a store's Redis port) and `hot` (`NOKV.REGION HOT`).
 //!
 //! Every failure is one line on stderr, `nokv-tool: error: <what failed>; fix: <what to
 //! try>`, and a non-zero exit (1; 2 for a command line that does not parse).
 
 mod coord;
 mod error;
+mod hot;
 mod region;
 mod render;
 mod resp;
@@ -51,6 +52,27 @@ enum Cmd {
     /// Regions: list them, split one.
     #[command(subcommand)]
     Region(RegionCmd),
+    /// The busiest regions over the stores' last split-check interval (`NOKV.REGION HOT`):
+    /// requests and written bytes per second, the most requested sampled key and its share
+    /// (near 1: a hot key no split can spread), busiest first.
+    Hot(HotArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("stores").required(true).args(["addr", "coordinator"]))]
+struct HotArgs {
+    /// Stores' Redis ports (host:port), comma-separated.
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',', value_parser = parse_addr)]
+    addr: Vec<String>,
+    /// Asks every store the coordinator knows instead of --addr.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', value_parser = parse_addr)]
+    coordinator: Vec<String>,
+    /// The stores' password (sent with AUTH first).
+    #[arg(long)]
+    password: Option<String>,
+    /// Prints a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +205,24 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&rows)
             } else {
                 print(&region::table(&rows))
+            }
+        }
+        Cmd::Hot(a) => {
+            let addrs = if a.addr.is_empty() {
+                let coord = coord::Coord::new(&a.coordinator, cli.cluster_id, coord_timeout)?;
+                coord
+                    .stores()?
+                    .iter()
+                    .filter_map(|s| s.meta.as_ref().map(|m| m.redis_addr.clone()))
+                    .collect()
+            } else {
+                a.addr
+            };
+            let rows = hot::hot(&addrs, a.password.as_deref(), coord_timeout)?;
+            if a.json {
+                print_json(&rows)
+            } else {
+                print(&hot::table(&rows))
             }
         }
         Cmd::Region(RegionCmd::Split(a)) => {

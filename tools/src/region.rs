@@ -222,25 +222,7 @@ fn send_split(
     password: Option<&str>,
 ) -> Result<Answer> {
     let addr = conn.addr().to_string();
-    if let Some(pw) = password {
-        match conn.call(&[b"AUTH", pw.as_bytes()], "AUTH")? {
-            Reply::Status(_) => {}
-            Reply::Error(message) => {
-                return Err(Error::Refused {
-                    addr,
-                    command: "AUTH".into(),
-                    message,
-                })
-            }
-            other => {
-                return Err(Error::Reply {
-                    addr,
-                    command: "AUTH".into(),
-                    detail: format!("expected +OK, got {other:?}"),
-                })
-            }
-        }
-    }
+    conn.auth(password)?;
     let label = split_label(region, slot);
     let region_arg = region.to_string();
     let slot_arg = slot.map(|s| s.to_string());

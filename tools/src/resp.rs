@@ -111,6 +111,27 @@ impl Conn {
         &self.addr
     }
 
+    /// Sends `AUTH <password>` when a password is given; a refusal is an error.
+    pub fn auth(&mut self, password: Option<&str>) -> Result<()> {
+        let Some(pw) = password else {
+            return Ok(());
+        };
+        let addr = self.addr.clone();
+        match self.call(&[b"AUTH", pw.as_bytes()], "AUTH")? {
+            Reply::Status(_) => Ok(()),
+            Reply::Error(message) => Err(Error::Refused {
+                addr,
+                command: "AUTH".into(),
+                message,
+            }),
+            other => Err(Error::Reply {
+                addr,
+                command: "AUTH".into(),
+                detail: format!("expected +OK, got {other:?}"),
+            }),
+        }
+    }
+
     /// Sends `args` as one command and reads its reply; `label` names the command in errors
     /// (so that secrets such as a password stay out of them).
     pub fn call(&mut self, args: &[&[u8]], label: &str) -> Result<Reply> {
