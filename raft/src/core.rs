@@ -526,6 +526,9 @@ pub struct RaftCore<T> {
     /// Replayed logs of regions without a descriptor: children of splits a crash cut
     /// short, adopted when the split is applied again.
     orphans: BTreeMap<u64, ReplayedRegion>,
+    /// Regions that are not hibernating: only these are ticked and polled (see
+    /// [`RaftCore::tick`]).
+    awake: BTreeSet<u64>,
 }
 
 fn conf_state(desc: &RegionDescriptor) -> ConfState {
@@ -669,6 +672,7 @@ impl<T> RaftCore<T> {
             snapshot_tasks: Vec::new(),
             exporting: BTreeSet::new(),
             orphans: BTreeMap::new(),
+            awake: BTreeSet::new(),
         };
         for desc in regions {
             let applied = applied.get(&desc.id).copied().unwrap_or(0);
@@ -721,6 +725,7 @@ impl<T> RaftCore<T> {
         region: u64,
         mut answer: impl FnMut(T),
     ) -> Option<RegionDescriptor> {
+        self.awake.remove(&region);
         let mut peer = self.peers.remove(&region)?;
         while let Some(p) = peer.pending.pop_front() {
             answer(p.token);
@@ -793,6 +798,7 @@ impl<T> RaftCore<T> {
                 unborn: false,
             },
         );
+        self.awake.insert(region);
         Ok(())
     }
 
@@ -835,6 +841,7 @@ impl<T> RaftCore<T> {
 
     /// Hands a raft message from another replica to the local peer of `region`.
     pub fn step(&mut self, region: u64, msg: Message) -> Result<()> {
+        self.wake(region);
         let Some(peer) = self.peers.get_mut(&region) else {
             return Err(Error::RegionNotFound(region));
         };
@@ -854,6 +861,7 @@ impl<T> RaftCore<T> {
     /// Tells raft that the replica `peer_id` of `region` could not be reached (the
     /// transport dropped a message), so the leader probes it again.
     pub fn report_unreachable(&mut self, region: u64, peer_id: u64) {
+        self.wake(region);
         if let Some(p) = self.peers.get_mut(&region) {
             p.node.report_unreachable(peer_id);
         }
@@ -868,6 +876,7 @@ impl<T> RaftCore<T> {
         now: Instant,
         token: T,
     ) -> std::result::Result<ReadPath<T>, (Error, T)> {
+        self.wake(region);
         let peer = match leading(&mut self.peers, region) {
             Ok(p) => p,
             Err(e) => return Err((e, token)),
@@ -916,6 +925,7 @@ impl<T> RaftCore<T> {
     /// Asks the leader of `region` (the local peer) to hand leadership to `peer_id`; its
     /// lease is suspended meanwhile.
     pub fn transfer_leader(&mut self, region: u64, peer_id: u64) -> Result<()> {
+        self.wake(region);
         let peer = leading(&mut self.peers, region)?;
         peer.lease = None;
         peer.node.transfer_leader(peer_id);
@@ -934,6 +944,7 @@ impl<T> RaftCore<T> {
     pub fn snapshot_exported(&mut self, task: SnapshotTask, result: Result<()>) {
         let region = task.key.region;
         self.exporting.remove(&region);
+        self.wake(region);
         match result {
             Ok(()) => {
                 if let Some(p) = self.peers.get_mut(&region) {
@@ -952,6 +963,7 @@ impl<T> RaftCore<T> {
 
     /// Tells raft whether a snapshot sent to replica `peer_id` of `region` arrived.
     pub fn report_snapshot(&mut self, region: u64, peer_id: u64, delivered: bool) {
+        self.wake(region);
         if let Some(p) = self.peers.get_mut(&region) {
             let status = if delivered {
                 raft::SnapshotStatus::Finish
@@ -1001,6 +1013,7 @@ impl<T> RaftCore<T> {
         changes: &[PeerChange],
         token: T,
     ) -> std::result::Result<u64, (Error, T)> {
+        self.wake(region);
         let peer = match leading(&mut self.peers, region) {
             Ok(p) => p,
             Err(e) => return Err((e, token)),
@@ -1051,6 +1064,7 @@ impl<T> RaftCore<T> {
         data: Vec<u8>,
         token: T,
     ) -> std::result::Result<u64, (Error, T)> {
+        self.wake(region);
         let peer = match leading(&mut self.peers, region) {
             Ok(p) => p,
             Err(e) => return Err((e, token)),
@@ -1087,6 +1101,7 @@ impl<T> RaftCore<T> {
             let reason = format!("region {new_region} exists here");
             return Err((Error::InvalidProposal { region, reason }, token));
         }
+        self.wake(region);
         let pending = self.conf_change_pending(region);
         let peer = match leading(&mut self.peers, region) {
             Ok(p) => p,
@@ -1110,16 +1125,51 @@ impl<T> RaftCore<T> {
         record_proposal(peer, before, taken, token)
     }
 
-    /// Advances every peer's logical clock by one tick.
+    /// Advances the logical clock of every region that is not hibernating by one tick.
+    ///
+    /// **Hibernation.** A region whose only voter is the local peer, which leads it with
+    /// nothing to do (no proposal, read or Ready waiting, everything applied, no export in
+    /// flight), needs no clock: no heartbeat goes anywhere and nobody else could campaign.
+    /// It stops being ticked and polled until something reaches it (a proposal, a read, a
+    /// message, a membership change, a split, a leader transfer), so an idle store's rounds
+    /// cost nothing per region. Regions with other voters keep ticking (their followers'
+    /// election clocks need the leader's heartbeats).
     pub fn tick(&mut self) {
-        for p in self.peers.values_mut() {
+        let mut asleep = Vec::new();
+        for &id in &self.awake {
+            let Some(p) = self.peers.get_mut(&id) else {
+                asleep.push(id);
+                continue;
+            };
+            if can_hibernate(p) && !self.exporting.contains(&id) {
+                asleep.push(id);
+                continue;
+            }
             p.node.tick();
+        }
+        for id in asleep {
+            self.awake.remove(&id);
+        }
+    }
+
+    /// Regions hibernating now (see [`RaftCore::tick`]).
+    pub fn hibernating(&self) -> usize {
+        self.peers.len() - self.awake.len()
+    }
+
+    /// Ends `region`'s hibernation (something reached it).
+    fn wake(&mut self, region: u64) {
+        if self.peers.contains_key(&region) {
+            self.awake.insert(region);
         }
     }
 
     /// Whether any peer has work for [`RaftCore::poll_round`].
     pub fn has_ready(&self) -> bool {
-        self.peers.values().any(|p| p.node.has_ready())
+        self.awake
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .any(|p| p.node.has_ready())
     }
 
     /// Runs one poll round with every phase inline (see the module docs). An error means
@@ -1159,7 +1209,10 @@ impl<T> RaftCore<T> {
         let mut persisting = Vec::new();
         let mut born = Vec::new();
         let segment = self.wal_segment;
-        for (&id, peer) in self.peers.iter_mut() {
+        for &id in &self.awake {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
             if !peer.node.has_ready() {
                 continue;
             }
@@ -1242,8 +1295,10 @@ impl<T> RaftCore<T> {
             });
             peer.node.advance_append_async(rd);
         }
-        for peer in self.peers.values_mut() {
-            release_reads(peer, out);
+        for &id in &self.awake {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                release_reads(peer, out);
+            }
         }
         for b in born {
             self.start_child(b, out)?;
@@ -1490,6 +1545,21 @@ impl<T> RaftCore<T> {
         }
         Some(floor)
     }
+}
+
+/// Whether `peer` may stop ticking: the only voter, leading, with nothing to do.
+fn can_hibernate<T>(peer: &Peer<T>) -> bool {
+    let raft = &peer.node.raft;
+    let log = &raft.raft_log;
+    matches!(peer.region.peers.as_slice(), [only] if only.peer_id == raft.id && only.role == PeerRole::Voter)
+        && raft.state == StateRole::Leader
+        && !peer.unborn
+        && peer.pending.is_empty()
+        && peer.reads.is_empty()
+        && log.committed == log.last_index()
+        && peer.applied >= log.committed
+        && log.persisted >= log.last_index()
+        && !peer.node.has_ready()
 }
 
 /// Queues the token of a proposal raft took (`taken`; the log grew past `before`), so it

@@ -257,6 +257,7 @@ pub struct CoreMetrics {
     pending: Gauge,
     leaders: Gauge,
     regions: Gauge,
+    hibernating: Gauge,
 }
 
 /// What a core's sampler reads from the executor once a second.
@@ -274,6 +275,8 @@ pub struct CoreSample {
     pub leaders: usize,
     /// Regions hosted.
     pub regions: usize,
+    /// Regions hibernating (neither ticked nor polled).
+    pub hibernating: usize,
 }
 
 impl CoreMetrics {
@@ -292,7 +295,8 @@ impl CoreMetrics {
             waiting: metrics::gauge!("nokv_core_remote_waiting", "core" => c.clone()),
             pending: metrics::gauge!("nokv_raft_pending_proposals", "core" => c.clone()),
             leaders: metrics::gauge!("nokv_raft_leaders", "core" => c.clone()),
-            regions: metrics::gauge!("nokv_raft_regions", "core" => c),
+            regions: metrics::gauge!("nokv_raft_regions", "core" => c.clone()),
+            hibernating: metrics::gauge!("nokv_raft_hibernating_regions", "core" => c),
         }
     }
 
@@ -327,6 +331,7 @@ impl CoreMetrics {
         self.pending.set(s.pending as f64);
         self.leaders.set(s.leaders as f64);
         self.regions.set(s.regions as f64);
+        self.hibernating.set(s.hibernating as f64);
     }
 }
 

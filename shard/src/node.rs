@@ -2218,6 +2218,7 @@ async fn sample_core(core: Rc<Core>) {
                 pending: raft.pending(),
                 leaders: raft.regions().filter(|r| raft.is_leader(r.id)).count(),
                 regions: raft.regions().count(),
+                hibernating: raft.hibernating(),
             }
         };
         core.metrics.sample(&sample);

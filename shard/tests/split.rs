@@ -431,3 +431,33 @@ fn a_busy_region_splits_by_load_and_a_hot_key_is_reported_not_split() {
     );
     server.terminate();
 }
+
+#[test]
+fn an_idle_store_s_regions_hibernate_and_still_take_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--cores", "2", "--metrics-addr", "127.0.0.1:0"];
+    let server = Server::start(&dir.path().join("store"), &flags);
+    let mut c = server.client();
+    let gauge = |name: &str| -> f64 {
+        let scrape = server.scrape();
+        (0..2)
+            .map(|core| support::sample(&scrape, name, &format!("core=\"{core}\"")).unwrap_or(0.0))
+            .sum()
+    };
+    wait_for("every region hibernates", Duration::from_secs(30), || {
+        let regions = gauge("nokv_raft_regions");
+        regions == 8.0 && gauge("nokv_raft_hibernating_regions") == regions
+    });
+    // Writes and reads wake the regions they reach and are served.
+    let pairs: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("h{i}"), format!("v{i}")))
+        .collect();
+    load(&mut c, &pairs);
+    assert_values(&mut c, &pairs.into_iter().collect());
+    wait_for(
+        "the regions hibernate again",
+        Duration::from_secs(30),
+        || gauge("nokv_raft_hibernating_regions") == 8.0,
+    );
+    server.terminate();
+}
