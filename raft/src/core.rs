@@ -413,6 +413,24 @@ impl Recovered {
             };
             start_log_after(replayed.entry(d.id).or_default(), index, term);
         }
+        for d in &regions {
+            let Some(r) = replayed.get(&d.id) else {
+                continue;
+            };
+            if let Some((before, after)) = r.gap {
+                // Entries after the gap are fine when the log starts right below them.
+                let floor = r.checkpoint.as_ref().map_or(0, |c| c.truncated_index);
+                if floor + 1 < after {
+                    return Err(Error::Corrupt {
+                        what: "raft log",
+                        detail: format!(
+                            "region {}: entry {after} follows entry {before} (gap) and the log starts at {floor}",
+                            d.id
+                        ),
+                    });
+                }
+            }
+        }
         Ok(Recovered {
             regions,
             replayed,
@@ -440,6 +458,16 @@ fn start_log_after(r: &mut ReplayedRegion, index: u64, term: u64) {
         truncated_index: index,
         truncated_term: term,
     });
+}
+
+impl Recovered {
+    /// Forgets `region` (its copy on this core lost to another core's, after a move a crash
+    /// cut short): its peer will not start.
+    pub fn drop_region(&mut self, region: u64) {
+        self.regions.retain(|d| d.id != region);
+        self.replayed.remove(&region);
+        self.applied.remove(&region);
+    }
 }
 
 /// Checkpoint records of a log truncation, to write on any thread
@@ -504,6 +532,8 @@ struct Peer<T> {
     /// A split created this peer and its parent's entries before the split are not in the
     /// engine yet: no proposal or read until the round's apply finished.
     unborn: bool,
+    /// The region is being moved to another core: no new proposal.
+    fenced: bool,
 }
 
 /// The peers of one core and the engine they share.
@@ -796,6 +826,7 @@ impl<T> RaftCore<T> {
                 applied,
                 recovered_to,
                 unborn: false,
+                fenced: false,
             },
         );
         self.awake.insert(region);
@@ -1150,6 +1181,44 @@ impl<T> RaftCore<T> {
         for id in asleep {
             self.awake.remove(&id);
         }
+    }
+
+    /// Stops (`true`) or allows again new proposals to `region` (a move to another core);
+    /// refused proposals get [`Error::NotTaken`].
+    pub fn fence(&mut self, region: u64, on: bool) {
+        self.wake(region);
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.fenced = on;
+        }
+    }
+
+    /// Where `region` stands when nothing is in flight (everything in its log committed
+    /// and applied, no proposal or read waiting): its applied index and that entry's term.
+    pub fn quiet_at(&self, region: u64) -> Option<(u64, u64)> {
+        let p = self.peers.get(&region)?;
+        let log = &p.node.raft.raft_log;
+        let quiet = p.pending.is_empty()
+            && p.reads.is_empty()
+            && !p.node.has_ready()
+            && log.committed == log.last_index()
+            && p.applied >= log.committed
+            && log.persisted >= log.last_index();
+        quiet.then(|| Some((p.applied, p.node.store().term_of(p.applied)?)))?
+    }
+
+    /// Starts the peer of a region whose data, descriptor and log floor (`index`, `term`)
+    /// the caller made durable (a move from another core): its log starts there. No IO.
+    pub fn adopt_region(&mut self, desc: RegionDescriptor, index: u64, term: u64) -> Result<()> {
+        if self.peers.contains_key(&desc.id) {
+            return Err(Error::InvalidProposal {
+                region: desc.id,
+                reason: "region exists".into(),
+            });
+        }
+        let cs = conf_state(&desc);
+        let mut storage = PeerStorage::new(cs.clone());
+        storage.apply_snapshot(index, term, cs);
+        self.add_peer(desc, storage, index)
     }
 
     /// Regions hibernating now (see [`RaftCore::tick`]).
@@ -1594,7 +1663,7 @@ fn leading<T>(peers: &mut BTreeMap<u64, Peer<T>>, region: u64) -> Result<&mut Pe
     if peer.node.raft.state != StateRole::Leader {
         return Err(not_leader(peer));
     }
-    if peer.unborn {
+    if peer.unborn || peer.fenced {
         return Err(Error::NotTaken { region });
     }
     Ok(peer)

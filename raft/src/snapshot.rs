@@ -105,25 +105,7 @@ impl SnapshotTask {
     /// Exports the region's data (every version) into `dir`, one sub-directory per range;
     /// an older export in `dir` is replaced.
     pub fn run(&self, db: &Db) -> Result<()> {
-        let io = |what: &str, e: std::io::Error| Error::Snapshot {
-            region: self.key.region,
-            detail: format!("{what} {}: {e}", self.dir.display()),
-        };
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir).map_err(|e| io("remove", e))?;
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("create", e))?;
-        for (i, range) in self.ranges.iter().enumerate() {
-            let opts = ExportOptions {
-                snapshot: Some(self.engine.clone()),
-                ..ExportOptions::default()
-            };
-            db.export_range(&range.range, &part_dir(&self.dir, i), &opts)
-                .map_err(|e| {
-                    Error::engine(format!("export snapshot of region {}", self.key.region), e)
-                })?;
-        }
-        Ok(())
+        export_ranges(db, self.key.region, &self.engine, &self.dir, &self.ranges)
     }
 
     /// The raft snapshot message body for this export.
@@ -136,6 +118,34 @@ impl SnapshotTask {
         s.data = encode_snapshot_data(&self.region).into();
         s
     }
+}
+
+/// Exports `ranges` of `region` as of `engine` into `dir` (one sub-directory per range), as
+/// a raft snapshot or a move to another core does; an older export in `dir` is replaced.
+pub fn export_ranges(
+    db: &Db,
+    region: u64,
+    engine: &nokv::Snapshot,
+    dir: &Path,
+    ranges: &[DataRange],
+) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| Error::Snapshot {
+        region,
+        detail: format!("{what} {}: {e}", dir.display()),
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io("remove", e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+    for (i, range) in ranges.iter().enumerate() {
+        let opts = ExportOptions {
+            snapshot: Some(engine.clone()),
+            ..ExportOptions::default()
+        };
+        db.export_range(&range.range, &part_dir(dir, i), &opts)
+            .map_err(|e| Error::engine(format!("export region {region}"), e))?;
+    }
+    Ok(())
 }
 
 fn part_dir(dir: &Path, i: usize) -> PathBuf {
@@ -166,6 +176,23 @@ pub struct ApplySnapshot {
 }
 
 impl ApplySnapshot {
+    /// The application of the export in `dir` of `region` at `key` (a move between cores
+    /// builds one; a received raft snapshot is built by the core).
+    pub fn new(
+        key: SnapshotKey,
+        region: RegionDescriptor,
+        dir: PathBuf,
+        ranges: DataRanges,
+    ) -> ApplySnapshot {
+        let ranges = ranges(&region);
+        ApplySnapshot {
+            key,
+            region,
+            dir,
+            ranges,
+        }
+    }
+
     fn marker(&self) -> Vec<u8> {
         let mut out = Vec::new();
         put_u64(&mut out, self.key.term);
@@ -244,6 +271,31 @@ pub(crate) fn put_log_floor(batch: &mut WriteBatch, region: u64, index: u64, ter
     put_u64(&mut at, index);
     put_u64(&mut at, term);
     batch.put_in(META_SPACE, &meta_key(APPLIED_PREFIX, region), &at);
+}
+
+/// Appends (synced) a checkpoint record that starts `region`'s raft log after (`index`,
+/// `term`) in the WAL, so that a replay drops whatever older entries of the region the WAL
+/// still holds (it was on this core before) instead of finding a gap. For a region whose
+/// data arrived at that index from elsewhere (a move between cores), before its peer starts.
+pub fn write_log_start(db: &Db, region: u64, index: u64, term: u64) -> Result<()> {
+    let c = crate::codec::Checkpoint {
+        hard_state: raft::prelude::HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        },
+        truncated_index: index,
+        truncated_term: term,
+    };
+    let record = crate::codec::encode_checkpoint(region, &c);
+    db.append_opaque(
+        &[(crate::codec::TAG_CHECKPOINT, record.as_slice())],
+        &WriteOptions {
+            durability: Some(Durability::Sync),
+        },
+    )
+    .map(|_| ())
+    .map_err(|e| Error::engine(format!("record where region {region}'s log starts"), e))
 }
 
 /// The (index, term) of the last snapshot applied to `region` (a floor for its log).

@@ -25,6 +25,10 @@ pub struct ReplayedRegion {
     pub hard_state: Option<HardState>,
     /// The newest checkpoint seen.
     pub checkpoint: Option<Checkpoint>,
+    /// The last gap seen (last index before it, first after): entries of an older stint of
+    /// the region on this core, then a newer log that starts after a floor (a move back to
+    /// this core). `Recovered::load` accepts it only when a floor covers it.
+    pub gap: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -59,7 +63,8 @@ impl LogReplay {
         })
     }
 
-    /// What was replayed, per region; fails on a malformed record or a gap in a log.
+    /// What was replayed, per region; fails on a malformed record (a gap in a log is
+    /// recorded, and judged by `Recovered::load` against the floors).
     pub fn take(&self) -> Result<BTreeMap<u64, ReplayedRegion>> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = st.error.take() {
@@ -83,17 +88,14 @@ fn replay_record(
                     r.entries.clear();
                 } else if let Some(last) = r.entries.last() {
                     if e.index > last.index + 1 {
-                        return Err(Error::Corrupt {
-                            what: "raft log",
-                            detail: format!(
-                                "region {region}: entry {} follows entry {} (gap)",
-                                e.index, last.index
-                            ),
-                        });
+                        // Judged once the floors are known (`Recovered::load`).
+                        r.gap = Some((last.index, e.index));
+                        r.entries.clear();
+                    } else {
+                        // A new leader overwrote the suffix from this index on.
+                        let keep = (e.index - first.index) as usize;
+                        r.entries.truncate(keep);
                     }
-                    // A new leader overwrote the suffix from this index on.
-                    let keep = (e.index - first.index) as usize;
-                    r.entries.truncate(keep);
                 }
             }
             let below_checkpoint = r
@@ -561,6 +563,31 @@ mod tests {
         let hook = bad.hook();
         hook(codec::TAG_ENTRY, &codec::encode_entry(1, &entry(1, 1)));
         hook(codec::TAG_ENTRY, &codec::encode_entry(1, &entry(3, 1)));
-        assert!(matches!(bad.take(), Err(Error::Corrupt { .. })));
+        let got = bad.take().expect("a gap is recorded, not refused");
+        assert_eq!(got[&1].gap, Some((1, 3)));
+        // Nothing covers it: the core refuses to start on that log.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = nokv::Db::open(dir.path(), nokv::Options::default()).expect("open");
+        let desc = crate::region::RegionDescriptor {
+            id: 1,
+            start_key: Vec::new(),
+            end_key: Vec::new(),
+            epoch: Default::default(),
+            peers: vec![crate::region::PeerMeta::voter(1, 1)],
+        };
+        assert!(matches!(
+            crate::core::Recovered::load(&db, vec![desc.clone()], got.clone()),
+            Err(Error::Corrupt { .. })
+        ));
+        // A floor right below the entries after the gap (a move back to this core) covers it.
+        let mut covered = got;
+        if let Some(r) = covered.get_mut(&1) {
+            r.checkpoint = Some(Checkpoint {
+                hard_state: HardState::default(),
+                truncated_index: 2,
+                truncated_term: 1,
+            });
+        }
+        assert!(crate::core::Recovered::load(&db, vec![desc], covered).is_ok());
     }
 }

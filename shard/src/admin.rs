@@ -53,7 +53,7 @@ pub enum ReplicaError {
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
 /// The help text of `NOKV.REGION`.
-const USAGE: &str = "ERR usage: NOKV.REGION LIST | HOT | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
+const USAGE: &str = "ERR usage: NOKV.REGION LIST | HOT | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | MOVE <region> <core> | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
 
 /// A parsed `NOKV.REGION` subcommand naming a region.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +64,8 @@ enum RegionOp {
     TransferLeader(u64),
     /// Split at a slot (None: the slot that halves the region's data).
     Split(Option<u16>),
+    /// Move to another core of this store.
+    Move(u64),
     Check,
     Hash(u64),
     LocalCount,
@@ -106,7 +108,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
     }
     let want = match sub.as_str() {
         "CHECK" | "LOCALCOUNT" => 3,
-        "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" => 4,
+        "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" | "MOVE" => 4,
         _ => return Err(Reply::error(USAGE)),
     };
     if args.len() != want {
@@ -117,7 +119,12 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
     }
     let region = parse_u64(&args[2], "region")?;
     let arg = if want == 4 {
-        parse_u64(&args[3], if sub == "HASH" { "index" } else { "store" })?
+        let what = match sub.as_str() {
+            "HASH" => "index",
+            "MOVE" => "core",
+            _ => "store",
+        };
+        parse_u64(&args[3], what)?
     } else {
         0
     };
@@ -127,6 +134,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
         "REMOVEPEER" => RegionOp::RemovePeer(arg),
         "TRANSFERLEADER" => RegionOp::TransferLeader(arg),
         "HASH" => RegionOp::Hash(arg),
+        "MOVE" => RegionOp::Move(arg),
         "LOCALCOUNT" => RegionOp::LocalCount,
         _ => RegionOp::Check,
     };
@@ -234,6 +242,9 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCAL") {
         return list_local(core);
     }
+    if args.len() == 7 && args[1].eq_ignore_ascii_case(b"MOVEIN") {
+        return super::moves::move_in(core, &args).await;
+    }
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCALHOT") {
         return Reply::Array(
             super::split::hot_local(core)
@@ -250,6 +261,13 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
         return match core.node.checks.hash_at(region, index) {
             Some(h) => Reply::Simple(format!("HASH {h:016x}")),
             None => Reply::Simple("PENDING".into()),
+        };
+    }
+    if let RegionOp::Move(to) = op {
+        let to = usize::try_from(to).unwrap_or(usize::MAX);
+        return match super::moves::move_region(core, region, to).await {
+            Ok(()) => Reply::ok(),
+            Err(reply) => reply,
         };
     }
     if let RegionOp::Split(slot) = op {
@@ -302,7 +320,7 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
         RegionOp::RemovePeer(store) => remove_peer(core, cluster, &desc, store).await,
         RegionOp::TransferLeader(store) => transfer_leader(core, cluster, &desc, store).await,
         RegionOp::Check => return run_check(core, region).await,
-        RegionOp::Hash(_) | RegionOp::LocalCount | RegionOp::Split(_) => {
+        RegionOp::Hash(_) | RegionOp::LocalCount | RegionOp::Split(_) | RegionOp::Move(_) => {
             return Reply::error(USAGE)
         }
     };
@@ -818,7 +836,10 @@ pub(super) async fn gc_removed(core: Rc<Core>) {
 }
 
 /// Deletes a removed replica's descriptor and every key of its data (all column families).
-fn delete_region_data(db: &Db, desc: &RegionDescriptor) -> std::result::Result<(), ReplicaError> {
+pub(super) fn delete_region_data(
+    db: &Db,
+    desc: &RegionDescriptor,
+) -> std::result::Result<(), ReplicaError> {
     let region = desc.id;
     nokv_raft::region::delete_region(db, region)
         .map_err(|source| ReplicaError::Raft { region, source })?;

@@ -46,7 +46,7 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         return match execute(core, target, work).await {
             Answer::Reply(reply) => reply,
             Answer::Elsewhere { work, .. } => moved(core, work.region(), work_slot(&work)),
-            Answer::Stale(work) => replan(core, work).await,
+            Answer::Stale(work) => replan(core, target, work).await,
         };
     };
     let region = work.region();
@@ -69,7 +69,7 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
         let leader = match attempt {
             None => return deadline_passed(cluster, region, is_write, leader_seen, &last_error),
             Some(Answer::Reply(reply)) => return reply,
-            Some(Answer::Stale(w)) => return replan(core, w).await,
+            Some(Answer::Stale(w)) => return replan(core, target, w).await,
             Some(Answer::Elsewhere { work: w, leader }) => {
                 work = w;
                 leader
@@ -117,9 +117,10 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
 }
 
 /// Runs work again whose region no longer holds its keys (a split applied after it was
-/// planned): planned with the current routes, after a short pause (the routes follow the
-/// split once its round applied). Each part of the new plan may come back once more.
-fn replan(core: &Rc<Core>, work: Work) -> Pin<Box<dyn Future<Output = Reply> + '_>> {
+/// planned) or left core `from` (a move): planned with the current routes, after a short
+/// pause (the routes follow a split once its round applied). Each part of the new plan may
+/// come back once more.
+fn replan(core: &Rc<Core>, from: usize, work: Work) -> Pin<Box<dyn Future<Output = Reply> + '_>> {
     Box::pin(async move {
         if !admin::sleep_unless_stopped(core, REPLAN_PAUSE).await {
             return Reply::error("ERR request abandoned: the core is stopping");
@@ -136,7 +137,7 @@ fn replan(core: &Rc<Core>, work: Work) -> Pin<Box<dyn Future<Output = Reply> + '
                 return Reply::error(format!("ERR region {region} changed, retry"));
             }
         };
-        if plan.parts.len() == 1 && plan.parts[0].1.region() == region {
+        if plan.parts.len() == 1 && plan.parts[0].1.region() == region && plan.parts[0].0 == from {
             // The routes do not show the split yet: the client retries.
             return Reply::error(format!(
                 "TRYAGAIN region {region} was split; nothing was written, retry"

@@ -11,6 +11,7 @@
 //! | `NOKV_DEBUG_CORRUPT_CHECK_HASH_WHILE=path` | while `path` exists, this store reports a wrong hash for every consistency check: the negative control of the check (its leader must report a mismatch) |
 //! | `NOKV_DEBUG_NO_SNAPSHOT_SHIPPING=1` | raft snapshot messages are dropped instead of shipped (a lagging replica cannot catch up: the negative control of the snapshot test) |
 //! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
+//! | `NOKV_DEBUG_ABORT_AFTER_MOVE_IN=1` | `NOKV.REGION MOVE` aborts the process once the target core holds the region durably, before the source core deleted its copy: the crash window a restart must resolve (the region on two cores) |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub struct Knobs {
     pub no_snapshot_shipping: bool,
     /// Applied raft entries kept per region in memory.
     pub raft_cached_entries: Option<usize>,
+    /// Abort a region move between the target's durable copy and the source's deletion.
+    pub abort_after_move_in: bool,
 }
 
 impl Knobs {
@@ -59,6 +62,7 @@ impl Knobs {
                 raft_cached_entries: var("NOKV_DEBUG_RAFT_CACHED_ENTRIES")
                     .and_then(|v| v.parse().ok())
                     .filter(|&n: &usize| n > 0),
+                abort_after_move_in: var("NOKV_DEBUG_ABORT_AFTER_MOVE_IN").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -69,6 +73,7 @@ impl Knobs {
                 || knobs.corrupt_check_hash_while.is_some()
                 || knobs.no_snapshot_shipping
                 || knobs.raft_cached_entries.is_some()
+                || knobs.abort_after_move_in
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -474,6 +474,16 @@ impl RouteTable {
         (table.routes != self.routes).then_some(table)
     }
 
+    /// The table with region `region` on core `core` (a move between cores).
+    pub fn with_core(&self, region: u64, core: usize) -> Result<RouteTable> {
+        let mut routes = self.routes.clone();
+        let Some(r) = routes.iter_mut().find(|r| r.region == region) else {
+            return Err(Error::Layout(format!("region {region} is not routed here")));
+        };
+        r.core = core;
+        Self::from_routes(routes)
+    }
+
     /// Builds the table from routes; fails unless they tile the slot space.
     fn from_routes(mut routes: Vec<Route>) -> Result<RouteTable> {
         routes.sort_by_key(|r| r.start_slot);

@@ -15,6 +15,8 @@ mod admin;
 mod forward;
 #[path = "load.rs"]
 mod load;
+#[path = "moves.rs"]
+mod moves;
 #[path = "operate.rs"]
 mod operate;
 #[path = "split.rs"]
@@ -390,6 +392,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     crate::consistency::register_metrics();
     operate::register_metrics();
     split::register_metrics();
+    moves::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
@@ -403,6 +406,9 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             &knobs,
             seed,
         )?);
+    }
+    if joined.is_none() {
+        moves::resolve_duplicates(&mut opened)?;
     }
     let per_core: Vec<Vec<RegionDescriptor>> = opened.iter().map(|o| o.regions.clone()).collect();
     let routes = match &joined {
@@ -1747,11 +1753,12 @@ async fn compact_log(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Erro
 async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
     match work {
         Work::Read { region, op } => {
-            if core
-                .raft
-                .borrow()
-                .region(region)
-                .is_some_and(|d| !split::holds(d, &route::read_keys(&op)))
+            if moved_away(core, region)
+                || core
+                    .raft
+                    .borrow()
+                    .region(region)
+                    .is_some_and(|d| !split::holds(d, &route::read_keys(&op)))
             {
                 return Answer::Stale(Work::Read { region, op });
             }
@@ -1775,6 +1782,16 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
             Answer::Reply(admin::execute_region(core, region, args).await)
         }
     }
+}
+
+/// Whether `region` left this core for another core of the store (a move): its work is
+/// planned again.
+fn moved_away(core: &Core, region: u64) -> bool {
+    core.raft.borrow().region(region).is_none()
+        && core
+            .routes()
+            .core_of(region)
+            .is_some_and(|c| c != core.id && c != layout::NOT_HERE)
 }
 
 /// Reads from a region of this core, once a cluster read confirmed leadership.
@@ -1897,12 +1914,14 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     if core.db.write_stall() == WriteStall::Stop {
         return Proposal::Refused(Reply::error(WRITE_STALLED));
     }
-    // Planned with routes from before a split: the keys now belong to another region.
-    if core
-        .raft
-        .borrow()
-        .region(region)
-        .is_some_and(|d| !split::holds(d, &cmd.op.keys()))
+    // Planned with routes from before a split (the keys now belong to another region) or
+    // a move (the region is on another core now).
+    if moved_away(core, region)
+        || core
+            .raft
+            .borrow()
+            .region(region)
+            .is_some_and(|d| !split::holds(d, &cmd.op.keys()))
     {
         return Proposal::Stale(cmd);
     }

@@ -238,6 +238,7 @@ pub(super) async fn checks(core: Rc<Core>) {
     let label = core.id.to_string();
     // Exported from the start (at 0), so dashboards and alerts find them.
     metrics::counter!(SPLITS, "core" => label.clone()).increment(0);
+    super::moves::zero_metrics(core.id);
     for reason in ["size", "load"] {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }

@@ -1,7 +1,8 @@
-//! Scenarios: regions of a real `nokv-server` split, by size as data grows and on request
-//! (`NOKV.REGION SPLIT`) while clients write, and after SIGKILL in the middle of splits:
-//! the regions always tile the hash-slot space exactly once (no gap, no overlap) and
-//! every acknowledged write reads back.
+//! Scenarios: regions of a real `nokv-server` split, by size as data grows, by load, and on
+//! request (`NOKV.REGION SPLIT`) while clients write, move between cores (`NOKV.REGION
+//! MOVE`), hibernate when idle, and survive SIGKILL in the middle of splits and moves: the
+//! regions always tile the hash-slot space exactly once (no gap, no overlap) and every
+//! acknowledged write reads back.
 
 mod support;
 
@@ -459,5 +460,154 @@ fn an_idle_store_s_regions_hibernate_and_still_take_writes() {
         Duration::from_secs(30),
         || gauge("nokv_raft_hibernating_regions") == 8.0,
     );
+    server.terminate();
+}
+
+/// The core region `id` is on, as `NOKV.REGION LIST` says.
+fn core_of(c: &mut Client, id: u64) -> Option<u32> {
+    regions(c).into_iter().find(|r| r.0 == id).map(|r| r.3)
+}
+
+#[test]
+fn regions_move_between_cores_while_clients_write_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    let before = regions(&mut c);
+    let writers = Writers::start(&server.addr, 4, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    // Every region to the other core, then the first back again.
+    for r in &before {
+        let to = 1 - r.3;
+        assert_eq!(
+            c.cmd(&format!("NOKV.REGION MOVE {} {to}", r.0)),
+            R::ok(),
+            "move {r:?}"
+        );
+        assert_eq!(core_of(&mut c, r.0), Some(to));
+    }
+    let first = before[0];
+    assert_eq!(
+        c.cmd(&format!("NOKV.REGION MOVE {} {}", first.0, first.3)),
+        R::ok()
+    );
+    let same = c.cmd(&format!("NOKV.REGION MOVE {} {}", first.0, first.3));
+    assert!(
+        matches!(&same, R::Error(e) if e.contains("not another core")),
+        "{same:?}"
+    );
+    let bad = c.cmd(&format!("NOKV.REGION MOVE {} 7", first.0));
+    assert!(
+        matches!(&bad, R::Error(e) if e.contains("not another core")),
+        "{bad:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (acked, tryagain) = writers.finish();
+    eprintln!(
+        "{} writes acknowledged across 9 moves, {tryagain} TRYAGAIN retried",
+        acked.len()
+    );
+    assert!(acked.len() > 100, "writers made progress: {}", acked.len());
+    let now = regions(&mut c);
+    assert_tiles(&now);
+    assert_eq!(now.len(), before.len());
+    assert_values(&mut c, &acked);
+    server.kill();
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    assert_eq!(
+        regions(&mut c),
+        now,
+        "regions stay where they moved after a SIGKILL"
+    );
+    assert_values(&mut c, &acked);
+    server.terminate();
+}
+
+#[test]
+fn sigkill_in_the_middle_of_moves_leaves_each_region_on_one_core_with_every_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let mut all = BTreeMap::new();
+    for round in 0..5 {
+        let server = Server::start(&workdir, &flags);
+        let mut c = server.client();
+        let before = regions(&mut c);
+        assert_tiles(&before);
+        let writers = Writers::start(&server.addr, 3, round);
+        std::thread::sleep(Duration::from_millis(100));
+        for r in before.iter().take(4) {
+            c.send(&[
+                b"NOKV.REGION",
+                b"MOVE",
+                r.0.to_string().as_bytes(),
+                (1 - r.3).to_string().as_bytes(),
+            ]);
+        }
+        std::thread::sleep(Duration::from_millis(3 + 7 * round as u64));
+        server.kill();
+        let (acked, _) = writers.finish();
+        all.extend(acked);
+        let server = Server::start(&workdir, &flags);
+        let mut c = server.client();
+        let after = regions(&mut c);
+        assert_tiles(&after);
+        assert_eq!(after.len(), before.len(), "{after:?}");
+        assert_values(&mut c, &all);
+        server.terminate();
+    }
+    assert!(all.len() > 50, "writes acknowledged: {}", all.len());
+}
+
+#[test]
+fn a_move_cut_short_with_the_region_on_both_cores_keeps_the_target_s_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let server = Server::start_env(&workdir, &flags, &[("NOKV_DEBUG_ABORT_AFTER_MOVE_IN", "1")]);
+    let mut c = server.client();
+    let before = regions(&mut c);
+    let (region, _, end, from) = before[0];
+    let keys: Vec<(String, String)> = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|k| u32::from(nokv_gateway::model::slot(k.as_bytes())) < end)
+        .take(50)
+        .map(|k| (k.clone(), format!("v-{k}")))
+        .collect();
+    load(&mut c, &keys);
+    // The process aborts once the target holds the region, before the source let go.
+    assert!(c
+        .try_cmd(&[
+            b"NOKV.REGION",
+            b"MOVE",
+            region.to_string().as_bytes(),
+            (1 - from).to_string().as_bytes()
+        ])
+        .is_none());
+    server.kill();
+    let server = Server::start(&workdir, &flags);
+    let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+    let mut c = server.client();
+    let after = regions(&mut c);
+    assert_tiles(&after);
+    assert_eq!(
+        core_of(&mut c, region),
+        Some(1 - from),
+        "the target's copy is kept: {after:?}"
+    );
+    assert!(
+        log.contains("a region on two cores"),
+        "the restart resolved the duplicate"
+    );
+    assert_values(&mut c, &keys.into_iter().collect());
+    // It takes writes on its new core, also after another restart.
+    load(&mut c, &[("m-after".to_string(), "x".to_string())]);
+    server.kill();
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    assert_eq!(c.cmd("GET m-after"), R::bulk("x"));
     server.terminate();
 }
