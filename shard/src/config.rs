@@ -80,6 +80,9 @@ pub struct Flags {
     /// A region written faster than this many bytes per second is split the same way, e.g. 30MiB; 0: no splits by write rate [default: 30MiB].
     #[arg(long, value_name = "BYTES")]
     pub split_load_bytes: Option<String>,
+    /// On a standalone store, move a region from a core serving more than 1.25x the cores' mean request rate to the least busy core, at most one move per --split-check-ms: "on" or "off" [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub balance_cores: Option<String>,
     /// Internal RPC address for raft messages between stores, e.g. 127.0.0.1:7380 [default: off: a single store, no store-to-store port]. Every core listens on it (SO_REUSEPORT); port 0 picks a free port.
     #[arg(long)]
     pub rpc_addr: Option<String>,
@@ -139,6 +142,8 @@ pub struct Settings {
     pub split_load_qps: u64,
     /// Split a region written more bytes per second than this (0: never by rate).
     pub split_load_bytes: u64,
+    /// Standalone: move regions from busy cores to idle ones.
+    pub balance_cores: bool,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
     pub background_nice: i32,
     /// Store-to-store RPC address (None: off, a single store).
@@ -295,6 +300,8 @@ pub struct ConfigFile {
     pub split_load_qps: Option<Spanned<u64>>,
     /// `--split-load-bytes`.
     pub split_load_bytes: Option<Spanned<ByteSize>>,
+    /// `--balance-cores`: "on" or "off".
+    pub balance_cores: Option<Spanned<String>>,
     /// `--background-nice`.
     pub background_nice: Option<Spanned<i32>>,
     /// `--rpc-addr` ("" or "off": no RPC port).
@@ -502,6 +509,15 @@ impl Settings {
             text,
         )
         .map_or(DEFAULT_SPLIT_LOAD_BYTES, |(b, _)| b.0);
+        let (balance_cores, origin) = pick(flags.balance_cores, file.balance_cores, path, text)
+            .unwrap_or_else(|| ("on".to_string(), Origin::Default));
+        let balance_cores = match balance_cores.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(origin.error("balance_cores", format!("{other:?}: expected on or off")))
+            }
+        };
         let metrics_addr = pick(flags.metrics_addr, file.metrics_addr, path, text)
             .map(|(a, _)| a)
             .filter(|a| !a.is_empty() && a != "off");
@@ -592,6 +608,7 @@ impl Settings {
             split_check: std::time::Duration::from_millis(split_check_ms),
             split_load_qps,
             split_load_bytes,
+            balance_cores,
             background_nice,
             rpc_addr,
             cluster_id,
@@ -777,6 +794,7 @@ mod tests {
             split_check_ms,
             split_load_qps,
             split_load_bytes,
+            balance_cores,
             background_nice,
             rpc_addr,
             cluster_id,
@@ -802,6 +820,7 @@ mod tests {
             ("split_check_ms", split_check_ms.is_some()),
             ("split_load_qps", split_load_qps.is_some()),
             ("split_load_bytes", split_load_bytes.is_some()),
+            ("balance_cores", balance_cores.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
             ("redirect", redirect.is_some()),
@@ -836,6 +855,7 @@ mod tests {
         assert_eq!(s.split_check, d.split_check);
         assert_eq!(s.split_load_qps, d.split_load_qps);
         assert_eq!(s.split_load_bytes, d.split_load_bytes);
+        assert_eq!(s.balance_cores, d.balance_cores);
         assert_eq!(s.background_nice, d.background_nice);
         assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));
         assert_eq!(s.cluster_id, d.cluster_id);

@@ -51,7 +51,7 @@ use nokv_raft::{CoreConfig, EntrySink, Outbox, RaftCore, ReadPath, RegionDescrip
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,10 @@ struct NodeShared {
     split_load_qps: u64,
     /// Split regions written more bytes per second than this (0: never by rate).
     split_load_bytes: u64,
+    /// Standalone: move regions from busy cores to idle ones (`--balance-cores`).
+    balance_cores: bool,
+    /// Each core's request rate over its last check interval (requests per second).
+    core_ops: Vec<AtomicU64>,
     gateway: Arc<nokv_gateway::Shared>,
     durability: nokv::Durability,
     max_clients: usize,
@@ -491,6 +495,8 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         split_check: settings.split_check,
         split_load_qps: settings.split_load_qps,
         split_load_bytes: settings.split_load_bytes,
+        balance_cores: settings.balance_cores,
+        core_ops: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
         durability: settings.durability,
         max_clients: settings.max_clients,

@@ -17,12 +17,17 @@ const SPLIT_TIMEOUT: Duration = Duration::from_secs(10);
 const ID_HIGH_WATER: &[u8] = b"ids/high-water";
 /// Splits done by this store's cores.
 const SPLITS: &str = "nokv_region_splits_total";
+/// Each core's request rate over the last check interval.
+const CORE_OPS: &str = "nokv_core_ops_per_second";
+/// A core is rebalanced once its rate exceeds the cores' mean by this factor.
+const BALANCE_TOLERANCE: f64 = 1.25;
 /// Regions past `--region-max-bytes` that hold one hash slot and cannot split.
 const UNSPLITTABLE: &str = "nokv_region_unsplittable_total";
 
 /// Declares the split metrics.
 pub(super) fn register_metrics() {
     metrics::describe_counter!(SPLITS, "Region splits applied by this store's cores");
+    metrics::describe_gauge!(CORE_OPS, "Requests per second the core served for the regions it leads, over its last split-check interval");
     metrics::describe_counter!(
         UNSPLITTABLE,
         "Checks that found a region past --region-max-bytes (reason=size) or the load limits (reason=load) that cannot split: one hash slot holds it (a hot key range)"
@@ -239,17 +244,30 @@ pub(super) async fn checks(core: Rc<Core>) {
     // Exported from the start (at 0), so dashboards and alerts find them.
     metrics::counter!(SPLITS, "core" => label.clone()).increment(0);
     super::moves::zero_metrics(core.id);
+    metrics::gauge!(CORE_OPS, "core" => label.clone()).set(0.0);
     for reason in ["size", "load"] {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }
-    if node.region_max_bytes == 0 && node.split_load_qps == 0 && node.split_load_bytes == 0 {
+    let balance = node.balance_cores && node.cluster.is_none() && node.cores > 1;
+    if node.region_max_bytes == 0
+        && node.split_load_qps == 0
+        && node.split_load_bytes == 0
+        && !balance
+    {
         return;
     }
+    // Intervals to wait after a move before balancing again (the moved load shows up in
+    // the next window).
+    let mut cooldown = 0u32;
     let unsplittable = |reason: &'static str| {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(1);
     };
     while admin::sleep_unless_stopped(&core, node.split_check).await {
         let loads = core.loads.roll();
+        let mine: f64 = loads.values().map(|f| f.ops_per_sec).sum();
+        node.core_ops[core.id].store(mine as u64, Ordering::Relaxed);
+        metrics::gauge!(CORE_OPS, "core" => label.clone()).set(mine);
+        let mut split_done = false;
         let led: Vec<RegionDescriptor> = {
             let raft = core.raft.borrow();
             raft.regions()
@@ -301,12 +319,77 @@ pub(super) async fn checks(core: Rc<Core>) {
             };
             match split(&core, desc.id, Some(slot)).await {
                 Ok((child, slot)) => {
+                    split_done = true;
                     tracing::info!(region = desc.id, child, slot, "split by {reason}")
                 }
                 Err(reply) => {
                     tracing::debug!(region = desc.id, reply = ?reply, "split by {reason} not done")
                 }
             }
+        }
+        if cooldown > 0 {
+            cooldown -= 1;
+        } else if balance && !split_done && balance_cores(&core, &loads, mine).await {
+            cooldown = 2;
+        }
+    }
+}
+
+/// Standalone stores: when this core served more than 1.25x the cores' mean request rate
+/// over the last interval, moves the busiest of its regions whose rate is at most half the
+/// gap to the least busy core there (so the move cannot overshoot); one move per call.
+async fn balance_cores(
+    core: &Rc<Core>,
+    loads: &HashMap<u64, load::LoadFigures>,
+    mine: f64,
+) -> bool {
+    let node = &core.node;
+    let rates: Vec<f64> = node
+        .core_ops
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed) as f64)
+        .collect();
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    if mean <= 0.0 || mine <= BALANCE_TOLERANCE * mean {
+        return false;
+    }
+    let Some((to, least)) = rates
+        .iter()
+        .enumerate()
+        .filter(|(c, _)| *c != core.id)
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(c, r)| (c, *r))
+    else {
+        return false;
+    };
+    let room = (mine - least) / 2.0;
+    let pick = {
+        let raft = core.raft.borrow();
+        loads
+            .iter()
+            .filter(|(id, f)| raft.is_leader(**id) && f.ops_per_sec > 0.0 && f.ops_per_sec <= room)
+            .max_by(|a, b| a.1.ops_per_sec.total_cmp(&b.1.ops_per_sec))
+            .map(|(id, f)| (*id, f.ops_per_sec))
+    };
+    let Some((region, rate)) = pick else {
+        return false;
+    };
+    match super::moves::move_region(core, region, to).await {
+        Ok(()) => {
+            tracing::info!(
+                region,
+                from = core.id,
+                to,
+                rate,
+                mine,
+                mean,
+                "moved a region to balance the cores' load"
+            );
+            true
+        }
+        Err(reply) => {
+            tracing::debug!(region, to, reply = ?reply, "balancing move not done");
+            false
         }
     }
 }

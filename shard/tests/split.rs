@@ -611,3 +611,76 @@ fn a_move_cut_short_with_the_region_on_both_cores_keeps_the_target_s_copy() {
     assert_eq!(c.cmd("GET m-after"), R::bulk("x"));
     server.terminate();
 }
+
+#[test]
+fn a_load_skewed_onto_one_core_is_spread_until_each_core_is_within_a_quarter_of_the_mean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--split-load-qps",
+        "0",
+        "--split-check-ms",
+        "500",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start(&dir.path().join("store"), &flags);
+    let mut c = server.client();
+    let before = regions(&mut c);
+    // Keys of the regions on core 0 only: core 1 serves nothing at first.
+    let on_core0: Vec<(u32, u32)> = before
+        .iter()
+        .filter(|r| r.3 == 0)
+        .map(|r| (r.1, r.2))
+        .collect();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("skew:{i}"))
+        .filter(|k| {
+            let s = u32::from(nokv_gateway::model::slot(k.as_bytes()));
+            on_core0.iter().any(|&(a, b)| a <= s && s < b)
+        })
+        .take(400)
+        .collect();
+    let rate = |scrape: &str, core: u32| {
+        support::sample(
+            scrape,
+            "nokv_core_ops_per_second",
+            &format!("core=\"{core}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    let end = Instant::now() + Duration::from_secs(90);
+    let mut balanced_windows = 0;
+    loop {
+        hammer(&mut c, &keys, 5);
+        let scrape = server.scrape();
+        let (a, b) = (rate(&scrape, 0), rate(&scrape, 1));
+        let mean = (a + b) / 2.0;
+        let within =
+            mean > 0.0 && (a - mean).abs() <= 0.25 * mean && (b - mean).abs() <= 0.25 * mean;
+        balanced_windows = if within { balanced_windows + 1 } else { 0 };
+        // Balanced in the store's own figures, seen twice in a row.
+        if balanced_windows >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "cores never balanced: core 0 {a:.0}/s, core 1 {b:.0}/s; regions {:?}",
+            regions(&mut c)
+        );
+    }
+    let now = regions(&mut c);
+    assert_tiles(&now);
+    assert!(
+        now.iter()
+            .any(|r| r.3 == 1 && before.iter().any(|b| b.0 == r.0 && b.3 == 0)),
+        "a region moved from core 0 to core 1: {now:?}"
+    );
+    assert!(std::fs::read_to_string(&server.stderr)
+        .unwrap_or_default()
+        .contains("to balance the cores"));
+    server.terminate();
+}
