@@ -534,6 +534,9 @@ struct Peer<T> {
     unborn: bool,
     /// The region is being moved to another core: no new proposal.
     fenced: bool,
+    /// The index of a split this leader proposed and has not applied yet: no new proposal
+    /// until it is (one would carry the old epoch and be refused after the split).
+    splitting: Option<u64>,
 }
 
 /// The peers of one core and the engine they share.
@@ -827,6 +830,7 @@ impl<T> RaftCore<T> {
                 recovered_to,
                 unborn: false,
                 fenced: false,
+                splitting: None,
             },
         );
         self.awake.insert(region);
@@ -908,8 +912,13 @@ impl<T> RaftCore<T> {
         token: T,
     ) -> std::result::Result<ReadPath<T>, (Error, T)> {
         self.wake(region);
+        // Reads go on while a split or a move pauses proposals.
         let peer = match leading(&mut self.peers, region) {
             Ok(p) => p,
+            Err(Error::Paused { .. }) => match self.peers.get_mut(&region) {
+                Some(p) => p,
+                None => return Err((Error::RegionNotFound(region), token)),
+            },
             Err(e) => return Err((e, token)),
         };
         let raft = &peer.node.raft;
@@ -1153,7 +1162,9 @@ impl<T> RaftCore<T> {
         }
         let before = peer.node.raft.raft_log.last_index();
         let taken = peer.node.propose(epoch_context(&peer.region), req.encode());
-        record_proposal(peer, before, taken, token)
+        let index = record_proposal(peer, before, taken, token)?;
+        peer.splitting = Some(index);
+        Ok(index)
     }
 
     /// Advances the logical clock of every region that is not hibernating by one tick.
@@ -1184,7 +1195,7 @@ impl<T> RaftCore<T> {
     }
 
     /// Stops (`true`) or allows again new proposals to `region` (a move to another core);
-    /// refused proposals get [`Error::NotTaken`].
+    /// refused proposals get [`Error::Paused`].
     pub fn fence(&mut self, region: u64, on: bool) {
         self.wake(region);
         if let Some(p) = self.peers.get_mut(&region) {
@@ -1219,6 +1230,15 @@ impl<T> RaftCore<T> {
         let mut storage = PeerStorage::new(cs.clone());
         storage.apply_snapshot(index, term, cs);
         self.add_peer(desc, storage, index)
+    }
+
+    /// Test only: forgets that `region`'s leader has a split on its way (as a new leader
+    /// would not know), so proposals are taken again.
+    #[doc(hidden)]
+    pub fn test_no_split_pause_for(&mut self, region: u64) {
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.splitting = None;
+        }
     }
 
     /// Regions hibernating now (see [`RaftCore::tick`]).
@@ -1663,8 +1683,8 @@ fn leading<T>(peers: &mut BTreeMap<u64, Peer<T>>, region: u64) -> Result<&mut Pe
     if peer.node.raft.state != StateRole::Leader {
         return Err(not_leader(peer));
     }
-    if peer.unborn || peer.fenced {
-        return Err(Error::NotTaken { region });
+    if peer.unborn || peer.fenced || peer.splitting.is_some() {
+        return Err(Error::Paused { region });
     }
     Ok(peer)
 }
@@ -1764,6 +1784,10 @@ fn collect_committed<T>(
     let mut data = Vec::new();
     let mut changed = false;
     for e in entries {
+        if peer.splitting.is_some_and(|i| e.index >= i) {
+            // The split (or whatever replaced it at its index) is being applied.
+            peer.splitting = None;
+        }
         let mut token = None;
         // Proposals at lower indexes were overwritten; bounded by the pending queue.
         while let Some(front) = peer.pending.front() {

@@ -52,6 +52,16 @@ pub enum Error {
         /// The region.
         region: u64,
     },
+    /// The region takes no proposal for a moment (a split of it is on its way through the
+    /// log, or it is being moved to another core): nothing was written; once the split
+    /// applied or the move finished, the proposal belongs elsewhere or may be made again.
+    #[error(
+        "region {region}: being split or moved, no proposal for a moment; nothing was written"
+    )]
+    Paused {
+        /// The region.
+        region: u64,
+    },
     /// A proposal was dropped (leadership changed before it was committed).
     #[error("region {region}: proposal at index {index} was dropped")]
     ProposalDropped {

@@ -887,10 +887,17 @@ fn a_write_proposed_before_a_split_applied_is_refused_on_every_replica() {
     let leader = c.wait_leader();
     let peers: Vec<(u64, u64)> = (1..=3).map(|s| (s, 200 + s)).collect();
     c.core(leader)
-        .propose_split(REGION, b"m".to_vec(), 2, peers, 5)
+        .propose_split(REGION, b"m".to_vec(), 2, peers.clone(), 5)
         .map_err(|(e, _)| e)
         .expect("split");
-    // Proposed with the old epoch, after the split in the log: never applied.
+    // The leader pauses proposals while its split is on its way.
+    assert!(matches!(
+        c.core(leader).propose(REGION, b"z-paused".to_vec(), 9),
+        Err((Error::Paused { .. }, 9))
+    ));
+    // Without the pause (test switch; after a leader change the new leader has none), a
+    // write proposed with the old epoch lands after the split in the log: never applied.
+    c.core(leader).test_no_split_pause_for(REGION);
     c.core(leader)
         .propose(REGION, b"z-late".to_vec(), 6)
         .map_err(|(e, _)| e)

@@ -23,8 +23,12 @@ const MAX_QUICK_HOPS: u32 = 3;
 /// How much longer than the deadline it sends along a forwarding store waits, so that
 /// the leader's own deadline answer arrives first.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
-/// Pause before work planned before a split is planned again.
+/// First pause before work planned before a split or a move is planned again.
 const REPLAN_PAUSE: Duration = Duration::from_millis(2);
+/// Longest pause between two plans of such work.
+const REPLAN_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// How long such work waits for the split or move to finish before `-TRYAGAIN`.
+const REPLAN_WAIT: Duration = Duration::from_secs(3);
 
 /// What forwarding a command once gave.
 enum Forwarded {
@@ -122,28 +126,56 @@ pub(super) async fn run(core: &Rc<Core>, target: usize, work: Work) -> Reply {
 /// come back once more.
 fn replan(core: &Rc<Core>, from: usize, work: Work) -> Pin<Box<dyn Future<Output = Reply> + '_>> {
     Box::pin(async move {
-        if !admin::sleep_unless_stopped(core, REPLAN_PAUSE).await {
-            return Reply::error("ERR request abandoned: the core is stopping");
-        }
         let region = work.region();
-        let routes = core.routes();
-        let plan = match work {
-            Work::Read { op, .. } => route::plan_read(&routes, op),
-            Work::Write { cmd, .. } => match route::plan_write(&routes, cmd) {
-                Ok(plan) => plan,
-                Err(reply) => return reply,
-            },
-            Work::Admin { .. } => {
-                return Reply::error(format!("ERR region {region} changed, retry"));
+        let deadline = Instant::now() + REPLAN_WAIT;
+        let mut pause = REPLAN_PAUSE;
+        let mut work = Some(work);
+        // Bounded by the deadline: the routes follow a split once its round applied, a
+        // move once the target holds the region.
+        loop {
+            if !admin::sleep_unless_stopped(core, pause).await {
+                return Reply::error("ERR request abandoned: the core is stopping");
             }
-        };
-        if plan.parts.len() == 1 && plan.parts[0].1.region() == region && plan.parts[0].0 == from {
-            // The routes do not show the split yet: the client retries.
-            return Reply::error(format!(
-                "TRYAGAIN region {region} was split; nothing was written, retry"
-            ));
+            pause = (pause * 2).min(REPLAN_PAUSE_MAX);
+            let Some(w) = work.take() else {
+                return Reply::error("ERR internal: nothing to plan again");
+            };
+            let routes = core.routes();
+            let plan = match &w {
+                Work::Read { op, .. } => route::plan_read(&routes, op.clone()),
+                Work::Write { cmd, .. } => match route::plan_write(&routes, cmd.clone()) {
+                    Ok(plan) => plan,
+                    Err(reply) => return reply,
+                },
+                Work::Admin { .. } => {
+                    return Reply::error(format!("ERR region {region} changed, retry"));
+                }
+            };
+            let unchanged = plan.parts.len() == 1
+                && plan.parts[0].1.region() == region
+                && plan.parts[0].0 == from;
+            if !unchanged {
+                return run_plan(core, plan).await;
+            }
+            if Instant::now() >= deadline {
+                // Not run: the client retries.
+                return Reply::error(format!(
+                    "TRYAGAIN region {region} is being split or moved; nothing was written, retry"
+                ));
+            }
+            // Still the same region on the same core: a split or a move that is not done
+            // yet pauses it; try it there again.
+            let (target, part) = match plan.parts.into_iter().next() {
+                Some(p) => p,
+                None => return Reply::error("ERR internal: an empty plan"),
+            };
+            match execute(core, target, part).await {
+                Answer::Reply(reply) => return reply,
+                Answer::Stale(w) => work = Some(w),
+                // Led by another store now: the usual path forwards it or answers -MOVED.
+                Answer::Elsewhere { work: w, .. } => return run(core, target, w).await,
+            }
         }
-        run_plan(core, plan).await
     })
 }
 

@@ -1942,6 +1942,8 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     if let Err((e, _)) = proposed {
         return match e {
             nokv_raft::Error::Busy { .. } => Proposal::Refused(Reply::error(BUSY)),
+            // A split on its way or a move: planned again once it is done.
+            nokv_raft::Error::Paused { .. } => Proposal::Stale(cmd),
             nokv_raft::Error::NotTaken { .. } => {
                 Proposal::Refused(Reply::error(not_written_reply(&e)))
             }
