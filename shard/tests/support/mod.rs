@@ -239,6 +239,20 @@ impl Server {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The kernel may release a dead process's listeners a moment after it exits (an
+        // io_uring ring is torn down asynchronously): wait (bounded) until nothing accepts
+        // on its addresses, so that a restart on them does not find them taken.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        for addr in std::iter::once(&self.addr).chain(self.rpc.as_ref()) {
+            let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            while std::time::Instant::now() < end
+                && TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// SIGTERM and wait for the exit status (bounded).
