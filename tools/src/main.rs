@@ -1,6 +1,7 @@
-//! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores and regions:
-//! `stores`, `region list` (from the coordinator) and `region split` (the `NOKV.REGION
-//! SPLIT` operator command on a store's Redis port).
+//! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores, regions and
+//! the scheduler: `stores`, `store decommission`, `region list`, `schedule list|on|off`
+//! (from the coordinator) and `region split` (the `NOKV.REGION SPLIT` operator command on a
+//! store's Redis port).
 //!
 //! Every failure is one line on stderr, `nokv-tool: error: <what failed>; fix: <what to
 //! try>`, and a non-zero exit (1; 2 for a command line that does not parse).
@@ -10,6 +11,7 @@ mod error;
 mod region;
 mod render;
 mod resp;
+mod schedule;
 mod stores;
 
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +53,60 @@ enum Cmd {
     /// Regions: list them, split one.
     #[command(subcommand)]
     Region(RegionCmd),
+    /// Stores: decommission one.
+    #[command(subcommand)]
+    Store(StoreCmd),
+    /// The coordinator's scheduler: list its operators, switch it on or off.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Marks a store decommissioning: it gets no new replica, the coordinator's scheduler
+    /// moves every replica off it (leadership first, never below the region's voter
+    /// count), then marks it removed; a removed store may not register again under its id.
+    /// Refused when the other up stores could not hold every region's voters.
+    Decommission(DecommissionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCmd {
+    /// Lists the scheduler's operators in flight (id, region, kind, target store:core,
+    /// peer, the store it moves away from, reason, age) and its counters.
+    List(ScheduleListArgs),
+    /// Switches the scheduler on: it issues operators again.
+    On(ScheduleSwitchArgs),
+    /// Switches the scheduler off: no new operators (those in flight are still resent);
+    /// until the coordinator restarts or its leader changes (then `--schedule` rules).
+    Off(ScheduleSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecommissionArgs {
+    /// The store to drain.
+    #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    store: u64,
+    #[command(flatten)]
+    coord: CoordArgs,
+    /// Prints the store's record (as `stores --json` does) instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleListArgs {
+    #[command(flatten)]
+    coord: CoordArgs,
+    /// Prints a JSON object (`enabled`, counters, `operators`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleSwitchArgs {
+    #[command(flatten)]
+    coord: CoordArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +241,26 @@ fn run(cli: Cli) -> Result<()> {
                 print(&region::table(&rows))
             }
         }
+        Cmd::Store(StoreCmd::Decommission(a)) => {
+            let coord = coord::Coord::new(&a.coord.coordinator, cli.cluster_id, coord_timeout)?;
+            let row = stores::row(&coord.decommission(a.store)?);
+            if a.json {
+                print_json(&row)
+            } else {
+                print(&stores::decommission_line(&row))
+            }
+        }
+        Cmd::Schedule(ScheduleCmd::List(a)) => {
+            let coord = coord::Coord::new(&a.coord.coordinator, cli.cluster_id, coord_timeout)?;
+            let s = schedule::from(&coord.operators()?);
+            if a.json {
+                print_json(&s)
+            } else {
+                print(&schedule::text(&s))
+            }
+        }
+        Cmd::Schedule(ScheduleCmd::On(a)) => switch(&a, cli.cluster_id, coord_timeout, true),
+        Cmd::Schedule(ScheduleCmd::Off(a)) => switch(&a, cli.cluster_id, coord_timeout, false),
         Cmd::Region(RegionCmd::Split(a)) => {
             let addr = match a.addr {
                 Some(addr) => addr,
@@ -207,6 +283,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+/// `schedule on|off`.
+fn switch(a: &ScheduleSwitchArgs, cluster_id: u64, timeout: Duration, on: bool) -> Result<()> {
+    let coord = coord::Coord::new(&a.coord.coordinator, cluster_id, timeout)?;
+    let s = schedule::from(&coord.set_scheduling(on)?);
+    print(&format!(
+        "scheduling {}: {} operators in flight\n",
+        if s.enabled { "on" } else { "off" },
+        s.operators.len()
+    ))
 }
 
 /// A clap error as one line: its message lines up to the usage, joined.
