@@ -29,8 +29,8 @@
 //!   operator's `NOKV.REGION` command), a learner on an up store is promoted, and a region
 //!   with more voters than the target loses the one on a decommissioning store, else on the
 //!   store holding the most replicas. So a move continues after a coordinator failover.
-//! - **Leader balance.** With `mean` the leaders per up store (decommissioning ones aside), a store leading more than
-//!   `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
+//! - **Leader balance.** With `mean` the leaders per up store (decommissioning ones
+//!   aside), a store leading more than `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
 //!   store leading the fewest (ties: the least-leading core as the stores report it, then
 //!   the lowest store id), only if that store would still lead fewer than the source.
 //!   Transfers in flight count as done.
