@@ -13,11 +13,11 @@
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    request, response, AllocIdsRequest, BootstrapRequest, GetOperatorsRequest,
-    GetRegionByIdRequest, GetRegionByKeyRequest, GetStoreRequest, GetStoresRequest, GetTsRequest,
-    Operator, OperatorsResponse, Peer, PlaceReplicaRequest, PlaceReplicaResponse, Region,
-    RegionHeartbeat, RegisterStoreRequest, Request, Response, Route, ScanRegionsRequest, StoreInfo,
-    StoreMeta, StoreStats,
+    request, response, AllocIdsRequest, BootstrapRequest, DecommissionStoreRequest,
+    GetOperatorsRequest, GetRegionByIdRequest, GetRegionByKeyRequest, GetStoreRequest,
+    GetStoresRequest, GetTsRequest, Operator, OperatorsResponse, Peer, PlaceReplicaRequest,
+    PlaceReplicaResponse, Region, RegionHeartbeat, RegisterStoreRequest, Request, Response, Route,
+    ScanRegionsRequest, SetSchedulingRequest, StoreInfo, StoreMeta, StoreStats,
 };
 use nokv_raft::wire::{self, FrameLimits};
 use parking_lot::Mutex;
@@ -259,6 +259,31 @@ impl CoordClient {
     pub fn operators(&self) -> Result<OperatorsResponse> {
         match self.call(request::Body::GetOperators(GetOperatorsRequest {}))? {
             response::Body::Operators(o) => Ok(o),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Switches the scheduler on or off; answers its operators and counters afterwards.
+    pub fn set_scheduling(&self, enabled: bool) -> Result<OperatorsResponse> {
+        match self.call(request::Body::SetScheduling(SetSchedulingRequest {
+            enabled,
+        }))? {
+            response::Body::Operators(o) => Ok(o),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Marks store `store_id` decommissioning (its replicas move away, then it is removed);
+    /// answers its record afterwards.
+    pub fn decommission_store(&self, store_id: u64) -> Result<StoreInfo> {
+        match self.call(request::Body::DecommissionStore(DecommissionStoreRequest {
+            store_id,
+        }))? {
+            response::Body::Stores(s) => s
+                .stores
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::UnexpectedResponse("empty store list".into())),
             other => Err(unexpected(&other)),
         }
     }

@@ -24,6 +24,26 @@ pub struct StoreMeta {
     /// The store's build version, for operators.
     #[prost(string, tag = "5")]
     pub version: String,
+    /// [`StoreAdminState`]: set by the coordinator (decommission), never by the store (a
+    /// registration keeps the recorded value).
+    #[prost(enumeration = "StoreAdminState", tag = "6")]
+    pub admin_state: i32,
+    /// Labels (`key=value`, e.g. `host`, `zone`): placement never puts two replicas of a
+    /// region on stores with the same `host` label.
+    #[prost(btree_map = "string, string", tag = "7")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What the operator asked of a store (persisted with its [`StoreMeta`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum StoreAdminState {
+    /// Serves and gets replicas (the default).
+    Serving = 0,
+    /// Being drained: gets no new replica; the scheduler moves every replica off it.
+    Decommissioning = 1,
+    /// Drained (a tombstone): holds no replica and may not register again under its id.
+    Removed = 2,
 }
 
 /// Figures of one core of a store.
@@ -468,11 +488,11 @@ pub struct Operator {
     /// The peer the step is about (id, store, core).
     #[prost(message, optional, tag = "4")]
     pub peer: Option<Peer>,
-    /// Why (`repair` or `balance-leader`), for operators.
+    /// Why (`repair`, `decommission`, `balance-region` or `balance-leader`), for operators.
     #[prost(string, tag = "5")]
     pub reason: String,
-    /// The store the step moves away from (the down store of a repair, the leader's store
-    /// of a transfer; 0: none).
+    /// The store the step moves away from (the down store of a repair, the decommissioned
+    /// or overloaded store of a move, the leader's store of a transfer; 0: none).
     #[prost(uint64, tag = "6")]
     pub from_store: u64,
     /// In `GetOperators`: milliseconds since the operator was issued.
@@ -501,6 +521,23 @@ pub struct OperatorsResponse {
     pub expired: u64,
     /// Whether the scheduler issues operators.
     #[prost(bool, tag = "5")]
+    pub enabled: bool,
+}
+
+/// Mark a store `Decommissioning`: the scheduler moves its replicas away, then marks it
+/// `Removed`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DecommissionStoreRequest {
+    /// The store.
+    #[prost(uint64, tag = "1")]
+    pub store_id: u64,
+}
+
+/// Switch the scheduler on or off (operators in flight are still resent).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SetSchedulingRequest {
+    /// Whether the scheduler issues new operators.
+    #[prost(bool, tag = "1")]
     pub enabled: bool,
 }
 
@@ -567,7 +604,7 @@ pub struct Request {
     /// The call.
     #[prost(
         oneof = "request::Body",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
     )]
     pub body: Option<request::Body>,
 }
@@ -618,6 +655,12 @@ pub mod request {
         /// The scheduler's in-flight operators.
         #[prost(message, tag = "13")]
         GetOperators(GetOperatorsRequest),
+        /// Drain a store (answered with the store's `Stores` record).
+        #[prost(message, tag = "14")]
+        DecommissionStore(DecommissionStoreRequest),
+        /// Switch the scheduler (answered with `Operators`).
+        #[prost(message, tag = "15")]
+        SetScheduling(SetSchedulingRequest),
     }
 }
 
@@ -788,7 +831,7 @@ mod tests {
                 request::Body::GetRegionByKey(GetRegionByKeyRequest { key: key.clone() }),
                 request::Body::GetTs(GetTsRequest { count }),
                 request::Body::Bootstrap(BootstrapRequest { split_keys: vec![key.clone()], replicas: count }),
-                request::Body::RegisterStore(RegisterStoreRequest { store: Some(StoreMeta { id: leader, rpc_addr: "a:1".into(), redis_addr: "b:2".into(), cores: count, version: String::new() }) }),
+                request::Body::RegisterStore(RegisterStoreRequest { store: Some(StoreMeta { id: leader, rpc_addr: "a:1".into(), redis_addr: "b:2".into(), cores: count, version: String::new(), admin_state: StoreAdminState::Decommissioning as i32, labels: [("host".to_string(), "h1".to_string())].into() }) }),
             ];
             for body in reqs {
                 let req = Request { body: Some(body) };

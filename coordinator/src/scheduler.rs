@@ -13,16 +13,33 @@
 //!   replica on the down store (a down learner too). Nothing is removed while the region
 //!   has fewer healthy voters than the target: with no spare up store the down replica
 //!   stays, and the region keeps its quorum size.
-//! - **Leader balance.** With `mean` the leaders per up store, a store leading more than
-//!   `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
+//! - **Decommission.** A region with a replica on a store marked `decommissioning` gets
+//!   the same steps as a repair: a learner on a new (store, core), its promotion, then the
+//!   removal of the drained replica; a drained leader hands its leadership to another voter
+//!   (the least-leading store) right before its removal, and a learner on the store is
+//!   removed at once. Never below the target voter count: without a spare store nothing
+//!   moves.
+//! - **Replica balance.** With `mean` the replicas per up, non-decommissioning store, a
+//!   store holding more than `ceil(mean) + 1` moves a replica of the reporting region (when
+//!   the region has one there) to the up store holding the fewest that does not hold the
+//!   region, if that store would still hold fewer than the source: learner, promotion, then
+//!   removal (leadership transferred first if the source leads). Nothing is moved while a
+//!   store that the catalog shows with replicas is down, or while a repair runs.
+//! - **Moves half done.** Whatever started them (this coordinator, a former leader, an
+//!   operator's `NOKV.REGION` command), a learner on an up store is promoted, and a region
+//!   with more voters than the target loses the one on a decommissioning store, else on the
+//!   store holding the most replicas. So a move continues after a coordinator failover.
+//! - **Leader balance.** With `mean` the leaders per up store (decommissioning ones
+//!   aside), a store leading more than `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
 //!   store leading the fewest (ties: the least-leading core as the stores report it, then
 //!   the lowest store id), only if that store would still lead fewer than the source.
 //!   Transfers in flight count as done.
 //! - **Rate limits.** One operator in flight per region (re-sent with every heartbeat
-//!   until a heartbeat shows it done), at most `max_repair` repair steps and
-//!   `max_leader_moves` transfers in flight cluster-wide, an operator expires after
-//!   `timeout_ms`, and a region waits `cooldown_ms` after a transfer or an expired operator
-//!   (the steps of one repair follow each other at once).
+//!   until a heartbeat shows it done), at most `max_repair` repair and decommission steps,
+//!   `max_balance` replica-balance steps and `max_leader_moves` leader-balance transfers in
+//!   flight cluster-wide, an operator expires after `timeout_ms`, and a region waits
+//!   `cooldown_ms` after a leader-balance transfer, a finished replica-balance move or an
+//!   expired operator (the steps of one repair or move follow each other at once).
 
 use crate::placement::{self, StoreCandidate};
 use crate::proto::{Operator, OperatorKind, Peer, PendingPeer, Region};
@@ -43,6 +60,8 @@ pub struct Options {
     pub max_repair: usize,
     /// Leader transfers in flight at once, cluster-wide.
     pub max_leader_moves: usize,
+    /// Replica-balance steps (moves between up stores) in flight at once, cluster-wide.
+    pub max_balance: usize,
     /// Pause of a region after a transfer or an expired operator.
     pub cooldown_ms: u64,
     /// An operator not shown done by the heartbeats after this long is dropped.
@@ -57,6 +76,7 @@ impl Default for Options {
             replicas: 0,
             max_repair: 4,
             max_leader_moves: 4,
+            max_balance: 2,
             cooldown_ms: 10_000,
             timeout_ms: 60_000,
         }
@@ -72,6 +92,8 @@ pub struct StoreView {
     pub since_heartbeat_ms: u64,
     /// Leaders per core as the store last reported them (empty: not reported).
     pub core_leaders: Vec<u64>,
+    /// Marked `decommissioning`: its replicas move away.
+    pub decommissioning: bool,
 }
 
 /// The cluster as the scheduler sees it when a region's leader reports.
@@ -122,10 +144,27 @@ pub struct Scheduler {
 }
 
 const REPAIR: &str = "repair";
+const DECOMMISSION: &str = "decommission";
+const BALANCE_REGION: &str = "balance-region";
 const BALANCE: &str = "balance-leader";
 
-fn is_repair(op: &Operator) -> bool {
-    op.kind() != OperatorKind::TransferLeader
+/// Which rate limit an operator counts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Repair and decommission steps (`max_repair`).
+    Repair,
+    /// Replica-balance steps (`max_balance`).
+    Region,
+    /// Leader-balance transfers (`max_leader_moves`).
+    Leader,
+}
+
+fn class(op: &Operator) -> Class {
+    match op.reason.as_str() {
+        REPAIR | DECOMMISSION => Class::Repair,
+        BALANCE_REGION => Class::Region,
+        _ => Class::Leader,
+    }
 }
 
 impl Scheduler {
@@ -208,7 +247,9 @@ impl Scheduler {
                 let op = f.op.clone();
                 self.in_flight.remove(&region.id);
                 self.completed += 1;
-                if !is_repair(&op) {
+                let finished_move =
+                    class(&op) == Class::Region && op.kind() == OperatorKind::RemovePeer;
+                if class(&op) == Class::Leader || finished_move {
                     self.cooldown_until
                         .insert(region.id, now_ms + self.opts.cooldown_ms);
                 }
@@ -310,21 +351,226 @@ impl Scheduler {
         }
         let repair = self.repair(region, view);
         if repair.needed {
-            let in_flight = self.in_flight.values().filter(|f| is_repair(&f.op)).count();
-            if in_flight >= self.opts.max_repair {
+            if self.count(Class::Repair) >= self.opts.max_repair {
                 return None;
             }
             return repair.op;
         }
-        let moving = self
-            .in_flight
-            .values()
-            .filter(|f| !is_repair(&f.op))
-            .count();
-        if moving >= self.opts.max_leader_moves {
+        if let Some(op) = self.move_step(region, leader, view) {
+            return self.within_limit(op);
+        }
+        if self.count(Class::Leader) >= self.opts.max_leader_moves {
             return None;
         }
         self.balance_leader(region, leader, view)
+    }
+
+    /// Operators of class `c` in flight.
+    fn count(&self, c: Class) -> usize {
+        self.in_flight
+            .values()
+            .filter(|f| class(&f.op) == c)
+            .count()
+    }
+
+    /// `op`, unless its class has as many in flight as it may.
+    fn within_limit(&self, op: Operator) -> Option<Operator> {
+        let c = class(&op);
+        let max = match c {
+            Class::Repair => self.opts.max_repair,
+            Class::Region => self.opts.max_balance,
+            Class::Leader => self.opts.max_leader_moves,
+        };
+        (self.count(c) < max).then_some(op)
+    }
+
+    fn decommissioning(&self, view: &ClusterView<'_>, store: u64) -> bool {
+        view.stores
+            .iter()
+            .any(|s| s.store_id == store && s.decommissioning)
+    }
+
+    /// The next step of a move (decommission, replica balance, or one half done), for a
+    /// region without a down replica.
+    fn move_step(
+        &self,
+        region: &Region,
+        leader: &Peer,
+        view: &ClusterView<'_>,
+    ) -> Option<Operator> {
+        let target = self.target(view);
+        let drained = |p: &Peer| self.decommissioning(view, p.store_id);
+        let reason = if region.peers.iter().any(drained) {
+            DECOMMISSION
+        } else {
+            BALANCE_REGION
+        };
+        let op = |kind: OperatorKind, peer: Peer, from_store: u64, reason: &str| Operator {
+            id: 0,
+            region_id: region.id,
+            kind: kind as i32,
+            peer: Some(peer),
+            reason: reason.into(),
+            from_store,
+            age_ms: 0,
+        };
+        // A learner: removed from a drained store, else promoted.
+        if let Some(l) = region.peers.iter().find(|p| p.learner) {
+            if drained(l) {
+                return Some(op(
+                    OperatorKind::RemovePeer,
+                    l.clone(),
+                    l.store_id,
+                    DECOMMISSION,
+                ));
+            }
+            return Some(op(OperatorKind::Promote, l.clone(), 0, reason));
+        }
+        let voters: Vec<&Peer> = region.peers.iter().collect();
+        let counts = self.replica_counts(view);
+        if voters.len() > target && target > 0 {
+            // Remove the drained voter, else the one on the store holding the most.
+            let victim = voters.iter().copied().max_by_key(|p| {
+                let count = counts.get(&p.store_id).copied().unwrap_or(0);
+                (drained(p), count, p.id != leader.id, p.store_id)
+            })?;
+            if victim.id == leader.id {
+                let to = self.transfer_target(region, victim, view)?;
+                return Some(op(
+                    OperatorKind::TransferLeader,
+                    to.clone(),
+                    victim.store_id,
+                    reason,
+                ));
+            }
+            return Some(op(
+                OperatorKind::RemovePeer,
+                victim.clone(),
+                victim.store_id,
+                reason,
+            ));
+        }
+        if let Some(d) = voters.iter().find(|p| drained(p)) {
+            let at = self.place_new(region, view)?;
+            return Some(op(OperatorKind::AddLearner, at, d.store_id, DECOMMISSION));
+        }
+        self.balance_region(region, view, &counts)
+            .map(|(at, from)| op(OperatorKind::AddLearner, at, from, BALANCE_REGION))
+    }
+
+    /// Replicas per store as placement counts them (catalog and pending placements).
+    fn replica_counts(&self, view: &ClusterView<'_>) -> HashMap<u64, u64> {
+        view.candidates
+            .iter()
+            .map(|c| (c.store_id, c.replicas))
+            .collect()
+    }
+
+    /// The voter (other than `leaving`, on an up store that is not drained) to hand the
+    /// leadership to: the store leading the fewest regions, then the lowest id.
+    fn transfer_target<'r>(
+        &self,
+        region: &'r Region,
+        leaving: &Peer,
+        view: &ClusterView<'_>,
+    ) -> Option<&'r Peer> {
+        let leads = |store: u64| {
+            view.regions
+                .iter()
+                .filter(|e| {
+                    e.region
+                        .peer(e.leader_peer_id)
+                        .is_some_and(|l| l.store_id == store)
+                })
+                .count()
+        };
+        region
+            .peers
+            .iter()
+            .filter(|p| p.id != leaving.id && !p.learner)
+            .filter(|p| self.up(view, p.store_id) && !self.decommissioning(view, p.store_id))
+            .min_by_key(|p| (leads(p.store_id), p.store_id))
+    }
+
+    /// A new learner for `region`: a pending placement on an up store again, else a new
+    /// (store, core) from placement (peer id 0: the caller allocates it).
+    fn place_new(&self, region: &Region, view: &ClusterView<'_>) -> Option<Peer> {
+        let pending = view.pending.iter().filter(|p| p.region_id == region.id);
+        if let Some(p) = pending
+            .clone()
+            .filter_map(|p| p.peer.as_ref())
+            .find(|p| {
+                self.up(view, p.store_id)
+                    && !self.decommissioning(view, p.store_id)
+                    && region.peer(p.id).is_none()
+            })
+            .filter(|p| region.peers.iter().all(|q| q.store_id != p.store_id))
+        {
+            return Some(Peer {
+                learner: true,
+                ..p.clone()
+            });
+        }
+        let mut exclude: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
+        exclude.extend(pending.filter_map(|p| p.peer.as_ref().map(|q| q.store_id)));
+        let placed = placement::place(view.candidates, &exclude, 1).unwrap_or_default();
+        let at = placed.first()?;
+        Some(Peer {
+            id: 0,
+            store_id: at.store_id,
+            core: Some(at.core),
+            learner: true,
+        })
+    }
+
+    /// Replica balance: where a replica of `region` on an overloaded store goes, and from
+    /// which store.
+    fn balance_region(
+        &self,
+        region: &Region,
+        view: &ClusterView<'_>,
+        counts: &HashMap<u64, u64>,
+    ) -> Option<(Peer, u64)> {
+        // Nothing moves while a store holding replicas is down or a repair runs.
+        let down_with_replicas = view
+            .regions
+            .iter()
+            .flat_map(|e| e.region.peers.iter())
+            .any(|p| !self.up(view, p.store_id));
+        if down_with_replicas || self.count(Class::Repair) > 0 {
+            return None;
+        }
+        let eligible: Vec<&StoreCandidate> = view
+            .candidates
+            .iter()
+            .filter(|c| c.up && !c.cores.is_empty() && self.up(view, c.store_id))
+            .filter(|c| !self.decommissioning(view, c.store_id))
+            .collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        let total: u64 = eligible.iter().map(|c| c.replicas).sum();
+        let limit = total.div_ceil(eligible.len() as u64) + 1;
+        let (src_count, src) = region
+            .peers
+            .iter()
+            .filter_map(|p| Some((*counts.get(&p.store_id)?, p.store_id)))
+            .max()?;
+        if src_count <= limit {
+            return None;
+        }
+        let dst = self.place_new(region, view)?;
+        let dst_count = counts.get(&dst.store_id).copied().unwrap_or(0);
+        // A pending placement reused counts already; a new one adds one.
+        let after = if dst.id == 0 {
+            dst_count + 1
+        } else {
+            dst_count
+        };
+        if after >= src_count {
+            return None;
+        }
+        Some((dst, src))
     }
 
     fn repair(&self, region: &Region, view: &ClusterView<'_>) -> Repair {
@@ -350,48 +596,20 @@ impl Scheduler {
             age_ms: 0,
         };
         if healthy_voters < target {
-            if let Some(l) = region
-                .peers
-                .iter()
-                .find(|p| p.learner && self.up(view, p.store_id))
-            {
+            if let Some(l) = region.peers.iter().find(|p| {
+                p.learner && self.up(view, p.store_id) && !self.decommissioning(view, p.store_id)
+            }) {
                 return Repair::with(op(OperatorKind::Promote, l.clone()));
             }
-            // A placement not yet shown in a heartbeat, on an up store: the same peer again.
-            let pending = view.pending.iter().filter(|p| p.region_id == region.id);
-            if let Some(p) = pending
-                .clone()
-                .filter_map(|p| p.peer.as_ref())
-                .find(|p| self.up(view, p.store_id) && region.peer(p.id).is_none())
-                .filter(|p| region.peers.iter().all(|q| q.store_id != p.store_id))
-            {
-                return Repair::with(op(
-                    OperatorKind::AddLearner,
-                    Peer {
-                        learner: true,
-                        ..p.clone()
-                    },
-                ));
-            }
-            let mut exclude: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
-            exclude.extend(pending.filter_map(|p| p.peer.as_ref().map(|q| q.store_id)));
-            // No spare up store: nothing to do (the down replica is not removed).
-            let placed = placement::place(view.candidates, &exclude, 1).unwrap_or_default();
-            let Some(at) = placed.first() else {
-                return Repair {
+            // A placement not yet shown in a heartbeat again, else a new one. No spare up
+            // store: nothing to do (the down replica is not removed).
+            return match self.place_new(region, view) {
+                Some(at) => Repair::with(op(OperatorKind::AddLearner, at)),
+                None => Repair {
                     needed: true,
                     op: None,
-                };
-            };
-            return Repair::with(op(
-                OperatorKind::AddLearner,
-                Peer {
-                    id: 0,
-                    store_id: at.store_id,
-                    core: Some(at.core),
-                    learner: true,
                 },
-            ));
+            };
         }
         match down.first() {
             Some(p) => Repair::with(op(OperatorKind::RemovePeer, (*p).clone())),
@@ -415,7 +633,7 @@ impl Scheduler {
         let mut counts: HashMap<u64, u64> = view
             .stores
             .iter()
-            .filter(|s| self.up(view, s.store_id))
+            .filter(|s| self.up(view, s.store_id) && !s.decommissioning)
             .map(|s| (s.store_id, 0))
             .collect();
         for e in view.regions {
@@ -426,7 +644,11 @@ impl Scheduler {
             }
         }
         // Transfers in flight count as done.
-        for f in self.in_flight.values().filter(|f| !is_repair(&f.op)) {
+        for f in self
+            .in_flight
+            .values()
+            .filter(|f| f.op.kind() == OperatorKind::TransferLeader)
+        {
             if let Some(c) = counts.get_mut(&f.op.from_store) {
                 *c = c.saturating_sub(1);
             }
@@ -550,6 +772,7 @@ mod tests {
                     100
                 },
                 core_leaders: Vec::new(),
+                decommissioning: false,
             })
             .collect()
     }
@@ -559,7 +782,7 @@ mod tests {
             .iter()
             .map(|s| StoreCandidate {
                 store_id: s.store_id,
-                up: s.since_heartbeat_ms <= DOWN_AFTER,
+                up: s.since_heartbeat_ms <= DOWN_AFTER && !s.decommissioning,
                 replicas: regions
                     .iter()
                     .flat_map(|e| e.region.peers.iter())
@@ -567,6 +790,7 @@ mod tests {
                     .count() as u64,
                 load: 0,
                 cores: vec![(0, 0), (0, 0)],
+                host: None,
             })
             .collect()
     }
@@ -942,5 +1166,358 @@ mod tests {
             beat(&mut s, 0, &regions, 0, &stores(3, &[1])),
             Step::Nothing
         );
+    }
+
+    /// Replicas per store in `regions`.
+    fn replica_counts(regions: &[RegionEntry], st: &[StoreView]) -> Vec<u64> {
+        st.iter()
+            .map(|s| {
+                regions
+                    .iter()
+                    .flat_map(|e| e.region.peers.iter())
+                    .filter(|p| p.store_id == s.store_id)
+                    .count() as u64
+            })
+            .collect()
+    }
+
+    /// Applies `op` to `regions` as the region's leader would (allocating a peer id).
+    fn apply_op(regions: &mut [RegionEntry], op: &Operator, next_peer: &mut u64) -> Operator {
+        let mut op = op.clone();
+        let e = regions
+            .iter_mut()
+            .find(|e| e.region.id == op.region_id)
+            .expect("region");
+        let mut peer = op.peer.clone().expect("peer");
+        match op.kind() {
+            OperatorKind::AddLearner => {
+                if peer.id == 0 {
+                    *next_peer += 1;
+                    peer.id = *next_peer;
+                }
+                e.region.peers.push(peer.clone());
+            }
+            OperatorKind::Promote => {
+                for p in &mut e.region.peers {
+                    if p.id == peer.id {
+                        p.learner = false;
+                    }
+                }
+            }
+            OperatorKind::RemovePeer => {
+                assert_ne!(peer.id, e.leader_peer_id, "the leader is never removed");
+                e.region.peers.retain(|p| p.id != peer.id);
+            }
+            OperatorKind::TransferLeader => e.leader_peer_id = peer.id,
+            OperatorKind::Unknown => panic!("unknown operator"),
+        }
+        op.peer = Some(peer);
+        op
+    }
+
+    /// Heartbeats every region once per round (20 s apart) and runs each operator at once,
+    /// until a round issues nothing; every region keeps at least `target` voters on up
+    /// stores throughout. Returns the operators run.
+    fn run_until_quiet(
+        s: &mut Scheduler,
+        regions: &mut [RegionEntry],
+        st: &[StoreView],
+        target: usize,
+    ) -> Vec<Operator> {
+        let mut next_peer = 10_000;
+        let mut ran = Vec::new();
+        for round in 0..200u64 {
+            let now = round * 20_000;
+            let mut issued = false;
+            for i in 0..regions.len() {
+                match beat(s, now, regions, i, st) {
+                    Step::Propose(op) => {
+                        let op = apply_op(regions, &op, &mut next_peer);
+                        s.start(op.clone(), now);
+                        ran.push(op);
+                        issued = true;
+                    }
+                    Step::Resend(op) => panic!("applied at once, yet resent: {op:?}"),
+                    Step::Nothing => {}
+                }
+                for e in regions.iter() {
+                    let voters = e.region.peers.iter().filter(|p| !p.learner).count();
+                    assert!(
+                        voters >= target,
+                        "region {} fell to {voters} voters",
+                        e.region.id
+                    );
+                }
+            }
+            if !issued {
+                return ran;
+            }
+        }
+        panic!("the scheduler never settled");
+    }
+
+    #[test]
+    fn a_skewed_catalog_converges_to_within_one_of_the_limit() {
+        // Twelve regions on stores 1..=3, stores 4 and 5 empty: 12/12/12/0/0.
+        let mut regions: Vec<RegionEntry> = (1..=12).map(|i| entry(i, &[1, 2, 3])).collect();
+        // Spread the leaders so that leader balance has nothing to do.
+        for (i, r) in regions.iter_mut().enumerate() {
+            r.leader_peer_id = r.region.peers[i % 3].id;
+        }
+        let st = stores(5, &[]);
+        let mut s = Scheduler::new(Options {
+            max_balance: 1,
+            ..opts()
+        });
+        let ran = run_until_quiet(&mut s, &mut regions, &st, 3);
+        let counts = replica_counts(&regions, &st);
+        let total: u64 = counts.iter().sum();
+        assert_eq!(total, 36, "{counts:?}");
+        let limit = total.div_ceil(5) + 1;
+        assert!(counts.iter().all(|c| *c <= limit), "{counts:?}");
+        assert!(counts[3] > 0 && counts[4] > 0, "{counts:?}");
+        assert!(ran.iter().any(|o| o.reason == BALANCE_REGION));
+        for e in &regions {
+            assert_eq!(e.region.peers.len(), 3, "every region back to three voters");
+            let mut stores: Vec<u64> = e.region.peers.iter().map(|p| p.store_id).collect();
+            stores.dedup();
+            assert_eq!(stores.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_balanced_catalog_moves_nothing() {
+        // 3 regions x 3 replicas over 4 stores: 3/2/2/2 is within ceil(9 / 4) + 1 = 4.
+        let regions = vec![
+            entry(1, &[1, 2, 3]),
+            entry(2, &[2, 3, 4]),
+            entry(3, &[4, 1, 2]),
+        ];
+        let mut s = Scheduler::new(opts());
+        for i in 0..3 {
+            assert_eq!(beat(&mut s, 0, &regions, i, &stores(4, &[])), Step::Nothing);
+        }
+    }
+
+    /// Nine regions on stores 1..=3, leaders spread, stores 4 and 5 empty.
+    fn spread() -> Vec<RegionEntry> {
+        let mut regions: Vec<RegionEntry> = (1..=9).map(|i| entry(i, &[1, 2, 3])).collect();
+        for (i, r) in regions.iter_mut().enumerate() {
+            r.leader_peer_id = r.region.peers[i % 3].id;
+        }
+        regions
+    }
+
+    #[test]
+    fn replica_balance_respects_its_limit_and_one_operator_per_region() {
+        let regions = spread();
+        let st = stores(5, &[]);
+        let mut s = Scheduler::new(opts());
+        for i in 0..2 {
+            let op = proposed(beat(&mut s, 0, &regions, i, &st));
+            assert_eq!(
+                (op.kind(), op.reason.as_str()),
+                (OperatorKind::AddLearner, BALANCE_REGION)
+            );
+            assert!(matches!(op.peer.as_ref().map(|p| p.store_id), Some(4 | 5)));
+            assert!((1..=3).contains(&op.from_store));
+            s.start(
+                Operator {
+                    peer: Some(Peer {
+                        id: 500 + i as u64,
+                        ..op.peer.clone().expect("peer")
+                    }),
+                    ..op
+                },
+                0,
+            );
+        }
+        assert!(matches!(beat(&mut s, 0, &regions, 0, &st), Step::Resend(_)));
+        assert_eq!(
+            beat(&mut s, 0, &regions, 2, &st),
+            Step::Nothing,
+            "two moves in flight (max_balance 2)"
+        );
+        // Leader balance keeps its own limit: unaffected here (leaders are spread).
+        assert_eq!(s.in_flight(0).len(), 2);
+    }
+
+    fn no_move(step: &Step) -> bool {
+        !matches!(step, Step::Propose(op) if op.reason == BALANCE_REGION)
+    }
+
+    #[test]
+    fn nothing_moves_while_a_store_with_replicas_is_down_or_a_repair_runs() {
+        // Store 6 is down and holds a replica of region 10 (which gets a repair).
+        let mut regions = spread();
+        regions.push(entry(10, &[1, 2, 6]));
+        let st = stores(6, &[6]);
+        let mut s = Scheduler::new(Options {
+            max_repair: 0,
+            ..opts()
+        });
+        for i in 0..9 {
+            let step = beat(&mut s, 0, &regions, i, &st);
+            assert!(no_move(&step), "region {i}: {step:?}");
+        }
+        // The repair runs (store 6's replica replaced): still nothing else moves meanwhile.
+        let mut s = Scheduler::new(opts());
+        let repair = proposed(beat(&mut s, 0, &regions, 9, &st));
+        assert_eq!(repair.reason, REPAIR);
+        s.start(
+            Operator {
+                peer: Some(Peer {
+                    id: 600,
+                    ..repair.peer.clone().expect("peer")
+                }),
+                ..repair
+            },
+            0,
+        );
+        let st = stores(6, &[]);
+        for i in 0..9 {
+            let step = beat(&mut s, 0, &regions, i, &st);
+            assert!(no_move(&step), "region {i}: {step:?}");
+        }
+        // Once it is done and nothing is down, balance starts.
+        let mut s = Scheduler::new(opts());
+        assert!(
+            matches!(beat(&mut s, 0, &regions, 0, &st), Step::Propose(op) if op.reason == BALANCE_REGION)
+        );
+    }
+
+    #[test]
+    fn a_move_off_the_leaders_store_transfers_the_leadership_before_the_removal() {
+        // Region 1 has a fourth voter (a move half done): the one to go is on store 1,
+        // which holds the most replicas and leads the region.
+        let mut regions = spread();
+        regions[0].region.peers.push(peer(99, 4));
+        regions.push(entry(10, &[4, 1, 5]));
+        assert_eq!(regions[0].leader_peer_id, regions[0].region.peers[0].id);
+        let st = stores(5, &[]);
+        let mut s = Scheduler::new(opts());
+        let op = proposed(beat(&mut s, 0, &regions, 0, &st));
+        assert_eq!(op.kind(), OperatorKind::TransferLeader);
+        assert_eq!(op.from_store, 1);
+        assert_ne!(op.peer.as_ref().map(|p| p.store_id), Some(1));
+        s.start(op.clone(), 0);
+        regions[0].leader_peer_id = op.peer.expect("peer").id;
+        let op = proposed(beat(&mut s, 100, &regions, 0, &st));
+        assert_eq!(op.kind(), OperatorKind::RemovePeer);
+        assert_eq!(op.peer.as_ref().map(|p| p.store_id), Some(1));
+    }
+
+    /// `stores(n, down)` with `drained` marked decommissioning.
+    fn draining(n: u64, drained: u64) -> Vec<StoreView> {
+        let mut st = stores(n, &[]);
+        for s in &mut st {
+            s.decommissioning = s.store_id == drained;
+        }
+        st
+    }
+
+    #[test]
+    fn a_decommissioned_store_is_drained_leaders_first_never_below_the_target() {
+        let mut regions = spread();
+        let st = draining(4, 3);
+        let mut s = Scheduler::new(opts());
+        let ran = run_until_quiet(&mut s, &mut regions, &st, 3);
+        for e in &regions {
+            assert_eq!(e.region.peers.len(), 3);
+            assert!(
+                e.region.peers.iter().all(|p| p.store_id != 3),
+                "{:?}",
+                e.region
+            );
+        }
+        assert!(
+            ran.iter()
+                .all(|o| o.reason == DECOMMISSION || o.reason == BALANCE),
+            "{ran:?}"
+        );
+        // Regions 3, 6 and 9 were led from store 3: each handed its leadership away.
+        let transfers = ran
+            .iter()
+            .filter(|o| o.kind() == OperatorKind::TransferLeader && o.from_store == 3)
+            .count();
+        assert_eq!(transfers, 3);
+        // Nothing moved *to* the drained store (no learner, no leadership).
+        assert!(ran.iter().all(|o| o.kind() == OperatorKind::RemovePeer
+            || o.peer.as_ref().map(|p| p.store_id) != Some(3)));
+    }
+
+    #[test]
+    fn a_decommission_without_a_spare_store_removes_nothing_and_a_drained_learner_goes() {
+        let mut regions = spread();
+        let st = draining(3, 3);
+        let mut s = Scheduler::new(opts());
+        let ran = run_until_quiet(&mut s, &mut regions, &st, 3);
+        assert!(
+            ran.iter().all(|o| o.kind() != OperatorKind::RemovePeer),
+            "{ran:?}"
+        );
+        // A learner on the drained store is removed at once.
+        let mut regions = spread();
+        regions[0].region.peers.push(Peer {
+            learner: true,
+            ..peer(77, 4)
+        });
+        let st = draining(4, 4);
+        let op = proposed(beat(&mut Scheduler::new(opts()), 0, &regions, 0, &st));
+        assert_eq!(
+            (op.kind(), op.reason.as_str()),
+            (OperatorKind::RemovePeer, DECOMMISSION)
+        );
+        assert_eq!(op.peer.map(|p| p.id), Some(77));
+    }
+
+    #[test]
+    fn leaders_are_not_balanced_onto_a_decommissioning_store() {
+        let regions = skewed();
+        let op = proposed(beat(
+            &mut Scheduler::new(opts()),
+            0,
+            &regions,
+            0,
+            &draining(3, 3),
+        ));
+        // Region 1 is drained (a new learner is needed somewhere): with only three stores
+        // there is none, so the step is a leader transfer, and it goes to store 2.
+        assert_eq!(op.peer.as_ref().map(|p| p.store_id), Some(2), "{op:?}");
+    }
+
+    #[test]
+    fn replica_balance_never_puts_two_replicas_of_a_region_on_one_host() {
+        // Twelve regions on stores 1..=3 (hosts a, b, c), stores 4 and 5 empty but on hosts
+        // a and b: every move would pair a region's replicas on one host, so none happens.
+        let regions: Vec<RegionEntry> = (1..=12).map(|i| entry(i, &[1, 2, 3])).collect();
+        let st = stores(5, &[]);
+        let mut cands = candidates(&st, &regions);
+        for (c, host) in cands.iter_mut().zip(["a", "b", "c", "a", "b"]) {
+            c.host = Some(host.into());
+        }
+        let view = ClusterView {
+            replicas: 3,
+            regions: &regions,
+            stores: &st,
+            candidates: &cands,
+            pending: &[],
+        };
+        let mut s = Scheduler::new(opts());
+        for e in &regions {
+            let step = s.on_heartbeat(0, &e.region, e.leader_peer_id, &view);
+            assert!(no_move(&step), "{step:?}");
+        }
+        // Store 5 on its own host: it takes replicas.
+        cands[4].host = Some("d".into());
+        let view = ClusterView {
+            replicas: 3,
+            regions: &regions,
+            stores: &st,
+            candidates: &cands,
+            pending: &[],
+        };
+        let op = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
+        assert_eq!(op.peer.map(|p| p.store_id), Some(5));
     }
 }

@@ -14,8 +14,8 @@ use crate::proto::{
     command, request, response, Ack, AllocIdsResponse, BootstrapRequest, BootstrapResponse,
     Command, GetTsResponse, Operator, OperatorKind, OperatorsResponse, Peer, PendingPeer,
     PlaceReplicaResponse, PutRegions, Region, RegionHeartbeat, RegionRecord, RegisterStoreResponse,
-    Request, Response, Route, RouteResponse, ScanRegionsRequest, ScanRegionsResponse, StoreInfo,
-    StoreMeta, StoreState, StoreStats, StoresResponse,
+    Request, Response, Route, RouteResponse, ScanRegionsRequest, ScanRegionsResponse,
+    StoreAdminState, StoreInfo, StoreMeta, StoreState, StoreStats, StoresResponse,
 };
 use crate::replica::{LeaderStatus, Replica, ReplicaConfig};
 use crate::scheduler::{self, ClusterView, Scheduler, Step, StoreView};
@@ -38,6 +38,12 @@ pub const MAX_REPLICAS: u32 = 7;
 pub const MAX_BOOTSTRAP_REGIONS: usize = 1024;
 /// Largest core count a store may register.
 pub const MAX_CORES: u32 = 1024;
+/// The store label placement keeps replicas of one region apart on.
+pub const HOST_LABEL: &str = "host";
+/// Most labels a store may register.
+pub const MAX_LABELS: usize = 16;
+/// Longest label key or value.
+pub const MAX_LABEL_BYTES: usize = 64;
 /// Largest address length a store may register.
 pub const MAX_ADDR_BYTES: usize = 256;
 
@@ -359,6 +365,13 @@ impl Coordinator {
                 peer: Some(self.place_replica(p.region_id)?),
             }),
             Q::GetOperators(_) => A::Operators(self.operators()),
+            Q::DecommissionStore(d) => A::Stores(StoresResponse {
+                stores: vec![self.decommission_store(d.store_id)?],
+            }),
+            Q::SetScheduling(s) => {
+                self.set_scheduling(s.enabled);
+                A::Operators(self.operators())
+            }
         })
     }
 
@@ -381,8 +394,11 @@ impl Coordinator {
                 meta.cores
             )));
         }
+        check_labels(&meta)?;
         let mut inner = self.inner.lock();
         self.gate(&mut inner)?;
+        // The admin state is the coordinator's: a registration keeps the recorded one.
+        meta.admin_state = StoreAdminState::Serving as i32;
         if meta.id == 0 {
             meta.id = self.alloc_locked(&mut inner, 1)?;
             tracing::info!(store_id = meta.id, rpc_addr = %meta.rpc_addr, "new store registered");
@@ -390,13 +406,16 @@ impl Coordinator {
         } else {
             match self.core.lock().state.store(meta.id) {
                 None => return Err(Error::StoreNotFound(meta.id)),
+                Some(old) if old.admin_state() == StoreAdminState::Removed => {
+                    return Err(removed(meta.id))
+                }
                 Some(old) if old.cores > meta.cores => {
                     return Err(Error::InvalidArgument(format!(
                         "store {} registered {} cores, cannot shrink to {}",
                         meta.id, old.cores, meta.cores
                     )))
                 }
-                Some(_) => {}
+                Some(old) => meta.admin_state = old.admin_state,
             }
         }
         let id = meta.id;
@@ -444,14 +463,103 @@ impl Coordinator {
     pub fn store_heartbeat(&self, stats: StoreStats) -> Result<()> {
         let mut inner = self.inner.lock();
         self.gate(&mut inner)?;
-        if self.core.lock().state.store(stats.store_id).is_none() {
-            return Err(Error::StoreNotFound(stats.store_id));
+        match self.core.lock().state.store(stats.store_id) {
+            None => return Err(Error::StoreNotFound(stats.store_id)),
+            Some(m) if m.admin_state() == StoreAdminState::Removed => {
+                return Err(removed(stats.store_id))
+            }
+            Some(_) => {}
         }
         let now = self.clock.mono_ms();
         let l = inner.live.entry(stats.store_id).or_default();
         l.last_heartbeat_mono_ms = now;
         l.stats = Some(stats);
+        self.finish_decommissions(&mut inner);
         Ok(())
+    }
+
+    /// Marks store `id` `Decommissioning`: it gets no new replica and the scheduler moves
+    /// its replicas away; once the catalog shows none on it, it is marked `Removed`.
+    /// Refused (`NotEnoughStores`) when the up, serving stores left could not hold a
+    /// region's target voter count. Asking again (or for a removed store) changes nothing.
+    pub fn decommission_store(&self, id: u64) -> Result<StoreInfo> {
+        let mut inner = self.inner.lock();
+        self.gate(&mut inner)?;
+        let now = self.clock.mono_ms();
+        let (meta, others, target) = {
+            let core = self.core.lock();
+            let st = &core.state;
+            let meta = st.store(id).cloned().ok_or(Error::StoreNotFound(id))?;
+            let others = st
+                .stores()
+                .values()
+                .filter(|m| m.id != id && m.admin_state() == StoreAdminState::Serving)
+                .filter(|m| self.is_up(&inner, m.id, now))
+                .count();
+            let target = match inner.scheduler.options().replicas {
+                0 => st.replicas() as usize,
+                n => n,
+            };
+            (meta, others, target)
+        };
+        if meta.admin_state() == StoreAdminState::Serving {
+            if others < target {
+                return Err(Error::NotEnoughStores {
+                    need: target,
+                    have: others,
+                });
+            }
+            tracing::info!(
+                store_id = id,
+                "store decommissioning: its replicas move away"
+            );
+            self.propose(
+                &mut inner,
+                Command {
+                    body: Some(command::Body::PutStore(StoreMeta {
+                        admin_state: StoreAdminState::Decommissioning as i32,
+                        ..meta
+                    })),
+                },
+            )?;
+        }
+        self.finish_decommissions(&mut inner);
+        let core = self.core.lock();
+        let meta = core.state.store(id).ok_or(Error::StoreNotFound(id))?;
+        Ok(self.info(&inner, meta, now))
+    }
+
+    /// Marks `Removed` every decommissioning store the catalog shows no replica on.
+    /// Failures are logged: the next heartbeat tries again.
+    fn finish_decommissions(&self, inner: &mut Inner) {
+        let drained: Vec<StoreMeta> = {
+            let core = self.core.lock();
+            let st = &core.state;
+            st.stores()
+                .values()
+                .filter(|m| m.admin_state() == StoreAdminState::Decommissioning)
+                .filter(|m| {
+                    !st.regions_in_order()
+                        .any(|e| e.region.peers.iter().any(|p| p.store_id == m.id))
+                })
+                .cloned()
+                .collect()
+        };
+        for meta in drained {
+            let id = meta.id;
+            let cmd = Command {
+                body: Some(command::Body::PutStore(StoreMeta {
+                    admin_state: StoreAdminState::Removed as i32,
+                    ..meta
+                })),
+            };
+            match self.propose(inner, cmd) {
+                Ok(()) => tracing::info!(store_id = id, "store decommissioned: removed"),
+                Err(e) => {
+                    tracing::warn!(store_id = id, error = %e, "decommissioned store not marked removed yet")
+                }
+            }
+        }
     }
 
     /// Records a region leader's report: a newer descriptor replaces the record (and the
@@ -467,7 +575,9 @@ impl Coordinator {
         let leader = hb.leader_peer_id;
         let mut inner = self.inner.lock();
         let region = self.record_region_heartbeat(&mut inner, hb)?;
-        Ok(self.schedule(&mut inner, &region, leader))
+        let op = self.schedule(&mut inner, &region, leader);
+        self.finish_decommissions(&mut inner);
+        Ok(op)
     }
 
     /// Turns the scheduler on or off at run time (operators in flight are still resent).
@@ -503,7 +613,9 @@ impl Coordinator {
             let stores: Vec<StoreView> = st
                 .stores()
                 .values()
+                .filter(|m| m.admin_state() != StoreAdminState::Removed)
                 .map(|m| StoreView {
+                    decommissioning: m.admin_state() == StoreAdminState::Decommissioning,
                     store_id: m.id,
                     since_heartbeat_ms: self.since_heartbeat_ms(inner, m.id, now),
                     core_leaders: inner
@@ -1002,10 +1114,12 @@ impl Coordinator {
                 }
                 StoreCandidate {
                     store_id: m.id,
-                    up: self.is_up(inner, m.id, now),
+                    // Draining and removed stores get no new replica.
+                    up: self.is_up(inner, m.id, now) && m.admin_state() == StoreAdminState::Serving,
                     replicas: 0,
                     load: stats.map(|s| s.load).unwrap_or(0),
                     cores,
+                    host: m.labels.get(HOST_LABEL).cloned(),
                 }
             })
             .collect();
@@ -1026,5 +1140,34 @@ impl Coordinator {
             }
         }
         out
+    }
+}
+
+/// The error for a store that was decommissioned.
+fn removed(id: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "store {id} was decommissioned (removed); wipe its workdir to join as a new store"
+    ))
+}
+
+/// Labels: at most [`MAX_LABELS`], keys and values of 1..=[`MAX_LABEL_BYTES`] bytes of
+/// ASCII letters, digits, `-`, `_`, `.`.
+fn check_labels(meta: &StoreMeta) -> Result<()> {
+    if meta.labels.len() > MAX_LABELS {
+        return Err(Error::InvalidArgument(format!(
+            "a store has at most {MAX_LABELS} labels, {} given",
+            meta.labels.len()
+        )));
+    }
+    let ok = |s: &str| {
+        (1..=MAX_LABEL_BYTES).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match meta.labels.iter().find(|(k, v)| !ok(k) || !ok(v)) {
+        Some((k, v)) => Err(Error::InvalidArgument(format!(
+            "store label {k:?}={v:?}: keys and values are 1..={MAX_LABEL_BYTES} bytes of letters, digits, '-', '_', '.'"
+        ))),
+        None => Ok(()),
     }
 }

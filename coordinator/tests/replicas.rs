@@ -106,6 +106,7 @@ fn three_replicas_survive_the_loss_of_the_leader_with_monotonic_tso_and_ids() {
                 redis_addr: format!("127.0.0.1:{}", 51000 + n),
                 cores: 2,
                 version: "replicas".into(),
+                ..Default::default()
             })
             .expect("register"),
         );

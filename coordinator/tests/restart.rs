@@ -23,6 +23,7 @@ fn store(n: u32) -> StoreMeta {
         redis_addr: format!("127.0.0.1:{}", 6380 + n),
         cores: 2,
         version: "test".into(),
+        ..Default::default()
     }
 }
 

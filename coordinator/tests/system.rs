@@ -91,6 +91,7 @@ fn a_killed_coordinator_restarts_with_its_catalog_and_a_tso_above_every_timestam
                 redis_addr: format!("127.0.0.1:{}", 41000 + n),
                 cores: 2,
                 version: "system-test".into(),
+                ..Default::default()
             })
             .expect("register store");
         store_ids.push(id);
@@ -259,6 +260,7 @@ fn three_coordinator_processes_survive_a_sigkill_of_the_leader() {
                 redis_addr: format!("127.0.0.1:{}", 43000 + n),
                 cores: 1,
                 version: "system-test".into(),
+                ..Default::default()
             })
             .expect("register store");
     }

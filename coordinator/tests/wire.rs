@@ -295,6 +295,7 @@ fn every_rpc_works_through_the_client() {
                 redis_addr: format!("127.0.0.1:{}", 31000 + n),
                 cores: 4,
                 version: "t".into(),
+                ..Default::default()
             })
             .expect("register");
         c.store_heartbeat(StoreStats {

@@ -311,6 +311,8 @@ pub fn join(
         redis_addr: redis.to_string(),
         cores: cores as u32,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: settings.labels.clone(),
+        ..Default::default()
     };
     let directory = Arc::new(Directory::default());
     let store_id = match (client.register_store(meta.clone()), known_id) {

@@ -104,6 +104,9 @@ pub struct Flags {
     /// In a cluster, how long a command may wait for its region's leader (an election, a store that is down) before it gets -TRYAGAIN or -CLUSTERDOWN, milliseconds [default: 5000].
     #[arg(long, value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
+    /// In a cluster, labels registered with the coordinator, e.g. host=h1,zone=z1: no two replicas of a region go to stores with the same `host` label [default: none].
+    #[arg(long, value_name = "KEY=VALUE[,...]")]
+    pub labels: Option<String>,
 }
 
 /// Regions each core gets when an empty workdir is bootstrapped.
@@ -158,6 +161,8 @@ pub struct Settings {
     pub forward: bool,
     /// In a cluster: how long a command may wait for its region's leader.
     pub request_timeout: std::time::Duration,
+    /// Labels registered with the coordinator (`host` keeps replicas apart).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Default of `--request-timeout-ms`.
@@ -316,6 +321,39 @@ pub struct ConfigFile {
     pub redirect: Option<Spanned<String>>,
     /// `--request-timeout-ms`.
     pub request_timeout_ms: Option<Spanned<u64>>,
+    /// `--labels`: "key=value,key=value".
+    pub labels: Option<Spanned<String>>,
+}
+
+/// `key=value,key=value` (empty: none): keys and values of 1..=64 bytes of ASCII letters,
+/// digits, `-`, `_`, `.`, each key once, at most 16 (the coordinator's bounds).
+pub fn parse_labels(
+    s: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    let ok = |s: &str| {
+        (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("{part:?}: expected key=value"));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if !ok(k) || !ok(v) {
+            return Err(format!(
+                "{part:?}: keys and values are 1..=64 bytes of letters, digits, '-', '_', '.'"
+            ));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("label {k:?} given twice"));
+        }
+    }
+    if out.len() > 16 {
+        return Err(format!("at most 16 labels, {} given", out.len()));
+    }
+    Ok(out)
 }
 
 /// The 1-based line of byte offset `at` in `text`.
@@ -578,6 +616,10 @@ impl Settings {
                 )
             }
         };
+        let labels = match pick(flags.labels, file.labels, path, text) {
+            None => Default::default(),
+            Some((l, origin)) => parse_labels(&l).map_err(|e| origin.error("labels", e))?,
+        };
         let (request_timeout_ms, origin) = pick(
             flags.request_timeout_ms,
             file.request_timeout_ms,
@@ -616,6 +658,7 @@ impl Settings {
             bootstrap_replicas,
             forward,
             request_timeout: std::time::Duration::from_millis(request_timeout_ms),
+            labels,
         })
     }
 }
@@ -802,6 +845,7 @@ mod tests {
             bootstrap_replicas,
             redirect,
             request_timeout_ms,
+            labels,
         } = file;
         for (key, set) in [
             ("workdir", workdir.is_some()),
@@ -835,6 +879,7 @@ mod tests {
             ("requirepass", requirepass.is_some()),
             ("rpc_addr", rpc_addr.is_some()),
             ("coordinator", coordinator.is_some()),
+            ("labels", labels.is_some()),
         ] {
             assert!(!set && text.contains(&format!("# {key} = ")), "{key}");
         }
@@ -863,6 +908,25 @@ mod tests {
         assert_eq!(d.rpc_addr, None);
         assert!(s.coordinator.is_empty() && d.coordinator.is_empty());
         assert_eq!(s.bootstrap_replicas, d.bootstrap_replicas);
+    }
+
+    #[test]
+    fn labels_parse_and_bad_ones_are_refused() {
+        let s = resolve(&["--workdir", "/tmp/x", "--labels", "host=h1, zone=z1"]).expect("labels");
+        assert_eq!(
+            s.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            ["host=h1", "zone=z1"]
+        );
+        assert!(resolve(&["--workdir", "/tmp/x"])
+            .expect("none")
+            .labels
+            .is_empty());
+        for bad in ["host", "host=", "=h1", "host=h 1", "host=a,host=b"] {
+            assert!(parse_labels(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

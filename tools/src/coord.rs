@@ -2,7 +2,7 @@
 //! catalog reads the subcommands need.
 
 use crate::error::{Error, Result};
-use nokv_coordinator::proto::{Route, StoreInfo};
+use nokv_coordinator::proto::{OperatorsResponse, Route, StoreInfo};
 use nokv_coordinator::{ClientOptions, CoordClient};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -50,6 +50,28 @@ impl Coord {
         let mut stores = self.client.stores().map_err(self.err("list stores"))?;
         stores.sort_by_key(|s| s.meta.as_ref().map_or(0, |m| m.id));
         Ok(stores)
+    }
+
+    /// Marks a store decommissioning; its record afterwards.
+    pub fn decommission(&self, store: u64) -> Result<StoreInfo> {
+        self.client
+            .decommission_store(store)
+            .map_err(self.err(format!("decommission store {store}")))
+    }
+
+    /// The scheduler's operators in flight and counters.
+    pub fn operators(&self) -> Result<OperatorsResponse> {
+        self.client
+            .operators()
+            .map_err(self.err("list scheduler operators"))
+    }
+
+    /// Switches the scheduler; its operators and counters afterwards.
+    pub fn set_scheduling(&self, enabled: bool) -> Result<OperatorsResponse> {
+        let what = if enabled { "on" } else { "off" };
+        self.client
+            .set_scheduling(enabled)
+            .map_err(self.err(format!("switch scheduling {what}")))
     }
 
     /// The route of one region.

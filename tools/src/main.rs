@@ -1,6 +1,7 @@
-//! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores and regions:
-//! `stores`, `region list` (from the coordinator), `region split` (the `NOKV.REGION
-//! SPLIT` operator command on a store's Redis port) and `hot` (`NOKV.REGION HOT`).
+//! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores, regions and
+//! the scheduler: `stores`, `store decommission`, `region list`, `schedule list|on|off`
+//! (from the coordinator), `region split` (the `NOKV.REGION SPLIT` operator command on a
+//! store's Redis port) and `hot` (`NOKV.REGION HOT` of stores).
 //!
 //! Every failure is one line on stderr, `nokv-tool: error: <what failed>; fix: <what to
 //! try>`, and a non-zero exit (1; 2 for a command line that does not parse).
@@ -11,6 +12,7 @@ mod hot;
 mod region;
 mod render;
 mod resp;
+mod schedule;
 mod stores;
 
 use clap::{Args, Parser, Subcommand};
@@ -56,6 +58,12 @@ enum Cmd {
     /// requests and written bytes per second, the most requested sampled key and its share
     /// (near 1: a hot key no split can spread), busiest first.
     Hot(HotArgs),
+    /// Stores: decommission one.
+    #[command(subcommand)]
+    Store(StoreCmd),
+    /// The coordinator's scheduler: list its operators, switch it on or off.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +81,54 @@ struct HotArgs {
     /// Prints a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Marks a store decommissioning: it gets no new replica, the coordinator's scheduler
+    /// moves every replica off it (leadership first, never below the region's voter
+    /// count), then marks it removed; a removed store may not register again under its id.
+    /// Refused when the other up stores could not hold every region's voters.
+    Decommission(DecommissionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCmd {
+    /// Lists the scheduler's operators in flight (id, region, kind, target store:core,
+    /// peer, the store it moves away from, reason, age) and its counters.
+    List(ScheduleListArgs),
+    /// Switches the scheduler on: it issues operators again.
+    On(ScheduleSwitchArgs),
+    /// Switches the scheduler off: no new operators (those in flight are still resent);
+    /// until the coordinator restarts or its leader changes (then `--schedule` rules).
+    Off(ScheduleSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecommissionArgs {
+    /// The store to drain.
+    #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    store: u64,
+    #[command(flatten)]
+    coord: CoordArgs,
+    /// Prints the store's record (as `stores --json` does) instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleListArgs {
+    #[command(flatten)]
+    coord: CoordArgs,
+    /// Prints a JSON object (`enabled`, counters, `operators`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleSwitchArgs {
+    #[command(flatten)]
+    coord: CoordArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +281,26 @@ fn run(cli: Cli) -> Result<()> {
                 print(&hot::table(&rows))
             }
         }
+        Cmd::Store(StoreCmd::Decommission(a)) => {
+            let coord = coord::Coord::new(&a.coord.coordinator, cli.cluster_id, coord_timeout)?;
+            let row = stores::row(&coord.decommission(a.store)?);
+            if a.json {
+                print_json(&row)
+            } else {
+                print(&stores::decommission_line(&row))
+            }
+        }
+        Cmd::Schedule(ScheduleCmd::List(a)) => {
+            let coord = coord::Coord::new(&a.coord.coordinator, cli.cluster_id, coord_timeout)?;
+            let s = schedule::from(&coord.operators()?);
+            if a.json {
+                print_json(&s)
+            } else {
+                print(&schedule::text(&s))
+            }
+        }
+        Cmd::Schedule(ScheduleCmd::On(a)) => switch(&a, cli.cluster_id, coord_timeout, true),
+        Cmd::Schedule(ScheduleCmd::Off(a)) => switch(&a, cli.cluster_id, coord_timeout, false),
         Cmd::Region(RegionCmd::Split(a)) => {
             let addr = match a.addr {
                 Some(addr) => addr,
@@ -247,6 +323,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+/// `schedule on|off`.
+fn switch(a: &ScheduleSwitchArgs, cluster_id: u64, timeout: Duration, on: bool) -> Result<()> {
+    let coord = coord::Coord::new(&a.coord.coordinator, cluster_id, timeout)?;
+    let s = schedule::from(&coord.set_scheduling(on)?);
+    print(&format!(
+        "scheduling {}: {} operators in flight\n",
+        if s.enabled { "on" } else { "off" },
+        s.operators.len()
+    ))
 }
 
 /// A clap error as one line: its message lines up to the usage, joined.

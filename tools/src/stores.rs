@@ -1,7 +1,7 @@
 //! `nokv-tool stores`: the registered stores, their addresses and liveness.
 
 use crate::render;
-use nokv_coordinator::proto::{StoreInfo, StoreState};
+use nokv_coordinator::proto::{StoreAdminState, StoreInfo, StoreState};
 use serde::Serialize;
 
 /// One store as printed (`--json`: one object of the array).
@@ -19,6 +19,8 @@ pub struct StoreRow {
     pub version: String,
     /// `up`, `down` or `unknown`.
     pub state: &'static str,
+    /// `serving`, `decommissioning` (its replicas move away) or `removed` (drained).
+    pub admin_state: &'static str,
     /// Milliseconds since the store's last heartbeat; `null` once another store registered
     /// at its RPC address (`replaced`).
     pub since_heartbeat_ms: Option<u64>,
@@ -40,7 +42,13 @@ pub fn row(info: &StoreInfo) -> StoreRow {
         _ => "unknown",
     };
     let replaced = info.since_heartbeat_ms == u64::MAX;
+    let admin_state = match meta.admin_state() {
+        StoreAdminState::Serving => "serving",
+        StoreAdminState::Decommissioning => "decommissioning",
+        StoreAdminState::Removed => "removed",
+    };
     StoreRow {
+        admin_state,
         id: meta.id,
         redis_addr: meta.redis_addr,
         rpc_addr: meta.rpc_addr,
@@ -51,6 +59,28 @@ pub fn row(info: &StoreInfo) -> StoreRow {
         replaced,
         regions: info.stats.as_ref().map(|s| s.region_count),
         leaders: info.stats.as_ref().map(|s| s.leader_count),
+    }
+}
+
+/// The `STATE` cell: the liveness of a serving store (`up`, `down`), `decommissioning`
+/// (`decommissioning,down` when down) or `removed`.
+pub fn state_cell(r: &StoreRow) -> String {
+    match r.admin_state {
+        "serving" => r.state.to_string(),
+        "removed" => "removed".to_string(),
+        admin if r.state == "up" => admin.to_string(),
+        admin => format!("{admin},{}", r.state),
+    }
+}
+
+/// One line for `store decommission`.
+pub fn decommission_line(r: &StoreRow) -> String {
+    match r.admin_state {
+        "removed" => format!("store {} is removed (it holds no replica)\n", r.id),
+        _ => format!(
+            "store {} is decommissioning: the scheduler moves its replicas away, then marks it removed (watch `nokv-tool stores`)\n",
+            r.id
+        ),
     }
 }
 
@@ -65,7 +95,7 @@ pub fn table(rows: &[StoreRow]) -> String {
         .map(|r| {
             vec![
                 r.id.to_string(),
-                r.state.to_string(),
+                state_cell(r),
                 match r.since_heartbeat_ms {
                     Some(ms) => render::age(ms),
                     None => "replaced".into(),

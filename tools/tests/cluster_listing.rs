@@ -17,6 +17,7 @@ fn meta(n: u16, rpc_port: u16, cores: u32) -> StoreMeta {
         redis_addr: format!("127.0.0.1:{}", 6300 + n),
         cores,
         version: VERSION.into(),
+        ..Default::default()
     }
 }
 

@@ -95,6 +95,10 @@ fn every_subcommand_has_help() {
         &["region", "--help"],
         &["region", "list", "--help"],
         &["region", "split", "--help"],
+        &["store", "decommission", "--help"],
+        &["schedule", "list", "--help"],
+        &["schedule", "on", "--help"],
+        &["schedule", "off", "--help"],
     ] {
         let out = tool(args);
         assert_eq!(out.code, Some(0), "{args:?}: {out:?}");

@@ -211,6 +211,7 @@ fn the_leader_is_found_through_the_coordinator() {
             redis_addr: store.addr.clone(),
             cores: 1,
             version: String::new(),
+            ..Default::default()
         })
         .expect("register");
     let regions = client

@@ -259,6 +259,7 @@ fn cluster() -> Cluster {
                 redis_addr: String::new(),
                 cores: 1,
                 version: "test".into(),
+                ..Default::default()
             })
             .expect("register");
         bound.push((id, l, a));

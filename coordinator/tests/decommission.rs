@@ -1,0 +1,229 @@
+//! Store decommission through the service: the scheduler drains the store through region
+//! heartbeats (as leaders running each operator would), the store ends `Removed`, that is
+//! persisted across a restart, and a removed store cannot register or heartbeat again.
+
+use nokv_coordinator::proto::{
+    request, response, BootstrapRequest, OperatorKind, Region, RegionHeartbeat, Request,
+    SetSchedulingRequest, StoreAdminState, StoreMeta, StoreStats,
+};
+use nokv_coordinator::{Config, Coordinator, Error, ManualClock};
+use std::path::Path;
+use std::sync::Arc;
+
+const CLUSTER: u64 = 42;
+
+fn open(dir: &Path, clock: &Arc<ManualClock>) -> Coordinator {
+    let mut cfg = Config::new(dir, CLUSTER);
+    cfg.clock = clock.clone();
+    cfg.scheduler.enabled = true;
+    Coordinator::open(cfg).expect("open coordinator")
+}
+
+fn store(n: u32) -> StoreMeta {
+    StoreMeta {
+        rpc_addr: format!("127.0.0.1:{}", 21160 + n),
+        redis_addr: format!("127.0.0.1:{}", 6480 + n),
+        cores: 2,
+        version: "test".into(),
+        ..Default::default()
+    }
+}
+
+fn admin(c: &Coordinator, id: u64) -> StoreAdminState {
+    c.store_info(id)
+        .expect("info")
+        .meta
+        .expect("meta")
+        .admin_state()
+}
+
+/// Every region reports once (leader: the recorded one, else the first peer); each operator
+/// is applied to the descriptor as its leader would. Returns the operators run.
+fn round(c: &Coordinator, stores: &[u64], next_peer: &mut u64) -> Vec<OperatorKind> {
+    // A removed store is gone (its heartbeats are refused).
+    for &id in stores
+        .iter()
+        .filter(|id| admin(c, **id) != StoreAdminState::Removed)
+    {
+        c.store_heartbeat(StoreStats {
+            store_id: id,
+            ..Default::default()
+        })
+        .expect("store heartbeat");
+    }
+    let mut ran = Vec::new();
+    let regions: Vec<(Region, u64)> = c
+        .state()
+        .regions_in_order()
+        .map(|e| (e.region.clone(), e.leader_peer_id))
+        .collect();
+    for (mut region, leader) in regions {
+        let leader = if leader == 0 {
+            region.peers[0].id
+        } else {
+            leader
+        };
+        let op = c
+            .region_heartbeat_op(RegionHeartbeat {
+                region: Some(region.clone()),
+                leader_peer_id: leader,
+                ..Default::default()
+            })
+            .expect("region heartbeat");
+        let Some(op) = op else { continue };
+        let peer = op.peer.clone().expect("peer");
+        let mut new_leader = leader;
+        match op.kind() {
+            OperatorKind::AddLearner => region.peers.push(peer),
+            OperatorKind::Promote => region
+                .peers
+                .iter_mut()
+                .filter(|p| p.id == peer.id)
+                .for_each(|p| p.learner = false),
+            OperatorKind::RemovePeer => {
+                assert_ne!(peer.id, leader, "a leader is never removed");
+                region.peers.retain(|p| p.id != peer.id);
+            }
+            OperatorKind::TransferLeader => new_leader = peer.id,
+            OperatorKind::Unknown => panic!("unknown operator"),
+        }
+        if op.kind() != OperatorKind::TransferLeader {
+            region.epoch_conf_version += 1;
+        }
+        let voters = region.peers.iter().filter(|p| !p.learner).count();
+        assert!(voters >= 3, "region {} fell to {voters} voters", region.id);
+        *next_peer += 1;
+        // The leader reports the change (the coordinator then sees the operator done).
+        c.region_heartbeat(RegionHeartbeat {
+            region: Some(region),
+            leader_peer_id: new_leader,
+            ..Default::default()
+        })
+        .expect("report the change");
+        ran.push(op.kind());
+    }
+    ran
+}
+
+#[test]
+fn a_decommissioned_store_is_drained_then_removed_and_stays_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let c = open(dir.path(), &clock);
+    let ids: Vec<u64> = (0..4)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    c.bootstrap(&BootstrapRequest {
+        split_keys: vec![b"b".to_vec(), b"d".to_vec(), b"f".to_vec()],
+        replicas: 3,
+    })
+    .expect("bootstrap");
+    let drained = ids[1];
+    let holds = |c: &Coordinator| {
+        c.state()
+            .regions_in_order()
+            .filter(|e| e.region.peers.iter().any(|p| p.store_id == drained))
+            .count()
+    };
+    assert!(holds(&c) > 0);
+    let info = c.decommission_store(drained).expect("decommission");
+    assert_eq!(
+        info.meta.expect("meta").admin_state(),
+        StoreAdminState::Decommissioning
+    );
+    // It gets no new replica: a region on the three other stores has nowhere to go.
+    let elsewhere = c
+        .state()
+        .regions_in_order()
+        .find(|e| e.region.peers.iter().all(|p| p.store_id != drained))
+        .map(|e| e.region.id)
+        .expect("a region without a replica on the drained store");
+    assert!(matches!(
+        c.place_replica(elsewhere),
+        Err(Error::NotEnoughStores { need: 1, have: 0 })
+    ));
+    // A registration of the draining store keeps the state.
+    let mut again = store(1);
+    again.id = drained;
+    c.register_store(again.clone()).expect("re-register");
+    assert_eq!(admin(&c, drained), StoreAdminState::Decommissioning);
+    let mut next_peer = 0;
+    let mut ran = Vec::new();
+    for _ in 0..60 {
+        clock.advance_ms(1_000);
+        let r = round(&c, &ids, &mut next_peer);
+        if r.is_empty() && holds(&c) == 0 {
+            break;
+        }
+        ran.extend(r);
+    }
+    assert_eq!(holds(&c), 0, "every replica moved off the store");
+    assert!(ran.contains(&OperatorKind::AddLearner) && ran.contains(&OperatorKind::RemovePeer));
+    assert_eq!(admin(&c, drained), StoreAdminState::Removed);
+    for e in c.state().regions_in_order() {
+        assert_eq!(e.region.peers.len(), 3);
+    }
+    // Tombstone: no registration, no heartbeat under that id.
+    assert!(matches!(
+        c.register_store(again.clone()),
+        Err(Error::InvalidArgument(m)) if m.contains("decommissioned")
+    ));
+    assert!(c
+        .store_heartbeat(StoreStats {
+            store_id: drained,
+            ..Default::default()
+        })
+        .is_err());
+    // Asking again changes nothing.
+    let info = c.decommission_store(drained).expect("again");
+    assert_eq!(
+        info.meta.expect("meta").admin_state(),
+        StoreAdminState::Removed
+    );
+    // Persisted: a restart keeps it.
+    drop(c);
+    let c = open(dir.path(), &clock);
+    assert_eq!(admin(&c, drained), StoreAdminState::Removed);
+    assert!(c.register_store(again).is_err());
+    // Three serving stores left for three replicas: another decommission is refused.
+    assert!(matches!(
+        c.decommission_store(ids[0]),
+        Err(Error::NotEnoughStores { need: 3, have: 2 })
+    ));
+    assert_eq!(admin(&c, ids[0]), StoreAdminState::Serving);
+    assert!(matches!(
+        c.decommission_store(999),
+        Err(Error::StoreNotFound(999))
+    ));
+}
+
+#[test]
+fn an_empty_store_is_removed_at_once_and_scheduling_switches_over_rpc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let c = open(dir.path(), &clock);
+    let ids: Vec<u64> = (0..4)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    // Not bootstrapped: no region anywhere, the store is drained already.
+    let info = c.decommission_store(ids[3]).expect("decommission");
+    assert_eq!(
+        info.meta.expect("meta").admin_state(),
+        StoreAdminState::Removed
+    );
+    let switch = |enabled: bool| match c
+        .handle(Request {
+            body: Some(request::Body::SetScheduling(SetSchedulingRequest {
+                enabled,
+            })),
+        })
+        .body
+    {
+        Some(response::Body::Operators(o)) => o.enabled,
+        other => panic!("unexpected answer {other:?}"),
+    };
+    assert!(!switch(false));
+    assert!(!c.operators().enabled);
+    assert!(switch(true));
+    assert!(c.operators().enabled);
+}
