@@ -17,8 +17,10 @@ use std::io;
 use std::path::Path;
 
 pub use block::Block;
+pub(crate) use block::{BlockBuilder, BlockCursor};
 pub use builder::{TableBuilder, TableBuilderOptions};
 pub use filter::bloom_hash;
+pub(crate) use filter::BloomFilter;
 pub use table::{Table, TableIterator};
 
 use crate::codec::{put_bytes, put_varint, Reader};
@@ -72,7 +74,7 @@ pub struct TableProperties {
 
 impl TableProperties {
     /// Encodes everything except `file_size` (known from the file itself).
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.smallest.len() + self.largest.len());
         put_varint(&mut out, self.num_entries);
         put_varint(&mut out, self.num_deletions);
@@ -94,7 +96,7 @@ impl TableProperties {
     }
 
     /// Decodes a properties block; trailing bytes are ignored (reserved for extensions).
-    fn decode(buf: &[u8], file_size: u64) -> Option<TableProperties> {
+    pub(crate) fn decode(buf: &[u8], file_size: u64) -> Option<TableProperties> {
         let mut r = Reader::new(buf);
         Some(TableProperties {
             file_size,
@@ -253,7 +255,7 @@ fn block_crc(stored: &[u8], ty: u8) -> u32 {
 /// Verifies the trailer of `raw` (stored bytes + trailer) and returns the decoded contents.
 ///
 /// `raw` is consumed so that uncompressed blocks are returned without a copy.
-fn decode_block_contents(mut raw: Vec<u8>, path: &Path, offset: u64) -> Result<Vec<u8>> {
+pub(crate) fn decode_block_contents(mut raw: Vec<u8>, path: &Path, offset: u64) -> Result<Vec<u8>> {
     if raw.len() < BLOCK_TRAILER_LEN {
         return Err(Error::corruption(
             path,
