@@ -25,6 +25,7 @@ pub use table::{Table, TableIterator};
 
 use crate::codec::{put_bytes, put_varint, Reader};
 use crate::error::{Error, Result};
+use crate::key::TRAILER_LEN;
 
 /// Magic number at the end of every table file ("NoKVSST1" as bytes, little-endian u64).
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"NoKVSST1");
@@ -98,7 +99,7 @@ impl TableProperties {
     /// Decodes a properties block; trailing bytes are ignored (reserved for extensions).
     pub(crate) fn decode(buf: &[u8], file_size: u64) -> Option<TableProperties> {
         let mut r = Reader::new(buf);
-        Some(TableProperties {
+        let props = TableProperties {
             file_size,
             num_entries: r.varint()?,
             num_deletions: r.varint()?,
@@ -130,7 +131,13 @@ impl TableProperties {
                 }
                 refs
             },
-        })
+        };
+        // The key bounds are internal keys, or both empty in a table without entries:
+        // shorter ones would be cut into logical key and trailer by whoever reads them.
+        let bounded = props.smallest.len() >= TRAILER_LEN && props.largest.len() >= TRAILER_LEN;
+        let unbounded =
+            props.smallest.is_empty() && props.largest.is_empty() && props.num_entries == 0;
+        (bounded || unbounded).then_some(props)
     }
 }
 
