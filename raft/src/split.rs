@@ -178,9 +178,9 @@ mod tests {
         }
     }
 
-    /// Found by the `split_request` fuzz target: a parent at the largest epoch version
-    /// (from a descriptor on disk or in a snapshot) made every replica panic applying a
-    /// split whose epoch matched; it is refused like any other bad split.
+    /// Found while writing the `split_request` fuzz target: a parent at the largest epoch
+    /// version (from a descriptor on disk or in a snapshot) made every replica panic
+    /// applying a split whose epoch matched; it is refused like any other bad split.
     #[test]
     fn a_split_of_a_region_at_the_largest_version_is_refused() {
         let mut p = parent();

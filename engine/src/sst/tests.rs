@@ -1139,7 +1139,7 @@ fn rewrite_properties(path: &Path, props: &TableProperties) {
     std::fs::write(path, out).expect("write table");
 }
 
-/// Found by the `region_snapshot` fuzz target: a properties block (with a valid checksum)
+/// Found while writing the `region_snapshot` fuzz target: a properties block (valid checksum)
 /// naming key bounds shorter than a key trailer, or none for a table with entries, opened
 /// fine and then panicked where the bounds were cut into logical key and trailer (region
 /// snapshot verification, ingest, compaction picking).
