@@ -8,7 +8,7 @@
 #
 # Environment: NOKV_FUZZ_JOBS targets run at once (default 2), NOKV_FUZZ_TARGETS a
 # space-separated subset of target names, NOKV_FUZZ_TARGET_DIR the build directory shared
-# by the three fuzz crates (default target/fuzz), NOKV_FUZZ_OUT where corpora, logs and
+# by the three fuzz crates (default ~/.cache/nokv-fuzz-target), NOKV_FUZZ_OUT where corpora, logs and
 # crash inputs go (default target/fuzz-out). docs/testing.md, "Fuzzing", lists the targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 SECS=${1:-20}
 CARGO_FUZZ_VERSION=0.13.2
 JOBS=${NOKV_FUZZ_JOBS:-2}
-TARGET_DIR=${NOKV_FUZZ_TARGET_DIR:-$PWD/target/fuzz}
+# Outside the checkout by default, so CI runs in fresh clones on one machine reuse the
+# instrumented dependencies (libFuzzer, raft-rs, protobuf, ...) instead of rebuilding them.
+TARGET_DIR=${NOKV_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nokv-fuzz-target}
 OUT=${NOKV_FUZZ_OUT:-$PWD/target/fuzz-out}
 CRATES=(engine raft gateway)
 
@@ -87,7 +89,8 @@ printf '%-18s %-6s %12s %10s %8s %8s\n' target result runs execs/s corpus cov
 for t in "${names[@]}"; do
     if [ "$(cat "$OUT/$t.rc" 2>/dev/null)" = 0 ]; then result=ok; else result=FAIL; failed=1; fi
     stat() { sed -n "s/^stat::$1: *//p" "$OUT/$t.log" | tail -1; }
-    corpus=$(find "$OUT/corpus/$t" -type f | wc -l)
+    crate=$(dirname "$(dirname "$(grep -l "name = \"$t\"" ./*/fuzz/Cargo.toml | head -1)")")
+    corpus=$(( $(find "$OUT/corpus/$t" -type f | wc -l) + $(find "$crate/fuzz/corpus/$t" -type f | wc -l) ))
     cov=$(grep -o 'cov: [0-9]*' "$OUT/$t.log" | tail -1 | cut -d' ' -f2)
     printf '%-18s %-6s %12s %10s %8s %8s\n' "$t" "$result" "$(stat number_of_executed_units)" \
         "$(stat average_exec_per_sec)" "$corpus" "${cov:-?}"
