@@ -23,6 +23,9 @@ pub mod db_iter;
 pub mod error;
 pub mod filename;
 pub mod fs;
+/// Entry points for the fuzz targets in `engine/fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod iter;
 pub mod key;
 pub mod manifest;

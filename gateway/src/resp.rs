@@ -273,6 +273,17 @@ pub fn encode_request<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     out
 }
 
+/// A simple string or error as one line: CR and LF become spaces, as Redis's
+/// `addReplyErrorFormat` does, so that no text (such as a protocol error quoting the
+/// client's byte) can end the line early and break the client's framing.
+fn one_line(s: String) -> String {
+    if s.contains(['\r', '\n']) {
+        s.replace(['\r', '\n'], " ")
+    } else {
+        s
+    }
+}
+
 /// The protocol a connection speaks (switched by HELLO).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -449,8 +460,8 @@ impl Reply {
 
     fn into_resp2(self) -> Frame2 {
         match self {
-            Reply::Simple(s) => Frame2::SimpleString(s.into_bytes()),
-            Reply::Error(e) => Frame2::Error(e),
+            Reply::Simple(s) => Frame2::SimpleString(one_line(s).into_bytes()),
+            Reply::Error(e) => Frame2::Error(one_line(e)),
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) | Reply::Verbatim(b) => Frame2::BulkString(b),
             Reply::Null => Frame2::Null,
@@ -472,11 +483,11 @@ impl Reply {
     fn into_resp3(self) -> Frame3 {
         match self {
             Reply::Simple(s) => Frame3::SimpleString {
-                data: s.into_bytes(),
+                data: one_line(s).into_bytes(),
                 attributes: None,
             },
             Reply::Error(e) => Frame3::SimpleError {
-                data: e,
+                data: one_line(e),
                 attributes: None,
             },
             Reply::Int(i) => Frame3::Number {
@@ -628,6 +639,23 @@ mod tests {
         assert!(s("\"a\"b").is_none());
         assert!(s("'a").is_none());
         assert_eq!(s("").unwrap(), Vec::<Vec<u8>>::new());
+    }
+
+    /// Found by the `session` fuzz target: `*1\r\n\n` was answered
+    /// `-ERR Protocol error: expected '$', got '\n'` with the raw newline inside the
+    /// error line, which the client reads as a broken frame. Redis sends a space.
+    #[test]
+    fn simple_strings_and_errors_stay_on_one_line() {
+        for p in [Protocol::Resp2, Protocol::Resp3] {
+            let e = Reply::error("ERR got '\n' and '\r'").to_bytes(p).unwrap();
+            assert_eq!(e, b"-ERR got ' ' and ' '\r\n".to_vec());
+            let s = Reply::Simple("a\r\nb".into()).to_bytes(p).unwrap();
+            assert_eq!(s, b"+a  b\r\n".to_vec());
+            let nested = Reply::Array(vec![Reply::error("ERR \n")])
+                .to_bytes(p)
+                .unwrap();
+            assert_eq!(nested, b"*1\r\n-ERR  \r\n".to_vec());
+        }
     }
 
     #[test]

@@ -128,8 +128,13 @@ impl SplitRequest {
                 "the split names stores the region has no replica on".into(),
             ));
         }
+        let Some(version) = parent.epoch.version.checked_add(1) else {
+            return Err(refuse(
+                "the region's epoch version is at its maximum".into(),
+            ));
+        };
         let epoch = Epoch {
-            version: parent.epoch.version + 1,
+            version,
             conf_version: parent.epoch.conf_version,
         };
         let child = RegionDescriptor {
@@ -170,6 +175,23 @@ mod tests {
             new_region: 9,
             new_peers: vec![(2, 91), (1, 90)],
             epoch: parent().epoch,
+        }
+    }
+
+    /// Found while writing the `split_request` fuzz target: a parent at the largest epoch
+    /// version (from a descriptor on disk or in a snapshot) made every replica panic
+    /// applying a split whose epoch matched; it is refused like any other bad split.
+    #[test]
+    fn a_split_of_a_region_at_the_largest_version_is_refused() {
+        let mut p = parent();
+        p.epoch.version = u64::MAX;
+        let mut r = request();
+        r.epoch = p.epoch;
+        match r.apply_to(&p) {
+            Err(Error::InvalidProposal { reason, .. }) => {
+                assert!(reason.contains("epoch version"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 

@@ -17,12 +17,15 @@ use std::io;
 use std::path::Path;
 
 pub use block::Block;
+pub(crate) use block::{BlockBuilder, BlockCursor};
 pub use builder::{TableBuilder, TableBuilderOptions};
 pub use filter::bloom_hash;
+pub(crate) use filter::BloomFilter;
 pub use table::{Table, TableIterator};
 
 use crate::codec::{put_bytes, put_varint, Reader};
 use crate::error::{Error, Result};
+use crate::key::TRAILER_LEN;
 
 /// Magic number at the end of every table file ("NoKVSST1" as bytes, little-endian u64).
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"NoKVSST1");
@@ -72,7 +75,7 @@ pub struct TableProperties {
 
 impl TableProperties {
     /// Encodes everything except `file_size` (known from the file itself).
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.smallest.len() + self.largest.len());
         put_varint(&mut out, self.num_entries);
         put_varint(&mut out, self.num_deletions);
@@ -94,9 +97,9 @@ impl TableProperties {
     }
 
     /// Decodes a properties block; trailing bytes are ignored (reserved for extensions).
-    fn decode(buf: &[u8], file_size: u64) -> Option<TableProperties> {
+    pub(crate) fn decode(buf: &[u8], file_size: u64) -> Option<TableProperties> {
         let mut r = Reader::new(buf);
-        Some(TableProperties {
+        let props = TableProperties {
             file_size,
             num_entries: r.varint()?,
             num_deletions: r.varint()?,
@@ -128,7 +131,13 @@ impl TableProperties {
                 }
                 refs
             },
-        })
+        };
+        // The key bounds are internal keys, or both empty in a table without entries:
+        // shorter ones would be cut into logical key and trailer by whoever reads them.
+        let bounded = props.smallest.len() >= TRAILER_LEN && props.largest.len() >= TRAILER_LEN;
+        let unbounded =
+            props.smallest.is_empty() && props.largest.is_empty() && props.num_entries == 0;
+        (bounded || unbounded).then_some(props)
     }
 }
 
@@ -253,7 +262,7 @@ fn block_crc(stored: &[u8], ty: u8) -> u32 {
 /// Verifies the trailer of `raw` (stored bytes + trailer) and returns the decoded contents.
 ///
 /// `raw` is consumed so that uncompressed blocks are returned without a copy.
-fn decode_block_contents(mut raw: Vec<u8>, path: &Path, offset: u64) -> Result<Vec<u8>> {
+pub(crate) fn decode_block_contents(mut raw: Vec<u8>, path: &Path, offset: u64) -> Result<Vec<u8>> {
     if raw.len() < BLOCK_TRAILER_LEN {
         return Err(Error::corruption(
             path,
