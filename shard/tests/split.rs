@@ -295,30 +295,32 @@ fn manual_splits_under_concurrent_writes_lose_no_acknowledged_write() {
     server.terminate();
 }
 
-#[test]
-fn sigkill_in_the_middle_of_splits_leaves_every_slot_owned_once_and_every_write() {
+/// Rounds of SIGKILL in the middle of operator commands: a fresh start, writers, the
+/// `commands` for the regions sent without waiting, a SIGKILL `first + step x round` ms
+/// later; the restart must tile the slots once (with as many regions as before when
+/// `same_count`) and read back every acknowledged write.
+fn sigkill_rounds(
+    rounds: usize,
+    (first, step): (u64, u64),
+    same_count: bool,
+    commands: impl Fn(&[Region]) -> Vec<Vec<String>>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
     let flags = ["--cores", "2", "--region-max-bytes", "0"];
     let mut all = BTreeMap::new();
-    for round in 0..4 {
+    for round in 0..rounds {
         let server = Server::start(&workdir, &flags);
         let mut c = server.client();
         let before = regions(&mut c);
         assert_tiles(&before);
         let writers = Writers::start(&server.addr, 3, round);
         std::thread::sleep(Duration::from_millis(100));
-        // Split requests sent without waiting, then the process is killed a moment later.
-        let targets: Vec<u64> = before
-            .iter()
-            .filter(|r| r.2 - r.1 >= 2)
-            .map(|r| r.0)
-            .take(3)
-            .collect();
-        for id in &targets {
-            c.send(&[b"NOKV.REGION", b"SPLIT", id.to_string().as_bytes()]);
+        for cmd in commands(&before) {
+            let words: Vec<&[u8]> = cmd.iter().map(|w| w.as_bytes()).collect();
+            c.send(&words);
         }
-        std::thread::sleep(Duration::from_millis(5 + 15 * round as u64));
+        std::thread::sleep(Duration::from_millis(first + step * round as u64));
         server.kill();
         let (acked, _) = writers.finish();
         all.extend(acked);
@@ -326,10 +328,25 @@ fn sigkill_in_the_middle_of_splits_leaves_every_slot_owned_once_and_every_write(
         let mut c = server.client();
         let after = regions(&mut c);
         assert_tiles(&after);
+        if same_count {
+            assert_eq!(after.len(), before.len(), "{after:?}");
+        }
         assert_values(&mut c, &all);
         server.terminate();
     }
     assert!(all.len() > 50, "writes acknowledged: {}", all.len());
+}
+
+#[test]
+fn sigkill_in_the_middle_of_splits_leaves_every_slot_owned_once_and_every_write() {
+    sigkill_rounds(4, (5, 15), false, |regions| {
+        regions
+            .iter()
+            .filter(|r| r.2 - r.1 >= 2)
+            .take(3)
+            .map(|r| vec!["NOKV.REGION".into(), "SPLIT".into(), r.0.to_string()])
+            .collect()
+    });
 }
 
 /// Sends `keys` as pipelined GETs (batches of 100) for `rounds` rounds.
@@ -528,38 +545,16 @@ fn regions_move_between_cores_while_clients_write_and_nothing_is_lost() {
 
 #[test]
 fn sigkill_in_the_middle_of_moves_leaves_each_region_on_one_core_with_every_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
-    let mut all = BTreeMap::new();
-    for round in 0..5 {
-        let server = Server::start(&workdir, &flags);
-        let mut c = server.client();
-        let before = regions(&mut c);
-        assert_tiles(&before);
-        let writers = Writers::start(&server.addr, 3, round);
-        std::thread::sleep(Duration::from_millis(100));
-        for r in before.iter().take(4) {
-            c.send(&[
-                b"NOKV.REGION",
-                b"MOVE",
-                r.0.to_string().as_bytes(),
-                (1 - r.3).to_string().as_bytes(),
-            ]);
-        }
-        std::thread::sleep(Duration::from_millis(3 + 7 * round as u64));
-        server.kill();
-        let (acked, _) = writers.finish();
-        all.extend(acked);
-        let server = Server::start(&workdir, &flags);
-        let mut c = server.client();
-        let after = regions(&mut c);
-        assert_tiles(&after);
-        assert_eq!(after.len(), before.len(), "{after:?}");
-        assert_values(&mut c, &all);
-        server.terminate();
-    }
-    assert!(all.len() > 50, "writes acknowledged: {}", all.len());
+    sigkill_rounds(5, (3, 7), true, |regions| {
+        regions
+            .iter()
+            .take(4)
+            .map(|r| {
+                let to = (1 - r.3).to_string();
+                vec!["NOKV.REGION".into(), "MOVE".into(), r.0.to_string(), to]
+            })
+            .collect()
+    });
 }
 
 #[test]
