@@ -225,22 +225,30 @@ done
 # Healthy: every store answers a GET of 64 probe keys (spread over the hash slots, so
 # over the regions; a leader's read is a ReadIndex round) with a value or -MOVED (a
 # leader is known), not -TRYAGAIN or another error.
+# PROBE_LAST keeps what the last failed probe saw, for the message when the wait times out.
+# The probe runs in a subshell that ignores SIGPIPE: a store that closes the connection
+# makes a write fail (and the probe retry) rather than kill this script.
+PROBE_LAST="no probe yet"
 probe() { # host port -> 0 when every probe key has a leader
-    exec 3<> "/dev/tcp/$1/$2" 2> /dev/null || return 1
-    local k line ok=0
-    for k in $(seq 1 64); do
-        printf '*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n' "$((11 + ${#k}))" "nokv-probe:$k" >&3
-    done
-    for k in $(seq 1 64); do
-        IFS= read -r -t 5 line <&3 || { ok=1; break; }
-        case "$line" in
-        '$-1'* | -MOVED*) ;;
-        '$'*) IFS= read -r -t 5 line <&3 || { ok=1; break; } ;;
-        *) ok=1 ;;
-        esac
-    done
-    exec 3>&-
-    return $ok
+    local out
+    out=$(
+        trap '' PIPE
+        { exec 3<> "/dev/tcp/$1/$2"; } 2> /dev/null || { echo "cannot connect to $1:$2"; exit 1; }
+        for k in $(seq 1 64); do
+            printf '*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n' "$((11 + ${#k}))" "nokv-probe:$k" >&3 ||
+                { echo "the connection to $1:$2 was closed"; exit 1; }
+        done
+        for k in $(seq 1 64); do
+            IFS= read -r -t 5 line <&3 || { echo "no reply to GET nokv-probe:$k in 5 s"; exit 1; }
+            case "$line" in
+            '$-1'* | -MOVED*) ;;
+            '$'*) IFS= read -r -t 5 line <&3 || { echo "no value for GET nokv-probe:$k in 5 s"; exit 1; } ;;
+            *) echo "GET nokv-probe:$k: ${line%$'\r'}"; exit 1 ;;
+            esac
+        done
+    ) && return 0
+    PROBE_LAST=$out
+    return 1
 }
 deadline=$((SECONDS + TIMEOUT))
 for s in "${STORE_LOGS[@]}"; do
@@ -252,7 +260,8 @@ for s in "${STORE_LOGS[@]}"; do
             exit 1
         fi
         if ((SECONDS > deadline)); then
-            echo "cluster.sh: $name has regions without a leader after $TIMEOUT s; see $log" >&2
+            echo "cluster.sh: $name has regions without a leader after $TIMEOUT s (last probe: $PROBE_LAST); the end of its log ($log):" >&2
+            tail -n 20 "$log" >&2
             exit 1
         fi
         sleep 0.5

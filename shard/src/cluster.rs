@@ -338,17 +338,36 @@ pub fn join(
     tracing::info!(store = store_id, "registered with the coordinator");
     let replicas = settings.bootstrap_replicas;
     let mut waiting_logged = false;
+    // A coordinator call that fails for a reason that passes (a timeout under load, a
+    // leader change) is tried again at the next poll: a store that gave up here would
+    // leave the others waiting for it.
+    let transient = |op: &'static str, e: nokv_coordinator::Error| -> Result<()> {
+        if e.is_retryable() || matches!(e, nokv_coordinator::Error::DeadlineExceeded { .. }) {
+            tracing::warn!(error = %e, op, "coordinator call failed while joining; trying again");
+            Ok(())
+        } else {
+            Err(coord_err(op)(e))
+        }
+    };
     let routes = loop {
         if shutdown.load(Ordering::SeqCst) {
             return Err(Error::Cluster(
                 "stopped while waiting for the cluster's bootstrap".into(),
             ));
         }
-        let routes = scan_all(&client).map_err(coord_err("scan regions"))?;
-        if !routes.is_empty() {
-            break routes;
-        }
-        let stores = client.stores().map_err(coord_err("list stores"))?;
+        let stores = match scan_all(&client) {
+            Ok(routes) if !routes.is_empty() => break routes,
+            Ok(_) => client.stores(),
+            Err(e) => Err(e),
+        };
+        let stores = match stores {
+            Ok(stores) => stores,
+            Err(e) => {
+                transient("scan regions and stores", e)?;
+                std::thread::sleep(BOOTSTRAP_POLL);
+                continue;
+            }
+        };
         let up = stores
             .iter()
             .filter(|s| {
@@ -368,7 +387,7 @@ pub fn join(
                 }
                 Err(nokv_coordinator::Error::AlreadyBootstrapped)
                 | Err(nokv_coordinator::Error::NotEnoughStores { .. }) => {}
-                Err(e) => return Err(coord_err("bootstrap")(e)),
+                Err(e) => transient("bootstrap", e)?,
             }
         } else if !waiting_logged {
             waiting_logged = true;

@@ -121,8 +121,32 @@ fn start_script(topology: &Path, workdir: &Path) -> (Child, mpsc::Receiver<Strin
     (child, rx)
 }
 
-/// Lines until one contains `want` (bounded); panics with what was printed otherwise.
-fn wait_for(rx: &mpsc::Receiver<String>, want: &str, limit: Duration, seen: &mut Vec<String>) {
+/// The last lines of every log under `work` (the processes the script started).
+fn log_tails(work: &Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(work)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- {} (last 40 lines)\n", log.display()));
+        out.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
+    out
+}
+
+/// Lines until one contains `want` (bounded); panics with what was printed (and the
+/// processes' logs under `work`) otherwise.
+fn wait_for(
+    rx: &mpsc::Receiver<String>,
+    want: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+    work: &Path,
+) {
     let deadline = Instant::now() + limit;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
@@ -138,8 +162,9 @@ fn wait_for(rx: &mpsc::Receiver<String>, want: &str, limit: Duration, seen: &mut
         }
     }
     panic!(
-        "no line with {want:?}; the script printed:\n{}",
-        seen.join("\n")
+        "no line with {want:?}; the script printed:\n{}\n{}",
+        seen.join("\n"),
+        log_tails(work)
     );
 }
 
@@ -170,8 +195,14 @@ fn the_script_brings_a_cluster_up_from_a_topology_and_stops_it() {
     let work = dir.path().join("data");
     let (mut child, rx) = start_script(&topo, &work);
     let mut seen = Vec::new();
-    wait_for(&rx, "is up", Duration::from_secs(180), &mut seen);
-    wait_for(&rx, "redis-cli -c", Duration::from_secs(5), &mut seen);
+    wait_for(&rx, "is up", Duration::from_secs(180), &mut seen, &work);
+    wait_for(
+        &rx,
+        "redis-cli -c",
+        Duration::from_secs(5),
+        &mut seen,
+        &work,
+    );
 
     for i in 0..30 {
         let k = format!("deploy-{i}");
