@@ -27,6 +27,10 @@
 
 use crate::codec::{self, TAG_CHECKPOINT, TAG_ENTRY, TAG_HARD_STATE};
 use crate::error::{Error, Result};
+use crate::merge::{
+    check_mergeable, put_merge_state, CommitMerge, MergeEntry, MergeState, PrepareMerge,
+    RollbackMerge,
+};
 use crate::region::{region_key, save_region, PeerMeta, PeerRole, RegionDescriptor, META_SPACE};
 use crate::snapshot::{
     applied_snapshot, decode_snapshot_data, kv_ranges, put_log_floor, ApplySnapshot, DataRanges,
@@ -118,6 +122,18 @@ pub trait Outbox<T> {
     fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
         let _ = (parent, child);
     }
+    /// A merge step proposed through this core ([`RaftCore::propose_prepare_merge`],
+    /// [`RaftCore::propose_commit_merge`], [`RaftCore::propose_rollback_merge`]) was
+    /// applied (the region it was proposed to, as it is now) or refused.
+    fn merge_done(&mut self, token: T, result: Result<RegionDescriptor>) {
+        let _ = (token, result);
+    }
+    /// A merge was applied here (on every replica): `target` as it is now covers the
+    /// range of `source`, whose peer no longer runs on this core (its data is the
+    /// target's now: nothing to delete).
+    fn region_merged(&mut self, target: &RegionDescriptor, source: u64) {
+        let _ = (target, source);
+    }
     /// A read queued by [`RaftCore::read`] may now run on the local engine (`Ok`: the
     /// region is applied past the index a quorum confirmed) or failed (leadership lost).
     fn read_ready(&mut self, token: T, result: Result<()>) {
@@ -165,6 +181,11 @@ struct RegionEntries {
     changed: bool,
     /// The entries end with a split (at `last`): persisted with the applied index.
     split: Option<Box<SplitApplied>>,
+    /// The entries end with a merge into this region (at `last`): the region after it and
+    /// the source it took over, persisted with the applied index.
+    merge: Option<(RegionDescriptor, u64)>,
+    /// The region's merge state changed (a prepare or a rollback at `last`).
+    merge_state: Option<Option<MergeState>>,
 }
 
 /// A split applied in a round: what the apply persists.
@@ -261,8 +282,16 @@ impl ApplyBatch {
                 meta.put_in(META_SPACE, &region_key(child), &split.child.encode());
                 put_log_floor(&mut meta, child, r.last, split.term);
                 applied.push((child, r.last));
+            } else if let Some((target, source)) = &r.merge {
+                // The wider target and the source's removal become durable together.
+                meta.put_in(META_SPACE, &region_key(region), &target.encode());
+                meta.delete_in(META_SPACE, &region_key(*source));
+                put_merge_state(&mut meta, *source, None);
             } else if r.changed {
                 meta.put_in(META_SPACE, &region_key(region), &r.region.encode());
+            }
+            if let Some(state) = r.merge_state {
+                put_merge_state(&mut meta, region, state);
             }
             db.apply_unlogged_at(&meta, &applied).map_err(|e| {
                 Error::engine(format!("record applied index of region {region}"), e)
@@ -384,6 +413,8 @@ pub struct Recovered {
     regions: Vec<RegionDescriptor>,
     replayed: BTreeMap<u64, ReplayedRegion>,
     applied: BTreeMap<u64, u64>,
+    /// Regions in a merge's prepared state.
+    merging: BTreeMap<u64, MergeState>,
 }
 
 impl Recovered {
@@ -431,10 +462,12 @@ impl Recovered {
                 }
             }
         }
+        let merging = crate::merge::load_merge_states(db)?;
         Ok(Recovered {
             regions,
             replayed,
             applied,
+            merging,
         })
     }
 }
@@ -467,6 +500,7 @@ impl Recovered {
         self.regions.retain(|d| d.id != region);
         self.replayed.remove(&region);
         self.applied.remove(&region);
+        self.merging.remove(&region);
     }
 }
 
@@ -475,6 +509,8 @@ impl Recovered {
 pub struct CheckpointPlan {
     targets: Vec<(u64, crate::codec::Checkpoint)>,
     records: Vec<(u8, Vec<u8>)>,
+    /// Merge sources whose merge is durable.
+    retired_done: Vec<u64>,
 }
 
 impl CheckpointPlan {
@@ -535,8 +571,13 @@ struct Peer<T> {
     /// The region is being moved to another core: no new proposal.
     fenced: bool,
     /// The index of a split this leader proposed and has not applied yet: no new proposal
-    /// until it is (one would carry the old epoch and be refused after the split).
+    /// until it is (one would carry the old epoch and be refused after the split). A
+    /// merge step this leader proposed pauses proposals the same way.
     splitting: Option<u64>,
+    /// The region merges into another (its prepare is applied): no new proposal.
+    merging: Option<MergeState>,
+    /// Committed entries waiting for a merge source on this core to apply its prepare.
+    held: VecDeque<Entry>,
 }
 
 /// The peers of one core and the engine they share.
@@ -562,6 +603,9 @@ pub struct RaftCore<T> {
     /// Regions that are not hibernating: only these are ticked and polled (see
     /// [`RaftCore::tick`]).
     awake: BTreeSet<u64>,
+    /// Sources of merges applied here whose merge may not be durable yet: source ->
+    /// (target, index of the merge in the target's log). No log checkpoint until it is.
+    retired: BTreeMap<u64, (u64, u64)>,
 }
 
 fn conf_state(desc: &RegionDescriptor) -> ConfState {
@@ -693,6 +737,7 @@ impl<T> RaftCore<T> {
             regions,
             mut replayed,
             applied,
+            merging,
         } = rec;
         let mut core = RaftCore {
             db,
@@ -706,12 +751,17 @@ impl<T> RaftCore<T> {
             exporting: BTreeSet::new(),
             orphans: BTreeMap::new(),
             awake: BTreeSet::new(),
+            retired: BTreeMap::new(),
         };
         for desc in regions {
             let applied = applied.get(&desc.id).copied().unwrap_or(0);
             let log = replayed.remove(&desc.id).unwrap_or_default();
             let storage = PeerStorage::from_replay(conf_state(&desc), log, applied)?;
+            let id = desc.id;
             core.add_peer(desc, storage, applied)?;
+            if let (Some(p), Some(st)) = (core.peers.get_mut(&id), merging.get(&id)) {
+                p.merging = Some(*st);
+            }
         }
         for region in replayed.keys() {
             tracing::info!(
@@ -831,6 +881,8 @@ impl<T> RaftCore<T> {
                 unborn: false,
                 fenced: false,
                 splitting: None,
+                merging: None,
+                held: VecDeque::new(),
             },
         );
         self.awake.insert(region);
@@ -1167,6 +1219,204 @@ impl<T> RaftCore<T> {
         Ok(index)
     }
 
+    /// Proposes the first step of merging `source` into `target` (adjacent, with replicas
+    /// on the same stores, both on this core): from its apply on, `source` takes no
+    /// proposal. `token` comes back through [`Outbox::merge_done`]. Refused at once while a
+    /// membership change of either is pending or `source` is already merging.
+    pub fn propose_prepare_merge(
+        &mut self,
+        source: u64,
+        target: u64,
+        token: T,
+    ) -> std::result::Result<u64, (Error, T)> {
+        let Some(t) = self.peers.get(&target) else {
+            return Err((Error::RegionNotFound(target), token));
+        };
+        let target_desc = t.region.clone();
+        let busy = self.conf_change_pending(source) || self.conf_change_pending(target);
+        self.wake(source);
+        let peer = match leading(&mut self.peers, source) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
+        };
+        if busy {
+            let reason = "a membership change is not applied yet".to_string();
+            return Err((
+                Error::InvalidProposal {
+                    region: source,
+                    reason,
+                },
+                token,
+            ));
+        }
+        if let Err(e) = check_mergeable(&target_desc, &peer.region) {
+            return Err((e, token));
+        }
+        let req = PrepareMerge {
+            target,
+            epoch: peer.region.epoch,
+        };
+        let before = peer.node.raft.raft_log.last_index();
+        let data = MergeEntry::Prepare(req).encode();
+        let taken = peer.node.propose(epoch_context(&peer.region), data);
+        let index = record_proposal(peer, before, taken, token)?;
+        peer.splitting = Some(index);
+        Ok(index)
+    }
+
+    /// Proposes the second step: `target` takes over `source`, whose prepare this core
+    /// has applied. The target's log is first padded with empty entries up to the
+    /// source's prepare index (MVCC versions are raft indexes and must keep growing per
+    /// key). `token` comes back through [`Outbox::merge_done`].
+    pub fn propose_commit_merge(
+        &mut self,
+        target: u64,
+        source: u64,
+        token: T,
+    ) -> std::result::Result<u64, (Error, T)> {
+        let Some(s) = self.peers.get(&source) else {
+            return Err((Error::RegionNotFound(source), token));
+        };
+        let Some(state) = s.merging.filter(|m| m.target == target) else {
+            let reason = format!("region {source} is not prepared to merge into {target}");
+            return Err((
+                Error::InvalidProposal {
+                    region: target,
+                    reason,
+                },
+                token,
+            ));
+        };
+        if s.applied < state.prepared_at {
+            return Err((Error::Paused { region: source }, token));
+        }
+        // Every replica of the source must hold the log up to the prepare: once the
+        // source's peers are gone, nobody could send it what it misses.
+        let raft = &s.node.raft;
+        if raft.state != StateRole::Leader {
+            let reason = format!("region {source}'s leader must be on this store");
+            return Err((
+                Error::InvalidProposal {
+                    region: target,
+                    reason,
+                },
+                token,
+            ));
+        }
+        if raft
+            .prs()
+            .iter()
+            .any(|(_, p)| p.matched < state.prepared_at)
+        {
+            return Err((Error::Paused { region: source }, token));
+        }
+        let Some(prepared_term) = s.node.store().term_of(state.prepared_at) else {
+            return Err((Error::Paused { region: source }, token));
+        };
+        let source_desc = s.region.clone();
+        self.wake(target);
+        let peer = match leading(&mut self.peers, target) {
+            Ok(p) => p,
+            Err(e) => return Err((e, token)),
+        };
+        if let Err(e) = check_mergeable(&peer.region, &source_desc) {
+            return Err((e, token));
+        }
+        let gap = state
+            .prepared_at
+            .saturating_sub(peer.node.raft.raft_log.last_index());
+        if gap > MAX_MERGE_PADDING {
+            let reason = format!(
+                "the target's log is {gap} entries behind the source's; merge the other way"
+            );
+            return Err((
+                Error::InvalidProposal {
+                    region: target,
+                    reason,
+                },
+                token,
+            ));
+        }
+        // Bounded by MAX_MERGE_PADDING.
+        while peer.node.raft.raft_log.last_index() < state.prepared_at {
+            let before = peer.node.raft.raft_log.last_index();
+            match peer.node.propose(Vec::new(), Vec::new()) {
+                Ok(()) if peer.node.raft.raft_log.last_index() > before => {}
+                Ok(()) => {
+                    let index = before;
+                    return Err((
+                        Error::ProposalDropped {
+                            region: target,
+                            index,
+                        },
+                        token,
+                    ));
+                }
+                Err(source) => {
+                    return Err((
+                        Error::Raft {
+                            region: target,
+                            source,
+                        },
+                        token,
+                    ))
+                }
+            }
+        }
+        let req = CommitMerge {
+            source: source_desc,
+            prepared_at: state.prepared_at,
+            prepared_term,
+            epoch: peer.region.epoch,
+        };
+        let before = peer.node.raft.raft_log.last_index();
+        let data = MergeEntry::Commit(req).encode();
+        let taken = peer.node.propose(epoch_context(&peer.region), data);
+        let index = record_proposal(peer, before, taken, token)?;
+        peer.splitting = Some(index);
+        Ok(index)
+    }
+
+    /// Proposes to undo `source`'s prepared merge (its target cannot take it over): it
+    /// takes proposals again once applied. `token` comes back through
+    /// [`Outbox::merge_done`].
+    pub fn propose_rollback_merge(
+        &mut self,
+        source: u64,
+        token: T,
+    ) -> std::result::Result<u64, (Error, T)> {
+        self.wake(source);
+        let Some(peer) = self.peers.get_mut(&source) else {
+            return Err((Error::RegionNotFound(source), token));
+        };
+        if peer.node.raft.state != StateRole::Leader {
+            return Err((not_leader(peer), token));
+        }
+        let Some(state) = peer.merging else {
+            let reason = "no merge is prepared".to_string();
+            return Err((
+                Error::InvalidProposal {
+                    region: source,
+                    reason,
+                },
+                token,
+            ));
+        };
+        let req = RollbackMerge {
+            prepared_at: state.prepared_at,
+            epoch: peer.region.epoch,
+        };
+        let before = peer.node.raft.raft_log.last_index();
+        let data = MergeEntry::Rollback(req).encode();
+        let taken = peer.node.propose(epoch_context(&peer.region), data);
+        record_proposal(peer, before, taken, token)
+    }
+
+    /// `region`'s merge in progress (its prepare applied here), if any.
+    pub fn merge_state(&self, region: u64) -> Option<MergeState> {
+        self.peers.get(&region)?.merging
+    }
+
     /// Advances the logical clock of every region that is not hibernating by one tick.
     ///
     /// **Hibernation.** A region whose only voter is the local peer, which leads it with
@@ -1258,7 +1508,22 @@ impl<T> RaftCore<T> {
         self.awake
             .iter()
             .filter_map(|id| self.peers.get(id))
-            .any(|p| p.node.has_ready())
+            .any(|p| {
+                p.node.has_ready()
+                    || held_commit(p).is_some_and(|c| {
+                        self.peers.get(&c.source.id).is_some_and(|s| {
+                            let log = &s.node.raft.raft_log;
+                            log.committed < c.prepared_at
+                                && log.term(c.prepared_at).is_ok_and(|t| t == c.prepared_term)
+                        })
+                    })
+                    || p.held.front().is_some_and(|e| {
+                        !waits_for_source(p, e, |id| {
+                            let s = self.peers.get(&id)?;
+                            Some((s.applied, s.merging?))
+                        })
+                    })
+            })
     }
 
     /// Runs one poll round with every phase inline (see the module docs). An error means
@@ -1297,12 +1562,38 @@ impl<T> RaftCore<T> {
         let mut tokens = Vec::new();
         let mut persisting = Vec::new();
         let mut born = Vec::new();
+        self.nudge_merge_sources();
+        let mut merges = MergeRound::default();
+        for &id in &self.awake {
+            if let Some(st) = self
+                .peers
+                .get(&id)
+                .and_then(|p| Some((p.applied, p.merging?)))
+            {
+                merges.sources.insert(id, st);
+            }
+        }
         let segment = self.wal_segment;
         for &id in &self.awake {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
             if !peer.node.has_ready() {
+                if !peer.held.is_empty() {
+                    // Entries held for a merge source: maybe it has applied its prepare.
+                    let held = collect_committed(
+                        peer,
+                        Vec::new(),
+                        &mut tokens,
+                        out,
+                        &mut born,
+                        &mut merges,
+                    );
+                    for r in held {
+                        stats.applied += r.entries.len();
+                        regions.push(r);
+                    }
+                }
                 continue;
             }
             let mut rd = peer.node.ready();
@@ -1341,6 +1632,8 @@ impl<T> RaftCore<T> {
                     last: index,
                     changed: false,
                     split: None,
+                    merge: None,
+                    merge_state: None,
                 });
                 let c = codec::Checkpoint {
                     hard_state: peer.node.store().hard_state().clone(),
@@ -1357,7 +1650,7 @@ impl<T> RaftCore<T> {
                 confirm_read(peer, &rs.request_ctx, rs.index, self.cfg.lease);
             }
             let committed = rd.take_committed_entries();
-            for r in collect_committed(peer, committed, &mut tokens, out, &mut born) {
+            for r in collect_committed(peer, committed, &mut tokens, out, &mut born, &mut merges) {
                 stats.applied += r.entries.len();
                 regions.push(r);
             }
@@ -1392,7 +1685,10 @@ impl<T> RaftCore<T> {
         for b in born {
             self.start_child(b, out)?;
         }
-        if persisting.is_empty() {
+        for (target, source, index) in merges.merged {
+            self.retire_source(&target, source, index, out);
+        }
+        if persisting.is_empty() && regions.is_empty() {
             return Ok(None);
         }
         stats.records = records.len();
@@ -1419,6 +1715,48 @@ impl<T> RaftCore<T> {
             persisting,
             stats,
         }))
+    }
+
+    /// A merge into a region here is committed, so its source's prepare is too: a source
+    /// replica that holds the prepare entry (same index and term) but has not heard that
+    /// it is committed (its leader may be gone with the merge) counts it committed.
+    fn nudge_merge_sources(&mut self) {
+        let mut nudges = Vec::new();
+        for id in &self.awake {
+            let Some(c) = self.peers.get(id).and_then(|p| held_commit(p)) else {
+                continue;
+            };
+            nudges.push((c.source.id, c.prepared_at, c.prepared_term));
+        }
+        for (source, at, term) in nudges {
+            let Some(s) = self.peers.get_mut(&source) else {
+                continue;
+            };
+            let log = &mut s.node.raft.raft_log;
+            if log.committed < at && log.term(at).is_ok_and(|t| t == term) {
+                log.commit_to(at);
+                self.awake.insert(source);
+            }
+        }
+    }
+
+    /// Stops the peer of `source`, which a merge into `target` took over (its data is the
+    /// target's now). Its log stays in the WAL until the merge is durable
+    /// ([`RaftCore::plan_checkpoint`]): until then a restart applies the merge again.
+    fn retire_source(
+        &mut self,
+        target: &RegionDescriptor,
+        source: u64,
+        index: u64,
+        out: &mut dyn Outbox<T>,
+    ) {
+        let mut waiting = Vec::new();
+        self.remove_region(source, |t| waiting.push(t));
+        for t in waiting {
+            out.abandon(t, Error::RegionNotFound(source));
+        }
+        self.retired.insert(source, (target.id, index));
+        out.region_merged(target, source);
     }
 
     /// Starts the peer of a region a split created here: its log starts at the split
@@ -1592,6 +1930,17 @@ impl<T> RaftCore<T> {
     /// [`RaftCore::finish_checkpoint`], and `Db::set_opaque_floor` with the floor it
     /// returns (any thread). No round may run in between.
     pub fn plan_checkpoint(&self, durable: &BTreeMap<u64, u64>) -> Option<CheckpointPlan> {
+        // A merge that is not durable yet may be applied again after a restart, from its
+        // source's log: keep every log until it is.
+        let mut retired_done = Vec::new();
+        for (&source, &(target, index)) in &self.retired {
+            match durable.get(&target) {
+                Some(&d) if d >= index => retired_done.push(source),
+                Some(_) => return None,
+                // The target is gone from this core too: nothing to apply again.
+                None => retired_done.push(source),
+            }
+        }
         let mut targets = Vec::new();
         let mut advanced = false;
         for (&id, peer) in &self.peers {
@@ -1611,13 +1960,20 @@ impl<T> RaftCore<T> {
             .iter()
             .map(|(id, c)| (TAG_CHECKPOINT, codec::encode_checkpoint(*id, c)))
             .collect();
-        Some(CheckpointPlan { targets, records })
+        Some(CheckpointPlan {
+            targets,
+            records,
+            retired_done,
+        })
     }
 
     /// Records that `plan` is durable in WAL `segment`; returns the new opaque floor, or
     /// None when it cannot move yet.
     pub fn finish_checkpoint(&mut self, plan: CheckpointPlan, segment: u64) -> Option<u64> {
         self.wal_segment = self.wal_segment.max(segment);
+        for source in &plan.retired_done {
+            self.retired.remove(source);
+        }
         let mut floor = segment;
         for (id, c) in &plan.targets {
             let Some(peer) = self.peers.get_mut(id) else {
@@ -1636,6 +1992,10 @@ impl<T> RaftCore<T> {
     }
 }
 
+/// The most empty entries a merge's commit pads the target's log with (see
+/// [`RaftCore::propose_commit_merge`]).
+const MAX_MERGE_PADDING: u64 = 10_000;
+
 /// Whether `peer` may stop ticking: the only voter, leading, with nothing to do.
 fn can_hibernate<T>(peer: &Peer<T>) -> bool {
     let raft = &peer.node.raft;
@@ -1649,6 +2009,8 @@ fn can_hibernate<T>(peer: &Peer<T>) -> bool {
         && peer.applied >= log.committed
         && log.persisted >= log.last_index()
         && !peer.node.has_ready()
+        && peer.merging.is_none()
+        && peer.held.is_empty()
 }
 
 /// Queues the token of a proposal raft took (`taken`; the log grew past `before`), so it
@@ -1683,7 +2045,7 @@ fn leading<T>(peers: &mut BTreeMap<u64, Peer<T>>, region: u64) -> Result<&mut Pe
     if peer.node.raft.state != StateRole::Leader {
         return Err(not_leader(peer));
     }
-    if peer.unborn || peer.fenced || peer.splitting.is_some() {
+    if peer.unborn || peer.fenced || peer.splitting.is_some() || peer.merging.is_some() {
         return Err(Error::Paused { region });
     }
     Ok(peer)
@@ -1769,21 +2131,34 @@ fn stale_epoch(peer_region: &RegionDescriptor, e: &Entry) -> bool {
 /// Pairs one peer's committed entries with their proposers' tokens (abandoning
 /// proposals that were overwritten or turned into no-ops, and entries proposed before a
 /// split applied); a split cuts the entries in two parts, and its new region goes to `born`.
+///
+/// A merge into this region whose source replica here has not applied its prepare yet
+/// stops the entries there: the rest wait in `peer.held` for a later round.
 fn collect_committed<T>(
     peer: &mut Peer<T>,
     entries: Vec<Entry>,
     tokens: &mut Vec<Option<T>>,
     out: &mut dyn Outbox<T>,
     born: &mut Vec<Born>,
+    merges: &mut MergeRound,
 ) -> Vec<RegionEntries> {
     let region = peer.region.id;
     let mut parts = Vec::new();
-    let Some(last) = entries.last().map(|e| e.index) else {
-        return parts;
-    };
+    let mut queue = std::mem::take(&mut peer.held);
+    queue.extend(entries);
+    // The last index handed out (0: none).
+    let mut last = 0;
     let mut data = Vec::new();
     let mut changed = false;
-    for e in entries {
+    let mut merge_state = None;
+    // Bounded by the entries of this Ready and those held before.
+    while let Some(e) = queue.pop_front() {
+        if waits_for_source(peer, &e, |id| merges.sources.get(&id).copied()) {
+            queue.push_front(e);
+            peer.held = queue;
+            break;
+        }
+        last = e.index;
         if peer.splitting.is_some_and(|i| e.index >= i) {
             // The split (or whatever replaced it at its index) is being applied.
             peer.splitting = None;
@@ -1827,10 +2202,48 @@ fn collect_committed<T>(
                 }
             }
             EntryType::EntryNormal if !e.data.is_empty() => match SplitRequest::decode(&e.data) {
-                None => {
-                    data.push((e.index, e.data.to_vec()));
-                    tokens.push(token);
-                }
+                None => match MergeEntry::decode(&e.data) {
+                    None => {
+                        data.push((e.index, e.data.to_vec()));
+                        tokens.push(token);
+                    }
+                    Some(req) => {
+                        let result = req.and_then(|m| apply_merge_entry(peer, m, e.index));
+                        match result {
+                            Ok(MergeApplied::State(state)) => {
+                                changed = true;
+                                merge_state = Some(state);
+                                if let Some(t) = token {
+                                    out.merge_done(t, Ok(peer.region.clone()));
+                                }
+                            }
+                            Ok(MergeApplied::Merged { target, source }) => {
+                                parts.push(RegionEntries {
+                                    region: peer.region.clone(),
+                                    entries: std::mem::take(&mut data),
+                                    last: e.index,
+                                    changed,
+                                    split: None,
+                                    merge: Some((target.clone(), source)),
+                                    merge_state: merge_state.take(),
+                                });
+                                changed = false;
+                                tracing::info!(region, source, index = e.index, "regions merged");
+                                peer.region = target.clone();
+                                merges.merged.push((target.clone(), source, e.index));
+                                if let Some(t) = token {
+                                    out.merge_done(t, Ok(target));
+                                }
+                            }
+                            Err(err) => {
+                                tracing::warn!(region, index = e.index, error = %err, "merge step refused");
+                                if let Some(t) = token {
+                                    out.merge_done(t, Err(err));
+                                }
+                            }
+                        }
+                    }
+                },
                 Some(req) => {
                     let result = req.and_then(|r| r.apply_to(&peer.region));
                     match result {
@@ -1845,6 +2258,8 @@ fn collect_committed<T>(
                                     child: child.clone(),
                                     term: e.term,
                                 })),
+                                merge: None,
+                                merge_state: merge_state.take(),
                             });
                             changed = false;
                             tracing::info!(
@@ -1898,16 +2313,96 @@ fn collect_committed<T>(
             }
         }
     }
-    if parts.last().is_none_or(|p| p.last < last) {
+    if last > 0 && parts.last().is_none_or(|p| p.last < last) {
         parts.push(RegionEntries {
             region: peer.region.clone(),
             entries: data,
             last,
             changed,
             split: None,
+            merge: None,
+            merge_state,
         });
     }
     parts
+}
+
+/// The merge sources of a core as a round starts, and the merges the round applied.
+#[derive(Default)]
+struct MergeRound {
+    /// Peers in a merge's prepared state: (applied index, merge state).
+    sources: BTreeMap<u64, (u64, MergeState)>,
+    /// Merges applied: (the target as it is now, the source's id, the merge's index).
+    merged: Vec<(RegionDescriptor, u64, u64)>,
+}
+
+/// Whether `e` is a merge into `peer`'s region that would apply but whose source replica
+/// on this core has not applied its prepare yet.
+fn waits_for_source<T>(
+    peer: &Peer<T>,
+    e: &Entry,
+    source: impl Fn(u64) -> Option<(u64, MergeState)>,
+) -> bool {
+    if e.get_entry_type() != EntryType::EntryNormal
+        || e.data.is_empty()
+        || stale_epoch(&peer.region, e)
+    {
+        return false;
+    }
+    let Some(Ok(MergeEntry::Commit(c))) = MergeEntry::decode(&e.data) else {
+        return false;
+    };
+    if c.apply_to(&peer.region, e.index).is_err() {
+        return false;
+    }
+    let want = MergeState {
+        target: peer.region.id,
+        prepared_at: c.prepared_at,
+    };
+    !matches!(source(c.source.id), Some((applied, st)) if st == want && applied >= c.prepared_at)
+}
+
+/// The merge into `peer`'s region its held entries wait on, if any.
+fn held_commit<T>(peer: &Peer<T>) -> Option<CommitMerge> {
+    match MergeEntry::decode(&peer.held.front()?.data)? {
+        Ok(MergeEntry::Commit(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// What a merge entry did to the peer it was applied to.
+enum MergeApplied {
+    /// A prepare or a rollback: the region's new merge state.
+    State(Option<MergeState>),
+    /// A commit: the region as it is now, and the source it took over.
+    Merged {
+        target: RegionDescriptor,
+        source: u64,
+    },
+}
+
+/// Applies merge entry `m` at `index` to `peer` (descriptor and merge state in memory).
+fn apply_merge_entry<T>(peer: &mut Peer<T>, m: MergeEntry, index: u64) -> Result<MergeApplied> {
+    match m {
+        MergeEntry::Prepare(p) => {
+            peer.region = p.apply_to(&peer.region)?;
+            let state = MergeState {
+                target: p.target,
+                prepared_at: index,
+            };
+            peer.merging = Some(state);
+            Ok(MergeApplied::State(Some(state)))
+        }
+        MergeEntry::Rollback(r) => {
+            peer.region = r.apply_to(&peer.region, peer.merging)?;
+            peer.merging = None;
+            Ok(MergeApplied::State(None))
+        }
+        MergeEntry::Commit(c) => Ok(MergeApplied::Merged {
+            target: c.apply_to(&peer.region, index)?,
+            source: c.source.id,
+        }),
+    }
 }
 
 /// Applies a committed conf change to the peer's raft configuration and descriptor (the

@@ -16,6 +16,7 @@ pub mod core;
 pub mod error;
 pub mod kv;
 pub mod logger;
+pub mod merge;
 pub mod region;
 pub mod snapshot;
 pub mod snapshot_stream;
@@ -29,6 +30,7 @@ pub use crate::core::{
     EntrySink, Outbox, PeerChange, RaftCore, ReadPath, Recovered, Round, RoundStats,
 };
 pub use error::{Error, Result};
+pub use merge::{MergeEntry, MergeState};
 pub use region::{Epoch, PeerMeta, PeerRole, RegionDescriptor, RegionMap};
 pub use snapshot::{ApplySnapshot, SnapshotKey, SnapshotTask};
 pub use split::SplitRequest;

@@ -33,6 +33,8 @@ struct Recorder {
     applied: Vec<(u64, Option<u32>)>,
     abandoned: Vec<(u32, String)>,
     splits: Vec<(u32, Result<RegionDescriptor, String>)>,
+    merges: Vec<(u32, Result<RegionDescriptor, String>)>,
+    merged: Vec<(RegionDescriptor, u64)>,
     born: Vec<(RegionDescriptor, RegionDescriptor)>,
     conf_changes: Vec<(u32, Result<RegionDescriptor, String>)>,
     reads: Vec<(u32, Result<(), String>)>,
@@ -61,6 +63,12 @@ impl Outbox<u32> for Recorder {
     }
     fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
         self.born.push((parent.clone(), child.clone()));
+    }
+    fn merge_done(&mut self, token: u32, result: nokv_raft::Result<RegionDescriptor>) {
+        self.merges.push((token, result.map_err(|e| e.to_string())));
+    }
+    fn region_merged(&mut self, target: &RegionDescriptor, source: u64) {
+        self.merged.push((target.clone(), source));
     }
     fn send(&mut self, region: u64, msg: Message) {
         self.wire.borrow_mut().push((region, msg));
@@ -189,6 +197,8 @@ impl Cluster {
             applied: Vec::new(),
             abandoned: Vec::new(),
             splits: Vec::new(),
+            merges: Vec::new(),
+            merged: Vec::new(),
             born: Vec::new(),
             conf_changes: Vec::new(),
             reads: Vec::new(),
@@ -974,4 +984,186 @@ fn a_split_lost_with_the_memtable_is_applied_again_and_keeps_the_new_regions_wri
         Some(b"m".to_vec())
     );
     c.write_to(2, "r-last", 100);
+}
+
+/// Merges region `source` into `target` (both on every store): the prepare through the
+/// source's leader, the commit through the target's, moved to the same store, once every
+/// replica of the source holds the prepare. `cut` is partitioned away as soon as it holds
+/// the prepare (before it hears that it is committed).
+fn merge(c: &mut Cluster, source: u64, target: u64, token: u32, cut: Option<u64>) {
+    let leader = c.wait_leader_of(source);
+    let prepared = c
+        .core(leader)
+        .propose_prepare_merge(source, target, token)
+        .map_err(|(e, _)| e)
+        .expect("prepare proposed");
+    let cut_peer = cut.and_then(|s| {
+        c.core(leader)
+            .region(source)
+            .and_then(|r| r.peer_on_store(s))
+    });
+    let mut proposed = false;
+    c.run_until("the merge applied everywhere", |c| {
+        if let (Some(s), Some(p)) = (cut, cut_peer) {
+            let held = c
+                .core(leader)
+                .progress(source, p.peer_id)
+                .is_some_and(|(matched, _)| matched >= prepared);
+            if held {
+                c.partitioned.insert(s);
+            }
+        }
+        if !proposed {
+            let (Some(ls), Some(lt)) = (c.leader_of(source), c.leader_of(target)) else {
+                return false;
+            };
+            if ls != lt {
+                let to = c.core(lt).region(target).and_then(|r| r.peer_on_store(ls));
+                if let Some(to) = to {
+                    let _ = c.core(lt).transfer_leader(target, to.peer_id);
+                }
+                return false;
+            }
+            match c.core(lt).propose_commit_merge(target, source, token + 1) {
+                Ok(_) => proposed = true,
+                // Not prepared on this store yet, or a replica does not hold the prepare.
+                Err(_) => return false,
+            }
+        }
+        let live: Vec<u64> = c
+            .stores
+            .keys()
+            .copied()
+            .filter(|s| !c.down.contains(s) && !c.partitioned.contains(s))
+            .collect();
+        proposed
+            && live.into_iter().all(|s| {
+                let core = c.core(s);
+                core.region(source).is_none()
+                    && core
+                        .region(target)
+                        .is_some_and(|r| r.start_key.is_empty() && r.end_key.is_empty())
+            })
+    });
+}
+
+#[test]
+fn a_merge_takes_the_neighbour_over_on_every_replica_and_versions_keep_growing() {
+    let mut c = Cluster::new(3);
+    split_at(&mut c, b"m", 77);
+    for i in 0..5 {
+        c.write_to(REGION, &format!("a{i}"), 100 + i);
+    }
+    // The source's log runs ahead of the target's: the commit pads the target's log.
+    for i in 0..40 {
+        c.write_to(2, &format!("n{i}"), 200 + i);
+    }
+    let source_leader = c.wait_leader_of(2);
+    let source_index = c.core(source_leader).applied(2).expect("source applied");
+    // Once the commit is proposed, one replica is cut off until the others merged: it
+    // holds the prepare but may not know it committed (the source's leader is gone with
+    // the merge), and its target replica waits for its source replica.
+    let cut = (1..=3).find(|&s| s != source_leader).expect("a follower");
+    merge(&mut c, 2, REGION, 300, Some(cut));
+    let leader = c.wait_leader_of(REGION);
+    let i = c.write_to(REGION, "n0", 400);
+    assert!(
+        i > source_index,
+        "a write after the merge at {i}, the source had applied {source_index}: versions must grow"
+    );
+    let merged_at = c.core(leader).applied(REGION).expect("applied");
+    c.partitioned.remove(&cut);
+    c.run_until("the cut-off replica applied the merge", |c| {
+        c.core(cut).applied(REGION).is_some_and(|a| a >= merged_at)
+    });
+    assert!(c
+        .rec(leader)
+        .merges
+        .iter()
+        .any(|(t, r)| *t == 301 && r.is_ok()));
+    for s in 1..=3 {
+        assert!(
+            c.rec(s)
+                .merged
+                .iter()
+                .any(|(t, src)| t.id == REGION && *src == 2),
+            "store {s} reports the merge"
+        );
+    }
+    // Every store restarts: the merged region comes back whole, the source does not.
+    for s in 1..=3 {
+        c.stop(s);
+    }
+    for s in 1..=3 {
+        c.start(s);
+    }
+    c.write_to(REGION, "z9", 500);
+    for s in 1..=3 {
+        assert!(
+            c.core(s).region(2).is_none(),
+            "store {s} still has the source"
+        );
+        assert!(c.core(s).merge_state(2).is_none());
+        let r = c.core(s).region(REGION).expect("target").clone();
+        assert!(
+            r.start_key.is_empty() && r.end_key.is_empty(),
+            "store {s}: {r:?}"
+        );
+        for k in ["a0", "a4", "n1", "n39", "z9"] {
+            assert!(value(&c.rec(s).db, k).is_some(), "store {s} lost {k}");
+        }
+        assert_eq!(
+            value(&c.rec(s).db, "n0"),
+            Some(i),
+            "store {s}: n0's last write"
+        );
+    }
+}
+
+#[test]
+fn a_write_to_a_region_being_merged_is_paused_and_a_rollback_lets_it_write_again() {
+    let mut c = Cluster::new(3);
+    split_at(&mut c, b"m", 77);
+    c.write_to(2, "n1", 1);
+    let leader = c.wait_leader_of(2);
+    let prepared = c
+        .core(leader)
+        .propose_prepare_merge(2, REGION, 10)
+        .map_err(|(e, _)| e)
+        .expect("prepare proposed");
+    c.run_until("the prepare applied", |c| {
+        (1..=3).all(|s| c.core(s).merge_state(2).is_some())
+    });
+    let leader = c.wait_leader_of(2);
+    assert_eq!(
+        c.core(leader).merge_state(2).map(|m| m.prepared_at),
+        Some(prepared)
+    );
+    match c.core(leader).propose(2, b"n2".to_vec(), 11) {
+        Err((Error::Paused { .. }, _)) => {}
+        other => panic!(
+            "a write to a prepared source must pause, got {:?}",
+            other.map_err(|(e, _)| e)
+        ),
+    }
+    // The prepared state survives a restart of every store.
+    for s in 1..=3 {
+        c.stop(s);
+    }
+    for s in 1..=3 {
+        c.start(s);
+    }
+    let leader = c.wait_leader_of(2);
+    assert!(c.core(leader).merge_state(2).is_some());
+    c.core(leader)
+        .propose_rollback_merge(2, 12)
+        .map_err(|(e, _)| e)
+        .expect("rollback proposed");
+    c.run_until("the rollback applied", |c| {
+        (1..=3).all(|s| c.core(s).merge_state(2).is_none())
+    });
+    c.write_to(2, "n3", 13);
+    for s in 1..=3 {
+        assert!(value(&c.rec(s).db, "n3").is_some(), "store {s}");
+    }
 }
