@@ -53,7 +53,7 @@ pub enum ReplicaError {
 pub const INITIAL_CONF_VERSION: u64 = 1;
 
 /// The help text of `NOKV.REGION`.
-const USAGE: &str = "ERR usage: NOKV.REGION LIST | HOT | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | MOVE <region> <core> | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
+const USAGE: &str = "ERR usage: NOKV.REGION LIST | HOT | ADDLEARNER <region> <store> | PROMOTE <region> <store> | REMOVEPEER <region> <store> | TRANSFERLEADER <region> <store> | SPLIT <region> [<slot>] | MERGE <region> <neighbour> | MOVE <region> <core> | CHECK <region> | HASH <region> <index> | LOCALCOUNT <region>";
 
 /// A parsed `NOKV.REGION` subcommand naming a region.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +66,8 @@ enum RegionOp {
     Split(Option<u16>),
     /// Move to another core of this store.
     Move(u64),
+    /// Merge with the adjacent region of this id.
+    Merge(u64),
     Check,
     Hash(u64),
     LocalCount,
@@ -108,7 +110,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
     }
     let want = match sub.as_str() {
         "CHECK" | "LOCALCOUNT" => 3,
-        "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" | "MOVE" => 4,
+        "ADDLEARNER" | "PROMOTE" | "REMOVEPEER" | "TRANSFERLEADER" | "HASH" | "MOVE" | "MERGE" => 4,
         _ => return Err(Reply::error(USAGE)),
     };
     if args.len() != want {
@@ -122,6 +124,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
         let what = match sub.as_str() {
             "HASH" => "index",
             "MOVE" => "core",
+            "MERGE" => "neighbour region",
             _ => "store",
         };
         parse_u64(&args[3], what)?
@@ -135,6 +138,7 @@ fn parse_region_op(args: &[Vec<u8>]) -> std::result::Result<(u64, RegionOp), Rep
         "TRANSFERLEADER" => RegionOp::TransferLeader(arg),
         "HASH" => RegionOp::Hash(arg),
         "MOVE" => RegionOp::Move(arg),
+        "MERGE" => RegionOp::Merge(arg),
         "LOCALCOUNT" => RegionOp::LocalCount,
         _ => RegionOp::Check,
     };
@@ -270,6 +274,12 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
             Err(reply) => reply,
         };
     }
+    if let RegionOp::Merge(other) = op {
+        return match super::merge::merge(core, region, other).await {
+            Ok(survivor) => Reply::Int(survivor as i64),
+            Err(reply) => reply,
+        };
+    }
     if let RegionOp::Split(slot) = op {
         return match super::split::split(core, region, slot).await {
             Ok((child, slot)) => {
@@ -320,9 +330,11 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
         RegionOp::RemovePeer(store) => remove_peer(core, cluster, &desc, store).await,
         RegionOp::TransferLeader(store) => transfer_leader(core, cluster, &desc, store).await,
         RegionOp::Check => return run_check(core, region).await,
-        RegionOp::Hash(_) | RegionOp::LocalCount | RegionOp::Split(_) | RegionOp::Move(_) => {
-            return Reply::error(USAGE)
-        }
+        RegionOp::Hash(_)
+        | RegionOp::LocalCount
+        | RegionOp::Split(_)
+        | RegionOp::Move(_)
+        | RegionOp::Merge(_) => return Reply::error(USAGE),
     };
     match done {
         Ok(()) => Reply::ok(),

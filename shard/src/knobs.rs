@@ -39,6 +39,9 @@ pub struct Knobs {
     pub raft_cached_entries: Option<usize>,
     /// Abort a region move between the target's durable copy and the source's deletion.
     pub abort_after_move_in: bool,
+    /// Delete a merged-away region's descriptor at once, apart from the merge's own
+    /// batch (negative control: a crash then leaves its slots to no region).
+    pub merge_delete_source_early: bool,
 }
 
 impl Knobs {
@@ -63,6 +66,7 @@ impl Knobs {
                     .and_then(|v| v.parse().ok())
                     .filter(|&n: &usize| n > 0),
                 abort_after_move_in: var("NOKV_DEBUG_ABORT_AFTER_MOVE_IN").is_some(),
+                merge_delete_source_early: var("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -74,6 +78,7 @@ impl Knobs {
                 || knobs.no_snapshot_shipping
                 || knobs.raft_cached_entries.is_some()
                 || knobs.abort_after_move_in
+                || knobs.merge_delete_source_early
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -443,6 +443,31 @@ impl RouteTable {
         Self::from_routes(routes)
     }
 
+    /// The table after region `source` merged into `target` (as it is now): the target's
+    /// route covers both ranges.
+    pub fn with_merge(&self, target: &RegionDescriptor, source: u64) -> Result<RouteTable> {
+        let (start, end) = slot_range(target)?;
+        let mut routes = self.routes.clone();
+        let Some(core) = routes
+            .iter()
+            .find(|r| r.region == target.id)
+            .map(|r| r.core)
+        else {
+            return Err(Error::Layout(format!(
+                "merge into region {}, which is not routed here",
+                target.id
+            )));
+        };
+        routes.retain(|r| r.region != source && r.region != target.id);
+        routes.push(Route {
+            region: target.id,
+            core,
+            start_slot: start,
+            end_slot: end,
+        });
+        Self::from_routes(routes)
+    }
+
     /// The table with the regions this store holds no replica of replaced by `remote`'s
     /// (the coordinator's), keeping every local route; None when that changes nothing or
     /// would not tile the slot space (the coordinator's view is in flux).

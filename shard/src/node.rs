@@ -15,6 +15,8 @@ mod admin;
 mod forward;
 #[path = "load.rs"]
 mod load;
+#[path = "merge.rs"]
+mod merge;
 #[path = "moves.rs"]
 mod moves;
 #[path = "operate.rs"]
@@ -396,6 +398,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     crate::consistency::register_metrics();
     operate::register_metrics();
     split::register_metrics();
+    merge::register_metrics();
     moves::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
@@ -878,6 +881,8 @@ struct NodeOutbox {
     messages: Vec<(u64, Message)>,
     /// Splits applied: (parent as it is now, new region).
     splits: Vec<(RegionDescriptor, RegionDescriptor)>,
+    /// Merges applied: (target as it is now, the source merged into it).
+    merges: Vec<(RegionDescriptor, u64)>,
 }
 
 impl Outbox<Waiter> for NodeOutbox {
@@ -907,6 +912,18 @@ impl Outbox<Waiter> for NodeOutbox {
 
     fn region_split(&mut self, parent: &RegionDescriptor, child: &RegionDescriptor) {
         self.splits.push((parent.clone(), child.clone()));
+    }
+
+    fn merge_done(&mut self, token: Waiter, result: nokv_raft::Result<RegionDescriptor>) {
+        match (token, result) {
+            (Waiter::Conf(tx), Ok(desc)) => tx.send(Ok(desc)),
+            (t, Ok(_)) => t.answer(Reply::ok()),
+            (t, Err(e)) => t.answer(Reply::error(format!("ERR merge refused: {e}"))),
+        }
+    }
+
+    fn region_merged(&mut self, target: &RegionDescriptor, source: u64) {
+        self.merges.push((target.clone(), source));
     }
 
     fn read_ready(&mut self, token: Waiter, result: nokv_raft::Result<()>) {
@@ -1662,9 +1679,11 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
     let mut out = NodeOutbox::default();
     let round = core.raft.borrow_mut().begin_round(&mut out);
     let splits = std::mem::take(&mut out.splits);
+    let merges = std::mem::take(&mut out.merges);
     send_messages(core, out);
     let Some(mut round) = round? else {
         split::applied(core, splits);
+        merge::applied(core, merges);
         return Ok(());
     };
     if let Some(batch) = round.take_apply() {
@@ -1690,8 +1709,10 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
                 token.answer(reply);
             });
     }
-    // The new regions' data (their parents' entries up to the split) is in the engine now.
+    // The new regions' data (their parents' entries up to the split) is in the engine now;
+    // so is every entry of a merged target before its merge.
     split::applied(core, splits);
+    merge::applied(core, merges);
     let written = match round.take_append() {
         None => Ok(None),
         Some(batch) if core.node.knobs.inline_wal => {
@@ -1776,7 +1797,10 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
                     Err(Refusal::Elsewhere) => return elsewhere(core, Work::Read { region, op }),
                 }
             }
-            Answer::Reply(read_local(core, region, op).await)
+            match read_local(core, region, op).await {
+                Ok(reply) => Answer::Reply(reply),
+                Err(op) => Answer::Stale(Work::Read { region, op }),
+            }
         }
         Work::Write { region, cmd } => match propose_local(core, region, cmd) {
             Proposal::Waiting(rx) => Answer::Reply(forward::await_write(core, rx).await),
@@ -1790,18 +1814,29 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
     }
 }
 
-/// Whether `region` left this core for another core of the store (a move): its work is
-/// planned again.
+/// Whether `region` left this core (a move to another core, a merge into another
+/// region): its work is planned again.
 fn moved_away(core: &Core, region: u64) -> bool {
     core.raft.borrow().region(region).is_none()
-        && core
-            .routes()
-            .core_of(region)
-            .is_some_and(|c| c != core.id && c != layout::NOT_HERE)
+        // A standalone store's region gone from its core moved or merged away (the
+        // routes follow once the round that did it applied); in a cluster, a replica
+        // removed from this store is led elsewhere.
+        && (core.node.cluster.is_none()
+            || core
+                .routes()
+                .core_of(region)
+                // None: merged into another region.
+                .is_none_or(|c| c != core.id && c != layout::NOT_HERE))
 }
 
-/// Reads from a region of this core, once a cluster read confirmed leadership.
-async fn read_local(core: &Rc<Core>, region: u64, op: ReadOp) -> Reply {
+/// Reads from a region of this core, once a cluster read confirmed leadership; the read
+/// back when the region no longer holds its keys (a split or merge re-applied while a
+/// restarted core caught up): planned again.
+async fn read_local(
+    core: &Rc<Core>,
+    region: u64,
+    op: ReadOp,
+) -> std::result::Result<Reply, ReadOp> {
     // In a cluster the leadership check covers this: a lease read needs the region
     // applied up to its commit index, a ReadIndex read up to the confirmed one (and a
     // restarted replica's log may be cut by the new leader, so the length it started
@@ -1826,37 +1861,40 @@ async fn read_local(core: &Rc<Core>, region: u64, op: ReadOp) -> Reply {
         )
         .await;
         if !caught_up {
-            return Reply::error(if core.failed.is_fired() {
+            return Ok(Reply::error(if core.failed.is_fired() {
                 "ERR read refused: the core could not re-apply its log after a write failure (docs/redis.md, \"Disk failures\")"
             } else {
                 "ERR read abandoned: the core is stopping"
-            });
+            }));
         }
     }
     let now = now_ms();
     let desc = {
         let raft = core.raft.borrow();
-        let Some(desc) = raft.region(region) else {
-            return Reply::error(format!("ERR {}", nokv_raft::Error::RegionNotFound(region)));
+        let Some(desc) = raft
+            .region(region)
+            .filter(|d| split::holds(d, &route::read_keys(&op)))
+        else {
+            return Err(op);
         };
         // Single replica: the leader's engine is the only copy, and a write is
         // answered only after it is applied, so reading it directly is linearizable.
         // First from memory (memtables, block cache), on this thread.
         if core.node.knobs.inline_reads {
             // Negative control (debug knob): the assertion must stop this.
-            return exec::read(&op, &RegionView::read(&core.db, desc), now);
+            return Ok(exec::read(&op, &RegionView::read(&core.db, desc), now));
         }
         if let Some(reply) = exec::try_read(&op, &RegionView::read_cached(&core.db, desc), now) {
-            return reply;
+            return Ok(reply);
         }
         desc.clone()
     };
     // It needs disk IO (a block-cache miss, a value-log read): on the blocking pool.
     let Ok(_turn) = core.blocking_reads.acquire_permit(1).await else {
-        return Reply::error("ERR read abandoned: the core is stopping");
+        return Ok(Reply::error("ERR read abandoned: the core is stopping"));
     };
     let db = core.db.clone();
-    blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await
+    Ok(blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await)
 }
 
 /// Why this core does not run a region's work.

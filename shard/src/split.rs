@@ -244,6 +244,7 @@ pub(super) async fn checks(core: Rc<Core>) {
     // Exported from the start (at 0), so dashboards and alerts find them.
     metrics::counter!(SPLITS, "core" => label.clone()).increment(0);
     super::moves::zero_metrics(core.id);
+    super::merge::zero_metrics(core.id);
     metrics::gauge!(CORE_OPS, "core" => label.clone()).set(0.0);
     for reason in ["size", "load"] {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
