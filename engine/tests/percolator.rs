@@ -853,7 +853,7 @@ fn checker_flags_hand_made_anomalies() {
         writes: vec![w(0, 1)],
     };
     let finals: BTreeMap<u8, Option<Vec<u8>>> = [(0, v(1)), (1, None), (2, None)].into();
-    assert!(anomalies(&[t1.clone()], &finals).is_empty());
+    assert!(anomalies(std::slice::from_ref(&t1), &finals).is_empty());
     // A read of a value not committed at the reader's start (dirty read).
     let t2 = Committed {
         start_ts: 2,

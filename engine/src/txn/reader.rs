@@ -95,14 +95,17 @@ impl MvccRead for DbReader<'_> {
     }
 }
 
+/// Versions of one key in [`MemStore`]: version -> value (`None`: a delete).
+type Versions = BTreeMap<u64, Option<Vec<u8>>>;
+
 /// An in-memory multi-version store of one namespace: applies the operations' batches
 /// (explicit versions only; a later write at the same version replaces the earlier one,
 /// as in the engine) and reads them back through [`MvccRead`].
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     ns: u8,
-    /// (column family, user key) -> version -> value (`None`: a delete).
-    data: BTreeMap<(u8, Vec<u8>), BTreeMap<u64, Option<Vec<u8>>>>,
+    /// (column family, user key) -> its versions.
+    data: BTreeMap<(u8, Vec<u8>), Versions>,
 }
 
 impl MemStore {
