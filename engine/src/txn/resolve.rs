@@ -10,7 +10,7 @@ use crate::WriteBatch;
 /// Settles `keys` of the transaction `start_ts` after its primary decided: commits them at
 /// `commit_ts` (`Some`) or rolls them back (`None`). A key whose lock is already gone is
 /// skipped when committing (it was committed earlier) and gets a rollback record when
-/// rolling back (as [`super::rollback`]).
+/// rolling back (as [`super::rollback()`]).
 pub fn resolve_lock<R: MvccRead + ?Sized>(
     r: &R,
     start_ts: u64,
