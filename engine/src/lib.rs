@@ -39,6 +39,7 @@ pub mod region_snapshot;
 pub mod snapshot;
 pub mod sst;
 pub mod stats;
+pub mod txn;
 pub mod version;
 pub mod vlog;
 pub mod wal;

@@ -1,0 +1,57 @@
+//! One-phase commit: when every key of a transaction is in one region, check and commit
+//! in one batch without locks.
+
+use super::error::{TxnError, TxnResult};
+use super::mvcc::{
+    check_args, check_commit_ts, check_newer_writes, load_lock, NewerWrites, TxnBatch,
+    SHORT_VALUE_MAX_LEN,
+};
+use super::prewrite::{Mutation, MutationOp};
+use super::reader::MvccRead;
+use super::write::{Write, WriteKind};
+use crate::WriteBatch;
+
+/// Commits `mutations` of the transaction `start_ts` at `commit_ts` directly: each key gets
+/// the checks of a prewrite (any lock is [`TxnError::KeyIsLocked`], a newer commit record
+/// [`TxnError::WriteConflict`], a rollback of this transaction [`TxnError::RolledBack`]),
+/// then its write record at `commit_ts` (a long value in `CF_DEFAULT` at `start_ts`). A key
+/// the transaction already committed (a retry) is skipped. All keys or none.
+pub fn commit_1pc<R: MvccRead + ?Sized>(
+    r: &R,
+    mutations: &[Mutation],
+    start_ts: u64,
+    commit_ts: u64,
+) -> TxnResult<WriteBatch> {
+    check_args(start_ts, mutations.iter().map(|m| m.key.as_slice()))?;
+    check_commit_ts(start_ts, commit_ts)?;
+    let mut out = TxnBatch::new(r.ns());
+    for m in mutations {
+        if let Some(lock) = load_lock(r, &m.key)? {
+            return Err(TxnError::KeyIsLocked {
+                key: m.key.clone(),
+                lock,
+            });
+        }
+        if let NewerWrites::OwnCommit(_) = check_newer_writes(r, &m.key, start_ts, false)? {
+            continue;
+        }
+        let (kind, short_value) = match &m.op {
+            MutationOp::Put(v) if v.len() <= SHORT_VALUE_MAX_LEN => {
+                (WriteKind::Put, Some(v.clone()))
+            }
+            MutationOp::Put(v) => {
+                out.put_value(&m.key, start_ts, v);
+                (WriteKind::Put, None)
+            }
+            MutationOp::Delete => (WriteKind::Delete, None),
+            MutationOp::Lock => (WriteKind::Lock, None),
+        };
+        let w = Write {
+            kind,
+            start_ts,
+            short_value,
+        };
+        out.put_write(&m.key, commit_ts, &w);
+    }
+    Ok(out.into_batch())
+}
