@@ -6,6 +6,7 @@
 //! [`service`] (request handling), [`tso`], [`ids`], [`placement`] (pure logic),
 //! [`server`] (TCP), [`client`] ([`CoordClient`]), [`clock`].
 
+pub mod args;
 pub mod client;
 pub mod clock;
 pub mod error;

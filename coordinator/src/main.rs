@@ -32,7 +32,7 @@ struct Args {
     /// A store without a heartbeat for this long is considered down and gets no new
     /// replicas: a number with a unit, `ms`, `s` or `m` (e.g. 500ms, 30s, 2m; a bare number
     /// is seconds).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = nokv_coordinator::args::parse_duration)]
     store_down_after: Duration,
     /// The scheduler (`on` or `off`): re-creates the replicas of stores down longer than
     /// --store-down-after on other stores, and balances region leaders across stores.
@@ -57,26 +57,6 @@ struct Args {
     /// leader serves, the others answer with its address.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else {
-        (s, 1000)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s or 2m"))?;
-    n.checked_mul(mult_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -160,15 +140,6 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn switches_parse() {
