@@ -17,11 +17,9 @@ mod support;
 
 use nokv_coordinator::proto::{ScanRegionsRequest, StoreAdminState};
 use nokv_coordinator::Coordinator;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::*;
-use support::Server;
 
 /// Keys written before the decommission.
 const KEYS: usize = 60;
@@ -58,56 +56,20 @@ fn admin(coord: &Coordinator, store: u64) -> StoreAdminState {
         .admin_state()
 }
 
-fn id_at(coord: &Coordinator, redis: &str) -> u64 {
-    coord
-        .stores()
-        .iter()
-        .filter_map(|i| i.meta.as_ref())
-        .filter(|m| m.redis_addr == redis)
-        .map(|m| m.id)
-        .max()
-        .unwrap_or_else(|| panic!("store at {redis} registered"))
-}
-
-/// Four stores (the fourth empty), `KEYS` keys written; the busiest of the first three
-/// decommissioned. Returns the cluster pieces and the victim's index.
+/// Four stores (the fourth empty), `KEYS` keys written; the busiest of the first three is
+/// decommissioned under writes: drained and removed, or (without the scheduler) left as
+/// it is.
 fn run(schedule: bool) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) =
-        start_coordinator_with(&dir.path().join("coord"), Duration::from_secs(30), schedule);
-    let specs: Vec<StoreSpec> = (1..=4)
-        .map(|i| StoreSpec {
-            workdir: dir.path().join(format!("store-{i}")),
-            redis: free_addr(),
-            rpc: free_addr(),
-            redirect: "moved",
-        })
-        .collect();
-    let handles: Vec<_> = specs[..3]
-        .iter()
-        .cloned()
-        .map(|spec| {
-            let coord_addr = coord_addr.clone();
-            std::thread::spawn(move || start_store(&spec, &coord_addr))
-        })
-        .collect();
-    let mut servers: Vec<Option<Server>> = handles
-        .into_iter()
-        .map(|h| Some(h.join().expect("store started")))
-        .collect();
-    let mut client = ClusterClient::new(&specs[..3]);
-    let mut acked = BTreeMap::new();
-    for i in 0..KEYS {
-        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
-        assert!(
-            client.set(i % 3, &k, &v, OP_BOUND),
-            "SET {k} not acknowledged in time\n{}",
-            client.log_tails()
-        );
-        acked.insert(k, v);
-    }
-    servers.push(Some(start_store(&specs[3], &coord_addr)));
-    let ids: Vec<u64> = specs.iter().map(|s| id_at(&coord, &s.redis)).collect();
+    let Cluster {
+        coord,
+        specs,
+        servers,
+        ids,
+        mut acked,
+        coord_server: _coord_server,
+        dir: _dir,
+        ..
+    } = start_written(schedule, Duration::from_secs(30), true, KEYS);
     let addrs: Vec<String> = specs[..3].iter().map(|s| s.redis.clone()).collect();
     let (victim, led) = busiest_leader(&addrs, &acked);
     let drained = ids[victim];

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::*;
-use support::{Client, Server, R};
+use support::{Client, R};
 
 /// Keys written before the kill.
 const KEYS: usize = 100;
@@ -44,19 +44,6 @@ const NEVER_DOWN: Duration = Duration::from_secs(600);
 
 /// The two tests start eight processes between them: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A running cluster of three or four stores (a fourth joined after the writes).
-struct Cluster {
-    coord: std::sync::Arc<Coordinator>,
-    _server: nokv_coordinator::Server,
-    coord_addr: String,
-    specs: Vec<StoreSpec>,
-    servers: Vec<Option<Server>>,
-    ids: Vec<u64>,
-    acked: BTreeMap<String, String>,
-    client: ClusterClient,
-    _dir: tempfile::TempDir,
-}
 
 /// Every route of the coordinator.
 fn routes(coord: &Coordinator) -> Vec<Route> {
@@ -80,79 +67,6 @@ fn voter_counts(coord: &Coordinator, dead: u64) -> Vec<(u64, usize, usize)> {
             (r.id, live, on_dead)
         })
         .collect()
-}
-
-/// The newest store id registered with `redis` as its address.
-fn id_at(coord: &Coordinator, redis: &str) -> u64 {
-    coord
-        .stores()
-        .iter()
-        .filter_map(|i| i.meta.as_ref())
-        .filter(|m| m.redis_addr == redis)
-        .map(|m| m.id)
-        .max()
-        .unwrap_or_else(|| panic!("store at {redis} registered"))
-}
-
-/// Starts the coordinator and three stores, writes `KEYS` keys, then starts a fourth
-/// store (holding nothing) when `fourth`.
-fn start(schedule: bool, down_after: Duration, fourth: bool) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, server, coord_addr) =
-        start_coordinator_with(&dir.path().join("coord"), down_after, schedule);
-    let stores = if fourth { 4 } else { 3 };
-    let specs: Vec<StoreSpec> = (1..=stores)
-        .map(|i| StoreSpec {
-            workdir: dir.path().join(format!("store-{i}")),
-            redis: free_addr(),
-            rpc: free_addr(),
-            redirect: "moved",
-        })
-        .collect();
-    // The first three start together (the cluster bootstraps once they registered).
-    let handles: Vec<_> = specs[..3]
-        .iter()
-        .cloned()
-        .map(|spec| {
-            let coord_addr = coord_addr.clone();
-            std::thread::spawn(move || start_store(&spec, &coord_addr))
-        })
-        .collect();
-    let mut servers: Vec<Option<Server>> = handles
-        .into_iter()
-        .map(|h| Some(h.join().expect("store started")))
-        .collect();
-    let mut client = ClusterClient::new(&specs[..3]);
-    let mut acked = BTreeMap::new();
-    for i in 0..KEYS {
-        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
-        assert!(
-            client.set(i % 3, &k, &v, OP_BOUND),
-            "SET {k} not acknowledged in time\n{}",
-            client.log_tails()
-        );
-        acked.insert(k, v);
-    }
-    if fourth {
-        // The fourth store joins; the bootstrap placed nothing on it.
-        servers.push(Some(start_store(&specs[3], &coord_addr)));
-    }
-    let ids: Vec<u64> = specs.iter().map(|s| id_at(&coord, &s.redis)).collect();
-    for (region, voters, _) in voter_counts(&coord, 0) {
-        assert_eq!(voters, 3, "region {region} bootstrapped with 3 voters");
-    }
-    let client = ClusterClient::new(&specs);
-    Cluster {
-        coord,
-        _server: server,
-        coord_addr,
-        specs,
-        servers,
-        ids,
-        acked,
-        client,
-        _dir: dir,
-    }
 }
 
 /// SIGKILLs the first-three store leading the most of the keys; returns its index.
@@ -192,7 +106,7 @@ fn wait_live_voters(
 #[test]
 fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = start(true, DOWN_AFTER, true);
+    let mut c = start_written(true, DOWN_AFTER, true, KEYS);
     let victim = kill_busiest(&mut c);
     let dead = c.ids[victim];
     let live: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
@@ -202,7 +116,7 @@ fn the_scheduler_replaces_the_replicas_of_a_dead_store() {
 #[test]
 fn a_store_whose_disk_was_wiped_rejoins_as_a_new_store() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = start(true, NEVER_DOWN, false);
+    let mut c = start_written(true, NEVER_DOWN, false, KEYS);
     let victim = kill_busiest(&mut c);
     let dead = c.ids[victim];
     let spec = c.specs[victim].clone();
@@ -321,7 +235,7 @@ fn check_repaired(c: &mut Cluster, dead: u64, live: &[usize], new: usize) {
 #[test]
 fn without_the_scheduler_a_dead_store_is_not_repaired() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = start(false, DOWN_AFTER, true);
+    let mut c = start_written(false, DOWN_AFTER, true, KEYS);
     let victim = kill_busiest(&mut c);
     let dead = c.ids[victim];
     let (repaired, counts) = wait_live_voters(&c.coord, dead, CONTROL_WAIT);

@@ -2,6 +2,7 @@
 //! a coordinator in the test's process, and a client that follows `-MOVED`.
 
 use super::{Client, Server, R};
+use nokv_coordinator::proto::ScanRegionsRequest;
 use nokv_coordinator::{Config, Coordinator, Server as CoordServer, ServerOptions, SystemClock};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -279,4 +280,98 @@ pub fn start_coordinator_with(
         .expect("coordinator serves");
     let addr = server.local_addr().to_string();
     (coord, server, addr)
+}
+
+/// A running cluster of three or four stores (a fourth joined after the writes).
+pub struct Cluster {
+    pub coord: std::sync::Arc<Coordinator>,
+    /// Keeps the coordinator serving.
+    pub coord_server: nokv_coordinator::Server,
+    pub coord_addr: String,
+    pub specs: Vec<StoreSpec>,
+    pub servers: Vec<Option<Server>>,
+    pub ids: Vec<u64>,
+    pub acked: BTreeMap<String, String>,
+    pub client: ClusterClient,
+    /// Keeps the workdirs.
+    pub dir: tempfile::TempDir,
+}
+
+/// The newest store id registered with `redis` as its address.
+pub fn id_at(coord: &Coordinator, redis: &str) -> u64 {
+    coord
+        .stores()
+        .iter()
+        .filter_map(|i| i.meta.as_ref())
+        .filter(|m| m.redis_addr == redis)
+        .map(|m| m.id)
+        .max()
+        .unwrap_or_else(|| panic!("store at {redis} registered"))
+}
+
+/// Starts a coordinator (in this process; scheduler on when `schedule`, stores down after
+/// `down_after`) and three stores, writes `keys` keys (`key:<i>`), then starts a fourth
+/// store (holding nothing) when `fourth`.
+pub fn start_written(schedule: bool, down_after: Duration, fourth: bool, keys: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, server, coord_addr) =
+        start_coordinator_with(&dir.path().join("coord"), down_after, schedule);
+    let stores = if fourth { 4 } else { 3 };
+    let specs: Vec<StoreSpec> = (1..=stores)
+        .map(|i| StoreSpec {
+            workdir: dir.path().join(format!("store-{i}")),
+            redis: free_addr(),
+            rpc: free_addr(),
+            redirect: "moved",
+        })
+        .collect();
+    // The first three start together (the cluster bootstraps once they registered).
+    let handles: Vec<_> = specs[..3]
+        .iter()
+        .cloned()
+        .map(|spec| {
+            let coord_addr = coord_addr.clone();
+            std::thread::spawn(move || start_store(&spec, &coord_addr))
+        })
+        .collect();
+    let mut servers: Vec<Option<Server>> = handles
+        .into_iter()
+        .map(|h| Some(h.join().expect("store started")))
+        .collect();
+    let mut client = ClusterClient::new(&specs[..3]);
+    let mut acked = BTreeMap::new();
+    for i in 0..keys {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND),
+            "SET {k} not acknowledged in time\n{}",
+            client.log_tails()
+        );
+        acked.insert(k, v);
+    }
+    if fourth {
+        // The fourth store joins; the bootstrap placed nothing on it.
+        servers.push(Some(start_store(&specs[3], &coord_addr)));
+    }
+    let ids: Vec<u64> = specs.iter().map(|s| id_at(&coord, &s.redis)).collect();
+    for route in coord
+        .scan_regions(&ScanRegionsRequest::default())
+        .expect("scan regions")
+    {
+        let region = route.region.expect("a route's region");
+        let voters = region.peers.iter().filter(|p| !p.learner).count();
+        assert_eq!(voters, 3, "region {} bootstrapped with 3 voters", region.id);
+    }
+    let client = ClusterClient::new(&specs);
+    Cluster {
+        coord,
+        coord_server: server,
+        coord_addr,
+        specs,
+        servers,
+        ids,
+        acked,
+        client,
+        dir,
+    }
 }
