@@ -80,6 +80,12 @@ pub struct Flags {
     /// A region written faster than this many bytes per second is split the same way, e.g. 30MiB; 0: no splits by write rate [default: 30MiB].
     #[arg(long, value_name = "BYTES")]
     pub split_load_bytes: Option<String>,
+    /// On a standalone store, two adjacent regions of one core whose data together is below this size (and below half --region-max-bytes) and that each served fewer than --merge-max-qps requests per second merge, at most one merge per core and --split-check-ms, while the core holds more than 4 regions; 0: no automatic merges [default: 20MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub merge_max_bytes: Option<String>,
+    /// Request rate below which a region counts as cold for --merge-max-bytes [default: 100].
+    #[arg(long, value_name = "N")]
+    pub merge_max_qps: Option<u64>,
     /// On a standalone store, move a region from a core serving more than 1.25x the cores' mean request rate to the least busy core, at most one move per --split-check-ms: "on" or "off" [default: on].
     #[arg(long, value_name = "on|off")]
     pub balance_cores: Option<String>,
@@ -145,6 +151,10 @@ pub struct Settings {
     pub split_load_qps: u64,
     /// Split a region written more bytes per second than this (0: never by rate).
     pub split_load_bytes: u64,
+    /// Standalone: merge adjacent cold regions whose data together is below this (0: never).
+    pub merge_max_bytes: u64,
+    /// A region serving fewer requests per second than this is cold (merges).
+    pub merge_max_qps: u64,
     /// Standalone: move regions from busy cores to idle ones.
     pub balance_cores: bool,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
@@ -188,6 +198,12 @@ pub const DEFAULT_SPLIT_LOAD_QPS: u64 = 3000;
 
 /// Default of `--split-load-bytes`.
 pub const DEFAULT_SPLIT_LOAD_BYTES: u64 = 30 << 20;
+
+/// Default of `--merge-max-bytes`.
+pub const DEFAULT_MERGE_MAX_BYTES: u64 = 20 << 20;
+
+/// Default of `--merge-max-qps`.
+pub const DEFAULT_MERGE_MAX_QPS: u64 = 100;
 
 /// Default per-client output buffer limit.
 pub const DEFAULT_CLIENT_OUTPUT_BUFFER_LIMIT: u64 = 64 << 20;
@@ -305,6 +321,10 @@ pub struct ConfigFile {
     pub split_load_qps: Option<Spanned<u64>>,
     /// `--split-load-bytes`.
     pub split_load_bytes: Option<Spanned<ByteSize>>,
+    /// `--merge-max-bytes`.
+    pub merge_max_bytes: Option<Spanned<ByteSize>>,
+    /// `--merge-max-qps`.
+    pub merge_max_qps: Option<Spanned<u64>>,
     /// `--balance-cores`: "on" or "off".
     pub balance_cores: Option<Spanned<String>>,
     /// `--background-nice`.
@@ -547,6 +567,15 @@ impl Settings {
             text,
         )
         .map_or(DEFAULT_SPLIT_LOAD_BYTES, |(b, _)| b.0);
+        let merge_max_bytes = pick(
+            flag_bytes("merge_max_bytes", flags.merge_max_bytes)?,
+            file.merge_max_bytes,
+            path,
+            text,
+        )
+        .map_or(DEFAULT_MERGE_MAX_BYTES, |(b, _)| b.0);
+        let merge_max_qps = pick(flags.merge_max_qps, file.merge_max_qps, path, text)
+            .map_or(DEFAULT_MERGE_MAX_QPS, |(n, _)| n);
         let (balance_cores, origin) = pick(flags.balance_cores, file.balance_cores, path, text)
             .unwrap_or_else(|| ("on".to_string(), Origin::Default));
         let balance_cores = match balance_cores.as_str() {
@@ -650,6 +679,8 @@ impl Settings {
             split_check: std::time::Duration::from_millis(split_check_ms),
             split_load_qps,
             split_load_bytes,
+            merge_max_bytes,
+            merge_max_qps,
             balance_cores,
             background_nice,
             rpc_addr,
@@ -837,6 +868,8 @@ mod tests {
             split_check_ms,
             split_load_qps,
             split_load_bytes,
+            merge_max_bytes,
+            merge_max_qps,
             balance_cores,
             background_nice,
             rpc_addr,
@@ -864,6 +897,8 @@ mod tests {
             ("split_check_ms", split_check_ms.is_some()),
             ("split_load_qps", split_load_qps.is_some()),
             ("split_load_bytes", split_load_bytes.is_some()),
+            ("merge_max_bytes", merge_max_bytes.is_some()),
+            ("merge_max_qps", merge_max_qps.is_some()),
             ("balance_cores", balance_cores.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
@@ -900,6 +935,8 @@ mod tests {
         assert_eq!(s.split_check, d.split_check);
         assert_eq!(s.split_load_qps, d.split_load_qps);
         assert_eq!(s.split_load_bytes, d.split_load_bytes);
+        assert_eq!(s.merge_max_bytes, d.merge_max_bytes);
+        assert_eq!(s.merge_max_qps, d.merge_max_qps);
         assert_eq!(s.balance_cores, d.balance_cores);
         assert_eq!(s.background_nice, d.background_nice);
         assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));

@@ -175,3 +175,69 @@ pub(super) fn applied(core: &Rc<Core>, merges: Vec<(RegionDescriptor, u64)>) {
     }
     report_leaders(core);
 }
+
+/// Standalone stores, at each split check: merges one pair of adjacent regions this core
+/// leads whose data together is below `--merge-max-bytes` (and half `--region-max-bytes`)
+/// and that each served fewer than `--merge-max-qps` requests per second over the last
+/// interval, while the core holds more than its first `REGIONS_PER_CORE` regions (so the
+/// load of a store that becomes busy again has regions to spread over). Returns whether
+/// it merged.
+pub(super) async fn merge_cold(core: &Rc<Core>, loads: &HashMap<u64, load::LoadFigures>) -> bool {
+    let node = &core.node;
+    let mut led: Vec<RegionDescriptor> = {
+        let raft = core.raft.borrow();
+        raft.regions()
+            .filter(|r| raft.is_leader(r.id) && raft.merge_state(r.id).is_none())
+            .cloned()
+            .collect()
+    };
+    if led.len() <= REGIONS_PER_CORE {
+        return false;
+    }
+    led.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+    let cold = |id: u64| {
+        loads
+            .get(&id)
+            .is_none_or(|f| f.ops_per_sec < node.merge_max_qps as f64)
+    };
+    let limit = match node.region_max_bytes {
+        0 => node.merge_max_bytes,
+        max => node.merge_max_bytes.min(max / 2),
+    };
+    for pair in led.windows(2) {
+        let [a, b] = pair else { continue };
+        if a.end_key != b.start_key || !cold(a.id) || !cold(b.id) {
+            continue;
+        }
+        let (Ok((sa, ea)), Ok((sb, eb))) = (layout::slot_range(a), layout::slot_range(b)) else {
+            continue;
+        };
+        let db = core.db.clone();
+        let (da, dbb) = (a.clone(), b.clone());
+        let size = blocking(move || {
+            split::size_between(&db, &da, sa, ea) + split::size_between(&db, &dbb, sb, eb)
+        })
+        .await;
+        if size >= limit {
+            continue;
+        }
+        return match merge(core, a.id, b.id).await {
+            Ok(survivor) => {
+                tracing::info!(
+                    core = core.id,
+                    a = a.id,
+                    b = b.id,
+                    survivor,
+                    size,
+                    "merged two small, cold regions"
+                );
+                true
+            }
+            Err(reply) => {
+                tracing::debug!(a = a.id, b = b.id, reply = ?reply, "merge of cold regions not done");
+                false
+            }
+        };
+    }
+    false
+}

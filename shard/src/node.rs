@@ -172,6 +172,10 @@ struct NodeShared {
     split_load_qps: u64,
     /// Split regions written more bytes per second than this (0: never by rate).
     split_load_bytes: u64,
+    /// Standalone: merge adjacent cold regions whose data together is below this (0: never).
+    merge_max_bytes: u64,
+    /// Regions serving fewer requests per second than this are cold (merges).
+    merge_max_qps: u64,
     /// Standalone: move regions from busy cores to idle ones (`--balance-cores`).
     balance_cores: bool,
     /// Each core's request rate over its last check interval (requests per second).
@@ -498,6 +502,8 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         split_check: settings.split_check,
         split_load_qps: settings.split_load_qps,
         split_load_bytes: settings.split_load_bytes,
+        merge_max_bytes: settings.merge_max_bytes,
+        merge_max_qps: settings.merge_max_qps,
         balance_cores: settings.balance_cores,
         core_ops: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
@@ -1780,16 +1786,19 @@ async fn compact_log(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Erro
 async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
     match work {
         Work::Read { region, op } => {
-            if moved_away(core, region)
-                || core
-                    .raft
-                    .borrow()
-                    .region(region)
-                    .is_some_and(|d| !split::holds(d, &route::read_keys(&op)))
-            {
+            // The keys' list is built once for both the check and the load sample.
+            let stale = moved_away(core, region) || {
+                let keys = route::read_keys(&op);
+                let holds =
+                    (core.raft.borrow().region(region)).is_none_or(|d| split::holds(d, &keys));
+                if holds {
+                    core.loads.record(region, &keys, 0);
+                }
+                !holds
+            };
+            if stale {
                 return Answer::Stale(Work::Read { region, op });
             }
-            core.loads.record(region, &route::read_keys(&op), 0);
             if core.node.cluster.is_some() {
                 match confirm_leadership(core, region).await {
                     Ok(()) => {}
@@ -1960,17 +1969,18 @@ fn propose_local(core: &Rc<Core>, region: u64, cmd: WriteCommand) -> Proposal {
     }
     // Planned with routes from before a split (the keys now belong to another region) or
     // a move (the region is on another core now).
+    let keys = cmd.op.keys();
     if moved_away(core, region)
         || core
             .raft
             .borrow()
             .region(region)
-            .is_some_and(|d| !split::holds(d, &cmd.op.keys()))
+            .is_some_and(|d| !split::holds(d, &keys))
     {
         return Proposal::Stale(cmd);
     }
     let data = cmd.encode();
-    core.loads.record(region, &cmd.op.keys(), data.len());
+    core.loads.record(region, &keys, data.len());
     let (tx, rx) = oneshot::channel();
     let proposed = core
         .raft
@@ -2090,15 +2100,17 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 let Some(desc) = raft.region(*region) else {
                     return Err(plan);
                 };
-                if !split::holds(desc, &route::read_keys(op)) {
+                let keys = route::read_keys(op);
+                if !split::holds(desc, &keys) {
                     // Planned before a split: the task path plans it again.
                     return Err(plan);
                 }
                 exec::try_read(op, &RegionView::read_cached(&core.db, desc), now_ms())
+                    .map(|reply| (reply, keys))
             };
             match reply {
-                Some(reply) => {
-                    core.loads.record(*region, &route::read_keys(op), 0);
+                Some((reply, keys)) => {
+                    core.loads.record(*region, &keys, 0);
                     Ok(Inline::Reply(reply))
                 }
                 None => Err(plan),

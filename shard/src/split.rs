@@ -105,7 +105,7 @@ async fn alloc_ids(core: &Rc<Core>, count: u32) -> std::result::Result<u64, Repl
 }
 
 /// Approximate bytes of `desc`'s data in `[start, end)` slots (SST files only).
-fn size_between(db: &Db, desc: &RegionDescriptor, start: u32, end: u32) -> u64 {
+pub(super) fn size_between(db: &Db, desc: &RegionDescriptor, start: u32, end: u32) -> u64 {
     let lo = layout::slot_key(start as u16);
     let hi = (end < u32::from(nokv_gateway::model::SLOTS)).then(|| layout::slot_key(end as u16));
     layout::region_data(desc)
@@ -250,10 +250,12 @@ pub(super) async fn checks(core: Rc<Core>) {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }
     let balance = node.balance_cores && node.cluster.is_none() && node.cores > 1;
+    let merges = node.merge_max_bytes > 0 && node.cluster.is_none();
     if node.region_max_bytes == 0
         && node.split_load_qps == 0
         && node.split_load_bytes == 0
         && !balance
+        && !merges
     {
         return;
     }
@@ -327,6 +329,9 @@ pub(super) async fn checks(core: Rc<Core>) {
                     tracing::debug!(region = desc.id, reply = ?reply, "split by {reason} not done")
                 }
             }
+        }
+        if merges && !split_done {
+            split_done = super::merge::merge_cold(&core, &loads).await;
         }
         if cooldown > 0 {
             cooldown -= 1;

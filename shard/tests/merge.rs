@@ -29,7 +29,14 @@ fn mergeable_pairs(regions: &[Region]) -> Vec<(Region, Region)> {
 fn split_regions_merge_back_under_concurrent_writes_and_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let server = Server::start(&workdir, &flags);
     let mut c = server.client();
     let before = regions(&mut c);
@@ -138,7 +145,14 @@ fn sigkill_in_the_middle_of_merges_leaves_every_slot_owned_once_and_every_write(
 fn a_merge_persisted_in_two_steps_leaves_a_gap_that_the_check_finds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "1", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "1",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let knob = [("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY", "1")];
     let server = Server::start_env(&workdir, &flags, &knob);
     let mut c = server.client();
@@ -158,4 +172,53 @@ fn a_merge_persisted_in_two_steps_leaves_a_gap_that_the_check_finds() {
     let (status, stderr) = support::run_env_to_exit(&workdir, &flags, &[]).expect("exits");
     assert!(!status.success());
     assert!(stderr.contains("do not tile"), "{stderr}");
+}
+
+#[test]
+fn small_cold_regions_merge_by_themselves_down_to_the_first_four_of_a_core() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = [
+        "--cores",
+        "1",
+        "--region-max-bytes",
+        "0",
+        "--split-load-qps",
+        "0",
+        "--split-check-ms",
+        "300",
+    ];
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    let before = regions(&mut c);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let pairs: Vec<(String, String)> = (0..2000)
+        .map(|i| (format!("cold:{i}"), format!("v{i}")))
+        .collect();
+    load(&mut c, &pairs);
+    // Split every region (merges of one per check interval may already start).
+    let mut splits = 0;
+    for r in &before {
+        if let R::Array(_) = c.cmd(&format!("NOKV.REGION SPLIT {}", r.0)) {
+            splits += 1;
+        }
+    }
+    assert_eq!(splits, 4);
+    wait_for(
+        "cold regions merged down to four",
+        Duration::from_secs(60),
+        || regions(&mut c).len() == 4,
+    );
+    let now = regions(&mut c);
+    assert_tiles(&now);
+    let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+    assert!(
+        log.contains("merged two small, cold regions"),
+        "the log says so"
+    );
+    assert_values(&mut c, &pairs.into_iter().collect());
+    // Never below the first four: nothing merges further.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(regions(&mut c).len(), 4);
+    server.terminate();
 }

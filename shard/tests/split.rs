@@ -23,6 +23,8 @@ fn a_store_splits_regions_by_size_again_and_again_and_keeps_every_key() {
         "2",
         "--region-max-bytes",
         "128KiB",
+        "--merge-max-bytes",
+        "0",
         "--split-check-ms",
         "100",
     ];
@@ -72,7 +74,14 @@ fn a_store_splits_regions_by_size_again_and_again_and_keeps_every_key() {
 fn manual_splits_under_concurrent_writes_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let server = Server::start(&workdir, &flags);
     let mut c = server.client();
     let writers = Writers::start(&server.addr, 4, 0);
@@ -164,6 +173,8 @@ fn a_busy_region_splits_by_load_and_a_hot_key_is_reported_not_split() {
         "--cores",
         "1",
         "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
         "0",
         "--split-load-qps",
         "300",
@@ -277,7 +288,14 @@ fn an_idle_store_s_regions_hibernate_and_still_take_writes() {
 fn regions_move_between_cores_while_clients_write_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let server = Server::start(&workdir, &flags);
     let mut c = server.client();
     let before = regions(&mut c);
@@ -349,7 +367,14 @@ fn sigkill_in_the_middle_of_moves_leaves_each_region_on_one_core_with_every_writ
 fn a_move_cut_short_with_the_region_on_both_cores_keeps_the_target_s_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let server = Server::start_env(&workdir, &flags, &[("NOKV_DEBUG_ABORT_AFTER_MOVE_IN", "1")]);
     let mut c = server.client();
     let before = regions(&mut c);
@@ -402,6 +427,8 @@ fn a_load_skewed_onto_one_core_is_spread_until_each_core_is_within_a_quarter_of_
         "--cores",
         "2",
         "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
         "0",
         "--split-load-qps",
         "0",

@@ -1,7 +1,8 @@
 //! `nokv-tool`: NoKV's operator CLI (docs/tools.md). This slice covers stores, regions and
 //! the scheduler: `stores`, `store decommission`, `region list`, `schedule list|on|off`
-//! (from the coordinator), `region split` (the `NOKV.REGION SPLIT` operator command on a
-//! store's Redis port) and `hot` (`NOKV.REGION HOT` of stores).
+//! (from the coordinator), `region split` and `region merge` (the `NOKV.REGION SPLIT` and
+//! `MERGE` operator commands on a store's Redis port) and `hot` (`NOKV.REGION HOT` of
+//! stores).
 //!
 //! Every failure is one line on stderr, `nokv-tool: error: <what failed>; fix: <what to
 //! try>`, and a non-zero exit (1; 2 for a command line that does not parse).
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 /// Default `--timeout` of coordinator calls.
 const COORD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default `--timeout` of a split: the store waits for the split to apply through raft.
+/// Default `--timeout` of a split or merge: the store waits for it to apply through raft.
 const SPLIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// NoKV operator tool: lists the stores and regions a cluster's coordinator knows, and runs
@@ -51,7 +52,7 @@ enum Cmd {
     /// the last heartbeat, cores, Redis and RPC addresses, region and leader counts from the
     /// last heartbeat, version.
     Stores(StoresArgs),
-    /// Regions: list them, split one.
+    /// Regions: list them, split one, merge two.
     #[command(subcommand)]
     Region(RegionCmd),
     /// The busiest regions over the stores' last split-check interval (`NOKV.REGION HOT`):
@@ -141,6 +142,30 @@ enum RegionCmd {
     /// (--addr, or the region's leader found through --coordinator), follows one -MOVED
     /// redirect, and prints `region R split at slot S: new region N`.
     Split(SplitArgs),
+    /// Merges two adjacent regions of one core of a standalone store: sends `NOKV.REGION
+    /// MERGE <A> <B>` to its Redis port (--addr) and prints which region holds both now
+    /// (the one whose raft log is further ahead). Refused when they are not adjacent or
+    /// on two cores (move one first: `NOKV.REGION MOVE`), and on stores of a cluster.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// One region.
+    #[arg(value_name = "A", value_parser = clap::value_parser!(u64).range(1..))]
+    a: u64,
+    /// Its neighbour.
+    #[arg(value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
+    b: u64,
+    /// The store's Redis port (host:port).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr, required = true)]
+    addr: String,
+    /// The store's password (sent with AUTH first).
+    #[arg(long)]
+    password: Option<String>,
+    /// Prints the result as a JSON object instead of a line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The coordinator endpoints.
@@ -207,25 +232,11 @@ pub(crate) fn parse_addr(s: &str) -> std::result::Result<String, String> {
 }
 
 /// A duration with a unit (`500ms`, `30s`, `2m`; a bare number is seconds), above zero.
+/// A `--timeout`: a duration above zero (`nokv_coordinator::args::parse_duration`).
 fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else {
-        (s, 1000)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s or 1m"))?;
-    match n.checked_mul(mult_ms) {
-        Some(0) => Err("the timeout must be above zero".into()),
-        Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Err(format!("`{s}` is too long")),
+    match nokv_coordinator::args::parse_duration(s)? {
+        Duration::ZERO => Err("the timeout must be above zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -301,6 +312,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Schedule(ScheduleCmd::On(a)) => switch(&a, cli.cluster_id, coord_timeout, true),
         Cmd::Schedule(ScheduleCmd::Off(a)) => switch(&a, cli.cluster_id, coord_timeout, false),
+        Cmd::Region(RegionCmd::Merge(a)) => {
+            let done = region::merge(
+                &a.addr,
+                a.a,
+                a.b,
+                a.password.as_deref(),
+                cli.timeout.unwrap_or(SPLIT_TIMEOUT),
+            )?;
+            if a.json {
+                print_json(&done)
+            } else {
+                print(&format!("{}\n", done.line()))
+            }
+        }
         Cmd::Region(RegionCmd::Split(a)) => {
             let addr = match a.addr {
                 Some(addr) => addr,

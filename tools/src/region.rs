@@ -1,5 +1,6 @@
-//! `nokv-tool region list` (the catalog's regions) and `nokv-tool region split` (the
-//! `NOKV.REGION SPLIT` operator command on a store's Redis port).
+//! `nokv-tool region list` (the catalog's regions), `nokv-tool region split` and
+//! `region merge` (the `NOKV.REGION SPLIT` and `MERGE` operator commands on a store's Redis
+//! port).
 
 use crate::error::{Error, Result};
 use crate::render;
@@ -262,6 +263,62 @@ fn send_split(
         other => Err(unexpected(format!(
             "expected the new region's id, got {other:?}"
         ))),
+    }
+}
+
+/// A merge's result.
+#[derive(Debug, Serialize)]
+pub struct MergeDone {
+    /// The two regions merged, as given.
+    pub regions: [u64; 2],
+    /// The region that holds both ranges now (the other one is gone).
+    pub region: u64,
+    /// The store that ran the merge.
+    pub store: String,
+}
+
+impl MergeDone {
+    /// The line printed for people.
+    pub fn line(&self) -> String {
+        format!(
+            "regions {} and {} merged: region {} holds both",
+            self.regions[0], self.regions[1], self.region
+        )
+    }
+}
+
+/// Sends `NOKV.REGION MERGE <a> <b>` to the (standalone) store at `addr`, within `timeout`.
+pub fn merge(
+    addr: &str,
+    a: u64,
+    b: u64,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<MergeDone> {
+    let mut conn = Conn::connect(addr, timeout)?;
+    conn.auth(password)?;
+    let label = format!("NOKV.REGION MERGE {a} {b}");
+    let (a_arg, b_arg) = (a.to_string(), b.to_string());
+    let reply = conn.call(
+        &[b"NOKV.REGION", b"MERGE", a_arg.as_bytes(), b_arg.as_bytes()],
+        &label,
+    )?;
+    match reply {
+        Reply::Int(n) if n as u64 == a || n as u64 == b => Ok(MergeDone {
+            regions: [a, b],
+            region: n as u64,
+            store: addr.to_string(),
+        }),
+        Reply::Error(message) => Err(Error::Refused {
+            addr: addr.to_string(),
+            command: label,
+            message,
+        }),
+        other => Err(Error::Reply {
+            addr: addr.to_string(),
+            command: label,
+            detail: format!("expected the id of region {a} or {b}, got {other:?}"),
+        }),
     }
 }
 

@@ -263,3 +263,26 @@ fn the_leader_is_found_through_the_coordinator() {
         "{line}"
     );
 }
+
+#[test]
+fn a_merge_prints_the_region_that_holds_both() {
+    let store = FakeStore::start(vec![Answer::Reply(b":8\r\n")]);
+    let out = tool(&["region", "merge", "--addr", &store.addr, "7", "8"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "regions 7 and 8 merged: region 8 holds both\n");
+    assert_eq!(
+        store.commands(),
+        vec![cmd(&["NOKV.REGION", "MERGE", "7", "8"])]
+    );
+    let refused = FakeStore::start(vec![Answer::Reply(
+        b"-ERR merge refused: region 9 is not adjacent\r\n",
+    )]);
+    let out = tool(&["region", "merge", "--addr", &refused.addr, "7", "9"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("not adjacent") && out.stderr.lines().count() == 1,
+        "{}",
+        out.stderr
+    );
+}

@@ -184,7 +184,14 @@ pub fn sigkill_rounds(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = ["--cores", "2", "--region-max-bytes", "0"];
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
     let mut all = BTreeMap::new();
     for round in 0..rounds {
         let server = Server::start(&workdir, &flags);
