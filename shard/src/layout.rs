@@ -287,6 +287,21 @@ pub fn engine_options(
     opts
 }
 
+/// Key in a core's meta space marking that the core got its first regions (bootstrap, or
+/// its replicas in a cluster): from then on a core without regions stays without.
+const SEEDED_KEY: &[u8] = b"core/seeded";
+
+/// Whether the core's engine has the [`SEEDED_KEY`] mark.
+fn is_seeded(db: &Db) -> nokv::Result<bool> {
+    Ok(db
+        .get_in(
+            nokv_raft::region::META_SPACE,
+            SEEDED_KEY,
+            &nokv::ReadOptions::default(),
+        )?
+        .is_some())
+}
+
 /// Where a core's regions come from when its engine has none.
 #[derive(Debug, Clone)]
 pub enum Seed {
@@ -326,8 +341,11 @@ pub fn open_core(
         .map_err(|source| Error::Raft { core, source })?;
     let mut regions =
         nokv_raft::region::load_regions(&db).map_err(|source| Error::Raft { core, source })?;
+    let seeded = is_seeded(&db).map_err(|source| Error::Engine { core, source })?;
     let create = match seed {
-        Seed::Standalone if regions.is_empty() => {
+        // Only a core that never had regions gets the bootstrap layout: one whose regions
+        // all moved to other cores or merged away stays empty.
+        Seed::Standalone if regions.is_empty() && !seeded => {
             bootstrap_regions(meta.cores, meta.regions_per_core, core)
         }
         Seed::Standalone => Vec::new(),
@@ -339,13 +357,27 @@ pub fn open_core(
             .cloned()
             .collect(),
     };
-    if !create.is_empty() {
-        for desc in create {
-            nokv_raft::region::save_region(&db, &desc)
-                .map_err(|source| Error::Raft { core, source })?;
-            regions.push(desc);
+    if !create.is_empty() || !seeded {
+        // The new descriptors and the seeded mark in one synced write (a crash leaves all
+        // or none); a core of an older workdir that has regions gets the mark too.
+        let mut b = nokv::WriteBatch::new();
+        for desc in &create {
+            b.put_in(
+                nokv_raft::region::META_SPACE,
+                &nokv_raft::region::region_key(desc.id),
+                &desc.encode(),
+            );
         }
-        tracing::info!(core, regions = regions.len(), "created regions");
+        b.put_in(nokv_raft::region::META_SPACE, SEEDED_KEY, b"1");
+        let wo = nokv::WriteOptions {
+            durability: Some(nokv::Durability::Sync),
+        };
+        db.write(&b, &wo)
+            .map_err(|source| Error::Engine { core, source })?;
+        if !create.is_empty() {
+            regions.extend(create);
+            tracing::info!(core, regions = regions.len(), "created regions");
+        }
     }
     let replayed = replay
         .take()

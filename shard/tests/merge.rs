@@ -222,3 +222,48 @@ fn small_cold_regions_merge_by_themselves_down_to_the_first_four_of_a_core() {
     assert_eq!(regions(&mut c).len(), 4);
     server.terminate();
 }
+
+/// Found by `bench/anchors/spread.sh`: a core whose regions all moved to another core and
+/// merged there came back at the next start with the bootstrap layout, over slots the
+/// other core held (the store refused to start: regions did not tile).
+#[test]
+fn a_store_reduced_to_one_region_on_one_core_restarts_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = [
+        "--cores",
+        "2",
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+    ];
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    for r in regions(&mut c) {
+        if r.3 != 0 {
+            assert_eq!(c.cmd(&format!("NOKV.REGION MOVE {} 0", r.0)), R::ok());
+        }
+    }
+    // Bounded: each merge removes a region.
+    for _ in 0..16 {
+        let now = regions(&mut c);
+        if now.len() == 1 {
+            break;
+        }
+        let reply = c.cmd(&format!("NOKV.REGION MERGE {} {}", now[0].0, now[1].0));
+        assert!(matches!(reply, R::Int(_)), "{reply:?}");
+    }
+    let one = regions(&mut c);
+    assert_eq!(one.len(), 1, "{one:?}");
+    let pairs: Vec<(String, String)> = (0..500)
+        .map(|i| (format!("one:{i}"), format!("v{i}")))
+        .collect();
+    load(&mut c, &pairs);
+    server.terminate();
+    let server = Server::start(&workdir, &flags);
+    let mut c = server.client();
+    assert_eq!(regions(&mut c), one);
+    assert_values(&mut c, &pairs.into_iter().collect());
+    server.terminate();
+}
