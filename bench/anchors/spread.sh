@@ -95,7 +95,7 @@ for t in $(seq "$STEP" "$STEP" "$DURATION"); do
     ops=$(( (now_sets - prev_sets) / STEP )); c0=$(( (a0 - prev0) / STEP )); c1=$(( (a1 - prev1) / STEP ))
     prev_sets=$now_sets; prev0=$a0; prev1=$a1
     # The larger core's distance from the mean of the two, in percent.
-    spread=$(awk -v x="$c0" -v y="$c1" 'BEGIN { m = (x + y) / 2; d = (x > y ? x : y) - m; printf "%.0f", m > 0 ? 100 * d / m : 100 }')
+    spread=$(awk -v x="$c0" -v y="$c1" 'BEGIN { m = (x + y) / 2; d = (x > y ? x : y) - m; printf "%.0f", (m > 0 ? 100 * d / m : 100) }')
     if [[ -z $spread_at && $spread -le 25 ]]; then spread_at=$t; fi
     if [[ -n $spread_at && $spread -gt 25 ]]; then spread_at=; fi
     bar=$(awk -v o="$ops" 'BEGIN { n = int(o / 4000); s = ""; for (i = 0; i < n && i < 60; i++) s = s "#"; print s }')

@@ -21,6 +21,8 @@ const SPLITS: &str = "nokv_region_splits_total";
 const CORE_OPS: &str = "nokv_core_ops_per_second";
 /// A core is rebalanced once its rate exceeds the cores' mean by this factor.
 const BALANCE_TOLERANCE: f64 = 1.25;
+/// Most regions one balancing check moves off a core.
+const MAX_BALANCE_MOVES: usize = 8;
 /// Regions past `--region-max-bytes` that hold one hash slot and cannot split.
 const UNSPLITTABLE: &str = "nokv_region_unsplittable_total";
 
@@ -331,19 +333,21 @@ pub(super) async fn checks(core: Rc<Core>) {
             }
         }
         if merges && !split_done {
-            split_done = super::merge::merge_cold(&core, &loads).await;
+            super::merge::merge_cold(&core, &loads).await;
         }
         if cooldown > 0 {
             cooldown -= 1;
-        } else if balance && !split_done && balance_cores(&core, &loads, mine).await {
-            cooldown = 2;
+        } else if balance && balance_cores(&core, &loads, mine).await {
+            // The moved load shows in the next window's rates: skip one.
+            cooldown = 1;
         }
     }
 }
 
 /// Standalone stores: when this core served more than 1.25x the cores' mean request rate
-/// over the last interval, moves the busiest of its regions whose rate is at most half the
-/// gap to the least busy core there (so the move cannot overshoot); one move per call.
+/// over the last interval, moves its busiest regions to the least busy core, as long as
+/// their rates add up to at most half the gap between the two (so the moves cannot
+/// overshoot), at most [`MAX_BALANCE_MOVES`] per call.
 async fn balance_cores(
     core: &Rc<Core>,
     loads: &HashMap<u64, load::LoadFigures>,
@@ -369,35 +373,40 @@ async fn balance_cores(
         return false;
     };
     let room = (mine - least) / 2.0;
-    let pick = {
+    let mut picks: Vec<(u64, f64)> = {
         let raft = core.raft.borrow();
         loads
             .iter()
             .filter(|(id, f)| raft.is_leader(**id) && f.ops_per_sec > 0.0 && f.ops_per_sec <= room)
-            .max_by(|a, b| a.1.ops_per_sec.total_cmp(&b.1.ops_per_sec))
             .map(|(id, f)| (*id, f.ops_per_sec))
+            .collect()
     };
-    let Some((region, rate)) = pick else {
-        return false;
-    };
-    match super::moves::move_region(core, region, to).await {
-        Ok(()) => {
-            tracing::info!(
-                region,
-                from = core.id,
-                to,
-                rate,
-                mine,
-                mean,
-                "moved a region to balance the cores' load"
-            );
-            true
+    picks.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (mut moved, mut moves) = (0.0, 0);
+    for (region, rate) in picks {
+        if moves >= MAX_BALANCE_MOVES || moved + rate > room {
+            continue;
         }
-        Err(reply) => {
-            tracing::debug!(region, to, reply = ?reply, "balancing move not done");
-            false
+        match super::moves::move_region(core, region, to).await {
+            Ok(()) => {
+                moved += rate;
+                moves += 1;
+                tracing::info!(
+                    region,
+                    from = core.id,
+                    to,
+                    rate,
+                    mine,
+                    mean,
+                    "moved a region to balance the cores' load"
+                );
+            }
+            Err(reply) => {
+                tracing::debug!(region, to, reply = ?reply, "balancing move not done");
+            }
         }
     }
+    moves > 0
 }
 
 /// `NOKV.REGION HOT` on one core: a line per region it led in the last check interval,
