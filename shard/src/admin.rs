@@ -594,7 +594,8 @@ async fn change(core: &Rc<Core>, region: u64, c: PeerChange) -> std::result::Res
 /// `to_peer`, at `epoch`) and holds no replica: looks the region up in the coordinator's
 /// routes (refreshed by the heartbeat thread) and creates an empty replica when the coordinator's descriptor lists this store with
 /// that peer id and the sender as a member, at the same split version. Never twice at
-/// once for one region, never for a region removed from this store.
+/// once for one region; for a replica removed from this store only once its data is
+/// deleted and for a newer membership (the store was added again).
 pub(super) fn maybe_create(
     core: &Rc<Core>,
     region: u64,
@@ -605,8 +606,7 @@ pub(super) fn maybe_create(
     let Some(cluster) = &core.node.cluster else {
         return;
     };
-    if core.tombstones.borrow().contains_key(&region) || !core.creating.borrow_mut().insert(region)
-    {
+    if buried(core, region, epoch.conf_version) || !core.creating.borrow_mut().insert(region) {
         return;
     }
     let store_id = cluster.store_id;
@@ -639,6 +639,7 @@ async fn create(
     epoch: nokv_raft::Epoch,
 ) -> std::result::Result<(), ReplicaError> {
     let region = desc.id;
+    let conf_version = desc.epoch.conf_version;
     let refused = |reason: String| ReplicaError::Refused { region, reason };
     match desc.peer_on_store(store_id) {
         Some(p) if p.peer_id == to_peer => {}
@@ -691,9 +692,13 @@ async fn create(
     blocking(move || nokv_raft::region::save_region(&db, &saved))
         .await
         .map_err(|source| ReplicaError::Raft { region, source })?;
-    if core.tombstones.borrow().contains_key(&region) || core.raft.borrow().region(region).is_some()
-    {
+    if buried(core, region, conf_version) || core.raft.borrow().region(region).is_some() {
         return Err(refused("the region changed meanwhile".into()));
+    }
+    // Added again after a removal: the old replica is gone.
+    core.tombstones.borrow_mut().remove(&region);
+    if let Ok(mut m) = core.node.moved_out.write() {
+        m.remove(&region);
     }
     core.raft
         .borrow_mut()
@@ -793,9 +798,10 @@ fn remove_local(core: &Rc<Core>, region: u64, leader_hint: Option<u64>) {
         )))
     });
     let Some(desc) = desc else { return };
+    let conf_version = desc.epoch.conf_version;
     core.tombstones
         .borrow_mut()
-        .insert(region, desc.epoch.conf_version);
+        .insert(region, (conf_version, false));
     core.node.set_hosted(region, None);
     tracing::info!(
         region,
@@ -803,13 +809,33 @@ fn remove_local(core: &Rc<Core>, region: u64, leader_hint: Option<u64>) {
         "replica removed from this store; deleting its data"
     );
     let db = core.db.clone();
+    let c = core.clone();
     glommio::spawn_local(async move {
         let deleted = blocking(move || delete_region_data(&db, &desc)).await;
-        if let Err(e) = deleted {
-            tracing::error!(region, error = %e, "deleting a removed replica's data failed");
+        match deleted {
+            Ok(()) => {
+                if let Some(t) = c.tombstones.borrow_mut().get_mut(&region) {
+                    if t.0 == conf_version {
+                        t.1 = true;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(region, error = %e, "deleting a removed replica's data failed")
+            }
         }
     })
     .detach();
+}
+
+/// Whether a replica of `region` removed from this core bars creating one for membership
+/// version `conf_version`: its data is not deleted yet, or the version is not newer than
+/// the one it was removed at (a message from before the removal).
+fn buried(core: &Core, region: u64, conf_version: u64) -> bool {
+    core.tombstones
+        .borrow()
+        .get(&region)
+        .is_some_and(|&(removed_at, deleted)| !deleted || conf_version <= removed_at)
 }
 
 /// How often a core compares its replicas with the coordinator's routes.

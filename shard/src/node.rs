@@ -765,9 +765,10 @@ struct Core {
     step_drops: StepDrops,
     /// Regions this core is asking the coordinator about (raft messages came for them).
     creating: RefCell<HashSet<u64>>,
-    /// Regions removed from this core while running, with their last membership version:
-    /// never recreated from raft messages.
-    tombstones: RefCell<HashMap<u64, u64>>,
+    /// Regions removed from this core while running: (their last membership version,
+    /// whether the old replica's data is deleted). Raft messages recreate one only for a
+    /// newer membership (the store was added again), once the deletion is done.
+    tombstones: RefCell<HashMap<u64, (u64, bool)>>,
     /// Region snapshots being sent to other stores (`crate::snapship`).
     snapshot_sends: Rc<crate::snapship::Sends>,
     /// This core's copy of the route table.
