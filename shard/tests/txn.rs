@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::*;
+use support::R;
 
 fn options() -> ClientOptions {
     ClientOptions {
@@ -33,6 +34,7 @@ struct Cluster {
     _coord: (Arc<nokv_coordinator::Coordinator>, nokv_coordinator::Server),
     _stores: Vec<Option<support::Server>>,
     coord_addr: String,
+    specs: Vec<StoreSpec>,
     client: Client,
 }
 
@@ -44,6 +46,7 @@ fn cluster() -> Cluster {
     let client = Client::connect(vec![coord_addr.clone()], options()).expect("client connects");
     Cluster {
         coord_addr,
+        specs,
         _dir: dir,
         _coord: (coord, server),
         _stores: stores,
@@ -292,9 +295,15 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
     const THREADS: usize = 4;
     const TRANSFERS: usize = 15;
     const START: i64 = 100;
+    const READS: u64 = 12;
     let c = cluster();
     let names: Vec<String> = (0..ACCOUNTS).map(|i| format!("bank:{i}")).collect();
-    run_txn(&c.client, |t| {
+    let regions: BTreeSet<u64> = names
+        .iter()
+        .map(|k| c.client.region_for_key(k.as_bytes()).expect("region"))
+        .collect();
+    assert!(regions.len() > 3, "accounts in {} regions", regions.len());
+    let opened = run_txn(&c.client, |t| {
         for n in &names {
             t.put(n.as_bytes(), START.to_string().as_bytes())?;
         }
@@ -302,12 +311,17 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
     });
     let total = START * ACCOUNTS as i64;
     let reads = AtomicU64::new(0);
-    let sum_at = |client: &Client, t: &nokv_client::Transaction<'_>| -> i64 {
-        let _ = client;
+    let attempts = AtomicU64::new(0);
+    // The sum of every account in the snapshot at `ts` (locks met are resolved).
+    let sum_at = |client: &Client, ts: u64| -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
         names
             .iter()
             .map(|n| {
-                let v = t.get(n.as_bytes()).expect("read").expect("account exists");
+                let v = client
+                    .snapshot_get(n.as_bytes(), ts, deadline)
+                    .expect("read")
+                    .expect("account exists");
                 String::from_utf8_lossy(&v).parse::<i64>().expect("number")
             })
             .sum()
@@ -316,6 +330,7 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
         for th in 0..THREADS {
             let c = &c;
             let names = &names;
+            let attempts = &attempts;
             s.spawn(move || {
                 let mut seed = 0x9e37_79b9_u64.wrapping_mul(th as u64 + 1);
                 let mut next = move || {
@@ -329,6 +344,7 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
                     let b = (a + 1 + next() as usize % (ACCOUNTS - 1)) % ACCOUNTS;
                     let amount = (next() % 20) as i64;
                     run_txn(&c.client, |t| {
+                        attempts.fetch_add(1, Ordering::Relaxed);
                         let get = |t: &nokv_client::Transaction<'_>,
                                    k: &str|
                          -> nokv_client::Result<i64> {
@@ -344,24 +360,44 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
                 }
             });
         }
-        // Snapshot reads of the total while the transfers run.
+        // Snapshot reads of the total while the transfers run: at a fresh timestamp, or
+        // at a random one between the accounts' opening and now.
         let c2 = &c;
         let reads = &reads;
         s.spawn(move || {
-            for _ in 0..10 {
-                let t = c2.client.begin().expect("begin");
-                assert_eq!(
-                    sum_at(&c2.client, &t),
-                    total,
-                    "total at ts {}",
-                    t.start_ts()
-                );
+            let mut seed = 0x2545_f491_u64;
+            for i in 0..READS {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let now = c2.client.timestamp().expect("ts");
+                let ts = if i % 2 == 0 {
+                    now
+                } else {
+                    opened + seed % (now - opened).max(1)
+                };
+                assert_eq!(sum_at(&c2.client, ts), total, "total at ts {ts}");
                 reads.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
     });
-    assert_eq!(reads.load(Ordering::Relaxed), 10);
-    let t = c.client.begin().expect("begin");
-    assert_eq!(sum_at(&c.client, &t), total, "final total");
+    assert_eq!(reads.load(Ordering::Relaxed), READS);
+    let transfers = (THREADS * TRANSFERS) as u64;
+    let tried = attempts.load(Ordering::Relaxed);
+    eprintln!("{transfers} transfers in {tried} attempts");
+    assert!(tried >= transfers);
+    let now = c.client.timestamp().expect("ts");
+    assert_eq!(sum_at(&c.client, now), total, "final total");
+    // Every replica of the accounts' regions holds the same data (NS_KV is part of the
+    // regions' data; the entries carry their versions).
+    let mut redis = ClusterClient::new(&c.specs);
+    for r in &regions {
+        let id = r.to_string();
+        let verdict = redis.call(0, &[b"NOKV.REGION", b"CHECK", id.as_bytes()], OP_BOUND);
+        assert!(
+            matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")),
+            "region {r}: {verdict:?}"
+        );
+    }
 }

@@ -79,7 +79,7 @@ pub enum Error {
         /// The region that answered.
         region: u64,
         /// The store's error.
-        error: nokv_raft::txn_wire::TxnError,
+        error: Box<nokv_raft::txn_wire::TxnError>,
     },
     /// The commit of a transaction's primary key got no answer: the transaction may or
     /// may not be committed (a later reader decides it for good).
@@ -101,7 +101,7 @@ impl Error {
     /// The store's transaction error, if this is one.
     pub fn txn_error(&self) -> Option<&nokv_raft::txn_wire::TxnError> {
         match self {
-            Error::Txn { error, .. } => Some(error),
+            Error::Txn { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }

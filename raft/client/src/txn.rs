@@ -56,10 +56,18 @@ impl Client {
                 Some(TxnResult::Error(e)) if e.kind() == TxnErrorKind::KeyNotInRegion => {
                     self.forget_region(region);
                     if !backoff.sleep(deadline) {
-                        return Err(Error::Txn { region, error: e });
+                        return Err(Error::Txn {
+                            region,
+                            error: Box::new(e),
+                        });
                     }
                 }
-                Some(TxnResult::Error(e)) => return Err(Error::Txn { region, error: e }),
+                Some(TxnResult::Error(e)) => {
+                    return Err(Error::Txn {
+                        region,
+                        error: Box::new(e),
+                    })
+                }
                 Some(r) => return Ok(r),
                 None => {
                     return Err(Error::UnexpectedReply {
@@ -140,7 +148,10 @@ impl Client {
                 if e.kind() == TxnErrorKind::KeyNotInRegion {
                     self.forget_region(region);
                 }
-                Err(Error::Txn { region, error: e })
+                Err(Error::Txn {
+                    region,
+                    error: Box::new(e),
+                })
             }
             Some(r) => Ok(r),
             None => Err(Error::UnexpectedReply {
