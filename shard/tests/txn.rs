@@ -401,3 +401,101 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
         );
     }
 }
+
+/// A cluster whose stores run with the environment `env` (debug knobs).
+fn cluster_env(env: &'static [(&'static str, &'static str)]) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let specs = store_specs(dir.path());
+    // Started at once: each waits for the others before it listens.
+    let handles: Vec<_> = specs
+        .iter()
+        .cloned()
+        .map(|spec| {
+            let coord_addr = coord_addr.clone();
+            std::thread::spawn(move || Some(start_store_env(&spec, &coord_addr, env)))
+        })
+        .collect();
+    let stores = handles
+        .into_iter()
+        .map(|h| h.join().expect("store started"))
+        .collect();
+    let client = Client::connect(vec![coord_addr.clone()], options()).expect("client connects");
+    Cluster {
+        _dir: dir,
+        _coord: (coord, server),
+        _stores: stores,
+        coord_addr,
+        specs,
+        client,
+    }
+}
+
+/// Prewrites `key` by `n` transactions at once (distinct start timestamps, raw
+/// requests): how many succeeded (the others found a lock).
+fn racing_prewrites(client: &Client, key: &str, n: usize) -> usize {
+    let starts: Vec<u64> = (0..n).map(|_| client.timestamp().expect("ts")).collect();
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = starts
+            .iter()
+            .map(|&start| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let op = TxnOp::Prewrite(Prewrite {
+                        mutations: vec![TxnMutation::put(key.as_bytes(), b"x")],
+                        primary: key.as_bytes().to_vec(),
+                        start_ts: start,
+                        ttl_ms: 60_000,
+                        txn_size: 1,
+                    });
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    match client.txn_op(key.as_bytes(), op, deadline) {
+                        Ok(_) => true,
+                        Err(e)
+                            if e.txn_error().map(|t| t.kind())
+                                == Some(TxnErrorKind::KeyIsLocked) =>
+                        {
+                            false
+                        }
+                        Err(e) => panic!("prewrite {key}: {e}"),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("prewrite thread"))
+            .filter(|ok| *ok)
+            .count()
+    })
+}
+
+#[test]
+fn racing_prewrites_of_one_key_lock_it_once_and_not_without_latches() {
+    const RACERS: usize = 8;
+    let c = cluster();
+    for i in 0..12 {
+        let key = format!("race:{i}");
+        assert_eq!(racing_prewrites(&c.client, &key, RACERS), 1, "{key}");
+    }
+    drop(c);
+    // Negative control: without latches two prewrites of one key both lock it (the
+    // later lock replaces the earlier one, whose transaction believes it holds it).
+    let c = cluster_env(&[("NOKV_DEBUG_TXN_NO_LATCHES", "1")]);
+    let mut doubled = None;
+    for i in 0..40 {
+        let key = format!("race:{i}");
+        let won = racing_prewrites(&c.client, &key, RACERS);
+        if won > 1 {
+            doubled = Some((key, won));
+            break;
+        }
+    }
+    eprintln!("without latches: {doubled:?} prewrites locked one key");
+    assert!(
+        doubled.is_some(),
+        "without latches every racing prewrite still locked its key once"
+    );
+}
