@@ -2,9 +2,10 @@
 //! (`nokv_raft::txn_wire`).
 //!
 //! On the core of the region's leader: the request's keys are latched (a per-core
-//! in-memory table, [`Latches`]; waiters queue, bounded by [`MAX_LATCH_WAITERS`]),
-//! leadership is confirmed as for reads (lease or ReadIndex, so every entry committed
-//! before is applied), the Percolator operation (`nokv::txn`) runs against the core's
+//! in-memory table, [`Latches`]; waiters queue, bounded by [`MAX_LATCH_WAITERS`]; an
+//! entry in flight holds its keys' latches until applied), leadership is confirmed as
+//! for reads (lease or ReadIndex, so every entry committed before is applied), the
+//! Percolator operation (`nokv::txn`) runs against the core's
 //! engine through a `DbReader` of `NS_KV` and returns a `WriteBatch`, and the batch is
 //! proposed as a raft entry of its own format ([`encode_entry`]: the batch's puts and
 //! deletes with their explicit versions). Every replica applies the entry with the
@@ -36,6 +37,9 @@ const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 /// Most requests of one core waiting for latches at once; more are answered `-BUSY`.
 pub const MAX_LATCH_WAITERS: usize = 1024;
+/// How often a request whose entry is in flight checks that its replica still leads the
+/// region (its latches are released when it does not).
+const LATCH_LEADER_CHECK: Duration = Duration::from_millis(200);
 /// Most pairs one `Scan` returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// How far (ms of physical time) the engine's GC safe point trails the wall clock: MVCC
@@ -529,7 +533,8 @@ pub(super) async fn execute(core: &Rc<Core>, region: u64, req: TxnRequest) -> An
         ));
     }
     // Latched before the leadership check: everything applied then is what the
-    // operation reads, and no other request of these keys runs until its entry applied.
+    // operation reads (an entry of an earlier term included), and no other request of
+    // these keys runs until its entry applied (or this replica stopped leading).
     let guard = if core.node.knobs.txn_no_latches {
         // Negative control (debug knob): the latch test must catch this.
         None
@@ -587,10 +592,30 @@ pub(super) async fn execute(core: &Rc<Core>, region: u64, req: TxnRequest) -> An
     }
     let _ = core.notify.try_send(());
     // The latches stay until the entry applied or was dropped, even when the requester
-    // stops waiting: a later request of these keys must read what it wrote.
+    // stops waiting: a later request of these keys must read what it wrote. Or until this
+    // replica no longer leads the region: the entry then applies before any leader
+    // (this one again included) confirms its leadership for a later request, or never.
     let (done_tx, done_rx) = oneshot::channel();
+    let holder = core.clone();
     glommio::spawn_local(async move {
-        let reply = rx.await;
+        let mut rx = rx;
+        // Bounded: ends when the proposal does or leadership is lost.
+        let reply = loop {
+            let step = future::or(async { Some((&mut rx).await) }, async {
+                glommio::timer::sleep(LATCH_LEADER_CHECK).await;
+                None
+            })
+            .await;
+            match step {
+                Some(reply) => break reply,
+                None if !holder.raft.borrow().is_leader(region) => {
+                    break Some(Reply::error(format!(
+                        "TRYAGAIN region {region} lost its leader while a transaction entry was in flight; it may still apply"
+                    )))
+                }
+                None => {}
+            }
+        };
         drop(guard);
         if let Some(reply) = reply {
             done_tx.send(reply);

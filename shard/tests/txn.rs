@@ -38,6 +38,15 @@ struct Cluster {
     client: Client,
 }
 
+/// The scenarios run one at a time (each takes this lock for its whole run): five
+/// three-store clusters at once on a small loaded machine starve each other's raft rounds
+/// past the client's deadline.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster() -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let (coord, server, coord_addr) = start_coordinator(&dir.path().join("coord"));
@@ -82,6 +91,7 @@ fn read(client: &Client, key: &str) -> Option<String> {
 
 #[test]
 fn transactions_across_regions_commit_atomically_and_conflicts_retry() {
+    let _serial = serial();
     let c = cluster();
     let client = &c.client;
     // Keys over many regions: a two-phase commit.
@@ -219,6 +229,7 @@ fn prewrite(client: &Client, start: u64, primary: &str, keys: &[&str], ttl_ms: u
 
 #[test]
 fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
+    let _serial = serial();
     let c = cluster();
     let client = &c.client;
     let keys = ["dead:p", "dead:s1", "dead:s2", "dead:s3"];
@@ -291,6 +302,7 @@ fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
 
 #[test]
 fn a_bank_keeps_its_total_under_concurrent_transfers() {
+    let _serial = serial();
     const ACCOUNTS: usize = 12;
     const THREADS: usize = 4;
     const TRANSFERS: usize = 15;
@@ -474,6 +486,7 @@ fn racing_prewrites(client: &Client, key: &str, n: usize) -> usize {
 
 #[test]
 fn racing_prewrites_of_one_key_lock_it_once_and_not_without_latches() {
+    let _serial = serial();
     const RACERS: usize = 8;
     let c = cluster();
     for i in 0..12 {
