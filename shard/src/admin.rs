@@ -1073,8 +1073,10 @@ mod tests {
         assert!(err("NOKV.REGION PROMOTE 7").contains("wrong number of arguments"));
         assert!(err("NOKV.REGION PROMOTE x 4").contains("region must be"));
         assert!(err("NOKV.REGION PROMOTE 7 -1").contains("store must be"));
+        assert!(err("NOKV.REGION UNSPLIT 7").starts_with("ERR usage"));
         assert!(err("NOKV.REGION MERGE 7").contains("wrong number of arguments"));
-        assert!(err("NOKV.REGION FROB 7").starts_with("ERR usage"));
+        assert_eq!(ok("NOKV.REGION merge 7 8"), Ok((7, "Merge(8)".into())));
+        assert!(err("NOKV.REGION MERGE 7 x").contains("neighbour region must be"));
         assert_eq!(ok("NOKV.REGION SPLIT 7"), Ok((7, "Split(None)".into())));
         assert_eq!(
             ok("NOKV.REGION split 7 100"),
