@@ -24,6 +24,9 @@ pub enum KvKind {
     Read = 1,
     /// A write (`WriteCommand::encode`), answered once applied.
     Write = 2,
+    /// A transactional operation (`crate::txn_wire::TxnRequest`), answered with a bulk
+    /// reply holding a `TxnResponse` (writes once applied) or an error reply.
+    Txn = 3,
 }
 
 /// One region's part of a client command.

@@ -23,6 +23,7 @@ pub mod snapshot_stream;
 pub mod split;
 pub mod storage;
 pub mod transport;
+pub mod txn_wire;
 pub mod wire;
 
 pub use crate::core::{

@@ -147,7 +147,7 @@ fn replan(core: &Rc<Core>, from: usize, work: Work) -> Pin<Box<dyn Future<Output
                     Ok(plan) => plan,
                     Err(reply) => return reply,
                 },
-                Work::Admin { .. } => {
+                Work::Admin { .. } | Work::Txn { .. } => {
                     return Reply::error(format!("ERR region {region} changed, retry"));
                 }
             };
@@ -215,6 +215,7 @@ async fn forward_once(
     let (kind, payload) = match work {
         Work::Read { op, .. } => (KvKind::Read, op.encode()),
         Work::Write { cmd, .. } => (KvKind::Write, cmd.encode()),
+        Work::Txn { req, .. } => (KvKind::Txn, req.encode()),
         Work::Admin { .. } => {
             return Forwarded::Retry("operator commands are not forwarded".into())
         }
@@ -312,6 +313,10 @@ async fn serve(core: &Rc<Core>, request: KvRequest) -> KvResponse {
             Ok(cmd) => Work::Write { region, cmd },
             Err(e) => return refused(format!("undecodable write for region {region}: {e}")),
         },
+        Ok(KvKind::Txn) => match nokv_raft::txn_wire::TxnRequest::decode(&request.payload) {
+            Ok(req) => Work::Txn { region, req },
+            Err(e) => return refused(format!("undecodable txn request for region {region}: {e}")),
+        },
         _ => return refused(format!("unknown request kind {}", request.kind)),
     };
     let Some(target) = core
@@ -321,7 +326,8 @@ async fn serve(core: &Rc<Core>, request: KvRequest) -> KvResponse {
     else {
         return KvResponse::new(KvOutcome::RegionNotFound(region));
     };
-    let is_write = matches!(work, Work::Write { .. });
+    let is_write = matches!(work, Work::Write { .. })
+        || matches!(&work, Work::Txn { req, .. } if !req.is_read());
     let default = core
         .node
         .cluster

@@ -12,6 +12,7 @@
 //! | `NOKV_DEBUG_NO_SNAPSHOT_SHIPPING=1` | raft snapshot messages are dropped instead of shipped (a lagging replica cannot catch up: the negative control of the snapshot test) |
 //! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
 //! | `NOKV_DEBUG_ABORT_AFTER_MOVE_IN=1` | `NOKV.REGION MOVE` aborts the process once the target core holds the region durably, before the source core deleted its copy: the crash window a restart must resolve (the region on two cores) |
+//! | `NOKV_DEBUG_TXN_NO_LATCHES=1` | transactional requests take no latches: the negative control of the latch test (two prewrites of one key may then both succeed) |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub struct Knobs {
     /// Delete a merged-away region's descriptor at once, apart from the merge's own
     /// batch (negative control: a crash then leaves its slots to no region).
     pub merge_delete_source_early: bool,
+    /// Transactional requests take no latches (negative control).
+    pub txn_no_latches: bool,
 }
 
 impl Knobs {
@@ -67,6 +70,7 @@ impl Knobs {
                     .filter(|&n: &usize| n > 0),
                 abort_after_move_in: var("NOKV_DEBUG_ABORT_AFTER_MOVE_IN").is_some(),
                 merge_delete_source_early: var("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY").is_some(),
+                txn_no_latches: var("NOKV_DEBUG_TXN_NO_LATCHES").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -79,6 +83,7 @@ impl Knobs {
                 || knobs.raft_cached_entries.is_some()
                 || knobs.abort_after_move_in
                 || knobs.merge_delete_source_early
+                || knobs.txn_no_latches
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -213,21 +213,34 @@ fn bound_slot(key: &[u8], end: bool) -> Result<u32> {
 
 /// Where a region's data lives in its core's engine: the Redis namespace between its
 /// slot bounds (the gateway's keys start with the slot), in the metadata and sub-key
-/// column families and the transaction ones.
+/// column families and the transaction ones; and the ordered-KV namespace between the
+/// same bounds, where transactions keep their keys under their position (`node::txn`).
 pub fn region_data(desc: &RegionDescriptor) -> Vec<DataRange> {
-    vec![DataRange {
-        range: nokv::RegionRange {
-            ns: nokv::NS_REDIS,
-            start: desc.start_key.clone(),
-            end: (!desc.end_key.is_empty()).then(|| desc.end_key.clone()),
+    let end = (!desc.end_key.is_empty()).then(|| desc.end_key.clone());
+    vec![
+        DataRange {
+            range: nokv::RegionRange {
+                ns: nokv::NS_REDIS,
+                start: desc.start_key.clone(),
+                end: end.clone(),
+            },
+            cfs: &[
+                model::META_CF,
+                model::SUBKEY_CF,
+                nokv::CF_LOCK,
+                nokv::CF_WRITE,
+            ],
         },
-        cfs: &[
-            model::META_CF,
-            model::SUBKEY_CF,
-            nokv::CF_LOCK,
-            nokv::CF_WRITE,
-        ],
-    }]
+        // Transactional keys, stored under their position (`slot BE | key`).
+        DataRange {
+            range: nokv::RegionRange {
+                ns: nokv::NS_KV,
+                start: desc.start_key.clone(),
+                end,
+            },
+            cfs: &[nokv::CF_DEFAULT, nokv::CF_LOCK, nokv::CF_WRITE],
+        },
+    ]
 }
 
 /// The regions bootstrap gives core `core` of `cores`.
@@ -280,6 +293,10 @@ pub fn engine_options(
         durability,
         background_nice: Some(background_nice),
         opaque_replay: Some(replay.hook()),
+        // Transactions read older versions of NS_KV (their start_ts); the safe point
+        // trails the wall clock (`node::txn::advance_safe_point`), far above every raft
+        // index the Redis namespace uses as version, which so keeps newest versions only.
+        retain_versions: true,
         ..nokv::Options::default()
     };
     budget.apply(&mut opts);
@@ -336,6 +353,7 @@ pub fn open_core(
     );
     hooks.adjust_engine(core, &mut opts);
     let db = Db::open(&dir, opts).map_err(|source| Error::Engine { core, source })?;
+    crate::node::txn::advance_safe_point(&db);
     // A region snapshot a crash interrupted is finished before the regions are read.
     nokv_raft::snapshot::recover_pending(&db, region_data)
         .map_err(|source| Error::Raft { core, source })?;

@@ -23,6 +23,8 @@ mod moves;
 mod operate;
 #[path = "split.rs"]
 mod split;
+#[path = "txn.rs"]
+pub(crate) mod txn;
 
 use crate::config::{Settings, REGIONS_PER_CORE};
 use crate::error::{Error, Result};
@@ -843,6 +845,11 @@ impl EntrySink for RoundApply<'_> {
             });
             return Ok(Reply::Int(index as i64));
         }
+        if txn::is_entry(data) {
+            // Written with the versions it carries, after what the region held back.
+            self.end_region(region)?;
+            return txn::apply_entry(self.db, region, index, data);
+        }
         match WriteCommand::decode(data) {
             // Version = the entry's raft index: fixed by the log, identical on every
             // replica, growing with every write of the region.
@@ -1281,6 +1288,7 @@ fn work_slot(work: &Work) -> Option<u16> {
         Work::Read { op, .. } => route::read_slot(op),
         Work::Write { cmd, .. } => cmd.op.keys().first().map(|k| model::slot(k)),
         Work::Admin { .. } => None,
+        Work::Txn { req, .. } => req.keys().first().map(|k| model::slot(k)),
     }
 }
 
@@ -1821,6 +1829,7 @@ async fn execute_local(core: &Rc<Core>, work: Work) -> Answer {
         Work::Admin { region, args } => {
             Answer::Reply(admin::execute_region(core, region, args).await)
         }
+        Work::Txn { region, req } => txn::execute(core, region, req).await,
     }
 }
 
@@ -2117,7 +2126,7 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 None => Err(plan),
             }
         }
-        Work::Admin { .. } => Err(plan),
+        Work::Admin { .. } | Work::Txn { .. } => Err(plan),
         Work::Write { .. } => {
             let Plan { mut parts, .. } = plan;
             let Some((_, Work::Write { region, cmd })) = parts.pop() else {
@@ -2300,6 +2309,7 @@ async fn sample_core(core: Rc<Core>) {
             }
         };
         core.metrics.sample(&sample);
+        txn::advance_safe_point(&core.db);
         future::or(core.stop.wait(), glommio::timer::sleep(SAMPLE_INTERVAL)).await;
     }
 }

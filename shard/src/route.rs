@@ -34,15 +34,23 @@ pub enum Work {
         /// The command and its arguments.
         args: Vec<Vec<u8>>,
     },
+    /// A transactional operation on one region (`KvKind::Txn`, `crate::node` `txn`).
+    Txn {
+        /// Region id.
+        region: u64,
+        /// The request.
+        req: nokv_raft::txn_wire::TxnRequest,
+    },
 }
 
 impl Work {
     /// The region the work is for.
     pub fn region(&self) -> u64 {
         match self {
-            Work::Read { region, .. } | Work::Write { region, .. } | Work::Admin { region, .. } => {
-                *region
-            }
+            Work::Read { region, .. }
+            | Work::Write { region, .. }
+            | Work::Admin { region, .. }
+            | Work::Txn { region, .. } => *region,
         }
     }
 }

@@ -4,13 +4,14 @@ use crate::backoff::Backoff;
 use crate::conn::{ConnError, ConnPool};
 use crate::error::{show_key, Error, Result};
 use crate::plan::{self, Part, PlanError, Work};
-use crate::routes::{routing_key, RouteCache};
+use crate::routes::{routing_key, RegionRoute, RouteCache};
 use nokv_coordinator::{ClientOptions as CoordOptions, CoordClient};
 use nokv_gateway::exec::{
     ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand, WriteOp,
 };
 use nokv_gateway::Reply;
 use nokv_raft::kv::{KvKind, KvOutcome, KvRequest};
+use nokv_raft::txn_wire::{TxnRequest, TxnResponse};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -275,6 +276,92 @@ impl Client {
             .ok_or_else(|| "coordinator route without a region".to_string())
     }
 
+    /// A timestamp from the coordinator's TSO.
+    /// Retried with backoff until the call deadline (a coordinator election).
+    pub fn timestamp(&self) -> Result<u64> {
+        let deadline = Instant::now() + self.opts.call_timeout;
+        let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
+        // Bounded by the deadline.
+        loop {
+            let last = match self.coord.get_timestamp() {
+                Ok(ts) => return Ok(ts),
+                Err(e) => e.to_string(),
+            };
+            if !backoff.sleep(deadline) {
+                return Err(Error::ClusterDown {
+                    what: "a timestamp".into(),
+                    deadline: self.opts.call_timeout,
+                    last,
+                });
+            }
+        }
+    }
+
+    /// The cached route of the region holding routing key `rk` (asking the coordinator
+    /// when the cache lacks it), within `deadline`.
+    pub(crate) fn route_at(&self, rk: &[u8], deadline: Instant) -> Result<RegionRoute> {
+        let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
+        // Bounded by the deadline.
+        loop {
+            if let Some(r) = self.cache.read().lookup(rk) {
+                return Ok(r.clone());
+            }
+            let last = match self.refresh_key(rk) {
+                Ok(_) => continue,
+                Err(e) => e,
+            };
+            if !backoff.sleep(deadline) {
+                return Err(Error::ClusterDown {
+                    what: format!("routing key {}", show_key(rk)),
+                    deadline: self.opts.call_timeout,
+                    last,
+                });
+            }
+        }
+    }
+
+    /// Forgets the cached route of `region` (a store said a key is not in it).
+    pub(crate) fn forget_region(&self, region: u64) {
+        self.cache.write().remove(region);
+    }
+
+    /// Sends a transactional request to the leader of the region holding routing key
+    /// `rk`, retrying like every call until `deadline`: the region and the store's
+    /// response (an error reply is [`Error::Server`]).
+    pub fn txn_request(
+        &self,
+        rk: &[u8],
+        req: TxnRequest,
+        deadline: Instant,
+    ) -> Result<(u64, TxnResponse)> {
+        let part = Part {
+            region: 0,
+            routing: rk.to_vec(),
+            key: rk.to_vec(),
+            work: Work::Txn(req),
+        };
+        let (region, reply) = self.attempts(Target::Key(rk), &part, deadline)?;
+        match reply {
+            Reply::Bulk(b) => {
+                TxnResponse::decode(&b)
+                    .map(|r| (region, r))
+                    .map_err(|e| Error::UnexpectedReply {
+                        region,
+                        detail: format!("undecodable transaction response: {e}"),
+                    })
+            }
+            Reply::Error(message) => Err(Error::Server {
+                region,
+                key: show_key(rk),
+                message,
+            }),
+            other => Err(Error::UnexpectedReply {
+                region,
+                detail: format!("a transaction request answered {other:?}"),
+            }),
+        }
+    }
+
     /// GET: the value of `key`, None if it does not exist.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.read_key(key, ReadOp::Get(key.to_vec()))? {
@@ -534,6 +621,7 @@ impl Client {
         let (kind, payload) = match &part.work {
             Work::Read(op) => (KvKind::Read, op.encode()),
             Work::Write(cmd) => (KvKind::Write, cmd.encode()),
+            Work::Txn(req) => (KvKind::Txn, req.encode()),
         };
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let mut attempts = 0u32;

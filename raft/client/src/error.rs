@@ -72,12 +72,50 @@ pub enum Error {
     /// A coordinator call failed with an error that retrying does not fix.
     #[error("coordinator: {0}")]
     Coordinator(#[from] nokv_coordinator::Error),
+    /// A transactional operation failed with a typed error (write conflict, a lock still
+    /// held at the deadline, rolled back, ...); see [`Error::is_txn_retryable`].
+    #[error("region {region}: transaction: {error}")]
+    Txn {
+        /// The region that answered.
+        region: u64,
+        /// The store's error.
+        error: Box<nokv_raft::txn_wire::TxnError>,
+    },
+    /// The commit of a transaction's primary key got no answer: the transaction may or
+    /// may not be committed (a later reader decides it for good).
+    #[error("transaction {start_ts}: commit outcome unknown: {detail}")]
+    CommitUndetermined {
+        /// The transaction's start timestamp.
+        start_ts: u64,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl Error {
     /// Whether retrying the call later may succeed (the cluster was unavailable).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::TryAgain { .. } | Error::ClusterDown { .. })
+    }
+
+    /// The store's transaction error, if this is one.
+    pub fn txn_error(&self) -> Option<&nokv_raft::txn_wire::TxnError> {
+        match self {
+            Error::Txn { error, .. } => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Whether the transaction failed on a conflict with another (write conflict, a lock
+    /// that stayed, rolled back by a reader): running it again from `begin` may succeed.
+    pub fn is_txn_retryable(&self) -> bool {
+        use nokv_raft::txn_wire::TxnErrorKind as K;
+        self.txn_error().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                K::WriteConflict | K::KeyIsLocked | K::RolledBack | K::TxnNotFound
+            )
+        })
     }
 }
 

@@ -16,8 +16,10 @@ pub mod error;
 pub mod gateway;
 pub mod plan;
 pub mod routes;
+pub mod txn;
 
 pub use client::{now_ms, position, Client, ClientOptions, ScanResult, Stats};
 pub use error::{Error, Result};
 pub use plan::Work;
 pub use routes::routing_key;
+pub use txn::{Transaction, DEFAULT_LOCK_TTL_MS};

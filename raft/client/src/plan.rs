@@ -18,6 +18,8 @@ pub enum Work {
     Read(ReadOp),
     /// A write (`WriteCommand::encode` on the wire).
     Write(WriteCommand),
+    /// A transactional operation (`TxnRequest::encode` on the wire, `KvKind::Txn`).
+    Txn(nokv_raft::txn_wire::TxnRequest),
 }
 
 /// A part and where it goes.

@@ -1,0 +1,509 @@
+//! Percolator transactions through the cluster: [`Client::begin`] and [`Transaction`].
+//!
+//! A transaction takes its `start_ts` from the coordinator's TSO, reads a snapshot at it
+//! (resolving the locks it meets), buffers its writes, and commits them: in one step
+//! (`Commit1pc`) when every key is in one region, else in two phases — prewrite every
+//! region's keys (the primary's region first), take a `commit_ts`, commit the primary key,
+//! then the other keys (which readers would otherwise resolve from the primary). Keys are
+//! user keys of the ordered-KV namespace, routed by hash slot like every key
+//! (`{tags}` keep keys in one slot, so in one region). See `docs/client.md`.
+
+use crate::backoff::Backoff;
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::routes::routing_key;
+use nokv_raft::txn_wire::{
+    CheckTxnStatus, Commit, Commit1pc, Get, Prewrite, ResolveLock, Rollback, Scan, StatusKind,
+    TxnError, TxnErrorKind, TxnMutation, TxnOp, TxnRequest, TxnResult, WireLock,
+};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// TTL of a transaction's locks (ms of physical time after its start_ts): readers roll
+/// back a transaction whose primary lock is older.
+pub const DEFAULT_LOCK_TTL_MS: u64 = 3000;
+
+/// A transaction: buffered writes over a snapshot read at its start timestamp.
+pub struct Transaction<'a> {
+    client: &'a Client,
+    start_ts: u64,
+    /// Buffered writes: key -> Some(value) for a put, None for a delete.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    lock_ttl_ms: u64,
+}
+
+impl Client {
+    /// Starts a transaction at a fresh TSO timestamp.
+    pub fn begin(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction {
+            client: self,
+            start_ts: self.timestamp()?,
+            writes: BTreeMap::new(),
+            lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+        })
+    }
+
+    /// Sends `op` for the region of user key `key`, within `deadline`; a typed error
+    /// comes back as [`Error::Txn`]. A `KeyNotInRegion` (stale route) is retried after
+    /// dropping the route.
+    pub fn txn_op(&self, key: &[u8], op: TxnOp, deadline: Instant) -> Result<TxnResult> {
+        let rk = routing_key(key);
+        let mut backoff = Backoff::new(self.options().backoff_initial, self.options().backoff_max);
+        // Bounded by the deadline.
+        loop {
+            let (region, resp) = self.txn_request(&rk, TxnRequest::new(op.clone()), deadline)?;
+            match resp.result {
+                Some(TxnResult::Error(e)) if e.kind() == TxnErrorKind::KeyNotInRegion => {
+                    self.forget_region(region);
+                    if !backoff.sleep(deadline) {
+                        return Err(Error::Txn {
+                            region,
+                            error: Box::new(e),
+                        });
+                    }
+                }
+                Some(TxnResult::Error(e)) => {
+                    return Err(Error::Txn {
+                        region,
+                        error: Box::new(e),
+                    })
+                }
+                Some(r) => return Ok(r),
+                None => {
+                    return Err(Error::UnexpectedReply {
+                        region,
+                        detail: "a transaction response without a result".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads `key` at `ts`, resolving the locks it meets (`caller_start_ts` = `ts`) until
+    /// `deadline`.
+    pub fn snapshot_get(&self, key: &[u8], ts: u64, deadline: Instant) -> Result<Option<Vec<u8>>> {
+        let mut backoff = Backoff::new(self.options().backoff_initial, self.options().backoff_max);
+        // Bounded by the deadline: every turn resolves a lock or sleeps.
+        loop {
+            let op = TxnOp::Get(Get {
+                key: key.to_vec(),
+                ts,
+            });
+            match self.txn_op(key, op, deadline) {
+                Ok(TxnResult::Value(v)) => return Ok(v.found.then_some(v.value)),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => self.after_lock(e, ts, &mut backoff, deadline)?,
+            }
+        }
+    }
+
+    /// Reads up to `limit` pairs with positions in `[start, end)` (`end` empty: no bound;
+    /// positions as [`crate::position`]) at `ts`, walking the regions in order, resolving
+    /// locks. Pairs come in position order.
+    pub fn snapshot_scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        ts: u64,
+        deadline: Instant,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut pos = start.to_vec();
+        let mut backoff = Backoff::new(self.options().backoff_initial, self.options().backoff_max);
+        // Bounded by the regions (each turn moves to the next) and the deadline.
+        while out.len() < limit {
+            let rk = crate::plan::position_routing(&pos);
+            let route = self.route_at(&rk, deadline)?;
+            let op = TxnOp::Scan(Scan {
+                start: pos.clone(),
+                end: end.to_vec(),
+                ts,
+                limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
+            });
+            match self.txn_op_by_routing(&rk, op, deadline) {
+                Ok(TxnResult::Pairs(p)) => {
+                    out.extend(p.pairs.into_iter().map(|p| (p.key, p.value)))
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => {
+                    self.after_lock(e, ts, &mut backoff, deadline)?;
+                    continue;
+                }
+            }
+            if route.end_key.is_empty() || (!end.is_empty() && end <= route.end_key.as_slice()) {
+                break;
+            }
+            pos = route.end_key.clone();
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// [`Client::txn_op`] routed by routing key `rk` directly, not retried.
+    fn txn_op_by_routing(&self, rk: &[u8], op: TxnOp, deadline: Instant) -> Result<TxnResult> {
+        let (region, resp) = self.txn_request(rk, TxnRequest::new(op), deadline)?;
+        match resp.result {
+            Some(TxnResult::Error(e)) => {
+                if e.kind() == TxnErrorKind::KeyNotInRegion {
+                    self.forget_region(region);
+                }
+                Err(Error::Txn {
+                    region,
+                    error: Box::new(e),
+                })
+            }
+            Some(r) => Ok(r),
+            None => Err(Error::UnexpectedReply {
+                region,
+                detail: "a transaction response without a result".into(),
+            }),
+        }
+    }
+
+    /// After a read failed with `e`: a lock is resolved (or waited for with a backoff),
+    /// then the caller reads again; any other error, or the deadline, is returned.
+    fn after_lock(
+        &self,
+        e: Error,
+        caller_ts: u64,
+        backoff: &mut Backoff,
+        deadline: Instant,
+    ) -> Result<()> {
+        let (key, lock) = match e.txn_error() {
+            Some(TxnError {
+                kind,
+                key,
+                lock: Some(lock),
+                ..
+            }) if *kind == TxnErrorKind::KeyIsLocked as i32 => (key.clone(), lock.clone()),
+            Some(err) if err.kind() == TxnErrorKind::KeyNotInRegion => {
+                return if backoff.sleep(deadline) {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+            _ => return Err(e),
+        };
+        if self.resolve_lock(&key, &lock, caller_ts, deadline)? {
+            return Ok(());
+        }
+        if backoff.sleep(deadline) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Resolves the lock `lock` found on `key` by a reader at `caller_ts` (0: a writer):
+    /// asks its primary for the transaction's state and commits or rolls the key back.
+    /// Whether the key may be read again at once (false: the transaction is alive).
+    pub fn resolve_lock(
+        &self,
+        key: &[u8],
+        lock: &WireLock,
+        caller_ts: u64,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let current_ts = self.timestamp()?;
+        let status = self.txn_op(
+            &lock.primary,
+            TxnOp::CheckTxnStatus(CheckTxnStatus {
+                primary: lock.primary.clone(),
+                start_ts: lock.start_ts,
+                caller_start_ts: caller_ts,
+                current_ts,
+            }),
+            deadline,
+        )?;
+        let TxnResult::Status(status) = status else {
+            return Err(unexpected(status));
+        };
+        let commit_ts = match status.kind() {
+            StatusKind::Committed => status.commit_ts,
+            StatusKind::RolledBack
+            | StatusKind::TtlExpired
+            | StatusKind::LockNotExistRolledBack => 0,
+            // Alive: a pushed primary no longer blocks this reader; a secondary does.
+            StatusKind::Locked => {
+                return Ok(key == lock.primary.as_slice()
+                    && caller_ts != 0
+                    && status.min_commit_ts > caller_ts)
+            }
+            StatusKind::Unknown => {
+                return Err(Error::UnexpectedReply {
+                    region: 0,
+                    detail: "a transaction status of unknown kind".into(),
+                })
+            }
+        };
+        if key != lock.primary.as_slice() {
+            self.txn_op(
+                key,
+                TxnOp::ResolveLock(ResolveLock {
+                    start_ts: lock.start_ts,
+                    commit_ts,
+                    keys: vec![key.to_vec()],
+                }),
+                deadline,
+            )?;
+        }
+        Ok(true)
+    }
+}
+
+fn unexpected(r: TxnResult) -> Error {
+    Error::UnexpectedReply {
+        region: 0,
+        detail: format!("unexpected transaction result {r:?}"),
+    }
+}
+
+impl Transaction<'_> {
+    /// The transaction's start timestamp (its snapshot).
+    pub fn start_ts(&self) -> u64 {
+        self.start_ts
+    }
+
+    /// Sets the TTL of the locks this transaction's commit will take (default
+    /// [`DEFAULT_LOCK_TTL_MS`]).
+    pub fn set_lock_ttl_ms(&mut self, ttl_ms: u64) {
+        self.lock_ttl_ms = ttl_ms;
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.client.options().call_timeout
+    }
+
+    /// The value of `key`: this transaction's own write, else the snapshot at start_ts.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        self.client
+            .snapshot_get(key, self.start_ts, self.deadline())
+    }
+
+    /// Buffers a put.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("empty key".into()));
+        }
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Buffers a delete.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("empty key".into()));
+        }
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    /// Up to `limit` pairs with positions in `[start, end)` (`end` empty: no bound), in
+    /// position order: the snapshot with this transaction's writes over it.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let stored =
+            self.client
+                .snapshot_scan(start, end, limit, self.start_ts, self.deadline())?;
+        let complete = stored.len() < limit;
+        let last = stored.last().map(|(k, _)| crate::position(k));
+        let mut merged: BTreeMap<Vec<u8>, (Vec<u8>, Vec<u8>)> = stored
+            .into_iter()
+            .map(|(k, v)| (crate::position(&k), (k, v)))
+            .collect();
+        for (k, w) in &self.writes {
+            let p = crate::position(k);
+            let in_range = p.as_slice() >= start && (end.is_empty() || p.as_slice() < end);
+            let covered = complete || last.as_ref().is_some_and(|l| p <= *l);
+            if !in_range || !covered {
+                continue;
+            }
+            match w {
+                Some(v) => {
+                    merged.insert(p, (k.clone(), v.clone()));
+                }
+                None => {
+                    merged.remove(&p);
+                }
+            }
+        }
+        Ok(merged.into_values().take(limit).collect())
+    }
+
+    /// Drops the buffered writes (nothing was written before `commit`).
+    pub fn rollback(self) {}
+
+    /// Commits the buffered writes: the commit timestamp (the start timestamp when there
+    /// was nothing to write). On [`Error::is_txn_retryable`] errors nothing was committed
+    /// and the transaction may be run again from `begin`.
+    pub fn commit(self) -> Result<u64> {
+        if self.writes.is_empty() {
+            return Ok(self.start_ts);
+        }
+        let deadline = self.deadline();
+        let c = self.client;
+        let mutations: Vec<TxnMutation> = self
+            .writes
+            .iter()
+            .map(|(k, w)| match w {
+                Some(v) => TxnMutation::put(k, v),
+                None => TxnMutation::delete(k),
+            })
+            .collect();
+        // Group by region, the primary's (the first key's) first.
+        let mut groups: Vec<(u64, Vec<TxnMutation>)> = Vec::new();
+        for m in mutations {
+            let route = c.route_at(&routing_key(&m.key), deadline)?;
+            match groups.iter_mut().find(|(id, _)| *id == route.id) {
+                Some((_, g)) => g.push(m),
+                None => groups.push((route.id, vec![m])),
+            }
+        }
+        let primary = groups[0].1[0].key.clone();
+        if groups.len() == 1 {
+            return self.commit_one_phase(groups.remove(0).1, deadline);
+        }
+        let size = self.writes.len() as u64;
+        for (_, muts) in &groups {
+            let op = TxnOp::Prewrite(Prewrite {
+                mutations: muts.clone(),
+                primary: primary.clone(),
+                start_ts: self.start_ts,
+                ttl_ms: self.lock_ttl_ms,
+                txn_size: size,
+            });
+            if let Err(e) = self.write_resolving(&muts[0].key, op, deadline) {
+                // Also the failed group: an unanswered prewrite may have applied.
+                self.abort(&groups, deadline);
+                return Err(e);
+            }
+        }
+        // The primary decides the transaction.
+        let mut commit_ts = c.timestamp()?;
+        let mut backoff = Backoff::new(c.options().backoff_initial, c.options().backoff_max);
+        // Bounded by the deadline: a reader's push only asks for a newer timestamp.
+        loop {
+            let op = TxnOp::Commit(Commit {
+                keys: vec![primary.clone()],
+                start_ts: self.start_ts,
+                commit_ts,
+            });
+            match c.txn_op(&primary, op, deadline) {
+                Ok(_) => break,
+                Err(e)
+                    if e.txn_error()
+                        .is_some_and(|t| t.kind() == TxnErrorKind::CommitTsExpired) =>
+                {
+                    commit_ts = c.timestamp()?;
+                    if !backoff.sleep(deadline) {
+                        return Err(e);
+                    }
+                }
+                Err(e) if e.txn_error().is_some() => {
+                    // Rolled back (a reader found the lock expired) or gone: not committed.
+                    self.abort(&groups, deadline);
+                    return Err(e);
+                }
+                Err(e) => {
+                    return Err(Error::CommitUndetermined {
+                        start_ts: self.start_ts,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        // Committed. The other keys: best effort (readers resolve what is left).
+        for (_, muts) in &groups {
+            let keys: Vec<Vec<u8>> = muts
+                .iter()
+                .map(|m| m.key.clone())
+                .filter(|k| *k != primary)
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let op = TxnOp::Commit(Commit {
+                keys: keys.clone(),
+                start_ts: self.start_ts,
+                commit_ts,
+            });
+            if let Err(e) = c.txn_op(&keys[0], op, self.deadline()) {
+                tracing::debug!(start_ts = self.start_ts, error = %e, "secondary commit left to readers");
+            }
+        }
+        Ok(commit_ts)
+    }
+
+    fn commit_one_phase(&self, muts: Vec<TxnMutation>, deadline: Instant) -> Result<u64> {
+        let c = self.client;
+        let mut backoff = Backoff::new(c.options().backoff_initial, c.options().backoff_max);
+        // Bounded by the deadline: every turn resolves a lock or sleeps.
+        loop {
+            let commit_ts = c.timestamp()?;
+            let op = TxnOp::Commit1pc(Commit1pc {
+                mutations: muts.clone(),
+                start_ts: self.start_ts,
+                commit_ts,
+            });
+            match c.txn_op(&muts[0].key, op, deadline) {
+                Ok(_) => return Ok(commit_ts),
+                Err(e) => self.after_write_lock(e, &mut backoff, deadline)?,
+            }
+        }
+    }
+
+    /// Sends a write operation, resolving locks of other transactions in the way.
+    fn write_resolving(&self, key: &[u8], op: TxnOp, deadline: Instant) -> Result<()> {
+        let c = self.client;
+        let mut backoff = Backoff::new(c.options().backoff_initial, c.options().backoff_max);
+        // Bounded by the deadline.
+        loop {
+            match c.txn_op(key, op.clone(), deadline) {
+                Ok(_) => return Ok(()),
+                Err(e) => self.after_write_lock(e, &mut backoff, deadline)?,
+            }
+        }
+    }
+
+    /// A writer that met another transaction's lock: resolve it if its transaction is
+    /// decided or expired, else wait; other errors are returned.
+    fn after_write_lock(&self, e: Error, backoff: &mut Backoff, deadline: Instant) -> Result<()> {
+        let (key, lock) = match e.txn_error() {
+            Some(t) if t.kind() == TxnErrorKind::KeyIsLocked => match &t.lock {
+                Some(l) => (t.key.clone(), l.clone()),
+                None => return Err(e),
+            },
+            _ => return Err(e),
+        };
+        if self.client.resolve_lock(&key, &lock, 0, deadline)? {
+            return Ok(());
+        }
+        if backoff.sleep(deadline) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Rolls back every key of the transaction (best effort: a reader rolls back what
+    /// remains once the TTL passed; keys never prewritten get a rollback record that
+    /// refuses a late prewrite). The primary's region first, so readers see the decision.
+    fn abort(&self, groups: &[(u64, Vec<TxnMutation>)], deadline: Instant) {
+        for (_, muts) in groups {
+            let keys: Vec<Vec<u8>> = muts.iter().map(|m| m.key.clone()).collect();
+            let op = TxnOp::Rollback(Rollback {
+                keys: keys.clone(),
+                start_ts: self.start_ts,
+            });
+            let _ = self.client.txn_op(
+                &keys[0],
+                op,
+                deadline.max(Instant::now() + Duration::from_millis(500)),
+            );
+        }
+    }
+}
