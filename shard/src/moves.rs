@@ -137,7 +137,17 @@ pub(super) async fn move_region(
     });
     if let Some(desc) = removed {
         let db = core.db.clone();
-        if let Err(e) = blocking(move || admin::delete_region_data(&db, &desc)).await {
+        // Descriptors this core's earlier applies wrote unlogged (the child of a split of
+        // this very region, not flushed yet) become durable before the region's own
+        // descriptor is deleted (synced): a crash would otherwise lose the child with the
+        // memtable while the parent, whose log re-applies the split, is gone — a gap in
+        // the slots (seen in CI: a SIGKILL while size splits and balancing moves ran).
+        let deleted = blocking(move || {
+            db.flush().map_err(|e| e.to_string())?;
+            admin::delete_region_data(&db, &desc).map_err(|e| e.to_string())
+        })
+        .await;
+        if let Err(e) = deleted {
             tracing::error!(region, error = %e, "deleting a moved region's old copy failed");
         }
     }
