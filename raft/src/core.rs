@@ -548,9 +548,13 @@ struct Proposal<T> {
 
 /// A read waiting for its ReadIndex round and then for the apply to reach the index.
 struct PendingRead<T> {
+    /// The ReadIndex round's context (0: no round sent yet).
     id: u64,
     token: T,
+    /// When the current round was sent (its confirmation renews the lease from then).
     sent: Instant,
+    /// Ticks since the current round was sent (or since queued, when none was).
+    age: usize,
     index: Option<u64>,
 }
 
@@ -986,15 +990,15 @@ impl<T> RaftCore<T> {
             let pending = peer.reads.len();
             return Err((Error::Busy { region, pending }, token));
         }
-        let id = self.next_read;
-        self.next_read += 1;
-        peer.node.read_index(id.to_be_bytes().to_vec());
-        peer.reads.push_back(PendingRead {
-            id,
+        let mut read = PendingRead {
+            id: 0,
             token,
             sent: now,
+            age: 0,
             index: None,
-        });
+        };
+        send_read_round(peer, &mut read, &mut self.next_read, now);
+        peer.reads.push_back(read);
         Ok(ReadPath::Waiting)
     }
 
@@ -1438,6 +1442,7 @@ impl<T> RaftCore<T> {
                 continue;
             }
             p.node.tick();
+            resend_reads(p, &mut self.next_read, self.cfg.election_tick);
         }
         for id in asleep {
             self.awake.remove(&id);
@@ -2060,13 +2065,49 @@ fn not_leader<T>(peer: &Peer<T>) -> Error {
     }
 }
 
+/// Sends a ReadIndex round for `read` under a fresh context, when raft would take it: a
+/// leader that has not committed an entry of its term yet drops the request silently
+/// (the read then waits for [`resend_reads`]). A round of an earlier context that comes
+/// back later is ignored.
+fn send_read_round<T>(peer: &mut Peer<T>, read: &mut PendingRead<T>, next: &mut u64, now: Instant) {
+    read.age = 0;
+    let raft = &peer.node.raft;
+    if raft.state != StateRole::Leader || !raft.commit_to_current_term() {
+        read.id = 0;
+        return;
+    }
+    read.id = *next;
+    *next += 1;
+    read.sent = now;
+    peer.node.read_index(read.id.to_be_bytes().to_vec());
+}
+
+/// Once a tick: sends the rounds of reads that have none (the leader had not committed
+/// in its term) and sends again those unanswered for `patience` ticks (a heartbeat or
+/// its response was lost); otherwise a read would wait, and hold every later read of
+/// the region behind it, until leadership changes.
+fn resend_reads<T>(peer: &mut Peer<T>, next: &mut u64, patience: usize) {
+    if peer.reads.is_empty() || peer.node.raft.state != StateRole::Leader {
+        return;
+    }
+    let now = Instant::now();
+    let mut reads = std::mem::take(&mut peer.reads);
+    for r in reads.iter_mut().filter(|r| r.index.is_none()) {
+        r.age += 1;
+        if r.id == 0 || r.age >= patience {
+            send_read_round(peer, r, next, now);
+        }
+    }
+    peer.reads = reads;
+}
+
 /// A ReadIndex round came back: the read may run once the peer applied `index`; the
 /// leader held a quorum when the request was sent, so its lease runs from then.
 fn confirm_read<T>(peer: &mut Peer<T>, ctx: &[u8], index: u64, lease: Option<Duration>) {
     let Ok(id) = <[u8; 8]>::try_from(ctx).map(u64::from_be_bytes) else {
         return;
     };
-    let Some(read) = peer.reads.iter_mut().find(|r| r.id == id) else {
+    let Some(read) = peer.reads.iter_mut().find(|r| r.id == id && id != 0) else {
         return;
     };
     read.index = Some(index);

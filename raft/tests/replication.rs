@@ -687,6 +687,32 @@ fn a_leader_cut_off_from_the_others_serves_no_stale_read() {
 }
 
 #[test]
+fn a_read_asked_of_a_leader_before_it_committed_in_its_term_completes() {
+    // raft drops a ReadIndex request silently while the leader has not committed an entry
+    // of its term (its first moments); the read must not wait for a round never sent, nor
+    // hold the reads behind it.
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    assert!(
+        c.core(leader).applied(REGION) < Some(2),
+        "asked before the new leader's first entry applied"
+    );
+    let now = c.now;
+    assert!(matches!(
+        c.core(leader).read(REGION, now, 1),
+        Ok(ReadPath::Waiting)
+    ));
+    assert_eq!(c.read(leader, "k", 2), Some(None), "a later read completes");
+    assert!(
+        c.rec(leader)
+            .reads
+            .iter()
+            .any(|(t, r)| *t == 1 && r.is_ok()),
+        "the first read completed"
+    );
+}
+
+#[test]
 fn a_leader_transfer_hands_over_leadership_and_suspends_the_lease() {
     let mut c = Cluster::new(3);
     c.lease = Some(Duration::from_millis(500));

@@ -32,7 +32,8 @@ fn options() -> ClientOptions {
 struct Cluster {
     _dir: tempfile::TempDir,
     _coord: (Arc<nokv_coordinator::Coordinator>, nokv_coordinator::Server),
-    _stores: Vec<Option<support::Server>>,
+    /// The stores' processes (a nemesis kills and restarts them).
+    stores: std::sync::Mutex<Vec<Option<support::Server>>>,
     coord_addr: String,
     specs: Vec<StoreSpec>,
     client: Client,
@@ -58,7 +59,7 @@ fn cluster() -> Cluster {
         specs,
         _dir: dir,
         _coord: (coord, server),
-        _stores: stores,
+        stores: std::sync::Mutex::new(stores),
         client,
     }
 }
@@ -302,6 +303,28 @@ fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
 
 #[test]
 fn a_bank_keeps_its_total_under_concurrent_transfers() {
+    bank(0);
+}
+
+/// SIGKILLs store `victim` of `c`, waits a moment (its regions elect leaders elsewhere)
+/// and starts it again at the same addresses.
+fn kill_and_restart(c: &Cluster, victim: usize) {
+    let server = c.stores.lock().unwrap_or_else(|e| e.into_inner())[victim].take();
+    if let Some(server) = server {
+        server.kill();
+    }
+    eprintln!("killed store {}", victim + 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let restarted = start_store(&c.specs[victim], &c.coord_addr);
+    c.stores.lock().unwrap_or_else(|e| e.into_inner())[victim] = Some(restarted);
+    eprintln!("restarted store {}", victim + 1);
+}
+
+/// A bank of accounts over many regions: concurrent transfers (read two balances, write
+/// both) and snapshot reads of the total; `kills` times a store is SIGKILLed in the
+/// middle and restarted. The total holds at every snapshot and at the end, and every
+/// replica holds the same data.
+fn bank(kills: usize) {
     let _serial = serial();
     const ACCOUNTS: usize = 12;
     const THREADS: usize = 4;
@@ -322,8 +345,11 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
         Ok(())
     });
     let total = START * ACCOUNTS as i64;
+    const MAX_TRANSFERS: usize = 400;
     let reads = AtomicU64::new(0);
     let attempts = AtomicU64::new(0);
+    let transfers = AtomicU64::new(0);
+    let nemesis_done = std::sync::atomic::AtomicBool::new(kills == 0);
     // The sum of every account in the snapshot at `ts` (locks met are resolved).
     let sum_at = |client: &Client, ts: u64| -> i64 {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -343,6 +369,8 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
             let c = &c;
             let names = &names;
             let attempts = &attempts;
+            let transfers = &transfers;
+            let nemesis_done = &nemesis_done;
             s.spawn(move || {
                 let mut seed = 0x9e37_79b9_u64.wrapping_mul(th as u64 + 1);
                 let mut next = move || {
@@ -351,7 +379,12 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
                     seed ^= seed << 17;
                     seed
                 };
-                for _ in 0..TRANSFERS {
+                // At least TRANSFERS, and on until the nemesis is done (bounded).
+                for i in 0..MAX_TRANSFERS {
+                    if i >= TRANSFERS && nemesis_done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    transfers.fetch_add(1, Ordering::Relaxed);
                     let a = next() as usize % ACCOUNTS;
                     let b = (a + 1 + next() as usize % (ACCOUNTS - 1)) % ACCOUNTS;
                     let amount = (next() % 20) as i64;
@@ -372,6 +405,16 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
                 }
             });
         }
+        // The nemesis: a different store each time, while transfers run.
+        let c3 = &c;
+        let nemesis_done = &nemesis_done;
+        s.spawn(move || {
+            for k in 0..kills {
+                std::thread::sleep(Duration::from_millis(700));
+                kill_and_restart(c3, (k + 1) % c3.specs.len());
+            }
+            nemesis_done.store(true, Ordering::Relaxed);
+        });
         // Snapshot reads of the total while the transfers run: at a fresh timestamp, or
         // at a random one between the accounts' opening and now.
         let c2 = &c;
@@ -395,7 +438,7 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
         });
     });
     assert_eq!(reads.load(Ordering::Relaxed), READS);
-    let transfers = (THREADS * TRANSFERS) as u64;
+    let transfers = transfers.load(Ordering::Relaxed);
     let tried = attempts.load(Ordering::Relaxed);
     eprintln!("{transfers} transfers in {tried} attempts");
     assert!(tried >= transfers);
@@ -403,10 +446,20 @@ fn a_bank_keeps_its_total_under_concurrent_transfers() {
     assert_eq!(sum_at(&c.client, now), total, "final total");
     // Every replica of the accounts' regions holds the same data (NS_KV is part of the
     // regions' data; the entries carry their versions).
+    // (A restarted replica may still be catching up: asked again for a while.)
     let mut redis = ClusterClient::new(&c.specs);
     for r in &regions {
         let id = r.to_string();
-        let verdict = redis.call(0, &[b"NOKV.REGION", b"CHECK", id.as_bytes()], OP_BOUND);
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut verdict = None;
+        // Bounded by `end`.
+        while Instant::now() < end {
+            verdict = redis.call(0, &[b"NOKV.REGION", b"CHECK", id.as_bytes()], OP_BOUND);
+            if matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(
             matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")),
             "region {r}: {verdict:?}"
@@ -436,7 +489,7 @@ fn cluster_env(env: &'static [(&'static str, &'static str)]) -> Cluster {
     Cluster {
         _dir: dir,
         _coord: (coord, server),
-        _stores: stores,
+        stores: std::sync::Mutex::new(stores),
         coord_addr,
         specs,
         client,
@@ -444,11 +497,13 @@ fn cluster_env(env: &'static [(&'static str, &'static str)]) -> Cluster {
 }
 
 /// Prewrites `key` by `n` transactions at once (distinct start timestamps, raw
-/// requests): how many succeeded (the others found a lock).
-fn racing_prewrites(client: &Client, key: &str, n: usize) -> usize {
+/// requests): how many succeeded (the others found a lock). A prewrite that neither
+/// locks nor finds a lock fails the test with every store's regions and log tail.
+fn racing_prewrites(c: &Cluster, key: &str, n: usize) -> usize {
+    let client = &c.client;
     let starts: Vec<u64> = (0..n).map(|_| client.timestamp().expect("ts")).collect();
     let barrier = std::sync::Barrier::new(n);
-    std::thread::scope(|s| {
+    let outcomes: Vec<Result<bool, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = starts
             .iter()
             .map(|&start| {
@@ -464,14 +519,14 @@ fn racing_prewrites(client: &Client, key: &str, n: usize) -> usize {
                     });
                     let deadline = Instant::now() + Duration::from_secs(10);
                     match client.txn_op(key.as_bytes(), op, deadline) {
-                        Ok(_) => true,
+                        Ok(_) => Ok(true),
                         Err(e)
                             if e.txn_error().map(|t| t.kind())
                                 == Some(TxnErrorKind::KeyIsLocked) =>
                         {
-                            false
+                            Ok(false)
                         }
-                        Err(e) => panic!("prewrite {key}: {e}"),
+                        Err(e) => Err(format!("prewrite {key} at {start}: {e}")),
                     }
                 })
             })
@@ -479,9 +534,28 @@ fn racing_prewrites(client: &Client, key: &str, n: usize) -> usize {
         handles
             .into_iter()
             .map(|h| h.join().expect("prewrite thread"))
-            .filter(|ok| *ok)
-            .count()
-    })
+            .collect()
+    });
+    let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    if !errors.is_empty() {
+        let mut redis = ClusterClient::new(&c.specs);
+        let mut regions = String::new();
+        for i in 0..c.specs.len() {
+            regions.push_str(&format!("--- store {i} regions:\n"));
+            match redis.call(i, &[b"NOKV.REGION", b"LIST"], OP_BOUND) {
+                Some(R::Array(lines)) => {
+                    for l in lines {
+                        if let R::Bulk(b) = l {
+                            regions.push_str(&format!("{}\n", String::from_utf8_lossy(&b)));
+                        }
+                    }
+                }
+                other => regions.push_str(&format!("{other:?}\n")),
+            }
+        }
+        panic!("{errors:#?}\n{regions}{}", redis.log_tails());
+    }
+    outcomes.iter().filter(|o| matches!(o, Ok(true))).count()
 }
 
 #[test]
@@ -491,7 +565,7 @@ fn racing_prewrites_of_one_key_lock_it_once_and_not_without_latches() {
     let c = cluster();
     for i in 0..12 {
         let key = format!("race:{i}");
-        assert_eq!(racing_prewrites(&c.client, &key, RACERS), 1, "{key}");
+        assert_eq!(racing_prewrites(&c, &key, RACERS), 1, "{key}");
     }
     drop(c);
     // Negative control: without latches two prewrites of one key both lock it (the
@@ -500,7 +574,7 @@ fn racing_prewrites_of_one_key_lock_it_once_and_not_without_latches() {
     let mut doubled = None;
     for i in 0..40 {
         let key = format!("race:{i}");
-        let won = racing_prewrites(&c.client, &key, RACERS);
+        let won = racing_prewrites(&c, &key, RACERS);
         if won > 1 {
             doubled = Some((key, won));
             break;
