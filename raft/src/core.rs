@@ -915,6 +915,12 @@ impl<T> RaftCore<T> {
             .is_some_and(|p| p.node.raft.state == StateRole::Leader)
     }
 
+    /// The term in which the local peer leads `region` (`None`: it does not lead it).
+    pub fn leader_term(&self, region: u64) -> Option<u64> {
+        let p = self.peers.get(&region)?;
+        (p.node.raft.state == StateRole::Leader).then_some(p.node.raft.term)
+    }
+
     /// Whether a membership change of `region` is in the log but not applied yet (raft
     /// turns a further change proposed meanwhile into an empty entry: it would be dropped).
     pub fn conf_change_pending(&self, region: u64) -> bool {

@@ -45,6 +45,9 @@ pub struct Knobs {
     pub merge_delete_source_early: bool,
     /// Transactional requests take no latches (negative control).
     pub txn_no_latches: bool,
+    /// Prewrites skip the write-conflict check (negative control of the bank's checker:
+    /// lost updates).
+    pub txn_skip_write_conflicts: bool,
 }
 
 impl Knobs {
@@ -71,6 +74,7 @@ impl Knobs {
                 abort_after_move_in: var("NOKV_DEBUG_ABORT_AFTER_MOVE_IN").is_some(),
                 merge_delete_source_early: var("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY").is_some(),
                 txn_no_latches: var("NOKV_DEBUG_TXN_NO_LATCHES").is_some(),
+                txn_skip_write_conflicts: var("NOKV_DEBUG_TXN_SKIP_WRITE_CONFLICTS").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -84,6 +88,7 @@ impl Knobs {
                 || knobs.abort_after_move_in
                 || knobs.merge_delete_source_early
                 || knobs.txn_no_latches
+                || knobs.txn_skip_write_conflicts
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -320,6 +320,179 @@ impl Drop for WaitCount<'_> {
     }
 }
 
+/// Waits until no latch of a key in `[lo, hi)` (`hi` empty: unbounded) taken before the
+/// call is held: a scan (which latches nothing) then reads what the one-phase commits in
+/// flight over its range wrote.
+async fn wait_for_latches_in(lo: &[u8], hi: &[u8]) {
+    let table = LATCHES.with(Rc::clone);
+    let held: Vec<Event> = table
+        .held
+        .borrow()
+        .iter()
+        .filter(|(k, _)| k.as_slice() >= lo && (hi.is_empty() || k.as_slice() < hi))
+        .map(|(_, ev)| ev.clone())
+        .collect();
+    for ev in held {
+        ev.wait().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Read timestamps (one-phase commits)
+// ---------------------------------------------------------------------------------------
+
+/// What the leader of a region knows of the reads it must not write under: the newest
+/// read timestamp it served in this term and key range (`version`), and a timestamp from
+/// the coordinator taken after it confirmed its leadership (newer than every read an
+/// earlier leader, or an earlier key range, served). A one-phase commit takes no lock
+/// before its commit timestamp is chosen, so it must commit above both: a read at a
+/// newer timestamp that ran before it applied would otherwise miss it and see it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadTs {
+    term: u64,
+    version: u64,
+    max_read: u64,
+    floor: Option<u64>,
+}
+
+/// Most regions whose reads one core remembers before it forgets those it no longer has.
+const MAX_READ_TS_REGIONS: usize = 4096;
+
+thread_local! {
+    /// Per core (each runs on its own thread): region -> its reads.
+    static READ_TS: RefCell<HashMap<u64, ReadTs>> = RefCell::new(HashMap::new());
+}
+
+/// The entry of `region` for `term` and `version` (a fresh one when those changed).
+fn read_ts_entry(
+    m: &mut HashMap<u64, ReadTs>,
+    region: u64,
+    term: u64,
+    version: u64,
+) -> &mut ReadTs {
+    let fresh = ReadTs {
+        term,
+        version,
+        max_read: 0,
+        floor: None,
+    };
+    let e = m.entry(region).or_insert(fresh);
+    if (e.term, e.version) != (term, version) {
+        *e = fresh;
+    }
+    e
+}
+
+/// Notes a read of `region` at `ts`, served while leading it in `term` at `version`.
+fn note_read(region: u64, term: u64, version: u64, ts: u64) {
+    READ_TS.with(|m| {
+        let mut m = m.borrow_mut();
+        let e = read_ts_entry(&mut m, region, term, version);
+        e.max_read = e.max_read.max(ts);
+    });
+}
+
+/// The timestamp a one-phase commit of `region` must be above (`None`: no floor taken
+/// in this term and version yet).
+fn one_pc_bound(region: u64, term: u64, version: u64) -> Option<u64> {
+    READ_TS.with(|m| {
+        let mut m = m.borrow_mut();
+        let e = read_ts_entry(&mut m, region, term, version);
+        e.floor.map(|f| f.max(e.max_read))
+    })
+}
+
+/// Sets the floor of `region` for `term` and `version`.
+fn set_read_floor(region: u64, term: u64, version: u64, floor: u64) {
+    READ_TS.with(|m| {
+        let mut m = m.borrow_mut();
+        let e = read_ts_entry(&mut m, region, term, version);
+        e.floor = Some(e.floor.map_or(floor, |f| f.max(floor)));
+    });
+}
+
+/// Forgets the regions `keep` rejects, once the table is large.
+fn prune_read_ts(keep: impl Fn(u64) -> bool) {
+    READ_TS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() > MAX_READ_TS_REGIONS {
+            m.retain(|id, _| keep(*id));
+        }
+    });
+}
+
+/// Before a transactional read or one-phase commit of `region` runs (its leadership
+/// confirmed, its keys latched): a read notes its timestamp (a scan also waits for the
+/// writes in flight over its range); a one-phase commit at or under the region's bound
+/// is refused `CommitTsExpired` (the client takes a newer timestamp), after taking the
+/// floor from the coordinator once per term. `Err` is the reply.
+async fn guard_read_ts(core: &Rc<Core>, region: u64, op: &TxnOp) -> std::result::Result<(), Reply> {
+    let at = {
+        let raft = core.raft.borrow();
+        prune_read_ts(|id| raft.region(id).is_some());
+        raft.leader_term(region)
+            .zip(raft.region(region).map(|d| d.epoch.version))
+    };
+    match op {
+        TxnOp::Get(g) => {
+            if let Some((term, version)) = at {
+                note_read(region, term, version, g.ts);
+            }
+            Ok(())
+        }
+        TxnOp::Scan(s) => {
+            if let Some((term, version)) = at {
+                note_read(region, term, version, s.ts);
+            }
+            wait_for_latches_in(&s.start, &s.end).await;
+            Ok(())
+        }
+        TxnOp::Commit1pc(p) => {
+            let Some((term, version)) = at else {
+                return Err(Reply::error(format!(
+                    "TRYAGAIN region {region} has no leader here now, retry"
+                )));
+            };
+            let bound = match one_pc_bound(region, term, version) {
+                Some(b) => b,
+                None => {
+                    // Standalone: no coordinator and no earlier leader; the caller's
+                    // timestamps only have to be above the reads served since start.
+                    let floor = match core.node.cluster.as_ref().map(|c| c.client.clone()) {
+                        None => 0,
+                        Some(client) => match blocking(move || client.get_timestamp()).await {
+                            Ok(ts) => ts,
+                            Err(e) => {
+                                return Err(Reply::error(format!(
+                                    "TRYAGAIN region {region}: no timestamp from the coordinator for a one-phase commit ({e}), retry"
+                                )))
+                            }
+                        },
+                    };
+                    set_read_floor(region, term, version, floor);
+                    one_pc_bound(region, term, version).unwrap_or(u64::MAX)
+                }
+            };
+            if p.commit_ts > bound {
+                return Ok(());
+            }
+            Err(failed(wire::TxnError {
+                kind: TxnErrorKind::CommitTsExpired as i32,
+                key: p.mutations.first().map(|m| m.key.clone()).unwrap_or_default(),
+                start_ts: p.start_ts,
+                commit_ts: p.commit_ts,
+                min_commit_ts: bound.saturating_add(1),
+                message: format!(
+                    "one-phase commit at {} is not above the region's reads and leader floor ({bound}): take a newer commit timestamp",
+                    p.commit_ts
+                ),
+                ..Default::default()
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
@@ -349,7 +522,8 @@ enum Computed {
 }
 
 /// Runs the operation against `db` (on the blocking pool). Keys are stored keys already.
-fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp) -> Computed {
+/// `skip_conflicts` (a debug knob) skips the prewrites' write-conflict check.
+fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) -> Computed {
     let r = DbReader::new(db, NS_KV);
     let err =
         |e: ptxn::TxnError| Computed::Reply(failed(wire::TxnError::from_engine(&e, user_key)));
@@ -371,6 +545,7 @@ fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp) -> Computed {
             let opts = ptxn::PrewriteOptions {
                 lock_ttl_ms: p.ttl_ms,
                 txn_size: p.txn_size,
+                test_skip_write_conflict_check: skip_conflicts,
                 ..Default::default()
             };
             match ptxn::prewrite(&r, &muts, &p.primary, p.start_ts, &opts) {
@@ -551,6 +726,9 @@ pub(super) async fn execute(core: &Rc<Core>, region: u64, req: TxnRequest) -> An
             Err(Refusal::Elsewhere) => return elsewhere(core, back(req)),
         }
     }
+    if let Err(reply) = guard_read_ts(core, region, &op).await {
+        return Answer::Reply(reply);
+    }
     let Some(desc) = core.raft.borrow().region(region).cloned() else {
         return Answer::Stale(back(req));
     };
@@ -559,7 +737,8 @@ pub(super) async fn execute(core: &Rc<Core>, region: u64, req: TxnRequest) -> An
     };
     let db = core.db.clone();
     let op = to_stored(op);
-    let computed = blocking(move || compute(&db, &desc, op)).await;
+    let skip_conflicts = core.node.knobs.txn_skip_write_conflicts;
+    let computed = blocking(move || compute(&db, &desc, op, skip_conflicts)).await;
     drop(turn);
     let (batch, result) = match computed {
         Computed::Reply(reply) => return Answer::Reply(reply),

@@ -253,6 +253,31 @@ impl Client {
     }
 }
 
+/// Runs `f` on every group's mutations, the groups after the first on their own scoped
+/// threads (one request each: a transaction's regions are few); results in group order.
+fn for_each_group<R: Send>(
+    groups: &[(u64, Vec<TxnMutation>)],
+    f: impl Fn(&[TxnMutation]) -> R + Sync,
+) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let others: Vec<_> = groups[1..]
+            .iter()
+            .map(|(_, muts)| s.spawn(move || f(muts)))
+            .collect();
+        let mut out = Vec::with_capacity(groups.len());
+        out.push(f(&groups[0].1));
+        for h in others {
+            match h.join() {
+                Ok(r) => out.push(r),
+                // A panic in a request is a bug: carried to the caller's thread.
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        out
+    })
+}
+
 fn unexpected(r: TxnResult) -> Error {
     Error::UnexpectedReply {
         region: 0,
@@ -368,19 +393,22 @@ impl Transaction<'_> {
             return self.commit_one_phase(groups.remove(0).1, deadline);
         }
         let size = self.writes.len() as u64;
-        for (_, muts) in &groups {
+        // Every region at once (the order does not matter: nothing commits before all
+        // are locked).
+        let prewritten = for_each_group(&groups, |muts| {
             let op = TxnOp::Prewrite(Prewrite {
-                mutations: muts.clone(),
+                mutations: muts.to_vec(),
                 primary: primary.clone(),
                 start_ts: self.start_ts,
                 ttl_ms: self.lock_ttl_ms,
                 txn_size: size,
             });
-            if let Err(e) = self.write_resolving(&muts[0].key, op, deadline) {
-                // Also the failed group: an unanswered prewrite may have applied.
-                self.abort(&groups, deadline);
-                return Err(e);
-            }
+            self.write_resolving(&muts[0].key, op, deadline)
+        });
+        if let Some(e) = prewritten.into_iter().find_map(Result::err) {
+            // Also the failed groups: an unanswered prewrite may have applied.
+            self.abort(&groups, deadline);
+            return Err(e);
         }
         // The primary decides the transaction.
         let mut commit_ts = c.timestamp()?;
@@ -416,25 +444,27 @@ impl Transaction<'_> {
                 }
             }
         }
-        // Committed. The other keys: best effort (readers resolve what is left).
-        for (_, muts) in &groups {
+        // Committed. The other keys, every region at once: best effort (readers resolve
+        // what is left).
+        let secondary_deadline = self.deadline();
+        for_each_group(&groups, |muts| {
             let keys: Vec<Vec<u8>> = muts
                 .iter()
                 .map(|m| m.key.clone())
                 .filter(|k| *k != primary)
                 .collect();
             if keys.is_empty() {
-                continue;
+                return;
             }
             let op = TxnOp::Commit(Commit {
                 keys: keys.clone(),
                 start_ts: self.start_ts,
                 commit_ts,
             });
-            if let Err(e) = c.txn_op(&keys[0], op, self.deadline()) {
+            if let Err(e) = c.txn_op(&keys[0], op, secondary_deadline) {
                 tracing::debug!(start_ts = self.start_ts, error = %e, "secondary commit left to readers");
             }
-        }
+        });
         Ok(commit_ts)
     }
 
@@ -451,6 +481,16 @@ impl Transaction<'_> {
             });
             match c.txn_op(&muts[0].key, op, deadline) {
                 Ok(_) => return Ok(commit_ts),
+                // A read at a newer timestamp ran first (or the region's leader is new):
+                // nothing was written; a newer commit timestamp is above it.
+                Err(e)
+                    if e.txn_error()
+                        .is_some_and(|t| t.kind() == TxnErrorKind::CommitTsExpired) =>
+                {
+                    if !backoff.sleep(deadline) {
+                        return Err(e);
+                    }
+                }
                 Err(e) => self.after_write_lock(e, &mut backoff, deadline)?,
             }
         }
