@@ -133,6 +133,20 @@ pub struct CheckTxnStatus {
     pub current_ts: u64,
 }
 
+/// Extends the TTL of a live transaction's primary lock (`nokv::txn::heart_beat`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeartBeat {
+    /// The primary key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub primary: Vec<u8>,
+    /// The transaction's start timestamp.
+    #[prost(uint64, tag = "2")]
+    pub start_ts: u64,
+    /// The TTL wanted, in ms from the physical time of `start_ts`.
+    #[prost(uint64, tag = "3")]
+    pub advise_ttl_ms: u64,
+}
+
 /// Commits (`commit_ts` > 0) or rolls back (0) secondary keys of a decided transaction
 /// (`nokv::txn::resolve_lock`).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -195,7 +209,7 @@ pub struct Commit1pc {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TxnRequest {
     /// The operation.
-    #[prost(oneof = "TxnOp", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "TxnOp", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<TxnOp>,
 }
 
@@ -226,6 +240,9 @@ pub enum TxnOp {
     /// One-phase commit.
     #[prost(message, tag = "8")]
     Commit1pc(Commit1pc),
+    /// Extend a primary lock's TTL.
+    #[prost(message, tag = "9")]
+    HeartBeat(HeartBeat),
 }
 
 impl TxnRequest {
@@ -250,6 +267,7 @@ impl TxnRequest {
             Some(TxnOp::ResolveLock(r)) => r.keys.iter().map(Vec::as_slice).collect(),
             Some(TxnOp::CheckTxnStatus(c)) => vec![c.primary.as_slice()],
             Some(TxnOp::Get(g)) => vec![g.key.as_slice()],
+            Some(TxnOp::HeartBeat(h)) => vec![h.primary.as_slice()],
         }
     }
 
@@ -538,7 +556,7 @@ pub struct Done {}
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TxnResponse {
     /// The result or the error.
-    #[prost(oneof = "TxnResult", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "TxnResult", tags = "1, 2, 3, 4, 5, 6")]
     pub result: Option<TxnResult>,
 }
 
@@ -560,6 +578,17 @@ pub enum TxnResult {
     /// The operation failed; nothing was written.
     #[prost(message, tag = "5")]
     Error(TxnError),
+    /// HeartBeat's answer: the lock's TTL now.
+    #[prost(message, tag = "6")]
+    Ttl(Ttl),
+}
+
+/// The answer of [`HeartBeat`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ttl {
+    /// The primary lock's TTL in ms from the physical time of its start_ts.
+    #[prost(uint64, tag = "1")]
+    pub ttl_ms: u64,
 }
 
 impl TxnResponse {
@@ -618,5 +647,14 @@ mod tests {
         assert_eq!(TxnResponse::decode(&resp.encode()).unwrap(), resp);
         let s = Status::from_engine(txn::TxnStatus::Committed(9));
         assert_eq!((s.kind(), s.commit_ts), (StatusKind::Committed, 9));
+        let hb = TxnRequest::new(TxnOp::HeartBeat(HeartBeat {
+            primary: b"p".to_vec(),
+            start_ts: 5,
+            advise_ttl_ms: 9000,
+        }));
+        assert_eq!(TxnRequest::decode(&hb.encode()).unwrap(), hb);
+        assert_eq!(hb.keys(), vec![&b"p"[..]]);
+        let ttl = TxnResponse::new(TxnResult::Ttl(Ttl { ttl_ms: 9000 }));
+        assert_eq!(TxnResponse::decode(&ttl.encode()).unwrap(), ttl);
     }
 }

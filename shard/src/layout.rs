@@ -294,8 +294,9 @@ pub fn engine_options(
         background_nice: Some(background_nice),
         opaque_replay: Some(replay.hook()),
         // Transactions read older versions of NS_KV (their start_ts); the safe point
-        // trails the wall clock (`node::txn::advance_safe_point`), far above every raft
-        // index the Redis namespace uses as version, which so keeps newest versions only.
+        // (`node::txn::set_safe_point`) is above every raft index the Redis namespace
+        // uses as version, which so keeps newest versions only, and below every TSO
+        // timestamp: every transactional version is kept.
         retain_versions: true,
         ..nokv::Options::default()
     };
@@ -353,7 +354,7 @@ pub fn open_core(
     );
     hooks.adjust_engine(core, &mut opts);
     let db = Db::open(&dir, opts).map_err(|source| Error::Engine { core, source })?;
-    crate::node::txn::advance_safe_point(&db);
+    crate::node::txn::set_safe_point(&db);
     // A region snapshot a crash interrupted is finished before the regions are read.
     nokv_raft::snapshot::recover_pending(&db, region_data)
         .map_err(|source| Error::Raft { core, source })?;

@@ -2309,7 +2309,6 @@ async fn sample_core(core: Rc<Core>) {
             }
         };
         core.metrics.sample(&sample);
-        txn::advance_safe_point(&core.db);
         future::or(core.stop.wait(), glommio::timer::sleep(SAMPLE_INTERVAL)).await;
     }
 }

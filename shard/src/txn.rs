@@ -42,10 +42,10 @@ pub const MAX_LATCH_WAITERS: usize = 1024;
 const LATCH_LEADER_CHECK: Duration = Duration::from_millis(200);
 /// Most pairs one `Scan` returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
-/// How far (ms of physical time) the engine's GC safe point trails the wall clock: MVCC
-/// versions newer than this are kept, so a transaction may read at a start_ts up to this
-/// old; older reads fail (`Engine` error, below the safe point).
-pub const GC_LIFETIME_MS: u64 = 10 * 60 * 1000;
+/// The physical time (ms since the Unix epoch, 2020-01-01 UTC) of every core engine's GC
+/// safe point: above every raft index (the Redis namespace's versions) and below every
+/// TSO timestamp (the transactional namespace's versions). See [`set_safe_point`].
+pub const SAFE_POINT_MS: u64 = 1_577_836_800_000;
 
 /// The stored key (position) of user key `key`: its hash slot, big-endian, then the key.
 pub fn stored_key(key: &[u8]) -> Vec<u8> {
@@ -60,12 +60,21 @@ pub fn user_key(stored: &[u8]) -> Vec<u8> {
     stored.get(2..).unwrap_or_default().to_vec()
 }
 
-/// Raises `db`'s GC safe point to [`GC_LIFETIME_MS`] behind the wall clock, in TSO
-/// timestamp units. The Redis namespace's versions (raft indexes) are all far below it,
-/// so its keys keep only their newest version as without `retain_versions`.
-pub fn advance_safe_point(db: &Db) {
-    let physical = now_ms().saturating_sub(GC_LIFETIME_MS);
-    db.set_gc_safe_point(ptxn::ts::compose(physical, 0));
+/// Sets `db`'s GC safe point to [`SAFE_POINT_MS`] in TSO units. The Redis namespace's
+/// versions (raft indexes) are all below it, so its keys keep only their newest version
+/// as without `retain_versions`; every transactional version is above it and kept. (The
+/// engine's version GC keeps the newest version at or below the safe point and drops the
+/// older ones: for `CF_WRITE` that newest one may be another transaction's rollback
+/// record hiding the committed put below it, and a long value in `CF_DEFAULT` is read at
+/// its start_ts, below the safe point. A safe point that trailed the wall clock made such
+/// keys unreadable and then lost them; a transaction-aware GC is still to be built.)
+pub fn set_safe_point(db: &Db) {
+    db.set_gc_safe_point(safe_point());
+}
+
+/// The engines' GC safe point (see [`set_safe_point`]).
+pub fn safe_point() -> u64 {
+    ptxn::ts::compose(SAFE_POINT_MS, 0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -598,6 +607,12 @@ fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) ->
                 Err(e) => err(e),
             }
         }
+        TxnOp::HeartBeat(h) => {
+            match ptxn::heart_beat(&r, &h.primary, h.start_ts, h.advise_ttl_ms) {
+                Ok((b, ttl_ms)) => Computed::Propose(b, TxnResult::Ttl(wire::Ttl { ttl_ms })),
+                Err(e) => err(e),
+            }
+        }
         TxnOp::Get(g) => match ptxn::get(&r, &g.key, g.ts) {
             Ok(v) => Computed::Reply(response(TxnResponse::new(TxnResult::Value(Value {
                 found: v.is_some(),
@@ -657,6 +672,7 @@ fn to_stored(mut op: TxnOp) -> TxnOp {
         TxnOp::ResolveLock(c) => conv(&mut c.keys),
         TxnOp::CheckTxnStatus(c) => c.primary = stored_key(&c.primary),
         TxnOp::Get(g) => g.key = stored_key(&g.key),
+        TxnOp::HeartBeat(h) => h.primary = stored_key(&h.primary),
         TxnOp::Scan(_) => {}
     }
     op
@@ -843,6 +859,15 @@ mod tests {
         let mut unversioned = WriteBatch::new();
         unversioned.put(b"k", b"v");
         assert!(encode_entry(&unversioned).is_none());
+    }
+
+    #[test]
+    fn the_safe_point_lies_between_raft_indexes_and_tso_timestamps() {
+        // Raft indexes: far beyond any a region reaches (a million entries a second for
+        // ten thousand years is 3.2e17).
+        assert!(safe_point() > 3_000_000_000_000_000 / 10);
+        // TSO timestamps: the coordinator's physical time is the wall clock.
+        assert!(safe_point() < ptxn::ts::compose(now_ms(), 0));
     }
 
     #[test]

@@ -14,7 +14,8 @@ mod support;
 
 use nokv_client::{Client, ClientOptions};
 use nokv_raft::txn_wire::{
-    Commit, Commit1pc, Prewrite, TxnErrorKind, TxnMutation, TxnOp, TxnResult,
+    CheckTxnStatus, Commit, Commit1pc, HeartBeat, Prewrite, StatusKind, TxnErrorKind, TxnMutation,
+    TxnOp, TxnResult,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -305,6 +306,151 @@ fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
 }
 
 #[test]
+fn a_transaction_whose_primary_store_dies_between_prewrite_and_commit_commits_on_the_survivors() {
+    let _serial = serial();
+    let c = cluster();
+    let client = &c.client;
+    let keys = ["kill:p", "kill:s1", "kill:s2", "kill:s3", "kill:s4"];
+    run_txn(client, |t| {
+        for k in keys {
+            t.put(k.as_bytes(), b"old")?;
+        }
+        Ok(())
+    });
+    // Prewritten with a long TTL: no reader may roll it back meanwhile.
+    let start = client.timestamp().expect("ts");
+    prewrite(client, start, "kill:p", &keys, 120_000);
+    // SIGKILL the store that leads the primary's region (it is not restarted until the end).
+    let primary = ["kill:p".to_string()];
+    let victim = (0..c.specs.len())
+        .find(|&i| keys_led(&c.specs[i].redis, &primary) == 1)
+        .expect("a store leads the primary's region");
+    kill_store(&c, victim);
+    // The lock was replicated: the primary commits on the survivors once they elect a leader.
+    let commit_ts = client.timestamp().expect("ts");
+    client
+        .txn_op(
+            b"kill:p",
+            TxnOp::Commit(Commit {
+                keys: vec![b"kill:p".to_vec()],
+                start_ts: start,
+                commit_ts,
+            }),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .expect("the primary commits after the failover");
+    // Readers commit the secondaries from the committed primary: all or nothing, all here.
+    for k in keys {
+        assert_eq!(read(client, k).as_deref(), Some("raw"), "{k}");
+    }
+    // Back up: the restarted store catches up and every replica matches.
+    restart_store(&c, victim);
+    let mut redis = ClusterClient::new(&c.specs);
+    for k in keys {
+        let region = client.region_for_key(k.as_bytes()).expect("region");
+        if let Err(verdict) = replicas_match(&mut redis, region) {
+            panic!("region {region} of {k}: {verdict:?}");
+        }
+    }
+}
+
+/// Whether every replica of `region` holds the same data (`NOKV.REGION CHECK`), asked
+/// again for up to 20 s while a restarted replica catches up; `Err` has the last answer.
+fn replicas_match(redis: &mut ClusterClient, region: u64) -> Result<(), Option<R>> {
+    let id = region.to_string();
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut verdict = None;
+    // Bounded by `end`.
+    while Instant::now() < end {
+        verdict = redis.call(0, &[b"NOKV.REGION", b"CHECK", id.as_bytes()], OP_BOUND);
+        if matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(verdict)
+}
+
+#[test]
+fn a_heartbeat_keeps_a_slow_transaction_from_being_rolled_back() {
+    let _serial = serial();
+    let c = cluster();
+    let client = &c.client;
+    let deadline = || Instant::now() + Duration::from_secs(10);
+    // The primary's state as a reader asks for it now.
+    let status = |primary: &str, start: u64| -> StatusKind {
+        let op = TxnOp::CheckTxnStatus(CheckTxnStatus {
+            primary: primary.as_bytes().to_vec(),
+            start_ts: start,
+            caller_start_ts: 0,
+            current_ts: client.timestamp().expect("ts"),
+        });
+        match client.txn_op(primary.as_bytes(), op, deadline()) {
+            Ok(TxnResult::Status(s)) => s.kind(),
+            other => panic!("check_txn_status of {primary}: {other:?}"),
+        }
+    };
+    // Two transactions prewritten with a 300 ms TTL; one of them heartbeats to 60 s.
+    let (alive, dead) = (
+        client.timestamp().expect("ts"),
+        client.timestamp().expect("ts"),
+    );
+    prewrite(client, alive, "hb:a", &["hb:a", "hb:a2"], 300);
+    prewrite(client, dead, "hb:d", &["hb:d", "hb:d2"], 300);
+    let beat = client
+        .txn_op(
+            b"hb:a",
+            TxnOp::HeartBeat(HeartBeat {
+                primary: b"hb:a".to_vec(),
+                start_ts: alive,
+                advise_ttl_ms: 60_000,
+            }),
+            deadline(),
+        )
+        .expect("heartbeat");
+    assert!(
+        matches!(&beat, TxnResult::Ttl(t) if t.ttl_ms == 60_000),
+        "{beat:?}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // Past the first TTL: the silent one is rolled back, the heartbeating one is alive.
+    assert_eq!(status("hb:d", dead), StatusKind::TtlExpired);
+    assert_eq!(status("hb:a", alive), StatusKind::Locked);
+    let commit_ts = client.timestamp().expect("ts");
+    client
+        .txn_op(
+            b"hb:a",
+            TxnOp::Commit(Commit {
+                keys: vec![b"hb:a".to_vec()],
+                start_ts: alive,
+                commit_ts,
+            }),
+            deadline(),
+        )
+        .expect("the heartbeating transaction commits");
+    assert_eq!(read(client, "hb:a2").as_deref(), Some("raw"));
+    assert_eq!(read(client, "hb:d2"), None);
+    // A heartbeat of a decided transaction says so (its client stops).
+    let late = client.txn_op(
+        b"hb:a",
+        TxnOp::HeartBeat(HeartBeat {
+            primary: b"hb:a".to_vec(),
+            start_ts: alive,
+            advise_ttl_ms: 60_000,
+        }),
+        deadline(),
+    );
+    assert_eq!(
+        late.as_ref()
+            .err()
+            .and_then(|e| e.txn_error())
+            .map(|t| t.kind()),
+        Some(TxnErrorKind::AlreadyCommitted),
+        "{late:?}"
+    );
+}
+
+#[test]
 fn a_one_phase_commit_under_a_read_already_served_is_refused_and_retried_above_it() {
     let _serial = serial();
     let c = cluster();
@@ -382,18 +528,28 @@ fn a_bank_whose_stores_skip_write_conflict_checks_is_caught_losing_updates() {
     panic!("the bank's checker saw no lost update in 4 rounds without write-conflict checks");
 }
 
-/// SIGKILLs store `victim` of `c`, waits a moment (its regions elect leaders elsewhere)
-/// and starts it again at the same addresses.
-fn kill_and_restart(c: &Cluster, victim: usize) {
+/// SIGKILLs store `victim` of `c` (if it runs).
+fn kill_store(c: &Cluster, victim: usize) {
     let server = c.stores.lock().unwrap_or_else(|e| e.into_inner())[victim].take();
     if let Some(server) = server {
         server.kill();
     }
     eprintln!("killed store {}", victim + 1);
-    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// Starts store `victim` of `c` again at the same addresses.
+fn restart_store(c: &Cluster, victim: usize) {
     let restarted = start_store(&c.specs[victim], &c.coord_addr);
     c.stores.lock().unwrap_or_else(|e| e.into_inner())[victim] = Some(restarted);
     eprintln!("restarted store {}", victim + 1);
+}
+
+/// SIGKILLs store `victim` of `c`, waits a moment (its regions elect leaders elsewhere)
+/// and starts it again.
+fn kill_and_restart(c: &Cluster, victim: usize) {
+    kill_store(c, victim);
+    std::thread::sleep(Duration::from_millis(1500));
+    restart_store(c, victim);
 }
 
 /// A bank of accounts over many regions: concurrent transfers (read two balances, write
@@ -549,19 +705,8 @@ fn bank(c: &Cluster, kills: usize) -> Vec<String> {
     // regions' data; the entries carry their versions).
     // (A restarted replica may still be catching up: asked again for a while.)
     let mut redis = ClusterClient::new(&c.specs);
-    for r in &regions {
-        let id = r.to_string();
-        let end = Instant::now() + Duration::from_secs(20);
-        let mut verdict = None;
-        // Bounded by `end`.
-        while Instant::now() < end {
-            verdict = redis.call(0, &[b"NOKV.REGION", b"CHECK", id.as_bytes()], OP_BOUND);
-            if matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if !matches!(&verdict, Some(R::Simple(s)) if s.starts_with("MATCH")) {
+    for &r in &regions {
+        if let Err(verdict) = replicas_match(&mut redis, r) {
             violation(format!("region {r}: {verdict:?}"));
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod commit;
 pub mod error;
+pub mod heartbeat;
 pub mod lock;
 pub mod mvcc;
 pub mod one_pc;
@@ -28,6 +29,7 @@ pub mod write;
 
 pub use commit::commit;
 pub use error::{CodecError, TxnError, TxnResult};
+pub use heartbeat::heart_beat;
 pub use lock::{Lock, LockKind};
 pub use mvcc::{LOCK_VERSION, SHORT_VALUE_MAX_LEN};
 pub use one_pc::commit_1pc;

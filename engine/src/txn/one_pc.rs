@@ -3,8 +3,8 @@
 
 use super::error::{TxnError, TxnResult};
 use super::mvcc::{
-    check_args, check_commit_ts, check_newer_writes, load_lock, NewerWrites, TxnBatch,
-    SHORT_VALUE_MAX_LEN,
+    check_args, check_commit_ts, check_newer_writes, find_txn_write, load_lock, NewerWrites,
+    TxnBatch, SHORT_VALUE_MAX_LEN,
 };
 use super::prewrite::{Mutation, MutationOp};
 use super::reader::MvccRead;
@@ -16,6 +16,11 @@ use crate::WriteBatch;
 /// [`TxnError::WriteConflict`], a rollback of this transaction [`TxnError::RolledBack`]),
 /// then its write record at `commit_ts` (a long value in `CF_DEFAULT` at `start_ts`). A key
 /// the transaction already committed (a retry) is skipped. All keys or none.
+///
+/// A retry after the commit applied (its answer was lost) writes nothing and succeeds,
+/// even when other transactions have since committed or locked its keys: its own commit
+/// record is looked for first. (Otherwise the caller would see a conflict, take the
+/// transaction for not committed and run it again.)
 pub fn commit_1pc<R: MvccRead + ?Sized>(
     r: &R,
     mutations: &[Mutation],
@@ -24,6 +29,19 @@ pub fn commit_1pc<R: MvccRead + ?Sized>(
 ) -> TxnResult<WriteBatch> {
     check_args(start_ts, mutations.iter().map(|m| m.key.as_slice()))?;
     check_commit_ts(start_ts, commit_ts)?;
+    // The batch wrote every key at once: one record of this transaction settles it.
+    for m in mutations {
+        match find_txn_write(r, &m.key, start_ts)? {
+            Some((_, w)) if w.kind == WriteKind::Rollback => {
+                return Err(TxnError::RolledBack {
+                    key: m.key.clone(),
+                    start_ts,
+                })
+            }
+            Some(_) => return Ok(WriteBatch::new()),
+            None => {}
+        }
+    }
     let mut out = TxnBatch::new(r.ns());
     for m in mutations {
         if let Some(lock) = load_lock(r, &m.key)? {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::NS_KV;
+use mvcc::load_lock;
 
 fn store() -> MemStore {
     MemStore::new(NS_KV)
@@ -291,6 +292,58 @@ fn one_phase_commit() {
     assert!(matches!(
         commit_1pc(&s, &[Mutation::delete(b"c")], 21, 22),
         Err(TxnError::KeyIsLocked { .. })
+    ));
+}
+
+#[test]
+fn a_one_phase_commit_retried_after_others_wrote_its_keys_still_succeeds_writing_nothing() {
+    let mut s = store();
+    let m = [Mutation::put(b"a", b"1"), Mutation::put(b"b", b"2")];
+    s.apply(&commit_1pc(&s, &m, 10, 11).unwrap()).unwrap();
+    // Its answer was lost; meanwhile another transaction committed `a` and a third locked `b`.
+    txn(&mut s, &[Mutation::put(b"a", b"other")], 12, 13);
+    s.apply(&prewrite(&s, &[Mutation::put(b"b", b"x")], b"b", 14, &opts(1)).unwrap())
+        .unwrap();
+    assert!(
+        commit_1pc(&s, &m, 10, 11).unwrap().is_empty(),
+        "the retry is answered as committed, not as a conflict or a lock"
+    );
+    assert_eq!(get(&s, b"a", 13).unwrap(), Some(b"other".to_vec()));
+    // A one-phase commit whose transaction was rolled back on a key is refused.
+    s.apply(&rollback(&s, &[k("c")], 20).unwrap()).unwrap();
+    assert!(matches!(
+        commit_1pc(&s, &[Mutation::put(b"c", b"1")], 20, 21),
+        Err(TxnError::RolledBack { .. })
+    ));
+}
+
+#[test]
+fn a_heartbeat_extends_the_primary_lock_until_the_transaction_is_decided() {
+    let mut s = store();
+    s.apply(&prewrite(&s, &[Mutation::put(b"p", b"1")], b"p", 10, &opts(100)).unwrap())
+        .unwrap();
+    let (b, ttl) = heart_beat(&s, b"p", 10, 5000).unwrap();
+    assert_eq!(ttl, 5000);
+    s.apply(&b).unwrap();
+    assert_eq!(load_lock(&s, b"p").unwrap().map(|l| l.ttl_ms), Some(5000));
+    // A shorter advice keeps the longer TTL and writes nothing.
+    let (b, ttl) = heart_beat(&s, b"p", 10, 200).unwrap();
+    assert!(b.is_empty());
+    assert_eq!(ttl, 5000);
+    // Another transaction's heartbeat on the key: it holds no lock there.
+    assert!(matches!(
+        heart_beat(&s, b"p", 9, 5000),
+        Err(TxnError::TxnNotFound { .. })
+    ));
+    s.apply(&commit(&s, &[k("p")], 10, 11).unwrap()).unwrap();
+    assert!(matches!(
+        heart_beat(&s, b"p", 10, 5000),
+        Err(TxnError::AlreadyCommitted { commit_ts: 11, .. })
+    ));
+    s.apply(&rollback(&s, &[k("q")], 20).unwrap()).unwrap();
+    assert!(matches!(
+        heart_beat(&s, b"q", 20, 5000),
+        Err(TxnError::RolledBack { .. })
     ));
 }
 

@@ -13,8 +13,8 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::routes::routing_key;
 use nokv_raft::txn_wire::{
-    CheckTxnStatus, Commit, Commit1pc, Get, Prewrite, ResolveLock, Rollback, Scan, StatusKind,
-    TxnError, TxnErrorKind, TxnMutation, TxnOp, TxnRequest, TxnResult, WireLock,
+    CheckTxnStatus, Commit, Commit1pc, Get, HeartBeat, Prewrite, ResolveLock, Rollback, Scan,
+    StatusKind, TxnError, TxnErrorKind, TxnMutation, TxnOp, TxnRequest, TxnResult, WireLock,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ pub struct Transaction<'a> {
     /// Buffered writes: key -> Some(value) for a put, None for a delete.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     lock_ttl_ms: u64,
+    /// When `start_ts` was taken (lock TTLs run from its physical time).
+    began: Instant,
 }
 
 impl Client {
@@ -40,6 +42,7 @@ impl Client {
             start_ts: self.timestamp()?,
             writes: BTreeMap::new(),
             lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+            began: Instant::now(),
         })
     }
 
@@ -253,6 +256,40 @@ impl Client {
     }
 }
 
+/// Set once a transaction's primary is decided (committed, or given up): stops its
+/// heartbeat.
+#[derive(Default)]
+struct Decided {
+    done: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Decided {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `d`: whether it is set.
+    fn wait(&self, d: Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .cv
+            .wait_timeout_while(done, d, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        *done
+    }
+}
+
+/// Sets a [`Decided`] when dropped.
+struct SetOnDrop<'a>(&'a Decided);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
+
 /// Runs `f` on every group's mutations, the groups after the first on their own scoped
 /// threads (one request each: a transaction's regions are few); results in group order.
 fn for_each_group<R: Send>(
@@ -392,58 +429,16 @@ impl Transaction<'_> {
         if groups.len() == 1 {
             return self.commit_one_phase(groups.remove(0).1, deadline);
         }
-        let size = self.writes.len() as u64;
-        // Every region at once (the order does not matter: nothing commits before all
-        // are locked).
-        let prewritten = for_each_group(&groups, |muts| {
-            let op = TxnOp::Prewrite(Prewrite {
-                mutations: muts.to_vec(),
-                primary: primary.clone(),
-                start_ts: self.start_ts,
-                ttl_ms: self.lock_ttl_ms,
-                txn_size: size,
-            });
-            self.write_resolving(&muts[0].key, op, deadline)
-        });
-        if let Some(e) = prewritten.into_iter().find_map(Result::err) {
-            // Also the failed groups: an unanswered prewrite may have applied.
-            self.abort(&groups, deadline);
-            return Err(e);
-        }
-        // The primary decides the transaction.
-        let mut commit_ts = c.timestamp()?;
-        let mut backoff = Backoff::new(c.options().backoff_initial, c.options().backoff_max);
-        // Bounded by the deadline: a reader's push only asks for a newer timestamp.
-        loop {
-            let op = TxnOp::Commit(Commit {
-                keys: vec![primary.clone()],
-                start_ts: self.start_ts,
-                commit_ts,
-            });
-            match c.txn_op(&primary, op, deadline) {
-                Ok(_) => break,
-                Err(e)
-                    if e.txn_error()
-                        .is_some_and(|t| t.kind() == TxnErrorKind::CommitTsExpired) =>
-                {
-                    commit_ts = c.timestamp()?;
-                    if !backoff.sleep(deadline) {
-                        return Err(e);
-                    }
-                }
-                Err(e) if e.txn_error().is_some() => {
-                    // Rolled back (a reader found the lock expired) or gone: not committed.
-                    self.abort(&groups, deadline);
-                    return Err(e);
-                }
-                Err(e) => {
-                    return Err(Error::CommitUndetermined {
-                        start_ts: self.start_ts,
-                        detail: e.to_string(),
-                    })
-                }
-            }
-        }
+        // From the first prewrite until the primary is decided, a heartbeat keeps the
+        // primary lock alive: a commit slowed down (a failover) is not taken for a dead
+        // client and rolled back by readers.
+        let decided = Decided::default();
+        let commit_ts = std::thread::scope(|s| {
+            s.spawn(|| self.heartbeat_until(&primary, &decided));
+            // Set on every way out (a panic too: the heartbeat must end for the scope to).
+            let _decided = SetOnDrop(&decided);
+            self.prewrite_and_commit_primary(&groups, &primary, deadline)
+        })?;
         // Committed. The other keys, every region at once: best effort (readers resolve
         // what is left).
         let secondary_deadline = self.deadline();
@@ -466,6 +461,92 @@ impl Transaction<'_> {
             }
         });
         Ok(commit_ts)
+    }
+
+    /// Prewrites every group and commits the primary: the commit timestamp. A failed
+    /// prewrite or a refused primary commit rolls every key back.
+    fn prewrite_and_commit_primary(
+        &self,
+        groups: &[(u64, Vec<TxnMutation>)],
+        primary: &[u8],
+        deadline: Instant,
+    ) -> Result<u64> {
+        let c = self.client;
+        let size = self.writes.len() as u64;
+        // Every region at once (the order does not matter: nothing commits before all
+        // are locked).
+        let prewritten = for_each_group(groups, |muts| {
+            let op = TxnOp::Prewrite(Prewrite {
+                mutations: muts.to_vec(),
+                primary: primary.to_vec(),
+                start_ts: self.start_ts,
+                ttl_ms: self.lock_ttl_ms,
+                txn_size: size,
+            });
+            self.write_resolving(&muts[0].key, op, deadline)
+        });
+        if let Some(e) = prewritten.into_iter().find_map(Result::err) {
+            // Also the failed groups: an unanswered prewrite may have applied.
+            self.abort(groups, deadline);
+            return Err(e);
+        }
+        // The primary decides the transaction.
+        let mut commit_ts = c.timestamp()?;
+        let mut backoff = Backoff::new(c.options().backoff_initial, c.options().backoff_max);
+        // Bounded by the deadline: a reader's push only asks for a newer timestamp.
+        loop {
+            let op = TxnOp::Commit(Commit {
+                keys: vec![primary.to_vec()],
+                start_ts: self.start_ts,
+                commit_ts,
+            });
+            match c.txn_op(primary, op, deadline) {
+                Ok(_) => break,
+                Err(e)
+                    if e.txn_error()
+                        .is_some_and(|t| t.kind() == TxnErrorKind::CommitTsExpired) =>
+                {
+                    commit_ts = c.timestamp()?;
+                    if !backoff.sleep(deadline) {
+                        return Err(e);
+                    }
+                }
+                Err(e) if e.txn_error().is_some() => {
+                    // Rolled back (a reader found the lock expired) or gone: not committed.
+                    self.abort(groups, deadline);
+                    return Err(e);
+                }
+                Err(e) => {
+                    return Err(Error::CommitUndetermined {
+                        start_ts: self.start_ts,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(commit_ts)
+    }
+
+    /// Sends heartbeats for the primary lock every third of its TTL until `decided`: each
+    /// asks for a TTL that reaches one full TTL past now. Stops early when the lock is gone.
+    fn heartbeat_until(&self, primary: &[u8], decided: &Decided) {
+        let every = Duration::from_millis((self.lock_ttl_ms / 3).max(100));
+        // Bounded: ends when the commit is decided (the caller sets it on every path).
+        while !decided.wait(every) {
+            let advise_ttl_ms = self.began.elapsed().as_millis() as u64 + self.lock_ttl_ms;
+            let op = TxnOp::HeartBeat(HeartBeat {
+                primary: primary.to_vec(),
+                start_ts: self.start_ts,
+                advise_ttl_ms,
+            });
+            match self.client.txn_op(primary, op, Instant::now() + every) {
+                Ok(_) => {}
+                Err(e) if e.txn_error().is_some() => return,
+                Err(e) => {
+                    tracing::debug!(start_ts = self.start_ts, error = %e, "heartbeat failed; trying again");
+                }
+            }
+        }
     }
 
     fn commit_one_phase(&self, muts: Vec<TxnMutation>, deadline: Instant) -> Result<u64> {
