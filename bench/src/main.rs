@@ -1,6 +1,8 @@
 //! `nokv-bench`: NoKV benchmarks. `dbbench` mirrors RocksDB's db_bench (same flags, key
 //! layout, value generator and result lines); `ycsb` runs the YCSB core workloads against
-//! NoKV and fjall; `cluster` compares a NoKV cluster with an etcd cluster; `parse` reads db_bench-format output; `plot` draws SVG charts of both.
+//! NoKV and fjall; `cluster` compares a NoKV cluster with an etcd cluster; `txn` measures
+//! two-key transactions on a NoKV cluster against the same operations without one; `parse`
+//! reads db_bench-format output; `plot` draws SVG charts of both.
 
 mod cluster;
 mod db;
@@ -12,6 +14,7 @@ mod nokv_db;
 mod plot;
 mod report;
 mod runner;
+mod txn;
 mod ycsb;
 
 use std::path::PathBuf;
@@ -38,6 +41,10 @@ enum Command {
     /// Drive a NoKV cluster (RESP, following -MOVED) and an etcd cluster (v3 JSON gateway)
     /// with the same closed-loop clients: put and get throughput and p50/p99 latency.
     Cluster(cluster::ClusterArgs),
+    /// Two-key read-write transactions on a NoKV cluster (zipfian keys, on different stores
+    /// when possible) against the same GETs and SETs without a transaction: txn/s, abort
+    /// rate, latency, and the txn/plain throughput ratio.
+    Txn(txn::TxnArgs),
     /// Parse db_bench or `nokv-bench dbbench` output (plus optional `time -v` output) into
     /// tab-separated lines: result, settle, write_amp, peak_rss_kib.
     Parse {
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
         Command::Dbbench(args) => runner::run(&args, &mut std::io::stdout().lock()),
         Command::Ycsb(args) => ycsb::run(&args, &mut std::io::stdout().lock()),
         Command::Cluster(args) => cluster::run(&args, &mut std::io::stdout().lock()),
+        Command::Txn(args) => txn::run(&args, &mut std::io::stdout().lock()),
         Command::Parse { files } => parse_files(&files),
         Command::Plot { kind } => plot::run(&kind),
     };
