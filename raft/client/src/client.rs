@@ -729,6 +729,10 @@ impl Client {
                             if e.starts_with("MOVED") {
                                 self.cache.write().rotate(region, store);
                             }
+                            if split_away(e) {
+                                // The cached range is stale: look the key up again.
+                                self.cache.write().remove(region);
+                            }
                             backoff.sleep(deadline);
                         }
                         _ => return Ok((region, reply)),
@@ -795,6 +799,12 @@ fn retryable(e: &str) -> bool {
     .any(|p| e.starts_with(p))
 }
 
+/// A retry reply that says the region no longer holds the key's range (a split moved it
+/// to a new region): the cached route must be dropped, or every retry goes to it again.
+fn split_away(e: &str) -> bool {
+    e.starts_with("TRYAGAIN") && e.contains(" was split")
+}
+
 fn unexpected(region: u64, key: &[u8], reply: Reply) -> Error {
     match reply {
         Reply::Error(message) => Error::Server {
@@ -824,6 +834,10 @@ mod tests {
     #[test]
     fn only_transient_error_replies_are_retried() {
         assert!(retryable("TRYAGAIN region 3 has no leader"));
+        assert!(split_away(
+            "TRYAGAIN region 16 was split; nothing was written, retry"
+        ));
+        assert!(!split_away("TRYAGAIN region 3 has no leader"));
         assert!(retryable("CLUSTERDOWN no quorum"));
         assert!(retryable("BUSY write stall"));
         assert!(!retryable(
