@@ -848,7 +848,8 @@ fn render_table(results: &[PhaseResult], args: &ClusterArgs) -> String {
     t
 }
 
-fn json_str(s: &str) -> String {
+/// `s` as a JSON string literal (quotes, backslashes and control characters escaped).
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for ch in s.chars() {

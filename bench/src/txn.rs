@@ -16,6 +16,7 @@ use clap::Args;
 use nokv_client::routes::RegionRoute;
 use nokv_client::{routing_key, Client, ClientOptions};
 
+use crate::cluster::json_str;
 use crate::error::{BenchError, Result};
 use crate::gen::Mt19937_64;
 use crate::ycsb::dist::{check_theta, Zipfian};
@@ -708,23 +709,6 @@ fn render_table(results: &[PhaseResult]) -> String {
         );
     }
     t
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn render_json(results: &[PhaseResult], args: &TxnArgs) -> String {

@@ -193,21 +193,26 @@ fn transactions_across_regions_commit_atomically_and_conflicts_retry() {
     );
     assert_eq!(read(client, "acct:5").as_deref(), Some("v1"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let commit_ts = client.timestamp().expect("ts");
-    client
-        .txn_op(
-            b"acct:4",
-            TxnOp::Commit(Commit {
-                keys: vec![b"acct:4".to_vec()],
-                start_ts: start,
-                commit_ts,
-            }),
-            deadline,
-        )
-        .expect("commit the raw transaction");
+    commit_primary(client, "acct:4", start, deadline).expect("commit the raw transaction");
     assert_eq!(read(client, "acct:4").as_deref(), Some("raw"));
     run_txn(client, |t| t.put(b"acct:4", b"after"));
     assert_eq!(read(client, "acct:4").as_deref(), Some("after"));
+}
+
+/// Commits the primary `primary` of the raw transaction `start` at a fresh timestamp.
+fn commit_primary(
+    client: &Client,
+    primary: &str,
+    start: u64,
+    deadline: Instant,
+) -> nokv_client::Result<TxnResult> {
+    let commit_ts = client.timestamp()?;
+    let op = TxnOp::Commit(Commit {
+        keys: vec![primary.as_bytes().to_vec()],
+        start_ts: start,
+        commit_ts,
+    });
+    client.txn_op(primary.as_bytes(), op, deadline)
 }
 
 /// Prewrites `keys` (value "raw") of transaction `start` with `primary`, through raw
@@ -257,18 +262,13 @@ fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
         assert_eq!(read(client, k).as_deref(), Some("old"), "{k}");
     }
     // The primary is rolled back for good: its commit is refused.
-    let late = client.timestamp().expect("ts");
-    let e = client
-        .txn_op(
-            b"dead:p",
-            TxnOp::Commit(Commit {
-                keys: vec![b"dead:p".to_vec()],
-                start_ts: start,
-                commit_ts: late,
-            }),
-            Instant::now() + Duration::from_secs(10),
-        )
-        .expect_err("rolled back");
+    let e = commit_primary(
+        client,
+        "dead:p",
+        start,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .expect_err("rolled back");
     assert_eq!(
         e.txn_error().map(|t| t.kind()),
         Some(TxnErrorKind::RolledBack),
@@ -278,18 +278,13 @@ fn a_client_dead_after_prewrite_has_its_locks_resolved_by_readers() {
     // Dies after committing its primary: readers commit the secondaries.
     let start = client.timestamp().expect("ts");
     prewrite(client, start, "dead:p", &keys, 60_000);
-    let commit_ts = client.timestamp().expect("ts");
-    client
-        .txn_op(
-            b"dead:p",
-            TxnOp::Commit(Commit {
-                keys: vec![b"dead:p".to_vec()],
-                start_ts: start,
-                commit_ts,
-            }),
-            Instant::now() + Duration::from_secs(10),
-        )
-        .expect("primary commits");
+    commit_primary(
+        client,
+        "dead:p",
+        start,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .expect("primary commits");
     for k in keys {
         assert_eq!(read(client, k).as_deref(), Some("raw"), "{k}");
     }
@@ -327,18 +322,13 @@ fn a_transaction_whose_primary_store_dies_between_prewrite_and_commit_commits_on
         .expect("a store leads the primary's region");
     kill_store(&c, victim);
     // The lock was replicated: the primary commits on the survivors once they elect a leader.
-    let commit_ts = client.timestamp().expect("ts");
-    client
-        .txn_op(
-            b"kill:p",
-            TxnOp::Commit(Commit {
-                keys: vec![b"kill:p".to_vec()],
-                start_ts: start,
-                commit_ts,
-            }),
-            Instant::now() + Duration::from_secs(30),
-        )
-        .expect("the primary commits after the failover");
+    commit_primary(
+        client,
+        "kill:p",
+        start,
+        Instant::now() + Duration::from_secs(30),
+    )
+    .expect("the primary commits after the failover");
     // Readers commit the secondaries from the committed primary: all or nothing, all here.
     for k in keys {
         assert_eq!(read(client, k).as_deref(), Some("raw"), "{k}");
@@ -416,17 +406,7 @@ fn a_heartbeat_keeps_a_slow_transaction_from_being_rolled_back() {
     // Past the first TTL: the silent one is rolled back, the heartbeating one is alive.
     assert_eq!(status("hb:d", dead), StatusKind::TtlExpired);
     assert_eq!(status("hb:a", alive), StatusKind::Locked);
-    let commit_ts = client.timestamp().expect("ts");
-    client
-        .txn_op(
-            b"hb:a",
-            TxnOp::Commit(Commit {
-                keys: vec![b"hb:a".to_vec()],
-                start_ts: alive,
-                commit_ts,
-            }),
-            deadline(),
-        )
+    commit_primary(client, "hb:a", alive, deadline())
         .expect("the heartbeating transaction commits");
     assert_eq!(read(client, "hb:a2").as_deref(), Some("raw"));
     assert_eq!(read(client, "hb:d2"), None);
