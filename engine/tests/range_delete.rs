@@ -339,8 +339,11 @@ fn deleting_a_whole_region_reclaims_its_files_unread() {
     db.compact_all().expect("compact");
     let stats = db.stats();
     let bytes_after: u64 = stats.levels.iter().map(|l| l.bytes).sum();
+    // What stays: the neighbours' 4000 keys, and region entries in files that straddle
+    // the region's edges, hidden by the tombstone until a later compaction of their level
+    // (709 KB of 8.5 MB once in CI; nothing reclaimed would leave all of it).
     assert!(
-        bytes_after < 512 << 10,
+        bytes_after < bytes_before / 8,
         "the region's files are gone: {bytes_before} -> {bytes_after} bytes\n{stats}"
     );
     assert!(
