@@ -79,6 +79,10 @@ pub struct CoreConfig {
     /// again (a lease read); must stay below the election timeout minus the clock drift
     /// between stores. `None`: every read takes a ReadIndex round.
     pub lease: Option<Duration>,
+    /// Test-only (negative control of the stale-read checks): a leader serves every read
+    /// from its own state at once, without a lease or a ReadIndex round, and does not step
+    /// down when it loses its quorum (`check_quorum` off). Never set it in production.
+    pub unsafe_reads_without_quorum: bool,
 }
 
 impl Default for CoreConfig {
@@ -96,6 +100,7 @@ impl Default for CoreConfig {
             snap_dir: None,
             data_ranges: kv_ranges,
             lease: None,
+            unsafe_reads_without_quorum: false,
         }
     }
 }
@@ -856,7 +861,7 @@ impl<T> RaftCore<T> {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             pre_vote: true,
-            check_quorum: true,
+            check_quorum: !self.cfg.unsafe_reads_without_quorum,
             ..Default::default()
         };
         let logger = self.logger.new(slog::o!("region" => region));
@@ -989,6 +994,9 @@ impl<T> RaftCore<T> {
             .is_some_and(|(term, until)| term == raft.term && now < until)
             && raft.lead_transferee.is_none()
             && peer.reads.is_empty();
+        if self.cfg.unsafe_reads_without_quorum && raft.state == StateRole::Leader {
+            return Ok(ReadPath::Now(token));
+        }
         if lease_holds && peer.applied >= raft.raft_log.committed {
             return Ok(ReadPath::Now(token));
         }

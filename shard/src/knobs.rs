@@ -13,6 +13,8 @@
 //! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
 //! | `NOKV_DEBUG_ABORT_AFTER_MOVE_IN=1` | `NOKV.REGION MOVE` aborts the process once the target core holds the region durably, before the source core deleted its copy: the crash window a restart must resolve (the region on two cores) |
 //! | `NOKV_DEBUG_TXN_NO_LATCHES=1` | transactional requests take no latches: the negative control of the latch test (two prewrites of one key may then both succeed) |
+//! | `NOKV_DEBUG_NET_FAULTS=path` | the store-to-store transport applies the partitions, drops, duplicates and delays written in `path`, re-read every 50 ms (`transport/faults.rs` has the rules) |
+//! | `NOKV_DEBUG_READ_WITHOUT_QUORUM=1` | leaders serve reads from their own state without a lease or a ReadIndex round and keep leading without a quorum: the negative control of the linearizability suite (a cut-off leader serves stale reads) |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -48,6 +50,11 @@ pub struct Knobs {
     /// Prewrites skip the write-conflict check (negative control of the bank's checker:
     /// lost updates).
     pub txn_skip_write_conflicts: bool,
+    /// Injected network faults: the rules file the transport watches.
+    pub net_faults: Option<PathBuf>,
+    /// Leaders read without a lease or ReadIndex and ignore a lost quorum (negative
+    /// control: stale reads).
+    pub reads_without_quorum: bool,
 }
 
 impl Knobs {
@@ -75,6 +82,8 @@ impl Knobs {
                 merge_delete_source_early: var("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY").is_some(),
                 txn_no_latches: var("NOKV_DEBUG_TXN_NO_LATCHES").is_some(),
                 txn_skip_write_conflicts: var("NOKV_DEBUG_TXN_SKIP_WRITE_CONFLICTS").is_some(),
+                net_faults: var("NOKV_DEBUG_NET_FAULTS").map(PathBuf::from),
+                reads_without_quorum: var("NOKV_DEBUG_READ_WITHOUT_QUORUM").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -89,6 +98,8 @@ impl Knobs {
                 || knobs.merge_delete_source_early
                 || knobs.txn_no_latches
                 || knobs.txn_skip_write_conflicts
+                || knobs.net_faults.is_some()
+                || knobs.reads_without_quorum
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -36,7 +36,7 @@ use crate::memory::{self, ClientMemory, ConnMemory, MemoryBudget};
 use crate::metrics::{CoreMetrics, CoreSample};
 use crate::oneshot;
 use crate::route::{self, Plan, Work};
-use crate::transport::{CoreTransport, StaticResolver, StoreTransport, TransportConfig};
+use crate::transport::{CoreTransport, NetFaults, StaticResolver, StoreTransport, TransportConfig};
 use crate::view::{GroupedApply, HeldWrites, RegionView};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -544,6 +544,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             // Region snapshots from other stores land in the cores' snapshot directories.
             config.workdir = Some(settings.workdir.clone());
         }
+        config.net_faults = node.knobs.net_faults.clone().map(NetFaults::watch);
         StoreTransport::new(config, resolver)
     });
     // Stopped and joined when run_with returns (dropped), after the cores.
@@ -1363,6 +1364,7 @@ async fn serve_core(
         // Below the shortest election timeout (election_tick ticks) by a clock-drift margin.
         cfg.lease = Some((TICK * cfg.election_tick as u32).saturating_sub(LEASE_DRIFT_MARGIN));
     }
+    cfg.unsafe_reads_without_quorum = node.knobs.reads_without_quorum;
     let raft = RaftCore::start(opened.db.clone(), cfg, opened.recovered)
         .map_err(|source| Error::Raft { core: id, source })?;
     let (req_tx, mut req_rx) = requests.join().await.map_err(|e| Error::Executor {

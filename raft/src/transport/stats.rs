@@ -56,6 +56,8 @@ pub enum DropCause {
     Stopping,
     /// Addressed to a core this store does not have (sent to the local store).
     NoSuchCore,
+    /// Dropped by an injected network fault (test-only `NOKV_DEBUG_NET_FAULTS`).
+    Fault,
 }
 
 /// Why a frame was refused.
@@ -86,7 +88,7 @@ pub enum EnvelopeReject {
     NoSuchCore,
 }
 
-const DROPS: [DropCause; 7] = [
+const DROPS: [DropCause; 8] = [
     DropCause::QueueFull,
     DropCause::TooLarge,
     DropCause::ConnectionLost,
@@ -94,6 +96,7 @@ const DROPS: [DropCause; 7] = [
     DropCause::InboxFull,
     DropCause::Stopping,
     DropCause::NoSuchCore,
+    DropCause::Fault,
 ];
 const FRAME_REJECTS: [FrameReject; 7] = [
     FrameReject::Magic,
@@ -118,6 +121,7 @@ impl DropCause {
             DropCause::InboxFull => "inbox_full",
             DropCause::Stopping => "stopping",
             DropCause::NoSuchCore => "no_such_core",
+            DropCause::Fault => "fault",
         }
     }
 }

@@ -112,6 +112,16 @@ impl CoreTransport {
                 detail: "the store is stopping".into(),
             });
         }
+        if let Some(faults) = &self.shared.config.net_faults {
+            if faults.rules().cut(self.shared.config.store_id, store) {
+                // A partition: the request goes out and no answer comes back.
+                future::or(glommio::timer::sleep(timeout), self.stop.wait()).await;
+                return Err(KvCallError::NoAnswer {
+                    store,
+                    detail: "cut off by an injected network fault".into(),
+                });
+            }
+        }
         let link = self.kv_link(store);
         let id = self.kv_links.next_id.get() + 1;
         self.kv_links.next_id.set(id);

@@ -23,11 +23,13 @@
 //!   the order they finish. A core sends its own (commands forwarded to their region's
 //!   leader) with [`CoreTransport::kv_call`], over one connection per store.
 
+mod faults;
 mod inbox;
 mod kv_client;
 mod listen;
 mod outbound;
 
+pub use faults::{NetFaults, Rules as NetFaultRules};
 pub use inbox::{Inbox, Ready};
 pub use kv_client::KvCallError;
 pub use nokv_raft::transport::{
@@ -90,6 +92,8 @@ pub struct TransportConfig {
     /// The store's workdir: region snapshots are received into its cores' snapshot
     /// directories (`None`: snapshot frames are refused).
     pub workdir: Option<std::path::PathBuf>,
+    /// Injected network faults (test-only, `NOKV_DEBUG_NET_FAULTS`; `None` in production).
+    pub net_faults: Option<NetFaults>,
 }
 
 impl TransportConfig {
@@ -109,6 +113,7 @@ impl TransportConfig {
             write_timeout: Duration::from_secs(10),
             max_inbound_connections: 1024,
             workdir: None,
+            net_faults: None,
         }
     }
 }
@@ -198,6 +203,7 @@ impl StoreTransport {
             inbound: Cell::new(0),
             kv: RefCell::new(None),
             kv_links: Default::default(),
+            roll: RefCell::new(faults::Roll::new((cfg.store_id << 16) ^ core as u64)),
         });
         for (_, stream) in receivers.streams() {
             let inbox = t.inbox.clone();
@@ -267,6 +273,8 @@ pub struct CoreTransport {
     kv: RefCell<Option<Rc<dyn KvService>>>,
     /// Connections for the key-value requests this core sends.
     kv_links: kv_client::KvLinks,
+    /// Draws for injected network faults.
+    roll: RefCell<faults::Roll>,
 }
 
 /// How long [`CoreTransport::shutdown`] waits for the transport's tasks to end.
@@ -314,6 +322,39 @@ impl CoreTransport {
         if env.to_store == self.shared.config.store_id {
             return self.deliver(env);
         }
+        if let Some(faults) = &self.shared.config.net_faults {
+            let rules = faults.rules();
+            let verdict = rules.verdict(self.store_id(), env.to_store, |n| {
+                self.roll.borrow_mut().below(n)
+            });
+            match verdict {
+                faults::Verdict::Send => {}
+                faults::Verdict::Drop => {
+                    stats.add(Event::Dropped(DropCause::Fault), 1);
+                    return Err(DropCause::Fault);
+                }
+                faults::Verdict::Duplicate => {
+                    let _ = self.push(env.clone());
+                }
+                faults::Verdict::Delay(d) => {
+                    let me = self.clone();
+                    let guard = self.task();
+                    glommio::spawn_local(async move {
+                        let _guard = guard;
+                        glommio::timer::sleep(d).await;
+                        let _ = me.push(env);
+                    })
+                    .detach();
+                    return Ok(());
+                }
+            }
+        }
+        self.push(env)
+    }
+
+    /// Queues `env` toward its (other) store.
+    fn push(self: &Rc<Self>, env: RaftEnvelope) -> std::result::Result<(), DropCause> {
+        let stats = &self.shared.stats;
         let link = self
             .links
             .borrow_mut()

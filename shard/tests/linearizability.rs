@@ -1,0 +1,525 @@
+//! Linearizability of single-key commands on a three-store cluster under faults: clients
+//! send GET, SET and INCR through RESP to every store (each forwards to the leader) while
+//! a nemesis isolates stores and cuts pairs apart (`NOKV_DEBUG_NET_FAULTS`), SIGKILLs and
+//! restarts them, pauses them (SIGSTOP), drops, duplicates and delays raft messages, and
+//! takes the coordinator away. The whole
+//! history is checked with a Wing & Gong / Porcupine-style checker (`lincheck`).
+//! Negative control: leaders that serve reads without a lease or ReadIndex and keep
+//! leading without a quorum (`NOKV_DEBUG_READ_WITHOUT_QUORUM`) must be caught serving a
+//! stale value once cut off.
+//!
+//! `NOKV_LIN_SECS` sets the nemesis' duration (default 36 s: each kind of fault once).
+
+mod lincheck;
+mod support;
+
+use lincheck::{Input, Op, Output};
+use nokv_coordinator::{Server as CoordServer, ServerOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::cluster::{
+    free_addr, id_at, start_coordinator, start_store_args, StoreSpec, IO_TIMEOUT,
+};
+use support::{Client, Server, R};
+
+/// Keys the clients share (few, so that operations on one key overlap often).
+const KEYS: usize = 5;
+/// Client threads of the main scenario (two per store).
+const CLIENTS: usize = 6;
+/// A store's own bound on a request (answers `-TRYAGAIN` after it).
+const REQUEST_TIMEOUT_MS: &str = "2000";
+/// Most operations per client (a bound on the history, besides the duration).
+const MAX_OPS: usize = 20_000;
+/// Pause between a client's operations (bounds the history's size).
+const THINK: Duration = Duration::from_millis(10);
+
+/// Three stores with `--redirect forward`, an in-process coordinator, a faults file.
+struct Lab {
+    dir: tempfile::TempDir,
+    faults: std::path::PathBuf,
+    coord: Arc<nokv_coordinator::Coordinator>,
+    coord_server: Option<CoordServer>,
+    coord_addr: String,
+    specs: Vec<StoreSpec>,
+    servers: Vec<Option<Server>>,
+    ids: Vec<u64>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Lab {
+    fn start(extra_env: &[(&'static str, &str)]) -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faults = dir.path().join("net-faults");
+        std::fs::write(&faults, "").expect("faults file");
+        let (coord, coord_server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+        let specs: Vec<StoreSpec> = (1..=3)
+            .map(|i| StoreSpec {
+                workdir: dir.path().join(format!("store-{i}")),
+                redis: free_addr(),
+                rpc: free_addr(),
+                redirect: "forward",
+            })
+            .collect();
+        let mut env = vec![("NOKV_DEBUG_NET_FAULTS", faults.display().to_string())];
+        env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+        let mut lab = Lab {
+            dir,
+            faults,
+            coord,
+            coord_server: Some(coord_server),
+            coord_addr,
+            specs,
+            servers: Vec::new(),
+            ids: Vec::new(),
+            env,
+        };
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let (spec, coord, env) = (
+                    lab.specs[i].clone(),
+                    lab.coord_addr.clone(),
+                    lab.env.clone(),
+                );
+                std::thread::spawn(move || launch(&spec, &coord, &env))
+            })
+            .collect();
+        lab.servers = handles
+            .into_iter()
+            .map(|h| Some(h.join().expect("store started")))
+            .collect();
+        lab.ids = lab
+            .specs
+            .iter()
+            .map(|s| id_at(&lab.coord, &s.redis))
+            .collect();
+        lab
+    }
+
+    fn set_faults(&self, rules: &str) {
+        std::fs::write(&self.faults, rules).expect("write faults");
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].take() {
+            s.kill();
+        }
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) {
+        if let Some(s) = &self.servers[i] {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(s.child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.servers[i] = Some(launch(&self.specs[i], &self.coord_addr, &self.env));
+    }
+
+    /// The index of the store leading `key`'s region (as store 0 sees it), if known.
+    fn leader_of(&self, key: &str) -> Option<usize> {
+        let slot = u32::from(nokv_gateway::model::slot(key.as_bytes()));
+        let mut c = Client::try_connect(&self.specs[0].redis, IO_TIMEOUT)?;
+        let Some(R::Array(lines)) = c.try_cmd(&[b"NOKV.REGION", b"LIST"]) else {
+            return None;
+        };
+        let field = |line: &str, name: &str| -> Option<String> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        lines.iter().find_map(|l| {
+            let R::Bulk(b) = l else { return None };
+            let line = String::from_utf8_lossy(b);
+            let slots = field(&line, "slots")?;
+            let (s, e) = slots.split_once("..")?;
+            let (s, e): (u32, u32) = (s.parse().ok()?, e.parse().ok()?);
+            if !(s..e).contains(&slot) {
+                return None;
+            }
+            let leader: u64 = field(&line, "leader_store")?.parse().ok()?;
+            self.ids.iter().position(|&id| id == leader)
+        })
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in &self.specs {
+            let path = s.workdir.with_extension("stderr.log");
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(20);
+            out.push_str(&format!(
+                "--- {}:\n{}\n",
+                path.display(),
+                lines[from..].join("\n")
+            ));
+        }
+        out
+    }
+}
+
+fn launch(spec: &StoreSpec, coord: &str, env: &[(&'static str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    start_store_args(
+        spec,
+        coord,
+        &env,
+        &["--request-timeout-ms", REQUEST_TIMEOUT_MS],
+    )
+}
+
+/// What the clients recorded.
+#[derive(Default)]
+struct Record {
+    ops: Vec<Op>,
+    /// Reads answered with an error or not at all (left out: they change nothing).
+    reads_failed: usize,
+    /// Writes never sent (no connection).
+    not_sent: usize,
+}
+
+/// Client `id`'s loop against store `addr` until `stop` (or `MAX_OPS`): random commands
+/// on `keys`, each recorded with its call and return times since `t0`.
+fn client_loop(
+    id: usize,
+    addr: String,
+    keys: Vec<String>,
+    mix: (u32, u32),
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+) {
+    let mut rng = (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut roll = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut conn: Option<Client> = None;
+    let now = || t0.elapsed().as_nanos() as u64;
+    for n in 0..MAX_OPS {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let key = keys[roll(keys.len() as u64) as usize].clone();
+        let pick = roll(100) as u32;
+        let input = if pick < mix.0 {
+            Input::Get
+        } else if pick < mix.0 + mix.1 {
+            Input::Set(((id as i64) << 32) + n as i64 + 1)
+        } else {
+            Input::Incr
+        };
+        if conn.is_none() {
+            conn = Client::try_connect(&addr, IO_TIMEOUT);
+        }
+        let Some(c) = conn.as_mut() else {
+            if input != Input::Get {
+                record.lock().expect("record").not_sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let value;
+        let args: Vec<&[u8]> = match input {
+            Input::Get => vec![b"GET", key.as_bytes()],
+            Input::Set(v) => {
+                value = v.to_string();
+                vec![b"SET", key.as_bytes(), value.as_bytes()]
+            }
+            Input::Incr => vec![b"INCR", key.as_bytes()],
+        };
+        let call = now();
+        let reply = c.try_cmd(&args);
+        let ret = now();
+        if reply.is_none() {
+            conn = None; // its state is unknown: a late reply must not be read as the next
+        }
+        let output = match (input, &reply) {
+            (Input::Get, Some(R::Nil)) => Some(Output::Value(None)),
+            (Input::Get, Some(R::Bulk(b))) => {
+                let v = String::from_utf8_lossy(b)
+                    .parse()
+                    .expect("an integer value");
+                Some(Output::Value(Some(v)))
+            }
+            (Input::Set(_), Some(R::Simple(s))) if s == "OK" => Some(Output::Ok),
+            (Input::Incr, Some(R::Int(v))) => Some(Output::Incremented(*v)),
+            (_, Some(R::Error(_)) | None) => None,
+            (_, Some(other)) => panic!("client {id}: {args:?} answered {other:?}"),
+        };
+        let mut rec = record.lock().expect("record");
+        match (input, output) {
+            (Input::Get, None) => rec.reads_failed += 1,
+            _ => rec.ops.push(Op {
+                client: id,
+                key,
+                call,
+                ret: if output.is_some() { ret } else { u64::MAX },
+                input,
+                output,
+            }),
+        }
+        drop(rec);
+        // Unavailable for now: do not pile up operations of unknown outcome.
+        std::thread::sleep(if output.is_none() {
+            Duration::from_millis(200)
+        } else {
+            THINK
+        });
+    }
+}
+
+/// Starts one client per entry of `plan`: (the store it sends to, its mix: percent of
+/// GETs, percent of SETs; the rest are INCRs).
+fn start_clients(
+    lab: &Lab,
+    keys: &[String],
+    plan: &[(usize, (u32, u32))],
+    stop: &Arc<AtomicBool>,
+    record: &Arc<Mutex<Record>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let t0 = Instant::now();
+    plan.iter()
+        .enumerate()
+        .map(|(i, &(store, mix))| {
+            let (addr, keys) = (lab.specs[store].redis.clone(), keys.to_vec());
+            let (stop, record) = (stop.clone(), record.clone());
+            std::thread::spawn(move || client_loop(i, addr, keys, mix, t0, stop, record))
+        })
+        .collect()
+}
+
+/// Counts of a history for the report.
+fn summary(rec: &Record) -> String {
+    let ok = |f: fn(&Input) -> bool| {
+        rec.ops
+            .iter()
+            .filter(|o| f(&o.input) && o.output.is_some())
+            .count()
+    };
+    let unknown = rec.ops.iter().filter(|o| o.output.is_none()).count();
+    format!(
+        "{} ops recorded: {} reads, {} sets, {} incrs answered, {} writes of unknown outcome; {} reads failed, {} writes not sent",
+        rec.ops.len(),
+        ok(|i| *i == Input::Get),
+        ok(|i| matches!(i, Input::Set(_))),
+        ok(|i| *i == Input::Incr),
+        unknown,
+        rec.reads_failed,
+        rec.not_sent
+    )
+}
+
+#[test]
+fn single_key_commands_stay_linearizable_through_partitions_kills_and_message_chaos() {
+    let secs: u64 = std::env::var("NOKV_LIN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(36);
+    let mut lab = Lab::start(&[]);
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("lin:{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Mutex::new(Record::default()));
+    let plan: Vec<(usize, (u32, u32))> = (0..CLIENTS).map(|i| (i % 3, (50, 25))).collect();
+    let clients = start_clients(&lab, &keys, &plan, &stop, &record);
+
+    // The nemesis: one fault at a time, cycling through the kinds, each healed before the
+    // next, for `secs` seconds. Most aim at the leader of a random key's region.
+    let mut faults: Vec<String> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut round = 0usize;
+    std::thread::sleep(Duration::from_secs(2));
+    while Instant::now() < end {
+        let key = &keys[(round * 3 + 1) % KEYS];
+        let victim = lab.leader_of(key).unwrap_or(round % 3);
+        match round % 6 {
+            0 => {
+                lab.set_faults(&format!("isolate {}\n", lab.ids[victim]));
+                faults.push(format!("store {victim} (leading {key}) isolated 4 s"));
+                std::thread::sleep(Duration::from_secs(4));
+                lab.set_faults("");
+            }
+            1 => {
+                lab.kill(victim);
+                faults.push(format!(
+                    "store {victim} (leading {key}) SIGKILLed, restarted after 1 s"
+                ));
+                std::thread::sleep(Duration::from_secs(1));
+                lab.restart(victim);
+            }
+            2 => {
+                lab.set_faults("drop 20\ndup 10\ndelay 0 40\n");
+                faults.push("20% of raft messages dropped, 10% duplicated, all delayed 0-40 ms (reordered) for 4 s".into());
+                std::thread::sleep(Duration::from_secs(4));
+                lab.set_faults("");
+            }
+            3 => {
+                // The coordinator goes away and comes back on its address.
+                if let Some(s) = lab.coord_server.take() {
+                    s.shutdown();
+                }
+                faults.push("coordinator stopped 3 s".into());
+                std::thread::sleep(Duration::from_secs(3));
+                lab.coord_server = Some(
+                    CoordServer::start(
+                        lab.coord.clone(),
+                        &lab.coord_addr,
+                        ServerOptions::default(),
+                    )
+                    .expect("coordinator serves again on its address"),
+                );
+            }
+            4 => {
+                // Not transitive: the leader and one follower cannot talk, both reach the
+                // third store.
+                let other = (victim + 1 + round % 2) % 3;
+                lab.set_faults(&format!("cut {} {}\n", lab.ids[victim], lab.ids[other]));
+                faults.push(format!(
+                    "stores {victim} (leading {key}) and {other} cut apart 4 s"
+                ));
+                std::thread::sleep(Duration::from_secs(4));
+                lab.set_faults("");
+            }
+            _ => {
+                // A process pause (as a long GC or a stalled VM): its clock runs on.
+                lab.signal(victim, libc::SIGSTOP);
+                faults.push(format!(
+                    "store {victim} (leading {key}) paused (SIGSTOP) 3 s"
+                ));
+                std::thread::sleep(Duration::from_secs(3));
+                lab.signal(victim, libc::SIGCONT);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        round += 1;
+    }
+    lab.set_faults("");
+    // A quiet stretch so the last operations are answered normally.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let rec = std::mem::take(&mut *record.lock().expect("record"));
+    let started = Instant::now();
+    let violations = lincheck::check(&rec.ops);
+    let took = started.elapsed();
+    println!(
+        "linearizability: {}; {} keys checked in {:.2} s; {} faults injected: {}; anomalies: {}",
+        summary(&rec),
+        KEYS,
+        took.as_secs_f64(),
+        faults.len(),
+        faults.join("; "),
+        violations.len()
+    );
+    let answered_writes = rec
+        .ops
+        .iter()
+        .filter(|o| o.input != Input::Get && o.output.is_some())
+        .count();
+    let answered_reads = rec.ops.iter().filter(|o| o.input == Input::Get).count();
+    assert!(
+        answered_writes >= 50 && answered_reads >= 50,
+        "too few operations answered to check anything: {}\n{}",
+        summary(&rec),
+        lab.logs()
+    );
+    assert!(
+        violations.is_empty(),
+        "{}\n{}",
+        violations.iter().map(|v| v.to_string()).collect::<String>(),
+        lab.logs()
+    );
+    drop(lab.dir);
+}
+
+/// Two readers on the leader of one key's region and four writers on the other stores;
+/// the leader is cut off for 8 s. The history and its violations.
+fn cut_off_leader(env: &[(&'static str, &str)]) -> (Record, Vec<lincheck::Violation>, Lab) {
+    let lab = Lab::start(env);
+    let key = "stale:0".to_string();
+    let mut c = Client::try_connect(&lab.specs[0].redis, IO_TIMEOUT).expect("connect");
+    assert_eq!(c.try_cmd(&[b"SET", key.as_bytes(), b"0"]), Some(R::ok()));
+    let leader = lab.leader_of(&key).expect("the key's region has a leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Mutex::new(Record::default()));
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let plan = [
+        (leader, (100, 0)),
+        (leader, (100, 0)),
+        (others[0], (0, 50)),
+        (others[1], (0, 50)),
+        (others[0], (0, 50)),
+        (others[1], (0, 50)),
+    ];
+    // The first SET is part of the history (before every client's first call).
+    record.lock().expect("record").ops.push(Op {
+        client: usize::MAX,
+        key: key.clone(),
+        call: 0,
+        ret: 0,
+        input: Input::Set(0),
+        output: Some(Output::Ok),
+    });
+    let clients = start_clients(&lab, std::slice::from_ref(&key), &plan, &stop, &record);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.set_faults(&format!("isolate {}\n", lab.ids[leader]));
+    std::thread::sleep(Duration::from_secs(8));
+    lab.set_faults("");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    for h in clients {
+        h.join().expect("client");
+    }
+    let rec = std::mem::take(&mut *record.lock().expect("record"));
+    let violations = lincheck::check(&rec.ops);
+    (rec, violations, lab)
+}
+
+#[test]
+fn a_cut_off_leader_serves_no_stale_read() {
+    let (rec, violations, lab) = cut_off_leader(&[]);
+    println!(
+        "cut-off leader: {}; anomalies: {}",
+        summary(&rec),
+        violations.len()
+    );
+    let sets = rec
+        .ops
+        .iter()
+        .filter(|o| o.output == Some(Output::Ok))
+        .count();
+    assert!(
+        sets > 10,
+        "the majority took too few writes: {}",
+        summary(&rec)
+    );
+    assert!(
+        violations.is_empty(),
+        "{}\n{}",
+        violations.iter().map(|v| v.to_string()).collect::<String>(),
+        lab.logs()
+    );
+}
+
+#[test]
+fn a_cut_off_leader_reading_without_a_quorum_is_caught_serving_stale_values() {
+    let (rec, violations, lab) = cut_off_leader(&[("NOKV_DEBUG_READ_WITHOUT_QUORUM", "1")]);
+    println!(
+        "negative control: {}; anomalies: {}\n{}",
+        summary(&rec),
+        violations.len(),
+        violations.iter().map(|v| v.to_string()).collect::<String>()
+    );
+    assert!(
+        !violations.is_empty(),
+        "a leader cut off from its quorum served reads without a lease or ReadIndex, and the checker saw nothing: {}\n{}",
+        summary(&rec),
+        lab.logs()
+    );
+}
