@@ -711,10 +711,12 @@ impl Db {
                 linked: false,
             });
         }
+        crate::crash_point!("ingest::before");
         // Data already in memtables in the range must sit below the ingested tables.
         for _ in 0..INGEST_FLUSH_ATTEMPTS {
             if !inner.memtables_hold(&manifest.range) {
                 if let Some(report) = inner.ingest_verified(dir, &manifest)? {
+                    crate::crash_point!("ingest::after");
                     return Ok(report);
                 }
             }
@@ -1900,6 +1902,9 @@ impl Inner {
     ) -> Result<()> {
         edit.next_file_number = Some(self.next_file_number.load(Ordering::SeqCst));
         self.prepare_vlog_edit(st, &mut edit);
+        // The edit's new tables (a flush's, a compaction's, an ingest's) are written and
+        // synced but not recorded.
+        crate::crash_point!("manifest::before_edit");
         if let Err(e) = st.manifest.append(&edit) {
             // Nothing changed in memory: the caller still owns the edit's inputs.
             self.poison(&e);
@@ -1909,6 +1914,7 @@ impl Inner {
         if let Err(m) = st.manifest_state.apply(&edit) {
             panic!("an edit built from the current state does not apply to it: {m}");
         }
+        crate::crash_point!("manifest::after_edit");
         self.apply_vlog_edit(st, &edit);
         st.version = Arc::new(st.version.apply(&edit, opened));
         if let Some(v) = edit.log_floor {

@@ -44,6 +44,32 @@ pub mod version;
 pub mod vlog;
 pub mod wal;
 
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub use fail as __fail;
+
+/// A named crash point (docs/testing.md, "Failpoints"): with the `failpoints` feature and
+/// `FAILPOINTS="<name>=return"` (or `"<name>=N*off->return"`: the N+1th time) the process
+/// aborts here; `sleep(ms)`, `pause` and `panic` work as the `fail` crate says. Nothing
+/// without the feature.
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! crash_point {
+    ($name:expr) => {
+        $crate::__fail::fail_point!($name, |_| {
+            eprintln!("crash point {} reached: aborting", $name);
+            ::std::process::abort()
+        })
+    };
+}
+
+/// A named crash point: nothing without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! crash_point {
+    ($name:expr) => {};
+}
+
 pub use batch::WriteBatch;
 pub use db::{Db, Entry, WriteStall};
 pub use db_iter::DbIterator;

@@ -136,7 +136,9 @@ impl Wal {
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<()> {
         if self.synced_offset < self.offset {
+            crate::crash_point!("wal::before_sync");
             self.file.sync_data().ctx("fdatasync", &self.path)?;
+            crate::crash_point!("wal::after_sync");
             self.synced_offset = self.offset;
         }
         Ok(())

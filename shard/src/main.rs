@@ -10,6 +10,9 @@ static GLOBAL: nokv_shard::alloc::NodeAllocator = nokv_shard::alloc::NodeAllocat
 fn main() {
     let flags = Flags::parse();
     nokv_shard::logging::init();
+    // FAILPOINTS="<name>=<action>;..." (docs/testing.md, "Failpoints"); test builds only.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = nokv::__fail::FailScenario::setup();
     let result = Settings::resolve(flags).and_then(nokv_shard::run);
     if let Err(e) = result {
         tracing::error!(error = %e, "nokv-server failed");

@@ -1720,6 +1720,8 @@ async fn run_round(core: &Rc<Core>) -> std::result::Result<(), nokv_raft::Error>
             Ok(a) => a,
             Err(e) => return Err(abandon_round(core, round, e)),
         };
+        // Applied to the engine (unlogged: the raft log holds it), nobody answered yet.
+        nokv::crash_point!("apply::before_reply");
         core.raft
             .borrow_mut()
             .finish_apply(&mut round, applied, |token: Waiter, reply| {

@@ -330,12 +330,14 @@ fn single_key_commands_stay_linearizable_through_partitions_kills_and_message_ch
     // The nemesis: one fault at a time, cycling through the kinds, each healed before the
     // next, for `secs` seconds. Most aim at the leader of a random key's region.
     let mut faults: Vec<String> = Vec::new();
+    let mut kinds = [0usize; 6];
     let end = Instant::now() + Duration::from_secs(secs);
     let mut round = 0usize;
     std::thread::sleep(Duration::from_secs(2));
     while Instant::now() < end {
         let key = &keys[(round * 3 + 1) % KEYS];
         let victim = lab.leader_of(key).unwrap_or(round % 3);
+        kinds[round % 6] += 1;
         match round % 6 {
             0 => {
                 lab.set_faults(&format!("isolate {}\n", lab.ids[victim]));
@@ -409,12 +411,18 @@ fn single_key_commands_stay_linearizable_through_partitions_kills_and_message_ch
     let violations = lincheck::check(&rec.ops);
     let took = started.elapsed();
     println!(
-        "linearizability: {}; {} keys checked in {:.2} s; {} faults injected: {}; anomalies: {}",
+        "linearizability: {}; {} keys checked in {:.2} s; {} faults injected ({} leader isolations, {} SIGKILLs, {} rounds of message chaos, {} coordinator stops, {} pair cuts, {} SIGSTOPs): {}; anomalies: {}",
         summary(&rec),
         KEYS,
         took.as_secs_f64(),
         faults.len(),
-        faults.join("; "),
+        kinds[0],
+        kinds[1],
+        kinds[2],
+        kinds[3],
+        kinds[4],
+        kinds[5],
+        if faults.len() <= 12 { faults.join("; ") } else { format!("{} ...", faults[..12].join("; ")) },
         violations.len()
     );
     let answered_writes = rec

@@ -322,6 +322,7 @@ impl CoreTransport {
         if env.to_store == self.shared.config.store_id {
             return self.deliver(env);
         }
+        nokv::crash_point!("transport::before_send");
         if let Some(faults) = &self.shared.config.net_faults {
             let rules = faults.rules();
             let verdict = rules.verdict(self.store_id(), env.to_store, |n| {
