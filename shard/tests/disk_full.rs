@@ -7,6 +7,11 @@
 //! read-only (docs/redis.md, "Disk failures"); it stops cleanly, and a restart on the
 //! same files with no faults reads back every acknowledged write and takes writes again.
 //!
+//! Also: a failed WAL fdatasync (EIO, once) acknowledges nothing on that core from then on
+//! (`-MISCONF`), reads go on, and a restart keeps every acknowledged write; table reads
+//! failing with EIO are answered as errors (never nil or a wrong value) while the node
+//! keeps serving, and read back once the fault is gone.
+//!
 //! Negative control (by hand, see the commit adding this file): with the raft driver
 //! stopping the node on the failed append, as it did before, this test fails: the
 //! second write on the full disk gets no reply (the node stopped: no more reads either).
@@ -151,4 +156,119 @@ fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     drop(c);
     node.stop().expect("stop");
     assert!(fs.exists(&workdir.join("core-1").join("CURRENT")));
+}
+
+/// A 2-core node on `fs` with `KEYS` acknowledged writes: (node, writer, the writes).
+fn written_node(
+    workdir: &std::path::Path,
+    fs: &FaultFs,
+    args: &[&str],
+) -> (InProcNode, Client, BTreeMap<String, Vec<u8>>) {
+    let node = InProcNode::start(workdir, args, Arc::new(fs.clone()), tune).expect("start");
+    let mut writer = Client::connect(&node.addr);
+    let mut acked = BTreeMap::new();
+    for i in 0..KEYS {
+        let k = format!("key:{i}");
+        let v = value(i);
+        let got = writer.try_cmd(&[b"SET", k.as_bytes(), &v]);
+        assert_eq!(got, Some(R::ok()), "SET {k} before the fault");
+        acked.insert(k, v);
+    }
+    (node, writer, acked)
+}
+
+#[test]
+fn a_failed_wal_fsync_acknowledges_nothing_and_a_restart_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("data");
+    let fs = FaultFs::new();
+    let args = ["--cores", "2", "--durability", "sync"];
+    let (node, mut writer, acked) = written_node(&workdir, &fs, &args);
+    // The next WAL fdatasync fails once (EIO): after that nobody knows what the disk
+    // holds, so the write must not be acknowledged, nor any later one on that core.
+    fs.add_rule(
+        FaultRule::once(Op::Sync)
+            .path_contains("wal-")
+            .errno(libc::EIO),
+    );
+    let mut refused = 0;
+    for i in 0..REFUSED {
+        let k = format!("late:{i}");
+        match writer.try_cmd(&[b"SET", k.as_bytes(), b"x"]) {
+            Some(R::Error(e)) => {
+                assert!(e.starts_with("MISCONF"), "SET {k}: {e}");
+                refused += 1;
+            }
+            // Acknowledged before the failing sync, or on the other core.
+            Some(r) if r == R::ok() => {}
+            other => panic!("SET {k} after a failed fsync: {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the failed fsync refused no write");
+    let mut reader = Client::connect(&node.addr);
+    assert_eq!(
+        check_reads(&mut reader, &acked),
+        Ok(()),
+        "reads after the failed fsync"
+    );
+    drop((writer, reader));
+    node.stop()
+        .expect("the node stops cleanly after a failed fsync");
+    let node = InProcNode::start(&workdir, &args, Arc::new(fs.clone()), tune).expect("restart");
+    let mut c = Client::connect(&node.addr);
+    assert_eq!(check_reads(&mut c, &acked), Ok(()), "after the restart");
+    assert_eq!(c.cmd("SET after-the-restart 1"), R::ok());
+    drop(c);
+    node.stop().expect("stop");
+}
+
+#[test]
+fn table_read_errors_are_answered_as_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("data");
+    let fs = FaultFs::new();
+    let args = ["--cores", "2", "--durability", "sync"];
+    let (node, writer, acked) = written_node(&workdir, &fs, &args);
+    // Every read of a table file fails from now on.
+    fs.add_rule(
+        FaultRule::after_n(Op::Read, 0)
+            .path_contains(".sst")
+            .errno(libc::EIO),
+    );
+    let mut c = Client::connect(&node.addr);
+    let mut errors = 0;
+    for (k, v) in &acked {
+        match c.cmd(&format!("GET {k}")) {
+            R::Bulk(got) if &got == v => {}
+            R::Error(e) => {
+                assert!(
+                    e.contains("Input/output error") || e.contains("I/O"),
+                    "GET {k}: {e}"
+                );
+                errors += 1;
+            }
+            other => {
+                panic!("GET {k} with failing table reads: {other:?} (never nil or a wrong value)")
+            }
+        }
+    }
+    assert!(
+        errors > 0,
+        "no read reached a table file (all {} keys in memory)",
+        acked.len()
+    );
+    assert_eq!(c.cmd("PING"), R::Simple("PONG".into()));
+    assert_eq!(
+        c.cmd("SET while-reads-fail 1"),
+        R::ok(),
+        "writes do not read tables"
+    );
+    fs.clear_rules();
+    assert_eq!(check_reads(&mut c, &acked), Ok(()), "once reads work again");
+    println!(
+        "{errors} of {} GETs answered with the read error",
+        acked.len()
+    );
+    drop((writer, c));
+    node.stop().expect("stop");
 }
