@@ -30,6 +30,9 @@ const KEEP_INPUT_CAPACITY: usize = 1 << 20;
 pub struct Config {
     /// The default user's password (Redis `requirepass`); None: no AUTH needed.
     pub requirepass: Option<Vec<u8>>,
+    /// Redis' protected mode: without a password, clients not on the loopback interface
+    /// are refused ([`Config::refuses_peer`], [`PROTECTED_MODE_DENIED`]).
+    pub protected_mode: bool,
     /// Request parsing limits (bulk length, argument count, inline length).
     pub limits: Limits,
     /// Most unparsed input buffered per connection (Redis `client-query-buffer-limit`).
@@ -54,6 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             requirepass: None,
+            protected_mode: true,
             limits: Limits::default(),
             max_query_buffer_bytes: 1 << 30,
             max_output_bytes: 1 << 30,
@@ -63,6 +67,28 @@ impl Default for Config {
             redis_version: "7.0.15".to_string(),
             port: 6380,
             maxmemory: 0,
+        }
+    }
+}
+
+/// The reply to a client refused by protected mode, before it is disconnected (Redis'
+/// wording, with NoKV's options).
+pub const PROTECTED_MODE_DENIED: &[u8] = b"-DENIED NoKV is running in protected mode because protected mode is enabled and no password is set. In this mode connections are only accepted from the loopback interface. To accept connections from other hosts, set a password (--requirepass, recommended) or, on a trusted network only, disable protected mode (--protected-mode no), then restart the server.\r\n";
+
+impl Config {
+    /// Whether a client connecting from `peer` must be refused (protected mode on, no
+    /// password, a peer not on the loopback interface; an unknown peer is refused too).
+    pub fn refuses_peer(&self, peer: Option<std::net::IpAddr>) -> bool {
+        self.protected_mode && self.requirepass.is_none() && !peer.is_some_and(is_loopback)
+    }
+}
+
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
 }
@@ -1291,6 +1317,35 @@ fn validate_client_name(name: &[u8]) -> std::result::Result<(), &'static str> {
 mod tests {
     use super::*;
     use crate::store::MemView;
+
+    #[test]
+    fn protected_mode_refuses_only_other_hosts_without_a_password() {
+        let on = Config::default();
+        for ip in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(!on.refuses_peer(Some(ip.parse().unwrap())), "{ip}");
+        }
+        for ip in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "::ffff:192.0.2.2",
+            "fd00::2",
+            "0.0.0.0",
+        ] {
+            assert!(on.refuses_peer(Some(ip.parse().unwrap())), "{ip}");
+        }
+        assert!(on.refuses_peer(None));
+        let with_password = Config {
+            requirepass: Some(b"p".to_vec()),
+            ..Config::default()
+        };
+        let off = Config {
+            protected_mode: false,
+            ..Config::default()
+        };
+        for c in [with_password, off] {
+            assert!(!c.refuses_peer(Some("192.0.2.2".parse().unwrap())));
+        }
+    }
 
     fn session(config: Config) -> Session {
         Session::new(

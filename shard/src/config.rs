@@ -59,6 +59,9 @@ pub struct Flags {
     /// Password clients must AUTH with [default: none].
     #[arg(long)]
     pub requirepass: Option<String>,
+    /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected. "yes" or "no" [default: yes]. A cluster across hosts needs --requirepass (or "no" on a trusted network): stores also query each other's Redis ports.
+    #[arg(long, value_name = "yes|no")]
+    pub protected_mode: Option<String>,
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9180 [default: off]. Port 0 picks a free port.
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -137,6 +140,8 @@ pub struct Settings {
     pub max_bulk_bytes: usize,
     /// AUTH password.
     pub requirepass: Option<String>,
+    /// Without a password, refuse clients not on the loopback interface (`--protected-mode`).
+    pub protected_mode: bool,
     /// Prometheus endpoint address (None: off).
     pub metrics_addr: Option<String>,
     /// The store's memory quota in bytes (None: the default for the core count).
@@ -307,6 +312,8 @@ pub struct ConfigFile {
     pub max_bulk_bytes: Option<Spanned<usize>>,
     /// `--requirepass`.
     pub requirepass: Option<Spanned<String>>,
+    /// `--protected-mode`: "yes" or "no".
+    pub protected_mode: Option<Spanned<String>>,
     /// `--metrics-addr` ("" or "off": no endpoint).
     pub metrics_addr: Option<Spanned<String>>,
     /// `--memory-limit`.
@@ -576,6 +583,15 @@ impl Settings {
         .map_or(DEFAULT_MERGE_MAX_BYTES, |(b, _)| b.0);
         let merge_max_qps = pick(flags.merge_max_qps, file.merge_max_qps, path, text)
             .map_or(DEFAULT_MERGE_MAX_QPS, |(n, _)| n);
+        let (protected_mode, origin) = pick(flags.protected_mode, file.protected_mode, path, text)
+            .unwrap_or_else(|| ("yes".to_string(), Origin::Default));
+        let protected_mode = match protected_mode.as_str() {
+            "yes" => true,
+            "no" => false,
+            other => {
+                return Err(origin.error("protected_mode", format!("{other:?}: expected yes or no")))
+            }
+        };
         let (balance_cores, origin) = pick(flags.balance_cores, file.balance_cores, path, text)
             .unwrap_or_else(|| ("on".to_string(), Origin::Default));
         let balance_cores = match balance_cores.as_str() {
@@ -672,6 +688,7 @@ impl Settings {
             max_clients,
             max_bulk_bytes,
             requirepass: pick(flags.requirepass, file.requirepass, path, text).map(|(p, _)| p),
+            protected_mode,
             metrics_addr,
             memory_limit,
             client_output_buffer_limit,
@@ -861,6 +878,7 @@ mod tests {
             max_clients,
             max_bulk_bytes,
             requirepass,
+            protected_mode,
             metrics_addr,
             memory_limit,
             client_output_buffer_limit,
@@ -900,6 +918,7 @@ mod tests {
             ("merge_max_bytes", merge_max_bytes.is_some()),
             ("merge_max_qps", merge_max_qps.is_some()),
             ("balance_cores", balance_cores.is_some()),
+            ("protected_mode", protected_mode.is_some()),
             ("cluster_id", cluster_id.is_some()),
             ("bootstrap_replicas", bootstrap_replicas.is_some()),
             ("redirect", redirect.is_some()),
@@ -938,6 +957,8 @@ mod tests {
         assert_eq!(s.merge_max_bytes, d.merge_max_bytes);
         assert_eq!(s.merge_max_qps, d.merge_max_qps);
         assert_eq!(s.balance_cores, d.balance_cores);
+        assert_eq!(s.protected_mode, d.protected_mode);
+        assert!(d.protected_mode);
         assert_eq!(s.background_nice, d.background_nice);
         assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9180"));
         assert_eq!(s.cluster_id, d.cluster_id);

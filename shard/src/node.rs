@@ -479,6 +479,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     };
     let gateway_config = nokv_gateway::Config {
         requirepass: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
+        protected_mode: settings.protected_mode,
         limits: nokv_gateway::resp::Limits {
             max_bulk_bytes: settings.max_bulk_bytes,
             ..Default::default()
@@ -1507,6 +1508,20 @@ async fn serve_core(
                 continue;
             }
         };
+        if node
+            .gateway
+            .config
+            .refuses_peer(stream.peer_addr().ok().map(|a| a.ip()))
+        {
+            node.gateway
+                .rejected_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let mut stream = stream;
+            let _ = stream
+                .write_all(nokv_gateway::session::PROTECTED_MODE_DENIED)
+                .await;
+            continue;
+        }
         if node.clients.fetch_add(1, Ordering::SeqCst) >= node.max_clients {
             node.clients.fetch_sub(1, Ordering::SeqCst);
             node.gateway

@@ -86,6 +86,11 @@ pub fn serve(
                 continue;
             }
         };
+        if shared.config.refuses_peer(Some(peer.ip())) {
+            shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write_all(nokv_gateway::session::PROTECTED_MODE_DENIED);
+            continue;
+        }
         if live.load(Ordering::SeqCst) >= max_clients {
             shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
             let _ = stream.write_all(b"-ERR max number of clients reached\r\n");

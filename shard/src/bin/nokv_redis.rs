@@ -35,6 +35,9 @@ struct Args {
     /// Password clients must AUTH with (none: no AUTH needed).
     #[arg(long)]
     requirepass: Option<String>,
+    /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected.
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = ["yes", "no"])]
+    protected_mode: String,
 }
 
 fn main() {
@@ -72,6 +75,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let config = nokv_gateway::Config {
         requirepass: args.requirepass.map(String::into_bytes),
+        protected_mode: args.protected_mode == "yes",
         port: local.port(),
         max_clients: args.max_clients,
         ..nokv_gateway::Config::default()
