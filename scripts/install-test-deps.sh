@@ -4,6 +4,8 @@
 #     with a real redis-server (gateway/tests/conformance.rs).
 #   - python3: deploy/cluster.sh reads its JSON topology with it
 #     (shard/tests/deploy_cluster.rs runs the script).
+#   - iproute2 (ip): the multi-host linearizability scenario puts stores in network
+#     namespaces joined by veth pairs (shard/tests/linearizability.rs).
 # Run as root (CI and developer machines here are root); does nothing when
 # everything is already installed.
 set -euo pipefail
@@ -12,6 +14,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: all present ($(redis-server --version | head -c 40)...)"

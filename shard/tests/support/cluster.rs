@@ -52,8 +52,16 @@ pub fn start_store_args(
     env: &[(&str, &str)],
     flags: &[&str],
 ) -> Server {
-    std::fs::create_dir_all(&spec.workdir).expect("workdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-server"));
+    add_store_args(&mut cmd, spec, coordinator);
+    cmd.args(flags).envs(env.iter().copied());
+    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
+}
+
+/// Adds the flags of `spec`'s store in a cluster at `coordinator` to `cmd` (the server,
+/// or a wrapper that runs it) and creates its workdir.
+pub fn add_store_args(cmd: &mut Command, spec: &StoreSpec, coordinator: &str) {
+    std::fs::create_dir_all(&spec.workdir).expect("workdir");
     cmd.arg("--workdir")
         .arg(&spec.workdir)
         .args(["--redis-addr", &spec.redis])
@@ -61,10 +69,7 @@ pub fn start_store_args(
         .args(["--redirect", spec.redirect])
         .args(["--coordinator", coordinator])
         .args(["--cores", "2", "--cluster-id", "7"])
-        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"])
-        .args(flags)
-        .envs(env.iter().copied());
-    Server::launch(cmd, spec.workdir.with_extension("stderr.log"))
+        .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"]);
 }
 
 /// Three stores' workdirs under `dir` and free loopback addresses.
@@ -271,12 +276,22 @@ pub fn start_coordinator_with(
     store_down_after: Duration,
     schedule: bool,
 ) -> (Arc<Coordinator>, CoordServer, String) {
+    start_coordinator_on(dir, store_down_after, schedule, "127.0.0.1:0")
+}
+
+/// [`start_coordinator_with`] serving on `bind`.
+pub fn start_coordinator_on(
+    dir: &Path,
+    store_down_after: Duration,
+    schedule: bool,
+    bind: &str,
+) -> (Arc<Coordinator>, CoordServer, String) {
     let mut config = Config::new(dir, 7);
     config.store_down_after = store_down_after;
     config.clock = Arc::new(SystemClock::new());
     config.scheduler.enabled = schedule;
     let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
-    let server = CoordServer::start(coord.clone(), "127.0.0.1:0", ServerOptions::default())
+    let server = CoordServer::start(coord.clone(), bind, ServerOptions::default())
         .expect("coordinator serves");
     let addr = server.local_addr().to_string();
     (coord, server, addr)

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod inproc;
+pub mod netns;
 pub mod regions;
 
 use std::io::{BufRead, BufReader, Read, Write};
