@@ -28,8 +28,12 @@ const KEEP_INPUT_CAPACITY: usize = 1 << 20;
 /// Gateway settings shared by every connection.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The default user's password (Redis `requirepass`); None: no AUTH needed.
+    /// The default user's password (Redis `requirepass`); None: no AUTH needed (unless
+    /// `users` is not empty: then the default user is off).
     pub requirepass: Option<Vec<u8>>,
+    /// Named users (ACL-style), each with its password and rights; clients `AUTH <name>
+    /// <password>`.
+    pub users: Vec<User>,
     /// Redis' protected mode: without a password, clients not on the loopback interface
     /// are refused ([`Config::refuses_peer`], [`PROTECTED_MODE_DENIED`]).
     pub protected_mode: bool,
@@ -57,6 +61,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             requirepass: None,
+            users: Vec::new(),
             protected_mode: true,
             limits: Limits::default(),
             max_query_buffer_bytes: 1 << 30,
@@ -79,7 +84,52 @@ impl Config {
     /// Whether a client connecting from `peer` must be refused (protected mode on, no
     /// password, a peer not on the loopback interface; an unknown peer is refused too).
     pub fn refuses_peer(&self, peer: Option<std::net::IpAddr>) -> bool {
-        self.protected_mode && self.requirepass.is_none() && !peer.is_some_and(is_loopback)
+        self.protected_mode
+            && self.requirepass.is_none()
+            && self.users.is_empty()
+            && !peer.is_some_and(is_loopback)
+    }
+}
+
+/// A named user: `AUTH <name> <password>`; a read-only one may run no write command and
+/// no `NOKV.*` administration (`-NOPERM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The name (case-sensitive; not `default`).
+    pub name: Vec<u8>,
+    /// The password.
+    pub password: Vec<u8>,
+    /// Reads only.
+    pub read_only: bool,
+}
+
+impl User {
+    /// Parses `NAME:PASSWORD` or `NAME:PASSWORD:readonly` (the name has no `:`; a password
+    /// may contain `:` but not end in `:readonly`).
+    pub fn parse(spec: &str) -> std::result::Result<User, String> {
+        let (name, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{spec:?}: expected NAME:PASSWORD[:readonly]"))?;
+        let (password, read_only) = match rest.strip_suffix(":readonly") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        if name.is_empty()
+            || name.eq_ignore_ascii_case("default")
+            || name.contains(char::is_whitespace)
+        {
+            return Err(format!(
+                "{name:?}: a user name is not empty, not `default` (use requirepass) and has no spaces"
+            ));
+        }
+        if password.is_empty() {
+            return Err(format!("user {name}: an empty password"));
+        }
+        Ok(User {
+            name: name.as_bytes().to_vec(),
+            password: password.as_bytes().to_vec(),
+            read_only,
+        })
     }
 }
 
@@ -297,6 +347,8 @@ pub struct Session {
     output: Vec<u8>,
     proto: Protocol,
     authenticated: bool,
+    /// The authenticated named user (index in `users`); None: the default user.
+    user: Option<usize>,
     name: Vec<u8>,
     /// Replies not yet encoded, oldest first; the front has ticket `front_ticket`.
     pending: VecDeque<Slot>,
@@ -369,7 +421,7 @@ impl Session {
                 resp: 2,
             },
         );
-        let authenticated = shared.config.requirepass.is_none();
+        let authenticated = shared.config.requirepass.is_none() && shared.config.users.is_empty();
         let budget = shared.config.max_pipeline_depth;
         Session {
             shared,
@@ -379,6 +431,7 @@ impl Session {
             output: Vec::new(),
             proto: Protocol::Resp2,
             authenticated,
+            user: None,
             name: Vec::new(),
             pending: VecDeque::new(),
             front_ticket: 0,
@@ -726,6 +779,11 @@ impl Session {
                 self.push_local(Reply::error(NOAUTH));
                 return None;
             }
+            let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+            if let Some(reply) = self.refused(&name, true) {
+                self.push_local(reply);
+                return None;
+            }
             let ticket = self.push_slot(Slot {
                 proto: self.proto,
                 reply: None,
@@ -763,6 +821,10 @@ impl Session {
         }
         if !self.authenticated && !cmd.has_flag("no_auth") {
             self.push_local(Reply::error(NOAUTH));
+            return None;
+        }
+        if let Some(reply) = self.refused(cmd.name, cmd.has_flag("write")) {
+            self.push_local(reply);
             return None;
         }
         if let Some(reply) = self.connection_command(cmd, &args, now_ms) {
@@ -809,14 +871,41 @@ impl Session {
         }
     }
 
-    fn authenticate(&self, user: &[u8], pass: &[u8]) -> bool {
-        if !user.eq_ignore_ascii_case(b"default") && user != b"default" {
-            return false;
+    /// Logs the connection in as `user` if `pass` is its password.
+    fn authenticate(&mut self, user: &[u8], pass: &[u8]) -> bool {
+        let config = &self.shared.config;
+        let found = if user.eq_ignore_ascii_case(b"default") {
+            match &config.requirepass {
+                None => config.users.is_empty().then_some(None),
+                Some(p) => constant_time_eq(p, pass).then_some(None),
+            }
+        } else {
+            config
+                .users
+                .iter()
+                .position(|u| u.name == user)
+                .filter(|&i| constant_time_eq(&config.users[i].password, pass))
+                .map(Some)
+        };
+        match found {
+            Some(u) => {
+                self.user = u;
+                self.authenticated = true;
+                true
+            }
+            None => false,
         }
-        match &self.shared.config.requirepass {
-            None => true,
-            Some(p) => constant_time_eq(p, pass),
-        }
+    }
+
+    /// `-NOPERM` for `command` when the connection's user may not run it.
+    fn refused(&self, command: &str, write: bool) -> Option<Reply> {
+        let user = &self.shared.config.users[self.user?];
+        (user.read_only && write).then(|| {
+            Reply::Error(format!(
+                "NOPERM User {} has no permissions to run the '{command}' command",
+                String::from_utf8_lossy(&user.name)
+            ))
+        })
     }
 
     /// Commands answered by the session itself; None for key commands and INFO.
@@ -850,7 +939,10 @@ impl Session {
             "auth" => {
                 if args.len() > 3 {
                     Reply::error(exec::SYNTAX)
-                } else if args.len() == 2 && self.shared.config.requirepass.is_none() {
+                } else if args.len() == 2
+                    && self.shared.config.requirepass.is_none()
+                    && self.shared.config.users.is_empty()
+                {
                     Reply::error(
                         "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
                     )
@@ -861,7 +953,6 @@ impl Session {
                         (&args[1][..], &args[2][..])
                     };
                     if self.authenticate(user, pass) {
-                        self.authenticated = true;
                         Reply::ok()
                     } else {
                         Reply::error(WRONGPASS)
@@ -1022,7 +1113,6 @@ impl Session {
             if !self.authenticate(&user, &pass) {
                 return Reply::error(WRONGPASS);
             }
-            self.authenticated = true;
         }
         if !self.authenticated {
             return Reply::error(
@@ -1319,6 +1409,73 @@ mod tests {
     use crate::store::MemView;
 
     #[test]
+    fn named_users_log_in_and_read_only_ones_may_not_write() {
+        let config = Config {
+            users: vec![
+                User::parse("alice:a-pw").unwrap(),
+                User::parse("bob:b:pw:readonly").unwrap(),
+            ],
+            ..Config::default()
+        };
+        let mut s = session(config.clone());
+        // With users and no requirepass the default user is off (disabled: WRONGPASS).
+        let lines = [
+            "ping",
+            "auth x",
+            "auth default x",
+            "auth alice b:pw",
+            "auth Alice a-pw",
+            "auth alice a-pw",
+            "ping",
+        ];
+        s.feed(&lines.map(req).concat()).unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n+PONG\r\n"
+        );
+        let mut s = session(config);
+        s.feed(&req("hello 2 auth bob b:pw")).unwrap();
+        assert!(s.next_action(0).is_none());
+        let _ = out(&mut s);
+        s.feed(
+            &["set k v", "del k", "nokv.region list", "ping"]
+                .map(req)
+                .concat(),
+        )
+        .unwrap();
+        assert!(s.next_action(0).is_none());
+        assert_eq!(
+            out(&mut s),
+            "-NOPERM User bob has no permissions to run the 'set' command\r\n-NOPERM User bob has no permissions to run the 'del' command\r\n-NOPERM User bob has no permissions to run the 'nokv.region' command\r\n+PONG\r\n"
+        );
+        assert_eq!(s.user, Some(1));
+    }
+
+    #[test]
+    fn user_specs_parse() {
+        assert_eq!(
+            User::parse("a:b:c").unwrap(),
+            User {
+                name: b"a".to_vec(),
+                password: b"b:c".to_vec(),
+                read_only: false
+            }
+        );
+        for bad in [
+            "a",
+            ":x",
+            "default:x",
+            "DEFAULT:x",
+            "a:",
+            "a::readonly",
+            "a b:x",
+        ] {
+            assert!(User::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn protected_mode_refuses_only_other_hosts_without_a_password() {
         let on = Config::default();
         for ip in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
@@ -1342,7 +1499,11 @@ mod tests {
             protected_mode: false,
             ..Config::default()
         };
-        for c in [with_password, off] {
+        let with_users = Config {
+            users: vec![User::parse("a:b").unwrap()],
+            ..Config::default()
+        };
+        for c in [with_password, off, with_users] {
             assert!(!c.refuses_peer(Some("192.0.2.2".parse().unwrap())));
         }
     }

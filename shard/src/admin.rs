@@ -984,9 +984,9 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
         };
         let got = loop {
             let a = addr.clone();
-            let pw = cluster.password.clone();
+            let auth = cluster.auth.clone();
             let q =
-                blocking(move || consistency::query_hash(&a, pw.as_deref(), region, index)).await;
+                blocking(move || consistency::query_hash(&a, auth.as_deref(), region, index)).await;
             match q {
                 Ok(Some(h)) => break Ok(h),
                 Ok(None) => {}

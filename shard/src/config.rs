@@ -59,6 +59,9 @@ pub struct Flags {
     /// Password clients must AUTH with [default: none].
     #[arg(long)]
     pub requirepass: Option<String>,
+    /// A named user, NAME:PASSWORD (every command) or NAME:PASSWORD:readonly (no writes, no NOKV.* administration); repeat for more users. Clients log in with AUTH NAME PASSWORD. With users and no --requirepass the default user is off (every client must AUTH) [default: none].
+    #[arg(long = "user", value_name = "NAME:PASSWORD[:readonly]")]
+    pub users: Vec<String>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected. "yes" or "no" [default: yes]. A cluster across hosts needs --requirepass (or "no" on a trusted network): stores also query each other's Redis ports.
     #[arg(long, value_name = "yes|no")]
     pub protected_mode: Option<String>,
@@ -140,6 +143,8 @@ pub struct Settings {
     pub max_bulk_bytes: usize,
     /// AUTH password.
     pub requirepass: Option<String>,
+    /// Named users (`--user`).
+    pub users: Vec<nokv_gateway::session::User>,
     /// Without a password, refuse clients not on the loopback interface (`--protected-mode`).
     pub protected_mode: bool,
     /// Prometheus endpoint address (None: off).
@@ -312,6 +317,8 @@ pub struct ConfigFile {
     pub max_bulk_bytes: Option<Spanned<usize>>,
     /// `--requirepass`.
     pub requirepass: Option<Spanned<String>>,
+    /// `--user` (a list).
+    pub users: Option<Spanned<Vec<String>>>,
     /// `--protected-mode`: "yes" or "no".
     pub protected_mode: Option<Spanned<String>>,
     /// `--metrics-addr` ("" or "off": no endpoint).
@@ -661,6 +668,33 @@ impl Settings {
                 )
             }
         };
+        let flag_users = (!flags.users.is_empty()).then_some(flags.users);
+        let users = match pick(flag_users, file.users, path, text) {
+            None => Vec::new(),
+            Some((list, origin)) => {
+                let key = if matches!(origin, Origin::File { .. }) {
+                    "users"
+                } else {
+                    "user"
+                };
+                let mut users = Vec::with_capacity(list.len());
+                for spec in &list {
+                    let user = nokv_gateway::session::User::parse(spec)
+                        .map_err(|e| origin.error(key, e))?;
+                    if users
+                        .iter()
+                        .any(|u: &nokv_gateway::session::User| u.name == user.name)
+                    {
+                        return Err(origin.error(
+                            key,
+                            format!("{} is given twice", String::from_utf8_lossy(&user.name)),
+                        ));
+                    }
+                    users.push(user);
+                }
+                users
+            }
+        };
         let labels = match pick(flags.labels, file.labels, path, text) {
             None => Default::default(),
             Some((l, origin)) => parse_labels(&l).map_err(|e| origin.error("labels", e))?,
@@ -707,6 +741,7 @@ impl Settings {
             forward,
             request_timeout: std::time::Duration::from_millis(request_timeout_ms),
             labels,
+            users,
         })
     }
 }
@@ -878,6 +913,7 @@ mod tests {
             max_clients,
             max_bulk_bytes,
             requirepass,
+            users,
             protected_mode,
             metrics_addr,
             memory_limit,
@@ -931,6 +967,7 @@ mod tests {
             ("cores", cores.is_some()),
             ("cpus", cpus.is_some()),
             ("requirepass", requirepass.is_some()),
+            ("users", users.is_some()),
             ("rpc_addr", rpc_addr.is_some()),
             ("coordinator", coordinator.is_some()),
             ("labels", labels.is_some()),
@@ -966,6 +1003,43 @@ mod tests {
         assert_eq!(d.rpc_addr, None);
         assert!(s.coordinator.is_empty() && d.coordinator.is_empty());
         assert_eq!(s.bootstrap_replicas, d.bootstrap_replicas);
+    }
+
+    #[test]
+    fn users_parse_and_bad_or_repeated_ones_are_refused() {
+        let s = resolve(&[
+            "--workdir",
+            "/tmp/x",
+            "--user",
+            "alice:pa:ss",
+            "--user",
+            "bob:pw:readonly",
+        ])
+        .expect("users");
+        assert_eq!(s.users.len(), 2);
+        assert_eq!(
+            (s.users[0].password.as_slice(), s.users[0].read_only),
+            (&b"pa:ss"[..], false)
+        );
+        assert_eq!(
+            (s.users[1].name.as_slice(), s.users[1].read_only),
+            (&b"bob"[..], true)
+        );
+        for bad in [
+            &["--user", "alice"][..],
+            &["--user", "default:x"],
+            &["--user", "a:"],
+            &["--user", "a:x", "--user", "a:y"],
+        ] {
+            let mut args = vec!["--workdir", "/tmp/x"];
+            args.extend_from_slice(bad);
+            let e = resolve(&args).expect_err("refused").to_string();
+            assert!(e.contains("--user"), "{bad:?}: {e}");
+        }
+        assert!(resolve(&["--workdir", "/tmp/x"])
+            .expect("none")
+            .users
+            .is_empty());
     }
 
     #[test]

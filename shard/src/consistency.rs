@@ -223,11 +223,12 @@ pub enum QueryError {
 }
 
 /// Asks the store at `addr` (its Redis port) for its hash of `region` at check `index`
-/// (`NOKV.REGION HASH`); Ok(None) while it has not computed it yet. Blocking: run it on
+/// (`NOKV.REGION HASH`), logged in with `auth` (AUTH's arguments); Ok(None) while it has
+/// not computed it yet. Blocking: run it on
 /// the blocking pool.
 pub fn query_hash(
     addr: &str,
-    password: Option<&[u8]>,
+    auth: Option<&[Vec<u8>]>,
     region: u64,
     index: u64,
 ) -> Result<Option<u64>, QueryError> {
@@ -253,15 +254,17 @@ pub fn query_hash(
             out.extend_from_slice(b"\r\n");
         }
     };
-    if let Some(p) = password {
-        command(&[b"AUTH", p]);
+    if let Some(auth) = auth {
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(auth.iter().map(Vec::as_slice));
+        command(&args);
     }
     let (r, i) = (region.to_string(), index.to_string());
     command(&[b"NOKV.REGION", b"HASH", r.as_bytes(), i.as_bytes()]);
     (&stream).write_all(&out).map_err(io)?;
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    if password.is_some() {
+    if auth.is_some() {
         reader.read_line(&mut line).map_err(io)?;
         line.clear();
     }

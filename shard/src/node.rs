@@ -241,8 +241,9 @@ struct ClusterNode {
     reports: crate::cluster::ReportSender,
     /// The coordinator client (blocking: call it on the blocking pool).
     client: Arc<nokv_coordinator::CoordClient>,
-    /// The cluster's `requirepass`, for this store's queries to the others' Redis ports.
-    password: Option<Vec<u8>>,
+    /// AUTH's arguments for this store's queries to the others' Redis ports: the cluster's
+    /// `requirepass`, else its first user allowed to write.
+    auth: Option<Vec<Vec<u8>>>,
     /// Forward commands for regions led elsewhere (false: answer `-MOVED`).
     forward: bool,
     /// How long a command may wait for its region's leader.
@@ -469,7 +470,14 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                 remote_leaders,
                 reports: tx,
                 client: client.clone(),
-                password: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
+                auth: match &settings.requirepass {
+                    Some(p) => Some(vec![p.as_bytes().to_vec()]),
+                    None => settings
+                        .users
+                        .iter()
+                        .find(|u| !u.read_only)
+                        .map(|u| vec![u.name.clone(), u.password.clone()]),
+                },
                 forward: settings.forward,
                 request_timeout: settings.request_timeout,
                 operators: operators.clone(),
@@ -480,6 +488,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     let gateway_config = nokv_gateway::Config {
         requirepass: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
         protected_mode: settings.protected_mode,
+        users: settings.users.clone(),
         limits: nokv_gateway::resp::Limits {
             max_bulk_bytes: settings.max_bulk_bytes,
             ..Default::default()

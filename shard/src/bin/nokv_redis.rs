@@ -35,6 +35,9 @@ struct Args {
     /// Password clients must AUTH with (none: no AUTH needed).
     #[arg(long)]
     requirepass: Option<String>,
+    /// A named user, NAME:PASSWORD or NAME:PASSWORD:readonly (no writes); repeat for more. With users and no --requirepass every client must AUTH NAME PASSWORD.
+    #[arg(long = "user", value_name = "NAME:PASSWORD[:readonly]")]
+    users: Vec<String>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected.
     #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = ["yes", "no"])]
     protected_mode: String,
@@ -76,6 +79,11 @@ fn run(args: Args) -> Result<(), String> {
     let config = nokv_gateway::Config {
         requirepass: args.requirepass.map(String::into_bytes),
         protected_mode: args.protected_mode == "yes",
+        users: args
+            .users
+            .iter()
+            .map(|u| nokv_gateway::session::User::parse(u).map_err(|e| format!("--user {e}")))
+            .collect::<Result<Vec<_>, String>>()?,
         port: local.port(),
         max_clients: args.max_clients,
         ..nokv_gateway::Config::default()

@@ -1,9 +1,10 @@
-//! Protected mode of the real `nokv-server` bound to every interface: without a password,
+//! Access control of the real `nokv-server`. Protected mode, bound to every interface: without a password,
 //! a client from a non-loopback address gets `-DENIED` and is disconnected (counted in
 //! INFO's `rejected_connections`) while loopback clients are served; with `--requirepass`
 //! or `--protected-mode no` the same client is served (after AUTH with a password).
 //! `nokv-redis` does the same. Skips with a notice when the machine has no non-loopback
-//! IPv4 address.
+//! IPv4 address. Named users (`--user NAME:PASSWORD[:readonly]`): AUTH with the name,
+//! the default user off, a read-only user refused writes and `NOKV.*` with `-NOPERM`.
 
 mod support;
 
@@ -138,4 +139,80 @@ fn nokv_redis_protects_itself_the_same_way() {
         assert_eq!(local.cmd("PING"), R::Simple("PONG".into()));
         drop((local, gw));
     }
+}
+
+#[test]
+fn named_users_log_in_and_a_read_only_one_cannot_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, port) = start_everywhere(
+        &dir.path().join("data"),
+        &["--user", "app:app-pw", "--user", "dash:dash-pw:readonly"],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut anon = Client::connect(&addr);
+    assert!(matches!(anon.cmd("GET k"), R::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(anon.cmd("AUTH app wrong"), R::Error(e) if e.starts_with("WRONGPASS")));
+    let mut app = Client::connect(&addr);
+    assert_eq!(app.cmd("AUTH app app-pw"), R::ok());
+    assert_eq!(app.cmd("SET k v"), R::ok());
+    assert!(matches!(app.cmd("NOKV.REGION LIST"), R::Array(_)));
+    let mut dash = Client::connect(&addr);
+    assert_eq!(dash.cmd("AUTH dash dash-pw"), R::ok());
+    assert_eq!(dash.cmd("GET k"), R::bulk("v"));
+    assert_eq!(
+        dash.cmd("SET k w"),
+        R::Error("NOPERM User dash has no permissions to run the 'set' command".into())
+    );
+    assert!(matches!(dash.cmd("NOKV.REGION LIST"), R::Error(e) if e.starts_with("NOPERM")));
+    assert_eq!(app.cmd("GET k"), R::bulk("v"));
+    // Users are a password: protected mode lets other hosts in (to log in).
+    if let Some(ip) = outward_ip() {
+        let got = ping_from(ip, port);
+        assert!(got.starts_with("-NOAUTH"), "from {ip}: {got:?}");
+    }
+    drop(server);
+}
+
+#[test]
+fn a_cluster_whose_only_passwords_are_users_still_checks_its_replicas() {
+    use support::cluster::{id_at, start_coordinator, start_stores_args, store_specs, OP_BOUND};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _coord_server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let specs = store_specs(dir.path());
+    let users = ["--user", "ops:ops-pw", "--user", "ro:ro-pw:readonly"];
+    let _servers = start_stores_args(&specs, &coord_addr, &users);
+    let ids: Vec<u64> = specs.iter().map(|s| id_at(&coord, &s.redis)).collect();
+    let login = |addr: &str| {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.cmd("AUTH ops ops-pw"), R::ok());
+        c
+    };
+    // The consistency check asks the other stores' Redis ports for their hashes: it must
+    // log in as the first user allowed to (there is no requirepass).
+    let deadline = std::time::Instant::now() + OP_BOUND;
+    let mut last = R::Nil;
+    while std::time::Instant::now() < deadline {
+        let R::Array(lines) = login(&specs[0].redis).cmd("NOKV.REGION LIST") else {
+            panic!("NOKV.REGION LIST");
+        };
+        let led = lines.iter().find_map(|l| {
+            let R::Bulk(b) = l else { return None };
+            let line = String::from_utf8_lossy(b).into_owned();
+            let value = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('=').map(str::to_string))
+            };
+            let leader: u64 = value("leader_store")?.parse().ok()?;
+            let at = ids.iter().position(|&i| i == leader)?;
+            Some((value("region")?, at))
+        });
+        if let Some((region, at)) = led {
+            last = login(&specs[at].redis).cmd(&format!("NOKV.REGION CHECK {region}"));
+            if matches!(&last, R::Simple(s) if s.starts_with("MATCH")) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no consistency check matched in time; last answer: {last:?}");
 }
