@@ -510,13 +510,69 @@ fn writes_faster_than_flushes_get_busy_reads_go_on_and_every_acknowledged_write_
         assert_eq!(reader.cmd(&format!("GET {key}")), R::bulk(&value), "{key}");
     }
     assert_eq!(reader.cmd("PING"), R::Simple("PONG".into()));
+    // A client pipelining 20 000 more SETs (20 MiB) during the stall: refused (or, if
+    // taken, answered after the hold), not piled up in the server.
+    const PIPED: usize = 20_000;
+    let mut piped = s.client();
+    piped
+        .writer()
+        .set_read_timeout(Some(4 * LIMIT))
+        .expect("timeout");
+    let mut out = piped.writer();
+    out.set_write_timeout(Some(4 * LIMIT)).expect("timeout");
+    let pipe_writer = {
+        let value = value.clone();
+        std::thread::spawn(move || {
+            for chunk in (0..PIPED).collect::<Vec<_>>().chunks(100) {
+                let bytes: Vec<u8> = chunk
+                    .iter()
+                    .flat_map(|i| encode(&[b"SET", format!("q:{i}").as_bytes(), value.as_bytes()]))
+                    .collect();
+                out.write_all(&bytes).expect("write the pipeline");
+            }
+        })
+    };
+    let answered = Arc::new(AtomicUsize::new(0));
+    let pipe_reader = {
+        let (answered, acked) = (answered.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            for i in 0..PIPED {
+                match piped.read() {
+                    R::Simple(ok) if ok == "OK" => {
+                        acked.lock().expect("acked").push(format!("q:{i}"))
+                    }
+                    R::Error(e) if e.starts_with("BUSY write stall") => refused += 1,
+                    R::Error(e) if e.starts_with("TRYAGAIN") => {}
+                    other => panic!("pipelined SET q:{i}: {other:?}"),
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            refused
+        })
+    };
+    // Until every reply came, or none comes for 50 polls in a row (bounded).
+    let deadline = Instant::now() + LIMIT;
+    let (mut last, mut still) = (0, 0);
+    while still < 50 && last < PIPED && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = answered.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    assert_eq!(reader.cmd("PING"), R::Simple("PONG".into()));
     let stalled = acked.lock().expect("acked").len();
     let rss = s.proc_status_bytes("VmRSS");
+    let buffers = info_u64(&mut reader, "memory", "nokv_client_buffers_peak");
     println!(
-        "flushes held: {stalled} writes acknowledged, {refused} -BUSY, RSS {} MiB",
+        "flushes held: {stalled} writes acknowledged, {refused} -BUSY; a 20 000-SET \
+         pipeline: {last} answered during the hold; client buffers peak {} KiB, RSS {} MiB",
+        buffers >> 10,
         rss / MIB
     );
     assert!(rss < limit + FIXED, "RSS {} MiB", rss / MIB);
+    // The client share is a quarter of the limit.
+    assert!(buffers <= limit / 4, "client buffers peak {buffers}");
 
     // Flushes resume: writes are accepted again (the first ones may still be refused).
     std::fs::remove_file(&hold).expect("remove hold file");
@@ -538,6 +594,13 @@ fn writes_faster_than_flushes_get_busy_reads_go_on_and_every_acknowledged_write_
     for w in writers {
         w.join().expect("writer");
     }
+    pipe_writer.join().expect("pipeline writer");
+    let pipe_refused = pipe_reader.join().expect("pipeline reader");
+    println!("the pipeline: {pipe_refused} of {PIPED} SETs got -BUSY");
+    assert!(
+        pipe_refused > 0,
+        "no pipelined SET was refused during the hold"
+    );
     // Every acknowledged write reads back.
     let acked = acked.lock().expect("acked").clone();
     for keys in acked.chunks(200) {
