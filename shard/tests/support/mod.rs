@@ -437,6 +437,12 @@ impl Client {
         self.writer.write_all(bytes).expect("send");
     }
 
+    /// A second handle on the connection's socket, for a thread that writes while this
+    /// client reads the replies.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().expect("clone")
+    }
+
     pub fn read(&mut self) -> R {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("read reply");
