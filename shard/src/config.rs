@@ -53,9 +53,9 @@ pub struct Flags {
     /// Most client connections over all cores [default: 10000].
     #[arg(long)]
     pub max_clients: Option<usize>,
-    /// Largest bulk argument accepted from clients, bytes [default: 16777216, the engine's largest value].
-    #[arg(long)]
-    pub max_bulk_bytes: Option<usize>,
+    /// Largest bulk argument accepted from clients, in bytes or with a unit (1MiB) [default: 16MiB, the engine's largest value].
+    #[arg(long, value_name = "BYTES")]
+    pub max_bulk_bytes: Option<String>,
     /// Password clients must AUTH with [default: none].
     #[arg(long)]
     pub requirepass: Option<String>,
@@ -314,7 +314,7 @@ pub struct ConfigFile {
     /// `--max-clients`.
     pub max_clients: Option<Spanned<usize>>,
     /// `--max-bulk-bytes`.
-    pub max_bulk_bytes: Option<Spanned<usize>>,
+    pub max_bulk_bytes: Option<Spanned<ByteSize>>,
     /// `--requirepass`.
     pub requirepass: Option<Spanned<String>>,
     /// `--user` (a list).
@@ -535,8 +535,14 @@ impl Settings {
         if max_clients == 0 {
             return Err(origin.error("max_clients", "must be at least 1".into()));
         }
-        let (max_bulk_bytes, origin) = pick(flags.max_bulk_bytes, file.max_bulk_bytes, path, text)
-            .unwrap_or((16 << 20, Origin::Default));
+        let (max_bulk_bytes, origin) = pick(
+            flag_bytes("max_bulk_bytes", flags.max_bulk_bytes)?,
+            file.max_bulk_bytes,
+            path,
+            text,
+        )
+        .unwrap_or((ByteSize(16 << 20), Origin::Default));
+        let max_bulk_bytes = usize::try_from(max_bulk_bytes.0).unwrap_or(usize::MAX);
         if max_bulk_bytes == 0 {
             return Err(origin.error("max_bulk_bytes", "must be at least 1".into()));
         }
@@ -1003,6 +1009,15 @@ mod tests {
         assert_eq!(d.rpc_addr, None);
         assert!(s.coordinator.is_empty() && d.coordinator.is_empty());
         assert_eq!(s.bootstrap_replicas, d.bootstrap_replicas);
+    }
+
+    #[test]
+    fn max_bulk_bytes_takes_units() {
+        let s = resolve(&["--workdir", "/tmp/x", "--max-bulk-bytes", "1MiB"]).expect("units");
+        assert_eq!(s.max_bulk_bytes, 1 << 20);
+        let s = resolve(&["--workdir", "/tmp/x", "--max-bulk-bytes", "4096"]).expect("plain");
+        assert_eq!(s.max_bulk_bytes, 4096);
+        assert!(resolve(&["--workdir", "/tmp/x", "--max-bulk-bytes", "0"]).is_err());
     }
 
     #[test]
