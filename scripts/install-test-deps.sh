@@ -4,6 +4,7 @@
 #     with a real redis-server (gateway/tests/conformance.rs).
 #   - python3: deploy/cluster.sh reads its JSON topology with it
 #     (shard/tests/deploy_cluster.rs runs the script).
+#   - openssl: the TLS test makes its certificates with it (shard/tests/tls.rs).
 #   - iproute2 (ip): the multi-host linearizability scenario puts stores in network
 #     namespaces joined by veth pairs (shard/tests/linearizability.rs).
 # Run as root (CI and developer machines here are root); does nothing when
@@ -15,6 +16,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: all present ($(redis-server --version | head -c 40)...)"

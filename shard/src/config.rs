@@ -62,6 +62,12 @@ pub struct Flags {
     /// A named user, NAME:PASSWORD (every command) or NAME:PASSWORD:readonly (no writes, no NOKV.* administration); repeat for more users. Clients log in with AUTH NAME PASSWORD. With users and no --requirepass the default user is off (every client must AUTH) [default: none].
     #[arg(long = "user", value_name = "NAME:PASSWORD[:readonly]")]
     pub users: Vec<String>,
+    /// Serve the Redis port over TLS only (1.2 and 1.3) with this PEM certificate chain; needs --tls-key-file [default: off: plain TCP].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected. "yes" or "no" [default: yes]. A cluster across hosts needs --requirepass (or "no" on a trusted network): stores also query each other's Redis ports.
     #[arg(long, value_name = "yes|no")]
     pub protected_mode: Option<String>,
@@ -143,6 +149,10 @@ pub struct Settings {
     pub max_bulk_bytes: usize,
     /// AUTH password.
     pub requirepass: Option<String>,
+    /// TLS on the Redis port: (certificate chain, private key), PEM files.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Named users (`--user`).
     pub users: Vec<nokv_gateway::session::User>,
     /// Without a password, refuse clients not on the loopback interface (`--protected-mode`).
@@ -317,6 +327,10 @@ pub struct ConfigFile {
     pub max_bulk_bytes: Option<Spanned<ByteSize>>,
     /// `--requirepass`.
     pub requirepass: Option<Spanned<String>>,
+    /// `--tls-cert-file`.
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    /// `--tls-key-file`.
+    pub tls_key_file: Option<Spanned<PathBuf>>,
     /// `--user` (a list).
     pub users: Option<Spanned<Vec<String>>>,
     /// `--protected-mode`: "yes" or "no".
@@ -674,6 +688,18 @@ impl Settings {
                 )
             }
         };
+        let tls_cert_file = pick(flags.tls_cert_file, file.tls_cert_file, path, text);
+        let tls_key_file = pick(flags.tls_key_file, file.tls_key_file, path, text);
+        let (tls_cert_file, tls_key_file) = match (tls_cert_file, tls_key_file) {
+            (Some((c, _)), Some((k, _))) => (Some(c), Some(k)),
+            (None, None) => (None, None),
+            (Some((_, origin)), None) | (None, Some((_, origin))) => {
+                return Err(origin.error(
+                    "tls_cert_file",
+                    "--tls-cert-file and --tls-key-file go together".into(),
+                ))
+            }
+        };
         let flag_users = (!flags.users.is_empty()).then_some(flags.users);
         let users = match pick(flag_users, file.users, path, text) {
             None => Vec::new(),
@@ -748,6 +774,8 @@ impl Settings {
             request_timeout: std::time::Duration::from_millis(request_timeout_ms),
             labels,
             users,
+            tls_cert_file,
+            tls_key_file,
         })
     }
 }
@@ -920,6 +948,8 @@ mod tests {
             max_bulk_bytes,
             requirepass,
             users,
+            tls_cert_file,
+            tls_key_file,
             protected_mode,
             metrics_addr,
             memory_limit,
@@ -974,6 +1004,8 @@ mod tests {
             ("cpus", cpus.is_some()),
             ("requirepass", requirepass.is_some()),
             ("users", users.is_some()),
+            ("tls_cert_file", tls_cert_file.is_some()),
+            ("tls_key_file", tls_key_file.is_some()),
             ("rpc_addr", rpc_addr.is_some()),
             ("coordinator", coordinator.is_some()),
             ("labels", labels.is_some()),

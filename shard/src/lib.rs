@@ -19,6 +19,7 @@ mod node;
 mod oneshot;
 mod route;
 pub mod snapship;
+pub mod tls;
 pub mod transport;
 mod view;
 

@@ -39,7 +39,7 @@ use crate::route::{self, Plan, Work};
 use crate::transport::{CoreTransport, NetFaults, StaticResolver, StoreTransport, TransportConfig};
 use crate::view::{GroupedApply, HeldWrites, RegionView};
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
@@ -185,6 +185,8 @@ struct NodeShared {
     gateway: Arc<nokv_gateway::Shared>,
     durability: nokv::Durability,
     max_clients: usize,
+    /// TLS on the Redis port (`--tls-cert-file`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     clients: AtomicUsize,
     shutdown: Arc<AtomicBool>,
     failed: AtomicBool,
@@ -485,6 +487,11 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             (Some(link), Some((client, j.directory, rx, operators)))
         }
     };
+    // TLS files are read now: a bad one stops the start with its name.
+    let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let gateway_config = nokv_gateway::Config {
         requirepass: settings.requirepass.as_ref().map(|p| p.as_bytes().to_vec()),
         protected_mode: settings.protected_mode,
@@ -521,6 +528,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
         durability: settings.durability,
         max_clients: settings.max_clients,
+        tls,
         clients: AtomicUsize::new(0),
         shutdown,
         failed: AtomicBool::new(false),
@@ -2256,7 +2264,7 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
     settle(core, &mut inflight, session, mem).await;
 }
 
-async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
+async fn serve_connection(core: &Rc<Core>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -2266,6 +2274,13 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    let mut stream = match crate::tls::ClientStream::new(stream, core.node.tls.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS session not started");
+            return;
+        }
+    };
     let mut session = Session::new(core.node.gateway.clone(), peer, local, now_ms());
     // What this connection holds, charged against the store's client share.
     let mem = core.node.client_memory.connection();
@@ -2309,7 +2324,7 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) {
             drop(out);
             mem.sync(&session, 0); // shrinks: cannot fail
             if session.state() == State::CloseAfterFlush {
-                let _ = stream.flush().await;
+                stream.close().await;
                 return;
             }
             if session.budget_exhausted() {
