@@ -10,6 +10,7 @@
 //!
 //! Every loop is bounded in count and time.
 
+mod sicheck;
 mod support;
 
 use nokv_client::{Client, ClientOptions};
@@ -508,6 +509,145 @@ fn a_bank_whose_stores_skip_write_conflict_checks_is_caught_losing_updates() {
         }
     }
     panic!("the bank's checker saw no lost update in 4 rounds without write-conflict checks");
+}
+
+/// Random transactions from 4 threads over 6 keys (read two, write one or two unique
+/// values) for about `secs` seconds, with a store SIGKILLed and restarted halfway when
+/// `kill`: the history, each transaction with its timestamps and outcome.
+fn si_history(c: &Cluster, secs: u64, kill: bool) -> Vec<sicheck::Txn> {
+    use sicheck::{Outcome, Txn};
+    const KEYS: usize = 6;
+    const THREADS: usize = 4;
+    const MAX_TXNS: usize = 2000;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("si:{i}")).collect();
+    let history = std::sync::Mutex::new(Vec::new());
+    let end = Instant::now() + Duration::from_secs(secs);
+    std::thread::scope(|s| {
+        for thread in 0..THREADS {
+            let (keys, history) = (&keys, &history);
+            s.spawn(move || {
+                let mut rng = (thread as u64 + 7).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut roll = move |n: usize| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % n as u64) as usize
+                };
+                // Bounded by MAX_TXNS and the end time.
+                for n in 0..MAX_TXNS {
+                    if Instant::now() > end {
+                        break;
+                    }
+                    let Ok(mut t) = c.client.begin() else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let mut txn = Txn {
+                        start_ts: t.start_ts(),
+                        outcome: Outcome::Aborted,
+                        reads: Vec::new(),
+                        writes: Vec::new(),
+                    };
+                    let mut failed = false;
+                    for _ in 0..2 {
+                        let k = &keys[roll(KEYS)];
+                        match t.get(k.as_bytes()) {
+                            Ok(v) => txn.reads.push((
+                                k.clone(),
+                                v.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                            )),
+                            Err(_) => failed = true,
+                        }
+                    }
+                    if !failed {
+                        for w in 0..1 + roll(2) {
+                            let (k, v) = (&keys[roll(KEYS)], format!("t{thread}-{n}-{w}"));
+                            if txn.writes.iter().all(|(wk, _)| wk != k) {
+                                t.put(k.as_bytes(), v.as_bytes()).expect("buffered put");
+                                txn.writes.push((k.clone(), v));
+                            }
+                        }
+                        txn.outcome = match t.commit() {
+                            Ok(ts) => Outcome::Committed(ts),
+                            Err(nokv_client::Error::CommitUndetermined { .. }) => Outcome::Unknown,
+                            Err(_) => Outcome::Aborted,
+                        };
+                    }
+                    history.lock().unwrap_or_else(|e| e.into_inner()).push(txn);
+                }
+            });
+        }
+        if kill {
+            std::thread::sleep(Duration::from_secs(secs / 3));
+            kill_and_restart(c, 1);
+        }
+    });
+    history.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts of a history for the report.
+fn si_summary(h: &[sicheck::Txn]) -> String {
+    use sicheck::Outcome;
+    let committed = h
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Committed(_)))
+        .count();
+    let unknown = h.iter().filter(|t| t.outcome == Outcome::Unknown).count();
+    let reads: usize = h.iter().map(|t| t.reads.len()).sum();
+    let writes: usize = h
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Committed(_)))
+        .map(|t| t.writes.len())
+        .sum();
+    format!(
+        "{} transactions: {committed} committed ({writes} writes), {unknown} of unknown outcome, {} aborted; {reads} reads checked",
+        h.len(),
+        h.len() - committed - unknown
+    )
+}
+
+#[test]
+fn random_transactions_stay_snapshot_isolated_while_a_store_is_killed() {
+    let _serial = serial();
+    let c = cluster();
+    let history = si_history(&c, 15, true);
+    let violations = sicheck::check(&history);
+    println!(
+        "snapshot isolation: {}; anomalies: {}",
+        si_summary(&history),
+        violations.len()
+    );
+    let committed = history
+        .iter()
+        .filter(|t| matches!(t.outcome, sicheck::Outcome::Committed(_)))
+        .count();
+    assert!(
+        committed >= 20,
+        "too few commits to check anything: {}",
+        si_summary(&history)
+    );
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_snapshot_isolation_checker_catches_stores_that_skip_write_conflict_checks() {
+    // Negative control: with the prewrites' write-conflict check off, overlapping
+    // transactions that wrote one key both commit (a lost update).
+    let _serial = serial();
+    let c = cluster_env(&[("NOKV_DEBUG_TXN_SKIP_WRITE_CONFLICTS", "1")]);
+    let history = si_history(&c, 10, false);
+    let violations = sicheck::check(&history);
+    println!(
+        "negative control: {}; anomalies: {} (first: {:?})",
+        si_summary(&history),
+        violations.len(),
+        violations.first()
+    );
+    assert!(
+        violations.iter().any(|v| v.contains("lost update")),
+        "no lost update reported without write-conflict checks: {}",
+        si_summary(&history)
+    );
 }
 
 /// SIGKILLs store `victim` of `c` (if it runs).
