@@ -102,7 +102,7 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
             Ok(()) => {
                 acked.insert(k, v);
             }
-            Err(e) => panic!("put {k} after the kill: {e}\n{}", tails(&specs)),
+            Err(e) => panic!("put {k} after the kill: {e}\n{}", log_tails(&specs)),
         }
     }
     let del = WriteCommand {
@@ -163,23 +163,6 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
         status.success(),
         "nokv-redis exits 0 on SIGTERM: {status:?}"
     );
-}
-
-/// The last lines of every store's log (for a failure message).
-fn tails(specs: &[StoreSpec]) -> String {
-    let mut out = String::new();
-    for s in specs {
-        let path = s.workdir.with_extension("stderr.log");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(15);
-        out.push_str(&format!(
-            "--- {}:\n{}\n",
-            path.display(),
-            lines[from..].join("\n")
-        ));
-    }
-    out
 }
 
 #[test]

@@ -87,17 +87,7 @@ fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     let workdir = dir.path().join("data");
     let fs = FaultFs::new();
     let args = ["--cores", "2", "--durability", "sync"];
-    let node = InProcNode::start(&workdir, &args, Arc::new(fs.clone()), tune).expect("start");
-
-    let mut writer = Client::connect(&node.addr);
-    let mut acked = BTreeMap::new();
-    for i in 0..KEYS {
-        let k = format!("key:{i}");
-        let v = value(i);
-        let got = writer.try_cmd(&[b"SET", k.as_bytes(), &v]);
-        assert_eq!(got, Some(R::ok()), "SET {k} before the fault");
-        acked.insert(k, v);
-    }
+    let (node, mut writer, acked) = written_node(&workdir, &fs, &args);
     let mut early_reader = Client::connect(&node.addr);
     assert_eq!(check_reads(&mut early_reader, &acked), Ok(()));
 

@@ -181,19 +181,7 @@ impl Lab {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for s in &self.specs {
-            let path = s.workdir.with_extension("stderr.log");
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(20);
-            out.push_str(&format!(
-                "--- {}:\n{}\n",
-                path.display(),
-                lines[from..].join("\n")
-            ));
-        }
-        out
+        support::cluster::log_tails(&self.specs)
     }
 }
 

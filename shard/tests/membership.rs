@@ -76,27 +76,6 @@ fn list(addr: &str) -> Vec<String> {
     }
 }
 
-/// The last lines of every store's log (for a failure message).
-fn log_tails(specs: &[StoreSpec]) -> String {
-    let mut out = String::new();
-    for s in specs {
-        let path = s.workdir.with_extension("stderr.log");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        // A panic's message, else the last lines.
-        let from = lines
-            .iter()
-            .position(|l| l.contains("panicked"))
-            .unwrap_or(lines.len().saturating_sub(20));
-        out.push_str(&format!(
-            "--- {}:\n{}\n",
-            path.display(),
-            lines[from..(from + 20).min(lines.len())].join("\n")
-        ));
-    }
-    out
-}
-
 /// A field (`name=value`) of a LIST line.
 fn field<'a>(line: &'a str, name: &str) -> &'a str {
     line.split(' ')

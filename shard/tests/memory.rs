@@ -5,45 +5,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{encode, info_field, sample, Client, Server, LIMIT, R};
+use support::{encode, info_field, read_until_closed, sample, wait_info, Client, Server, LIMIT, R};
 
 const MIB: u64 = 1 << 20;
-
-/// Polls INFO `field` through `c` until it is at least `want` (bounded by LIMIT).
-fn wait_for_info(c: &mut Client, section: &str, field: &str, want: u64) -> u64 {
-    let deadline = Instant::now() + LIMIT;
-    for _ in 0..3000 {
-        let v: u64 = info_field(c, section, field)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if v >= want || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    0
-}
-
-/// Reads and discards until the server closes the connection; false if it stays
-/// open (read timeout) or sends more than `max` bytes.
-fn closed_by_server(s: &mut TcpStream, max: usize) -> bool {
-    s.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let mut buf = vec![0u8; 64 << 10];
-    let mut seen = 0;
-    // Each round reads at least one byte or ends: bounded by `max`.
-    while seen <= max {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => seen += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-    false
-}
 
 #[test]
 fn a_client_that_never_reads_is_disconnected_and_others_keep_working() {
@@ -78,15 +45,15 @@ fn a_client_that_never_reads_is_disconnected_and_others_keep_working() {
     // The server may close before it has read everything: a failed write is fine.
     let _ = flood.write_all(&requests);
 
-    let evicted = wait_for_info(
+    let evicted = wait_info(
         &mut a,
         "stats",
         "client_output_buffer_limit_disconnections",
-        1,
+        |v| v >= 1,
     );
     assert_eq!(evicted, 1, "the flooding client was not disconnected");
     assert!(
-        closed_by_server(&mut flood, 64 << 20),
+        read_until_closed(&mut flood, 64 << 20).is_some(),
         "the flooding connection stayed open"
     );
     // Everyone else is served, large replies included.

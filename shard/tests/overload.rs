@@ -8,56 +8,17 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{encode, info_field, Client, Server, LIMIT, R};
+use support::{encode, info_u64, read_until_closed, wait_info, Client, Server, LIMIT, R};
 
 const MIB: u64 = 1 << 20;
 /// The server's fixed cost besides its quota (code, executors, io_uring rings, a debug
 /// build's allocations), as in `memory.rs`.
 const FIXED: u64 = 256 * MIB;
-
-/// INFO `field` as a number (0 when missing).
-fn info_u64(c: &mut Client, section: &str, field: &str) -> u64 {
-    info_field(c, section, field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Polls INFO `field` through `c` until `done(value)` (bounded by LIMIT); the last value.
-fn wait_info(c: &mut Client, section: &str, field: &str, done: impl Fn(u64) -> bool) -> u64 {
-    let deadline = Instant::now() + LIMIT;
-    let mut v = info_u64(c, section, field);
-    for _ in 0..3000 {
-        if done(v) || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        v = info_u64(c, section, field);
-    }
-    v
-}
-
-/// Reads until the server closes the connection and returns what it sent; None if it
-/// stays open (read timeout) or sends more than `max` bytes.
-fn read_until_closed(s: &mut TcpStream, max: usize) -> Option<Vec<u8>> {
-    s.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
-    // Each round reads at least one byte or ends: bounded by `max`.
-    while out.len() <= max {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(out),
-            Err(_) => return None,
-        }
-    }
-    None
-}
 
 /// PING, SET and GET through a fresh connection, and through `c`.
 fn served(s: &Server, c: &mut Client, key: &str) {

@@ -72,6 +72,28 @@ pub fn add_store_args(cmd: &mut Command, spec: &StoreSpec, coordinator: &str) {
         .args(["--memory-limit", "128MiB", "--metrics-addr", "127.0.0.1:0"]);
 }
 
+/// The last lines of every store's log, from a panic's message if there is one (for a
+/// failure message).
+pub fn log_tails(specs: &[StoreSpec]) -> String {
+    let mut out = String::new();
+    for s in specs {
+        let path = s.workdir.with_extension("stderr.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        // A panic's message, else the last lines.
+        let from = lines
+            .iter()
+            .position(|l| l.contains("panicked"))
+            .unwrap_or(lines.len().saturating_sub(20));
+        out.push_str(&format!(
+            "--- {}:\n{}\n",
+            path.display(),
+            lines[from..(from + 20).min(lines.len())].join("\n")
+        ));
+    }
+    out
+}
+
 /// Three stores' workdirs under `dir` and free loopback addresses.
 pub fn store_specs(dir: &Path) -> Vec<StoreSpec> {
     (1..=3)

@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bound for start-up and single replies (a failure bound, not a timing assumption).
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -328,6 +328,45 @@ pub fn info_field(c: &mut Client, section: &str, field: &str) -> Option<String> 
         l.strip_prefix(&format!("{field}:"))
             .map(|v| v.trim().to_string())
     })
+}
+
+/// INFO `field` as a number (0 when missing).
+pub fn info_u64(c: &mut Client, section: &str, field: &str) -> u64 {
+    info_field(c, section, field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls INFO `field` through `c` until `done(value)` (bounded by LIMIT); the last value.
+pub fn wait_info(c: &mut Client, section: &str, field: &str, done: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + LIMIT;
+    let mut v = info_u64(c, section, field);
+    for _ in 0..3000 {
+        if done(v) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        v = info_u64(c, section, field);
+    }
+    v
+}
+
+/// Reads until the server closes the connection and returns what it sent; None if it
+/// stays open (read timeout) or sends more than `max` bytes.
+pub fn read_until_closed(s: &mut TcpStream, max: usize) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    // Each round reads at least one byte or ends: bounded by `max`.
+    while out.len() <= max {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(out),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// A RESP2 reply.
