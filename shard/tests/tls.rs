@@ -2,7 +2,8 @@
 //! with a certificate made by `openssl` for the test and Debian's `redis-cli --tls` as the
 //! client: commands and a 1 MiB value round-trip; a plain-TCP client gets no reply; a
 //! client that does not trust the certificate fails its handshake; a missing file or a
-//! key that does not match the certificate stops the start with the file named.
+//! key that does not match the certificate stops the start with the file named. `nokv-redis`
+//! serves TLS the same way.
 //! Skips with a notice when `openssl` or `redis-cli` is missing
 //! (`scripts/install-test-deps.sh` installs both).
 
@@ -192,4 +193,41 @@ fn bad_tls_files_stop_the_start_naming_them() {
         assert!(!status.success(), "{flags:?} started");
         assert!(stderr.contains(want), "{flags:?}: {stderr}");
     }
+}
+
+#[test]
+fn nokv_redis_talks_tls_too() {
+    if !have("openssl") || !have("redis-cli") {
+        println!("skipped: openssl or redis-cli missing (scripts/install-test-deps.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = make_cert(dir.path(), "gw").expect("openssl makes a certificate");
+    let port = support::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-redis"));
+    cmd.args([
+        "--coordinator",
+        &format!("127.0.0.1:{}", support::free_port()),
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .args(["--timeout-ms", "300"])
+    .arg("--tls-cert-file")
+    .arg(&cert)
+    .arg("--tls-key-file")
+    .arg(&key);
+    let gw = Server::launch(cmd, dir.path().join("nokv-redis.log"));
+    let (ok, out) = cli(port, &cert, &["PING"], None);
+    assert!(ok && out.trim() == "PONG", "PING over TLS: {out}");
+    // No cluster behind it: a key command says so, over TLS.
+    let (_, out) = cli(port, &cert, &["GET", "k"], None);
+    assert!(out.contains("CLUSTERDOWN"), "GET over TLS: {out}");
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let _ = plain.write_all(&encode(&[b"PING"]));
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("PONG"), "{got:?}");
+    drop(gw);
 }

@@ -59,6 +59,14 @@ impl Backend for ClusterBackend {
     }
 }
 
+/// A connection's byte stream (the socket, or a TLS session over it).
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// Turns an accepted socket (read timeouts set) into the stream the session talks over:
+/// `nokv-redis --tls-cert-file` wraps it in TLS.
+pub type Wrap = Arc<dyn Fn(TcpStream) -> std::io::Result<Box<dyn Conn>> + Send + Sync>;
+
 /// Serves Redis clients on `listener` until `stop` is set: a thread per connection, at
 /// most `max_clients` at once (then `-ERR max number of clients reached`).
 pub fn serve(
@@ -67,6 +75,18 @@ pub fn serve(
     config: Config,
     max_clients: usize,
     stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    serve_with(listener, client, config, max_clients, stop, None)
+}
+
+/// [`serve`], each connection's socket first given to `wrap` (TLS).
+pub fn serve_with(
+    listener: TcpListener,
+    client: Arc<Client>,
+    config: Config,
+    max_clients: usize,
+    stop: Arc<AtomicBool>,
+    wrap: Option<Wrap>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let backend = Arc::new(ClusterBackend::new(client));
@@ -97,12 +117,17 @@ pub fn serve(
             continue;
         }
         live.fetch_add(1, Ordering::SeqCst);
-        let (backend, shared, stop, live2) =
-            (backend.clone(), shared.clone(), stop.clone(), live.clone());
+        let (backend, shared, stop, live2, wrap) = (
+            backend.clone(),
+            shared.clone(),
+            stop.clone(),
+            live.clone(),
+            wrap.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("nokv-redis-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_conn(stream, peer, &*backend, shared, &stop) {
+                if let Err(e) = serve_conn(stream, peer, &*backend, shared, &stop, wrap) {
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }
                 live2.fetch_sub(1, Ordering::SeqCst);
@@ -116,16 +141,21 @@ pub fn serve(
 }
 
 fn serve_conn(
-    mut stream: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     backend: &dyn Backend,
     shared: Arc<Shared>,
     stop: &AtomicBool,
+    wrap: Option<Wrap>,
 ) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(POLL))?;
-    stream.set_nodelay(true)?;
-    let laddr = stream.local_addr()?.to_string();
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(POLL))?;
+    socket.set_nodelay(true)?;
+    let laddr = socket.local_addr()?.to_string();
+    let mut stream: Box<dyn Conn> = match wrap {
+        Some(wrap) => wrap(socket)?,
+        None => Box::new(socket),
+    };
     let mut session = Session::new(shared, peer.to_string(), laddr, now_ms());
     let mut buf = vec![0u8; READ_CHUNK];
     // Bounded by the connection: each turn reads or ends.
@@ -155,7 +185,7 @@ fn serve_conn(
             let out = session.take_output();
             stream.write_all(&out)?;
             if session.state() == State::CloseAfterFlush {
-                return Ok(());
+                return stream.flush();
             }
             if !session.budget_exhausted() {
                 break;

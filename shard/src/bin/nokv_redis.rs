@@ -38,6 +38,12 @@ struct Args {
     /// A named user, NAME:PASSWORD or NAME:PASSWORD:readonly (no writes); repeat for more. With users and no --requirepass every client must AUTH NAME PASSWORD.
     #[arg(long = "user", value_name = "NAME:PASSWORD[:readonly]")]
     users: Vec<String>,
+    /// Serve clients over TLS only (1.2 and 1.3) with this PEM certificate chain; needs --tls-key-file.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected.
     #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = ["yes", "no"])]
     protected_mode: String,
@@ -66,6 +72,17 @@ fn run(args: Args) -> Result<(), String> {
     if let Err(e) = client.refresh_routes() {
         tracing::warn!(error = %e, "no routes yet; commands will ask the coordinator");
     }
+    let wrap: Option<nokv_client::gateway::Wrap> = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = nokv_shard::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+            Some(Arc::new(move |socket| {
+                let conn =
+                    rustls::ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
+                Ok(Box::new(rustls::StreamOwned::new(conn, socket)))
+            }))
+        }
+        _ => None,
+    };
     let listener =
         TcpListener::bind(&args.listen).map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let local = listener
@@ -90,6 +107,13 @@ fn run(args: Args) -> Result<(), String> {
     };
     println!("nokv-redis listening on {local}");
     tracing::info!(addr = %local, coordinators = ?args.coordinator, "nokv-redis serving");
-    nokv_client::gateway::serve(listener, Arc::new(client), config, args.max_clients, stop)
-        .map_err(|e| format!("serve: {e}"))
+    nokv_client::gateway::serve_with(
+        listener,
+        Arc::new(client),
+        config,
+        args.max_clients,
+        stop,
+        wrap,
+    )
+    .map_err(|e| format!("serve: {e}"))
 }
