@@ -1,6 +1,6 @@
 //! Linearizability of single-key commands on a three-store cluster under faults: clients
-//! send GET, SET and INCR through RESP to every store (each forwards to the leader) while
-//! a nemesis isolates stores and cuts pairs apart (`NOKV_DEBUG_NET_FAULTS`), SIGKILLs and
+//! send GET, SET, SET NX (a conditional write), DEL and INCR through RESP to every store
+//! (each forwards to the leader) while a nemesis isolates stores and cuts pairs apart (`NOKV_DEBUG_NET_FAULTS`), SIGKILLs and
 //! restarts them, pauses them (SIGSTOP), drops, duplicates and delays raft messages, and
 //! takes the coordinator away. The whole history is checked with a Wing & Gong / Porcupine-style checker (`lincheck`).
 //! Negative control: leaders that serve reads without a lease or ReadIndex and keep
@@ -249,7 +249,12 @@ fn client_loop(
         } else if pick < mix.0 + mix.1 {
             Input::Set(((id as i64) << 32) + n as i64 + 1)
         } else {
-            Input::Incr
+            // The rest: INCR, a conditional SET NX, DEL.
+            match roll(10) {
+                0..=5 => Input::Incr,
+                6..=7 => Input::SetNx(((id as i64) << 32) + n as i64 + 1),
+                _ => Input::Del,
+            }
         };
         if conn.is_none() {
             conn = Client::try_connect(&addr, IO_TIMEOUT);
@@ -269,6 +274,11 @@ fn client_loop(
                 vec![b"SET", key.as_bytes(), value.as_bytes()]
             }
             Input::Incr => vec![b"INCR", key.as_bytes()],
+            Input::SetNx(v) => {
+                value = v.to_string();
+                vec![b"SET", key.as_bytes(), value.as_bytes(), b"NX"]
+            }
+            Input::Del => vec![b"DEL", key.as_bytes()],
         };
         let call = now();
         let reply = c.try_cmd(&args);
@@ -286,6 +296,9 @@ fn client_loop(
             }
             (Input::Set(_), Some(R::Simple(s))) if s == "OK" => Some(Output::Ok),
             (Input::Incr, Some(R::Int(v))) => Some(Output::Incremented(*v)),
+            (Input::SetNx(_), Some(R::Simple(s))) if s == "OK" => Some(Output::Ok),
+            (Input::SetNx(_), Some(R::Nil)) => Some(Output::NotSet),
+            (Input::Del, Some(R::Int(n))) => Some(Output::Deleted(*n)),
             (_, Some(R::Error(_)) | None) => None,
             (_, Some(other)) => panic!("client {id}: {args:?} answered {other:?}"),
         };
@@ -341,11 +354,13 @@ fn summary(rec: &Record) -> String {
     };
     let unknown = rec.ops.iter().filter(|o| o.output.is_none()).count();
     format!(
-        "{} ops recorded: {} reads, {} sets, {} incrs answered, {} writes of unknown outcome; {} reads failed, {} writes not sent",
+        "{} ops recorded: {} reads, {} sets, {} incrs, {} set-nx, {} dels answered, {} writes of unknown outcome; {} reads failed, {} writes not sent",
         rec.ops.len(),
         ok(|i| *i == Input::Get),
         ok(|i| matches!(i, Input::Set(_))),
         ok(|i| *i == Input::Incr),
+        ok(|i| matches!(i, Input::SetNx(_))),
+        ok(|i| *i == Input::Del),
         unknown,
         rec.reads_failed,
         rec.not_sent

@@ -1,4 +1,5 @@
-//! A linearizability checker for histories of integer registers (GET, SET, INCR), after
+//! A linearizability checker for histories of integer registers (GET, SET, SET NX, DEL,
+//! INCR), after
 //! Wing & Gong's search with Lowe's memoization of (linearized set, state), one key at a
 //! time (P-compositionality: a history is linearizable iff each key's is), as Porcupine
 //! does. Operations whose outcome is unknown (no answer, or an error after the request
@@ -16,6 +17,10 @@ pub enum Input {
     Set(i64),
     /// INCR.
     Incr,
+    /// SET NX to this value: only when the key is absent (a conditional write).
+    SetNx(i64),
+    /// DEL.
+    Del,
 }
 
 /// What it was answered (`None` in [`Op::output`]: unknown).
@@ -27,6 +32,10 @@ pub enum Output {
     Ok,
     /// INCR's new value.
     Incremented(i64),
+    /// SET NX's nil: the key was there, nothing written.
+    NotSet,
+    /// DEL's count (1: the key was there).
+    Deleted(i64),
 }
 
 /// One operation of a history.
@@ -72,6 +81,11 @@ fn step(state: Option<i64>, op: &Op) -> Option<Option<i64>> {
         (Input::Get, Some(Output::Value(v))) => (v == state).then_some(state),
         (Input::Get, None) => Some(state),
         (Input::Set(v), Some(Output::Ok) | None) => Some(Some(v)),
+        (Input::SetNx(v), None) => Some(state.or(Some(v))),
+        (Input::SetNx(v), Some(Output::Ok)) => state.is_none().then_some(Some(v)),
+        (Input::SetNx(_), Some(Output::NotSet)) => state.is_some().then_some(state),
+        (Input::Del, None) => Some(None),
+        (Input::Del, Some(Output::Deleted(n))) => (n == i64::from(state.is_some())).then_some(None),
         (Input::Incr, out) => {
             let next = state.unwrap_or(0).checked_add(1)?;
             match out {
@@ -314,6 +328,31 @@ mod tests {
         let h = vec![
             op(0, 0, u64::MAX, Input::Set(5), None),
             op(1, 10, 20, Input::Get, Some(Output::Value(Some(7)))),
+        ];
+        assert_eq!(check(&h).len(), 1);
+    }
+
+    #[test]
+    fn conditional_writes_and_deletes_follow_the_register() {
+        let h = vec![
+            op(0, 0, 10, Input::SetNx(1), Some(Output::Ok)),
+            op(1, 20, 30, Input::SetNx(2), Some(Output::NotSet)),
+            op(0, 40, 50, Input::Del, Some(Output::Deleted(1))),
+            op(1, 60, 70, Input::Del, Some(Output::Deleted(0))),
+            op(2, 80, 90, Input::SetNx(3), Some(Output::Ok)),
+            op(2, 100, 110, Input::Get, Some(Output::Value(Some(3)))),
+        ];
+        assert!(check(&h).is_empty());
+        // Two SET NX that both won on an absent key: one must have seen the other.
+        let h = vec![
+            op(0, 0, 10, Input::SetNx(1), Some(Output::Ok)),
+            op(1, 20, 30, Input::SetNx(2), Some(Output::Ok)),
+        ];
+        assert_eq!(check(&h).len(), 1);
+        // A DEL that found nothing after a completed SET.
+        let h = vec![
+            op(0, 0, 10, Input::Set(1), Some(Output::Ok)),
+            op(1, 20, 30, Input::Del, Some(Output::Deleted(0))),
         ];
         assert_eq!(check(&h).len(), 1);
     }
