@@ -98,11 +98,18 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
     stores[victim].take().expect("victim running").kill();
     for i in 0..KEYS {
         let (k, v) = (format!("key:{i}"), format!("after-{i}"));
-        match client.put(k.as_bytes(), v.as_bytes()) {
-            Ok(()) => {
-                acked.insert(k, v);
+        // A put sent as the victim died has an unknown outcome: this SET may be sent
+        // again (the test's choice; the client does not).
+        let mut tries = 0;
+        loop {
+            match client.put(k.as_bytes(), v.as_bytes()) {
+                Ok(()) => {
+                    acked.insert(k, v);
+                    break;
+                }
+                Err(nokv_client::Error::WriteUndetermined { .. }) if tries < 3 => tries += 1,
+                Err(e) => panic!("put {k} after the kill: {e}\n{}", log_tails(&specs)),
             }
-            Err(e) => panic!("put {k} after the kill: {e}\n{}", log_tails(&specs)),
         }
     }
     let del = WriteCommand {

@@ -45,6 +45,9 @@ const THINK: Duration = Duration::from_millis(10);
 struct Lab {
     // Dropped in this order: the stores, then their hosts, then the workdirs.
     servers: Vec<Option<Server>>,
+    /// `nokv-redis` in front of the cluster, when the clients go through it: its process
+    /// and address.
+    gateway: Option<(Server, String)>,
     coord_server: Option<CoordServer>,
     hosts: Option<Arc<Hosts>>,
     faults: std::path::PathBuf,
@@ -89,6 +92,7 @@ impl Lab {
         let mut env = vec![("NOKV_DEBUG_NET_FAULTS", faults.display().to_string())];
         env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
         let mut lab = Lab {
+            gateway: None,
             hosts,
             _dir: dir,
             faults,
@@ -337,7 +341,11 @@ fn start_clients(
     plan.iter()
         .enumerate()
         .map(|(i, &(store, mix))| {
-            let (addr, keys) = (lab.specs[store].redis.clone(), keys.to_vec());
+            let addr = match &lab.gateway {
+                Some((_, addr)) => addr.clone(),
+                None => lab.specs[store].redis.clone(),
+            };
+            let keys = keys.to_vec();
             let (stop, record) = (stop.clone(), record.clone());
             std::thread::spawn(move || client_loop(i, addr, keys, mix, t0, stop, record))
         })
@@ -548,6 +556,19 @@ fn single_key_commands_stay_linearizable_through_partitions_kills_and_message_ch
         Fault::Pause,
     ];
     linearizable_under(Lab::start(None, &[]), &faults, nemesis_secs(36));
+}
+
+#[test]
+fn single_key_commands_through_nokv_redis_stay_linearizable_while_leaders_fail() {
+    let mut lab = Lab::start(None, &[]);
+    let addr = free_addr();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nokv-redis"));
+    cmd.args(["--coordinator", &lab.coord_addr, "--cluster-id", "7"])
+        .args(["--listen", &addr, "--timeout-ms", "8000"]);
+    let log = lab.specs[0].workdir.with_file_name("nokv-redis.log");
+    lab.gateway = Some((Server::launch(cmd, log), addr));
+    let faults = [Fault::Kill, Fault::Isolate, Fault::Pause];
+    linearizable_under(lab, &faults, nemesis_secs(24));
 }
 
 #[test]

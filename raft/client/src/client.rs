@@ -705,8 +705,19 @@ impl Client {
                 timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
                 from_store: 0,
             };
+            let is_write = matches!(part.work, Work::Write(_));
             let resp = match conn.request(&req, wait + GRACE) {
                 Ok(r) => r,
+                Err(e @ (ConnError::Timeout | ConnError::Lost(_))) if is_write => {
+                    if !matches!(e, ConnError::Timeout) {
+                        self.pool.drop_conn(store, &conn);
+                    }
+                    return Err(Error::WriteUndetermined {
+                        region,
+                        key: show_key(&part.key),
+                        detail: format!("store {store} ({addr}): {e}"),
+                    });
+                }
                 Err(e) => {
                     if !matches!(e, ConnError::Timeout) {
                         self.pool.drop_conn(store, &conn);
@@ -724,6 +735,13 @@ impl Client {
                         detail: format!("store {store}: undecodable reply: {e}"),
                     })?;
                     match &reply {
+                        Reply::Error(e) if is_write && may_still_apply(e) => {
+                            return Err(Error::WriteUndetermined {
+                                region,
+                                key: show_key(&part.key),
+                                detail: format!("store {store}: {e}"),
+                            });
+                        }
                         Reply::Error(e) if retryable(e) => {
                             last = format!("store {store}: {e}");
                             if e.starts_with("MOVED") {
@@ -799,6 +817,12 @@ fn retryable(e: &str) -> bool {
     .any(|p| e.starts_with(p))
 }
 
+/// A store's reply to a write it proposed but could not see decided (it says so): sending
+/// the write again could apply it twice.
+fn may_still_apply(e: &str) -> bool {
+    e.contains("may still apply")
+}
+
 /// A retry reply that says the region no longer holds the key's range (a split moved it
 /// to a new region): the cached route must be dropped, or every retry goes to it again.
 fn split_away(e: &str) -> bool {
@@ -829,6 +853,15 @@ mod tests {
         assert_eq!(&a[..2], &nokv_gateway::model::slot(b"a").to_be_bytes());
         assert_eq!(&a[2..], b"a");
         assert!(position(b"{x}1") < position(b"{x}2"));
+    }
+
+    #[test]
+    fn writes_that_may_still_apply_are_told_apart() {
+        assert!(may_still_apply(
+            "TRYAGAIN write not confirmed by a quorum within 2000 ms; it may still apply"
+        ));
+        assert!(!may_still_apply("TRYAGAIN region 3 has no leader here now, retry"));
+        assert!(!may_still_apply("TRYAGAIN core is busy, retry"));
     }
 
     #[test]

@@ -18,8 +18,10 @@ use std::time::Duration;
 pub enum ConnError {
     /// Connecting failed.
     Connect(String),
-    /// The connection failed (write, read, a refused frame, closed by the store).
+    /// The connection failed before the request was written: the store did not see it.
     Broken(String),
+    /// The connection failed after the request was written: the store may have run it.
+    Lost(String),
     /// No response within the wait.
     Timeout,
 }
@@ -29,6 +31,7 @@ impl std::fmt::Display for ConnError {
         match self {
             ConnError::Connect(e) => write!(f, "connect: {e}"),
             ConnError::Broken(e) => write!(f, "connection: {e}"),
+            ConnError::Lost(e) => write!(f, "connection lost after the request was sent: {e}"),
             ConnError::Timeout => write!(f, "no response in time"),
         }
     }
@@ -127,14 +130,14 @@ impl StoreConn {
         }
         match rx.recv_timeout(wait) {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ConnError::Broken(e)),
+            Ok(Err(e)) => Err(ConnError::Lost(e)),
             Err(RecvTimeoutError::Timeout) => {
                 // A late response finds no waiter and is dropped.
                 self.pending.lock().waiters.remove(&id);
                 Err(ConnError::Timeout)
             }
             Err(RecvTimeoutError::Disconnected) => {
-                Err(ConnError::Broken(format!("{}: reader stopped", self.addr)))
+                Err(ConnError::Lost(format!("{}: reader stopped", self.addr)))
             }
         }
     }

@@ -28,6 +28,20 @@ pub enum Error {
         /// The last failure seen.
         last: String,
     },
+    /// A write reached the region's leader (or may have) and no answer says whether it
+    /// applied: the connection failed or timed out after the request was sent, or the
+    /// store answered that it may still apply. It is not sent again, since a retried
+    /// non-idempotent write (INCR, APPEND, a SET overtaken by another client's) could apply
+    /// twice; the caller decides.
+    #[error("TRYAGAIN region {region} (key {key}): the write's outcome is unknown, it may still apply: {detail}")]
+    WriteUndetermined {
+        /// The region.
+        region: u64,
+        /// The key the write was routed by.
+        key: String,
+        /// What happened.
+        detail: String,
+    },
     /// No route could be learnt from the coordinator before the deadline (coordinators
     /// unreachable, the cluster not bootstrapped, no region covering the key).
     #[error("CLUSTERDOWN no route for {what} within the {deadline:?} deadline; last: {last}")]

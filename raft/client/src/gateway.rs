@@ -35,7 +35,9 @@ impl ClusterBackend {
 pub fn error_reply(e: &Error) -> Reply {
     match e {
         // Their texts start with the Redis error code.
-        Error::TryAgain { .. } | Error::ClusterDown { .. } => Reply::error(e.to_string()),
+        Error::TryAgain { .. } | Error::ClusterDown { .. } | Error::WriteUndetermined { .. } => {
+            Reply::error(e.to_string())
+        }
         Error::Server { message, .. } => Reply::error(message.clone()),
         other => Reply::error(format!("ERR {other}")),
     }
