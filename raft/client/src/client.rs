@@ -860,7 +860,9 @@ mod tests {
         assert!(may_still_apply(
             "TRYAGAIN write not confirmed by a quorum within 2000 ms; it may still apply"
         ));
-        assert!(!may_still_apply("TRYAGAIN region 3 has no leader here now, retry"));
+        assert!(!may_still_apply(
+            "TRYAGAIN region 3 has no leader here now, retry"
+        ));
         assert!(!may_still_apply("TRYAGAIN core is busy, retry"));
     }
 
