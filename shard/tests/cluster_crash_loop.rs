@@ -126,7 +126,7 @@ fn crash_loop(rounds: usize, sabotage: bool) -> Vec<String> {
             if sabotage {
                 // No later write may hide the loss: the writers stopped before the kill.
                 for spec in &specs {
-                    empty_newest_wals(&spec.workdir);
+                    support::empty_newest_wals(&spec.workdir);
                 }
             }
             servers = start_stores(&specs, &coord_addr);
@@ -172,28 +172,4 @@ fn crash_loop(rounds: usize, sabotage: bool) -> Vec<String> {
     }
     drop(servers);
     wrong
-}
-
-/// Empties the newest WAL segment of every core of the store at `workdir`.
-fn empty_newest_wals(workdir: &std::path::Path) {
-    let Ok(cores) = std::fs::read_dir(workdir) else {
-        return;
-    };
-    for core in cores
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("core-"))
-    {
-        let newest = std::fs::read_dir(core.path())
-            .expect("core dir")
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("wal-"))
-            })
-            .max();
-        if let Some(wal) = newest {
-            std::fs::write(wal, b"").expect("empty a WAL segment");
-        }
-    }
 }

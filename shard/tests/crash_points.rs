@@ -90,20 +90,7 @@ fn crash_and_check(
         "{point}: the server died before any write was acknowledged"
     );
     if sabotage {
-        for core in ["core-0", "core-1"] {
-            let newest = std::fs::read_dir(data.join(core))
-                .expect("core dir")
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("wal-"))
-                })
-                .max();
-            if let Some(wal) = newest {
-                std::fs::write(wal, b"").expect("empty the active WAL segment");
-            }
-        }
+        support::empty_newest_wals(&data);
     }
     // Restarted without the failpoint: everything acknowledged is there.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nokv-server"));

@@ -45,6 +45,15 @@ fn make_cert(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     ok.then_some((cert, key))
 }
 
+/// Whether `openssl` and `redis-cli` are there (a notice when not: the test skips).
+fn tools_present() -> bool {
+    let present = have("openssl") && have("redis-cli");
+    if !present {
+        println!("skipped: openssl or redis-cli missing (scripts/install-test-deps.sh)");
+    }
+    present
+}
+
 fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -88,8 +97,7 @@ fn cli(port: u16, ca: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, Stri
 
 #[test]
 fn redis_cli_talks_tls_and_plain_clients_get_nothing() {
-    if !have("openssl") || !have("redis-cli") {
-        println!("skipped: openssl or redis-cli missing (scripts/install-test-deps.sh)");
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -197,8 +205,7 @@ fn bad_tls_files_stop_the_start_naming_them() {
 
 #[test]
 fn nokv_redis_talks_tls_too() {
-    if !have("openssl") || !have("redis-cli") {
-        println!("skipped: openssl or redis-cli missing (scripts/install-test-deps.sh)");
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

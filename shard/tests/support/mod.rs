@@ -369,6 +369,31 @@ pub fn read_until_closed(s: &mut TcpStream, max: usize) -> Option<Vec<u8>> {
     None
 }
 
+/// Empties the newest WAL segment of every core of the store at `workdir` (negative
+/// controls: what losing the unsynced log would leave).
+pub fn empty_newest_wals(workdir: &std::path::Path) {
+    let Ok(cores) = std::fs::read_dir(workdir) else {
+        return;
+    };
+    for core in cores
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core-"))
+    {
+        let newest = std::fs::read_dir(core.path())
+            .expect("core dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("wal-"))
+            })
+            .max();
+        if let Some(wal) = newest {
+            std::fs::write(wal, b"").expect("empty a WAL segment");
+        }
+    }
+}
+
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum R {
