@@ -76,7 +76,10 @@ pub fn decode(buf: &[u8], gen: u64) -> Decoded<'_> {
                 framed_len: end,
             }
         }
-        Some(_) if rgen != gen as u32 => Decoded::End,
+        // Not of this generation and not intact: the stale bytes of a recycled segment
+        // past the log's end, unless a record of this generation follows, which makes it
+        // a damaged record in the middle of the log (a flipped bit in its `gen`).
+        Some(end) if rgen != gen as u32 && !is_record_of(&buf[end..], gen) => Decoded::End,
         Some(_) => Decoded::Bad {
             reason: "checksum mismatch",
             claimed_len: Some(len),
@@ -87,6 +90,21 @@ pub fn decode(buf: &[u8], gen: u64) -> Decoded<'_> {
             claimed_len: None,
         },
     }
+}
+
+/// Whether `buf` starts with an intact record of generation `gen` (no probing further).
+fn is_record_of(buf: &[u8], gen: u64) -> bool {
+    if buf.len() < HEADER_LEN {
+        return false;
+    }
+    let crc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    let rgen = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    rgen == gen as u32
+        && HEADER_LEN
+            .checked_add(len)
+            .filter(|e| *e <= buf.len())
+            .is_some_and(|end| crc32fast::hash(&buf[4..end]) == crc)
 }
 
 /// The outcome of scanning a buffer of records with [`scan`].
@@ -129,6 +147,11 @@ pub fn scan(buf: &[u8], gen: u64) -> Scan {
                         out.mid_log = matches!(decode(&buf[next..], gen), Decoded::Record { .. });
                     }
                 }
+                // A damaged length field points the probe above at the wrong place: any
+                // intact record of this generation further on also makes it mid-log
+                // damage, not a torn tail (found by tests/corruption.rs).
+                out.mid_log =
+                    out.mid_log || (off + 1..buf.len()).any(|at| is_record_of(&buf[at..], gen));
                 break;
             }
         }
@@ -149,6 +172,45 @@ mod tests {
         assert!(matches!(decode(&b, 7), Decoded::Record { rtype: 1, .. }));
         assert_eq!(decode(&b, 8), Decoded::End);
         assert_eq!(decode(&[0u8; 40], 8), Decoded::End);
+    }
+
+    #[test]
+    fn a_flipped_generation_bit_mid_log_is_damage_not_the_end() {
+        // Found by tests/corruption.rs: the log silently ended at the damaged record and
+        // the records after it were lost.
+        let mut b = Vec::new();
+        for p in [&b"one"[..], b"two", b"three"] {
+            encode(&mut b, 5, 1, p);
+        }
+        let second = HEADER_LEN + 3;
+        b[second + 8] ^= 1; // the second record's gen
+        let s = scan(&b, 5);
+        assert_eq!(s.records.len(), 1);
+        assert_eq!(s.bad.map(|b| b.0), Some(second));
+        assert!(s.mid_log);
+        // Garbage of another generation with nothing valid after it is still the end.
+        let mut tail = Vec::new();
+        encode(&mut tail, 5, 1, b"one");
+        let mut stale = Vec::new();
+        encode(&mut stale, 4, 1, b"old record");
+        stale[2] ^= 0xff; // not even intact
+        tail.extend_from_slice(&stale);
+        let s = scan(&tail, 5);
+        assert_eq!((s.records.len(), s.bad), (1, None));
+    }
+
+    #[test]
+    fn a_flipped_length_bit_mid_log_is_damage_not_a_torn_tail() {
+        let mut b = Vec::new();
+        for p in [&b"first record"[..], b"second record", b"third record"] {
+            encode(&mut b, 5, 1, p);
+        }
+        let second = HEADER_LEN + 12;
+        b[second + 4] ^= 1; // the second record's length: 13 becomes 12
+        let s = scan(&b, 5);
+        assert_eq!(s.records.len(), 1);
+        assert_eq!(s.bad.map(|b| b.0), Some(second));
+        assert!(s.mid_log);
     }
 
     #[test]
