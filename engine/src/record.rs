@@ -57,16 +57,13 @@ pub fn decode(buf: &[u8], gen: u64) -> Decoded<'_> {
             }
         };
     }
-    let crc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-    let rgen = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    if crc == 0 && len == 0 && rgen == 0 && buf[12] == 0 {
+    let h = Header::parse(buf);
+    let (len, rgen) = (h.len, h.gen);
+    if h.crc == 0 && len == 0 && rgen == 0 && buf[12] == 0 {
         return Decoded::End;
     }
-    let end = HEADER_LEN.checked_add(len);
-    let whole = end.filter(|e| *e <= buf.len());
-    match whole {
-        Some(end) if crc32fast::hash(&buf[4..end]) == crc => {
+    match h.intact_end(buf) {
+        Some(end) if h.checksum_ok(buf, end) => {
             if rgen != gen as u32 {
                 return Decoded::End;
             }
@@ -97,14 +94,37 @@ fn is_record_of(buf: &[u8], gen: u64) -> bool {
     if buf.len() < HEADER_LEN {
         return false;
     }
-    let crc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-    let rgen = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    rgen == gen as u32
-        && HEADER_LEN
-            .checked_add(len)
-            .filter(|e| *e <= buf.len())
-            .is_some_and(|end| crc32fast::hash(&buf[4..end]) == crc)
+    let h = Header::parse(buf);
+    h.gen == gen as u32 && h.intact_end(buf).is_some_and(|end| h.checksum_ok(buf, end))
+}
+
+/// A record header's fields, as stored.
+struct Header {
+    crc: u32,
+    len: usize,
+    gen: u32,
+}
+
+impl Header {
+    /// The header at the start of `buf` (at least [`HEADER_LEN`] bytes).
+    fn parse(buf: &[u8]) -> Header {
+        let word = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        Header {
+            crc: word(0),
+            len: word(4) as usize,
+            gen: word(8),
+        }
+    }
+
+    /// Where the record ends, when the buffer holds all of it.
+    fn intact_end(&self, buf: &[u8]) -> Option<usize> {
+        HEADER_LEN.checked_add(self.len).filter(|e| *e <= buf.len())
+    }
+
+    /// Whether the checksum covers `buf[4..end]` (length, generation, type and payload).
+    fn checksum_ok(&self, buf: &[u8], end: usize) -> bool {
+        crc32fast::hash(&buf[4..end]) == self.crc
+    }
 }
 
 /// The outcome of scanning a buffer of records with [`scan`].

@@ -364,7 +364,7 @@ fn one_phase_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
     let m = [Mutation::put(b"a", b"1"), Mutation::put(b"b", &[7u8; 3000])];
-    let b = txn::commit_1pc(&reader(&db), &m, 10, 11).unwrap();
+    let b = txn::commit_1pc(&reader(&db), &m, 10, 11).unwrap().batch;
     apply(&db, &b);
     assert_eq!(txn::get(&reader(&db), b"a", 11).unwrap(), Some(k("1")));
     assert_eq!(

@@ -548,9 +548,15 @@ impl Status {
     }
 }
 
-/// Nothing to report but success.
+/// Success; a one-phase commit also reports its commit timestamp.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Done {}
+pub struct Done {
+    /// [`Commit1pc`]: the timestamp the transaction committed at, which is an earlier
+    /// attempt's when this one found the transaction committed (0 for other operations,
+    /// and from stores that predate the field).
+    #[prost(uint64, tag = "1")]
+    pub commit_ts: u64,
+}
 
 /// The answer to a [`TxnRequest`].
 #[derive(Clone, PartialEq, prost::Message)]

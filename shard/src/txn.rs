@@ -536,7 +536,7 @@ fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) ->
     let r = DbReader::new(db, NS_KV);
     let err =
         |e: ptxn::TxnError| Computed::Reply(failed(wire::TxnError::from_engine(&e, user_key)));
-    let done = TxnResult::Done(Done {});
+    let done = TxnResult::Done(Done::default());
     match op {
         TxnOp::Prewrite(p) => {
             let mut muts = Vec::with_capacity(p.mutations.len());
@@ -576,7 +576,12 @@ fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) ->
                 }
             }
             match ptxn::commit_1pc(&r, &muts, p.start_ts, p.commit_ts) {
-                Ok(b) => Computed::Propose(b, done),
+                Ok(c) => Computed::Propose(
+                    c.batch,
+                    TxnResult::Done(Done {
+                        commit_ts: c.commit_ts,
+                    }),
+                ),
                 Err(e) => err(e),
             }
         }

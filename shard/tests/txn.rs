@@ -610,7 +610,6 @@ fn si_summary(h: &[sicheck::Txn]) -> String {
 }
 
 #[test]
-#[ignore = "finds a real bug, not fixed yet: a commit retried across a store's SIGKILL reports a commit_ts newer than the one it applied at (readers started in between see its values: 'a read from the future'); docs/transactions.md, Not built yet"]
 fn random_transactions_stay_snapshot_isolated_while_a_store_is_killed() {
     let _serial = serial();
     let c = cluster();

@@ -32,7 +32,7 @@ pub use error::{CodecError, TxnError, TxnResult};
 pub use heartbeat::heart_beat;
 pub use lock::{Lock, LockKind};
 pub use mvcc::{LOCK_VERSION, SHORT_VALUE_MAX_LEN};
-pub use one_pc::commit_1pc;
+pub use one_pc::{commit_1pc, OnePc};
 pub use prewrite::{prewrite, Mutation, MutationOp, PrewriteOptions};
 pub use read::{get, lock_blocks_read, scan};
 pub use reader::{DbReader, MemStore, MvccRead};

@@ -11,6 +11,17 @@ use super::reader::MvccRead;
 use super::write::{Write, WriteKind};
 use crate::WriteBatch;
 
+/// What a one-phase commit computed: the batch to apply and the transaction's commit
+/// timestamp.
+#[derive(Debug)]
+pub struct OnePc {
+    /// The records to write (empty when the transaction had committed already).
+    pub batch: WriteBatch,
+    /// The timestamp the transaction's write records carry: the requested one, or on a
+    /// retry the one its earlier attempt committed at.
+    pub commit_ts: u64,
+}
+
 /// Commits `mutations` of the transaction `start_ts` at `commit_ts` directly: each key gets
 /// the checks of a prewrite (any lock is [`TxnError::KeyIsLocked`], a newer commit record
 /// [`TxnError::WriteConflict`], a rollback of this transaction [`TxnError::RolledBack`]),
@@ -20,13 +31,15 @@ use crate::WriteBatch;
 /// A retry after the commit applied (its answer was lost) writes nothing and succeeds,
 /// even when other transactions have since committed or locked its keys: its own commit
 /// record is looked for first. (Otherwise the caller would see a conflict, take the
-/// transaction for not committed and run it again.)
+/// transaction for not committed and run it again.) Such a retry may come with a newer
+/// `commit_ts` than the one that applied: [`OnePc::commit_ts`] is the one the records
+/// carry, which is what the caller must report.
 pub fn commit_1pc<R: MvccRead + ?Sized>(
     r: &R,
     mutations: &[Mutation],
     start_ts: u64,
     commit_ts: u64,
-) -> TxnResult<WriteBatch> {
+) -> TxnResult<OnePc> {
     check_args(start_ts, mutations.iter().map(|m| m.key.as_slice()))?;
     check_commit_ts(start_ts, commit_ts)?;
     // The batch wrote every key at once: one record of this transaction settles it.
@@ -38,7 +51,12 @@ pub fn commit_1pc<R: MvccRead + ?Sized>(
                     start_ts,
                 })
             }
-            Some(_) => return Ok(WriteBatch::new()),
+            Some((applied_ts, _)) => {
+                return Ok(OnePc {
+                    batch: WriteBatch::new(),
+                    commit_ts: applied_ts,
+                })
+            }
             None => {}
         }
     }
@@ -71,5 +89,8 @@ pub fn commit_1pc<R: MvccRead + ?Sized>(
         };
         out.put_write(&m.key, commit_ts, &w);
     }
-    Ok(out.into_batch())
+    Ok(OnePc {
+        batch: out.into_batch(),
+        commit_ts,
+    })
 }

@@ -276,11 +276,12 @@ fn scan_merges_locks_and_writes() {
 fn one_phase_commit() {
     let mut s = store();
     let m = [Mutation::put(b"a", b"1"), Mutation::put(b"b", &[9u8; 400])];
-    let b = commit_1pc(&s, &m, 10, 11).unwrap();
-    s.apply(&b).unwrap();
+    let c = commit_1pc(&s, &m, 10, 11).unwrap();
+    assert_eq!(c.commit_ts, 11);
+    s.apply(&c.batch).unwrap();
     assert_eq!(get(&s, b"b", 11).unwrap(), Some(vec![9u8; 400]));
     assert!(
-        commit_1pc(&s, &m, 10, 11).unwrap().is_empty(),
+        commit_1pc(&s, &m, 10, 11).unwrap().batch.is_empty(),
         "a retry writes nothing"
     );
     assert!(matches!(
@@ -299,15 +300,19 @@ fn one_phase_commit() {
 fn a_one_phase_commit_retried_after_others_wrote_its_keys_still_succeeds_writing_nothing() {
     let mut s = store();
     let m = [Mutation::put(b"a", b"1"), Mutation::put(b"b", b"2")];
-    s.apply(&commit_1pc(&s, &m, 10, 11).unwrap()).unwrap();
+    s.apply(&commit_1pc(&s, &m, 10, 11).unwrap().batch).unwrap();
     // Its answer was lost; meanwhile another transaction committed `a` and a third locked `b`.
     txn(&mut s, &[Mutation::put(b"a", b"other")], 12, 13);
     s.apply(&prewrite(&s, &[Mutation::put(b"b", b"x")], b"b", 14, &opts(1)).unwrap())
         .unwrap();
+    // The retry comes with a newer commit timestamp (the first one was refused by a new
+    // leader's floor, say): it is answered with the one the records carry.
+    let retry = commit_1pc(&s, &m, 10, 16).unwrap();
     assert!(
-        commit_1pc(&s, &m, 10, 11).unwrap().is_empty(),
+        retry.batch.is_empty(),
         "the retry is answered as committed, not as a conflict or a lock"
     );
+    assert_eq!(retry.commit_ts, 11, "the commit timestamp that applied");
     assert_eq!(get(&s, b"a", 13).unwrap(), Some(b"other".to_vec()));
     // A one-phase commit whose transaction was rolled back on a key is refused.
     s.apply(&rollback(&s, &[k("c")], 20).unwrap()).unwrap();

@@ -2,8 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+/// The least time an attempt after a delay is given before the deadline: a retry with less
+/// would only time out, and hide the error the caller last saw behind a timeout.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// Delays between retries: each is drawn in `[d/2, d]` ("equal jitter") where `d` starts at
-/// `initial` and doubles up to `max`; no delay reaches past the deadline.
+/// `initial` and doubles up to `max`; no delay leaves less than [`MIN_ATTEMPT`] before the
+/// deadline.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
@@ -46,25 +51,34 @@ impl Backoff {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// The next delay (never past `deadline`; zero once it has passed).
+    /// The next delay (never closer than [`MIN_ATTEMPT`] to `deadline`; zero once that is
+    /// passed).
     pub fn next_delay(&mut self, deadline: Instant) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         let half = d / 2;
         let span = (d - half).as_micros().max(1) as u64;
         let pick = half + Duration::from_micros(self.random() % (span + 1));
-        pick.min(deadline.saturating_duration_since(Instant::now()))
+        pick.min(room(deadline))
     }
 
-    /// Sleeps the next delay; false when the deadline has passed (nothing left to wait).
+    /// Sleeps the next delay; false, without sleeping, when the deadline leaves no room
+    /// for another attempt (less than [`MIN_ATTEMPT`]): the caller returns its last error.
     pub fn sleep(&mut self, deadline: Instant) -> bool {
-        let d = self.next_delay(deadline);
-        if d.is_zero() {
-            return Instant::now() < deadline;
+        if room(deadline).is_zero() {
+            return false;
         }
+        let d = self.next_delay(deadline);
         std::thread::sleep(d);
-        Instant::now() < deadline
+        true
     }
+}
+
+/// How long one may wait before `deadline` and still leave [`MIN_ATTEMPT`] for an attempt.
+fn room(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(MIN_ATTEMPT)
 }
 
 #[cfg(test)]
@@ -103,10 +117,14 @@ mod tests {
     }
 
     #[test]
-    fn no_delay_reaches_past_the_deadline() {
+    fn no_delay_leaves_less_than_an_attempt_before_the_deadline() {
         let mut b = Backoff::with_seed(Duration::from_secs(10), Duration::from_secs(10), 7);
-        let deadline = Instant::now() + Duration::from_millis(50);
-        assert!(b.next_delay(deadline) <= Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_millis(200);
+        assert!(b.next_delay(deadline) <= Duration::from_millis(200) - MIN_ATTEMPT);
+        // Too close to the deadline for another attempt: no sleep, no retry.
+        let near = Instant::now() + MIN_ATTEMPT / 2;
+        assert_eq!(b.next_delay(near), Duration::ZERO);
+        assert!(!b.sleep(near));
         let past = Instant::now()
             .checked_sub(Duration::from_millis(1))
             .unwrap_or_else(Instant::now);

@@ -632,11 +632,13 @@ impl Client {
         let mut route_failed = false;
         // Voters passed over in a row because their store was just found down.
         let mut skipped = 0usize;
+        // The backoff found no room for another attempt before the deadline.
+        let mut out_of_time = false;
         // Bounded by the deadline: every turn returns, or sleeps a backoff, or follows a
         // hint (at most REDIRECTS_BEFORE_BACKOFF in a row).
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || out_of_time {
                 return Err(if route_failed {
                     Error::ClusterDown {
                         what: if part.key.is_empty() {
@@ -666,7 +668,7 @@ impl Client {
                     last = e;
                     route_failed = true;
                     attempts += 1;
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                     continue;
                 }
             };
@@ -693,7 +695,7 @@ impl Client {
                 Err(e) => {
                     last = format!("store {store}: {e}");
                     self.cache.write().rotate(region, store);
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                     continue;
                 }
             };
@@ -724,7 +726,7 @@ impl Client {
                     }
                     last = format!("store {store} ({addr}): {e}");
                     self.cache.write().rotate(region, store);
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                     continue;
                 }
             };
@@ -751,7 +753,7 @@ impl Client {
                                 // The cached range is stale: look the key up again.
                                 self.cache.write().remove(region);
                             }
-                            backoff.sleep(deadline);
+                            out_of_time |= !backoff.sleep(deadline);
                         }
                         _ => return Ok((region, reply)),
                     }
@@ -763,25 +765,25 @@ impl Client {
                     redirects += 1;
                     if redirects >= REDIRECTS_BEFORE_BACKOFF {
                         redirects = 0;
-                        backoff.sleep(deadline);
+                        out_of_time |= !backoff.sleep(deadline);
                     }
                 }
                 Some(KvOutcome::NotLeader(_)) => {
                     last = format!("store {store}: not the leader, no leader known");
                     self.cache.write().rotate(region, store);
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                 }
                 Some(KvOutcome::RegionNotFound(_)) => {
                     last = format!("store {store}: no replica of region {region}");
                     // The route is stale: by key, ask again; by id, refresh the region.
                     self.cache.write().remove(region);
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                 }
                 Some(KvOutcome::Refused(message)) if message.contains("stopping") => {
                     // A store shutting down: another voter takes over.
                     last = format!("store {store}: {message}");
                     self.cache.write().rotate(region, store);
-                    backoff.sleep(deadline);
+                    out_of_time |= !backoff.sleep(deadline);
                 }
                 Some(KvOutcome::Refused(message)) => {
                     return Err(Error::Refused {

@@ -561,6 +561,9 @@ impl Transaction<'_> {
                 commit_ts,
             });
             match c.txn_op(&muts[0].key, op, deadline) {
+                // An earlier attempt may have applied (its answer lost): the store reports
+                // the timestamp the records carry, not this attempt's.
+                Ok(TxnResult::Done(d)) if d.commit_ts != 0 => return Ok(d.commit_ts),
                 Ok(_) => return Ok(commit_ts),
                 // A read at a newer timestamp ran first (or the region's leader is new):
                 // nothing was written; a newer commit timestamp is above it.
