@@ -51,11 +51,22 @@ pub fn pick_core(store: &StoreCandidate) -> Option<u32> {
 /// already hold the region), no two on one `host` label nor on the host of a store in
 /// `exclude`, least loaded first. `NotEnoughStores` if too few qualify.
 pub fn place(stores: &[StoreCandidate], exclude: &[u64], count: usize) -> Result<Vec<Placement>> {
+    place_by(stores, exclude, count, |s| (s.replicas, s.load, s.store_id))
+}
+
+/// [`place`] with the stores preferred in the order of `key` (smallest first) instead of
+/// the fewest replicas.
+pub fn place_by<K: Ord>(
+    stores: &[StoreCandidate],
+    exclude: &[u64],
+    count: usize,
+    key: impl Fn(&StoreCandidate) -> K,
+) -> Result<Vec<Placement>> {
     let mut eligible: Vec<&StoreCandidate> = stores
         .iter()
         .filter(|s| s.up && !s.cores.is_empty() && !exclude.contains(&s.store_id))
         .collect();
-    eligible.sort_by_key(|s| (s.replicas, s.load, s.store_id));
+    eligible.sort_by_key(|s| key(s));
     // A store listed twice counts once (its least-loaded entry); a host holds one replica.
     let mut seen = std::collections::HashSet::new();
     let mut hosts: std::collections::HashSet<&str> = stores

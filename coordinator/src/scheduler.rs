@@ -25,10 +25,18 @@
 //!   region, if that store would still hold fewer than the source: learner, promotion, then
 //!   removal (leadership transferred first if the source leads). Nothing is moved while a
 //!   store that the catalog shows with replicas is down, or while a repair runs.
+//! - **Size balance.** Once replica counts are balanced, with every region's size known
+//!   (`approximate_size_bytes` of its heartbeats) and `mean` the bytes per up,
+//!   non-decommissioning store (each replica counts its region's size), a store holding
+//!   more than 1.25 x `mean` and at least `balance_min_bytes` above it moves the reporting
+//!   region's replica to the eligible store holding the fewest bytes, only if that store
+//!   would still hold no more than the source after the move, and would not go over the
+//!   replica-balance bound. Same steps and limits as replica balance.
 //! - **Moves half done.** Whatever started them (this coordinator, a former leader, an
 //!   operator's `NOKV.REGION` command), a learner on an up store is promoted, and a region
 //!   with more voters than the target loses the one on a decommissioning store, else on the
-//!   store holding the most replicas. So a move continues after a coordinator failover.
+//!   store holding the most replicas (one over the replica-balance bound first, then the one
+//!   holding the most bytes). So a move continues after a coordinator failover.
 //! - **Leader balance.** With `mean` the leaders per up store (decommissioning ones
 //!   aside), a store leading more than `ceil(mean) + 1` regions hands the reporting region's leadership to its voter on the
 //!   store leading the fewest (ties: the least-leading core as the stores report it, then
@@ -62,6 +70,8 @@ pub struct Options {
     pub max_leader_moves: usize,
     /// Replica-balance steps (moves between up stores) in flight at once, cluster-wide.
     pub max_balance: usize,
+    /// Size balance moves nothing from a store less than this many bytes above the mean.
+    pub balance_min_bytes: u64,
     /// Pause of a region after a transfer or an expired operator.
     pub cooldown_ms: u64,
     /// An operator not shown done by the heartbeats after this long is dropped.
@@ -77,6 +87,7 @@ impl Default for Options {
             max_repair: 4,
             max_leader_moves: 4,
             max_balance: 2,
+            balance_min_bytes: 64 << 20,
             cooldown_ms: 10_000,
             timeout_ms: 60_000,
         }
@@ -109,6 +120,8 @@ pub struct ClusterView<'a> {
     pub candidates: &'a [StoreCandidate],
     /// Replicas placed but not yet shown by a heartbeat.
     pub pending: &'a [PendingPeer],
+    /// Region sizes as their leaders last reported them: (approximate bytes, keys).
+    pub sizes: &'a HashMap<u64, (u64, u64)>,
 }
 
 /// What a heartbeat's answer carries.
@@ -146,6 +159,7 @@ pub struct Scheduler {
 const REPAIR: &str = "repair";
 const DECOMMISSION: &str = "decommission";
 const BALANCE_REGION: &str = "balance-region";
+const BALANCE_SIZE: &str = "balance-size";
 const BALANCE: &str = "balance-leader";
 
 /// Which rate limit an operator counts under.
@@ -162,7 +176,7 @@ enum Class {
 fn class(op: &Operator) -> Class {
     match op.reason.as_str() {
         REPAIR | DECOMMISSION => Class::Repair,
-        BALANCE_REGION => Class::Region,
+        BALANCE_REGION | BALANCE_SIZE => Class::Region,
         _ => Class::Leader,
     }
 }
@@ -429,10 +443,15 @@ impl Scheduler {
         let voters: Vec<&Peer> = region.peers.iter().collect();
         let counts = self.replica_counts(view);
         if voters.len() > target && target > 0 {
-            // Remove the drained voter, else the one on the store holding the most.
+            // Remove the drained voter, else the one on a store over the replica bound,
+            // else on the store holding the most bytes, then the most replicas.
+            let limit = self.count_limit(view);
+            let bytes = store_bytes(view).unwrap_or_default();
             let victim = voters.iter().copied().max_by_key(|p| {
                 let count = counts.get(&p.store_id).copied().unwrap_or(0);
-                (drained(p), count, p.id != leader.id, p.store_id)
+                let held = bytes.get(&p.store_id).copied().unwrap_or(0);
+                let over = limit.is_some_and(|l| count > l);
+                (drained(p), over, held, count, p.id != leader.id, p.store_id)
             })?;
             if victim.id == leader.id {
                 let to = self.transfer_target(region, victim, view)?;
@@ -454,8 +473,11 @@ impl Scheduler {
             let at = self.place_new(region, view)?;
             return Some(op(OperatorKind::AddLearner, at, d.store_id, DECOMMISSION));
         }
-        self.balance_region(region, view, &counts)
-            .map(|(at, from)| op(OperatorKind::AddLearner, at, from, BALANCE_REGION))
+        if let Some((at, from)) = self.balance_region(region, view, &counts) {
+            return Some(op(OperatorKind::AddLearner, at, from, BALANCE_REGION));
+        }
+        self.balance_size(region, view, &counts)
+            .map(|(at, from)| op(OperatorKind::AddLearner, at, from, BALANCE_SIZE))
     }
 
     /// Replicas per store as placement counts them (catalog and pending placements).
@@ -523,15 +545,9 @@ impl Scheduler {
         })
     }
 
-    /// Replica balance: where a replica of `region` on an overloaded store goes, and from
-    /// which store.
-    fn balance_region(
-        &self,
-        region: &Region,
-        view: &ClusterView<'_>,
-        counts: &HashMap<u64, u64>,
-    ) -> Option<(Peer, u64)> {
-        // Nothing moves while a store holding replicas is down or a repair runs.
+    /// The stores balance may move replicas to: up, serving, not decommissioning; `None`
+    /// while a store holding replicas is down or a repair runs (then nothing moves).
+    fn balance_stores<'v>(&self, view: &ClusterView<'v>) -> Option<Vec<&'v StoreCandidate>> {
         let down_with_replicas = view
             .regions
             .iter()
@@ -546,11 +562,25 @@ impl Scheduler {
             .filter(|c| c.up && !c.cores.is_empty() && self.up(view, c.store_id))
             .filter(|c| !self.decommissioning(view, c.store_id))
             .collect();
-        if eligible.is_empty() {
-            return None;
-        }
+        (!eligible.is_empty()).then_some(eligible)
+    }
+
+    /// The replica-balance bound: `ceil(mean) + 1` replicas per eligible store.
+    fn count_limit(&self, view: &ClusterView<'_>) -> Option<u64> {
+        let eligible = self.balance_stores(view)?;
         let total: u64 = eligible.iter().map(|c| c.replicas).sum();
-        let limit = total.div_ceil(eligible.len() as u64) + 1;
+        Some(total.div_ceil(eligible.len() as u64) + 1)
+    }
+
+    /// Replica balance: where a replica of `region` on an overloaded store goes, and from
+    /// which store.
+    fn balance_region(
+        &self,
+        region: &Region,
+        view: &ClusterView<'_>,
+        counts: &HashMap<u64, u64>,
+    ) -> Option<(Peer, u64)> {
+        let limit = self.count_limit(view)?;
         let (src_count, src) = region
             .peers
             .iter()
@@ -571,6 +601,68 @@ impl Scheduler {
             return None;
         }
         Some((dst, src))
+    }
+
+    /// Size balance: where `region`'s replica on a store holding well over the mean of
+    /// bytes goes, and from which store (module doc).
+    fn balance_size(
+        &self,
+        region: &Region,
+        view: &ClusterView<'_>,
+        counts: &HashMap<u64, u64>,
+    ) -> Option<(Peer, u64)> {
+        let eligible = self.balance_stores(view)?;
+        let limit = self.count_limit(view)?;
+        let size = view.sizes.get(&region.id).map(|s| s.0).filter(|s| *s > 0)?;
+        let bytes = store_bytes(view)?;
+        let held = |store: u64| bytes.get(&store).copied().unwrap_or(0);
+        let total: u64 = eligible.iter().map(|c| held(c.store_id)).sum();
+        let mean = total / eligible.len() as u64;
+        let src = region
+            .peers
+            .iter()
+            .filter(|p| eligible.iter().any(|c| c.store_id == p.store_id))
+            .map(|p| p.store_id)
+            .max_by_key(|s| (held(*s), *s))?;
+        let src_bytes = held(src);
+        let over = src_bytes.saturating_sub(mean);
+        if src_bytes.saturating_mul(4) <= mean.saturating_mul(5)
+            || over < self.opts.balance_min_bytes
+        {
+            return None;
+        }
+        let mut exclude: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
+        exclude.extend(
+            view.pending
+                .iter()
+                .filter(|p| p.region_id == region.id)
+                .filter_map(|p| p.peer.as_ref().map(|q| q.store_id)),
+        );
+        let at = placement::place_by(view.candidates, &exclude, 1, |c| {
+            (held(c.store_id), c.replicas, c.load, c.store_id)
+        })
+        .ok()?
+        .into_iter()
+        .next()?;
+        if self.decommissioning(view, at.store_id) {
+            return None;
+        }
+        // No overshoot: after the move the target holds no more than the source.
+        if held(at.store_id).saturating_add(size.saturating_mul(2)) > src_bytes {
+            return None;
+        }
+        if counts.get(&at.store_id).copied().unwrap_or(0) + 1 > limit {
+            return None;
+        }
+        Some((
+            Peer {
+                id: 0,
+                store_id: at.store_id,
+                core: Some(at.core),
+                learner: true,
+            },
+            src,
+        ))
     }
 
     fn repair(&self, region: &Region, view: &ClusterView<'_>) -> Repair {
@@ -694,6 +786,26 @@ impl Scheduler {
 }
 
 /// The repair a region needs: `needed` even when no step is possible now.
+/// Bytes per store: each replica (placements pending included) counts its region's
+/// reported size. `None` while a region's size is not known yet (a new coordinator leader
+/// waits for every region's heartbeat).
+fn store_bytes(view: &ClusterView<'_>) -> Option<HashMap<u64, u64>> {
+    let mut out: HashMap<u64, u64> = HashMap::new();
+    for e in view.regions {
+        let size = view.sizes.get(&e.region.id)?.0;
+        for p in &e.region.peers {
+            *out.entry(p.store_id).or_default() += size;
+        }
+    }
+    for p in view.pending {
+        let size = view.sizes.get(&p.region_id).map_or(0, |s| s.0);
+        if let Some(q) = &p.peer {
+            *out.entry(q.store_id).or_default() += size;
+        }
+    }
+    Some(out)
+}
+
 struct Repair {
     needed: bool,
     op: Option<Operator>,
@@ -814,6 +926,19 @@ mod tests {
         st: &[StoreView],
         replicas: usize,
     ) -> Step {
+        beat_sized(s, now, regions, i, st, replicas, &HashMap::new())
+    }
+
+    /// [`beat_with`] with the regions' reported sizes.
+    fn beat_sized(
+        s: &mut Scheduler,
+        now: u64,
+        regions: &[RegionEntry],
+        i: usize,
+        st: &[StoreView],
+        replicas: usize,
+        sizes: &HashMap<u64, (u64, u64)>,
+    ) -> Step {
         let cands = candidates(st, regions);
         let view = ClusterView {
             replicas,
@@ -821,6 +946,7 @@ mod tests {
             stores: st,
             candidates: &cands,
             pending: &[],
+            sizes,
         };
         let e = &regions[i];
         s.on_heartbeat(now, &e.region, e.leader_peer_id, &view)
@@ -950,6 +1076,7 @@ mod tests {
             stores: &st,
             candidates: &cands,
             pending: &pending,
+            sizes: &HashMap::new(),
         };
         let add = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
         assert_eq!(
@@ -1224,13 +1351,24 @@ mod tests {
         st: &[StoreView],
         target: usize,
     ) -> Vec<Operator> {
+        run_sized_until_quiet(s, regions, st, target, &HashMap::new())
+    }
+
+    /// [`run_until_quiet`] with the regions' reported sizes.
+    fn run_sized_until_quiet(
+        s: &mut Scheduler,
+        regions: &mut [RegionEntry],
+        st: &[StoreView],
+        target: usize,
+        sizes: &HashMap<u64, (u64, u64)>,
+    ) -> Vec<Operator> {
         let mut next_peer = 10_000;
         let mut ran = Vec::new();
         for round in 0..200u64 {
             let now = round * 20_000;
             let mut issued = false;
             for i in 0..regions.len() {
-                match beat(s, now, regions, i, st) {
+                match beat_sized(s, now, regions, i, st, 3, sizes) {
                     Step::Propose(op) => {
                         let op = apply_op(regions, &op, &mut next_peer);
                         s.start(op.clone(), now);
@@ -1502,6 +1640,7 @@ mod tests {
             stores: &st,
             candidates: &cands,
             pending: &[],
+            sizes: &HashMap::new(),
         };
         let mut s = Scheduler::new(opts());
         for e in &regions {
@@ -1516,8 +1655,109 @@ mod tests {
             stores: &st,
             candidates: &cands,
             pending: &[],
+            sizes: &HashMap::new(),
         };
         let op = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
         assert_eq!(op.peer.map(|p| p.store_id), Some(5));
+    }
+
+    /// Sixteen regions, four on each 3-of-4 combination of stores 1..=4 (12 replicas per
+    /// store), leaders spread; every region with a replica on store 1 holds 100 bytes, the
+    /// others 10: store 1 holds 1 200 bytes, the others 840 each.
+    fn heavy_on_store_1() -> (Vec<RegionEntry>, HashMap<u64, (u64, u64)>) {
+        let combos = [[1, 2, 3], [1, 2, 4], [1, 3, 4], [2, 3, 4]];
+        let mut regions = Vec::new();
+        let mut sizes = HashMap::new();
+        for i in 0..16u64 {
+            let stores = combos[(i % 4) as usize];
+            let mut e = entry(i + 1, &stores);
+            e.leader_peer_id = e.region.peers[(i / 4 % 3) as usize].id;
+            sizes.insert(i + 1, (if stores[0] == 1 { 100 } else { 10 }, 1));
+            regions.push(e);
+        }
+        (regions, sizes)
+    }
+
+    /// Bytes per store of `regions` as `sizes` say.
+    fn bytes_per_store(
+        regions: &[RegionEntry],
+        st: &[StoreView],
+        sizes: &HashMap<u64, (u64, u64)>,
+    ) -> Vec<u64> {
+        st.iter()
+            .map(|s| {
+                regions
+                    .iter()
+                    .filter(|e| e.region.peers.iter().any(|p| p.store_id == s.store_id))
+                    .map(|e| sizes[&e.region.id].0)
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_store_holding_too_many_bytes_sheds_replicas_until_within_a_quarter_of_the_mean() {
+        let (mut regions, sizes) = heavy_on_store_1();
+        let st = stores(4, &[]);
+        let before = bytes_per_store(&regions, &st, &sizes);
+        assert_eq!(before, vec![1200, 840, 840, 840]);
+        let mut s = Scheduler::new(Options {
+            balance_min_bytes: 0,
+            ..opts()
+        });
+        let ran = run_sized_until_quiet(&mut s, &mut regions, &st, 3, &sizes);
+        assert!(ran.iter().any(|o| o.reason == BALANCE_SIZE), "{ran:?}");
+        let after = bytes_per_store(&regions, &st, &sizes);
+        let mean = after.iter().sum::<u64>() / 4;
+        assert!(
+            after.iter().all(|b| *b * 4 <= mean * 5),
+            "{after:?} (mean {mean})"
+        );
+        let counts = replica_counts(&regions, &st);
+        assert!(
+            counts.iter().all(|c| *c <= 48u64.div_ceil(4) + 1),
+            "{counts:?}"
+        );
+        for e in &regions {
+            let mut stores: Vec<u64> = e.region.peers.iter().map(|p| p.store_id).collect();
+            stores.sort_unstable();
+            stores.dedup();
+            assert_eq!(
+                stores.len(),
+                3,
+                "three voters on three stores: {:?}",
+                e.region
+            );
+        }
+        // The replica removed in each move is the one on the heavy store.
+        for o in ran.iter().filter(|o| o.kind() == OperatorKind::RemovePeer) {
+            assert_eq!(o.peer.as_ref().map(|p| p.store_id), Some(1), "{o:?}");
+        }
+    }
+
+    fn no_size_move(step: &Step) -> bool {
+        !matches!(step, Step::Propose(op) if op.reason == BALANCE_SIZE)
+    }
+
+    #[test]
+    fn size_balance_waits_for_every_size_and_ignores_small_gaps() {
+        let (regions, mut sizes) = heavy_on_store_1();
+        let st = stores(4, &[]);
+        // Under the minimum gap: nothing moves.
+        let mut s = Scheduler::new(opts());
+        for i in 0..regions.len() {
+            let step = beat_sized(&mut s, 0, &regions, i, &st, 3, &sizes);
+            assert!(no_size_move(&step), "region {i}: {step:?}");
+        }
+        // One region's size not reported yet (a new coordinator leader): nothing moves.
+        sizes.remove(&16);
+        let mut s = Scheduler::new(Options {
+            balance_min_bytes: 0,
+            ..opts()
+        });
+        for i in 0..regions.len() {
+            let step = beat_sized(&mut s, 0, &regions, i, &st, 3, &sizes);
+            assert!(no_size_move(&step), "region {i}: {step:?}");
+        }
     }
 }

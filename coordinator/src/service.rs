@@ -650,6 +650,7 @@ impl Coordinator {
             stores: &stores,
             candidates: &candidates,
             pending: &pending,
+            sizes: &inner.region_sizes,
         };
         let mut op = match inner.scheduler.on_heartbeat(now, region, leader, &view) {
             Step::Nothing => return None,
