@@ -265,6 +265,10 @@ pub struct RegionHeartbeat {
     /// Approximate keys in the region.
     #[prost(uint64, tag = "4")]
     pub approximate_keys: u64,
+    /// Whether the two figures above were measured; a report without them (a replica
+    /// reporting its core, a leader that has not measured yet) leaves the recorded ones.
+    #[prost(bool, tag = "5")]
+    pub measured: bool,
 }
 
 /// A route: a region, its leader and the stores that hold it.
@@ -827,7 +831,7 @@ mod tests {
         #[test]
         fn requests_round_trip(r in region(), leader in any::<u64>(), size in any::<u64>(), key in proptest::collection::vec(any::<u8>(), 0..32), count in any::<u32>()) {
             let reqs = vec![
-                request::Body::RegionHeartbeat(RegionHeartbeat { region: Some(r.clone()), leader_peer_id: leader, approximate_size_bytes: size, approximate_keys: size / 3 }),
+                request::Body::RegionHeartbeat(RegionHeartbeat { region: Some(r.clone()), leader_peer_id: leader, approximate_size_bytes: size, approximate_keys: size / 3, measured: true }),
                 request::Body::GetRegionByKey(GetRegionByKeyRequest { key: key.clone() }),
                 request::Body::GetTs(GetTsRequest { count }),
                 request::Body::Bootstrap(BootstrapRequest { split_keys: vec![key.clone()], replicas: count }),

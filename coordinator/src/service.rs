@@ -787,9 +787,11 @@ impl Coordinator {
                     .and_then(|q| q.core);
             }
         }
-        inner
-            .region_sizes
-            .insert(region.id, (hb.approximate_size_bytes, hb.approximate_keys));
+        if hb.measured {
+            inner
+                .region_sizes
+                .insert(region.id, (hb.approximate_size_bytes, hb.approximate_keys));
+        }
         let changed = match &existing {
             Some(e) => e.region != region || e.leader_peer_id != hb.leader_peer_id,
             None => true,

@@ -72,6 +72,7 @@ fn restart_keeps_catalog_and_tso_and_ids_stay_monotonic() {
             region: Some(r0),
             approximate_size_bytes: 1 << 20,
             approximate_keys: 1000,
+            measured: true,
         })
         .expect("heartbeat");
         for i in 0..50 {

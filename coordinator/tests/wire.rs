@@ -376,6 +376,7 @@ fn every_rpc_works_through_the_client() {
         region: Some(r.clone()),
         approximate_size_bytes: 10,
         approximate_keys: 1,
+        measured: true,
     })
     .expect("heartbeat");
     match c.region_heartbeat(RegionHeartbeat {

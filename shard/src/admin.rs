@@ -740,6 +740,7 @@ async fn report_core(core: Rc<Core>, region: u64, peer: u64) {
                     leader_peer_id,
                     core: core.id as u32,
                     core_peer: Some(peer),
+                    size_bytes: None,
                 });
             }
         }

@@ -97,6 +97,8 @@ pub struct RegionReport {
     /// The replica whose core `core` is, when not the leader: a replica created on this
     /// store reports its core (the descriptor is then the coordinator's own).
     pub core_peer: Option<u64>,
+    /// The region's data size as the leader last measured it (`None`: not measured).
+    pub size_bytes: Option<u64>,
 }
 
 /// The other stores' addresses, refreshed from the coordinator: RPC addresses for the
@@ -504,8 +506,9 @@ fn heartbeat_loop(
             let hb = RegionHeartbeat {
                 region: Some(region),
                 leader_peer_id: r.leader_peer_id,
-                approximate_size_bytes: 0,
+                approximate_size_bytes: r.size_bytes.unwrap_or(0),
                 approximate_keys: 0,
+                measured: r.size_bytes.is_some(),
             };
             match client.region_heartbeat_op(hb) {
                 Ok(None) => {}

@@ -796,6 +796,9 @@ struct Core {
     routes: layout::LocalRoutes,
     /// The load of the regions this core leads (splits by load, the hot report).
     loads: load::Loads,
+    /// The size of each region this core leads as the split checker last measured it
+    /// (reported in region heartbeats).
+    sizes: RefCell<HashMap<u64, u64>>,
 }
 
 impl Core {
@@ -1239,6 +1242,7 @@ fn report_leaders(core: &Core) -> usize {
         return 0;
     };
     let raft = core.raft.borrow();
+    let sizes = core.sizes.borrow();
     let mut n = 0;
     for desc in raft.regions().filter(|r| raft.is_leader(r.id)) {
         let Some(me) = desc.peer_on_store(cluster.store_id) else {
@@ -1250,6 +1254,7 @@ fn report_leaders(core: &Core) -> usize {
             leader_peer_id: me.peer_id,
             core: core.id as u32,
             core_peer: None,
+            size_bytes: sizes.get(&desc.id).copied(),
         });
     }
     n
@@ -1423,6 +1428,7 @@ async fn serve_core(
         snapshot_sends: Rc::new(crate::snapship::Sends::default()),
         routes: layout::LocalRoutes::new(&node.routes),
         loads: load::Loads::default(),
+        sizes: RefCell::new(HashMap::new()),
     });
     if let Some(t) = &core.transport {
         t.set_kv_service(Rc::new(forward::Service(Rc::downgrade(&core))));

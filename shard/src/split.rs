@@ -253,7 +253,9 @@ pub(super) async fn checks(core: Rc<Core>) {
     }
     let balance = node.balance_cores && node.cluster.is_none() && node.cores > 1;
     let merges = node.merge_max_bytes > 0 && node.cluster.is_none();
-    if node.region_max_bytes == 0
+    // A cluster's coordinator balances data size: leaders report their regions' sizes.
+    let measure_sizes = node.region_max_bytes > 0 || node.cluster.is_some();
+    if !measure_sizes
         && node.split_load_qps == 0
         && node.split_load_bytes == 0
         && !balance
@@ -280,16 +282,20 @@ pub(super) async fn checks(core: Rc<Core>) {
                 .cloned()
                 .collect()
         };
+        core.sizes
+            .borrow_mut()
+            .retain(|id, _| led.iter().any(|d| d.id == *id));
         for desc in led {
             let Ok((start, end)) = layout::slot_range(&desc) else {
                 continue;
             };
             let mut target = None;
-            if node.region_max_bytes > 0 {
+            if measure_sizes {
                 let db = core.db.clone();
                 let d = desc.clone();
                 if let Ok((size, slot)) = blocking(move || measure(&db, &d)).await {
-                    if size > node.region_max_bytes {
+                    core.sizes.borrow_mut().insert(desc.id, size);
+                    if node.region_max_bytes > 0 && size > node.region_max_bytes {
                         if end - start < 2 {
                             unsplittable("size");
                             tracing::warn!(region = desc.id, size, max = node.region_max_bytes, "region past --region-max-bytes holds one hash slot: it cannot split");

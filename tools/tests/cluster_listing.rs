@@ -52,6 +52,7 @@ fn cluster() -> Cluster {
                 leader_peer_id: r.peers[i % r.peers.len()].id,
                 approximate_size_bytes: 1 << 20,
                 approximate_keys: 1000,
+                measured: true,
             })
             .expect("region heartbeat");
     }
