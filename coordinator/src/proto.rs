@@ -283,6 +283,10 @@ pub struct Route {
     /// Each store holding a replica, with its addresses (one entry per store).
     #[prost(message, repeated, tag = "3")]
     pub stores: Vec<StoreMeta>,
+    /// The region's data size as its leader last measured it (region listings only; `None`:
+    /// not reported to this coordinator leader yet).
+    #[prost(uint64, optional, tag = "4")]
+    pub approximate_size_bytes: Option<u64>,
 }
 
 impl Route {
@@ -846,7 +850,7 @@ mod tests {
 
         #[test]
         fn responses_and_commands_round_trip(r in region(), leader in any::<u64>(), first in any::<u64>()) {
-            let route = Route { region: Some(r.clone()), leader_peer_id: leader, stores: vec![StoreMeta { id: 1, rpc_addr: "x".into(), ..Default::default() }] };
+            let route = Route { region: Some(r.clone()), leader_peer_id: leader, stores: vec![StoreMeta { id: 1, rpc_addr: "x".into(), ..Default::default() }], approximate_size_bytes: Some(first) };
             let resps = vec![
                 response::Body::Route(RouteResponse { route: Some(route) }),
                 response::Body::Ts(GetTsResponse { first, count: 3 }),

@@ -983,13 +983,17 @@ impl Coordinator {
             0 => MAX_SCAN_ROUTES,
             n => n.min(MAX_SCAN_ROUTES),
         };
+        let inner = self.inner.lock();
         let core = self.core.lock();
         let st = &core.state;
         Ok(st
             .regions_from(&req.start_key)
             .take_while(|e| req.end_key.is_empty() || e.region.start_key < req.end_key)
             .take(limit)
-            .map(|e| st.route(e))
+            .map(|e| Route {
+                approximate_size_bytes: inner.region_sizes.get(&e.region.id).map(|s| s.0),
+                ..st.route(e)
+            })
             .collect())
     }
 

@@ -216,6 +216,7 @@ impl ClusterState {
             region: Some(e.region.clone()),
             leader_peer_id: e.leader_peer_id,
             stores,
+            approximate_size_bytes: None,
         }
     }
 

@@ -521,7 +521,8 @@ fn si_history(c: &Cluster, secs: u64, kill: bool) -> Vec<sicheck::Txn> {
     use sicheck::{Outcome, Txn};
     const KEYS: usize = 6;
     const THREADS: usize = 4;
-    const MAX_TXNS: usize = 2000;
+    // About what a thread completes in 15 s here, scaled to longer runs.
+    let max_txns = 2000 * (secs as usize).div_ceil(15);
     let keys: Vec<String> = (0..KEYS).map(|i| format!("si:{i}")).collect();
     let history = std::sync::Mutex::new(Vec::new());
     let end = Instant::now() + Duration::from_secs(secs);
@@ -536,8 +537,8 @@ fn si_history(c: &Cluster, secs: u64, kill: bool) -> Vec<sicheck::Txn> {
                     rng ^= rng << 17;
                     (rng % n as u64) as usize
                 };
-                // Bounded by MAX_TXNS and the end time.
-                for n in 0..MAX_TXNS {
+                // Bounded by max_txns and the end time.
+                for n in 0..max_txns {
                     if Instant::now() > end {
                         break;
                     }
@@ -581,8 +582,19 @@ fn si_history(c: &Cluster, secs: u64, kill: bool) -> Vec<sicheck::Txn> {
             });
         }
         if kill {
+            // A store killed after a third of the run, then every 10 s while at least 8 s
+            // are left (longer runs), each time another one.
             std::thread::sleep(Duration::from_secs(secs / 3));
-            kill_and_restart(c, 1);
+            let mut victim = 1;
+            // Bounded by the end time.
+            loop {
+                kill_and_restart(c, victim);
+                victim = (victim + 1) % 3;
+                if end.saturating_duration_since(Instant::now()) < Duration::from_secs(18) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(10));
+            }
         }
     });
     history.into_inner().unwrap_or_else(|e| e.into_inner())
@@ -613,7 +625,12 @@ fn si_summary(h: &[sicheck::Txn]) -> String {
 fn random_transactions_stay_snapshot_isolated_while_a_store_is_killed() {
     let _serial = serial();
     let c = cluster();
-    let history = si_history(&c, 15, true);
+    // NOKV_SI_SECS: a longer run (docs/testing.md, "Results of a longer local run").
+    let secs = std::env::var("NOKV_SI_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let history = si_history(&c, secs, true);
     let violations = sicheck::check(&history);
     println!(
         "snapshot isolation: {}; anomalies: {}",

@@ -61,6 +61,8 @@ pub struct RegionRow {
     pub leader: Option<PeerRow>,
     /// Every replica.
     pub peers: Vec<PeerRow>,
+    /// The region's data size as its leader last reported it (`null`: not yet).
+    pub approximate_size_bytes: Option<u64>,
 }
 
 fn peer_row(route: &Route, p: &Peer) -> PeerRow {
@@ -95,6 +97,7 @@ pub fn row(route: &Route) -> Option<RegionRow> {
         },
         leader: route.leader().map(|p| peer_row(route, p)),
         peers: region.peers.iter().map(|p| peer_row(route, p)).collect(),
+        approximate_size_bytes: route.approximate_size_bytes,
     })
 }
 
@@ -117,6 +120,8 @@ pub fn table(rows: &[RegionRow]) -> String {
                 r.id.to_string(),
                 r.range.clone(),
                 format!("{}/{}", r.epoch.version, r.epoch.conf_version),
+                r.approximate_size_bytes
+                    .map_or_else(|| "-".into(), render::bytes),
                 r.leader.as_ref().map_or_else(|| "-".into(), store_core),
                 r.peers
                     .iter()
@@ -126,7 +131,7 @@ pub fn table(rows: &[RegionRow]) -> String {
             ]
         })
         .collect();
-    render::table(&["ID", "RANGE", "EPOCH", "LEADER", "PEERS"], &cells)
+    render::table(&["ID", "RANGE", "EPOCH", "SIZE", "LEADER", "PEERS"], &cells)
 }
 
 /// A split's result.
@@ -400,12 +405,13 @@ mod tests {
                 redis_addr: "127.0.0.1:6382".into(),
                 ..Default::default()
             }],
+            approximate_size_bytes: Some(3 << 19),
         };
         let rows = vec![row(&route).expect("row")];
         assert_eq!(
             table(&rows),
-            "ID  RANGE               EPOCH  LEADER  PEERS\n\
-             9   slots [4096, 8192)  3/5    2:1     1:0(voter) 2:1(leader) 3:?(learner)\n"
+            "ID  RANGE               EPOCH  SIZE    LEADER  PEERS\n\
+             9   slots [4096, 8192)  3/5    1.5MiB  2:1     1:0(voter) 2:1(leader) 3:?(learner)\n"
         );
         assert_eq!(
             leader_redis_addr(&route, 9).expect("leader"),

@@ -54,6 +54,21 @@ pub fn age(ms: u64) -> String {
     }
 }
 
+/// A byte count, short: `512B`, `3.4KiB`, `96.0MiB`, `1.2GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
 /// `rows` under `headers`, columns left-aligned and two spaces apart, one line each.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -88,6 +103,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_print_short() {
+        assert_eq!(bytes(0), "0B");
+        assert_eq!(bytes(1023), "1023B");
+        assert_eq!(bytes(3 * 1024 + 400), "3.4KiB");
+        assert_eq!(bytes(96 << 20), "96.0MiB");
+        assert_eq!(bytes(5 << 40), "5.0TiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0TiB");
+    }
 
     #[test]
     fn slot_bounds_print_as_slots_and_other_keys_escaped() {

@@ -229,7 +229,7 @@ fn region_list_prints_slots_epoch_leader_and_peers() {
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
-    assert_eq!(lines[0], "ID RANGE EPOCH LEADER PEERS");
+    assert_eq!(lines[0], "ID RANGE EPOCH SIZE LEADER PEERS");
     let slots = [
         "[0, 4096)",
         "[4096, 8192)",
@@ -257,8 +257,10 @@ fn region_list_prints_slots_epoch_leader_and_peers() {
                 format!("{}({role})", sc(p))
             })
             .collect();
+        // Sizes were reported with the leaders (1 MiB each).
+        let size = if i == 3 { "-" } else { "1.0MiB" };
         expected.push(format!(
-            "{} slots {} {}/{} {leader} {}",
+            "{} slots {} {}/{} {size} {leader} {}",
             r.id,
             slots[i],
             r.epoch_version,
