@@ -1,9 +1,11 @@
-//! Store decommission through the service: the scheduler drains the store through region
-//! heartbeats (as leaders running each operator would), the store ends `Removed`, that is
-//! persisted across a restart, and a removed store cannot register or heartbeat again.
+//! The scheduler through the service, driven by region heartbeats as leaders running each
+//! operator would send them. Decommission: the scheduler drains the store, the store ends
+//! `Removed`, that is persisted across a restart, and a removed store cannot register or
+//! heartbeat again. Size balance: measured sizes in the heartbeats move a replica off a
+//! store holding too many bytes.
 
 use nokv_coordinator::proto::{
-    request, response, BootstrapRequest, OperatorKind, Region, RegionHeartbeat, Request,
+    request, response, BootstrapRequest, Operator, OperatorKind, Region, RegionHeartbeat, Request,
     SetSchedulingRequest, StoreAdminState, StoreMeta, StoreStats,
 };
 use nokv_coordinator::{Config, Coordinator, Error, ManualClock};
@@ -37,9 +39,15 @@ fn admin(c: &Coordinator, id: u64) -> StoreAdminState {
         .admin_state()
 }
 
-/// Every region reports once (leader: the recorded one, else the first peer); each operator
-/// is applied to the descriptor as its leader would. Returns the operators run.
-fn round(c: &Coordinator, stores: &[u64], next_peer: &mut u64) -> Vec<OperatorKind> {
+/// Every region reports once (leader: the recorded one, else the first peer), with its
+/// measured size when `size` gives one; each operator is applied to the descriptor as its
+/// leader would. Returns the operators run.
+fn round(
+    c: &Coordinator,
+    stores: &[u64],
+    next_peer: &mut u64,
+    size: &dyn Fn(u64) -> Option<u64>,
+) -> Vec<Operator> {
     // A removed store is gone (its heartbeats are refused).
     for &id in stores
         .iter()
@@ -63,10 +71,13 @@ fn round(c: &Coordinator, stores: &[u64], next_peer: &mut u64) -> Vec<OperatorKi
         } else {
             leader
         };
+        let measured = size(region.id);
         let op = c
             .region_heartbeat_op(RegionHeartbeat {
                 region: Some(region.clone()),
                 leader_peer_id: leader,
+                approximate_size_bytes: measured.unwrap_or(0),
+                measured: measured.is_some(),
                 ..Default::default()
             })
             .expect("region heartbeat");
@@ -100,7 +111,7 @@ fn round(c: &Coordinator, stores: &[u64], next_peer: &mut u64) -> Vec<OperatorKi
             ..Default::default()
         })
         .expect("report the change");
-        ran.push(op.kind());
+        ran.push(op);
     }
     ran
 }
@@ -151,14 +162,15 @@ fn a_decommissioned_store_is_drained_then_removed_and_stays_removed() {
     let mut ran = Vec::new();
     for _ in 0..60 {
         clock.advance_ms(1_000);
-        let r = round(&c, &ids, &mut next_peer);
+        let r = round(&c, &ids, &mut next_peer, &|_| None);
         if r.is_empty() && holds(&c) == 0 {
             break;
         }
         ran.extend(r);
     }
     assert_eq!(holds(&c), 0, "every replica moved off the store");
-    assert!(ran.contains(&OperatorKind::AddLearner) && ran.contains(&OperatorKind::RemovePeer));
+    let kinds: Vec<OperatorKind> = ran.iter().map(|o| o.kind()).collect();
+    assert!(kinds.contains(&OperatorKind::AddLearner) && kinds.contains(&OperatorKind::RemovePeer));
     assert_eq!(admin(&c, drained), StoreAdminState::Removed);
     for e in c.state().regions_in_order() {
         assert_eq!(e.region.peers.len(), 3);
@@ -226,4 +238,77 @@ fn an_empty_store_is_removed_at_once_and_scheduling_switches_over_rpc() {
     assert!(!c.operators().enabled);
     assert!(switch(true));
     assert!(c.operators().enabled);
+}
+
+#[test]
+fn measured_sizes_move_a_replica_off_a_store_holding_too_many_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let c = open(dir.path(), &clock);
+    let ids: Vec<u64> = (0..4)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    // 16 regions x 3 replicas over 4 stores: 12 replicas each.
+    c.bootstrap(&BootstrapRequest {
+        split_keys: (1..16u8).map(|k| vec![b'a' + k]).collect(),
+        replicas: 3,
+    })
+    .expect("bootstrap");
+    // A region with a replica on the heavy store holds 100 MiB, the others 1 MiB.
+    let heavy = ids[0];
+    let sizes: std::collections::HashMap<u64, u64> = c
+        .state()
+        .regions_in_order()
+        .map(|e| {
+            let big = e.region.peers.iter().any(|p| p.store_id == heavy);
+            (e.region.id, if big { 100 << 20 } else { 1 << 20 })
+        })
+        .collect();
+    let bytes = |c: &Coordinator| -> Vec<u64> {
+        ids.iter()
+            .map(|s| {
+                c.state()
+                    .regions_in_order()
+                    .filter(|e| e.region.peers.iter().any(|p| p.store_id == *s))
+                    .map(|e| sizes[&e.region.id])
+                    .sum()
+            })
+            .collect()
+    };
+    let before = bytes(&c);
+    let mean = |b: &[u64]| b.iter().sum::<u64>() / b.len() as u64;
+    assert!(before[0] * 4 > mean(&before) * 5, "{before:?}");
+    // Unmeasured heartbeats: nothing moves by size.
+    let mut next_peer = 0;
+    clock.advance_ms(1_000);
+    let ran = round(&c, &ids, &mut next_peer, &|_| None);
+    assert!(ran.iter().all(|o| o.reason != "balance-size"), "{ran:?}");
+    // The first measured round: sizes become known one region after another (none moves
+    // until every region's is), then the rounds until nothing more is issued.
+    let mut ran = round(&c, &ids, &mut next_peer, &|id| sizes.get(&id).copied());
+    // Bounded: each round runs at most one operator per region.
+    for _ in 0..60 {
+        clock.advance_ms(20_000);
+        let r = round(&c, &ids, &mut next_peer, &|id| sizes.get(&id).copied());
+        if r.is_empty() {
+            break;
+        }
+        ran.extend(r);
+    }
+    assert!(ran.iter().any(|o| o.reason == "balance-size"), "{ran:?}");
+    let after = bytes(&c);
+    assert!(
+        after.iter().all(|b| *b * 4 <= mean(&after) * 5),
+        "{before:?} -> {after:?}"
+    );
+    for e in c.state().regions_in_order() {
+        assert_eq!(e.region.peers.len(), 3, "{:?}", e.region);
+    }
+    // The sizes are listed with the routes.
+    let routes = c
+        .scan_regions(&nokv_coordinator::proto::ScanRegionsRequest::default())
+        .expect("scan");
+    assert!(routes
+        .iter()
+        .all(|r| r.approximate_size_bytes == r.region.as_ref().map(|g| sizes[&g.id])));
 }
