@@ -31,6 +31,15 @@ fn store(n: u32) -> StoreMeta {
     }
 }
 
+/// A coordinator in `dir` with four stores registered, and their ids.
+fn four_stores(dir: &Path, clock: &Arc<ManualClock>) -> (Coordinator, Vec<u64>) {
+    let c = open(dir, clock);
+    let ids = (0..4)
+        .map(|n| c.register_store(store(n)).expect("register"))
+        .collect();
+    (c, ids)
+}
+
 fn admin(c: &Coordinator, id: u64) -> StoreAdminState {
     c.store_info(id)
         .expect("info")
@@ -120,10 +129,7 @@ fn round(
 fn a_decommissioned_store_is_drained_then_removed_and_stays_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let ids: Vec<u64> = (0..4)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (c, ids) = four_stores(dir.path(), &clock);
     c.bootstrap(&BootstrapRequest {
         split_keys: vec![b"b".to_vec(), b"d".to_vec(), b"f".to_vec()],
         replicas: 3,
@@ -213,10 +219,7 @@ fn a_decommissioned_store_is_drained_then_removed_and_stays_removed() {
 fn an_empty_store_is_removed_at_once_and_scheduling_switches_over_rpc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let ids: Vec<u64> = (0..4)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (c, ids) = four_stores(dir.path(), &clock);
     // Not bootstrapped: no region anywhere, the store is drained already.
     let info = c.decommission_store(ids[3]).expect("decommission");
     assert_eq!(
@@ -244,10 +247,7 @@ fn an_empty_store_is_removed_at_once_and_scheduling_switches_over_rpc() {
 fn measured_sizes_move_a_replica_off_a_store_holding_too_many_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let c = open(dir.path(), &clock);
-    let ids: Vec<u64> = (0..4)
-        .map(|n| c.register_store(store(n)).expect("register"))
-        .collect();
+    let (c, ids) = four_stores(dir.path(), &clock);
     // 16 regions x 3 replicas over 4 stores: 12 replicas each.
     c.bootstrap(&BootstrapRequest {
         split_keys: (1..16u8).map(|k| vec![b'a' + k]).collect(),
