@@ -14,8 +14,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Upper bound for start-up and single replies (a failure bound, not a timing assumption).
+/// Upper bound for single replies and waits (a failure bound, not a timing assumption).
 pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Upper bound for a server's start-up: recovery syncs files, which a machine busy with
+/// other IO can slow far beyond a reply (one start took 35 s during a parallel build).
+pub const START_LIMIT: Duration = Duration::from_secs(90);
 
 /// A free loopback port for a server a test starts (and may restart on the same port):
 /// below the kernel's ephemeral range, so that no outgoing connection (the stores'
@@ -148,7 +152,7 @@ impl Server {
         Server::try_launch(cmd, stderr).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// [`Server::launch`], but a server that exits or does not listen within `LIMIT` is
+    /// [`Server::launch`], but a server that exits or does not listen within `START_LIMIT` is
     /// an `Err` carrying its stderr and, if it hung, its threads' stacks (gdb).
     pub fn try_launch(mut cmd: Command, stderr: PathBuf) -> Result<Server, String> {
         let log = std::fs::File::create(&stderr).expect("stderr log");
@@ -178,7 +182,7 @@ impl Server {
                 }
             }
         });
-        let (addr, metrics, rpc) = match rx.recv_timeout(LIMIT) {
+        let (addr, metrics, rpc) = match rx.recv_timeout(START_LIMIT) {
             Ok(a) => a,
             Err(e) => {
                 let stacks = match (e, child.try_wait()) {
