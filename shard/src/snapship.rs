@@ -125,7 +125,16 @@ async fn send(
     let body = env.encode_to_vec();
     let result = glommio::executor()
         .spawn_blocking(move || {
-            send_snapshot(addr, cluster_id, &dir, key, to_core, body, SEND_TIMEOUT)
+            send_snapshot(
+                addr,
+                cluster_id,
+                &dir,
+                key,
+                to_core,
+                body,
+                SEND_TIMEOUT,
+                None,
+            )
         })
         .await;
     match result {
