@@ -123,6 +123,8 @@ async fn send(
     let cluster_id = transport.cluster_id();
     let to_core = env.to_core;
     let body = env.encode_to_vec();
+    // Under --tls-cluster the transfer is a TLS session like every RPC connection.
+    let connector = transport.cluster_tls().map(|t| t.snapshot_connector(addr));
     let result = glommio::executor()
         .spawn_blocking(move || {
             send_snapshot(
@@ -133,7 +135,7 @@ async fn send(
                 to_core,
                 body,
                 SEND_TIMEOUT,
-                None,
+                connector.as_deref(),
             )
         })
         .await;
