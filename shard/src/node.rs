@@ -246,6 +246,8 @@ struct ClusterNode {
     /// AUTH's arguments for this store's queries to the others' Redis ports: the cluster's
     /// `requirepass`, else its first user allowed to write.
     auth: Option<Vec<Vec<u8>>>,
+    /// `--tls-cluster`: those queries go over TLS, the others' certificates checked.
+    tls: Option<Arc<crate::tls::ClusterTls>>,
     /// Forward commands for regions led elsewhere (false: answer `-MOVED`).
     forward: bool,
     /// How long a command may wait for its region's leader.
@@ -499,6 +501,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                         .find(|u| !u.read_only)
                         .map(|u| vec![u.name.clone(), u.password.clone()]),
                 },
+                tls: cluster_tls.clone(),
                 forward: settings.forward,
                 request_timeout: settings.request_timeout,
                 operators: operators.clone(),
