@@ -17,9 +17,10 @@
 //! - Capture: two in-process transports (`nokv_shard::transport`) with a recording TCP
 //!   proxy between them exchange a raft message, a forwarded key-value request and its
 //!   answer, and a snapshot transfer (the blocking sender) carrying a distinctive value:
-//!   under TLS everything arrives and the value never shows in the recorded bytes; the
-//!   same run without TLS shows it (the recorder sees the payload); with the receiving
-//!   store's certificate from another CA nothing arrives.
+//!   under TLS everything arrives and the value never shows in the recorded bytes, also
+//!   with certificates naming one fixed DNS name (`--tls-peer-name`); the same run
+//!   without TLS shows it (the recorder sees the payload); with the receiving store's
+//!   certificate from another CA nothing arrives.
 //!
 //! Skips with a notice when `openssl` is missing (`scripts/install-test-deps.sh`). Every
 //! wait is bounded; no timing is asserted.
@@ -123,6 +124,11 @@ fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A store certificate for 127.0.0.1 (server and client use) signed by `ca`: (cert, key).
 fn make_leaf(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> (PathBuf, PathBuf) {
+    make_leaf_for(dir, ca, name, "IP:127.0.0.1")
+}
+
+/// A store certificate for `san` (a subjectAltName list) signed by `ca`: (cert, key).
+fn make_leaf_for(dir: &Path, ca: &(PathBuf, PathBuf), name: &str, san: &str) -> (PathBuf, PathBuf) {
     let (cert, key, csr, ext) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
@@ -149,8 +155,10 @@ fn make_leaf(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> (PathBuf, PathB
     );
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
+        ),
     )
     .expect("extensions file");
     assert!(
@@ -1055,6 +1063,20 @@ fn rpc_traffic_is_ciphertext_on_the_wire_and_a_foreign_certificate_gets_nothing(
         "the marker travelled in plaintext under TLS"
     );
     eprintln!("TLS: {} bytes recorded, no marker", run.recorder.len());
+
+    // Certificates carrying one fixed name, not the address: --tls-peer-name.
+    let named = |name: &str| {
+        let leaf = make_leaf_for(dir.path(), &ca, name, "DNS:nokv-store");
+        ClusterTls::load(&leaf.0, &leaf.1, &ca.0, Some("nokv-store")).expect("TLS settings load")
+    };
+    let by_name = run_through_recorder(Some((named("named-1"), named("named-2"))), true);
+    assert_eq!(
+        by_name.arrived.len(),
+        2,
+        "both messages arrived with --tls-peer-name"
+    );
+    assert!(by_name.kv_answered && by_name.snapshot.is_ok());
+    assert!(!by_name.recorder.saw(MARKER));
 
     // Control: the same without TLS shows the marker to the recorder.
     let plain = run_through_recorder(None, true);
