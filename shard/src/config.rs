@@ -74,7 +74,7 @@ pub struct Flags {
     /// The PEM CA certificate(s) the other stores' certificates must chain to (--tls-cluster); also checks their Redis ports for consistency queries.
     #[arg(long, value_name = "FILE")]
     pub tls_ca_cert_file: Option<PathBuf>,
-    /// The name the other stores' certificates must carry (--tls-cluster) [default: the host of each store's address, an IP address or DNS name].
+    /// The name (DNS name or IP address) the other stores' certificates must carry (--tls-cluster) [default: the IP address of each store's RPC address, as the cluster's directory has it: put it in the certificate's subjectAltName].
     #[arg(long, value_name = "NAME")]
     pub tls_peer_name: Option<String>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected. "yes" or "no" [default: yes]. A cluster across hosts needs --requirepass (or "no" on a trusted network): stores also query each other's Redis ports.
