@@ -117,12 +117,15 @@ impl ClusterTls {
         // TLS 1.3 session tickets, sent once the client's certificate was accepted: the
         // connecting store waits for them (`transport::secure`). rustls' default, kept.
         server.send_tls13_tickets = server.send_tls13_tickets.max(1);
-        let client = rustls::ClientConfig::builder_with_provider(provider())
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .map_err(|e| mismatch(cert_file, key_file, e))?;
+        // Resumption on (rustls' default, kept explicit): a client that offers no
+        // resumption gets no TLS 1.3 tickets, and the transport's connect waits for them.
+        client.resumption = rustls::client::Resumption::in_memory_sessions(256);
         Ok(Arc::new(ClusterTls {
             server: Arc::new(server),
             client: Arc::new(client),
