@@ -711,28 +711,30 @@ fn a_store_with_a_certificate_of_another_ca_gets_nothing_and_garbage_is_dropped(
     wait_for("the rogue store counts failed connects", &|| {
         counter(rogue, "nokv_transport_connect_failures_total", "") > 0.0
     });
-    for good in &stores[..2] {
-        let good = good.as_ref().expect("running");
-        wait_for(
-            "a good store counts failed connects to the rogue one",
-            &|| counter(good, "nokv_transport_connect_failures_total", "") > 0.0,
-        );
-    }
-    // The refusals are logged with the peer's address.
-    let log =
-        std::fs::read_to_string(specs[0].workdir.with_extension("stderr.log")).unwrap_or_default();
-    assert!(
-        log.contains("TLS handshake failed"),
-        "store 1 logs refused handshakes\n{}",
-        c.log_tails()
+    // The leaders send to the rogue store (a follower only to its leaders, maybe never).
+    wait_for(
+        "the good stores count failed connects to the rogue one",
+        &|| {
+            stores[..2]
+                .iter()
+                .flatten()
+                .map(|g| counter(g, "nokv_transport_connect_failures_total", ""))
+                .sum::<f64>()
+                > 0.0
+        },
     );
-    let rogue_log =
-        std::fs::read_to_string(specs[2].workdir.with_extension("stderr.log")).unwrap_or_default();
-    assert!(
-        rogue_log.contains("cannot reach store") && rogue_log.contains("TLS with 127.0.0.1:"),
-        "store 3 logs why it reaches nobody\n{}",
-        c.log_tails()
-    );
+    // The refusals are logged with the peer's address: the rogue store campaigns toward
+    // both others, which refuse its certificate; it logs why it reaches nobody.
+    let log_of = |i: usize| {
+        std::fs::read_to_string(specs[i].workdir.with_extension("stderr.log")).unwrap_or_default()
+    };
+    wait_for("the good stores log refused handshakes", &|| {
+        (0..2).any(|i| log_of(i).contains("rpc connection refused: TLS handshake failed"))
+    });
+    wait_for("the rogue store logs why it reaches nobody", &|| {
+        let l = log_of(2);
+        l.contains("cannot reach store") && l.contains("TLS with 127.0.0.1:")
+    });
     assert_eq!(
         counter(rogue, "nokv_transport_messages_received_total", ""),
         0.0
