@@ -271,6 +271,21 @@ pub fn list_files(dir: &Path, key: &SnapshotKey) -> Result<Vec<PathBuf>, StreamE
     Ok(out)
 }
 
+/// The connection a snapshot travels on: the plain socket, or a session over it (TLS,
+/// made by a [`Connector`]).
+pub trait SnapConn: Read + Write {
+    /// Says that nothing more follows (TLS: close_notify); the socket's half-close follows.
+    fn end_writes(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapConn for TcpStream {}
+
+/// Turns the connected socket (timeouts set) into the connection the snapshot goes over,
+/// e.g. a TLS handshake (this crate knows nothing of TLS; the node brings it).
+pub type Connector = dyn Fn(TcpStream) -> std::io::Result<Box<dyn SnapConn>> + Send + Sync;
+
 /// What a finished send moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -281,7 +296,9 @@ pub struct Sent {
 }
 
 /// Streams the snapshot in `dir` to the store at `addr` (cluster `cluster_id`), then the
-/// raft `envelope` (blocking IO). `timeout` bounds the connect and each write.
+/// raft `envelope` (blocking IO), over the socket or what `connector` makes of it (TLS).
+/// `timeout` bounds the connect, a handshake's reads and each write.
+#[allow(clippy::too_many_arguments)]
 pub fn send_snapshot(
     addr: SocketAddr,
     cluster_id: u64,
@@ -290,6 +307,7 @@ pub fn send_snapshot(
     to_core: u32,
     envelope: Vec<u8>,
     timeout: Duration,
+    connector: Option<&Connector>,
 ) -> Result<Sent, StreamError> {
     let name = key.dir_name();
     let net = |op: &'static str| {
@@ -312,11 +330,18 @@ pub fn send_snapshot(
         }
     };
     let files = list_files(dir, &key)?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(net("connect"))?;
-    stream
-        .set_write_timeout(Some(timeout))
+    let tcp = crate::transport::connect_std(&addr, timeout).map_err(net("connect"))?;
+    tcp.set_write_timeout(Some(timeout))
         .map_err(net("set the write timeout"))?;
-    let _ = stream.set_nodelay(true);
+    tcp.set_read_timeout(Some(timeout))
+        .map_err(net("set the read timeout"))?;
+    let _ = tcp.set_nodelay(true);
+    // Kept for the half-close and the wait at the end, under whatever wraps the socket.
+    let raw = tcp.try_clone().map_err(net("clone the socket of"))?;
+    let mut stream: Box<dyn SnapConn> = match connector {
+        Some(c) => c(tcp).map_err(net("handshake with"))?,
+        None => Box::new(tcp),
+    };
     let mut metas = Vec::with_capacity(files.len());
     let mut sent = Sent::default();
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -379,11 +404,19 @@ pub fn send_snapshot(
     );
     stream.write_all(&frame).map_err(net("write the end to"))?;
     stream.flush().map_err(net("flush"))?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    // Wait (bounded) for the receiver to close: it read everything by then.
-    let _ = stream.set_read_timeout(Some(timeout));
-    let mut sink = [0u8; 64];
-    let _ = stream.read(&mut sink);
+    stream.end_writes().map_err(net("end the transfer to"))?;
+    let _ = raw.shutdown(std::net::Shutdown::Write);
+    // Wait (bounded) for the receiver to close: it read everything by then. Whatever it
+    // sends before (TLS session tickets) is skipped.
+    let deadline = std::time::Instant::now() + timeout;
+    let mut sink = [0u8; 4096];
+    let mut raw = raw;
+    while std::time::Instant::now() < deadline {
+        match raw.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
     Ok(sent)
 }
 
@@ -642,6 +675,7 @@ mod tests {
             1,
             b"env".to_vec(),
             Duration::from_secs(5),
+            None,
         )
         .expect("send");
         assert_eq!(sent.files, 3);

@@ -986,8 +986,11 @@ pub(super) async fn run_check(core: &Rc<Core>, region: u64) -> Reply {
         let got = loop {
             let a = addr.clone();
             let auth = cluster.auth.clone();
-            let q =
-                blocking(move || consistency::query_hash(&a, auth.as_deref(), region, index)).await;
+            let tls = cluster.tls.clone();
+            let q = blocking(move || {
+                consistency::query_hash(&a, auth.as_deref(), tls.as_deref(), region, index)
+            })
+            .await;
             match q {
                 Ok(Some(h)) => break Ok(h),
                 Ok(None) => {}

@@ -68,6 +68,15 @@ pub struct Flags {
     /// The PEM private key of --tls-cert-file.
     #[arg(long, value_name = "FILE")]
     pub tls_key_file: Option<PathBuf>,
+    /// Store-to-store traffic on the RPC port over mutual TLS (1.2 and 1.3), in and out: this store presents --tls-cert-file as server and as client and accepts only peers whose certificate chains to --tls-ca-cert-file (needs both) [default: off: plain TCP].
+    #[arg(long)]
+    pub tls_cluster: bool,
+    /// The PEM CA certificate(s) the other stores' certificates must chain to (--tls-cluster); also checks their Redis ports for consistency queries.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// The name (DNS name or IP address) the other stores' certificates must carry (--tls-cluster) [default: the IP address of each store's RPC address, as the cluster's directory has it: put it in the certificate's subjectAltName].
+    #[arg(long, value_name = "NAME")]
+    pub tls_peer_name: Option<String>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected. "yes" or "no" [default: yes]. A cluster across hosts needs --requirepass (or "no" on a trusted network): stores also query each other's Redis ports.
     #[arg(long, value_name = "yes|no")]
     pub protected_mode: Option<String>,
@@ -153,6 +162,11 @@ pub struct Settings {
     pub tls_cert_file: Option<PathBuf>,
     /// The private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS on the RPC port (`--tls-cluster`): the CA file the peers' certificates
+    /// chain to (None: plain TCP).
+    pub tls_cluster_ca: Option<PathBuf>,
+    /// The name peers' certificates carry (`--tls-peer-name`; None: their address's host).
+    pub tls_peer_name: Option<String>,
     /// Named users (`--user`).
     pub users: Vec<nokv_gateway::session::User>,
     /// Without a password, refuse clients not on the loopback interface (`--protected-mode`).
@@ -331,6 +345,12 @@ pub struct ConfigFile {
     pub tls_cert_file: Option<Spanned<PathBuf>>,
     /// `--tls-key-file`.
     pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// `--tls-cluster`.
+    pub tls_cluster: Option<Spanned<bool>>,
+    /// `--tls-ca-cert-file`.
+    pub tls_ca_cert_file: Option<Spanned<PathBuf>>,
+    /// `--tls-peer-name`.
+    pub tls_peer_name: Option<Spanned<String>>,
     /// `--user` (a list).
     pub users: Option<Spanned<Vec<String>>>,
     /// `--protected-mode`: "yes" or "no".
@@ -700,6 +720,51 @@ impl Settings {
                 ))
             }
         };
+        let tls_cluster = pick(
+            flags.tls_cluster.then_some(true),
+            file.tls_cluster,
+            path,
+            text,
+        );
+        let tls_ca_cert_file = pick(flags.tls_ca_cert_file, file.tls_ca_cert_file, path, text);
+        let tls_peer_name = pick(flags.tls_peer_name, file.tls_peer_name, path, text);
+        let (tls_cluster_ca, tls_peer_name) = match tls_cluster {
+            Some((true, origin)) => {
+                if tls_cert_file.is_none() {
+                    return Err(origin.error(
+                        "tls_cluster",
+                        "needs --tls-cert-file and --tls-key-file (this store's certificate)"
+                            .into(),
+                    ));
+                }
+                let Some((ca, _)) = tls_ca_cert_file else {
+                    return Err(origin.error(
+                        "tls_cluster",
+                        "needs --tls-ca-cert-file (the CA of the stores' certificates)".into(),
+                    ));
+                };
+                if let Some((name, origin)) = &tls_peer_name {
+                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        return Err(origin.error(
+                            "tls_peer_name",
+                            format!("{name:?} is not a DNS name or an IP address"),
+                        ));
+                    }
+                }
+                (Some(ca), tls_peer_name.map(|(n, _)| n))
+            }
+            _ => {
+                for (key, origin) in [
+                    ("tls_ca_cert_file", tls_ca_cert_file.map(|(_, o)| o)),
+                    ("tls_peer_name", tls_peer_name.map(|(_, o)| o)),
+                ] {
+                    if let Some(origin) = origin {
+                        return Err(origin.error(key, "needs --tls-cluster".into()));
+                    }
+                }
+                (None, None)
+            }
+        };
         let flag_users = (!flags.users.is_empty()).then_some(flags.users);
         let users = match pick(flag_users, file.users, path, text) {
             None => Vec::new(),
@@ -776,6 +841,8 @@ impl Settings {
             users,
             tls_cert_file,
             tls_key_file,
+            tls_cluster_ca,
+            tls_peer_name,
         })
     }
 }
@@ -890,6 +957,59 @@ mod tests {
     }
 
     /// The error for `text` as a config file, as the server prints it.
+    #[test]
+    fn tls_cluster_flags_and_keys_resolve_and_need_their_partners() {
+        let tls = [
+            "--workdir",
+            "/tmp/w",
+            "--tls-cert-file",
+            "/c.pem",
+            "--tls-key-file",
+            "/k.pem",
+        ];
+        let s = resolve(
+            &[
+                &tls[..],
+                &["--tls-cluster", "--tls-ca-cert-file", "/ca.pem"],
+            ]
+            .concat(),
+        )
+        .expect("resolve");
+        assert_eq!(s.tls_cluster_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(s.tls_peer_name, None);
+        let s = resolve(&tls).expect("resolve");
+        assert_eq!(s.tls_cluster_ca, None, "off by default");
+        let (_d, conf) = config(
+            "workdir = \"/tmp/w\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\ntls_cluster = true\n\
+             tls_ca_cert_file = \"/ca.pem\"\ntls_peer_name = \"nokv-store\"\n",
+        );
+        let s = resolve(&["--config", &conf]).expect("resolve the file");
+        assert_eq!(s.tls_cluster_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(s.tls_peer_name.as_deref(), Some("nokv-store"));
+        let err = |args: &[&str]| resolve(args).expect_err("must fail").to_string();
+        let m = err(&[
+            "--workdir",
+            "/tmp/w",
+            "--tls-cluster",
+            "--tls-ca-cert-file",
+            "/ca.pem",
+        ]);
+        assert!(m.contains("needs --tls-cert-file"), "{m}");
+        let m = err(&[&tls[..], &["--tls-cluster"]].concat());
+        assert!(m.contains("needs --tls-ca-cert-file"), "{m}");
+        let m = err(&["--workdir", "/tmp/w", "--tls-ca-cert-file", "/ca.pem"]);
+        assert!(m.contains("--tls-ca-cert-file: needs --tls-cluster"), "{m}");
+        let m = err(&[
+            &tls[..],
+            &["--tls-cluster", "--tls-ca-cert-file", "/ca.pem"],
+            &["--tls-peer-name", "not a name!"],
+        ]
+        .concat());
+        assert!(m.contains("--tls-peer-name"), "{m}");
+        let m = file_error("tls_cluster = \"yes\"\n");
+        assert!(m.contains("tls_cluster"), "{m}");
+    }
+
     fn file_error(text: &str) -> String {
         let (_d, conf) = config(text);
         let e = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect_err("must fail");
@@ -950,6 +1070,9 @@ mod tests {
             users,
             tls_cert_file,
             tls_key_file,
+            tls_cluster,
+            tls_ca_cert_file,
+            tls_peer_name,
             protected_mode,
             metrics_addr,
             memory_limit,
@@ -1006,6 +1129,9 @@ mod tests {
             ("users", users.is_some()),
             ("tls_cert_file", tls_cert_file.is_some()),
             ("tls_key_file", tls_key_file.is_some()),
+            ("tls_cluster", tls_cluster.is_some()),
+            ("tls_ca_cert_file", tls_ca_cert_file.is_some()),
+            ("tls_peer_name", tls_peer_name.is_some()),
             ("rpc_addr", rpc_addr.is_some()),
             ("coordinator", coordinator.is_some()),
             ("labels", labels.is_some()),

@@ -13,7 +13,7 @@ use crate::layout;
 use nokv::{Db, KeySpace, ReadOptions};
 use nokv_raft::RegionDescriptor;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -223,12 +223,14 @@ pub enum QueryError {
 }
 
 /// Asks the store at `addr` (its Redis port) for its hash of `region` at check `index`
-/// (`NOKV.REGION HASH`), logged in with `auth` (AUTH's arguments); Ok(None) while it has
-/// not computed it yet. Blocking: run it on
-/// the blocking pool.
+/// (`NOKV.REGION HASH`), logged in with `auth` (AUTH's arguments), over TLS with `tls`
+/// (`--tls-cluster`: the Redis port serves the store's certificate, checked against the
+/// cluster's CA); Ok(None) while it has not computed it yet. Blocking: run it on the
+/// blocking pool.
 pub fn query_hash(
     addr: &str,
     auth: Option<&[Vec<u8>]>,
+    tls: Option<&crate::tls::ClusterTls>,
     region: u64,
     index: u64,
 ) -> Result<Option<u64>, QueryError> {
@@ -261,14 +263,13 @@ pub fn query_hash(
     }
     let (r, i) = (region.to_string(), index.to_string());
     command(&[b"NOKV.REGION", b"HASH", r.as_bytes(), i.as_bytes()]);
-    (&stream).write_all(&out).map_err(io)?;
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if auth.is_some() {
-        reader.read_line(&mut line).map_err(io)?;
-        line.clear();
+    let line = match tls {
+        None => exchange(stream, &out, auth.is_some()),
+        Some(tls) => tls
+            .connect_blocking(stream, sock)
+            .and_then(|s| exchange(s, &out, auth.is_some())),
     }
-    reader.read_line(&mut line).map_err(io)?;
+    .map_err(io)?;
     let line = line.trim_end();
     if let Some(rest) = line.strip_prefix('+') {
         if let Some(h) = rest.strip_prefix("HASH ") {
@@ -284,6 +285,21 @@ pub fn query_hash(
         addr: addr.to_string(),
         reply: line.chars().take(200).collect(),
     })
+}
+
+/// Writes `out` on `stream` and reads the reply line of its last command (the one
+/// before it, AUTH's, skipped with `auth`).
+fn exchange(mut stream: impl Read + Write, out: &[u8], auth: bool) -> std::io::Result<String> {
+    stream.write_all(out)?;
+    stream.flush()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if auth {
+        reader.read_line(&mut line)?;
+        line.clear();
+    }
+    reader.read_line(&mut line)?;
+    Ok(line)
 }
 
 #[cfg(test)]

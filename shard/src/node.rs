@@ -246,6 +246,8 @@ struct ClusterNode {
     /// AUTH's arguments for this store's queries to the others' Redis ports: the cluster's
     /// `requirepass`, else its first user allowed to write.
     auth: Option<Vec<Vec<u8>>>,
+    /// `--tls-cluster`: those queries go over TLS, the others' certificates checked.
+    tls: Option<Arc<crate::tls::ClusterTls>>,
     /// Forward commands for regions led elsewhere (false: answer `-MOVED`).
     forward: bool,
     /// How long a command may wait for its region's leader.
@@ -279,6 +281,25 @@ pub fn run(settings: Settings) -> Result<()> {
 pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     let knobs = Knobs::from_env();
     let _lock = layout::lock_workdir(&settings.workdir)?;
+    // Read before anything else: a bad file stops the start with its name at once.
+    let cluster_tls = match (
+        &settings.tls_cluster_ca,
+        &settings.tls_cert_file,
+        &settings.tls_key_file,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some(crate::tls::ClusterTls::load(
+            cert,
+            key,
+            ca,
+            settings.tls_peer_name.as_deref(),
+        )?),
+        (Some(_), _, _) => {
+            return Err(Error::Config(
+                "--tls-cluster needs --tls-cert-file and --tls-key-file".into(),
+            ))
+        }
+        _ => None,
+    };
     // A running server (whose listeners set SO_REUSEPORT) would otherwise silently share
     // the port with ours; connections of a crashed run in TIME_WAIT do not block it.
     let addr = crate::addr::reserve(&settings.redis_addr)?;
@@ -480,6 +501,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
                         .find(|u| !u.read_only)
                         .map(|u| vec![u.name.clone(), u.password.clone()]),
                 },
+                tls: cluster_tls.clone(),
                 forward: settings.forward,
                 request_timeout: settings.request_timeout,
                 operators: operators.clone(),
@@ -563,6 +585,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             config.workdir = Some(settings.workdir.clone());
         }
         config.net_faults = node.knobs.net_faults.clone().map(NetFaults::watch);
+        config.tls = cluster_tls.clone();
         StoreTransport::new(config, resolver)
     });
     // Stopped and joined when run_with returns (dropped), after the cores.

@@ -123,9 +123,20 @@ async fn send(
     let cluster_id = transport.cluster_id();
     let to_core = env.to_core;
     let body = env.encode_to_vec();
+    // Under --tls-cluster the transfer is a TLS session like every RPC connection.
+    let connector = transport.cluster_tls().map(|t| t.snapshot_connector(addr));
     let result = glommio::executor()
         .spawn_blocking(move || {
-            send_snapshot(addr, cluster_id, &dir, key, to_core, body, SEND_TIMEOUT)
+            send_snapshot(
+                addr,
+                cluster_id,
+                &dir,
+                key,
+                to_core,
+                body,
+                SEND_TIMEOUT,
+                connector.as_deref(),
+            )
         })
         .await;
     match result {

@@ -1,44 +1,200 @@
-//! TLS on the Redis port (`--tls-cert-file`, `--tls-key-file`): the rustls server
-//! configuration, and [`ClientStream`], a client connection on an executor that is plain
-//! TCP or TLS over it (rustls' buffers driven by the executor's socket reads and writes).
+//! TLS configuration and the Redis port's TLS.
+//!
+//! - The Redis port (`--tls-cert-file`, `--tls-key-file`): [`server_config`], and
+//!   [`ClientStream`], a client connection on an executor that is plain TCP or TLS over it
+//!   (rustls' buffers driven by the executor's socket reads and writes).
+//! - Between stores (`--tls-cluster`, `--tls-ca-cert-file`, `--tls-peer-name`):
+//!   [`ClusterTls`], mutual TLS with the store's certificate on both sides and the peers'
+//!   checked against the cluster's CA; the RPC transport wraps its sockets with it
+//!   (`transport::secure`), the snapshot sender and the consistency query use its blocking
+//!   client ([`ClusterTls::connect_blocking`]).
 
 use crate::error::{Error, Result};
 use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
 use std::path::Path;
 use std::sync::Arc;
 
 /// Bytes read from the socket at once.
 const TLS_READ_CHUNK: usize = 16 << 10;
 
+/// An error about `file`.
+fn bad(file: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::Config(format!("TLS: {}: {detail}", file.display()))
+}
+
+/// The PEM certificates in `file` (at least one).
+fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .map_err(|e| bad(file, e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(file, e))?;
+    if certs.is_empty() {
+        return Err(bad(file, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The PEM private key in `file`.
+fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(file).map_err(|e| bad(file, e))
+}
+
+/// The crypto of every configuration here: rustls on ring.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The error of a certificate chain and key that do not go together.
+fn mismatch(cert_file: &Path, key_file: &Path, e: rustls::Error) -> Error {
+    Error::Config(format!(
+        "TLS: {} and {} do not make a certificate and its key: {e}",
+        cert_file.display(),
+        key_file.display()
+    ))
+}
+
 /// The server configuration from a PEM certificate chain and its private key.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>> {
-    let bad =
-        |file: &Path, detail: String| Error::Config(format!("TLS: {}: {detail}", file.display()));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| bad(cert_file, e.to_string()))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(cert_file, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad(cert_file, "no certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| bad(key_file, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let certs = load_certs(cert_file)?;
+    let key = load_key(key_file)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            Error::Config(format!(
-                "TLS: {} and {} do not make a certificate and its key: {e}",
-                cert_file.display(),
-                key_file.display()
-            ))
-        })?;
+        .map_err(|e| mismatch(cert_file, key_file, e))?;
     Ok(Arc::new(config))
+}
+
+/// Mutual TLS between the stores of a cluster (`--tls-cluster`): the store's certificate
+/// presented as server and as client, the peers' checked against the cluster's CA.
+#[derive(Debug)]
+pub struct ClusterTls {
+    /// Accepting side: asks for a client certificate and refuses one the CA did not sign.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Connecting side: presents the store's certificate, checks the server's.
+    pub client: Arc<rustls::ClientConfig>,
+    /// `--tls-peer-name`: the name every peer's certificate carries (None: its address).
+    peer_name: Option<ServerName<'static>>,
+}
+
+impl ClusterTls {
+    /// The configurations from the store's PEM certificate chain and key, the CA file its
+    /// peers' certificates chain to, and the fixed name they carry (if they carry one).
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        ca_file: &Path,
+        peer_name: Option<&str>,
+    ) -> Result<Arc<ClusterTls>> {
+        let certs = load_certs(cert_file)?;
+        let key = load_key(key_file)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in load_certs(ca_file)? {
+            roots.add(ca).map_err(|e| bad(ca_file, e))?;
+        }
+        let roots = Arc::new(roots);
+        let peer_name = peer_name
+            .map(|n| {
+                ServerName::try_from(n.to_string())
+                    .map_err(|e| Error::Config(format!("--tls-peer-name {n:?}: {e}")))
+            })
+            .transpose()?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| bad(ca_file, e))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs.clone(), key.clone_key())
+            .map_err(|e| mismatch(cert_file, key_file, e))?;
+        // TLS 1.3 session tickets, sent once the client's certificate was accepted: the
+        // connecting store waits for them (`transport::secure`). rustls' default, kept.
+        server.send_tls13_tickets = server.send_tls13_tickets.max(1);
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| mismatch(cert_file, key_file, e))?;
+        // Resumption on (rustls' default, kept explicit): a client that offers no
+        // resumption gets no TLS 1.3 tickets, and the transport's connect waits for them.
+        client.resumption = rustls::client::Resumption::in_memory_sessions(256);
+        Ok(Arc::new(ClusterTls {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            peer_name,
+        }))
+    }
+
+    /// The name the certificate of the store at `ip` must carry: `--tls-peer-name`, else
+    /// the address itself.
+    pub fn server_name(&self, ip: IpAddr) -> ServerName<'static> {
+        match &self.peer_name {
+            Some(n) => n.clone(),
+            None => ServerName::IpAddress(ip.into()),
+        }
+    }
+
+    /// A TLS session over the connected `tcp` to the store at `addr` (blocking IO; the
+    /// socket's timeouts bound the handshake), handshake done.
+    pub fn connect_blocking(
+        &self,
+        tcp: StdTcpStream,
+        addr: SocketAddr,
+    ) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, StdTcpStream>> {
+        let conn = rustls::ClientConnection::new(self.client.clone(), self.server_name(addr.ip()))
+            .map_err(io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(stream)
+    }
+
+    /// The snapshot sender's connector: a TLS session to the store at `addr` over the
+    /// socket it connected.
+    pub fn snapshot_connector(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Box<nokv_raft::snapshot_stream::Connector> {
+        let tls = self.clone();
+        Box::new(move |tcp: StdTcpStream| {
+            let stream = tls.connect_blocking(tcp, addr)?;
+            Ok(Box::new(SnapTls(stream)) as Box<dyn nokv_raft::snapshot_stream::SnapConn>)
+        })
+    }
+}
+
+/// A snapshot transfer's TLS session (blocking).
+struct SnapTls(rustls::StreamOwned<rustls::ClientConnection, StdTcpStream>);
+
+impl Read for SnapTls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for SnapTls {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl nokv_raft::snapshot_stream::SnapConn for SnapTls {
+    fn end_writes(&mut self) -> io::Result<()> {
+        self.0.conn.send_close_notify();
+        self.0.flush()
+    }
 }
 
 /// A client connection: plain TCP, or TLS over it.

@@ -263,6 +263,9 @@ async fn run_link(
             if let Err(e) = writer.write_all(&out).await {
                 return format!("write: {e}");
             }
+            if let Err(e) = writer.flush().await {
+                return format!("write: {e}");
+            }
         }
     }
 }
@@ -271,7 +274,7 @@ async fn run_link(
 async fn read_answers(
     t: &Rc<CoreTransport>,
     link: &Link,
-    reader: &mut futures_lite::io::ReadHalf<glommio::net::TcpStream>,
+    reader: &mut futures_lite::io::ReadHalf<super::secure::RpcStream>,
 ) -> String {
     let cfg = &t.shared.config;
     let mut decoder = FrameDecoder::new(FrameLimits {

@@ -1,6 +1,7 @@
 //! One core's RPC listener (SO_REUSEPORT: every core binds the same address and the kernel
 //! spreads incoming connections) and the reader task of each accepted connection.
 
+use super::secure::{self, RpcStream};
 use super::{CoreTransport, MAX_KV_INFLIGHT};
 use futures_lite::io::WriteHalf;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -89,8 +90,32 @@ async fn read_connection(t: &Rc<CoreTransport>, stream: TcpStream) {
     // TCP_NODELAY a second answer waits for the ACK of the first, which the client delays
     // (about 40 ms).
     let _ = stream.set_nodelay(true);
-    // Kept open by the halves below for the whole function.
+    // Kept open by the handshake and then the halves below for the whole function.
     let fd = stream.as_raw_fd();
+    let tls = t.shared.config.tls.as_deref();
+    let timeout = t.shared.config.connect_timeout;
+    let handshake = future::or(
+        async { Some(secure::server(stream, tls, timeout).await) },
+        async {
+            t.stop.wait().await;
+            // The handshake (and its socket) is still alive here.
+            shutdown_fd(fd);
+            None
+        },
+    )
+    .await;
+    let stream = match handshake {
+        None => return,
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            let n = t.tls_refused.get() + 1;
+            t.tls_refused.set(n);
+            if n == 1 || n.is_power_of_two() {
+                tracing::warn!(core = t.core, %peer, error = %e, refused = n, "rpc connection refused: TLS handshake failed");
+            }
+            return;
+        }
+    };
     let (mut stream, writer) = futures_lite::io::split(stream);
     let mut writer = Some(writer);
     let mut kv: Option<KvAnswers> = None;
@@ -194,7 +219,7 @@ struct KvAnswers {
 impl KvAnswers {
     /// Starts the writer task of `writer` (ends with the transport, a failed write, or
     /// once the reader and every request task are gone).
-    fn start(t: &Rc<CoreTransport>, mut writer: WriteHalf<TcpStream>) -> KvAnswers {
+    fn start(t: &Rc<CoreTransport>, mut writer: WriteHalf<RpcStream>) -> KvAnswers {
         let (tx, rx) = local_channel::new_bounded::<(u64, KvResponse)>(MAX_KV_INFLIGHT);
         let guard = t.task();
         let c = t.clone();
@@ -217,7 +242,7 @@ impl KvAnswers {
                         break;
                     }
                 }
-                if writer.write_all(&out).await.is_err() {
+                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
             }

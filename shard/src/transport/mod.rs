@@ -28,6 +28,7 @@ mod inbox;
 mod kv_client;
 mod listen;
 mod outbound;
+mod secure;
 
 pub use faults::{NetFaults, Rules as NetFaultRules};
 pub use inbox::{Inbox, Ready};
@@ -94,6 +95,8 @@ pub struct TransportConfig {
     pub workdir: Option<std::path::PathBuf>,
     /// Injected network faults (test-only, `NOKV_DEBUG_NET_FAULTS`; `None` in production).
     pub net_faults: Option<NetFaults>,
+    /// Mutual TLS on every connection, in and out (`--tls-cluster`; `None`: plain TCP).
+    pub tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 impl TransportConfig {
@@ -114,6 +117,7 @@ impl TransportConfig {
             max_inbound_connections: 1024,
             workdir: None,
             net_faults: None,
+            tls: None,
         }
     }
 }
@@ -204,6 +208,7 @@ impl StoreTransport {
             kv: RefCell::new(None),
             kv_links: Default::default(),
             roll: RefCell::new(faults::Roll::new((cfg.store_id << 16) ^ core as u64)),
+            tls_refused: Cell::new(0),
         });
         for (_, stream) in receivers.streams() {
             let inbox = t.inbox.clone();
@@ -275,6 +280,8 @@ pub struct CoreTransport {
     kv_links: kv_client::KvLinks,
     /// Draws for injected network faults.
     roll: RefCell<faults::Roll>,
+    /// Incoming connections whose TLS handshake failed (their warnings are rate-limited).
+    tls_refused: Cell<u64>,
 }
 
 /// How long [`CoreTransport::shutdown`] waits for the transport's tasks to end.
@@ -401,6 +408,11 @@ impl CoreTransport {
     pub fn snap_dir(&self, core: usize) -> Option<std::path::PathBuf> {
         let w = self.shared.config.workdir.as_ref()?;
         (core < self.shared.config.cores).then(|| crate::snapship::snap_dir(w, core))
+    }
+
+    /// Mutual TLS between stores (`--tls-cluster`), if on.
+    pub fn cluster_tls(&self) -> Option<&Arc<crate::tls::ClusterTls>> {
+        self.shared.config.tls.as_ref()
     }
 
     /// The address the listener is bound to.

@@ -1,6 +1,7 @@
 //! One core's link to one remote store: the bounded send queue and the writer task that
 //! connects (with backoff), cuts frames from the queue and writes them.
 
+use super::secure::{self, RpcStream};
 use super::CoreTransport;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -63,7 +64,7 @@ async fn writer(t: Weak<CoreTransport>, link: Rc<Link>, woken: LocalReceiver<()>
         ),
         None => return,
     };
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<RpcStream> = None;
     let mut probe = [0u8; 64];
     loop {
         let Some(tp) = t.upgrade() else { return };
@@ -160,7 +161,13 @@ async fn writer(t: Weak<CoreTransport>, link: Rc<Link>, woken: LocalReceiver<()>
                 break;
             };
             let written = future::or(
-                async { Some(stream.write_all(&frame.bytes).await) },
+                async {
+                    let w = stream.write_all(&frame.bytes).await;
+                    Some(match w {
+                        Ok(()) => stream.flush().await,
+                        Err(e) => Err(e),
+                    })
+                },
                 async {
                     stop.wait().await;
                     None
@@ -194,8 +201,9 @@ async fn writer(t: Weak<CoreTransport>, link: Rc<Link>, woken: LocalReceiver<()>
     }
 }
 
-/// A connection to `store`'s RPC port (its address from the core's resolver cache).
-pub(super) async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<TcpStream, String> {
+/// A connection to `store`'s RPC port (its address from the core's resolver cache), TLS
+/// under `--tls-cluster`.
+pub(super) async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<RpcStream, String> {
     let addr = t.resolver.resolve(store).await.map_err(|e| e.to_string())?;
     let cfg = &t.shared.config;
     let stream = TcpStream::connect_timeout(addr, cfg.connect_timeout)
@@ -210,6 +218,9 @@ pub(super) async fn connect(t: &Rc<CoreTransport>, store: u64) -> Result<TcpStre
     stream
         .set_write_timeout(Some(cfg.write_timeout))
         .map_err(|e| format!("write timeout on {addr}: {e}"))?;
+    let stream = secure::client(stream, cfg.tls.as_deref(), addr, cfg.connect_timeout)
+        .await
+        .map_err(|e| format!("TLS with {addr}: {e}"))?;
     tracing::debug!(core = t.core, store, %addr, "connected to store");
     Ok(stream)
 }
