@@ -435,6 +435,7 @@ mod tests {
                 }),
                 leader_peer_id: i as u64 + 10,
                 stores: Vec::new(),
+                approximate_size_bytes: None,
             })
             .collect();
         let mut c = RouteCache::new();

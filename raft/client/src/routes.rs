@@ -242,6 +242,7 @@ mod tests {
                     ..StoreMeta::default()
                 })
                 .collect(),
+            approximate_size_bytes: None,
         }
     }
 
