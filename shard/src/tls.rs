@@ -172,6 +172,151 @@ impl ClusterTls {
     }
 }
 
+impl ClusterTls {
+    /// `nokv-client`'s connector for the stores' RPC ports (`nokv-redis --tls-cluster`): a
+    /// TLS session, once the store accepted this side's certificate, split into the
+    /// halves the client's reader thread and writers use.
+    pub fn store_connector(self: &Arc<Self>) -> nokv_client::conn::StoreConnector {
+        let tls = self.clone();
+        nokv_client::conn::StoreConnector(Arc::new(move |addr, tcp| {
+            let stream = tls.connect_blocking(tcp, addr)?;
+            let (mut conn, sock) = (stream.conn, stream.sock);
+            await_acceptance(&mut conn, &sock)?;
+            let shared = Arc::new(SplitTls {
+                conn: std::sync::Mutex::new(conn),
+                out: std::sync::Mutex::new(sock.try_clone()?),
+            });
+            Ok(nokv_client::conn::Halves {
+                reader: Box::new(TlsReadHalf {
+                    shared: shared.clone(),
+                    sock,
+                    buf: vec![0; TLS_READ_CHUNK],
+                    pos: 0,
+                    len: 0,
+                }),
+                writer: Box::new(TlsWriteHalf { shared }),
+            })
+        }))
+    }
+}
+
+/// Under TLS 1.3 the client's handshake ends before the server checked the client's
+/// certificate: waits for the session tickets the server sends once it accepted it (an
+/// alert or a close first is the refusal; the socket's read timeout bounds the wait).
+fn await_acceptance(
+    conn: &mut rustls::ClientConnection,
+    mut sock: &StdTcpStream,
+) -> io::Result<()> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return Ok(());
+    }
+    // Bounded by the socket's read timeout: each turn reads or fails.
+    while conn.tls13_tickets_received() == 0 {
+        if conn.read_tls(&mut sock)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the store right after the handshake (our certificate refused?)",
+            ));
+        }
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
+}
+
+/// One client TLS session used by two threads: records are made and taken under `conn`;
+/// ciphertext is written to the socket under `out`, taken before `conn` is let go so
+/// records go out in order, while reads of the socket hold neither.
+struct SplitTls {
+    conn: std::sync::Mutex<rustls::ClientConnection>,
+    out: std::sync::Mutex<StdTcpStream>,
+}
+
+impl SplitTls {
+    /// Hands the records rustls has ready to the socket (see the type's doc).
+    fn send(
+        &self,
+        mut conn: std::sync::MutexGuard<'_, rustls::ClientConnection>,
+    ) -> io::Result<()> {
+        let mut records = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut records)?;
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        drop(conn);
+        out.write_all(&records)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, rustls::ClientConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The reading half of a [`ClusterTls::store_connector`] session.
+struct TlsReadHalf {
+    shared: Arc<SplitTls>,
+    sock: StdTcpStream,
+    /// Ciphertext read from the socket; `buf[pos..len]` not yet taken by rustls.
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+}
+
+impl Read for TlsReadHalf {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Bounded: each turn returns plaintext, feeds rustls read bytes, or reads the socket.
+        loop {
+            {
+                let mut conn = self.shared.conn();
+                match conn.reader().read(out) {
+                    Ok(n) => return Ok(n), // 0: the store closed the session cleanly
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if self.pos < self.len {
+                    let took = conn.read_tls(&mut &self.buf[self.pos..self.len])?;
+                    if took == 0 {
+                        return Err(io::Error::other("TLS: rustls takes no more input"));
+                    }
+                    self.pos += took;
+                    let processed = conn.process_new_packets();
+                    // What processing produced (an alert, a key update) goes out first.
+                    self.shared.send(conn)?;
+                    processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            let n = self.sock.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            (self.pos, self.len) = (0, n);
+        }
+    }
+}
+
+/// The writing half of a [`ClusterTls::store_connector`] session.
+struct TlsWriteHalf {
+    shared: Arc<SplitTls>,
+}
+
+impl Write for TlsWriteHalf {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut conn = self.shared.conn();
+        let n = conn.writer().write(data)?;
+        self.shared.send(conn)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let conn = self.shared.conn();
+        self.shared.send(conn)
+    }
+}
+
 /// A snapshot transfer's TLS session (blocking).
 struct SnapTls(rustls::StreamOwned<rustls::ClientConnection, StdTcpStream>);
 

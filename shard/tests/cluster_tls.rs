@@ -619,6 +619,7 @@ fn tls_cluster_replicates_catches_up_after_sigkill_and_replicas_agree() {
     stores[other] = Some(start_store_args(&specs[other], &coord_addr, ENV, &f));
     check_reads(&mut c, &acked, &[other]);
     check_every_region(&mut c, &ids);
+    nokv_redis_reaches_the_tls_cluster(dir.path(), &pki, &ca, &coord_addr, &acked);
     for srv in stores.iter().flatten() {
         assert_eq!(
             counter(
@@ -634,6 +635,59 @@ fn tls_cluster_replicates_catches_up_after_sigkill_and_replicas_agree() {
         assert!(status.success(), "SIGTERM exits 0: {status:?}");
     }
     coord_server.shutdown();
+}
+
+/// `nokv-redis --tls-cluster` (its own certificate from the cluster's CA) serves the
+/// cluster's keys over TLS; the same gateway without `--tls-cluster` cannot reach a store.
+fn nokv_redis_reaches_the_tls_cluster(
+    dir: &Path,
+    pki: &Path,
+    ca: &(PathBuf, PathBuf),
+    coord_addr: &str,
+    acked: &BTreeMap<String, String>,
+) {
+    let leaf = make_leaf(pki, ca, "gateway");
+    let gateway = |name: &str, cluster_tls: bool| {
+        let listen = free_addr();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nokv-redis"));
+        cmd.args(["--coordinator", coord_addr])
+            .args(["--cluster-id", &CLUSTER.to_string()])
+            .args(["--listen", &listen])
+            .args(["--timeout-ms", "3000"])
+            .args(["--tls-cert-file", s(&leaf.0), "--tls-key-file", s(&leaf.1)]);
+        if cluster_tls {
+            cmd.args(["--tls-cluster", "--tls-ca-cert-file", s(&ca.0)]);
+        }
+        (Server::launch(cmd, dir.join(format!("{name}.log"))), listen)
+    };
+    let config = client_config(&[&ca.0]);
+    let (gw, listen) = gateway("nokv-redis-tls", true);
+    let mut client = TlsClient::connect(&listen, &config).expect("TLS to nokv-redis");
+    // Bounded: a few keys, each one command (the gateway retries within its timeout).
+    for (k, v) in acked.iter().take(20) {
+        let got = client.cmd(&[b"GET", k.as_bytes()]);
+        assert_eq!(
+            got,
+            Some(R::Bulk(v.clone().into_bytes())),
+            "GET {k} through nokv-redis"
+        );
+    }
+    let got = client.cmd(&[b"SET", b"through:gateway", b"yes"]);
+    assert_eq!(got, Some(R::Simple("OK".into())), "SET through nokv-redis");
+    drop(client);
+    drop(gw);
+    // Control: without --tls-cluster the stores refuse the gateway's connections.
+    let (plain, listen) = gateway("nokv-redis-plain", false);
+    let mut client = TlsClient::connect(&listen, &config).expect("TLS to nokv-redis");
+    match client.cmd(&[b"GET", b"through:gateway"]) {
+        Some(R::Error(e)) => assert!(
+            e.starts_with("CLUSTERDOWN") || e.starts_with("TRYAGAIN"),
+            "a plain gateway gets no answer from TLS stores: {e}"
+        ),
+        other => panic!("a plain gateway read a TLS cluster: {other:?}"),
+    }
+    drop(plain);
+    eprintln!("nokv-redis --tls-cluster served 20 GETs and a SET; without it, an error");
 }
 
 #[test]

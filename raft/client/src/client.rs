@@ -34,6 +34,9 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Largest accepted response payload.
     pub max_frame_bytes: u32,
+    /// How a connection to a store's RPC port is set up after the connect (`None`: plain
+    /// TCP; stores with `--tls-cluster` need TLS here).
+    pub connector: Option<crate::conn::StoreConnector>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +49,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             max_frame_bytes: 64 << 20,
+            connector: None,
         }
     }
 }
@@ -690,6 +694,7 @@ impl Client {
                 self.opts.cluster_id,
                 self.opts.connect_timeout.min(remaining),
                 self.opts.max_frame_bytes,
+                self.opts.connector.as_ref(),
             ) {
                 Ok(c) => c,
                 Err(e) => {

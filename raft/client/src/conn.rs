@@ -6,7 +6,7 @@ use nokv_raft::kv::{self, KvRequest, KvResponse};
 use nokv_raft::wire::{self, FrameLimits};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -37,6 +37,29 @@ impl std::fmt::Display for ConnError {
     }
 }
 
+/// A connection's two directions once set up: what the reader thread reads responses from
+/// and what requests are written to (the socket itself, or a TLS session's halves).
+pub struct Halves {
+    /// Read by the connection's reader thread.
+    pub reader: Box<dyn Read + Send>,
+    /// Written under the connection's lock.
+    pub writer: Box<dyn Write + Send>,
+}
+
+/// Sets up a connected socket to a store's RPC port: the store's address, the socket
+/// (its timeouts set), the halves to use. The stores of a `--tls-cluster` cluster need a
+/// TLS session here (`nokv_shard::tls::ClusterTls::store_connector`).
+#[derive(Clone)]
+pub struct StoreConnector(
+    pub Arc<dyn Fn(SocketAddr, TcpStream) -> std::io::Result<Halves> + Send + Sync>,
+);
+
+impl std::fmt::Debug for StoreConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreConnector")
+    }
+}
+
 type Waiter = SyncSender<Result<KvResponse, String>>;
 
 struct Pending {
@@ -48,19 +71,23 @@ struct Pending {
 /// A connection to one store's RPC port.
 pub struct StoreConn {
     addr: String,
-    writer: Mutex<TcpStream>,
+    writer: Mutex<Box<dyn Write + Send>>,
+    /// The socket, to shut it down (the reader thread's read then returns).
+    socket: TcpStream,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
     cluster_id: u64,
 }
 
 impl StoreConn {
-    /// Connects to `addr` (host:port) within `timeout` and starts the reader thread.
+    /// Connects to `addr` (host:port) within `timeout`, through `connector` when given (a
+    /// TLS session), and starts the reader thread.
     pub fn connect(
         addr: &str,
         cluster_id: u64,
         timeout: Duration,
         max_frame_bytes: u32,
+        connector: Option<&StoreConnector>,
     ) -> Result<Arc<StoreConn>, ConnError> {
         let sock: SocketAddr = addr
             .to_socket_addrs()
@@ -74,9 +101,29 @@ impl StoreConn {
         stream
             .set_write_timeout(Some(timeout.max(Duration::from_secs(1))))
             .map_err(|e| ConnError::Connect(format!("{addr}: set write timeout: {e}")))?;
-        let reader = stream
-            .try_clone()
-            .map_err(|e| ConnError::Connect(format!("{addr}: clone socket: {e}")))?;
+        let clone = |s: &TcpStream| {
+            s.try_clone()
+                .map_err(|e| ConnError::Connect(format!("{addr}: clone socket: {e}")))
+        };
+        let socket = clone(&stream)?;
+        let halves = match connector {
+            None => Halves {
+                reader: Box::new(clone(&stream)?),
+                writer: Box::new(stream),
+            },
+            Some(c) => {
+                // The set-up (a TLS handshake) is bounded by the socket's timeouts.
+                stream
+                    .set_read_timeout(Some(timeout.max(Duration::from_secs(1))))
+                    .map_err(|e| ConnError::Connect(format!("{addr}: set read timeout: {e}")))?;
+                let halves =
+                    (c.0)(sock, stream).map_err(|e| ConnError::Connect(format!("{addr}: {e}")))?;
+                socket
+                    .set_read_timeout(None)
+                    .map_err(|e| ConnError::Connect(format!("{addr}: set read timeout: {e}")))?;
+                halves
+            }
+        };
         let pending = Arc::new(Mutex::new(Pending {
             failed: None,
             waiters: HashMap::new(),
@@ -89,11 +136,12 @@ impl StoreConn {
         let name = addr.to_string();
         std::thread::Builder::new()
             .name("nokv-client-rx".into())
-            .spawn(move || read_loop(reader, limits, &p, &name))
+            .spawn(move || read_loop(halves.reader, limits, &p, &name))
             .map_err(|e| ConnError::Connect(format!("{addr}: spawn reader: {e}")))?;
         Ok(Arc::new(StoreConn {
             addr: addr.to_string(),
-            writer: Mutex::new(stream),
+            writer: Mutex::new(halves.writer),
+            socket,
             pending,
             next_id: AtomicU64::new(1),
             cluster_id,
@@ -123,7 +171,10 @@ impl StoreConn {
         }
         let mut frame = Vec::with_capacity(64 + req.payload.len());
         kv::encode_request(&mut frame, self.cluster_id, id, req);
-        let written = self.writer.lock().write_all(&frame);
+        let written = {
+            let mut w = self.writer.lock();
+            w.write_all(&frame).and_then(|()| w.flush())
+        };
         if let Err(e) = written {
             self.fail(format!("write to {}: {e}", self.addr));
             return Err(ConnError::Broken(format!("write to {}: {e}", self.addr)));
@@ -146,14 +197,14 @@ impl StoreConn {
     /// fails every waiter).
     fn fail(&self, why: String) {
         fail_all(&self.pending, why);
-        let _ = self.writer.lock().shutdown(Shutdown::Both);
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
 
 impl Drop for StoreConn {
     fn drop(&mut self) {
         // Stops the reader thread (its read returns).
-        let _ = self.writer.get_mut().shutdown(Shutdown::Both);
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
 
@@ -170,7 +221,12 @@ fn fail_all(pending: &Mutex<Pending>, why: String) {
     }
 }
 
-fn read_loop(mut stream: TcpStream, limits: FrameLimits, pending: &Mutex<Pending>, addr: &str) {
+fn read_loop(
+    mut stream: Box<dyn Read + Send>,
+    limits: FrameLimits,
+    pending: &Mutex<Pending>,
+    addr: &str,
+) {
     // Bounded by the stream: every turn reads a frame or stops.
     let why = loop {
         let frame = match wire::read_frame(&mut stream, &limits) {
@@ -191,7 +247,6 @@ fn read_loop(mut stream: TcpStream, limits: FrameLimits, pending: &Mutex<Pending
     };
     tracing::debug!(addr, why = %why, "store connection closed");
     fail_all(pending, why);
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// How long a store that could not be connected to is passed over when another voter
@@ -216,13 +271,14 @@ impl ConnPool {
         cluster_id: u64,
         timeout: Duration,
         max_frame_bytes: u32,
+        connector: Option<&StoreConnector>,
     ) -> Result<Arc<StoreConn>, ConnError> {
         if let Some(c) = self.conns.lock().get(&store) {
             if !c.is_broken() && c.addr() == addr {
                 return Ok(c.clone());
             }
         }
-        let c = match StoreConn::connect(addr, cluster_id, timeout, max_frame_bytes) {
+        let c = match StoreConn::connect(addr, cluster_id, timeout, max_frame_bytes, connector) {
             Ok(c) => c,
             Err(e) => {
                 self.down.lock().insert(store, std::time::Instant::now());
@@ -302,7 +358,8 @@ mod tests {
     #[test]
     fn pipelined_responses_reach_their_callers_in_any_order() {
         let (addr, server) = reversing_server(4);
-        let conn = StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20).expect("connect");
+        let conn =
+            StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20, None).expect("connect");
         let callers: Vec<_> = (1..=4u64)
             .map(|region| {
                 let c = conn.clone();
@@ -325,7 +382,7 @@ mod tests {
         let (addr, server) = reversing_server(1);
         let pool = ConnPool::default();
         let c = pool
-            .get(1, &addr, 7, Duration::from_secs(5), 1 << 20)
+            .get(1, &addr, 7, Duration::from_secs(5), 1 << 20, None)
             .expect("connect");
         assert!(c.request(&request(1), Duration::from_secs(30)).is_ok());
         server.join().expect("server");
@@ -337,7 +394,7 @@ mod tests {
         }
         assert!(c.is_broken());
         // Nothing listens any more: the pool's reconnect fails with a connect error.
-        match pool.get(1, &addr, 7, Duration::from_secs(1), 1 << 20) {
+        match pool.get(1, &addr, 7, Duration::from_secs(1), 1 << 20, None) {
             Err(ConnError::Connect(_)) => {}
             Err(e) => panic!("expected a connect error, got {e}"),
             Ok(_) => panic!("connected to a closed port"),
@@ -345,7 +402,7 @@ mod tests {
         // A new server on another port: the pool connects to the new address.
         let (addr2, server2) = reversing_server(1);
         let c2 = pool
-            .get(1, &addr2, 7, Duration::from_secs(5), 1 << 20)
+            .get(1, &addr2, 7, Duration::from_secs(5), 1 << 20, None)
             .expect("reconnect");
         assert!(!Arc::ptr_eq(&c, &c2));
         assert!(c2.request(&request(3), Duration::from_secs(30)).is_ok());
@@ -356,7 +413,8 @@ mod tests {
     fn no_answer_is_a_timeout_and_the_connection_stays() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
-        let conn = StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20).expect("connect");
+        let conn =
+            StoreConn::connect(&addr, 7, Duration::from_secs(5), 1 << 20, None).expect("connect");
         let (_s, _) = l.accept().expect("accept");
         assert_eq!(
             conn.request(&request(1), Duration::from_millis(50)),

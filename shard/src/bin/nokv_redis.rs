@@ -44,6 +44,18 @@ struct Args {
     /// The PEM private key of --tls-cert-file.
     #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
     tls_key_file: Option<std::path::PathBuf>,
+    /// Talk to the stores' RPC ports over mutual TLS, as stores started with --tls-cluster
+    /// need: this gateway presents its --tls-cert-file certificate (which the cluster's CA
+    /// must have signed) and checks the stores' against --tls-ca-cert-file.
+    #[arg(long, requires_all = ["tls_cert_file", "tls_ca_cert_file"])]
+    tls_cluster: bool,
+    /// The PEM CA certificate(s) the stores' certificates chain to (with --tls-cluster).
+    #[arg(long, value_name = "FILE", requires = "tls_cluster")]
+    tls_ca_cert_file: Option<std::path::PathBuf>,
+    /// The name every store's certificate carries, when not each store's IP address (with
+    /// --tls-cluster).
+    #[arg(long, value_name = "NAME", requires = "tls_cluster")]
+    tls_peer_name: Option<String>,
     /// Protected mode, as Redis': without --requirepass, clients connecting from anywhere but the loopback interface get -DENIED and are disconnected.
     #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = ["yes", "no"])]
     protected_mode: String,
@@ -62,9 +74,22 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let connector = match (
+        &args.tls_cert_file,
+        &args.tls_key_file,
+        &args.tls_ca_cert_file,
+    ) {
+        (Some(cert), Some(key), Some(ca)) if args.tls_cluster => Some(
+            nokv_shard::tls::ClusterTls::load(cert, key, ca, args.tls_peer_name.as_deref())
+                .map_err(|e| e.to_string())?
+                .store_connector(),
+        ),
+        _ => None,
+    };
     let opts = ClientOptions {
         cluster_id: args.cluster_id,
         call_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        connector,
         ..ClientOptions::default()
     };
     let client = Client::new(args.coordinator.clone(), opts).map_err(|e| e.to_string())?;
