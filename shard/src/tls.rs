@@ -143,7 +143,8 @@ impl ClusterTls {
     }
 
     /// A TLS session over the connected `tcp` to the store at `addr` (blocking IO; the
-    /// socket's timeouts bound the handshake), handshake done.
+    /// socket's timeouts bound the handshake), handshake done and, under TLS 1.3, this
+    /// side's certificate accepted ([`await_acceptance`]).
     pub fn connect_blocking(
         &self,
         tcp: StdTcpStream,
@@ -155,6 +156,7 @@ impl ClusterTls {
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
+        await_acceptance(&mut stream.conn, &stream.sock)?;
         Ok(stream)
     }
 
@@ -180,8 +182,7 @@ impl ClusterTls {
         let tls = self.clone();
         nokv_client::conn::StoreConnector(Arc::new(move |addr, tcp| {
             let stream = tls.connect_blocking(tcp, addr)?;
-            let (mut conn, sock) = (stream.conn, stream.sock);
-            await_acceptance(&mut conn, &sock)?;
+            let (conn, sock) = (stream.conn, stream.sock);
             let shared = Arc::new(SplitTls {
                 conn: std::sync::Mutex::new(conn),
                 out: std::sync::Mutex::new(sock.try_clone()?),
