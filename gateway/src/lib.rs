@@ -9,10 +9,12 @@
 //! and values onto the engine's key spaces. No threads, no blocking, no async
 //! runtime: the caller owns the sockets.
 
+pub mod atomic;
 pub mod command;
 pub mod error;
 pub mod exec;
 pub mod glob;
+pub mod lock;
 pub mod model;
 pub mod numeric;
 pub mod resp;

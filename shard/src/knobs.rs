@@ -15,6 +15,7 @@
 //! | `NOKV_DEBUG_TXN_NO_LATCHES=1` | transactional requests take no latches: the negative control of the latch test (two prewrites of one key may then both succeed) |
 //! | `NOKV_DEBUG_NET_FAULTS=path` | the store-to-store transport applies the partitions, drops, duplicates and delays written in `path`, re-read every 50 ms (`transport/faults.rs` has the rules) |
 //! | `NOKV_DEBUG_READ_WITHOUT_QUORUM=1` | leaders serve reads from their own state without a lease or a ReadIndex round and keep leading without a quorum: the negative control of the linearizability suite (a cut-off leader serves stale reads) |
+//! | `NOKV_DEBUG_MULTIKEY_SPLIT=1` | MSET / MSETNX / DEL over several regions are split into independent per-region writes instead of the atomic protocol (`nokv_gateway::atomic`): the negative control of the multi-region atomicity test (readers then see one region's part without the others') |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Knobs {
     /// Leaders read without a lease or ReadIndex and ignore a lost quorum (negative
     /// control: stale reads).
     pub reads_without_quorum: bool,
+    /// Multi-region MSET / MSETNX / DEL split per region, not atomic (negative control).
+    pub multikey_split: bool,
 }
 
 impl Knobs {
@@ -84,6 +87,7 @@ impl Knobs {
                 txn_skip_write_conflicts: var("NOKV_DEBUG_TXN_SKIP_WRITE_CONFLICTS").is_some(),
                 net_faults: var("NOKV_DEBUG_NET_FAULTS").map(PathBuf::from),
                 reads_without_quorum: var("NOKV_DEBUG_READ_WITHOUT_QUORUM").is_some(),
+                multikey_split: var("NOKV_DEBUG_MULTIKEY_SPLIT").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -100,6 +104,7 @@ impl Knobs {
                 || knobs.txn_skip_write_conflicts
                 || knobs.net_faults.is_some()
                 || knobs.reads_without_quorum
+                || knobs.multikey_split
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -11,6 +11,8 @@
 
 #[path = "admin.rs"]
 mod admin;
+#[path = "atomic.rs"]
+mod atomic;
 #[path = "forward.rs"]
 mod forward;
 #[path = "load.rs"]
@@ -47,6 +49,7 @@ use glommio::sync::Semaphore;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use nokv::{Db, WriteStall};
 use nokv_gateway::exec::{self, ReadOp, WriteCommand};
+use nokv_gateway::lock::Locked;
 use nokv_gateway::model;
 use nokv_gateway::{Action, Reply, Session, State};
 use nokv_raft::raftpb::{Message, MessageType};
@@ -2147,8 +2150,9 @@ async fn run_plan(core: &Rc<Core>, plan: Plan) -> Reply {
 enum Inline {
     /// Answered on the spot.
     Reply(Reply),
-    /// Proposed to a region of this core: the reply comes once it is applied.
-    Proposed(oneshot::Receiver<Reply>),
+    /// Proposed to a region of this core: the reply comes once it is applied (the plan,
+    /// to run again if a key is locked).
+    Proposed(oneshot::Receiver<Reply>, Plan),
 }
 
 /// Runs a plan of one part on this core without a task of its own: a read served from
@@ -2184,6 +2188,8 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                     .map(|reply| (reply, keys))
             };
             match reply {
+                // A locked key: the task path resolves the lock.
+                Some((reply, _)) if Locked::of(&reply).is_some() => Err(plan),
                 Some((reply, keys)) => {
                     core.loads.record(*region, &keys, 0);
                     Ok(Inline::Reply(reply))
@@ -2193,6 +2199,8 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
         }
         Work::Admin { .. } | Work::Txn { .. } => Err(plan),
         Work::Write { .. } => {
+            // Kept to run again if apply finds a key locked (see `settle`).
+            let again = plan.clone();
             let Plan { mut parts, .. } = plan;
             let Some((_, Work::Write { region, cmd })) = parts.pop() else {
                 return Err(Plan {
@@ -2201,7 +2209,7 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
                 });
             };
             match propose_local(core, region, cmd) {
-                Proposal::Waiting(rx) => Ok(Inline::Proposed(rx)),
+                Proposal::Waiting(rx) => Ok(Inline::Proposed(rx, again)),
                 Proposal::Refused(reply) => Ok(Inline::Reply(reply)),
                 // Led elsewhere: the task path forwards it (or answers -MOVED); planned
                 // before a split: the task path plans it again.
@@ -2216,23 +2224,26 @@ fn try_inline(core: &Rc<Core>, plan: Plan) -> std::result::Result<Inline, Plan> 
 
 /// An action of a connection that is still running.
 enum Inflight {
-    /// A write proposed inline (see [`try_inline`]).
-    Proposed(nokv_gateway::Ticket, oneshot::Receiver<Reply>),
+    /// A write proposed inline (see [`try_inline`]), and its plan.
+    Proposed(nokv_gateway::Ticket, oneshot::Receiver<Reply>, Plan),
     /// Anything else, in a task of its own (its reply already charged).
     Task(glommio::Task<(nokv_gateway::Ticket, Reply)>),
 }
 
 /// Waits for every running action, in order, and hands their replies to the session.
 async fn settle(
-    core: &Core,
+    core: &Rc<Core>,
     inflight: &mut Vec<(Inflight, bool)>,
     session: &mut Session,
     mem: &ConnMemory,
 ) {
     for (f, _) in inflight.drain(..) {
         let (ticket, reply) = match f {
-            Inflight::Proposed(ticket, rx) => {
-                let reply = forward::await_write(core, rx).await;
+            Inflight::Proposed(ticket, rx, plan) => {
+                let mut reply = forward::await_write(core, rx).await;
+                if Locked::of(&reply).is_some() {
+                    reply = atomic::run_resolving(core, plan, Some(reply)).await;
+                }
                 (ticket, memory::charge(mem, reply))
             }
             Inflight::Task(t) => t.await,
@@ -2255,6 +2266,16 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
         }
         let (ticket, plan) = match action {
             Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.routes(), op))),
+            Action::Write { ticket, cmd } if atomic::driven(core, &cmd) => {
+                let c = core.clone();
+                let m = mem.clone();
+                let task = glommio::spawn_local(async move {
+                    let reply = atomic::drive(&c, cmd).await;
+                    (ticket, memory::charge(&m, reply))
+                });
+                inflight.push((Inflight::Task(task), true));
+                continue;
+            }
             Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.routes(), cmd)),
             Action::Admin { ticket, args } => {
                 let c = core.clone();
@@ -2278,12 +2299,14 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
         match try_inline(core, plan) {
             // Each reply is charged to the connection as it arrives (see memory::charge).
             Ok(Inline::Reply(reply)) => session.complete(ticket, memory::charge(mem, reply)),
-            Ok(Inline::Proposed(rx)) => inflight.push((Inflight::Proposed(ticket, rx), is_write)),
+            Ok(Inline::Proposed(rx, plan)) => {
+                inflight.push((Inflight::Proposed(ticket, rx, plan), is_write))
+            }
             Err(plan) => {
                 let c = core.clone();
                 let m = mem.clone();
                 let task = glommio::spawn_local(async move {
-                    let reply = run_plan(&c, plan).await;
+                    let reply = atomic::run_resolving(&c, plan, None).await;
                     (ticket, memory::charge(&m, reply))
                 });
                 inflight.push((Inflight::Task(task), is_write));

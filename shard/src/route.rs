@@ -1,13 +1,14 @@
 //! Splitting a gateway action over the regions its keys live in, and merging the
 //! partial replies back into the one reply the client expects.
 //!
-//! Single-key commands go to one region. MGET/EXISTS/DEL/MSET whose keys span
-//! regions are split into one sub-command per region (each atomic on its own);
-//! MSETNX across regions is refused. KEYS, DBSIZE, INFO keyspace and FLUSHDB go
-//! to every region. SCAN walks one region per call (see [`scan_start`]).
+//! Single-key commands go to one region. MGET/EXISTS whose keys span regions are split
+//! into one read per region. MSET/MSETNX/DEL over several regions are run by the atomic
+//! protocol (`nokv_gateway::atomic`, driven by `node::atomic`), whose steps this planner
+//! splits per region. KEYS, DBSIZE, INFO keyspace and FLUSHDB go to every region. SCAN
+//! walks one region per call (see [`scan_start`]).
 
 use crate::layout::{Route, RouteTable};
-use nokv_gateway::exec::{ReadOp, WriteCommand, WriteOp};
+use nokv_gateway::exec::{AtomicAction, ReadOp, WriteCommand, WriteOp};
 use nokv_gateway::Reply;
 
 /// What a piece of work targets.
@@ -83,7 +84,8 @@ pub struct Plan {
     pub merge: Merge,
 }
 
-/// `-CROSSSLOT` for an MSETNX over several regions.
+/// `-CROSSSLOT` for an MSETNX over several regions planned without the atomic protocol
+/// (only under the `NOKV_DEBUG_MULTIKEY_SPLIT` negative control).
 pub const CROSS_REGION: &str =
     "CROSSSLOT Keys in request don't hash to the same region (MSETNX needs one region: use {hash tags})";
 
@@ -141,22 +143,7 @@ pub fn read_slot(op: &ReadOp) -> Option<u16> {
 
 /// The keys a read touches (empty for reads of whole regions: SCAN, KEYS, DBSIZE, INFO).
 pub fn read_keys(op: &ReadOp) -> Vec<&[u8]> {
-    match op {
-        ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.iter().map(Vec::as_slice).collect(),
-        ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => Vec::new(),
-        ReadOp::Get(k)
-        | ReadOp::Strlen(k)
-        | ReadOp::Type(k)
-        | ReadOp::Ttl { key: k, .. }
-        | ReadOp::HGet(k, _)
-        | ReadOp::HMGet(k, _)
-        | ReadOp::HGetAll(k)
-        | ReadOp::HLen(k)
-        | ReadOp::HExists(k, _)
-        | ReadOp::HKeys(k)
-        | ReadOp::HVals(k)
-        | ReadOp::HScan(k, _) => vec![k.as_slice()],
-    }
+    op.keys()
 }
 
 /// Plans a read.
@@ -281,41 +268,38 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
             merge: Merge::Single,
         });
     }
-    match cmd.op {
+    let merge = match &cmd.op {
         WriteOp::MSet {
             if_none_exist: true,
             ..
-        } => Err(Reply::error(CROSS_REGION)),
-        WriteOp::MSet { pairs, .. } => Ok(Plan {
-            parts: group(routes, pairs, |(k, _)| k)
+        } => return Err(Reply::error(CROSS_REGION)),
+        WriteOp::MSet { .. } => Merge::AllOk,
+        WriteOp::Del { .. } => Merge::Sum,
+        WriteOp::Atomic(step) => match step.action {
+            AtomicAction::Lock { .. } => Merge::Sum,
+            _ => Merge::AllOk,
+        },
+        other => {
+            return Err(Reply::error(format!(
+                "ERR internal: a multi-region plan for {:?}",
+                std::mem::discriminant(other)
+            )))
+        }
+    };
+    match cmd.op.split_by(|k| routes.for_key(k).region) {
+        Ok(ops) => Ok(Plan {
+            parts: ops
                 .into_iter()
-                .map(|(r, items)| {
-                    let pairs = items.into_iter().map(|(_, p)| p).collect();
-                    write_part(
-                        r,
-                        now,
-                        WriteOp::MSet {
-                            pairs,
-                            if_none_exist: false,
-                        },
-                    )
+                .map(|op| {
+                    let r = routes.for_key(op.keys().first().copied().unwrap_or_default());
+                    write_part(r, now, op)
                 })
                 .collect(),
-            merge: Merge::AllOk,
+            merge,
         }),
-        WriteOp::Del { keys } => Ok(Plan {
-            parts: group(routes, keys, |k| k)
-                .into_iter()
-                .map(|(r, items)| {
-                    let keys = items.into_iter().map(|(_, k)| k).collect();
-                    write_part(r, now, WriteOp::Del { keys })
-                })
-                .collect(),
-            merge: Merge::Sum,
-        }),
-        other => Err(Reply::error(format!(
+        Err(op) => Err(Reply::error(format!(
             "ERR internal: a multi-region plan for {:?}",
-            std::mem::discriminant(&other)
+            std::mem::discriminant(&op)
         ))),
     }
 }

@@ -119,6 +119,49 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
         },
     };
     assert_eq!(client.write(del).expect("del"), Reply::Int(0));
+    // MSETNX / MSET / DEL over keys of many regions (led by every live store) are run by
+    // the atomic protocol: whole, with Redis's replies.
+    let multi: Vec<Vec<u8>> = (0..24).map(|i| format!("multi:{i}").into_bytes()).collect();
+    let multi_regions: std::collections::BTreeSet<u64> = multi
+        .iter()
+        .map(|k| client.region_for_key(k).expect("region"))
+        .collect();
+    assert!(multi_regions.len() > 3, "keys in {multi_regions:?}");
+    let mset = |value: &[u8], nx: bool| WriteCommand {
+        now_ms: nokv_client::now_ms(),
+        op: WriteOp::MSet {
+            pairs: multi.iter().map(|k| (k.clone(), value.to_vec())).collect(),
+            if_none_exist: nx,
+        },
+    };
+    assert_eq!(
+        client.write(mset(b"a", true)).expect("msetnx"),
+        Reply::Int(1)
+    );
+    assert_eq!(
+        client.write(mset(b"b", true)).expect("msetnx"),
+        Reply::Int(0)
+    );
+    let all = |value: &[u8]| Reply::Array(multi.iter().map(|_| Reply::bulk(value)).collect());
+    assert_eq!(
+        client.read(ReadOp::MGet(multi.clone())).expect("mget"),
+        all(b"a")
+    );
+    assert_eq!(client.write(mset(b"c", false)).expect("mset"), Reply::ok());
+    assert_eq!(
+        client.read(ReadOp::MGet(multi.clone())).expect("mget"),
+        all(b"c")
+    );
+    let del = WriteCommand {
+        now_ms: nokv_client::now_ms(),
+        op: WriteOp::Del {
+            keys: multi.clone(),
+        },
+    };
+    assert_eq!(
+        client.write(del).expect("del"),
+        Reply::Int(multi.len() as i64)
+    );
     for (k, v) in &acked {
         assert_eq!(
             client.get(k.as_bytes()).expect("get after the kill"),
@@ -158,6 +201,11 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
     want.push(R::Nil);
     want.push(R::bulk("hello"));
     assert_eq!(items, want);
+    let names = (0..12).map(|i| format!("gw:{i}")).collect::<Vec<_>>();
+    let pairs = names.iter().map(|k| format!("{k} v")).collect::<Vec<_>>();
+    assert_eq!(c.cmd(&format!("MSETNX {}", pairs.join(" "))), R::Int(1));
+    assert_eq!(c.cmd(&format!("MSETNX {}", pairs.join(" "))), R::Int(0));
+    assert_eq!(c.cmd(&format!("DEL {}", names.join(" "))), R::Int(12));
     assert_eq!(c.cmd("INCR counter"), R::Int(1));
     assert_eq!(c.cmd("INCR counter"), R::Int(2));
     // The gateway's write is visible to the library client.

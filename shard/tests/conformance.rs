@@ -30,12 +30,6 @@ const SKIPS: &[Skip] = &[
                  client-query-buffer-limit max(2 x that, 64 MiB)",
     },
     Skip {
-        file: "03_strings.txt",
-        case: "mget mset msetnx",
-        reason: "MSETNX whose keys span regions is refused with -CROSSSLOT (x/y and y/z \
-                 land in different regions)",
-    },
-    Skip {
         file: "04_keys.txt",
         case: "keys and scan",
         reason: "SCAN returns one region per call (cursor continues at the next region), \

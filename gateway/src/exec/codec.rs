@@ -7,7 +7,10 @@
 //! are zig-zag varints and booleans/enums one byte. Decoding checks every
 //! length against the bytes left, rejects unknown tags and trailing bytes.
 
-use super::{ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand, WriteOp};
+use super::{
+    AtomicAction, AtomicStep, ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand,
+    WriteOp,
+};
 use crate::error::{Error, Result};
 use crate::numeric::LongDouble;
 use crate::resp::{Reply, ScanPage};
@@ -166,6 +169,41 @@ impl WriteCommand {
                 put_bytes(&mut out, field);
                 put_i64(&mut out, *delta);
             }
+            WriteOp::Atomic(step) => {
+                out.push(16);
+                out.extend_from_slice(&step.txn);
+                put_bytes(&mut out, &step.primary);
+                match &step.action {
+                    AtomicAction::Lock {
+                        deadline_ms,
+                        changes,
+                    } => {
+                        out.push(1);
+                        put_varint(&mut out, *deadline_ms);
+                        put_varint(&mut out, changes.len() as u64);
+                        for (k, c) in changes {
+                            put_bytes(&mut out, k);
+                            match c {
+                                None => out.push(0),
+                                Some(v) => {
+                                    out.push(1);
+                                    put_bytes(&mut out, v);
+                                }
+                            }
+                        }
+                    }
+                    AtomicAction::Commit { keys } => {
+                        out.push(2);
+                        put_list(&mut out, keys);
+                    }
+                    AtomicAction::Rollback { keys } => {
+                        out.push(3);
+                        put_list(&mut out, keys);
+                    }
+                    AtomicAction::Check => out.push(4),
+                    AtomicAction::Forget => out.push(5),
+                }
+            }
         }
         out
     }
@@ -251,6 +289,42 @@ impl WriteCommand {
                 field: r.bytes()?,
                 delta: r.i64()?,
             },
+            16 => {
+                let mut txn = [0u8; 16];
+                txn.copy_from_slice(r.take(16)?);
+                let primary = r.bytes()?;
+                let action = match r.u8()? {
+                    1 => {
+                        let deadline_ms = r.varint()?;
+                        // Every change takes at least two bytes: bounded by the bytes left.
+                        let n = r.len()?;
+                        let mut changes = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let k = r.bytes()?;
+                            let c = match r.u8()? {
+                                0 => None,
+                                1 => Some(r.bytes()?),
+                                t => return Err(Error::Codec(format!("bad change tag {t}"))),
+                            };
+                            changes.push((k, c));
+                        }
+                        AtomicAction::Lock {
+                            deadline_ms,
+                            changes,
+                        }
+                    }
+                    2 => AtomicAction::Commit { keys: r.list()? },
+                    3 => AtomicAction::Rollback { keys: r.list()? },
+                    4 => AtomicAction::Check,
+                    5 => AtomicAction::Forget,
+                    t => return Err(Error::Codec(format!("unknown atomic step {t}"))),
+                };
+                WriteOp::Atomic(AtomicStep {
+                    txn,
+                    primary,
+                    action,
+                })
+            }
             t => return Err(Error::Codec(format!("unknown WriteCommand op {t}"))),
         };
         if r.pos != buf.len() {
@@ -715,6 +789,31 @@ mod tests {
                 field,
                 delta
             }),
+            (any::<[u8; 16]>(), bytes(), atomic_action()).prop_map(|(txn, primary, action)| {
+                WriteOp::Atomic(AtomicStep {
+                    txn,
+                    primary,
+                    action,
+                })
+            }),
+        ]
+    }
+
+    fn atomic_action() -> impl Strategy<Value = AtomicAction> {
+        let keys = || proptest::collection::vec(bytes(), 0..4);
+        prop_oneof![
+            (
+                any::<u64>(),
+                proptest::collection::vec((bytes(), proptest::option::of(bytes())), 0..4)
+            )
+                .prop_map(|(deadline_ms, changes)| AtomicAction::Lock {
+                    deadline_ms,
+                    changes
+                }),
+            keys().prop_map(|keys| AtomicAction::Commit { keys }),
+            keys().prop_map(|keys| AtomicAction::Rollback { keys }),
+            Just(AtomicAction::Check),
+            Just(AtomicAction::Forget),
         ]
     }
 

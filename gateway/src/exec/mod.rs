@@ -8,11 +8,13 @@
 //! [`StateView`] and writing one `WriteBatch` at one explicit version. Reads
 //! are evaluated by [`read`] against a [`ReadView`].
 
+pub mod atomic;
 pub mod codec;
 
 use crate::command::CommandInfo;
 use crate::error::Result;
 use crate::glob;
+use crate::lock::{self, Change, TxnId};
 use crate::model::{self, Body, Meta, RedisType, META, SUBKEYS};
 use crate::numeric::{string2ll, LongDouble};
 use crate::resp::{Reply, ScanPage};
@@ -266,6 +268,51 @@ pub enum WriteOp {
         /// Increment.
         delta: i64,
     },
+    /// A step of a cross-region atomic write (`crate::atomic`), applied in one region.
+    Atomic(AtomicStep),
+}
+
+/// One step of a cross-region atomic write (see `crate::atomic` and `crate::lock`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtomicStep {
+    /// The transaction.
+    pub txn: TxnId,
+    /// Its primary key: the commit point, where its status is kept.
+    pub primary: Vec<u8>,
+    /// What to do.
+    pub action: AtomicAction,
+}
+
+/// What an [`AtomicStep`] does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AtomicAction {
+    /// Locks the keys with their pending changes, all or none: `-LOCKED` if another
+    /// transaction holds one, `-ABORTED` if the transaction was rolled back. Replies how
+    /// many of the keys exist.
+    Lock {
+        /// Unix ms after which readers may roll the transaction back.
+        deadline_ms: u64,
+        /// Key and pending change (None: delete).
+        changes: Vec<(Vec<u8>, Change)>,
+    },
+    /// Applies the pending changes of the keys the transaction still locks and unlocks
+    /// them; with the primary among them, records the commit first (`-ABORTED` if it was
+    /// rolled back).
+    Commit {
+        /// Keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Unlocks the keys the transaction locks, dropping their changes; with the primary
+    /// among them, records the rollback (refused once committed).
+    Rollback {
+        /// Keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// The transaction's status at its primary: `:1` committed, `:2` rolled back (which
+    /// it is made, when its primary lock is past its deadline or missing), `:0` running.
+    Check,
+    /// Drops the status record once every lock is resolved.
+    Forget,
 }
 
 impl WriteOp {
@@ -287,6 +334,113 @@ impl WriteOp {
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
             WriteOp::Del { keys } => keys.iter().map(Vec::as_slice).collect(),
             WriteOp::FlushDb => Vec::new(),
+            WriteOp::Atomic(step) => match &step.action {
+                AtomicAction::Lock { changes, .. } => {
+                    changes.iter().map(|(k, _)| k.as_slice()).collect()
+                }
+                AtomicAction::Commit { keys } | AtomicAction::Rollback { keys } => {
+                    keys.iter().map(Vec::as_slice).collect()
+                }
+                AtomicAction::Check | AtomicAction::Forget => vec![step.primary.as_slice()],
+            },
+        }
+    }
+
+    /// Splits a write over several keys into one write per group of keys, groups given by
+    /// `region_of` (in order of first appearance): MSET (not MSETNX), DEL and the lock,
+    /// commit and rollback steps of atomic writes, whose parts are independent per key.
+    /// Every other write comes back as `Err`.
+    pub fn split_by(
+        self,
+        region_of: impl Fn(&[u8]) -> u64,
+    ) -> std::result::Result<Vec<WriteOp>, WriteOp> {
+        fn groups<T>(
+            items: Vec<T>,
+            key: impl Fn(&T) -> &[u8],
+            region_of: impl Fn(&[u8]) -> u64,
+        ) -> Vec<Vec<T>> {
+            let mut out: Vec<(u64, Vec<T>)> = Vec::new();
+            for item in items {
+                let r = region_of(key(&item));
+                match out.iter_mut().find(|(g, _)| *g == r) {
+                    Some((_, v)) => v.push(item),
+                    None => out.push((r, vec![item])),
+                }
+            }
+            out.into_iter().map(|(_, v)| v).collect()
+        }
+        let step = |s: &AtomicStep, action| {
+            WriteOp::Atomic(AtomicStep {
+                txn: s.txn,
+                primary: s.primary.clone(),
+                action,
+            })
+        };
+        Ok(match self {
+            WriteOp::MSet {
+                pairs,
+                if_none_exist: false,
+            } => groups(pairs, |(k, _)| k, region_of)
+                .into_iter()
+                .map(|pairs| WriteOp::MSet {
+                    pairs,
+                    if_none_exist: false,
+                })
+                .collect(),
+            WriteOp::Del { keys } => groups(keys, |k| k, region_of)
+                .into_iter()
+                .map(|keys| WriteOp::Del { keys })
+                .collect(),
+            WriteOp::Atomic(s) => match &s.action {
+                AtomicAction::Lock {
+                    deadline_ms,
+                    changes,
+                } => groups(changes.clone(), |(k, _)| k, region_of)
+                    .into_iter()
+                    .map(|changes| {
+                        step(
+                            &s,
+                            AtomicAction::Lock {
+                                deadline_ms: *deadline_ms,
+                                changes,
+                            },
+                        )
+                    })
+                    .collect(),
+                AtomicAction::Commit { keys } => groups(keys.clone(), |k| k, region_of)
+                    .into_iter()
+                    .map(|keys| step(&s, AtomicAction::Commit { keys }))
+                    .collect(),
+                AtomicAction::Rollback { keys } => groups(keys.clone(), |k| k, region_of)
+                    .into_iter()
+                    .map(|keys| step(&s, AtomicAction::Rollback { keys }))
+                    .collect(),
+                AtomicAction::Check | AtomicAction::Forget => return Err(WriteOp::Atomic(s)),
+            },
+            other => return Err(other),
+        })
+    }
+}
+
+impl ReadOp {
+    /// The user keys a read touches (empty for reads of whole regions: SCAN, KEYS,
+    /// DBSIZE, INFO).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.iter().map(Vec::as_slice).collect(),
+            ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => Vec::new(),
+            ReadOp::Get(k)
+            | ReadOp::Strlen(k)
+            | ReadOp::Type(k)
+            | ReadOp::Ttl { key: k, .. }
+            | ReadOp::HGet(k, _)
+            | ReadOp::HMGet(k, _)
+            | ReadOp::HGetAll(k)
+            | ReadOp::HLen(k)
+            | ReadOp::HExists(k, _)
+            | ReadOp::HKeys(k)
+            | ReadOp::HVals(k)
+            | ReadOp::HScan(k, _) => vec![k.as_slice()],
         }
     }
 }
@@ -887,6 +1041,10 @@ fn hash_fields(
 }
 
 fn read_inner(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
+    // A key locked by a cross-region write in flight: the caller resolves the lock.
+    if let Some(locked) = lock::check(view, &op.keys())? {
+        return Ok(locked);
+    }
     Ok(match op {
         ReadOp::Get(key) => match tri!(string_of(load(view, key, now)?)) {
             Some(v) => Reply::Bulk(v),
@@ -1178,11 +1336,21 @@ impl Tx<'_> {
 /// Evaluates a write at apply time: reads and writes through `view`, all writes
 /// in one batch at `version`; deterministic given the same store state and command.
 pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Reply {
-    if let WriteOp::FlushDb = cmd.op {
-        return match view.clear(version) {
-            Ok(()) => Reply::ok(),
-            Err(e) => storage_error(e),
-        };
+    match &cmd.op {
+        WriteOp::FlushDb => {
+            return match view.clear(version) {
+                Ok(()) => Reply::ok(),
+                Err(e) => storage_error(e),
+            };
+        }
+        WriteOp::Atomic(_) => {}
+        // A key locked by a cross-region write in flight: the proposer resolves the lock
+        // and proposes again.
+        op => match lock::check(&*view, &op.keys()) {
+            Ok(None) => {}
+            Ok(Some(locked)) => return locked,
+            Err(e) => return storage_error(e),
+        },
     }
     let mut tx = Tx {
         view,
@@ -1207,6 +1375,7 @@ pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Repl
 fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {
     let now = tx.now;
     Ok(match op {
+        WriteOp::Atomic(step) => return atomic::apply(step, tx),
         WriteOp::Set {
             key,
             value,

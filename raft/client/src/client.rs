@@ -6,9 +6,11 @@ use crate::error::{show_key, Error, Result};
 use crate::plan::{self, Part, PlanError, Work};
 use crate::routes::{routing_key, RegionRoute, RouteCache};
 use nokv_coordinator::{ClientOptions as CoordOptions, CoordClient};
+use nokv_gateway::atomic::{self, Runner};
 use nokv_gateway::exec::{
     ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand, WriteOp,
 };
+use nokv_gateway::lock::Locked;
 use nokv_gateway::Reply;
 use nokv_raft::kv::{KvKind, KvOutcome, KvRequest};
 use nokv_raft::txn_wire::{TxnRequest, TxnResponse};
@@ -490,15 +492,38 @@ impl Client {
     }
 
     /// Runs a read over every region its keys live in and merges the replies as the store
-    /// would (a Redis error reply is returned as a reply, not an error).
+    /// would (a Redis error reply is returned as a reply, not an error). Keys locked by a
+    /// multi-region write in flight are resolved (`nokv_gateway::atomic`).
     pub fn read(&self, op: ReadOp) -> Result<Reply> {
-        self.execute(|cache| plan::plan_read(cache, op.clone()))
+        let first = self.execute(|cache| plan::plan_read(cache, op.clone()))?;
+        Ok(self.resolving(first, || {
+            self.execute(|cache| plan::plan_read(cache, op.clone()))
+        }))
     }
 
-    /// Runs a write over every region its keys live in (see `docs/client.md` for what is
-    /// atomic) and merges the replies.
+    /// Runs a write over every region its keys live in and merges the replies: MSET,
+    /// MSETNX and DEL over several regions atomically (`nokv_gateway::atomic`, see
+    /// `docs/client.md`). Keys locked by a multi-region write in flight are resolved.
     pub fn write(&self, cmd: WriteCommand) -> Result<Reply> {
-        self.execute(|cache| plan::plan_write(cache, cmd.clone()))
+        if atomic::needs_driver(&cmd.op) && plan::spans_regions(&self.cache.read(), &cmd.op) {
+            return Ok(atomic::block_on(atomic::run(&Steps(self), cmd)));
+        }
+        let first = self.execute(|cache| plan::plan_write(cache, cmd.clone()))?;
+        Ok(self.resolving(first, || {
+            self.execute(|cache| plan::plan_write(cache, cmd.clone()))
+        }))
+    }
+
+    /// `first` if it is not `-LOCKED`; else the reply of `again` once the locks it meets
+    /// are resolved.
+    fn resolving(&self, first: Reply, again: impl Fn() -> Result<Reply>) -> Reply {
+        if Locked::of(&first).is_none() {
+            return first;
+        }
+        let steps = Steps(self);
+        atomic::block_on(atomic::resolving(&steps, Some(first), || async {
+            again().unwrap_or_else(|e| crate::gateway::error_reply(&e))
+        }))
     }
 
     /// Runs `work` on region `region`'s leader: the lower level of [`Client::read`] and
@@ -847,6 +872,26 @@ fn unexpected(region: u64, key: &[u8], reply: Reply) -> Error {
             region,
             detail: format!("key {}: {other:?}", show_key(key)),
         },
+    }
+}
+
+/// The atomic protocol's steps through a client: planned and sent like any write, a
+/// failure as its Redis error reply.
+struct Steps<'a>(&'a Client);
+
+impl Runner for Steps<'_> {
+    async fn write(&self, cmd: WriteCommand) -> Reply {
+        self.0
+            .execute(|cache| plan::plan_write(cache, cmd.clone()))
+            .unwrap_or_else(|e| crate::gateway::error_reply(&e))
+    }
+
+    async fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 }
 

@@ -8,7 +8,7 @@
 //! region per call and continues at the next region's first slot.
 
 use crate::routes::{routing_key, RegionRoute, RouteCache};
-use nokv_gateway::exec::{ReadOp, ScanArgs, WriteCommand, WriteOp};
+use nokv_gateway::exec::{AtomicAction, ReadOp, ScanArgs, WriteCommand, WriteOp};
 use nokv_gateway::Reply;
 
 /// One region's part of a command.
@@ -269,44 +269,51 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
             });
         }
     }
-    match cmd.op {
+    let merge = match &cmd.op {
         WriteOp::MSet {
             if_none_exist: true,
             ..
-        } => Err(PlanError::Reply(Reply::error(CROSS_REGION))),
-        WriteOp::MSet { pairs, .. } => {
-            let mut parts = Vec::new();
-            for (r, items) in group(cache, pairs, |(k, _)| k)? {
-                let pairs: Vec<(Vec<u8>, Vec<u8>)> = items.into_iter().map(|(_, p)| p).collect();
-                let first = pairs.first().map(|(k, _)| k.clone()).unwrap_or_default();
-                let op = WriteOp::MSet {
-                    pairs,
-                    if_none_exist: false,
-                };
-                parts.push(part(r, &first, write(op)));
-            }
-            Ok(Plan {
-                parts,
-                merge: Merge::AllOk,
-            })
-        }
-        WriteOp::Del { keys } => {
-            let mut parts = Vec::new();
-            for (r, items) in group(cache, keys, |k| k)? {
-                let keys: Vec<Vec<u8>> = items.into_iter().map(|(_, k)| k).collect();
-                let first = keys.first().cloned().unwrap_or_default();
-                parts.push(part(r, &first, write(WriteOp::Del { keys })));
-            }
-            Ok(Plan {
-                parts,
-                merge: Merge::Sum,
-            })
-        }
+        } => return Err(PlanError::Reply(Reply::error(CROSS_REGION))),
+        // An atomic write's lock step counts the keys that exist.
+        WriteOp::Atomic(s) if matches!(s.action, AtomicAction::Lock { .. }) => Merge::Sum,
+        WriteOp::MSet { .. } | WriteOp::Atomic(_) => Merge::AllOk,
+        WriteOp::Del { .. } => Merge::Sum,
         // Every other write has one key (or none): handled above.
-        other => Err(PlanError::Reply(Reply::error(format!(
+        other => {
+            return Err(PlanError::Reply(Reply::error(format!(
+                "ERR internal: a multi-region plan for {:?}",
+                std::mem::discriminant(other)
+            ))))
+        }
+    };
+    let region_ids: std::collections::HashMap<Vec<u8>, u64> = keys
+        .iter()
+        .zip(&regions)
+        .map(|(k, r)| (k.to_vec(), *r))
+        .collect();
+    let region_id = |k: &[u8]| region_ids.get(k).copied().unwrap_or(0);
+    let ops = cmd.op.split_by(region_id).map_err(|op| {
+        PlanError::Reply(Reply::error(format!(
             "ERR internal: a multi-region plan for {:?}",
-            std::mem::discriminant(&other)
-        )))),
+            std::mem::discriminant(&op)
+        )))
+    })?;
+    let mut parts = Vec::with_capacity(ops.len());
+    for op in ops {
+        let first = op.keys().first().map(|k| k.to_vec()).unwrap_or_default();
+        let r = region_of(cache, &first)?;
+        parts.push(part(r, &first, write(op)));
+    }
+    Ok(Plan { parts, merge })
+}
+
+/// Whether `op`'s keys live in more than one region (or a route is missing).
+pub fn spans_regions(cache: &RouteCache, op: &WriteOp) -> bool {
+    let keys = op.keys();
+    let mut regions = keys.iter().map(|k| region_of(cache, k).ok().map(|r| r.id));
+    match regions.next() {
+        None => false,
+        Some(first) => first.is_none() || regions.any(|r| r != first),
     }
 }
 

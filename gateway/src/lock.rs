@@ -1,0 +1,228 @@
+//! Lock and status records of cross-region atomic writes (`crate::atomic`), and the
+//! `-LOCKED` reply that tells a caller a key is locked.
+//!
+//! A *lock* sits on a Redis key while a multi-region MSET, MSETNX or DEL is between its
+//! lock and commit steps: key space [`LOCKS`] (namespace `NS_REDIS`, CF_LOCK) at the
+//! key's metadata key `slot u16 BE | key`, so it lives in the key's region and moves with
+//! it. Its value names the transaction, its primary key, its deadline and the key's
+//! pending change:
+//!
+//! `format u8 (=1) | txn 16 bytes | deadline_ms u64 LE | primary len u32 LE | primary |
+//! change u8 (0 = delete, 1 = put) | value (put only)`.
+//!
+//! A *status* record says how a transaction ended, in [`STATUSES`] (CF_WRITE) at
+//! `meta_key(primary) | txn 16 bytes`, so it lives with the primary key:
+//! one byte, [`COMMITTED`] or [`ROLLED_BACK`].
+
+use crate::error::{Error, Result};
+use crate::model;
+use crate::resp::Reply;
+use nokv::KeySpace;
+
+/// Key space of lock records.
+pub const LOCKS: KeySpace = KeySpace::new(nokv::NS_REDIS, nokv::CF_LOCK);
+/// Key space of transaction status records.
+pub const STATUSES: KeySpace = KeySpace::new(nokv::NS_REDIS, nokv::CF_WRITE);
+/// Status: the transaction committed (its primary key's change applied).
+pub const COMMITTED: u8 = 1;
+/// Status: the transaction was rolled back; its locks are void.
+pub const ROLLED_BACK: u8 = 2;
+/// Error code of the reply to a command that met a lock.
+pub const LOCKED_CODE: &str = "LOCKED";
+
+const FORMAT: u8 = 1;
+
+/// A transaction's id: random, unique across gateways.
+pub type TxnId = [u8; 16];
+
+/// A key's pending change under a lock: the value to store (None: delete).
+pub type Change = Option<Vec<u8>>;
+
+/// A decoded lock record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// The transaction holding it.
+    pub txn: TxnId,
+    /// Unix ms after which a reader may roll the transaction back.
+    pub deadline_ms: u64,
+    /// The transaction's primary key (its status lives there).
+    pub primary: Vec<u8>,
+    /// What committing does to the key.
+    pub change: Change,
+}
+
+impl Lock {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let value_len = self.change.as_ref().map_or(0, Vec::len);
+        let mut out = Vec::with_capacity(34 + self.primary.len() + value_len);
+        out.push(FORMAT);
+        out.extend_from_slice(&self.txn);
+        out.extend_from_slice(&self.deadline_ms.to_le_bytes());
+        out.extend_from_slice(&(self.primary.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.primary);
+        match &self.change {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(v);
+            }
+        }
+        out
+    }
+
+    /// Decodes [`Lock::encode`]'s output.
+    pub fn decode(raw: &[u8]) -> Result<Lock> {
+        let corrupt = |detail: &str| Error::Corrupt {
+            what: "lock record",
+            detail: detail.to_string(),
+        };
+        if raw.len() < 29 || raw[0] != FORMAT {
+            return Err(corrupt("too short or unknown format"));
+        }
+        let mut txn = [0u8; 16];
+        txn.copy_from_slice(&raw[1..17]);
+        let deadline_ms = u64::from_le_bytes(raw[17..25].try_into().unwrap_or_default());
+        let plen = u32::from_le_bytes(raw[25..29].try_into().unwrap_or_default()) as usize;
+        let rest = &raw[29..];
+        if rest.len() < plen + 1 {
+            return Err(corrupt("primary key runs past the end"));
+        }
+        let primary = rest[..plen].to_vec();
+        let change = match rest[plen] {
+            0 if rest.len() == plen + 1 => None,
+            1 => Some(rest[plen + 1..].to_vec()),
+            _ => return Err(corrupt("bad change tag")),
+        };
+        Ok(Lock {
+            txn,
+            deadline_ms,
+            primary,
+            change,
+        })
+    }
+}
+
+/// The status record key of `txn`, whose primary key is `primary`.
+pub fn status_key(primary: &[u8], txn: &TxnId) -> Vec<u8> {
+    let mut out = model::meta_key(primary);
+    out.extend_from_slice(txn);
+    out
+}
+
+/// What a `-LOCKED` reply says: which key is locked, by what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locked {
+    /// The locked key.
+    pub key: Vec<u8>,
+    /// The lock on it.
+    pub txn: TxnId,
+    /// The lock's deadline (unix ms).
+    pub deadline_ms: u64,
+    /// The holder's primary key.
+    pub primary: Vec<u8>,
+}
+
+/// `x` then the bytes in hex (never empty, so words stay apart).
+fn hex(b: &[u8]) -> String {
+    std::iter::once("x".to_string())
+        .chain(b.iter().map(|x| format!("{x:02x}")))
+        .collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.strip_prefix('x')?;
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Locked {
+    /// The lock found on `key`.
+    pub fn new(key: &[u8], lock: &Lock) -> Locked {
+        Locked {
+            key: key.to_vec(),
+            txn: lock.txn,
+            deadline_ms: lock.deadline_ms,
+            primary: lock.primary.clone(),
+        }
+    }
+
+    /// `-LOCKED x<key hex> x<txn hex> <deadline ms> x<primary hex>`: internal, resolved by the
+    /// store or client that ran the command (`crate::atomic::resolve`), never sent to a
+    /// Redis client.
+    pub fn reply(&self) -> Reply {
+        Reply::error(format!(
+            "{LOCKED_CODE} {} {} {} {}",
+            hex(&self.key),
+            hex(&self.txn),
+            self.deadline_ms,
+            hex(&self.primary)
+        ))
+    }
+
+    /// Parses [`Locked::reply`]; None for every other reply.
+    pub fn of(reply: &Reply) -> Option<Locked> {
+        let Reply::Error(text) = reply else {
+            return None;
+        };
+        let mut words = text.strip_prefix(LOCKED_CODE)?.split_ascii_whitespace();
+        let key = unhex(words.next()?)?;
+        let txn: TxnId = unhex(words.next()?)?.try_into().ok()?;
+        let deadline_ms = words.next()?.parse().ok()?;
+        let primary = unhex(words.next()?)?;
+        Some(Locked {
+            key,
+            txn,
+            deadline_ms,
+            primary,
+        })
+    }
+}
+
+/// Looks for a lock on any of `keys`: the first found, as a `-LOCKED` reply.
+pub fn check(view: &dyn crate::store::ReadView, keys: &[&[u8]]) -> Result<Option<Reply>> {
+    for k in keys {
+        if let Some(raw) = view.get(LOCKS, &model::meta_key(k))? {
+            return Ok(Some(Locked::new(k, &Lock::decode(&raw)?).reply()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lock_records_round_trip(
+            txn in any::<[u8; 16]>(),
+            deadline_ms in any::<u64>(),
+            primary in proptest::collection::vec(any::<u8>(), 0..20),
+            change in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+        ) {
+            let lock = Lock { txn, deadline_ms, primary: primary.clone(), change };
+            prop_assert_eq!(Lock::decode(&lock.encode()).ok(), Some(lock.clone()));
+            let locked = Locked::new(&primary, &lock);
+            prop_assert_eq!(Locked::of(&locked.reply()), Some(locked));
+        }
+
+        #[test]
+        fn lock_decoding_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Lock::decode(&raw);
+        }
+    }
+
+    #[test]
+    fn other_errors_are_not_locks() {
+        assert_eq!(Locked::of(&Reply::error("ERR LOCKED")), None);
+        assert_eq!(Locked::of(&Reply::error("LOCKED zz")), None);
+        assert_eq!(Locked::of(&Reply::Int(1)), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! Cross-region atomic writes and lock resolution on a store (`nokv_gateway::atomic`):
+//! a core drives the MSET / MSETNX / DEL of its connections whose keys span regions, and
+//! resolves the locks any command of its connections meets (`-LOCKED` from a read or an
+//! apply), so no client ever sees a lock.
+//!
+//! A child module of `node` (it runs plans through the core's planner and forwarding).
+
+use super::*;
+use nokv_gateway::atomic::{self as protocol, Runner};
+
+/// Runs the protocol's steps through the core's planner: split per region, forwarded to
+/// other cores and to region leaders on other stores.
+struct CoreRunner<'a>(&'a Rc<Core>);
+
+impl Runner for CoreRunner<'_> {
+    async fn write(&self, cmd: WriteCommand) -> Reply {
+        match route::plan_write(&self.0.routes(), cmd) {
+            Ok(plan) => run_plan(self.0, plan).await,
+            Err(reply) => reply,
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        glommio::timer::sleep(d).await
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// Whether `cmd` is an MSET / MSETNX / DEL over several regions, which the core drives
+/// atomically (unless the `NOKV_DEBUG_MULTIKEY_SPLIT` negative control is on).
+pub(super) fn driven(core: &Core, cmd: &WriteCommand) -> bool {
+    if core.node.knobs.multikey_split || !protocol::needs_driver(&cmd.op) {
+        return false;
+    }
+    let routes = core.routes();
+    let keys = cmd.op.keys();
+    let first = keys.first().map(|k| routes.for_key(k).region);
+    keys.iter().any(|k| Some(routes.for_key(k).region) != first)
+}
+
+/// Runs a multi-region MSET / MSETNX / DEL atomically.
+pub(super) async fn drive(core: &Rc<Core>, cmd: WriteCommand) -> Reply {
+    protocol::run(&CoreRunner(core), cmd).await
+}
+
+/// Runs `plan` (a connection's read or write), resolving the locks it meets and running it
+/// again; `first` is the reply of an attempt already made.
+pub(super) async fn run_resolving(core: &Rc<Core>, plan: Plan, first: Option<Reply>) -> Reply {
+    let r = CoreRunner(core);
+    protocol::resolving(&r, first, || run_plan(core, plan.clone())).await
+}
