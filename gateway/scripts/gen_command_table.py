@@ -12,7 +12,8 @@ import sys
 COMMANDS = """ping echo quit hello auth select get set setnx setex psetex getset getdel getex
 mget mset msetnx append strlen incr decr incrby decrby incrbyfloat del unlink exists type
 expire pexpire expireat pexpireat ttl pttl persist scan keys dbsize flushdb info command
-client config hset hmset hget hmget hdel hgetall hlen hexists hkeys hvals hincrby hscan""".split()
+client config hset hmset hget hmget hdel hgetall hlen hexists hkeys hvals hincrby hscan
+multi exec discard watch unwatch""".split()
 SUBCOMMANDS = {
     "client": ["client|id", "client|setname", "client|getname", "client|list", "client|help"],
     "config": ["config|get", "config|help"],

@@ -316,6 +316,8 @@ pub enum Reply {
     Bulk(Vec<u8>),
     /// A null (RESP2 `$-1`, RESP3 `_`).
     Null,
+    /// A null array (RESP2 `*-1`, RESP3 `_`): EXEC's reply when a watched key changed.
+    NullArray,
     /// An array.
     Array(Vec<Reply>),
     /// A map (RESP3 `%`; a flat array of key, value pairs in RESP2).
@@ -356,7 +358,7 @@ impl Reply {
         const OVERHEAD: usize = 16;
         match self {
             Reply::Simple(s) | Reply::Error(s) => s.len() + OVERHEAD,
-            Reply::Int(_) | Reply::Null => OVERHEAD,
+            Reply::Int(_) | Reply::Null | Reply::NullArray => OVERHEAD,
             Reply::Bulk(b) | Reply::Verbatim(b) => b.len() + OVERHEAD,
             Reply::Array(items) | Reply::Set(items) => {
                 OVERHEAD + items.iter().map(Reply::approx_bytes).sum::<usize>()
@@ -400,6 +402,10 @@ impl Reply {
 
     /// Appends the encoding of `self` in `proto` to `out`.
     pub fn encode(self, proto: Protocol, out: &mut Vec<u8>) -> Result<()> {
+        if let (Reply::NullArray, Protocol::Resp2) = (&self, proto) {
+            out.extend_from_slice(b"*-1\r\n");
+            return Ok(());
+        }
         if proto == Protocol::Resp3 && self.needs_manual_resp3() {
             let (tag, children) = match self {
                 Reply::Set(items) => ('~', items),
@@ -464,7 +470,7 @@ impl Reply {
             Reply::Error(e) => Frame2::Error(one_line(e)),
             Reply::Int(i) => Frame2::Integer(i),
             Reply::Bulk(b) | Reply::Verbatim(b) => Frame2::BulkString(b),
-            Reply::Null => Frame2::Null,
+            Reply::Null | Reply::NullArray => Frame2::Null,
             Reply::Array(items) | Reply::Set(items) => {
                 Frame2::Array(items.into_iter().map(Reply::into_resp2).collect())
             }
@@ -503,7 +509,7 @@ impl Reply {
                 format: VerbatimStringFormat::Text,
                 attributes: None,
             },
-            Reply::Null => Frame3::Null,
+            Reply::Null | Reply::NullArray => Frame3::Null,
             Reply::Set(items) => {
                 let mut set = redis_protocol::resp3::types::FrameSet::with_capacity(items.len());
                 for i in items {

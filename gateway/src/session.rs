@@ -13,7 +13,7 @@
 
 use crate::command::{self, CommandInfo, Lookup};
 use crate::error::{Error, Result};
-use crate::exec::{self, Prepared, ReadOp, WriteCommand};
+use crate::exec::{self, ExecItem, Prepared, ReadOp, WriteCommand, WriteOp};
 use crate::resp::{self, Limits, Parsed, Protocol, Reply, ScanPage};
 use crate::store::Backend;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -310,6 +310,8 @@ enum ScanKind {
     None,
     Keys,
     Fields,
+    /// WATCH's version read: recorded, answered `+OK`.
+    Watch,
 }
 
 #[derive(Debug)]
@@ -364,7 +366,24 @@ pub struct Session {
     metric_index: HashMap<&'static str, usize>,
     /// The command being dispatched: its replies carry this timing.
     timing: Option<(usize, Instant)>,
+    /// The MULTI block being queued.
+    multi: Option<Multi>,
+    /// WATCHed keys and their versions (None until WATCH's read answered).
+    watched: Vec<(Vec<u8>, Option<u64>)>,
 }
+
+/// A MULTI block being queued.
+#[derive(Debug, Default)]
+struct Multi {
+    items: Vec<ExecItem>,
+    /// A command was refused while queueing: EXEC answers EXECABORT.
+    dirty: bool,
+}
+
+/// Commands refused inside MULTI (they read or write every region, or keep cursors).
+const NOT_IN_MULTI: &[&str] = &["scan", "hscan", "keys", "dbsize", "flushdb", "info"];
+/// The reply to a command refused inside MULTI.
+const NOT_ALLOWED_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -443,6 +462,8 @@ impl Session {
             metrics: Vec::new(),
             metric_index: HashMap::new(),
             timing: None,
+            multi: None,
+            watched: Vec::new(),
         }
     }
 
@@ -713,6 +734,8 @@ impl Session {
             self.record(slot.timing, &reply);
             if let Reply::Scan(page) = reply {
                 reply = self.scan_reply(page, slot.scan);
+            } else if slot.scan == ScanKind::Watch {
+                reply = self.watched_versions(reply);
             }
             if self.state == State::CloseNow {
                 continue;
@@ -776,12 +799,16 @@ impl Session {
         {
             self.start_timing("nokv.admin");
             if !self.authenticated {
-                self.push_local(Reply::error(NOAUTH));
+                self.reject(Reply::error(NOAUTH));
+                return None;
+            }
+            if self.multi.is_some() {
+                self.reject(Reply::error(NOT_ALLOWED_IN_MULTI));
                 return None;
             }
             let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
             if let Some(reply) = self.refused(&name, true) {
-                self.push_local(reply);
+                self.reject(reply);
                 return None;
             }
             let ticket = self.push_slot(Slot {
@@ -796,7 +823,7 @@ impl Session {
             Lookup::Found(c) => c,
             Lookup::Unknown => {
                 self.start_timing("unknown");
-                self.push_local(Reply::Error(unknown_command(&args)));
+                self.reject(Reply::Error(unknown_command(&args)));
                 return None;
             }
             Lookup::UnknownSubcommand(c) => {
@@ -807,24 +834,31 @@ impl Session {
                     String::from_utf8_lossy(sub),
                     c.name.to_ascii_uppercase()
                 );
-                self.push_local(Reply::Error(text.replace(['\r', '\n'], " ")));
+                self.reject(Reply::Error(text.replace(['\r', '\n'], " ")));
                 return None;
             }
         };
         self.start_timing(cmd.name);
         if !cmd.arity_ok(args.len()) {
-            self.push_local(Reply::Error(format!(
+            self.reject(Reply::Error(format!(
                 "ERR wrong number of arguments for '{}' command",
                 cmd.name
             )));
             return None;
         }
         if !self.authenticated && !cmd.has_flag("no_auth") {
-            self.push_local(Reply::error(NOAUTH));
+            self.reject(Reply::error(NOAUTH));
             return None;
         }
         if let Some(reply) = self.refused(cmd.name, cmd.has_flag("write")) {
-            self.push_local(reply);
+            self.reject(reply);
+            return None;
+        }
+        if let Some(action) = self.transaction_command(cmd, &args, now_ms) {
+            return action;
+        }
+        if self.multi.is_some() && cmd.name != "quit" {
+            self.queue(cmd, args, now_ms);
             return None;
         }
         if let Some(reply) = self.connection_command(cmd, &args, now_ms) {
@@ -869,6 +903,148 @@ impl Session {
                 Some(Action::Write { ticket, cmd })
             }
         }
+    }
+
+    /// Answers a refused command; inside MULTI it also makes EXEC fail (EXECABORT).
+    fn reject(&mut self, reply: Reply) {
+        if let Some(m) = &mut self.multi {
+            m.dirty = true;
+        }
+        self.push_local(reply);
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH and UNWATCH (None: another command; `Some(action)`:
+    /// handled, with the action to run if any).
+    fn transaction_command(
+        &mut self,
+        cmd: &CommandInfo,
+        args: &[Vec<u8>],
+        now_ms: u64,
+    ) -> Option<Option<Action>> {
+        let reply = match cmd.name {
+            "multi" if self.multi.is_some() => Reply::error("ERR MULTI calls can not be nested"),
+            "multi" => {
+                self.multi = Some(Multi::default());
+                Reply::ok()
+            }
+            "exec" => return Some(self.exec(now_ms)),
+            "discard" => match self.multi.take() {
+                None => Reply::error("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+            },
+            "watch" if self.multi.is_some() => {
+                Reply::error("ERR WATCH inside MULTI is not allowed")
+            }
+            "watch" => {
+                let keys = args[1..].to_vec();
+                self.watched.extend(keys.iter().map(|k| (k.clone(), None)));
+                let ticket = self.push_slot(Slot {
+                    proto: self.proto,
+                    reply: None,
+                    scan: ScanKind::Watch,
+                    timing: None,
+                });
+                // Parse nothing more until the versions are in: an EXEC right behind
+                // must see them.
+                self.budget = 0;
+                return Some(Some(Action::Read {
+                    ticket,
+                    op: ReadOp::Versions(keys),
+                }));
+            }
+            "unwatch" if self.multi.is_none() => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            _ => return None,
+        };
+        self.push_local(reply);
+        Some(None)
+    }
+
+    /// Records the versions WATCH read and answers `+OK` (or WATCH's error: the keys then
+    /// count as changed).
+    fn watched_versions(&mut self, reply: Reply) -> Reply {
+        let mut versions = match &reply {
+            Reply::Array(items) => items
+                .iter()
+                .map(|r| match r {
+                    Reply::Int(v) => *v as u64,
+                    _ => u64::MAX,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+        .into_iter();
+        for (_, v) in self.watched.iter_mut().filter(|(_, v)| v.is_none()) {
+            *v = Some(versions.next().unwrap_or(u64::MAX));
+        }
+        if reply.is_error() {
+            reply
+        } else {
+            Reply::ok()
+        }
+    }
+
+    /// Queues a command of a MULTI block (`+QUEUED`).
+    fn queue(&mut self, cmd: &'static CommandInfo, args: Vec<Vec<u8>>, now_ms: u64) {
+        if NOT_IN_MULTI.contains(&cmd.name) {
+            self.reject(Reply::error(NOT_ALLOWED_IN_MULTI));
+            return;
+        }
+        let item = match self.connection_command(cmd, &args, now_ms) {
+            Some(reply) => ExecItem::Reply(reply),
+            None => match exec::prepare(cmd, args, now_ms) {
+                Prepared::Reply(r) => ExecItem::Reply(r),
+                Prepared::Read(op) => ExecItem::Read(op),
+                Prepared::Write(c) => ExecItem::Write(c.op),
+            },
+        };
+        if let Some(m) = &mut self.multi {
+            m.items.push(item);
+        }
+        self.push_local(Reply::Simple("QUEUED".to_string()));
+    }
+
+    /// EXEC: the queued block as one write (with the watched versions), or its refusal.
+    fn exec(&mut self, now_ms: u64) -> Option<Action> {
+        let Some(multi) = self.multi.take() else {
+            self.push_local(Reply::error("ERR EXEC without MULTI"));
+            return None;
+        };
+        let watched: Vec<(Vec<u8>, u64)> = std::mem::take(&mut self.watched)
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or(u64::MAX)))
+            .collect();
+        if multi.dirty {
+            self.push_local(Reply::error(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+            return None;
+        }
+        if multi.items.is_empty() && watched.is_empty() {
+            self.push_local(Reply::Array(Vec::new()));
+            return None;
+        }
+        let ticket = self.push_slot(Slot {
+            proto: self.proto,
+            reply: None,
+            scan: ScanKind::None,
+            timing: None,
+        });
+        Some(Action::Write {
+            ticket,
+            cmd: WriteCommand {
+                now_ms,
+                op: WriteOp::Exec {
+                    watched,
+                    items: multi.items,
+                },
+            },
+        })
     }
 
     /// Logs the connection in as `user` if `pass` is its password.

@@ -8,7 +8,7 @@
 //! walks one region per call (see [`scan_start`]).
 
 use crate::layout::{Route, RouteTable};
-use nokv_gateway::exec::{AtomicAction, ReadOp, WriteCommand, WriteOp};
+use nokv_gateway::exec::{AtomicAction, ReadOp, WriteCommand, WriteOp, EXEC_CROSS_REGION};
 use nokv_gateway::Reply;
 
 /// What a piece of work targets.
@@ -160,8 +160,14 @@ pub fn plan_read(routes: &RouteTable, op: ReadOp) -> Plan {
             .collect(),
         merge,
     };
+    let make = if matches!(op, ReadOp::MGet(_)) {
+        ReadOp::MGet
+    } else {
+        ReadOp::Versions
+    };
     match op {
-        ReadOp::MGet(keys) => {
+        // MGET and WATCH's versions: an answer per key, by position.
+        ReadOp::MGet(keys) | ReadOp::Versions(keys) => {
             let n = keys.len();
             let groups = group(routes, keys, |k| k);
             let mut positions = Vec::new();
@@ -170,7 +176,7 @@ pub fn plan_read(routes: &RouteTable, op: ReadOp) -> Plan {
                 positions.push(items.iter().map(|(i, _)| *i).collect());
                 parts.push(read_part(
                     r,
-                    ReadOp::MGet(items.into_iter().map(|(_, k)| k).collect()),
+                    make(items.into_iter().map(|(_, k)| k).collect()),
                 ));
             }
             Plan {
@@ -256,7 +262,11 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
             merge: Merge::AllOk,
         });
     }
-    let keys = cmd.op.keys();
+    let mut keys = cmd.op.keys();
+    if keys.is_empty() {
+        // An EXEC of key-less commands: any region runs it.
+        keys.push(b"");
+    }
     let first = keys.first().map(|k| routes.for_key(k));
     let one_region = keys
         .iter()
@@ -273,6 +283,7 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
             if_none_exist: true,
             ..
         } => return Err(Reply::error(CROSS_REGION)),
+        WriteOp::Exec { .. } => return Err(Reply::error(EXEC_CROSS_REGION)),
         WriteOp::MSet { .. } => Merge::AllOk,
         WriteOp::Del { .. } => Merge::Sum,
         WriteOp::Atomic(step) => match step.action {

@@ -73,6 +73,13 @@ impl ReadView for RegionView<'_> {
         Ok(self.db.get_in(space, key, &self.options())?)
     }
 
+    fn version(&self, space: KeySpace, key: &[u8]) -> nokv_gateway::Result<Option<u64>> {
+        Ok(self
+            .db
+            .get_entry(space, key, &self.options())?
+            .map(|e| e.version))
+    }
+
     fn scan(
         &self,
         space: KeySpace,
@@ -203,6 +210,11 @@ impl ReadView for GroupedApply<'_> {
     fn get(&self, space: KeySpace, key: &[u8]) -> nokv_gateway::Result<Option<Vec<u8>>> {
         self.settle()?;
         self.view.get(space, key)
+    }
+
+    fn version(&self, space: KeySpace, key: &[u8]) -> nokv_gateway::Result<Option<u64>> {
+        self.settle()?;
+        self.view.version(space, key)
     }
 
     fn scan(

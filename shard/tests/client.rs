@@ -206,6 +206,18 @@ fn the_client_and_nokv_redis_use_every_region_and_survive_a_dead_leader() {
     assert_eq!(c.cmd(&format!("MSETNX {}", pairs.join(" "))), R::Int(1));
     assert_eq!(c.cmd(&format!("MSETNX {}", pairs.join(" "))), R::Int(0));
     assert_eq!(c.cmd(&format!("DEL {}", names.join(" "))), R::Int(12));
+    // MULTI / EXEC / WATCH through nokv-redis.
+    assert_eq!(c.cmd("WATCH {m}w"), R::ok());
+    assert_eq!(c.cmd("MULTI"), R::ok());
+    assert_eq!(c.cmd("SET {m}a 1"), R::Simple("QUEUED".into()));
+    assert_eq!(c.cmd("INCR {m}a"), R::Simple("QUEUED".into()));
+    assert_eq!(c.cmd("EXEC"), R::Array(vec![R::ok(), R::Int(2)]));
+    assert_eq!(c.cmd("WATCH {m}w"), R::ok());
+    assert_eq!(c.cmd("SET {m}w changed"), R::ok());
+    assert_eq!(c.cmd("MULTI"), R::ok());
+    assert_eq!(c.cmd("INCR {m}a"), R::Simple("QUEUED".into()));
+    assert_eq!(c.cmd("EXEC"), R::Nil);
+    assert_eq!(c.cmd("GET {m}a"), R::bulk("2"));
     assert_eq!(c.cmd("INCR counter"), R::Int(1));
     assert_eq!(c.cmd("INCR counter"), R::Int(2));
     // The gateway's write is visible to the library client.

@@ -6,7 +6,10 @@
 //!   behaviour) the same checker reports violations;
 //! - racing MSETNX over one fresh key set: exactly one wins, and every key holds its value;
 //! - SIGKILL during multi-region MSETs and DELs: after restart every group's keys are
-//!   whole (all from one MSET, or all deleted), at or after the last acknowledged one.
+//!   whole (all from one MSET, or all deleted), at or after the last acknowledged one;
+//! - MULTI / EXEC: counters incremented by racing clients with WATCH (optimistic,
+//!   retried on a nil EXEC) and with plain blocks end exact; a block over several
+//!   regions is refused with `-CROSSSLOT`.
 //!
 //! Every loop is bounded in count and time.
 
@@ -259,5 +262,81 @@ fn multi_region_writes_are_whole_after_sigkill() {
             None => acked % 5 == 0 || (acked + 1) % 5 == 0,
         };
         assert!(ok, "{keys:?} shows {shown:?}, last acknowledged {acked}");
+    }
+}
+
+/// Clients increment shared counters with WATCH / GET / MULTI / SET / EXEC, retrying when
+/// EXEC answers nil, and with plain MULTI / INCRBY / EXEC: every total is exact.
+#[test]
+fn watch_and_exec_counters_are_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&dir.path().join("s"), &[]);
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 50;
+    let retries = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (addr, retries) = (server.addr.clone(), retries.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&addr);
+                for _ in 0..ROUNDS {
+                    // Optimistic: bounded by a retry count (each retry means another
+                    // client's EXEC went through).
+                    let mut done = false;
+                    for _ in 0..10_000 {
+                        assert_eq!(c.cmd("WATCH {c}opt"), R::ok());
+                        let n = match c.cmd("GET {c}opt") {
+                            R::Nil => 0,
+                            r => seq_of(&r).unwrap_or_else(|| panic!("GET: {r:?}")),
+                        };
+                        assert_eq!(c.cmd("MULTI"), R::ok());
+                        assert_eq!(
+                            c.cmd(&format!("SET {{c}}opt {}", n + 1)),
+                            R::Simple("QUEUED".into())
+                        );
+                        assert_eq!(c.cmd("INCR {c}execs"), R::Simple("QUEUED".into()));
+                        match c.cmd("EXEC") {
+                            R::Array(items) => {
+                                assert_eq!(items[0], R::ok());
+                                done = true;
+                                break;
+                            }
+                            R::Nil => {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => panic!("EXEC: {other:?}"),
+                        }
+                    }
+                    assert!(done, "an optimistic increment never went through");
+                    assert_eq!(c.cmd("MULTI"), R::ok());
+                    assert_eq!(c.cmd("INCRBY {c}plain 2"), R::Simple("QUEUED".into()));
+                    assert_eq!(c.cmd("INCRBY {c}plain -1"), R::Simple("QUEUED".into()));
+                    let R::Array(items) = c.cmd("EXEC") else {
+                        panic!("EXEC of a plain block")
+                    };
+                    assert_eq!(items.len(), 2);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    let mut c = Client::connect(&server.addr);
+    let total = (CLIENTS * ROUNDS).to_string();
+    assert_eq!(c.cmd("GET {c}opt"), R::bulk(&total));
+    assert_eq!(c.cmd("GET {c}execs"), R::bulk(&total));
+    assert_eq!(c.cmd("GET {c}plain"), R::bulk(&total));
+    eprintln!(
+        "{total} optimistic increments, {} EXECs answered nil and retried",
+        retries.load(Ordering::Relaxed)
+    );
+    // A block over keys of several regions is refused (a hash tag keeps it in one).
+    assert_eq!(c.cmd("MULTI"), R::ok());
+    assert_eq!(c.cmd("SET a 1"), R::Simple("QUEUED".into()));
+    assert_eq!(c.cmd("SET b 1"), R::Simple("QUEUED".into()));
+    match c.cmd("EXEC") {
+        R::Error(e) => assert!(e.starts_with("CROSSSLOT"), "{e}"),
+        other => panic!("EXEC over regions: {other:?}"),
     }
 }

@@ -1268,6 +1268,83 @@ pub static HSCAN: CommandInfo = CommandInfo {
     subcommands: &[],
 };
 
+/// `MULTI`.
+pub static MULTI: CommandInfo = CommandInfo {
+    name: "multi",
+    arity: 1,
+    flags: &["noscript", "loading", "stale", "fast", "allow_busy"],
+    first_key: 0,
+    last_key: 0,
+    key_step: 0,
+    acl_categories: &["@fast", "@transaction"],
+    tips: &[],
+    key_specs: &[],
+    subcommands: &[],
+};
+
+/// `EXEC`.
+pub static EXEC: CommandInfo = CommandInfo {
+    name: "exec",
+    arity: 1,
+    flags: &["noscript", "loading", "stale", "skip_slowlog"],
+    first_key: 0,
+    last_key: 0,
+    key_step: 0,
+    acl_categories: &["@slow", "@transaction"],
+    tips: &[],
+    key_specs: &[],
+    subcommands: &[],
+};
+
+/// `DISCARD`.
+pub static DISCARD: CommandInfo = CommandInfo {
+    name: "discard",
+    arity: 1,
+    flags: &["noscript", "loading", "stale", "fast", "allow_busy"],
+    first_key: 0,
+    last_key: 0,
+    key_step: 0,
+    acl_categories: &["@fast", "@transaction"],
+    tips: &[],
+    key_specs: &[],
+    subcommands: &[],
+};
+
+/// `WATCH`.
+pub static WATCH: CommandInfo = CommandInfo {
+    name: "watch",
+    arity: -2,
+    flags: &["noscript", "loading", "stale", "fast", "allow_busy"],
+    first_key: 1,
+    last_key: -1,
+    key_step: 1,
+    acl_categories: &["@fast", "@transaction"],
+    tips: &[],
+    key_specs: &[KeySpec {
+        notes: None,
+        flags: &["RO"],
+        begin_index: 1,
+        last_key: -1,
+        key_step: 1,
+        limit: 0,
+    }],
+    subcommands: &[],
+};
+
+/// `UNWATCH`.
+pub static UNWATCH: CommandInfo = CommandInfo {
+    name: "unwatch",
+    arity: 1,
+    flags: &["noscript", "loading", "stale", "fast", "allow_busy"],
+    first_key: 0,
+    last_key: 0,
+    key_step: 0,
+    acl_categories: &["@fast", "@transaction"],
+    tips: &[],
+    key_specs: &[],
+    subcommands: &[],
+};
+
 /// COMMAND DOCS of every top-level command (subcommands limited to the supported ones).
 pub static DOCS: &[(&str, Doc)] = &[
     ("ping", Doc::Map(&[("summary", Doc::Bulk("Ping the server")), ("since", Doc::Bulk("1.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("message")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional")]))])]))])),
@@ -1310,9 +1387,9 @@ pub static DOCS: &[(&str, Doc)] = &[
     ("dbsize", Doc::Map(&[("summary", Doc::Bulk("Return the number of keys in the selected database")), ("since", Doc::Bulk("1.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])),
     ("flushdb", Doc::Map(&[("summary", Doc::Bulk("Remove all keys from the current database")), ("since", Doc::Bulk("1.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the number of keys in the selected database")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("4.0.0"), Doc::Bulk("Added the `ASYNC` flushing mode modifier.")]), Doc::Array(&[Doc::Bulk("6.2.0"), Doc::Bulk("Added the `SYNC` flushing mode modifier.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("async")), ("type", Doc::Bulk("oneof")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("async")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("ASYNC")), ("since", Doc::Bulk("4.0.0"))]), Doc::Map(&[("name", Doc::Bulk("sync")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("SYNC")), ("since", Doc::Bulk("6.2.0"))])]))])]))])),
     ("info", Doc::Map(&[("summary", Doc::Bulk("Get information and statistics about the server")), ("since", Doc::Bulk("1.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added support for taking multiple section arguments.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("section")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional"), Doc::Simple("multiple")]))])]))])),
-    ("command", Doc::Map(&[("summary", Doc::Bulk("Get array of Redis command details")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the total number of Redis commands")), ("subcommands", Doc::Map(&[("command|count", Doc::Map(&[("summary", Doc::Bulk("Get total number of Redis commands")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("command|docs", Doc::Map(&[("summary", Doc::Bulk("Get array of specific Redis command documentation")), ("since", Doc::Bulk("7.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the number of commands to look up")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("command-name")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional"), Doc::Simple("multiple")]))])]))])), ("command|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("command|list", Doc::Map(&[("summary", Doc::Bulk("Get an array of Redis command names")), ("since", Doc::Bulk("7.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the total number of Redis commands")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("filterby")), ("type", Doc::Bulk("oneof")), ("token", Doc::Bulk("FILTERBY")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("module-name")), ("type", Doc::Bulk("string")), ("token", Doc::Bulk("MODULE"))]), Doc::Map(&[("name", Doc::Bulk("category")), ("type", Doc::Bulk("string")), ("token", Doc::Bulk("ACLCAT"))]), Doc::Map(&[("name", Doc::Bulk("pattern")), ("type", Doc::Bulk("pattern")), ("token", Doc::Bulk("PATTERN"))])]))])]))])), ("command|info", Doc::Map(&[("summary", Doc::Bulk("Get array of specific Redis command details, or all when no argument is given.")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the number of commands to look up")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Allowed to be called with no argument to get info on all commands.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("command-name")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional"), Doc::Simple("multiple")]))])]))]))]))])),
-    ("client", Doc::Map(&[("summary", Doc::Bulk("A container for client connection commands")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("client|id", Doc::Map(&[("summary", Doc::Bulk("Returns the client ID for the current connection")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|getname", Doc::Map(&[("summary", Doc::Bulk("Get the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|setname", Doc::Map(&[("summary", Doc::Bulk("Set the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("connection-name")), ("type", Doc::Bulk("string"))])]))])), ("client|list", Doc::Map(&[("summary", Doc::Bulk("Get the list of client connections")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(N) where N is the number of client connections")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("2.8.12"), Doc::Bulk("Added unique client `id` field.")]), Doc::Array(&[Doc::Bulk("5.0.0"), Doc::Bulk("Added optional `TYPE` filter.")]), Doc::Array(&[Doc::Bulk("6.0.0"), Doc::Bulk("Added `user` field.")]), Doc::Array(&[Doc::Bulk("6.2.0"), Doc::Bulk("Added `argv-mem`, `tot-mem`, `laddr` and `redir` fields and the optional `ID` filter.")]), Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added `resp`, `multi-mem`, `rbs` and `rbp` fields.")]), Doc::Array(&[Doc::Bulk("7.0.3"), Doc::Bulk("Added `ssub` field.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal_master_replica_pubsub")), ("type", Doc::Bulk("oneof")), ("token", Doc::Bulk("TYPE")), ("since", Doc::Bulk("5.0.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("NORMAL"))]), Doc::Map(&[("name", Doc::Bulk("master")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("MASTER"))]), Doc::Map(&[("name", Doc::Bulk("replica")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("REPLICA"))]), Doc::Map(&[("name", Doc::Bulk("pubsub")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("PUBSUB"))])]))]), Doc::Map(&[("name", Doc::Bulk("id")), ("type", Doc::Bulk("block")), ("token", Doc::Bulk("ID")), ("since", Doc::Bulk("6.2.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("client-id")), ("type", Doc::Bulk("integer")), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])]))]))]))])),
-    ("config", Doc::Map(&[("summary", Doc::Bulk("A container for server configuration commands")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("config|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("config|get", Doc::Map(&[("summary", Doc::Bulk("Get the values of configuration parameters")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) when N is the number of configuration parameters provided")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added the ability to pass multiple pattern parameters in one call")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("string"))])]))])]))]))]))])),
+    ("command", Doc::Map(&[("summary", Doc::Bulk("Get array of Redis command details")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the total number of Redis commands")), ("subcommands", Doc::Map(&[("command|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("command|count", Doc::Map(&[("summary", Doc::Bulk("Get total number of Redis commands")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))])), ("command|list", Doc::Map(&[("summary", Doc::Bulk("Get an array of Redis command names")), ("since", Doc::Bulk("7.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the total number of Redis commands")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("filterby")), ("type", Doc::Bulk("oneof")), ("token", Doc::Bulk("FILTERBY")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("module-name")), ("type", Doc::Bulk("string")), ("token", Doc::Bulk("MODULE"))]), Doc::Map(&[("name", Doc::Bulk("category")), ("type", Doc::Bulk("string")), ("token", Doc::Bulk("ACLCAT"))]), Doc::Map(&[("name", Doc::Bulk("pattern")), ("type", Doc::Bulk("pattern")), ("token", Doc::Bulk("PATTERN"))])]))])]))])), ("command|info", Doc::Map(&[("summary", Doc::Bulk("Get array of specific Redis command details, or all when no argument is given.")), ("since", Doc::Bulk("2.8.13")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the number of commands to look up")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Allowed to be called with no argument to get info on all commands.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("command-name")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional"), Doc::Simple("multiple")]))])]))])), ("command|docs", Doc::Map(&[("summary", Doc::Bulk("Get array of specific Redis command documentation")), ("since", Doc::Bulk("7.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) where N is the number of commands to look up")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("command-name")), ("type", Doc::Bulk("string")), ("flags", Doc::Set(&[Doc::Simple("optional"), Doc::Simple("multiple")]))])]))]))]))])),
+    ("client", Doc::Map(&[("summary", Doc::Bulk("A container for client connection commands")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("client|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|list", Doc::Map(&[("summary", Doc::Bulk("Get the list of client connections")), ("since", Doc::Bulk("2.4.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(N) where N is the number of client connections")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("2.8.12"), Doc::Bulk("Added unique client `id` field.")]), Doc::Array(&[Doc::Bulk("5.0.0"), Doc::Bulk("Added optional `TYPE` filter.")]), Doc::Array(&[Doc::Bulk("6.0.0"), Doc::Bulk("Added `user` field.")]), Doc::Array(&[Doc::Bulk("6.2.0"), Doc::Bulk("Added `argv-mem`, `tot-mem`, `laddr` and `redir` fields and the optional `ID` filter.")]), Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added `resp`, `multi-mem`, `rbs` and `rbp` fields.")]), Doc::Array(&[Doc::Bulk("7.0.3"), Doc::Bulk("Added `ssub` field.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal_master_replica_pubsub")), ("type", Doc::Bulk("oneof")), ("token", Doc::Bulk("TYPE")), ("since", Doc::Bulk("5.0.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("normal")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("NORMAL"))]), Doc::Map(&[("name", Doc::Bulk("master")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("MASTER"))]), Doc::Map(&[("name", Doc::Bulk("replica")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("REPLICA"))]), Doc::Map(&[("name", Doc::Bulk("pubsub")), ("type", Doc::Bulk("pure-token")), ("token", Doc::Bulk("PUBSUB"))])]))]), Doc::Map(&[("name", Doc::Bulk("id")), ("type", Doc::Bulk("block")), ("token", Doc::Bulk("ID")), ("since", Doc::Bulk("6.2.0")), ("flags", Doc::Set(&[Doc::Simple("optional")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("client-id")), ("type", Doc::Bulk("integer")), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])]))])), ("client|getname", Doc::Map(&[("summary", Doc::Bulk("Get the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|id", Doc::Map(&[("summary", Doc::Bulk("Returns the client ID for the current connection")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)"))])), ("client|setname", Doc::Map(&[("summary", Doc::Bulk("Set the current connection name")), ("since", Doc::Bulk("2.6.9")), ("group", Doc::Bulk("connection")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("connection-name")), ("type", Doc::Bulk("string"))])]))]))]))])),
+    ("config", Doc::Map(&[("summary", Doc::Bulk("A container for server configuration commands")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("Depends on subcommand.")), ("subcommands", Doc::Map(&[("config|get", Doc::Map(&[("summary", Doc::Bulk("Get the values of configuration parameters")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(N) when N is the number of configuration parameters provided")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("7.0.0"), Doc::Bulk("Added the ability to pass multiple pattern parameters in one call")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("parameter")), ("type", Doc::Bulk("string"))])]))])]))])), ("config|help", Doc::Map(&[("summary", Doc::Bulk("Show helpful text about the different subcommands")), ("since", Doc::Bulk("5.0.0")), ("group", Doc::Bulk("server")), ("complexity", Doc::Bulk("O(1)"))]))]))])),
     ("hset", Doc::Map(&[("summary", Doc::Bulk("Set the string value of a hash field")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1) for each field/value pair added, so O(N) to add N field/value pairs when the command is called with multiple field/value pairs.")), ("history", Doc::Set(&[Doc::Array(&[Doc::Bulk("4.0.0"), Doc::Bulk("Accepts multiple `field` and `value` arguments.")])])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field_value")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))]), Doc::Map(&[("name", Doc::Bulk("value")), ("type", Doc::Bulk("string"))])]))])]))])),
     ("hmset", Doc::Map(&[("summary", Doc::Bulk("Set multiple hash fields to multiple values")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(N) where N is the number of fields being set.")), ("doc_flags", Doc::Set(&[Doc::Simple("deprecated")])), ("deprecated_since", Doc::Bulk("4.0.0")), ("replaced_by", Doc::Bulk("`HSET` with multiple field-value pairs")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field_value")), ("type", Doc::Bulk("block")), ("flags", Doc::Set(&[Doc::Simple("multiple")])), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))]), Doc::Map(&[("name", Doc::Bulk("value")), ("type", Doc::Bulk("string"))])]))])]))])),
     ("hget", Doc::Map(&[("summary", Doc::Bulk("Get the value of a hash field")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))])]))])),
@@ -1325,6 +1402,11 @@ pub static DOCS: &[(&str, Doc)] = &[
     ("hvals", Doc::Map(&[("summary", Doc::Bulk("Get all the values in a hash")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(N) where N is the size of the hash.")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))])]))])),
     ("hincrby", Doc::Map(&[("summary", Doc::Bulk("Increment the integer value of a hash field by the given number")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1)")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("field")), ("type", Doc::Bulk("string"))]), Doc::Map(&[("name", Doc::Bulk("increment")), ("type", Doc::Bulk("integer"))])]))])),
     ("hscan", Doc::Map(&[("summary", Doc::Bulk("Incrementally iterate hash fields and associated values")), ("since", Doc::Bulk("2.8.0")), ("group", Doc::Bulk("hash")), ("complexity", Doc::Bulk("O(1) for every call. O(N) for a complete iteration, including enough command calls for the cursor to return back to 0. N is the number of elements inside the collection..")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0))]), Doc::Map(&[("name", Doc::Bulk("cursor")), ("type", Doc::Bulk("integer"))]), Doc::Map(&[("name", Doc::Bulk("pattern")), ("type", Doc::Bulk("pattern")), ("token", Doc::Bulk("MATCH")), ("flags", Doc::Set(&[Doc::Simple("optional")]))]), Doc::Map(&[("name", Doc::Bulk("count")), ("type", Doc::Bulk("integer")), ("token", Doc::Bulk("COUNT")), ("flags", Doc::Set(&[Doc::Simple("optional")]))])]))])),
+    ("multi", Doc::Map(&[("summary", Doc::Bulk("Mark the start of a transaction block")), ("since", Doc::Bulk("1.2.0")), ("group", Doc::Bulk("transactions")), ("complexity", Doc::Bulk("O(1)"))])),
+    ("exec", Doc::Map(&[("summary", Doc::Bulk("Execute all commands issued after MULTI")), ("since", Doc::Bulk("1.2.0")), ("group", Doc::Bulk("transactions")), ("complexity", Doc::Bulk("Depends on commands in the transaction"))])),
+    ("discard", Doc::Map(&[("summary", Doc::Bulk("Discard all commands issued after MULTI")), ("since", Doc::Bulk("2.0.0")), ("group", Doc::Bulk("transactions")), ("complexity", Doc::Bulk("O(N), when N is the number of queued commands"))])),
+    ("watch", Doc::Map(&[("summary", Doc::Bulk("Watch the given keys to determine execution of the MULTI/EXEC block")), ("since", Doc::Bulk("2.2.0")), ("group", Doc::Bulk("transactions")), ("complexity", Doc::Bulk("O(1) for every key.")), ("arguments", Doc::Array(&[Doc::Map(&[("name", Doc::Bulk("key")), ("type", Doc::Bulk("key")), ("key_spec_index", Doc::Int(0)), ("flags", Doc::Set(&[Doc::Simple("multiple")]))])]))])),
+    ("unwatch", Doc::Map(&[("summary", Doc::Bulk("Forget about all watched keys")), ("since", Doc::Bulk("2.2.0")), ("group", Doc::Bulk("transactions")), ("complexity", Doc::Bulk("O(1)"))])),
 ];
 
 /// Every top-level command, in the order COMMAND lists them.
@@ -1384,4 +1466,9 @@ pub static COMMANDS: &[&CommandInfo] = &[
     &HVALS,
     &HINCRBY,
     &HSCAN,
+    &MULTI,
+    &EXEC,
+    &DISCARD,
+    &WATCH,
+    &UNWATCH,
 ];

@@ -8,8 +8,8 @@
 //! length against the bytes left, rejects unknown tags and trailing bytes.
 
 use super::{
-    AtomicAction, AtomicStep, ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply, WriteCommand,
-    WriteOp,
+    AtomicAction, AtomicStep, ExecItem, ExpiryUpdate, ReadOp, ScanArgs, SetCondition, SetReply,
+    WriteCommand, WriteOp,
 };
 use crate::error::{Error, Result};
 use crate::numeric::LongDouble;
@@ -204,6 +204,35 @@ impl WriteCommand {
                     AtomicAction::Forget => out.push(5),
                 }
             }
+            WriteOp::Exec { watched, items } => {
+                out.push(17);
+                put_varint(&mut out, watched.len() as u64);
+                for (k, v) in watched {
+                    put_bytes(&mut out, k);
+                    put_varint(&mut out, *v);
+                }
+                put_varint(&mut out, items.len() as u64);
+                for item in items {
+                    match item {
+                        ExecItem::Read(op) => {
+                            out.push(1);
+                            put_bytes(&mut out, &op.encode());
+                        }
+                        ExecItem::Write(op) => {
+                            out.push(2);
+                            let cmd = WriteCommand {
+                                now_ms: self.now_ms,
+                                op: op.clone(),
+                            };
+                            put_bytes(&mut out, &cmd.encode());
+                        }
+                        ExecItem::Reply(r) => {
+                            out.push(3);
+                            put_bytes(&mut out, &r.to_binary());
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -325,6 +354,32 @@ impl WriteCommand {
                     action,
                 })
             }
+            17 => {
+                // Every watched key and item takes at least two bytes: bounded by the bytes left.
+                let n = r.len()?;
+                let mut watched = Vec::with_capacity(n);
+                for _ in 0..n {
+                    watched.push((r.bytes()?, r.varint()?));
+                }
+                let n = r.len()?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let tag = r.u8()?;
+                    let raw = r.bytes()?;
+                    items.push(match tag {
+                        1 => ExecItem::Read(ReadOp::decode(&raw)?),
+                        2 => match WriteCommand::decode(&raw)?.op {
+                            WriteOp::Exec { .. } => {
+                                return Err(Error::Codec("EXEC nested in EXEC".to_string()))
+                            }
+                            op => ExecItem::Write(op),
+                        },
+                        3 => ExecItem::Reply(Reply::from_binary(&raw)?),
+                        t => return Err(Error::Codec(format!("unknown EXEC item {t}"))),
+                    });
+                }
+                WriteOp::Exec { watched, items }
+            }
             t => return Err(Error::Codec(format!("unknown WriteCommand op {t}"))),
         };
         if r.pos != buf.len() {
@@ -444,6 +499,10 @@ impl ReadOp {
                 put_str(&mut out, text);
                 out.push(u8::from(*keyspace));
             }
+            ReadOp::Versions(keys) => {
+                out.push(19);
+                put_list(&mut out, keys);
+            }
         }
         out
     }
@@ -480,6 +539,7 @@ impl ReadOp {
                 text: r.string()?,
                 keyspace: r.bool()?,
             },
+            19 => ReadOp::Versions(r.list()?),
             t => return Err(Error::Codec(format!("unknown ReadOp {t}"))),
         };
         r.end("ReadOp")?;
@@ -512,6 +572,7 @@ fn put_reply(out: &mut Vec<u8>, reply: &Reply) {
             put_bytes(out, b);
         }
         Reply::Null => out.push(5),
+        Reply::NullArray => out.push(11),
         Reply::Array(items) => {
             out.push(6);
             put_all(out, items);
@@ -680,6 +741,7 @@ impl<'a> Reader<'a> {
             3 => Reply::Int(self.i64()?),
             4 => Reply::Bulk(self.bytes()?),
             5 => Reply::Null,
+            11 => Reply::NullArray,
             6 => Reply::Array(self.replies(depth)?),
             7 => {
                 let n = self.len()?;

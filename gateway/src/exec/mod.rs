@@ -32,6 +32,8 @@ pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const NOT_FLOAT: &str = "ERR value is not a valid float";
 /// `-ERR increment or decrement would overflow`.
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+/// `-CROSSSLOT` for an EXEC whose keys (queued or watched) live in several regions.
+pub const EXEC_CROSS_REGION: &str = "CROSSSLOT Keys in request don't hash to the same region (a MULTI block and its WATCHed keys must live in one region: use {hash tags})";
 /// Largest string a command may build (Redis `proto-max-bulk-len`).
 pub const MAX_STRING_BYTES: usize = 512 << 20;
 /// Hashes up to this many fields reply to HSCAN in one page, as Redis's listpack encoding does.
@@ -79,6 +81,8 @@ pub enum ReadOp {
     Keys(Vec<u8>),
     /// DBSIZE.
     DbSize,
+    /// WATCH's read: each key's version (its metadata record's; 0 when absent), an array.
+    Versions(Vec<Vec<u8>>),
     /// INFO: `text` holds the rendered sections; the keyspace section is appended when asked.
     Info {
         /// Sections rendered by the session.
@@ -270,6 +274,25 @@ pub enum WriteOp {
     },
     /// A step of a cross-region atomic write (`crate::atomic`), applied in one region.
     Atomic(AtomicStep),
+    /// EXEC of a MULTI block: nothing (a null array) if a watched key's version changed,
+    /// else every item in order, as one write; the reply is the array of their replies.
+    Exec {
+        /// WATCHed keys and the versions WATCH read (0: absent).
+        watched: Vec<(Vec<u8>, u64)>,
+        /// The queued commands.
+        items: Vec<ExecItem>,
+    },
+}
+
+/// A command queued in a MULTI block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecItem {
+    /// A read, evaluated in order with the block's writes.
+    Read(ReadOp),
+    /// A write.
+    Write(WriteOp),
+    /// A reply settled when the command was queued (a connection command, an argument error).
+    Reply(Reply),
 }
 
 /// One step of a cross-region atomic write (see `crate::atomic` and `crate::lock`).
@@ -343,6 +366,17 @@ impl WriteOp {
                 }
                 AtomicAction::Check | AtomicAction::Forget => vec![step.primary.as_slice()],
             },
+            WriteOp::Exec { watched, items } => {
+                let mut keys: Vec<&[u8]> = watched.iter().map(|(k, _)| k.as_slice()).collect();
+                for item in items {
+                    match item {
+                        ExecItem::Read(op) => keys.extend(op.keys()),
+                        ExecItem::Write(op) => keys.extend(op.keys()),
+                        ExecItem::Reply(_) => {}
+                    }
+                }
+                keys
+            }
         }
     }
 
@@ -427,7 +461,9 @@ impl ReadOp {
     /// DBSIZE, INFO).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            ReadOp::MGet(keys) | ReadOp::Exists(keys) => keys.iter().map(Vec::as_slice).collect(),
+            ReadOp::MGet(keys) | ReadOp::Exists(keys) | ReadOp::Versions(keys) => {
+                keys.iter().map(Vec::as_slice).collect()
+            }
             ReadOp::Scan(_) | ReadOp::Keys(_) | ReadOp::DbSize | ReadOp::Info { .. } => Vec::new(),
             ReadOp::Get(k)
             | ReadOp::Strlen(k)
@@ -1046,6 +1082,14 @@ fn read_inner(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
         return Ok(locked);
     }
     Ok(match op {
+        ReadOp::Versions(keys) => {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let v = view.version(META, &model::meta_key(k))?.unwrap_or(0);
+                out.push(Reply::Int(v as i64));
+            }
+            Reply::Array(out)
+        }
         ReadOp::Get(key) => match tri!(string_of(load(view, key, now)?)) {
             Some(v) => Reply::Bulk(v),
             None => Reply::Null,
@@ -1344,6 +1388,15 @@ pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Repl
             };
         }
         WriteOp::Atomic(_) => {}
+        WriteOp::Exec { watched, items } => {
+            if let Some(locked) = lock::check(&*view, &cmd.op.keys()).unwrap_or(None) {
+                return locked;
+            }
+            return match apply_exec(watched, items, cmd.now_ms, view, version) {
+                Ok(reply) => reply,
+                Err(e) => storage_error(e),
+            };
+        }
         // A key locked by a cross-region write in flight: the proposer resolves the lock
         // and proposes again.
         op => match lock::check(&*view, &op.keys()) {
@@ -1372,10 +1425,57 @@ pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Repl
     }
 }
 
+/// EXEC: the watched versions, then every item against the block's own writes so far
+/// (`store::Overlay`), all written in one batch at `version`.
+fn apply_exec(
+    watched: &[(Vec<u8>, u64)],
+    items: &[ExecItem],
+    now: u64,
+    view: &mut dyn StateView,
+    version: u64,
+) -> Result<Reply> {
+    for (k, seen) in watched {
+        if view.version(META, &model::meta_key(k))?.unwrap_or(0) != *seen {
+            return Ok(Reply::NullArray);
+        }
+    }
+    let mut overlay = crate::store::Overlay::new(&*view, version);
+    let mut replies = Vec::with_capacity(items.len());
+    for item in items {
+        replies.push(match item {
+            ExecItem::Reply(r) => r.clone(),
+            ExecItem::Read(op) => read_inner(op, &overlay, now)?,
+            ExecItem::Write(WriteOp::FlushDb) => {
+                overlay.clear(version)?;
+                Reply::ok()
+            }
+            ExecItem::Write(op) => {
+                let mut tx = Tx {
+                    view: &mut overlay,
+                    batch: WriteBatch::new(),
+                    version,
+                    now,
+                };
+                let reply = apply_inner(op, &mut tx)?;
+                if !reply.is_error() {
+                    tx.commit()?;
+                }
+                reply
+            }
+        });
+    }
+    let batch = overlay.into_batch();
+    if !batch.is_empty() {
+        view.commit(batch)?;
+    }
+    Ok(Reply::Array(replies))
+}
+
 fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {
     let now = tx.now;
     Ok(match op {
         WriteOp::Atomic(step) => return atomic::apply(step, tx),
+        WriteOp::Exec { .. } => Reply::error("ERR EXEC nested in EXEC"),
         WriteOp::Set {
             key,
             value,
@@ -1731,6 +1831,9 @@ mod tests {
 
     impl ReadView for Failing {
         fn get(&self, _: nokv::KeySpace, _: &[u8]) -> Result<Option<Vec<u8>>> {
+            Err((self.0)().into())
+        }
+        fn version(&self, _: nokv::KeySpace, _: &[u8]) -> Result<Option<u64>> {
             Err((self.0)().into())
         }
         fn scan(

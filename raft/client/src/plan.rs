@@ -152,8 +152,14 @@ pub fn plan_read(cache: &RouteCache, op: ReadOp) -> Result<Plan, PlanError> {
             merge: Merge::Single,
         })
     };
+    let make = if matches!(op, ReadOp::MGet(_)) {
+        ReadOp::MGet
+    } else {
+        ReadOp::Versions
+    };
     match op {
-        ReadOp::MGet(keys) => {
+        // MGET and WATCH's versions: an answer per key, by position.
+        ReadOp::MGet(keys) | ReadOp::Versions(keys) => {
             let n = keys.len();
             let mut positions = Vec::new();
             let mut parts = Vec::new();
@@ -161,7 +167,7 @@ pub fn plan_read(cache: &RouteCache, op: ReadOp) -> Result<Plan, PlanError> {
                 positions.push(items.iter().map(|(i, _)| *i).collect());
                 let keys: Vec<Vec<u8>> = items.into_iter().map(|(_, k)| k).collect();
                 let first = keys.first().cloned().unwrap_or_default();
-                parts.push(part(r, &first, Work::Read(ReadOp::MGet(keys))));
+                parts.push(part(r, &first, Work::Read(make(keys))));
             }
             Ok(Plan {
                 parts,
@@ -254,7 +260,11 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
             merge: Merge::AllOk,
         });
     }
-    let keys = cmd.op.keys();
+    let mut keys = cmd.op.keys();
+    if keys.is_empty() {
+        // An EXEC of key-less commands: any region runs it.
+        keys.push(b"");
+    }
     let mut regions = Vec::with_capacity(keys.len());
     for k in &keys {
         regions.push(region_of(cache, k)?.id);
@@ -274,6 +284,11 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
             if_none_exist: true,
             ..
         } => return Err(PlanError::Reply(Reply::error(CROSS_REGION))),
+        WriteOp::Exec { .. } => {
+            return Err(PlanError::Reply(Reply::error(
+                nokv_gateway::exec::EXEC_CROSS_REGION,
+            )))
+        }
         // An atomic write's lock step counts the keys that exist.
         WriteOp::Atomic(s) if matches!(s.action, AtomicAction::Lock { .. }) => Merge::Sum,
         WriteOp::MSet { .. } | WriteOp::Atomic(_) => Merge::AllOk,
