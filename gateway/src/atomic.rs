@@ -1,13 +1,15 @@
-//! Cross-region atomic multi-key writes (MSET, MSETNX, DEL / UNLINK whose keys live in
-//! several regions), and the resolution of the locks they leave for other commands.
+//! Cross-region atomic multi-key commands (MSET, MSETNX, DEL / UNLINK and EXISTS whose
+//! keys live in several regions), and the resolution of the locks they leave for other
+//! commands.
 //!
 //! The protocol is Percolator's, on the Redis keys themselves (records: `crate::lock`;
 //! apply: `exec::atomic`). Every step is an ordinary write ([`WriteOp::Atomic`]) that the
 //! caller routes like any other, split per region by [`WriteOp::split_by`]:
 //!
 //! 1. **Lock** every key with its pending change, in every region at once. A region's
-//!    part locks all its keys or none; it answers how many exist (MSETNX and DEL need
-//!    that). A key locked by another transaction fails the step with `-LOCKED`: the
+//!    part locks all its keys or none; it answers what each key holds (MSETNX, DEL and
+//!    EXISTS need that; EXISTS then unlocks without a change, so it counts every key
+//!    as of one instant). A key locked by another transaction fails the step with `-LOCKED`: the
 //!    driver rolls its own locks back, resolves the other lock, backs off and starts again
 //!    with a new transaction id.
 //! 2. **Commit the primary** (the first key): one raft entry records the commit and
@@ -57,7 +59,7 @@ pub trait Runner {
 }
 
 /// Whether a write over keys of several regions must go through [`run`]: MSET, MSETNX
-/// and DEL / UNLINK.
+/// and DEL / UNLINK (EXISTS, a read, goes through [`exists`]).
 pub fn needs_driver(op: &WriteOp) -> bool {
     matches!(op, WriteOp::MSet { .. } | WriteOp::Del { .. })
 }
@@ -206,20 +208,8 @@ where
 /// Keys with their pending changes.
 type Changes = Vec<(Vec<u8>, Change)>;
 
-/// The keys of a driven write, each once, with their changes (the last value of a
-/// repeated key wins, as in MSET); and whether it is MSETNX.
-fn changes_of(op: WriteOp) -> Option<(Changes, bool)> {
-    let (items, nx): (Changes, bool) = match op {
-        WriteOp::MSet {
-            pairs,
-            if_none_exist,
-        } => (
-            pairs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-            if_none_exist,
-        ),
-        WriteOp::Del { keys } => (keys.into_iter().map(|k| (k, None)).collect(), false),
-        _ => return None,
-    };
+/// Each key once with its change (the last of a repeated key wins, as in MSET).
+fn distinct(items: Changes) -> Changes {
     let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut out: Changes = Vec::new();
     for (k, c) in items {
@@ -231,128 +221,220 @@ fn changes_of(op: WriteOp) -> Option<(Changes, bool)> {
             }
         }
     }
-    Some((out, nx))
+    out
 }
 
-/// Runs an MSET, MSETNX or DEL over keys of several regions atomically (see the module
-/// doc) and gives its Redis reply.
-pub async fn run<R: Runner>(r: &R, cmd: WriteCommand) -> Reply {
-    let is_del = matches!(cmd.op, WriteOp::Del { .. });
-    let Some((changes, nx)) = changes_of(cmd.op) else {
-        return Reply::error("ERR internal: not a multi-key write");
-    };
-    let Some(primary) = changes.first().map(|(k, _)| k.clone()) else {
-        return if is_del { Reply::Int(0) } else { Reply::ok() };
-    };
-    let keys: Vec<Vec<u8>> = changes.iter().map(|(k, _)| k.clone()).collect();
-    let secondaries: Vec<Vec<u8>> = keys[1..].to_vec();
-    let start = r.now_ms();
-    let mut backoff = Backoff::new(start ^ 0x9e37_79b9_7f4a_7c15);
-    let out_of_time = |r: &R| r.now_ms().saturating_sub(start) >= RUN_LIMIT_MS;
-    // Bounded by RUN_LIMIT_MS: every turn returns, or sleeps a backoff.
-    'attempt: loop {
-        let txn = new_txn();
-        let rollback = || async {
-            let done = r
-                .write(step(
-                    r.now_ms(),
-                    txn,
-                    &primary,
-                    AtomicAction::Rollback { keys: keys.clone() },
-                ))
-                .await;
-            if !done.is_error() {
-                r.write(step(r.now_ms(), txn, &primary, AtomicAction::Forget))
-                    .await;
-            }
-        };
-        let now = r.now_ms();
-        let lock = AtomicAction::Lock {
-            deadline_ms: now + LOCK_TTL_MS,
-            changes: changes.clone(),
-        };
-        let live = match r.write(step(now, txn, &primary, lock)).await {
-            Reply::Int(n) => n,
-            other => {
-                // Some parts may hold locks: undo them (a part that fails to undo is
-                // rolled back by its readers after the deadline).
-                rollback().await;
-                let again = Locked::of(&other).is_some() || is_aborted(&other);
-                if !again || out_of_time(r) {
-                    return if again {
-                        Reply::error(format!(
-                            "TRYAGAIN the keys stayed locked by other writes for {RUN_LIMIT_MS} ms; retry"
-                        ))
-                    } else {
-                        other
-                    };
-                }
-                if let Some(l) = Locked::of(&other) {
-                    let _ = resolve(r, &l).await;
-                }
-                r.sleep(backoff.step()).await;
-                continue;
-            }
-        };
-        if nx && live > 0 {
-            rollback().await;
-            return Reply::Int(0);
+/// A transaction holding its locks: what its keys held when locked.
+struct Held {
+    txn: TxnId,
+    /// Per key of the changes, in order: null (absent), the value, or `:1` (not a string).
+    held: Vec<Reply>,
+}
+
+/// The driver of one multi-region write or read: its keys, changes and attempts.
+struct Driver<'a, R: Runner> {
+    r: &'a R,
+    primary: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+    changes: Changes,
+    start: u64,
+    backoff: Backoff,
+}
+
+impl<'a, R: Runner> Driver<'a, R> {
+    /// None when there is no key.
+    fn new(r: &'a R, changes: Changes) -> Option<Driver<'a, R>> {
+        let changes = distinct(changes);
+        let primary = changes.first()?.0.clone();
+        let start = r.now_ms();
+        Some(Driver {
+            r,
+            primary,
+            keys: changes.iter().map(|(k, _)| k.clone()).collect(),
+            changes,
+            start,
+            backoff: Backoff::new(start ^ 0x9e37_79b9_7f4a_7c15),
+        })
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.r.now_ms().saturating_sub(self.start) >= RUN_LIMIT_MS
+    }
+
+    async fn step(&self, txn: TxnId, action: AtomicAction) -> Reply {
+        self.r
+            .write(step(self.r.now_ms(), txn, &self.primary, action))
+            .await
+    }
+
+    /// Unlocks every key of `txn` and drops its status (best effort: a part that fails is
+    /// rolled back by its readers after the deadline).
+    async fn release(&self, txn: TxnId) {
+        let keys = self.keys.clone();
+        if !self
+            .step(txn, AtomicAction::Rollback { keys })
+            .await
+            .is_error()
+        {
+            self.step(txn, AtomicAction::Forget).await;
         }
-        // The commit point. Bounded by RUN_LIMIT_MS.
+    }
+
+    /// Locks every key under a new transaction, retrying (with a new one) after conflicts
+    /// and rollbacks by readers until [`RUN_LIMIT_MS`]. Err: the reply to give.
+    async fn lock(&mut self) -> Result<Held, Reply> {
+        // Bounded by RUN_LIMIT_MS: every turn returns, or sleeps a backoff.
         loop {
-            let commit = AtomicAction::Commit {
-                keys: vec![primary.clone()],
+            let txn = new_txn();
+            let lock = AtomicAction::Lock {
+                deadline_ms: self.r.now_ms() + LOCK_TTL_MS,
+                changes: self.changes.clone(),
             };
-            let done = r.write(step(r.now_ms(), txn, &primary, commit)).await;
+            let other = match self.step(txn, lock).await {
+                Reply::Array(held) if held.len() == self.keys.len() => {
+                    return Ok(Held { txn, held });
+                }
+                Reply::Array(held) => Reply::error(format!(
+                    "ERR internal: {} answers for {} locked keys",
+                    held.len(),
+                    self.keys.len()
+                )),
+                other => other,
+            };
+            // Some parts may hold locks: undo them.
+            self.release(txn).await;
+            let again = Locked::of(&other).is_some() || is_aborted(&other);
+            if !again {
+                return Err(other);
+            }
+            if self.out_of_time() {
+                return Err(Reply::error(format!(
+                    "TRYAGAIN the keys stayed locked by other writes for {RUN_LIMIT_MS} ms; retry"
+                )));
+            }
+            if let Some(l) = Locked::of(&other) {
+                let _ = resolve(self.r, &l).await;
+            }
+            self.r.sleep(self.backoff.step()).await;
+        }
+    }
+
+    /// Commits a locked transaction: the primary (the commit point, retried until
+    /// [`RUN_LIMIT_MS`]), then the other keys, then its status is forgotten. Ok(false):
+    /// a reader rolled it back first (the caller starts again).
+    async fn commit(&mut self, txn: TxnId) -> Result<bool, Reply> {
+        // Bounded by RUN_LIMIT_MS.
+        loop {
+            let keys = vec![self.primary.clone()];
+            let done = self.step(txn, AtomicAction::Commit { keys }).await;
             if !done.is_error() {
                 break;
             }
             if is_aborted(&done) {
                 // A reader found the locks past their deadline and rolled them back.
-                rollback().await;
-                if out_of_time(r) {
-                    return done;
+                self.release(txn).await;
+                if self.out_of_time() {
+                    return Err(done);
                 }
-                r.sleep(backoff.step()).await;
-                continue 'attempt;
+                self.r.sleep(self.backoff.step()).await;
+                return Ok(false);
             }
-            if out_of_time(r) {
-                return Reply::error(format!(
-                    "TRYAGAIN the write's outcome is unknown, it may still apply (its commit got: {})",
-                    match &done {
-                        Reply::Error(e) => e.as_str(),
-                        _ => "",
-                    }
-                ));
+            if self.out_of_time() {
+                let got = match &done {
+                    Reply::Error(e) => e.as_str(),
+                    _ => "",
+                };
+                return Err(Reply::error(format!(
+                    "TRYAGAIN the write's outcome is unknown, it may still apply (its commit got: {got})"
+                )));
             }
-            r.sleep(backoff.step()).await;
+            self.r.sleep(self.backoff.step()).await;
         }
         // Committed. The other keys follow; whatever fails here, readers roll forward.
-        if !secondaries.is_empty() {
-            let commit = AtomicAction::Commit {
-                keys: secondaries.clone(),
-            };
-            if r.write(step(r.now_ms(), txn, &primary, commit))
+        let rest = self.keys[1..].to_vec();
+        if !rest.is_empty()
+            && self
+                .step(txn, AtomicAction::Commit { keys: rest })
                 .await
                 .is_error()
-            {
-                return reply_of(is_del, nx, live);
-            }
+        {
+            return Ok(true);
         }
-        r.write(step(r.now_ms(), txn, &primary, AtomicAction::Forget))
-            .await;
-        return reply_of(is_del, nx, live);
+        self.step(txn, AtomicAction::Forget).await;
+        Ok(true)
     }
 }
 
-fn reply_of(is_del: bool, nx: bool, live: i64) -> Reply {
-    if is_del {
-        Reply::Int(live)
-    } else if nx {
-        Reply::Int(1)
-    } else {
-        Reply::ok()
+/// Runs an MSET, MSETNX or DEL over keys of several regions atomically (see the module
+/// doc) and gives its Redis reply.
+pub async fn run<R: Runner>(r: &R, cmd: WriteCommand) -> Reply {
+    let (changes, nx, is_del): (Changes, bool, bool) = match cmd.op {
+        WriteOp::MSet {
+            pairs,
+            if_none_exist,
+        } => (
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Change::Put(v)))
+                .collect(),
+            if_none_exist,
+            false,
+        ),
+        WriteOp::Del { keys } => (
+            keys.into_iter().map(|k| (k, Change::Delete)).collect(),
+            false,
+            true,
+        ),
+        _ => return Reply::error("ERR internal: not a multi-key write"),
+    };
+    let Some(mut d) = Driver::new(r, changes) else {
+        return if is_del { Reply::Int(0) } else { Reply::ok() };
+    };
+    // Bounded by RUN_LIMIT_MS (lock and commit give up then).
+    loop {
+        let Held { txn, held } = match d.lock().await {
+            Ok(h) => h,
+            Err(reply) => return reply,
+        };
+        let live = held.iter().filter(|h| **h != Reply::Null).count() as i64;
+        if nx && live > 0 {
+            d.release(txn).await;
+            return Reply::Int(0);
+        }
+        match d.commit(txn).await {
+            Ok(true) if is_del => return Reply::Int(live),
+            Ok(true) if nx => return Reply::Int(1),
+            Ok(true) => return Reply::ok(),
+            Ok(false) => continue,
+            Err(reply) => return reply,
+        }
     }
+}
+
+/// EXISTS over keys of several regions, as of one instant: every key is locked (no
+/// change) at once, counted, and unlocked. Counts a key as often as it is named, as Redis
+/// does.
+pub async fn exists<R: Runner>(r: &R, keys: Vec<Vec<u8>>) -> Reply {
+    let changes = keys.iter().map(|k| (k.clone(), Change::Keep)).collect();
+    let Some(mut d) = Driver::new(r, changes) else {
+        return Reply::Int(0);
+    };
+    let Held { txn, held } = match d.lock().await {
+        Ok(h) => h,
+        Err(reply) => return reply,
+    };
+    d.release(txn).await;
+    let live: HashMap<&[u8], bool> = d
+        .keys
+        .iter()
+        .zip(&held)
+        .map(|(k, h)| (k.as_slice(), *h != Reply::Null))
+        .collect();
+    let n = keys
+        .iter()
+        .filter(|k| live.get(k.as_slice()).copied().unwrap_or(false))
+        .count();
+    Reply::Int(n as i64)
 }
 
 /// Runs a future whose awaits never wait (a [`Runner`] over blocking calls) to its end.

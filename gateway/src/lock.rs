@@ -8,7 +8,7 @@
 //! pending change:
 //!
 //! `format u8 (=1) | txn 16 bytes | deadline_ms u64 LE | primary len u32 LE | primary |
-//! change u8 (0 = delete, 1 = put) | value (put only)`.
+//! change u8 (0 = delete, 1 = put, 2 = keep) | value (put only)`.
 //!
 //! A *status* record says how a transaction ended, in [`STATUSES`] (CF_WRITE) at
 //! `meta_key(primary) | txn 16 bytes`, so it lives with the primary key:
@@ -35,8 +35,16 @@ const FORMAT: u8 = 1;
 /// A transaction's id: random, unique across gateways.
 pub type TxnId = [u8; 16];
 
-/// A key's pending change under a lock: the value to store (None: delete).
-pub type Change = Option<Vec<u8>>;
+/// A key's pending change under a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Store this string (MSET, MSETNX).
+    Put(Vec<u8>),
+    /// Delete the key (DEL, UNLINK).
+    Delete,
+    /// Leave it as it is: the lock only holds it still while read (EXISTS).
+    Keep,
+}
 
 /// A decoded lock record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +62,10 @@ pub struct Lock {
 impl Lock {
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let value_len = self.change.as_ref().map_or(0, Vec::len);
+        let value_len = match &self.change {
+            Change::Put(v) => v.len(),
+            _ => 0,
+        };
         let mut out = Vec::with_capacity(34 + self.primary.len() + value_len);
         out.push(FORMAT);
         out.extend_from_slice(&self.txn);
@@ -62,11 +73,12 @@ impl Lock {
         out.extend_from_slice(&(self.primary.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.primary);
         match &self.change {
-            None => out.push(0),
-            Some(v) => {
+            Change::Delete => out.push(0),
+            Change::Put(v) => {
                 out.push(1);
                 out.extend_from_slice(v);
             }
+            Change::Keep => out.push(2),
         }
         out
     }
@@ -90,8 +102,9 @@ impl Lock {
         }
         let primary = rest[..plen].to_vec();
         let change = match rest[plen] {
-            0 if rest.len() == plen + 1 => None,
-            1 => Some(rest[plen + 1..].to_vec()),
+            0 if rest.len() == plen + 1 => Change::Delete,
+            1 => Change::Put(rest[plen + 1..].to_vec()),
+            2 if rest.len() == plen + 1 => Change::Keep,
             _ => return Err(corrupt("bad change tag")),
         };
         Ok(Lock {
@@ -205,8 +218,14 @@ mod tests {
             txn in any::<[u8; 16]>(),
             deadline_ms in any::<u64>(),
             primary in proptest::collection::vec(any::<u8>(), 0..20),
-            change in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            value in proptest::collection::vec(any::<u8>(), 0..20),
+            tag in 0u8..3,
         ) {
+            let change = match tag {
+                0 => Change::Delete,
+                1 => Change::Put(value),
+                _ => Change::Keep,
+            };
             let lock = Lock { txn, deadline_ms, primary: primary.clone(), change };
             prop_assert_eq!(Lock::decode(&lock.encode()).ok(), Some(lock.clone()));
             let locked = Locked::new(&primary, &lock);

@@ -73,17 +73,34 @@ impl Runner for &Store {
     async fn write(&self, cmd: WriteCommand) -> Reply {
         let keys = cmd.op.keys();
         let one = keys.iter().all(|k| region_of(k) == region_of(keys[0]));
+        let n = keys.len();
         let parts = if one {
-            vec![cmd.op]
+            vec![((0..n).collect(), cmd.op)]
         } else {
-            cmd.op.split_by(region_of).unwrap_or_else(|op| vec![op])
+            cmd.op
+                .split_by(region_of)
+                .unwrap_or_else(|op| vec![((0..n).collect(), op)])
         };
-        let replies: Vec<Reply> = parts
-            .into_iter()
-            .map(|op| self.apply_part(cmd.now_ms, op))
-            .collect();
+        let mut replies = Vec::new();
+        let mut positions = Vec::new();
+        for (at, op) in parts {
+            replies.push(self.apply_part(cmd.now_ms, op));
+            positions.push(at);
+        }
         if let Some(e) = replies.iter().find(|r| r.is_error()) {
             return e.clone();
+        }
+        // Lock steps answer per key: put back in key order.
+        if replies.iter().all(|r| matches!(r, Reply::Array(_))) {
+            let mut out = vec![Reply::Null; n];
+            for (at, r) in positions.iter().zip(replies) {
+                if let Reply::Array(items) = r {
+                    for (i, item) in at.iter().zip(items) {
+                        out[*i] = item;
+                    }
+                }
+            }
+            return Reply::Array(out);
         }
         let ints: Vec<i64> = replies
             .iter()
@@ -248,4 +265,35 @@ fn a_write_meeting_a_dead_writers_locks_rolls_them_back_after_the_deadline() {
     let seen = values(&store, &ks);
     assert!(all_equal(&seen[..2], &Reply::Null), "{seen:?}");
     assert!(all_equal(&seen[2..], &Reply::Bulk(b"live".to_vec())));
+}
+
+/// EXISTS over regions counts each named key (repeats too) as of one instant, resolving a
+/// dead writer's locks, and leaves no lock or status behind.
+#[test]
+fn exists_over_regions_counts_every_named_key_once_resolved() {
+    let store = Store::new();
+    let ks = keys(6);
+    store.run(mset(&ks[..3], "v", false));
+    let mut named = ks.clone();
+    named.push(ks[0].clone());
+    named.push(b"absent".to_vec());
+    let exists = |store: &Store| atomic::block_on(atomic::exists(&store, named.clone()));
+    assert_eq!(exists(&store), Reply::Int(4));
+    // A writer dies after locking everything: EXISTS waits out its deadline, then counts
+    // the state without it.
+    store.budget.set(Some(REGIONS as usize));
+    let start = store.clock.get();
+    store.run(mset(&ks, "w", false));
+    store.budget.set(None);
+    store.clock.set(start);
+    assert_eq!(exists(&store), Reply::Int(4));
+    // No lock is left (the dead writer's rolled-back status stays: nobody forgets it).
+    let locks = store
+        .view
+        .borrow()
+        .map
+        .keys()
+        .filter(|k| k[1] == nokv::CF_LOCK)
+        .count();
+    assert_eq!(locks, 0);
 }

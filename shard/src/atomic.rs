@@ -1,5 +1,6 @@
-//! Cross-region atomic writes and lock resolution on a store (`nokv_gateway::atomic`):
-//! a core drives the MSET / MSETNX / DEL of its connections whose keys span regions, and
+//! Cross-region atomic commands and lock resolution on a store (`nokv_gateway::atomic`):
+//! a core drives the MSET / MSETNX / DEL / EXISTS of its connections whose keys span
+//! regions, and
 //! resolves the locks any command of its connections meets (`-LOCKED` from a read or an
 //! apply), so no client ever sees a lock.
 //!
@@ -29,16 +30,37 @@ impl Runner for CoreRunner<'_> {
     }
 }
 
+/// Whether `keys` live in more than one region.
+fn spans_regions(core: &Core, keys: &[&[u8]]) -> bool {
+    let routes = core.routes();
+    let first = keys.first().map(|k| routes.for_key(k).region);
+    keys.iter().any(|k| Some(routes.for_key(k).region) != first)
+}
+
 /// Whether `cmd` is an MSET / MSETNX / DEL over several regions, which the core drives
 /// atomically (unless the `NOKV_DEBUG_MULTIKEY_SPLIT` negative control is on).
 pub(super) fn driven(core: &Core, cmd: &WriteCommand) -> bool {
-    if core.node.knobs.multikey_split || !protocol::needs_driver(&cmd.op) {
-        return false;
+    !core.node.knobs.multikey_split
+        && protocol::needs_driver(&cmd.op)
+        && spans_regions(core, &cmd.op.keys())
+}
+
+/// The keys of an EXISTS over several regions, which the core counts as of one instant
+/// (unless the negative control is on).
+pub(super) fn driven_exists(core: &Core, op: &ReadOp) -> Option<Vec<Vec<u8>>> {
+    match op {
+        ReadOp::Exists(keys)
+            if !core.node.knobs.multikey_split && spans_regions(core, &op.keys()) =>
+        {
+            Some(keys.clone())
+        }
+        _ => None,
     }
-    let routes = core.routes();
-    let keys = cmd.op.keys();
-    let first = keys.first().map(|k| routes.for_key(k).region);
-    keys.iter().any(|k| Some(routes.for_key(k).region) != first)
+}
+
+/// Runs an EXISTS over several regions as of one instant.
+pub(super) async fn exists(core: &Rc<Core>, keys: Vec<Vec<u8>>) -> Reply {
+    protocol::exists(&CoreRunner(core), keys).await
 }
 
 /// Runs a multi-region MSET / MSETNX / DEL atomically.

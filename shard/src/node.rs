@@ -2265,7 +2265,19 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
             settle(core, &mut inflight, session, mem).await;
         }
         let (ticket, plan) = match action {
-            Action::Read { ticket, op } => (ticket, Ok(route::plan_read(&core.routes(), op))),
+            Action::Read { ticket, op } => match atomic::driven_exists(core, &op) {
+                Some(keys) => {
+                    let c = core.clone();
+                    let m = mem.clone();
+                    let task = glommio::spawn_local(async move {
+                        let reply = atomic::exists(&c, keys).await;
+                        (ticket, memory::charge(&m, reply))
+                    });
+                    inflight.push((Inflight::Task(task), false));
+                    continue;
+                }
+                None => (ticket, Ok(route::plan_read(&core.routes(), op))),
+            },
             Action::Write { ticket, cmd } if atomic::driven(core, &cmd) => {
                 let c = core.clone();
                 let m = mem.clone();

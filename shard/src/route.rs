@@ -286,8 +286,9 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
         WriteOp::Exec { .. } => return Err(Reply::error(EXEC_CROSS_REGION)),
         WriteOp::MSet { .. } => Merge::AllOk,
         WriteOp::Del { .. } => Merge::Sum,
+        // A lock step answers per key: merged by position (filled in below).
         WriteOp::Atomic(step) => match step.action {
-            AtomicAction::Lock { .. } => Merge::Sum,
+            AtomicAction::Lock { .. } => Merge::Positions(Vec::new(), keys.len()),
             _ => Merge::AllOk,
         },
         other => {
@@ -298,16 +299,20 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
         }
     };
     match cmd.op.split_by(|k| routes.for_key(k).region) {
-        Ok(ops) => Ok(Plan {
-            parts: ops
-                .into_iter()
-                .map(|op| {
-                    let r = routes.for_key(op.keys().first().copied().unwrap_or_default());
-                    write_part(r, now, op)
-                })
-                .collect(),
-            merge,
-        }),
+        Ok(ops) => {
+            let mut positions = Vec::with_capacity(ops.len());
+            let mut parts = Vec::with_capacity(ops.len());
+            for (at, op) in ops {
+                let r = routes.for_key(op.keys().first().copied().unwrap_or_default());
+                parts.push(write_part(r, now, op));
+                positions.push(at);
+            }
+            let merge = match merge {
+                Merge::Positions(_, n) => Merge::Positions(positions, n),
+                other => other,
+            };
+            Ok(Plan { parts, merge })
+        }
         Err(op) => Err(Reply::error(format!(
             "ERR internal: a multi-region plan for {:?}",
             std::mem::discriminant(&op)

@@ -4,6 +4,8 @@
 //!   an older MSET after one from a newer (an MSET is seen whole or not at all).
 //!   Negative control: with `NOKV_DEBUG_MULTIKEY_SPLIT=1` (per-region parts, the old
 //!   behaviour) the same checker reports violations;
+//! - EXISTS over a group that a writer sets and deletes whole counts 0 or all of it
+//!   (negative control: the same knob gives partial counts);
 //! - racing MSETNX over one fresh key set: exactly one wins, and every key holds its value;
 //! - SIGKILL during multi-region MSETs and DELs: after restart every group's keys are
 //!   whole (all from one MSET, or all deleted), at or after the last acknowledged one;
@@ -151,6 +153,105 @@ fn split_msets_are_caught_by_the_reader_check() {
     let (violations, passes, acked) = mset_readers(&env, Duration::from_secs(30), true);
     eprintln!("split: {acked} MSETs, {passes} reader passes, {violations} violations");
     assert!(violations > 0, "the checker saw no partial MSET");
+}
+
+/// A writer sets a group (MSET) and deletes it (DEL), over and over; readers count it
+/// with EXISTS: every count is 0 or the whole group. Returns (partial counts, reads, writes).
+fn exists_readers(env: &[(&str, &str)], bound: Duration, stop_at_first: bool) -> (u64, u64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&dir.path().join("s"), env);
+    let keys = group_keys("e");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (partial, reads, writes) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let deadline = Instant::now() + bound;
+    let mut threads = Vec::new();
+    {
+        let (addr, stop, writes, keys) = (
+            server.addr.clone(),
+            stop.clone(),
+            writes.clone(),
+            keys.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&addr);
+            let mut del: Vec<&[u8]> = vec![b"DEL"];
+            del.extend(keys.iter().map(|k| k.as_bytes()));
+            for i in 0..100_000u64 {
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
+                }
+                let reply = if i % 2 == 0 {
+                    mset(&mut c, &keys, "x")
+                } else {
+                    c.try_cmd(&del)
+                };
+                assert!(
+                    matches!(reply, Some(R::Simple(_)) | Some(R::Int(_))),
+                    "{reply:?}"
+                );
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (addr, stop, partial, reads, keys) = (
+            server.addr.clone(),
+            stop.clone(),
+            partial.clone(),
+            reads.clone(),
+            keys.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&addr);
+            let mut exists: Vec<&[u8]> = vec![b"EXISTS"];
+            exists.extend(keys.iter().map(|k| k.as_bytes()));
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c.try_cmd(&exists) {
+                    Some(R::Int(n)) if n == 0 || n == keys.len() as i64 => {}
+                    Some(R::Int(_)) => {
+                        partial.fetch_add(1, Ordering::Relaxed);
+                        if stop_at_first {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    other => panic!("EXISTS: {other:?}"),
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("thread");
+    }
+    (
+        partial.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+        writes.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn exists_counts_a_multi_region_group_whole() {
+    let (partial, reads, writes) = exists_readers(&[], Duration::from_secs(6), false);
+    eprintln!("atomic: {writes} MSET/DEL, {reads} EXISTS, {partial} partial counts");
+    assert!(
+        writes > 10 && reads > 10,
+        "too little ran: {writes} / {reads}"
+    );
+    assert_eq!(partial, 0);
+}
+
+/// The negative control: split EXISTS (and MSET / DEL) give partial counts.
+#[test]
+fn split_exists_is_caught_by_the_count_check() {
+    let env = [("NOKV_DEBUG_MULTIKEY_SPLIT", "1")];
+    let (partial, reads, writes) = exists_readers(&env, Duration::from_secs(30), true);
+    eprintln!("split: {writes} MSET/DEL, {reads} EXISTS, {partial} partial counts");
+    assert!(partial > 0, "the checker saw no partial count");
 }
 
 #[test]

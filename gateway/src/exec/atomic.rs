@@ -4,8 +4,8 @@
 
 use super::{AtomicAction, AtomicStep, Tx};
 use crate::error::Result;
-use crate::lock::{self, Lock, Locked, COMMITTED, LOCKS, ROLLED_BACK, STATUSES};
-use crate::model;
+use crate::lock::{self, Change, Lock, Locked, COMMITTED, LOCKS, ROLLED_BACK, STATUSES};
+use crate::model::{self, Body, Meta};
 use crate::resp::Reply;
 use std::collections::BTreeMap;
 
@@ -71,11 +71,7 @@ pub(super) fn apply(step: &AtomicStep, tx: &mut Tx) -> Result<Reply> {
                     }
                 }
             }
-            let mut live = 0;
             for (k, change) in last {
-                if tx.load(k)?.is_some() {
-                    live += 1;
-                }
                 let record = Lock {
                     txn: step.txn,
                     deadline_ms: *deadline_ms,
@@ -85,7 +81,19 @@ pub(super) fn apply(step: &AtomicStep, tx: &mut Tx) -> Result<Reply> {
                 tx.batch
                     .put_at(LOCKS, &model::meta_key(k), tx.version, &record.encode());
             }
-            Reply::Int(live)
+            // What each key holds now, in the order sent (its value if a string).
+            let mut now = Vec::with_capacity(changes.len());
+            for (k, _) in changes {
+                now.push(match tx.load(k)? {
+                    None => Reply::Null,
+                    Some(Meta {
+                        body: Body::String(v),
+                        ..
+                    }) => Reply::Bulk(v),
+                    Some(_) => Reply::Int(1),
+                });
+            }
+            Reply::Array(now)
         }
         AtomicAction::Commit { keys } => {
             if keys.contains(&step.primary) {
@@ -108,8 +116,9 @@ pub(super) fn apply(step: &AtomicStep, tx: &mut Tx) -> Result<Reply> {
                     continue;
                 }
                 match l.change {
-                    Some(value) => tx.put_string(k, value, 0),
-                    None => tx.delete_meta(k),
+                    Change::Put(value) => tx.put_string(k, value, 0),
+                    Change::Delete => tx.delete_meta(k),
+                    Change::Keep => {}
                 }
                 tx.unlock(k);
             }

@@ -12,6 +12,7 @@ use super::{
     WriteCommand, WriteOp,
 };
 use crate::error::{Error, Result};
+use crate::lock::Change;
 use crate::numeric::LongDouble;
 use crate::resp::{Reply, ScanPage};
 
@@ -184,11 +185,12 @@ impl WriteCommand {
                         for (k, c) in changes {
                             put_bytes(&mut out, k);
                             match c {
-                                None => out.push(0),
-                                Some(v) => {
+                                Change::Delete => out.push(0),
+                                Change::Put(v) => {
                                     out.push(1);
                                     put_bytes(&mut out, v);
                                 }
+                                Change::Keep => out.push(2),
                             }
                         }
                     }
@@ -331,8 +333,9 @@ impl WriteCommand {
                         for _ in 0..n {
                             let k = r.bytes()?;
                             let c = match r.u8()? {
-                                0 => None,
-                                1 => Some(r.bytes()?),
+                                0 => Change::Delete,
+                                1 => Change::Put(r.bytes()?),
+                                2 => Change::Keep,
                                 t => return Err(Error::Codec(format!("bad change tag {t}"))),
                             };
                             changes.push((k, c));
@@ -861,12 +864,20 @@ mod tests {
         ]
     }
 
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            Just(Change::Delete),
+            Just(Change::Keep),
+            bytes().prop_map(Change::Put)
+        ]
+    }
+
     fn atomic_action() -> impl Strategy<Value = AtomicAction> {
         let keys = || proptest::collection::vec(bytes(), 0..4);
         prop_oneof![
             (
                 any::<u64>(),
-                proptest::collection::vec((bytes(), proptest::option::of(bytes())), 0..4)
+                proptest::collection::vec((bytes(), change()), 0..4)
             )
                 .prop_map(|(deadline_ms, changes)| AtomicAction::Lock {
                     deadline_ms,

@@ -310,12 +310,13 @@ pub struct AtomicStep {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AtomicAction {
     /// Locks the keys with their pending changes, all or none: `-LOCKED` if another
-    /// transaction holds one, `-ABORTED` if the transaction was rolled back. Replies how
-    /// many of the keys exist.
+    /// transaction holds one, `-ABORTED` if the transaction was rolled back. Replies an
+    /// array with what each key holds, in order: null (absent), its value (a string) or
+    /// `:1` (another type).
     Lock {
         /// Unix ms after which readers may roll the transaction back.
         deadline_ms: u64,
-        /// Key and pending change (None: delete).
+        /// Key and pending change.
         changes: Vec<(Vec<u8>, Change)>,
     },
     /// Applies the pending changes of the keys the transaction still locks and unlocks
@@ -381,27 +382,32 @@ impl WriteOp {
     }
 
     /// Splits a write over several keys into one write per group of keys, groups given by
-    /// `region_of` (in order of first appearance): MSET (not MSETNX), DEL and the lock,
-    /// commit and rollback steps of atomic writes, whose parts are independent per key.
-    /// Every other write comes back as `Err`.
+    /// `region_of` (in order of first appearance), each with the positions its keys had in
+    /// [`WriteOp::keys`]: MSET (not MSETNX), DEL and the lock, commit and rollback steps of
+    /// atomic writes, whose parts are independent per key. Every other write comes back as
+    /// `Err`.
     pub fn split_by(
         self,
         region_of: impl Fn(&[u8]) -> u64,
-    ) -> std::result::Result<Vec<WriteOp>, WriteOp> {
+    ) -> std::result::Result<Vec<(Vec<usize>, WriteOp)>, WriteOp> {
         fn groups<T>(
             items: Vec<T>,
             key: impl Fn(&T) -> &[u8],
             region_of: impl Fn(&[u8]) -> u64,
-        ) -> Vec<Vec<T>> {
-            let mut out: Vec<(u64, Vec<T>)> = Vec::new();
-            for item in items {
+            make: impl Fn(Vec<T>) -> WriteOp,
+        ) -> Vec<(Vec<usize>, WriteOp)> {
+            let mut out: Vec<(u64, Vec<usize>, Vec<T>)> = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
                 let r = region_of(key(&item));
-                match out.iter_mut().find(|(g, _)| *g == r) {
-                    Some((_, v)) => v.push(item),
-                    None => out.push((r, vec![item])),
+                match out.iter_mut().find(|(g, _, _)| *g == r) {
+                    Some((_, at, v)) => {
+                        at.push(i);
+                        v.push(item);
+                    }
+                    None => out.push((r, vec![i], vec![item])),
                 }
             }
-            out.into_iter().map(|(_, v)| v).collect()
+            out.into_iter().map(|(_, at, v)| (at, make(v))).collect()
         }
         let step = |s: &AtomicStep, action| {
             WriteOp::Atomic(AtomicStep {
@@ -414,24 +420,25 @@ impl WriteOp {
             WriteOp::MSet {
                 pairs,
                 if_none_exist: false,
-            } => groups(pairs, |(k, _)| k, region_of)
-                .into_iter()
-                .map(|pairs| WriteOp::MSet {
+            } => groups(
+                pairs,
+                |(k, _)| k,
+                region_of,
+                |pairs| WriteOp::MSet {
                     pairs,
                     if_none_exist: false,
-                })
-                .collect(),
-            WriteOp::Del { keys } => groups(keys, |k| k, region_of)
-                .into_iter()
-                .map(|keys| WriteOp::Del { keys })
-                .collect(),
+                },
+            ),
+            WriteOp::Del { keys } => groups(keys, |k| k, region_of, |keys| WriteOp::Del { keys }),
             WriteOp::Atomic(s) => match &s.action {
                 AtomicAction::Lock {
                     deadline_ms,
                     changes,
-                } => groups(changes.clone(), |(k, _)| k, region_of)
-                    .into_iter()
-                    .map(|changes| {
+                } => groups(
+                    changes.clone(),
+                    |(k, _)| k,
+                    region_of,
+                    |changes| {
                         step(
                             &s,
                             AtomicAction::Lock {
@@ -439,16 +446,20 @@ impl WriteOp {
                                 changes,
                             },
                         )
-                    })
-                    .collect(),
-                AtomicAction::Commit { keys } => groups(keys.clone(), |k| k, region_of)
-                    .into_iter()
-                    .map(|keys| step(&s, AtomicAction::Commit { keys }))
-                    .collect(),
-                AtomicAction::Rollback { keys } => groups(keys.clone(), |k| k, region_of)
-                    .into_iter()
-                    .map(|keys| step(&s, AtomicAction::Rollback { keys }))
-                    .collect(),
+                    },
+                ),
+                AtomicAction::Commit { keys } => groups(
+                    keys.clone(),
+                    |k| k,
+                    region_of,
+                    |keys| step(&s, AtomicAction::Commit { keys }),
+                ),
+                AtomicAction::Rollback { keys } => groups(
+                    keys.clone(),
+                    |k| k,
+                    region_of,
+                    |keys| step(&s, AtomicAction::Rollback { keys }),
+                ),
                 AtomicAction::Check | AtomicAction::Forget => return Err(WriteOp::Atomic(s)),
             },
             other => return Err(other),

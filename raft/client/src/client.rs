@@ -493,8 +493,15 @@ impl Client {
 
     /// Runs a read over every region its keys live in and merges the replies as the store
     /// would (a Redis error reply is returned as a reply, not an error). Keys locked by a
-    /// multi-region write in flight are resolved (`nokv_gateway::atomic`).
+    /// multi-region write in flight are resolved, and an EXISTS over several regions counts
+    /// its keys as of one instant (`nokv_gateway::atomic`).
     pub fn read(&self, op: ReadOp) -> Result<Reply> {
+        if let ReadOp::Exists(keys) = &op {
+            if plan::spans_regions(&self.cache.read(), &op.keys()) {
+                // Counted as of one instant (`nokv_gateway::atomic::exists`).
+                return Ok(atomic::block_on(atomic::exists(&Steps(self), keys.clone())));
+            }
+        }
         let first = self.execute(|cache| plan::plan_read(cache, op.clone()))?;
         Ok(self.resolving(first, || {
             self.execute(|cache| plan::plan_read(cache, op.clone()))
@@ -505,7 +512,8 @@ impl Client {
     /// MSETNX and DEL over several regions atomically (`nokv_gateway::atomic`, see
     /// `docs/client.md`). Keys locked by a multi-region write in flight are resolved.
     pub fn write(&self, cmd: WriteCommand) -> Result<Reply> {
-        if atomic::needs_driver(&cmd.op) && plan::spans_regions(&self.cache.read(), &cmd.op) {
+        if atomic::needs_driver(&cmd.op) && plan::spans_regions(&self.cache.read(), &cmd.op.keys())
+        {
             return Ok(atomic::block_on(atomic::run(&Steps(self), cmd)));
         }
         let first = self.execute(|cache| plan::plan_write(cache, cmd.clone()))?;

@@ -289,8 +289,10 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
                 nokv_gateway::exec::EXEC_CROSS_REGION,
             )))
         }
-        // An atomic write's lock step counts the keys that exist.
-        WriteOp::Atomic(s) if matches!(s.action, AtomicAction::Lock { .. }) => Merge::Sum,
+        // An atomic write's lock step answers per key: merged by position (filled in below).
+        WriteOp::Atomic(s) if matches!(s.action, AtomicAction::Lock { .. }) => {
+            Merge::Positions(Vec::new(), keys.len())
+        }
         WriteOp::MSet { .. } | WriteOp::Atomic(_) => Merge::AllOk,
         WriteOp::Del { .. } => Merge::Sum,
         // Every other write has one key (or none): handled above.
@@ -314,17 +316,22 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
         )))
     })?;
     let mut parts = Vec::with_capacity(ops.len());
-    for op in ops {
+    let mut positions = Vec::with_capacity(ops.len());
+    for (at, op) in ops {
         let first = op.keys().first().map(|k| k.to_vec()).unwrap_or_default();
         let r = region_of(cache, &first)?;
         parts.push(part(r, &first, write(op)));
+        positions.push(at);
     }
+    let merge = match merge {
+        Merge::Positions(_, n) => Merge::Positions(positions, n),
+        other => other,
+    };
     Ok(Plan { parts, merge })
 }
 
-/// Whether `op`'s keys live in more than one region (or a route is missing).
-pub fn spans_regions(cache: &RouteCache, op: &WriteOp) -> bool {
-    let keys = op.keys();
+/// Whether `keys` live in more than one region (or a route is missing).
+pub fn spans_regions(cache: &RouteCache, keys: &[&[u8]]) -> bool {
     let mut regions = keys.iter().map(|k| region_of(cache, k).ok().map(|r| r.id));
     match regions.next() {
         None => false,
