@@ -29,8 +29,8 @@
 //! runs it on its cores' executors, `nokv-client` on its blocking threads
 //! ([`block_on`]).
 
-use crate::exec::atomic::ABORTED_CODE;
-use crate::exec::{AtomicAction, AtomicStep, WriteCommand, WriteOp};
+use crate::exec::atomic::{ABORTED_CODE, WATCH_FAILED_CODE};
+use crate::exec::{AtomicAction, AtomicStep, ExecItem, Watched, WriteCommand, WriteOp};
 use crate::lock::{Change, Locked, TxnId};
 use crate::resp::Reply;
 use std::collections::HashMap;
@@ -58,10 +58,21 @@ pub trait Runner {
     fn now_ms(&self) -> u64;
 }
 
-/// Whether a write over keys of several regions must go through [`run`]: MSET, MSETNX
-/// and DEL / UNLINK (EXISTS, a read, goes through [`exists`]).
+/// Whether a write over keys of several regions must go through [`run`] (MSET, MSETNX,
+/// DEL / UNLINK) or [`exec`] (a MULTI block); EXISTS, a read, goes through [`exists`].
 pub fn needs_driver(op: &WriteOp) -> bool {
-    matches!(op, WriteOp::MSet { .. } | WriteOp::Del { .. })
+    matches!(
+        op,
+        WriteOp::MSet { .. } | WriteOp::Del { .. } | WriteOp::Exec { .. }
+    )
+}
+
+/// Runs a multi-region write with the driver it needs ([`run`] or [`exec`]).
+pub async fn drive<R: Runner>(r: &R, cmd: WriteCommand) -> Reply {
+    match cmd.op {
+        WriteOp::Exec { .. } => exec(r, cmd).await,
+        _ => run(r, cmd).await,
+    }
 }
 
 /// Exponential backoff with jitter.
@@ -237,6 +248,8 @@ struct Driver<'a, R: Runner> {
     primary: Vec<u8>,
     keys: Vec<Vec<u8>>,
     changes: Changes,
+    /// A MULTI block (watched keys, items): locked with `LockExec`, not `Lock`.
+    block: Option<(Watched, Vec<ExecItem>)>,
     start: u64,
     backoff: Backoff,
 }
@@ -252,9 +265,59 @@ impl<'a, R: Runner> Driver<'a, R> {
             primary,
             keys: changes.iter().map(|(k, _)| k.clone()).collect(),
             changes,
+            block: None,
             start,
             backoff: Backoff::new(start ^ 0x9e37_79b9_7f4a_7c15),
         })
+    }
+
+    /// The lock step of this driver's command.
+    fn lock_action(&self) -> AtomicAction {
+        let deadline_ms = self.r.now_ms() + LOCK_TTL_MS;
+        match &self.block {
+            None => AtomicAction::Lock {
+                deadline_ms,
+                changes: self.changes.clone(),
+            },
+            Some((watched, items)) => AtomicAction::LockExec {
+                deadline_ms,
+                watched: watched.clone(),
+                items: items.clone(),
+                positions: (0..items.len() as u32).collect(),
+            },
+        }
+    }
+
+    /// What the lock step's (merged) answer says each key holds, or each item of a block
+    /// answered (its parts' `[positions, replies]` pairs put back in block order).
+    fn held_of(&self, parts: Vec<Reply>) -> Result<Vec<Reply>, Reply> {
+        let Some((_, items)) = &self.block else {
+            if parts.len() == self.keys.len() {
+                return Ok(parts);
+            }
+            return Err(Reply::error(format!(
+                "ERR internal: {} answers for {} locked keys",
+                parts.len(),
+                self.keys.len()
+            )));
+        };
+        let mut out: Vec<Option<Reply>> = vec![None; items.len()];
+        let mut parts = parts.into_iter();
+        while let (Some(Reply::Array(at)), Some(Reply::Array(replies))) =
+            (parts.next(), parts.next())
+        {
+            for (p, reply) in at.iter().zip(replies) {
+                if let Some(o) = match p {
+                    Reply::Int(p) => out.get_mut(*p as usize),
+                    _ => None,
+                } {
+                    *o = Some(reply);
+                }
+            }
+        }
+        out.into_iter()
+            .collect::<Option<Vec<Reply>>>()
+            .ok_or_else(|| Reply::error("ERR internal: a block's item got no answer"))
     }
 
     fn out_of_time(&self) -> bool {
@@ -286,19 +349,11 @@ impl<'a, R: Runner> Driver<'a, R> {
         // Bounded by RUN_LIMIT_MS: every turn returns, or sleeps a backoff.
         loop {
             let txn = new_txn();
-            let lock = AtomicAction::Lock {
-                deadline_ms: self.r.now_ms() + LOCK_TTL_MS,
-                changes: self.changes.clone(),
-            };
-            let other = match self.step(txn, lock).await {
-                Reply::Array(held) if held.len() == self.keys.len() => {
-                    return Ok(Held { txn, held });
-                }
-                Reply::Array(held) => Reply::error(format!(
-                    "ERR internal: {} answers for {} locked keys",
-                    held.len(),
-                    self.keys.len()
-                )),
+            let other = match self.step(txn, self.lock_action()).await {
+                Reply::Array(parts) => match self.held_of(parts) {
+                    Ok(held) => return Ok(Held { txn, held }),
+                    Err(e) => e,
+                },
                 other => other,
             };
             // Some parts may hold locks: undo them.
@@ -405,6 +460,37 @@ pub async fn run<R: Runner>(r: &R, cmd: WriteCommand) -> Reply {
             Ok(true) if is_del => return Reply::Int(live),
             Ok(true) if nx => return Reply::Int(1),
             Ok(true) => return Reply::ok(),
+            Ok(false) => continue,
+            Err(reply) => return reply,
+        }
+    }
+}
+
+/// EXEC of a MULTI block whose keys live in several regions (each command's own keys in
+/// one): every key it reads, writes or watches is locked at once, each region runs its
+/// share of the block against the locked state, and the writes commit as one (see the
+/// module doc). A null array if a watched key changed.
+pub async fn exec<R: Runner>(r: &R, cmd: WriteCommand) -> Reply {
+    let WriteOp::Exec { watched, items } = cmd.op else {
+        return Reply::error("ERR internal: not a MULTI block");
+    };
+    let changes = crate::exec::block_keys(&watched, &items)
+        .into_iter()
+        .map(|k| (k.to_vec(), Change::Keep))
+        .collect();
+    let Some(mut d) = Driver::new(r, changes) else {
+        return Reply::error("ERR internal: a multi-region block without keys");
+    };
+    d.block = Some((watched, items));
+    // Bounded by RUN_LIMIT_MS (lock and commit give up then).
+    loop {
+        let Held { txn, held } = match d.lock().await {
+            Ok(h) => h,
+            Err(Reply::Error(e)) if e.starts_with(WATCH_FAILED_CODE) => return Reply::NullArray,
+            Err(reply) => return reply,
+        };
+        match d.commit(txn).await {
+            Ok(true) => return Reply::Array(held),
             Ok(false) => continue,
             Err(reply) => return reply,
         }

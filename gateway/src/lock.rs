@@ -8,7 +8,9 @@
 //! pending change:
 //!
 //! `format u8 (=1) | txn 16 bytes | deadline_ms u64 LE | primary len u32 LE | primary |
-//! change u8 (0 = delete, 1 = put, 2 = keep) | value (put only)`.
+//! change u8 (0 = delete, 1 = put, 2 = keep, 3 = writes) | value (put only) | writes
+//! (writes only: `count u32 LE`, then per record `key len u32 LE | key | 0 (delete) or
+//! 1 | value len u32 LE | value`)`.
 //!
 //! A *status* record says how a transaction ended, in [`STATUSES`] (CF_WRITE) at
 //! `meta_key(primary) | txn 16 bytes`, so it lives with the primary key:
@@ -35,6 +37,10 @@ const FORMAT: u8 = 1;
 /// A transaction's id: random, unique across gateways.
 pub type TxnId = [u8; 16];
 
+/// Engine records to write: logical key (namespace, column family, key) and value
+/// (None: delete).
+pub type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// A key's pending change under a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -44,6 +50,8 @@ pub enum Change {
     Delete,
     /// Leave it as it is: the lock only holds it still while read (EXISTS).
     Keep,
+    /// Write these records: the key's share of a MULTI block's writes.
+    Writes(Records),
 }
 
 /// A decoded lock record.
@@ -79,6 +87,22 @@ impl Lock {
                 out.extend_from_slice(v);
             }
             Change::Keep => out.push(2),
+            Change::Writes(writes) => {
+                out.push(3);
+                out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
+                for (k, v) in writes {
+                    out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                    out.extend_from_slice(k);
+                    match v {
+                        None => out.push(0),
+                        Some(v) => {
+                            out.push(1);
+                            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                            out.extend_from_slice(v);
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -105,6 +129,9 @@ impl Lock {
             0 if rest.len() == plen + 1 => Change::Delete,
             1 => Change::Put(rest[plen + 1..].to_vec()),
             2 if rest.len() == plen + 1 => Change::Keep,
+            3 => Change::Writes(
+                decode_writes(&rest[plen + 1..]).ok_or_else(|| corrupt("bad writes"))?,
+            ),
             _ => return Err(corrupt("bad change tag")),
         };
         Ok(Lock {
@@ -114,6 +141,37 @@ impl Lock {
             change,
         })
     }
+}
+
+fn decode_writes(mut raw: &[u8]) -> Option<Records> {
+    fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (raw.get(..n)?, raw.get(n..)?);
+        *raw = tail;
+        Some(head)
+    }
+    fn len(raw: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(raw, 4)?.try_into().ok()?) as usize)
+    }
+    let n = len(&mut raw)?;
+    // Every record takes at least five bytes: bounded by the bytes left.
+    if n > raw.len() / 5 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let klen = len(&mut raw)?;
+        let k = take(&mut raw, klen)?.to_vec();
+        let v = match take(&mut raw, 1)?[0] {
+            0 => None,
+            1 => {
+                let vlen = len(&mut raw)?;
+                Some(take(&mut raw, vlen)?.to_vec())
+            }
+            _ => return None,
+        };
+        out.push((k, v));
+    }
+    raw.is_empty().then_some(out)
 }
 
 /// The status record key of `txn`, whose primary key is `primary`.
@@ -219,12 +277,16 @@ mod tests {
             deadline_ms in any::<u64>(),
             primary in proptest::collection::vec(any::<u8>(), 0..20),
             value in proptest::collection::vec(any::<u8>(), 0..20),
-            tag in 0u8..3,
+            tag in 0u8..4,
         ) {
             let change = match tag {
                 0 => Change::Delete,
                 1 => Change::Put(value),
-                _ => Change::Keep,
+                2 => Change::Keep,
+                _ => Change::Writes(vec![
+                    (value.clone(), None),
+                    (primary.clone(), Some(value)),
+                ]),
             };
             let lock = Lock { txn, deadline_ms, primary: primary.clone(), change };
             prop_assert_eq!(Lock::decode(&lock.encode()).ok(), Some(lock.clone()));

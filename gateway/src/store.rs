@@ -254,6 +254,19 @@ impl StateView for MemView {
     }
 }
 
+/// Adds a write of `logical` (namespace, column family, key) to `batch`: a put of
+/// `value`, or a delete (None).
+pub fn put_logical(batch: &mut WriteBatch, logical: &[u8], value: Option<&[u8]>, version: u64) {
+    let Some(key) = logical.get(nokv::key::PREFIX_LEN..) else {
+        return;
+    };
+    let space = KeySpace::new(logical[0], logical[1]);
+    match value {
+        Some(v) => batch.put_at(space, key, version, v),
+        None => batch.delete_at(space, key, version),
+    };
+}
+
 /// The writes of an EXEC block so far, over the state below: its reads see them, and they
 /// become one batch at the end ([`Overlay::into_batch`]), so the block is one write.
 pub struct Overlay<'a> {
@@ -275,16 +288,17 @@ impl<'a> Overlay<'a> {
 
     /// Every write of the block, as one batch at its version.
     pub fn into_batch(self) -> WriteBatch {
+        let version = self.version;
         let mut batch = WriteBatch::new();
-        for (logical, value) in &self.writes {
-            let space = KeySpace::new(logical[0], logical[1]);
-            let key = &logical[nokv::key::PREFIX_LEN..];
-            match value {
-                Some(v) => batch.put_at(space, key, self.version, v),
-                None => batch.delete_at(space, key, self.version),
-            };
+        for (logical, value) in &self.into_writes() {
+            put_logical(&mut batch, logical, value.as_deref(), version);
         }
         batch
+    }
+
+    /// Every write of the block: logical key and value (None: delete), in key order.
+    pub fn into_writes(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.writes.into_iter().collect()
     }
 
     /// A hash created by this block gets the block's version as generation; created again

@@ -74,6 +74,10 @@ impl Runner for &Store {
         let keys = cmd.op.keys();
         let one = keys.iter().all(|k| region_of(k) == region_of(keys[0]));
         let n = keys.len();
+        let concat = matches!(
+            &cmd.op,
+            WriteOp::Atomic(s) if matches!(s.action, exec::AtomicAction::LockExec { .. })
+        );
         let parts = if one {
             vec![((0..n).collect(), cmd.op)]
         } else {
@@ -89,6 +93,16 @@ impl Runner for &Store {
         }
         if let Some(e) = replies.iter().find(|r| r.is_error()) {
             return e.clone();
+        }
+        // A block's parts answer [positions, replies]: concatenated, as the planners do.
+        if concat {
+            let mut out = Vec::new();
+            for r in replies {
+                if let Reply::Array(items) = r {
+                    out.extend(items);
+                }
+            }
+            return Reply::Array(out);
         }
         // Lock steps answer per key: put back in key order.
         if replies.iter().all(|r| matches!(r, Reply::Array(_))) {
@@ -296,4 +310,122 @@ fn exists_over_regions_counts_every_named_key_once_resolved() {
         .filter(|k| k[1] == nokv::CF_LOCK)
         .count();
     assert_eq!(locks, 0);
+}
+
+fn set(key: &[u8], value: &str) -> exec::ExecItem {
+    exec::ExecItem::Write(WriteOp::Set {
+        key: key.to_vec(),
+        value: value.as_bytes().to_vec(),
+        condition: exec::SetCondition::Always,
+        expiry: exec::ExpiryUpdate::Clear,
+        reply: exec::SetReply::Ok,
+    })
+}
+
+/// A MULTI block over three regions: replies in block order, a hash created and read
+/// inside it, nil when a watched key changed; a driver dying after any number of parts
+/// leaves the whole block applied or none of it.
+#[test]
+fn exec_over_regions_is_whole_and_answers_in_order() {
+    let ks = keys(6);
+    let block = |watched: Vec<(Vec<u8>, u64)>| WriteOp::Exec {
+        watched,
+        items: vec![
+            set(&ks[0], "new"),
+            exec::ExecItem::Write(WriteOp::IncrBy {
+                key: ks[1].clone(),
+                delta: 5,
+            }),
+            exec::ExecItem::Read(ReadOp::Get(ks[2].clone())),
+            exec::ExecItem::Write(WriteOp::HSet {
+                key: ks[3].clone(),
+                pairs: vec![(b"f".to_vec(), b"v".to_vec())],
+                reply_ok: false,
+            }),
+            exec::ExecItem::Read(ReadOp::HGetAll(ks[3].clone())),
+            exec::ExecItem::Reply(Reply::Simple("PONG".into())),
+            set(&ks[4], "new"),
+        ],
+    };
+    let store = Store::new();
+    store.run(mset(&ks, "1", false));
+    let reply = atomic::block_on(atomic::exec(
+        &&store,
+        WriteCommand {
+            now_ms: store.clock.get(),
+            op: block(Vec::new()),
+        },
+    ));
+    assert_eq!(
+        reply,
+        Reply::Array(vec![
+            Reply::ok(),
+            Reply::Int(6),
+            Reply::Bulk(b"1".to_vec()),
+            Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            Reply::Simple("PONG".into()),
+            Reply::ok(),
+        ])
+    );
+    // A watched key that changed: nothing runs.
+    let version = match store.read(ReadOp::Versions(vec![ks[5].clone()])) {
+        Reply::Array(v) => match v[0] {
+            Reply::Int(n) => n as u64,
+            _ => panic!("version"),
+        },
+        other => panic!("{other:?}"),
+    };
+    store.run(mset(&ks[5..], "moved", false));
+    let reply = atomic::block_on(atomic::exec(
+        &&store,
+        WriteCommand {
+            now_ms: store.clock.get(),
+            op: block(vec![(ks[5].clone(), version)]),
+        },
+    ));
+    assert_eq!(reply, Reply::NullArray);
+    assert_eq!(
+        store.read(ReadOp::Get(ks[1].clone())),
+        Reply::Bulk(b"6".to_vec())
+    );
+    // All or nothing, whatever step the driver dies after.
+    let full = {
+        let store = Store::new();
+        store.run(mset(&ks, "1", false));
+        let before = store.parts.get();
+        atomic::block_on(atomic::exec(
+            &&store,
+            WriteCommand {
+                now_ms: 0,
+                op: block(Vec::new()),
+            },
+        ));
+        store.parts.get() - before
+    };
+    for budget in 0..=full {
+        let store = Store::new();
+        store.run(mset(&ks, "1", false));
+        store.budget.set(Some(budget));
+        let now_ms = store.clock.get();
+        atomic::block_on(atomic::exec(
+            &&store,
+            WriteCommand {
+                now_ms,
+                op: block(Vec::new()),
+            },
+        ));
+        store.budget.set(None);
+        let seen = values(&store, &[ks[0].clone(), ks[1].clone(), ks[4].clone()]);
+        let old = vec![Reply::Bulk(b"1".to_vec()); 3];
+        let new = vec![
+            Reply::Bulk(b"new".to_vec()),
+            Reply::Bulk(b"6".to_vec()),
+            Reply::Bulk(b"new".to_vec()),
+        ];
+        assert!(
+            seen == old || seen == new,
+            "dying after {budget} parts: {seen:?}"
+        );
+    }
 }

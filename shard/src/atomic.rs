@@ -37,7 +37,7 @@ fn spans_regions(core: &Core, keys: &[&[u8]]) -> bool {
     keys.iter().any(|k| Some(routes.for_key(k).region) != first)
 }
 
-/// Whether `cmd` is an MSET / MSETNX / DEL over several regions, which the core drives
+/// Whether `cmd` is an MSET / MSETNX / DEL or a MULTI block over several regions, which the core drives
 /// atomically (unless the `NOKV_DEBUG_MULTIKEY_SPLIT` negative control is on).
 pub(super) fn driven(core: &Core, cmd: &WriteCommand) -> bool {
     !core.node.knobs.multikey_split
@@ -63,9 +63,9 @@ pub(super) async fn exists(core: &Rc<Core>, keys: Vec<Vec<u8>>) -> Reply {
     protocol::exists(&CoreRunner(core), keys).await
 }
 
-/// Runs a multi-region MSET / MSETNX / DEL atomically.
+/// Runs a multi-region MSET / MSETNX / DEL or MULTI block atomically.
 pub(super) async fn drive(core: &Rc<Core>, cmd: WriteCommand) -> Reply {
-    protocol::run(&CoreRunner(core), cmd).await
+    protocol::drive(&CoreRunner(core), cmd).await
 }
 
 /// Runs `plan` (a connection's read or write), resolving the locks it meets and running it

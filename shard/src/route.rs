@@ -289,6 +289,8 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
         // A lock step answers per key: merged by position (filled in below).
         WriteOp::Atomic(step) => match step.action {
             AtomicAction::Lock { .. } => Merge::Positions(Vec::new(), keys.len()),
+            // A block's parts answer [positions, replies] each: the driver reorders.
+            AtomicAction::LockExec { .. } => Merge::Concat,
             _ => Merge::AllOk,
         },
         other => {
@@ -313,6 +315,8 @@ pub fn plan_write(routes: &RouteTable, cmd: WriteCommand) -> Result<Plan, Reply>
             };
             Ok(Plan { parts, merge })
         }
+        // A command of a MULTI block whose own keys span regions.
+        Err(WriteOp::Atomic(_)) => Err(Reply::error(EXEC_CROSS_REGION)),
         Err(op) => Err(Reply::error(format!(
             "ERR internal: a multi-region plan for {:?}",
             std::mem::discriminant(&op)

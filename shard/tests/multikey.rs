@@ -10,8 +10,8 @@
 //! - SIGKILL during multi-region MSETs and DELs: after restart every group's keys are
 //!   whole (all from one MSET, or all deleted), at or after the last acknowledged one;
 //! - MULTI / EXEC: counters incremented by racing clients with WATCH (optimistic,
-//!   retried on a nil EXEC) and with plain blocks end exact; a block over several
-//!   regions is refused with `-CROSSSLOT`.
+//!   retried on a nil EXEC) and with plain blocks end exact; blocks over two regions
+//!   move two counters together while a reader's blocks always see them equal.
 //!
 //! Every loop is bounded in count and time.
 
@@ -432,12 +432,114 @@ fn watch_and_exec_counters_are_exact() {
         "{total} optimistic increments, {} EXECs answered nil and retried",
         retries.load(Ordering::Relaxed)
     );
-    // A block over keys of several regions is refused (a hash tag keeps it in one).
+    // A block over several regions runs; a command of it whose own keys span regions
+    // is refused.
     assert_eq!(c.cmd("MULTI"), R::ok());
     assert_eq!(c.cmd("SET a 1"), R::Simple("QUEUED".into()));
     assert_eq!(c.cmd("SET b 1"), R::Simple("QUEUED".into()));
+    assert_eq!(c.cmd("EXEC"), R::Array(vec![R::ok(), R::ok()]));
+    assert_eq!(c.cmd("MULTI"), R::ok());
+    assert_eq!(c.cmd("MSET a 1 b 2"), R::Simple("QUEUED".into()));
     match c.cmd("EXEC") {
         R::Error(e) => assert!(e.starts_with("CROSSSLOT"), "{e}"),
-        other => panic!("EXEC over regions: {other:?}"),
+        other => panic!("EXEC of a multi-region MSET inside a block: {other:?}"),
     }
+}
+
+/// Blocks over two regions: clients move two counters together with WATCH / MULTI /
+/// EXEC (a hash too), while a reader's MULTI / GET / GET / EXEC blocks always see them
+/// equal; the totals end exact.
+#[test]
+fn multi_region_blocks_are_atomic_and_isolated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&dir.path().join("s"), &[]);
+    let (a, b) = ("xa", "xb");
+    assert_ne!(
+        nokv_gateway::model::slot(a.as_bytes()) / 2048,
+        nokv_gateway::model::slot(b.as_bytes()) / 2048,
+        "the counters live in different regions"
+    );
+    const CLIENTS: usize = 3;
+    const ROUNDS: usize = 30;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (snapshots, torn) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let (addr, stop, snapshots, torn) = (
+            server.addr.clone(),
+            stop.clone(),
+            snapshots.clone(),
+            torn.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&addr);
+            // Bounded by the writers' end (and a count).
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                assert_eq!(c.cmd("MULTI"), R::ok());
+                c.cmd(&format!("GET {a}"));
+                c.cmd(&format!("GET {b}"));
+                match c.cmd("EXEC") {
+                    R::Array(v) if v[0] == v[1] => {}
+                    R::Array(_) => {
+                        torn.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("reader EXEC: {other:?}"),
+                }
+                snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&addr);
+                for round in 0..ROUNDS {
+                    let mut done = false;
+                    // Bounded: each retry means another client's block went through.
+                    for _ in 0..10_000 {
+                        assert_eq!(c.cmd(&format!("WATCH {a} {b}")), R::ok());
+                        let n = match c.cmd(&format!("GET {a}")) {
+                            R::Nil => 0,
+                            r => seq_of(&r).unwrap_or_else(|| panic!("GET: {r:?}")),
+                        };
+                        assert_eq!(c.cmd("MULTI"), R::ok());
+                        c.cmd(&format!("SET {a} {}", n + 1));
+                        c.cmd(&format!("SET {b} {}", n + 1));
+                        c.cmd(&format!("HSET xh{id} r{round} {}", n + 1));
+                        match c.cmd("EXEC") {
+                            R::Array(items) => {
+                                assert_eq!(items, vec![R::ok(), R::ok(), R::Int(1)]);
+                                done = true;
+                                break;
+                            }
+                            R::Nil => {}
+                            other => panic!("EXEC: {other:?}"),
+                        }
+                    }
+                    assert!(done, "a block never went through");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("reader");
+    let mut c = Client::connect(&server.addr);
+    let total = (CLIENTS * ROUNDS).to_string();
+    assert_eq!(c.cmd(&format!("GET {a}")), R::bulk(&total));
+    assert_eq!(c.cmd(&format!("GET {b}")), R::bulk(&total));
+    for id in 0..CLIENTS {
+        assert_eq!(c.cmd(&format!("HLEN xh{id}")), R::Int(ROUNDS as i64));
+    }
+    eprintln!(
+        "{total} blocks, {} snapshot reads, {} torn",
+        snapshots.load(Ordering::Relaxed),
+        torn.load(Ordering::Relaxed)
+    );
+    assert_eq!(torn.load(Ordering::Relaxed), 0);
 }

@@ -4,13 +4,31 @@
 
 use super::{AtomicAction, AtomicStep, Tx};
 use crate::error::Result;
-use crate::lock::{self, Change, Lock, Locked, COMMITTED, LOCKS, ROLLED_BACK, STATUSES};
-use crate::model::{self, Body, Meta};
+use crate::lock::{self, Change, Lock, Locked, Records, COMMITTED, LOCKS, ROLLED_BACK, STATUSES};
+use crate::model::{self, Body, Meta, META, SUBKEYS};
 use crate::resp::Reply;
+use crate::store::{put_logical, Overlay};
 use std::collections::BTreeMap;
 
 /// Error code of a step refused because its transaction was rolled back.
 pub const ABORTED_CODE: &str = "ABORTED";
+/// Error code of a block's lock step whose watched key changed (internal: EXEC answers
+/// a null array).
+pub const WATCH_FAILED_CODE: &str = "WATCHFAILED a watched key changed";
+
+/// The Redis key a record of a MULTI block belongs to (metadata or hash member), from its
+/// logical key.
+fn owner_of(logical: &[u8]) -> Option<&[u8]> {
+    let stored = logical.get(nokv::key::PREFIX_LEN..)?;
+    if logical.starts_with(&META.prefix()) {
+        return stored.get(2..);
+    }
+    if logical.starts_with(&SUBKEYS.prefix()) {
+        let len = u32::from_be_bytes(stored.get(2..6)?.try_into().ok()?) as usize;
+        return stored.get(6..6 + len);
+    }
+    None
+}
 
 fn aborted() -> Reply {
     Reply::error(format!(
@@ -95,6 +113,61 @@ pub(super) fn apply(step: &AtomicStep, tx: &mut Tx) -> Result<Reply> {
             }
             Reply::Array(now)
         }
+        AtomicAction::LockExec {
+            deadline_ms,
+            watched,
+            items,
+            positions,
+        } => {
+            let keys = super::block_keys(watched, items);
+            if keys.contains(&step.primary.as_slice()) && tx.status_of(step)?.is_some() {
+                return Ok(aborted());
+            }
+            for k in &keys {
+                if let Some(l) = tx.lock_of(k)? {
+                    if l.txn != step.txn {
+                        return Ok(Locked::new(k, &l).reply());
+                    }
+                }
+            }
+            for (k, seen) in watched {
+                if tx.view.version(META, &model::meta_key(k))?.unwrap_or(0) != *seen {
+                    return Ok(Reply::error(WATCH_FAILED_CODE));
+                }
+            }
+            // Run the block against the locked state; its writes wait in the locks.
+            let mut overlay = Overlay::new(&*tx.view, tx.version);
+            let replies = super::run_items(items, &mut overlay, tx.now, tx.version)?;
+            let mut shares: BTreeMap<Vec<u8>, Records> = BTreeMap::new();
+            for (logical, value) in overlay.into_writes() {
+                let owner = owner_of(&logical)
+                    .filter(|o| keys.contains(o))
+                    .or(keys.first().copied())
+                    .unwrap_or_default()
+                    .to_vec();
+                shares.entry(owner).or_default().push((logical, value));
+            }
+            let distinct: std::collections::BTreeSet<&[u8]> = keys.iter().copied().collect();
+            for k in distinct {
+                let record = Lock {
+                    txn: step.txn,
+                    deadline_ms: *deadline_ms,
+                    primary: step.primary.clone(),
+                    change: shares.remove(k).map_or(Change::Keep, Change::Writes),
+                };
+                tx.batch
+                    .put_at(LOCKS, &model::meta_key(k), tx.version, &record.encode());
+            }
+            Reply::Array(vec![
+                Reply::Array(
+                    positions
+                        .iter()
+                        .map(|p| Reply::Int(i64::from(*p)))
+                        .collect(),
+                ),
+                Reply::Array(replies),
+            ])
+        }
         AtomicAction::Commit { keys } => {
             if keys.contains(&step.primary) {
                 match tx.status_of(step)? {
@@ -119,6 +192,11 @@ pub(super) fn apply(step: &AtomicStep, tx: &mut Tx) -> Result<Reply> {
                     Change::Put(value) => tx.put_string(k, value, 0),
                     Change::Delete => tx.delete_meta(k),
                     Change::Keep => {}
+                    Change::Writes(writes) => {
+                        for (logical, value) in &writes {
+                            put_logical(&mut tx.batch, logical, value.as_deref(), tx.version);
+                        }
+                    }
                 }
                 tx.unlock(k);
             }

@@ -191,7 +191,29 @@ impl WriteCommand {
                                     put_bytes(&mut out, v);
                                 }
                                 Change::Keep => out.push(2),
+                                Change::Writes(writes) => {
+                                    out.push(3);
+                                    put_varint(&mut out, writes.len() as u64);
+                                    for (k, v) in writes {
+                                        put_bytes(&mut out, k);
+                                        put_opt(&mut out, v);
+                                    }
+                                }
                             }
+                        }
+                    }
+                    AtomicAction::LockExec {
+                        deadline_ms,
+                        watched,
+                        items,
+                        positions,
+                    } => {
+                        out.push(6);
+                        put_varint(&mut out, *deadline_ms);
+                        put_exec(&mut out, self.now_ms, watched, items);
+                        put_varint(&mut out, positions.len() as u64);
+                        for p in positions {
+                            put_varint(&mut out, u64::from(*p));
                         }
                     }
                     AtomicAction::Commit { keys } => {
@@ -208,32 +230,7 @@ impl WriteCommand {
             }
             WriteOp::Exec { watched, items } => {
                 out.push(17);
-                put_varint(&mut out, watched.len() as u64);
-                for (k, v) in watched {
-                    put_bytes(&mut out, k);
-                    put_varint(&mut out, *v);
-                }
-                put_varint(&mut out, items.len() as u64);
-                for item in items {
-                    match item {
-                        ExecItem::Read(op) => {
-                            out.push(1);
-                            put_bytes(&mut out, &op.encode());
-                        }
-                        ExecItem::Write(op) => {
-                            out.push(2);
-                            let cmd = WriteCommand {
-                                now_ms: self.now_ms,
-                                op: op.clone(),
-                            };
-                            put_bytes(&mut out, &cmd.encode());
-                        }
-                        ExecItem::Reply(r) => {
-                            out.push(3);
-                            put_bytes(&mut out, &r.to_binary());
-                        }
-                    }
-                }
+                put_exec(&mut out, self.now_ms, watched, items);
             }
         }
         out
@@ -336,6 +333,14 @@ impl WriteCommand {
                                 0 => Change::Delete,
                                 1 => Change::Put(r.bytes()?),
                                 2 => Change::Keep,
+                                3 => {
+                                    let n = r.len()?;
+                                    let mut writes = Vec::with_capacity(n);
+                                    for _ in 0..n {
+                                        writes.push((r.bytes()?, r.opt()?));
+                                    }
+                                    Change::Writes(writes)
+                                }
                                 t => return Err(Error::Codec(format!("bad change tag {t}"))),
                             };
                             changes.push((k, c));
@@ -349,6 +354,24 @@ impl WriteCommand {
                     3 => AtomicAction::Rollback { keys: r.list()? },
                     4 => AtomicAction::Check,
                     5 => AtomicAction::Forget,
+                    6 => {
+                        let deadline_ms = r.varint()?;
+                        let (watched, items) = r.exec()?;
+                        let n = r.len()?;
+                        let mut positions = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let p = r.varint()?;
+                            positions.push(u32::try_from(p).map_err(|_| {
+                                Error::Codec(format!("item position {p} out of range"))
+                            })?);
+                        }
+                        AtomicAction::LockExec {
+                            deadline_ms,
+                            watched,
+                            items,
+                            positions,
+                        }
+                    }
                     t => return Err(Error::Codec(format!("unknown atomic step {t}"))),
                 };
                 WriteOp::Atomic(AtomicStep {
@@ -358,29 +381,7 @@ impl WriteCommand {
                 })
             }
             17 => {
-                // Every watched key and item takes at least two bytes: bounded by the bytes left.
-                let n = r.len()?;
-                let mut watched = Vec::with_capacity(n);
-                for _ in 0..n {
-                    watched.push((r.bytes()?, r.varint()?));
-                }
-                let n = r.len()?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let tag = r.u8()?;
-                    let raw = r.bytes()?;
-                    items.push(match tag {
-                        1 => ExecItem::Read(ReadOp::decode(&raw)?),
-                        2 => match WriteCommand::decode(&raw)?.op {
-                            WriteOp::Exec { .. } => {
-                                return Err(Error::Codec("EXEC nested in EXEC".to_string()))
-                            }
-                            op => ExecItem::Write(op),
-                        },
-                        3 => ExecItem::Reply(Reply::from_binary(&raw)?),
-                        t => return Err(Error::Codec(format!("unknown EXEC item {t}"))),
-                    });
-                }
+                let (watched, items) = r.exec()?;
                 WriteOp::Exec { watched, items }
             }
             t => return Err(Error::Codec(format!("unknown WriteCommand op {t}"))),
@@ -397,6 +398,37 @@ impl WriteCommand {
 
 /// Deepest nesting of arrays, maps and sets [`Reply::decode`] accepts.
 pub const MAX_REPLY_DEPTH: usize = 32;
+
+/// A MULTI block: watched keys with versions, then the items (each nested in its own
+/// encoding: a `ReadOp`, a `WriteCommand` at `now_ms`, or a `Reply`).
+fn put_exec(out: &mut Vec<u8>, now_ms: u64, watched: &[(Vec<u8>, u64)], items: &[ExecItem]) {
+    put_varint(out, watched.len() as u64);
+    for (k, v) in watched {
+        put_bytes(out, k);
+        put_varint(out, *v);
+    }
+    put_varint(out, items.len() as u64);
+    for item in items {
+        match item {
+            ExecItem::Read(op) => {
+                out.push(1);
+                put_bytes(out, &op.encode());
+            }
+            ExecItem::Write(op) => {
+                out.push(2);
+                let cmd = WriteCommand {
+                    now_ms,
+                    op: op.clone(),
+                };
+                put_bytes(out, &cmd.encode());
+            }
+            ExecItem::Reply(r) => {
+                out.push(3);
+                put_bytes(out, &r.to_binary());
+            }
+        }
+    }
+}
 
 fn put_opt(out: &mut Vec<u8>, b: &Option<Vec<u8>>) {
     match b {
@@ -692,6 +724,35 @@ impl<'a> Reader<'a> {
         (0..n).map(|_| self.bytes()).collect()
     }
 
+    /// [`put_exec`]'s output: nested blocks are refused.
+    #[allow(clippy::type_complexity)]
+    fn exec(&mut self) -> Result<(Vec<(Vec<u8>, u64)>, Vec<ExecItem>)> {
+        // Every watched key and item takes at least two bytes: bounded by the bytes left.
+        let n = self.len()?;
+        let mut watched = Vec::with_capacity(n);
+        for _ in 0..n {
+            watched.push((self.bytes()?, self.varint()?));
+        }
+        let n = self.len()?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = self.u8()?;
+            let raw = self.bytes()?;
+            items.push(match tag {
+                1 => ExecItem::Read(ReadOp::decode(&raw)?),
+                2 => match WriteCommand::decode(&raw)?.op {
+                    WriteOp::Exec { .. } | WriteOp::Atomic(_) => {
+                        return Err(Error::Codec("a block nested in a block".to_string()))
+                    }
+                    op => ExecItem::Write(op),
+                },
+                3 => ExecItem::Reply(Reply::from_binary(&raw)?),
+                t => return Err(Error::Codec(format!("unknown EXEC item {t}"))),
+            });
+        }
+        Ok((watched, items))
+    }
+
     fn pairs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let n = self.len()?;
         (0..n).map(|_| Ok((self.bytes()?, self.bytes()?))).collect()
@@ -868,7 +929,9 @@ mod tests {
         prop_oneof![
             Just(Change::Delete),
             Just(Change::Keep),
-            bytes().prop_map(Change::Put)
+            bytes().prop_map(Change::Put),
+            proptest::collection::vec((bytes(), proptest::option::of(bytes())), 0..3)
+                .prop_map(Change::Writes),
         ]
     }
 
@@ -887,6 +950,23 @@ mod tests {
             keys().prop_map(|keys| AtomicAction::Rollback { keys }),
             Just(AtomicAction::Check),
             Just(AtomicAction::Forget),
+            (
+                any::<u64>(),
+                proptest::collection::vec((bytes(), any::<u64>()), 0..3),
+                proptest::collection::vec(bytes(), 0..3),
+                proptest::collection::vec(any::<u32>(), 0..3)
+            )
+                .prop_map(|(deadline_ms, watched, keys, positions)| {
+                    AtomicAction::LockExec {
+                        deadline_ms,
+                        watched,
+                        items: keys
+                            .into_iter()
+                            .map(|k| ExecItem::Read(ReadOp::Get(k)))
+                            .collect(),
+                        positions,
+                    }
+                }),
         ]
     }
 

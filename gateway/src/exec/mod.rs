@@ -32,8 +32,8 @@ pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const NOT_FLOAT: &str = "ERR value is not a valid float";
 /// `-ERR increment or decrement would overflow`.
 pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
-/// `-CROSSSLOT` for an EXEC whose keys (queued or watched) live in several regions.
-pub const EXEC_CROSS_REGION: &str = "CROSSSLOT Keys in request don't hash to the same region (a MULTI block and its WATCHed keys must live in one region: use {hash tags})";
+/// `-CROSSSLOT` for an EXEC with a command whose own keys live in several regions.
+pub const EXEC_CROSS_REGION: &str = "CROSSSLOT Keys in request don't hash to the same region (each command of a MULTI block must keep its own keys in one region: use {hash tags})";
 /// Largest string a command may build (Redis `proto-max-bulk-len`).
 pub const MAX_STRING_BYTES: usize = 512 << 20;
 /// Hashes up to this many fields reply to HSCAN in one page, as Redis's listpack encoding does.
@@ -284,6 +284,9 @@ pub enum WriteOp {
     },
 }
 
+/// WATCHed keys and the versions WATCH read (0: absent).
+pub type Watched = Vec<(Vec<u8>, u64)>;
+
 /// A command queued in a MULTI block.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecItem {
@@ -318,6 +321,21 @@ pub enum AtomicAction {
         deadline_ms: u64,
         /// Key and pending change.
         changes: Vec<(Vec<u8>, Change)>,
+    },
+    /// A MULTI block's part in one region: locks every key it reads, writes or watches
+    /// (`-LOCKED`, `-ABORTED` as for `Lock`); answers `-WATCHFAILED` (internal) if a
+    /// watched version moved; else runs the items against the locked state without
+    /// writing, keeps each key's share of their writes in its lock (`Change::Writes`),
+    /// and answers `[positions, replies]`.
+    LockExec {
+        /// Unix ms after which readers may roll the transaction back.
+        deadline_ms: u64,
+        /// This region's watched keys and versions.
+        watched: Vec<(Vec<u8>, u64)>,
+        /// This region's items, in block order.
+        items: Vec<ExecItem>,
+        /// Each item's position in the whole block.
+        positions: Vec<u32>,
     },
     /// Applies the pending changes of the keys the transaction still locks and unlocks
     /// them; with the primary among them, records the commit first (`-ABORTED` if it was
@@ -366,18 +384,9 @@ impl WriteOp {
                     keys.iter().map(Vec::as_slice).collect()
                 }
                 AtomicAction::Check | AtomicAction::Forget => vec![step.primary.as_slice()],
+                AtomicAction::LockExec { watched, items, .. } => block_keys(watched, items),
             },
-            WriteOp::Exec { watched, items } => {
-                let mut keys: Vec<&[u8]> = watched.iter().map(|(k, _)| k.as_slice()).collect();
-                for item in items {
-                    match item {
-                        ExecItem::Read(op) => keys.extend(op.keys()),
-                        ExecItem::Write(op) => keys.extend(op.keys()),
-                        ExecItem::Reply(_) => {}
-                    }
-                }
-                keys
-            }
+            WriteOp::Exec { watched, items } => block_keys(watched, items),
         }
     }
 
@@ -460,11 +469,113 @@ impl WriteOp {
                     region_of,
                     |keys| step(&s, AtomicAction::Rollback { keys }),
                 ),
+                AtomicAction::LockExec {
+                    deadline_ms,
+                    watched,
+                    items,
+                    positions,
+                } => {
+                    let Some(parts) = split_block(watched, items, region_of) else {
+                        return Err(WriteOp::Atomic(s));
+                    };
+                    parts
+                        .into_iter()
+                        .map(|(_, w, its, at)| {
+                            // Positions in the whole block (this step may be a part already).
+                            let at: Vec<u32> = at
+                                .iter()
+                                .map(|p| positions.get(*p as usize).copied().unwrap_or(*p))
+                                .collect();
+                            let action = AtomicAction::LockExec {
+                                deadline_ms: *deadline_ms,
+                                watched: w,
+                                items: its,
+                                positions: at,
+                            };
+                            (Vec::new(), step(&s, action))
+                        })
+                        .collect()
+                }
                 AtomicAction::Check | AtomicAction::Forget => return Err(WriteOp::Atomic(s)),
             },
             other => return Err(other),
         })
     }
+}
+
+impl ExecItem {
+    /// The user keys the item touches.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            ExecItem::Read(op) => op.keys(),
+            ExecItem::Write(op) => op.keys(),
+            ExecItem::Reply(_) => Vec::new(),
+        }
+    }
+}
+
+/// The keys of a MULTI block: watched, then each item's.
+pub fn block_keys<'a>(watched: &'a [(Vec<u8>, u64)], items: &'a [ExecItem]) -> Vec<&'a [u8]> {
+    let mut keys: Vec<&[u8]> = watched.iter().map(|(k, _)| k.as_slice()).collect();
+    for item in items {
+        keys.extend(item.keys());
+    }
+    keys
+}
+
+/// Splits a MULTI block by region: each region's watched keys and items (with their
+/// positions in the block); key-less items go with the first region. None if an item's
+/// own keys span regions.
+#[allow(clippy::type_complexity)]
+pub fn split_block(
+    watched: &[(Vec<u8>, u64)],
+    items: &[ExecItem],
+    region_of: impl Fn(&[u8]) -> u64,
+) -> Option<Vec<(u64, Vec<(Vec<u8>, u64)>, Vec<ExecItem>, Vec<u32>)>> {
+    let mut out: Vec<(u64, Vec<(Vec<u8>, u64)>, Vec<ExecItem>, Vec<u32>)> = Vec::new();
+    let group =
+        |out: &mut Vec<(u64, Vec<(Vec<u8>, u64)>, Vec<ExecItem>, Vec<u32>)>, r: u64| match out
+            .iter()
+            .position(|g| g.0 == r)
+        {
+            Some(i) => i,
+            None => {
+                out.push((r, Vec::new(), Vec::new(), Vec::new()));
+                out.len() - 1
+            }
+        };
+    for (k, v) in watched {
+        let i = group(&mut out, region_of(k));
+        out[i].1.push((k.clone(), *v));
+    }
+    let mut keyless = Vec::new();
+    for (pos, item) in items.iter().enumerate() {
+        let keys = item.keys();
+        let Some(first) = keys.first() else {
+            keyless.push(pos);
+            continue;
+        };
+        let r = region_of(first);
+        if keys.iter().any(|k| region_of(k) != r) {
+            return None;
+        }
+        let i = group(&mut out, r);
+        out[i].2.push(item.clone());
+        out[i].3.push(pos as u32);
+    }
+    if !keyless.is_empty() {
+        if out.is_empty() {
+            out.push((0, Vec::new(), Vec::new(), Vec::new()));
+        }
+        let first = &mut out[0];
+        let mut merged: Vec<(u32, ExecItem)> =
+            first.3.iter().copied().zip(first.2.drain(..)).collect();
+        merged.extend(keyless.into_iter().map(|p| (p as u32, items[p].clone())));
+        merged.sort_by_key(|(p, _)| *p);
+        first.3 = merged.iter().map(|(p, _)| *p).collect();
+        first.2 = merged.into_iter().map(|(_, it)| it).collect();
+    }
+    Some(out)
 }
 
 impl ReadOp {
@@ -1451,18 +1562,33 @@ fn apply_exec(
         }
     }
     let mut overlay = crate::store::Overlay::new(&*view, version);
+    let replies = run_items(items, &mut overlay, now, version)?;
+    let batch = overlay.into_batch();
+    if !batch.is_empty() {
+        view.commit(batch)?;
+    }
+    Ok(Reply::Array(replies))
+}
+
+/// Runs a block's items in order over `overlay` (each sees the writes before it).
+fn run_items(
+    items: &[ExecItem],
+    overlay: &mut crate::store::Overlay,
+    now: u64,
+    version: u64,
+) -> Result<Vec<Reply>> {
     let mut replies = Vec::with_capacity(items.len());
     for item in items {
         replies.push(match item {
             ExecItem::Reply(r) => r.clone(),
-            ExecItem::Read(op) => read_inner(op, &overlay, now)?,
+            ExecItem::Read(op) => read_inner(op, &*overlay, now)?,
             ExecItem::Write(WriteOp::FlushDb) => {
                 overlay.clear(version)?;
                 Reply::ok()
             }
             ExecItem::Write(op) => {
                 let mut tx = Tx {
-                    view: &mut overlay,
+                    view: overlay,
                     batch: WriteBatch::new(),
                     version,
                     now,
@@ -1475,11 +1601,7 @@ fn apply_exec(
             }
         });
     }
-    let batch = overlay.into_batch();
-    if !batch.is_empty() {
-        view.commit(batch)?;
-    }
-    Ok(Reply::Array(replies))
+    Ok(replies)
 }
 
 fn apply_inner(op: &WriteOp, tx: &mut Tx) -> Result<Reply> {

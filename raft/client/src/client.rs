@@ -514,7 +514,7 @@ impl Client {
     pub fn write(&self, cmd: WriteCommand) -> Result<Reply> {
         if atomic::needs_driver(&cmd.op) && plan::spans_regions(&self.cache.read(), &cmd.op.keys())
         {
-            return Ok(atomic::block_on(atomic::run(&Steps(self), cmd)));
+            return Ok(atomic::block_on(atomic::drive(&Steps(self), cmd)));
         }
         let first = self.execute(|cache| plan::plan_write(cache, cmd.clone()))?;
         Ok(self.resolving(first, || {

@@ -293,6 +293,8 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
         WriteOp::Atomic(s) if matches!(s.action, AtomicAction::Lock { .. }) => {
             Merge::Positions(Vec::new(), keys.len())
         }
+        // A block's parts answer [positions, replies] each: the driver reorders.
+        WriteOp::Atomic(s) if matches!(s.action, AtomicAction::LockExec { .. }) => Merge::Concat,
         WriteOp::MSet { .. } | WriteOp::Atomic(_) => Merge::AllOk,
         WriteOp::Del { .. } => Merge::Sum,
         // Every other write has one key (or none): handled above.
@@ -310,10 +312,14 @@ pub fn plan_write(cache: &RouteCache, cmd: WriteCommand) -> Result<Plan, PlanErr
         .collect();
     let region_id = |k: &[u8]| region_ids.get(k).copied().unwrap_or(0);
     let ops = cmd.op.split_by(region_id).map_err(|op| {
-        PlanError::Reply(Reply::error(format!(
-            "ERR internal: a multi-region plan for {:?}",
-            std::mem::discriminant(&op)
-        )))
+        PlanError::Reply(Reply::error(match op {
+            // A command of a MULTI block whose own keys span regions.
+            WriteOp::Atomic(_) => nokv_gateway::exec::EXEC_CROSS_REGION.to_string(),
+            op => format!(
+                "ERR internal: a multi-region plan for {:?}",
+                std::mem::discriminant(&op)
+            ),
+        }))
     })?;
     let mut parts = Vec::with_capacity(ops.len());
     let mut positions = Vec::with_capacity(ops.len());
