@@ -8,6 +8,7 @@
 
 use super::*;
 use nokv_gateway::atomic::{self as protocol, Runner};
+use nokv_gateway::WriteOp;
 
 /// Runs the protocol's steps through the core's planner: split per region, forwarded to
 /// other cores and to region leaders on other stores.
@@ -61,6 +62,60 @@ pub(super) fn driven_exists(core: &Core, op: &ReadOp) -> Option<Vec<Vec<u8>>> {
 /// Runs an EXISTS over several regions as of one instant.
 pub(super) async fn exists(core: &Rc<Core>, keys: Vec<Vec<u8>>) -> Reply {
     protocol::exists(&CoreRunner(core), keys).await
+}
+
+/// Under the `NOKV_DEBUG_MULTIKEY_SPLIT` negative control: whether `cmd` is a MULTI
+/// block over several regions, which then runs as one independent block per region.
+pub(super) fn split_block(core: &Core, cmd: &WriteCommand) -> bool {
+    core.node.knobs.multikey_split
+        && matches!(cmd.op, WriteOp::Exec { .. })
+        && spans_regions(core, &cmd.op.keys())
+}
+
+/// The negative control's block: each region's share runs as a block of its own, at the
+/// same time, and the replies are put back in block order (not atomic, not isolated).
+pub(super) async fn run_split_block(core: &Rc<Core>, cmd: WriteCommand) -> Reply {
+    let WriteOp::Exec { watched, items } = &cmd.op else {
+        return Reply::error("ERR internal: not a MULTI block");
+    };
+    let routes = core.routes();
+    let Some(shares) =
+        nokv_gateway::exec::split_block(watched, items, |k| routes.for_key(k).region)
+    else {
+        return Reply::error(nokv_gateway::exec::EXEC_CROSS_REGION);
+    };
+    drop(routes);
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|(_, watched, items, at)| {
+            let c = core.clone();
+            let share = WriteCommand {
+                now_ms: cmd.now_ms,
+                op: WriteOp::Exec { watched, items },
+            };
+            glommio::spawn_local(async move {
+                let reply = match route::plan_write(&c.routes(), share) {
+                    Ok(plan) => run_plan(&c, plan).await,
+                    Err(reply) => reply,
+                };
+                (at, reply)
+            })
+        })
+        .collect();
+    let mut out = vec![Reply::Null; items.len()];
+    for t in tasks {
+        match t.await {
+            (at, Reply::Array(replies)) => {
+                for (p, r) in at.into_iter().zip(replies) {
+                    if let Some(o) = out.get_mut(p as usize) {
+                        *o = r;
+                    }
+                }
+            }
+            (_, other) => return other,
+        }
+    }
+    Reply::Array(out)
 }
 
 /// Runs a multi-region MSET / MSETNX / DEL or MULTI block atomically.

@@ -15,7 +15,7 @@
 //! | `NOKV_DEBUG_TXN_NO_LATCHES=1` | transactional requests take no latches: the negative control of the latch test (two prewrites of one key may then both succeed) |
 //! | `NOKV_DEBUG_NET_FAULTS=path` | the store-to-store transport applies the partitions, drops, duplicates and delays written in `path`, re-read every 50 ms (`transport/faults.rs` has the rules) |
 //! | `NOKV_DEBUG_READ_WITHOUT_QUORUM=1` | leaders serve reads from their own state without a lease or a ReadIndex round and keep leading without a quorum: the negative control of the linearizability suite (a cut-off leader serves stale reads) |
-//! | `NOKV_DEBUG_MULTIKEY_SPLIT=1` | MSET / MSETNX / DEL over several regions are split into independent per-region writes instead of the atomic protocol (`nokv_gateway::atomic`): the negative control of the multi-region atomicity test (readers then see one region's part without the others') |
+//! | `NOKV_DEBUG_MULTIKEY_SPLIT=1` | MSET / MSETNX / DEL / EXISTS and MULTI blocks over several regions are split into independent per-region commands instead of the atomic protocol (`nokv_gateway::atomic`): the negative control of the multi-region atomicity tests (readers then see one region's part without the others') |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;

@@ -2278,11 +2278,17 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
                 }
                 None => (ticket, Ok(route::plan_read(&core.routes(), op))),
             },
-            Action::Write { ticket, cmd } if atomic::driven(core, &cmd) => {
+            Action::Write { ticket, cmd }
+                if atomic::driven(core, &cmd) || atomic::split_block(core, &cmd) =>
+            {
                 let c = core.clone();
                 let m = mem.clone();
                 let task = glommio::spawn_local(async move {
-                    let reply = atomic::drive(&c, cmd).await;
+                    let reply = if atomic::driven(&c, &cmd) {
+                        atomic::drive(&c, cmd).await
+                    } else {
+                        atomic::run_split_block(&c, cmd).await
+                    };
                     (ticket, memory::charge(&m, reply))
                 });
                 inflight.push((Inflight::Task(task), true));
