@@ -686,6 +686,16 @@ impl Session {
         ticket
     }
 
+    /// A slot for a reply the caller owes (a read, write or admin action's).
+    fn push_pending(&mut self, scan: ScanKind) -> Ticket {
+        self.push_slot(Slot {
+            proto: self.proto,
+            reply: None,
+            scan,
+            timing: None,
+        })
+    }
+
     fn push_local(&mut self, reply: Reply) {
         self.push_slot(Slot {
             proto: self.proto,
@@ -811,12 +821,7 @@ impl Session {
                 self.reject(reply);
                 return None;
             }
-            let ticket = self.push_slot(Slot {
-                proto: self.proto,
-                reply: None,
-                scan: ScanKind::None,
-                timing: None,
-            });
+            let ticket = self.push_pending(ScanKind::None);
             return Some(Action::Admin { ticket, args });
         }
         let cmd = match command::lookup(&args) {
@@ -885,21 +890,11 @@ impl Session {
                     }
                     _ => ScanKind::None,
                 };
-                let ticket = self.push_slot(Slot {
-                    proto: self.proto,
-                    reply: None,
-                    scan,
-                    timing: None,
-                });
+                let ticket = self.push_pending(scan);
                 Some(Action::Read { ticket, op })
             }
             Prepared::Write(cmd) => {
-                let ticket = self.push_slot(Slot {
-                    proto: self.proto,
-                    reply: None,
-                    scan: ScanKind::None,
-                    timing: None,
-                });
+                let ticket = self.push_pending(ScanKind::None);
                 Some(Action::Write { ticket, cmd })
             }
         }
@@ -941,12 +936,7 @@ impl Session {
             "watch" => {
                 let keys = args[1..].to_vec();
                 self.watched.extend(keys.iter().map(|k| (k.clone(), None)));
-                let ticket = self.push_slot(Slot {
-                    proto: self.proto,
-                    reply: None,
-                    scan: ScanKind::Watch,
-                    timing: None,
-                });
+                let ticket = self.push_pending(ScanKind::Watch);
                 // Parse nothing more until the versions are in: an EXEC right behind
                 // must see them.
                 self.budget = 0;
@@ -1029,12 +1019,7 @@ impl Session {
             self.push_local(Reply::Array(Vec::new()));
             return None;
         }
-        let ticket = self.push_slot(Slot {
-            proto: self.proto,
-            reply: None,
-            scan: ScanKind::None,
-            timing: None,
-        });
+        let ticket = self.push_pending(ScanKind::None);
         Some(Action::Write {
             ticket,
             cmd: WriteCommand {
@@ -1480,12 +1465,7 @@ impl Session {
             self.push_local(Reply::Verbatim(text.into_bytes()));
             return None;
         }
-        let ticket = self.push_slot(Slot {
-            proto: self.proto,
-            reply: None,
-            scan: ScanKind::None,
-            timing: None,
-        });
+        let ticket = self.push_pending(ScanKind::None);
         Some(Action::Read { ticket, op })
     }
 

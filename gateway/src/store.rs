@@ -189,6 +189,14 @@ impl Backend for DbStore {
     }
 }
 
+/// The logical keys `[lo, hi)` of a scan of `space` from `start` to `end` (None: the
+/// end of the space); None when the range is empty.
+fn logical_range(space: KeySpace, start: &[u8], end: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let lo = space.logical(start);
+    let hi = end.map_or_else(|| space.end(), |e| space.logical(e));
+    (lo < hi).then_some((lo, hi))
+}
+
 /// An in-memory [`StateView`] (a sorted map per key space), for tests and models.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemView {
@@ -220,11 +228,9 @@ impl ReadView for MemView {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let lo = space.logical(start);
-        let hi = end.map_or_else(|| space.end(), |e| space.logical(e));
-        if hi <= lo {
+        let Some((lo, hi)) = logical_range(space, start, end) else {
             return Ok(());
-        }
+        };
         for (k, v) in self.map.range(lo..hi) {
             if !visit(&k[2..], v) {
                 break;
@@ -364,11 +370,9 @@ impl ReadView for Overlay<'_> {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let lo = space.logical(start);
-        let hi = end.map_or_else(|| space.end(), |e| space.logical(e));
-        if hi <= lo {
+        let Some((lo, hi)) = logical_range(space, start, end) else {
             return Ok(());
-        }
+        };
         let mut mine = self.writes.range(lo..hi).peekable();
         let mut stopped = false;
         let cut = nokv::key::PREFIX_LEN;
