@@ -2230,6 +2230,19 @@ enum Inflight {
     Task(glommio::Task<(nokv_gateway::Ticket, Reply)>),
 }
 
+/// Runs an action's `work` in a task of its own, its reply charged to the connection.
+fn task(
+    mem: &Rc<ConnMemory>,
+    ticket: nokv_gateway::Ticket,
+    work: impl std::future::Future<Output = Reply> + 'static,
+) -> Inflight {
+    let m = mem.clone();
+    Inflight::Task(glommio::spawn_local(async move {
+        let reply = work.await;
+        (ticket, memory::charge(&m, reply))
+    }))
+}
+
 /// Waits for every running action, in order, and hands their replies to the session.
 async fn settle(
     core: &Rc<Core>,
@@ -2264,46 +2277,31 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
         if !is_write && inflight.iter().any(|(_, w)| *w) {
             settle(core, &mut inflight, session, mem).await;
         }
+        let c = core.clone();
         let (ticket, plan) = match action {
             Action::Read { ticket, op } => match atomic::driven_exists(core, &op) {
                 Some(keys) => {
-                    let c = core.clone();
-                    let m = mem.clone();
-                    let task = glommio::spawn_local(async move {
-                        let reply = atomic::exists(&c, keys).await;
-                        (ticket, memory::charge(&m, reply))
-                    });
-                    inflight.push((Inflight::Task(task), false));
+                    let work = async move { atomic::exists(&c, keys).await };
+                    inflight.push((task(mem, ticket, work), false));
                     continue;
                 }
                 None => (ticket, Ok(route::plan_read(&core.routes(), op))),
             },
-            Action::Write { ticket, cmd }
-                if atomic::driven(core, &cmd) || atomic::split_block(core, &cmd) =>
-            {
-                let c = core.clone();
-                let m = mem.clone();
-                let task = glommio::spawn_local(async move {
-                    let reply = if atomic::driven(&c, &cmd) {
-                        atomic::drive(&c, cmd).await
-                    } else {
-                        atomic::run_split_block(&c, cmd).await
-                    };
-                    (ticket, memory::charge(&m, reply))
-                });
-                inflight.push((Inflight::Task(task), true));
+            Action::Write { ticket, cmd } if atomic::driven(core, &cmd) => {
+                let work = async move { atomic::drive(&c, cmd).await };
+                inflight.push((task(mem, ticket, work), true));
+                continue;
+            }
+            Action::Write { ticket, cmd } if atomic::split_block(core, &cmd) => {
+                let work = async move { atomic::run_split_block(&c, cmd).await };
+                inflight.push((task(mem, ticket, work), true));
                 continue;
             }
             Action::Write { ticket, cmd } => (ticket, route::plan_write(&core.routes(), cmd)),
             Action::Admin { ticket, args } => {
-                let c = core.clone();
-                let m = mem.clone();
-                let task = glommio::spawn_local(async move {
-                    let reply = admin::execute(&c, args).await;
-                    (ticket, memory::charge(&m, reply))
-                });
+                let work = async move { admin::execute(&c, args).await };
                 // Ordered like a write: later reads of this connection wait for it.
-                inflight.push((Inflight::Task(task), true));
+                inflight.push((task(mem, ticket, work), true));
                 continue;
             }
         };
@@ -2322,12 +2320,8 @@ async fn drive(core: &Rc<Core>, session: &mut Session, mem: &Rc<ConnMemory>) {
             }
             Err(plan) => {
                 let c = core.clone();
-                let m = mem.clone();
-                let task = glommio::spawn_local(async move {
-                    let reply = atomic::run_resolving(&c, plan, None).await;
-                    (ticket, memory::charge(&m, reply))
-                });
-                inflight.push((Inflight::Task(task), is_write));
+                let work = async move { atomic::run_resolving(&c, plan, None).await };
+                inflight.push((task(mem, ticket, work), is_write));
             }
         }
     }
