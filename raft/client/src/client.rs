@@ -465,7 +465,18 @@ impl Client {
             key: key.to_vec(),
             work: Work::Read(op),
         };
-        self.run_part(&part, deadline)
+        self.run_part_resolving(&part, deadline)
+    }
+
+    /// [`Client::run_part`], with the locks of multi-region writes in flight resolved and
+    /// the part run again (`nokv_gateway::atomic`).
+    fn run_part_resolving(&self, part: &Part, deadline: Instant) -> Result<(u64, Reply)> {
+        let (region, first) = self.run_part(part, deadline)?;
+        let reply = self.resolving(first, || {
+            let deadline = Instant::now() + self.opts.call_timeout;
+            self.run_part(part, deadline).map(|(_, r)| r)
+        });
+        Ok((region, reply))
     }
 
     fn write_key(&self, key: &[u8], op: WriteOp) -> Result<(u64, Reply)> {
@@ -480,7 +491,7 @@ impl Client {
                 op,
             }),
         };
-        let (region, reply) = self.run_part(&part, deadline)?;
+        let (region, reply) = self.run_part_resolving(&part, deadline)?;
         match reply {
             Reply::Error(message) => Err(Error::Server {
                 region,
