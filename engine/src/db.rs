@@ -241,10 +241,18 @@ struct Inner {
     l0_stopped: AtomicBool,
     /// Syncs the logs in the background for relaxed writes.
     log_syncer: LogSyncer,
+    /// Bit i: `Options::tracked_spaces[i]` may hold a record ([`Db::may_hold`]).
+    touched: AtomicU64,
 }
 
 fn validate_options(o: &Options) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
+    if o.tracked_spaces.len() > 64 {
+        return bad(format!(
+            "at most 64 tracked_spaces, got {}",
+            o.tracked_spaces.len()
+        ));
+    }
     if o.num_levels < 2 || o.num_levels > 16 {
         return bad(format!(
             "num_levels must be in 2..=16, got {}",
@@ -348,9 +356,39 @@ impl Db {
             let _ = inner.shutdown();
             return Err(e);
         }
-        Ok(Db {
+        let db = Db {
             handle: Arc::new(Handle { inner }),
-        })
+        };
+        db.probe_tracked()?;
+        Ok(db)
+    }
+
+    /// Whether `space` may hold a record. False only for a space of
+    /// `Options::tracked_spaces` that has held none since the database opened: no put into
+    /// it, no ingest that brought one, none found at open. One atomic load.
+    pub fn may_hold(&self, space: KeySpace) -> bool {
+        let inner = self.inner();
+        match inner.opts.tracked_spaces.iter().position(|s| *s == space) {
+            Some(i) => inner.touched.load(Ordering::SeqCst) & (1 << i) != 0,
+            None => true,
+        }
+    }
+
+    /// Marks the tracked spaces that hold a live record now (a seek each).
+    fn probe_tracked(&self) -> Result<()> {
+        let inner = self.inner();
+        for (i, space) in inner.opts.tracked_spaces.iter().enumerate() {
+            if inner.touched.load(Ordering::SeqCst) & (1 << i) != 0 {
+                continue;
+            }
+            let mut it = self.iter_in(*space, ReadOptions::default())?;
+            it.seek_to_first();
+            if it.valid() {
+                inner.touched.fetch_or(1 << i, Ordering::SeqCst);
+            }
+            it.status()?;
+        }
+        Ok(())
     }
 
     fn inner(&self) -> &Inner {
@@ -717,6 +755,7 @@ impl Db {
             if !inner.memtables_hold(&manifest.range) {
                 if let Some(report) = inner.ingest_verified(dir, &manifest)? {
                     crate::crash_point!("ingest::after");
+                    self.probe_tracked()?;
                     return Ok(report);
                 }
             }
@@ -1275,6 +1314,7 @@ fn recover(
         readers,
         vlog_gc: Mutex::new(()),
         log_syncer: LogSyncer::default(),
+        touched: AtomicU64::new(0),
         opts,
     })
 }
@@ -1363,6 +1403,34 @@ fn open_table(
 }
 
 impl Inner {
+    /// Marks the tracked spaces `batch` puts into, before the puts are visible
+    /// ([`Db::may_hold`]).
+    fn note_tracked(&self, batch: &WriteBatch) {
+        let tracked = &self.opts.tracked_spaces;
+        let all = if tracked.len() == 64 {
+            u64::MAX
+        } else {
+            (1u64 << tracked.len()) - 1
+        };
+        if tracked.is_empty() || self.touched.load(Ordering::Relaxed) == all {
+            return;
+        }
+        let mut mask = 0u64;
+        for e in batch.iter_entries() {
+            if e.kind == Kind::Delete {
+                continue;
+            }
+            for (i, s) in tracked.iter().enumerate() {
+                if e.logical_key.starts_with(&s.prefix()) {
+                    mask |= 1 << i;
+                }
+            }
+        }
+        if mask != 0 {
+            self.touched.fetch_or(mask, Ordering::SeqCst);
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -1486,6 +1554,7 @@ impl Inner {
         self.check_writable()?;
         let o = &self.opts;
         batch.validate(o.max_key_bytes, o.max_value_bytes, o.max_batch_bytes)?;
+        self.note_tracked(&batch);
         let req = Arc::new(PendingWrite {
             batch,
             opaque,

@@ -171,6 +171,10 @@ pub struct Options {
     /// memtables back and drive writes into a stop deterministically.
     #[doc(hidden)]
     pub test_hold_flush: Option<FlushHold>,
+    /// Key spaces (at most 64) for which [`crate::Db::may_hold`] can answer "empty": an
+    /// owner that looks up a usually empty space on every request (the Redis gateway's
+    /// lock records) skips the lookups until a record appears.
+    pub tracked_spaces: Vec<crate::KeySpace>,
 }
 
 /// See `Options::test_hold_flush`.
@@ -223,6 +227,7 @@ impl Default for Options {
             unsafe_ack_before_sync: false,
             unsafe_ingest_skip_sync: false,
             test_hold_flush: None,
+            tracked_spaces: Vec::new(),
         }
     }
 }

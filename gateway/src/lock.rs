@@ -257,6 +257,9 @@ impl Locked {
 
 /// Looks for a lock on any of `keys`: the first found, as a `-LOCKED` reply.
 pub fn check(view: &dyn crate::store::ReadView, keys: &[&[u8]]) -> Result<Option<Reply>> {
+    if keys.is_empty() || !view.may_hold_locks() {
+        return Ok(None);
+    }
     for k in keys {
         if let Some(raw) = view.get(LOCKS, &model::meta_key(k))? {
             return Ok(Some(Locked::new(k, &Lock::decode(&raw)?).reply()));

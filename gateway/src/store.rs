@@ -17,6 +17,12 @@ pub trait ReadView {
     /// The version the newest value of `key` in `space` was written at (None: absent).
     fn version(&self, space: KeySpace, key: &[u8]) -> Result<Option<u64>>;
 
+    /// Whether lock records of multi-region writes (`crate::lock`) may exist here: false
+    /// lets reads and writes skip looking for them. Must not answer false while one does.
+    fn may_hold_locks(&self) -> bool {
+        true
+    }
+
     /// Visits keys of `space` in `[start, end)` (`end` None: to the end of the space)
     /// in order, until `visit` returns false.
     fn scan(
@@ -84,6 +90,10 @@ impl ReadView for Db {
         Ok(self
             .get_entry(space, key, &ReadOptions::default())?
             .map(|e| e.version))
+    }
+
+    fn may_hold_locks(&self) -> bool {
+        self.may_hold(crate::lock::LOCKS)
     }
 
     fn scan(
@@ -361,6 +371,10 @@ impl ReadView for Overlay<'_> {
             Some(v) => Ok(v.as_ref().map(|_| self.version)),
             None => self.base.version(space, key),
         }
+    }
+
+    fn may_hold_locks(&self) -> bool {
+        self.base.may_hold_locks()
     }
 
     fn scan(

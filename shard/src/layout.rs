@@ -298,6 +298,9 @@ pub fn engine_options(
         // uses as version, which so keeps newest versions only, and below every TSO
         // timestamp: every transactional version is kept.
         retain_versions: true,
+        // Every Redis read and write looks for lock records of multi-region writes; the
+        // engine says when there can be none (`nokv_gateway::lock`).
+        tracked_spaces: vec![nokv_gateway::lock::LOCKS],
         ..nokv::Options::default()
     };
     budget.apply(&mut opts);

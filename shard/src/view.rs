@@ -3,6 +3,7 @@
 //! executor thread); applies write unlogged at the entry's index.
 
 use nokv::{Db, KeySpace, ReadOptions, ReadTier, WriteBatch};
+use nokv_gateway::lock::LOCKS;
 use nokv_gateway::store::{scan_db, ReadView, StateView};
 use nokv_raft::RegionDescriptor;
 use std::cell::RefCell;
@@ -78,6 +79,10 @@ impl ReadView for RegionView<'_> {
             .db
             .get_entry(space, key, &self.options())?
             .map(|e| e.version))
+    }
+
+    fn may_hold_locks(&self) -> bool {
+        self.db.may_hold(LOCKS)
     }
 
     fn scan(
@@ -217,6 +222,11 @@ impl ReadView for GroupedApply<'_> {
         self.view.version(space, key)
     }
 
+    fn may_hold_locks(&self) -> bool {
+        // Held-back writes are not in the engine yet: they count too.
+        self.view.may_hold_locks() || puts_locks(&self.held.borrow().batch)
+    }
+
     fn scan(
         &self,
         space: KeySpace,
@@ -246,4 +256,12 @@ impl StateView for GroupedApply<'_> {
         held.last_index = index;
         Ok(())
     }
+}
+
+/// Whether `batch` puts a lock record of a multi-region write (`nokv_gateway::lock`).
+fn puts_locks(batch: &WriteBatch) -> bool {
+    let prefix = LOCKS.prefix();
+    batch
+        .iter_entries()
+        .any(|e| e.kind != nokv::key::Kind::Delete && e.logical_key.starts_with(&prefix))
 }

@@ -1136,14 +1136,14 @@ fn storage_error(e: crate::Error) -> Reply {
 
 /// Evaluates a read against `view` with expiry judged at `now_ms`.
 pub fn read(op: &ReadOp, view: &dyn ReadView, now_ms: u64) -> Reply {
-    read_inner(op, view, now_ms).unwrap_or_else(storage_error)
+    read_unlocked(op, view, now_ms).unwrap_or_else(storage_error)
 }
 
 /// Like [`read`], except that a view reporting `nokv::Error::WouldBlock` (a cache-only
 /// read that needs disk IO) yields None instead of an error reply: the caller runs the
 /// read again where IO may block.
 pub fn try_read(op: &ReadOp, view: &dyn ReadView, now_ms: u64) -> Option<Reply> {
-    match read_inner(op, view, now_ms) {
+    match read_unlocked(op, view, now_ms) {
         Ok(reply) => Some(reply),
         Err(crate::Error::Store(e)) if e.is_would_block() => None,
         Err(e) => Some(storage_error(e)),
@@ -1198,11 +1198,18 @@ fn hash_fields(
     Ok(out)
 }
 
-fn read_inner(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
-    // A key locked by a cross-region write in flight: the caller resolves the lock.
-    if let Some(locked) = lock::check(view, &op.keys())? {
-        return Ok(locked);
+/// A read of keys none of which is locked by a multi-region write in flight; with a
+/// lock, the `-LOCKED` reply the caller resolves.
+fn read_unlocked(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
+    match lock::check(view, &op.keys())? {
+        Some(locked) => Ok(locked),
+        None => read_inner(op, view, now),
     }
+}
+
+/// Evaluates a read, without looking for locks (a MULTI block's reads run with its keys
+/// checked or locked by the block itself).
+fn read_inner(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
     Ok(match op {
         ReadOp::Versions(keys) => {
             let mut out = Vec::with_capacity(keys.len());
