@@ -130,6 +130,8 @@ pub struct HeldWrites {
     batch: WriteBatch,
     /// Index of the newest entry in `batch`.
     last_index: u64,
+    /// `batch` puts a lock record of a multi-region write.
+    locks: bool,
 }
 
 impl Default for HeldWrites {
@@ -137,6 +139,7 @@ impl Default for HeldWrites {
         HeldWrites {
             batch: WriteBatch::new(),
             last_index: 0,
+            locks: false,
         }
     }
 }
@@ -155,6 +158,7 @@ impl HeldWrites {
         }
         let r = db.apply_unlogged(&self.batch, Some((region, self.last_index)));
         self.batch.clear();
+        self.locks = false;
         r
     }
 }
@@ -224,7 +228,7 @@ impl ReadView for GroupedApply<'_> {
 
     fn may_hold_locks(&self) -> bool {
         // Held-back writes are not in the engine yet: they count too.
-        self.view.may_hold_locks() || puts_locks(&self.held.borrow().batch)
+        self.view.may_hold_locks() || self.held.borrow().locks
     }
 
     fn scan(
@@ -252,6 +256,7 @@ impl StateView for GroupedApply<'_> {
             self.settle()?;
             return self.view.commit(batch);
         }
+        held.locks |= puts_locks(&batch);
         held.batch.append(&batch);
         held.last_index = index;
         Ok(())

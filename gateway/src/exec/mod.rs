@@ -1201,6 +1201,9 @@ fn hash_fields(
 /// A read of keys none of which is locked by a multi-region write in flight; with a
 /// lock, the `-LOCKED` reply the caller resolves.
 fn read_unlocked(op: &ReadOp, view: &dyn ReadView, now: u64) -> Result<Reply> {
+    if !view.may_hold_locks() {
+        return read_inner(op, view, now);
+    }
     match lock::check(view, &op.keys())? {
         Some(locked) => Ok(locked),
         None => read_inner(op, view, now),
@@ -1518,8 +1521,10 @@ pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Repl
         }
         WriteOp::Atomic(_) => {}
         WriteOp::Exec { watched, items } => {
-            if let Some(locked) = lock::check(&*view, &cmd.op.keys()).unwrap_or(None) {
-                return locked;
+            match lock::check(&*view, &cmd.op.keys()) {
+                Ok(None) => {}
+                Ok(Some(locked)) => return locked,
+                Err(e) => return storage_error(e),
             }
             return match apply_exec(watched, items, cmd.now_ms, view, version) {
                 Ok(reply) => reply,
@@ -1528,6 +1533,7 @@ pub fn apply(cmd: &WriteCommand, view: &mut dyn StateView, version: u64) -> Repl
         }
         // A key locked by a cross-region write in flight: the proposer resolves the lock
         // and proposes again.
+        _ if !view.may_hold_locks() => {}
         op => match lock::check(&*view, &op.keys()) {
             Ok(None) => {}
             Ok(Some(locked)) => return locked,
