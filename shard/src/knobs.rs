@@ -16,6 +16,8 @@
 //! | `NOKV_DEBUG_NET_FAULTS=path` | the store-to-store transport applies the partitions, drops, duplicates and delays written in `path`, re-read every 50 ms (`transport/faults.rs` has the rules) |
 //! | `NOKV_DEBUG_READ_WITHOUT_QUORUM=1` | leaders serve reads from their own state without a lease or a ReadIndex round and keep leading without a quorum: the negative control of the linearizability suite (a cut-off leader serves stale reads) |
 //! | `NOKV_DEBUG_MULTIKEY_SPLIT=1` | MSET / MSETNX / DEL / EXISTS and MULTI blocks over several regions are split into independent per-region commands instead of the atomic protocol (`nokv_gateway::atomic`): the negative control of the multi-region atomicity tests (readers then see one region's part without the others') |
+//! | `NOKV_DEBUG_HOLD_DISK_READS_WHILE=path` | a read that needs disk IO waits on its core while `path` exists, between its region check and its run: the window in which a move or merge may delete the region's copy under it |
+//! | `NOKV_DEBUG_READ_UNPINNED=1` | a read that needs disk IO reads the engine as of when it runs, not as of its region check: the negative control of the move-under-a-read test (it then reads the deleted copy: nil) |
 //! | `NOKV_DEBUG_RAFT_TO_CORE=n` | every raft message to another store is addressed to its core `n`, whatever the placement (the receivers must hand it to the right core) |
 
 use std::path::PathBuf;
@@ -58,6 +60,10 @@ pub struct Knobs {
     pub reads_without_quorum: bool,
     /// Multi-region MSET / MSETNX / DEL split per region, not atomic (negative control).
     pub multikey_split: bool,
+    /// Disk reads wait between their region check and their run while this file exists.
+    pub hold_disk_reads_while: Option<PathBuf>,
+    /// Disk reads are not pinned to a snapshot at their region check (negative control).
+    pub read_unpinned: bool,
 }
 
 impl Knobs {
@@ -88,6 +94,8 @@ impl Knobs {
                 net_faults: var("NOKV_DEBUG_NET_FAULTS").map(PathBuf::from),
                 reads_without_quorum: var("NOKV_DEBUG_READ_WITHOUT_QUORUM").is_some(),
                 multikey_split: var("NOKV_DEBUG_MULTIKEY_SPLIT").is_some(),
+                hold_disk_reads_while: var("NOKV_DEBUG_HOLD_DISK_READS_WHILE").map(PathBuf::from),
+                read_unpinned: var("NOKV_DEBUG_READ_UNPINNED").is_some(),
             };
             if knobs.inline_wal
                 || knobs.inline_reads
@@ -105,6 +113,8 @@ impl Knobs {
                 || knobs.net_faults.is_some()
                 || knobs.reads_without_quorum
                 || knobs.multikey_split
+                || knobs.hold_disk_reads_while.is_some()
+                || knobs.read_unpinned
             {
                 tracing::warn!(?knobs, "debug knobs in effect (tests only)");
             }

@@ -1974,14 +1974,27 @@ async fn read_local(
         if let Some(reply) = exec::try_read(&op, &RegionView::read_cached(&core.db, desc), now) {
             return Ok(reply);
         }
-        desc.clone()
+        // Pinned now, while the region is known to be here: a move to another core or a
+        // merge may delete this copy before the read below runs.
+        (desc.clone(), core.db.snapshot())
     };
     // It needs disk IO (a block-cache miss, a value-log read): on the blocking pool.
     let Ok(_turn) = core.blocking_reads.acquire_permit(1).await else {
         return Ok(Reply::error("ERR read abandoned: the core is stopping"));
     };
+    if let Some(hold) = &core.node.knobs.hold_disk_reads_while {
+        // Debug knob: bounded by the test that removes the file.
+        while hold.exists() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let db = core.db.clone();
-    Ok(blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await)
+    let (desc, snapshot) = desc;
+    if core.node.knobs.read_unpinned {
+        // Negative control (debug knob): a copy deleted meanwhile reads as empty.
+        return Ok(blocking(move || exec::read(&op, &RegionView::read(&db, &desc), now)).await);
+    }
+    Ok(blocking(move || exec::read(&op, &RegionView::read_at(&db, &desc, snapshot), now)).await)
 }
 
 /// Why this core does not run a region's work.

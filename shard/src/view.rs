@@ -2,7 +2,7 @@
 //! reads see only the region's keys (from memory only, for reads tried on the
 //! executor thread); applies write unlogged at the entry's index.
 
-use nokv::{Db, KeySpace, ReadOptions, ReadTier, WriteBatch};
+use nokv::{Db, KeySpace, ReadOptions, ReadTier, Snapshot, WriteBatch};
 use nokv_gateway::lock::LOCKS;
 use nokv_gateway::store::{scan_db, ReadView, StateView};
 use nokv_raft::RegionDescriptor;
@@ -17,6 +17,8 @@ pub struct RegionView<'a> {
     applied: Option<(u64, u64)>,
     /// Which storage tiers reads may touch.
     tier: ReadTier,
+    /// Reads see the engine as of this snapshot (None: as of each read).
+    snapshot: Option<Snapshot>,
     /// The first engine error a commit of this view hit (the entry is not applied).
     write_error: Option<String>,
 }
@@ -30,7 +32,17 @@ impl<'a> RegionView<'a> {
             end: &region.end_key,
             applied: None,
             tier: ReadTier::All,
+            snapshot: None,
             write_error: None,
+        }
+    }
+
+    /// A read-only view of `region` as of `snapshot` (taken where the region was known to
+    /// hold its data: a read finished elsewhere then cannot see a later deletion of it).
+    pub fn read_at(db: &'a Db, region: &'a RegionDescriptor, snapshot: Snapshot) -> RegionView<'a> {
+        RegionView {
+            snapshot: Some(snapshot),
+            ..RegionView::read(db, region)
         }
     }
 
@@ -46,6 +58,7 @@ impl<'a> RegionView<'a> {
     fn options(&self) -> ReadOptions {
         ReadOptions {
             tier: self.tier,
+            snapshot: self.snapshot.clone(),
             ..ReadOptions::default()
         }
     }
@@ -58,6 +71,7 @@ impl<'a> RegionView<'a> {
             end: &region.end_key,
             applied: Some((region.id, index)),
             tier: ReadTier::All,
+            snapshot: None,
             write_error: None,
         }
     }

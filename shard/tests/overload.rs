@@ -447,12 +447,37 @@ fn writes_faster_than_flushes_get_busy_reads_go_on_and_every_acknowledged_write_
         })
         .collect();
 
-    // Until writers are refused (bounded).
+    // Until writers are refused (bounded). A writer whose SET was taken just before the
+    // stop waits for the hold to end; when every writer waits so, a probe on a connection
+    // of its own sends the next SET (a probe taken too is left waiting).
     let deadline = Instant::now() + LIMIT;
+    let mut probes = Vec::new();
+    let (mut seen, mut since) = (0, Instant::now());
     while busy.load(Ordering::SeqCst) < 40 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+        let now = busy.load(Ordering::SeqCst);
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() > Duration::from_secs(1) {
+            let mut probe = s.client();
+            probe
+                .writer()
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let key = format!("probe:{}", probes.len());
+            match probe.try_cmd(&[b"SET", key.as_bytes(), value.as_bytes()]) {
+                Some(R::Error(e)) if e.starts_with("BUSY write stall") => {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(R::Simple(ok)) if ok == "OK" => acked.lock().expect("acked").push(key),
+                // Taken and waiting for the hold (or TRYAGAIN): not acknowledged.
+                _ => {}
+            }
+            probes.push(probe);
+        }
     }
     let refused = busy.load(Ordering::SeqCst);
+    println!("{} probe connections sent a SET", probes.len());
     assert!(
         refused >= 40,
         "only {refused} -BUSY replies while flushes are held"
