@@ -376,6 +376,8 @@ pub struct Session {
 #[derive(Debug, Default)]
 struct Multi {
     items: Vec<ExecItem>,
+    /// About the memory the queued commands hold (their arguments).
+    bytes: usize,
     /// A command was refused while queueing: EXEC answers EXECABORT.
     dirty: bool,
 }
@@ -469,7 +471,11 @@ impl Session {
 
     /// Bytes this connection holds for input: its query buffer's capacity.
     pub fn held_input_bytes(&self) -> usize {
-        self.input.capacity()
+        // A MULTI block and WATCHed keys are input waiting to run: they count too, so
+        // the store's client memory share bounds them like the query buffer.
+        let queued = self.multi.as_ref().map_or(0, |m| m.bytes);
+        let watched: usize = self.watched.iter().map(|(k, _)| k.len() + 16).sum();
+        self.input.capacity() + queued + watched
     }
 
     /// Bytes this connection holds for output: encoded replies not yet taken, and
@@ -985,6 +991,7 @@ impl Session {
             self.reject(Reply::error(NOT_ALLOWED_IN_MULTI));
             return;
         }
+        let bytes: usize = args.iter().map(|a| a.len() + 16).sum();
         let item = match self.connection_command(cmd, &args, now_ms) {
             Some(reply) => ExecItem::Reply(reply),
             None => match exec::prepare(cmd, args, now_ms) {
@@ -995,6 +1002,7 @@ impl Session {
         };
         if let Some(m) = &mut self.multi {
             m.items.push(item);
+            m.bytes += bytes;
         }
         self.push_local(Reply::Simple("QUEUED".to_string()));
     }
@@ -1709,6 +1717,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(out(&mut s), "+OK\r\n*0\r\n");
+    }
+
+    #[test]
+    fn a_queued_multi_block_and_watched_keys_count_as_held_input() {
+        let mut s = session(Config::default());
+        let base = s.held_input_bytes();
+        s.feed(&req("MULTI")).unwrap_or_else(|e| panic!("{e}"));
+        s.feed(&req(&format!("SET k {}", "v".repeat(10_000))))
+            .unwrap_or_else(|e| panic!("{e}"));
+        while s.next_action(0).is_some() {}
+        let queued = s.held_input_bytes();
+        assert!(queued >= base + 10_000, "{queued}");
+        s.feed(&req("DISCARD")).unwrap_or_else(|e| panic!("{e}"));
+        while s.next_action(0).is_some() {}
+        // The query buffer may keep its capacity; the queued block is gone.
+        assert!(
+            s.held_input_bytes() + 10_000 <= queued,
+            "{}",
+            s.held_input_bytes()
+        );
     }
 
     #[test]
