@@ -1983,6 +1983,12 @@ async fn read_local(
         return Ok(Reply::error("ERR read abandoned: the core is stopping"));
     };
     if let Some(hold) = &core.node.knobs.hold_disk_reads_while {
+        if hold.exists() {
+            tracing::warn!(
+                region,
+                "NOKV_DEBUG_HOLD_DISK_READS_WHILE: a disk read is held"
+            );
+        }
         // Debug knob: bounded by the test that removes the file.
         while hold.exists() {
             glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -392,7 +392,11 @@ fn get_held_across_a_move(unpinned: bool) -> (R, R) {
     let mut reader = server.client();
     reader.send(&[b"GET", key.as_bytes()]);
     // The GET reaches its hold (a cold block cache: it needs the disk).
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("the GET is held", Duration::from_secs(30), || {
+        std::fs::read_to_string(&server.stderr)
+            .unwrap_or_default()
+            .contains("a disk read is held")
+    });
     assert_eq!(
         c.cmd(&format!("NOKV.REGION MOVE {} {}", region.0, 1 - region.3)),
         R::ok()
