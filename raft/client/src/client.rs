@@ -368,6 +368,54 @@ impl Client {
         }
     }
 
+    /// Sends a transactional request to the leader the route cache knows for routing key
+    /// `rk` without waiting for its answer (one attempt, no retry): for work that readers
+    /// finish when it is lost, such as the secondary commits of a committed transaction.
+    pub fn txn_send_only(&self, rk: &[u8], req: TxnRequest) -> Result<()> {
+        let (region, store, addr) =
+            self.resolve(&Target::Key(rk))
+                .map_err(|last| Error::ClusterDown {
+                    what: format!("key {}", show_key(rk)),
+                    deadline: self.opts.call_timeout,
+                    last,
+                })?;
+        let conn = self
+            .pool
+            .get(
+                store,
+                &addr,
+                self.opts.cluster_id,
+                self.opts.connect_timeout,
+                self.opts.max_frame_bytes,
+                self.opts.connector.as_ref(),
+            )
+            .map_err(|e| Error::TryAgain {
+                region,
+                key: show_key(rk),
+                deadline: self.opts.call_timeout,
+                attempts: 1,
+                last: format!("store {store}: {e}"),
+            })?;
+        let wait = self.opts.attempt_timeout;
+        let request = KvRequest {
+            region_id: region,
+            kind: KvKind::Txn as i32,
+            payload: req.encode(),
+            timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
+            from_store: 0,
+        };
+        conn.send_only(&request).map_err(|e| {
+            self.pool.drop_conn(store, &conn);
+            Error::TryAgain {
+                region,
+                key: show_key(rk),
+                deadline: self.opts.call_timeout,
+                attempts: 1,
+                last: format!("store {store} ({addr}): {e}"),
+            }
+        })
+    }
+
     /// GET: the value of `key`, None if it does not exist.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.read_key(key, ReadOp::Get(key.to_vec()))? {

@@ -169,16 +169,7 @@ impl StoreConn {
             }
             p.waiters.insert(id, tx);
         }
-        let mut frame = Vec::with_capacity(64 + req.payload.len());
-        kv::encode_request(&mut frame, self.cluster_id, id, req);
-        let written = {
-            let mut w = self.writer.lock();
-            w.write_all(&frame).and_then(|()| w.flush())
-        };
-        if let Err(e) = written {
-            self.fail(format!("write to {}: {e}", self.addr));
-            return Err(ConnError::Broken(format!("write to {}: {e}", self.addr)));
-        }
+        self.write_request(id, req)?;
         match rx.recv_timeout(wait) {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ConnError::Lost(e)),
@@ -191,6 +182,31 @@ impl StoreConn {
                 Err(ConnError::Lost(format!("{}: reader stopped", self.addr)))
             }
         }
+    }
+
+    /// Sends `req` without waiting for its response: the response, when it comes, finds
+    /// no waiter and is dropped.
+    pub fn send_only(&self, req: &KvRequest) -> Result<(), ConnError> {
+        if let Some(e) = &self.pending.lock().failed {
+            return Err(ConnError::Broken(e.clone()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.write_request(id, req)
+    }
+
+    /// Writes `req` as request `id` (a write failure fails the connection).
+    fn write_request(&self, id: u64, req: &KvRequest) -> Result<(), ConnError> {
+        let mut frame = Vec::with_capacity(64 + req.payload.len());
+        kv::encode_request(&mut frame, self.cluster_id, id, req);
+        let written = {
+            let mut w = self.writer.lock();
+            w.write_all(&frame).and_then(|()| w.flush())
+        };
+        if let Err(e) = written {
+            self.fail(format!("write to {}: {e}", self.addr));
+            return Err(ConnError::Broken(format!("write to {}: {e}", self.addr)));
+        }
+        Ok(())
     }
 
     /// Marks the connection failed and shuts the socket down (the reader then stops and

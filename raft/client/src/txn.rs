@@ -439,27 +439,28 @@ impl Transaction<'_> {
             let _decided = SetOnDrop(&decided);
             self.prewrite_and_commit_primary(&groups, &primary, deadline)
         })?;
-        // Committed. The other keys, every region at once: best effort (readers resolve
-        // what is left).
-        let secondary_deadline = self.deadline();
-        for_each_group(&groups, |muts| {
+        // Committed. The other keys, every region at once, sent without waiting for the
+        // answers: best effort (readers resolve what is left; the commit point was the
+        // primary's).
+        for (_, muts) in &groups {
             let keys: Vec<Vec<u8>> = muts
                 .iter()
                 .map(|m| m.key.clone())
                 .filter(|k| *k != primary)
                 .collect();
             if keys.is_empty() {
-                return;
+                continue;
             }
+            let rk = routing_key(&keys[0]);
             let op = TxnOp::Commit(Commit {
-                keys: keys.clone(),
+                keys,
                 start_ts: self.start_ts,
                 commit_ts,
             });
-            if let Err(e) = c.txn_op(&keys[0], op, secondary_deadline) {
+            if let Err(e) = c.txn_send_only(&rk, TxnRequest::new(op)) {
                 tracing::debug!(start_ts = self.start_ts, error = %e, "secondary commit left to readers");
             }
-        });
+        }
         Ok(commit_ts)
     }
 
@@ -615,19 +616,19 @@ impl Transaction<'_> {
 
     /// Rolls back every key of the transaction (best effort: a reader rolls back what
     /// remains once the TTL passed; keys never prewritten get a rollback record that
-    /// refuses a late prewrite). The primary's region first, so readers see the decision.
+    /// refuses a late prewrite). Every region at once: the transaction is not committed
+    /// whatever order they land in, and a reader that meets a secondary lock before the
+    /// primary's rollback waits a backoff or pushes the primary.
     fn abort(&self, groups: &[(u64, Vec<TxnMutation>)], deadline: Instant) {
-        for (_, muts) in groups {
+        let deadline = deadline.max(Instant::now() + Duration::from_millis(500));
+        // Every region at once; waited for, so that a retry does not meet these locks.
+        for_each_group(groups, |muts| {
             let keys: Vec<Vec<u8>> = muts.iter().map(|m| m.key.clone()).collect();
             let op = TxnOp::Rollback(Rollback {
                 keys: keys.clone(),
                 start_ts: self.start_ts,
             });
-            let _ = self.client.txn_op(
-                &keys[0],
-                op,
-                deadline.max(Instant::now() + Duration::from_millis(500)),
-            );
-        }
+            let _ = self.client.txn_op(&keys[0], op, deadline);
+        });
     }
 }
