@@ -17,6 +17,7 @@ pub mod error;
 pub mod kv;
 pub mod logger;
 pub mod merge;
+pub mod rate_limit;
 pub mod region;
 pub mod snapshot;
 pub mod snapshot_stream;
@@ -32,6 +33,7 @@ pub use crate::core::{
 };
 pub use error::{Error, Result};
 pub use merge::{MergeEntry, MergeState};
+pub use rate_limit::RateLimiter;
 pub use region::{Epoch, PeerMeta, PeerRole, RegionDescriptor, RegionMap};
 pub use snapshot::{ApplySnapshot, SnapshotKey, SnapshotTask};
 pub use split::SplitRequest;

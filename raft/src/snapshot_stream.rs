@@ -293,11 +293,14 @@ pub struct Sent {
     pub files: usize,
     /// File bytes sent.
     pub bytes: u64,
+    /// Time spent waiting for the rate limit.
+    pub throttled: Duration,
 }
 
 /// Streams the snapshot in `dir` to the store at `addr` (cluster `cluster_id`), then the
 /// raft `envelope` (blocking IO), over the socket or what `connector` makes of it (TLS).
-/// `timeout` bounds the connect, a handshake's reads and each write.
+/// `timeout` bounds the connect, a handshake's reads and each write. With a `limiter`
+/// every chunk first takes its bytes from it (the store's snapshot rate limit).
 #[allow(clippy::too_many_arguments)]
 pub fn send_snapshot(
     addr: SocketAddr,
@@ -308,6 +311,7 @@ pub fn send_snapshot(
     envelope: Vec<u8>,
     timeout: Duration,
     connector: Option<&Connector>,
+    limiter: Option<&crate::RateLimiter>,
 ) -> Result<Sent, StreamError> {
     let name = key.dir_name();
     let net = |op: &'static str| {
@@ -374,6 +378,9 @@ pub fn send_snapshot(
                 0,
                 &chunk.encode(),
             );
+            if let Some(l) = limiter {
+                sent.throttled += l.throttle(n as u64);
+            }
             stream.write_all(&frame).map_err(net("write a chunk to"))?;
             offset += n as u64;
             if n < buf.len() {
@@ -656,6 +663,46 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_snapshot_waits_for_its_bytes_and_arrives_whole() {
+        let src = tempfile::tempdir().expect("tempdir");
+        export(src.path());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).expect("read");
+            all
+        });
+        // 8 chunks per second, its saved-up second spent: the 3 chunks wait their turn.
+        let limiter = crate::RateLimiter::new(8 * CHUNK_BYTES as u64);
+        let _ = limiter.reserve(8 * CHUNK_BYTES as u64);
+        let sent = send_snapshot(
+            addr,
+            7,
+            src.path(),
+            KEY,
+            1,
+            b"env".to_vec(),
+            Duration::from_secs(5),
+            None,
+            Some(&limiter),
+        )
+        .expect("send");
+        assert!(sent.throttled > Duration::ZERO, "{sent:?}");
+        assert_eq!(sent.bytes, (CHUNK_BYTES * 2 + 5 + 8) as u64);
+        let bytes = reader.join().expect("reader");
+        let dst = tempfile::tempdir().expect("tempdir");
+        assert_eq!(receive(&bytes, dst.path(), false).expect("receive"), b"env");
+        assert_eq!(
+            std::fs::read(dst.path().join(KEY.dir_name()).join("part-0/a.sst"))
+                .expect("read")
+                .len(),
+            CHUNK_BYTES * 2 + 5
+        );
+    }
+
+    #[test]
     fn a_snapshot_streams_in_checked_chunks_and_a_corrupt_one_is_discarded() {
         let src = tempfile::tempdir().expect("tempdir");
         export(src.path());
@@ -676,8 +723,10 @@ mod tests {
             b"env".to_vec(),
             Duration::from_secs(5),
             None,
+            None,
         )
         .expect("send");
+        assert_eq!(sent.throttled, Duration::ZERO);
         assert_eq!(sent.files, 3);
         assert_eq!(sent.bytes, (CHUNK_BYTES * 2 + 5 + 8) as u64);
         let bytes = reader.join().expect("reader");

@@ -107,6 +107,9 @@ pub struct Flags {
     /// Request rate below which a region counts as cold for --merge-max-bytes [default: 100].
     #[arg(long, value_name = "N")]
     pub merge_max_qps: Option<u64>,
+    /// Most bytes per second this store sends in region snapshots to other stores (one limit shared by its cores: disk reads and network), e.g. 100MiB; 0: no limit [default: 100MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub snapshot_max_bytes_per_sec: Option<String>,
     /// On a standalone store, move a region from a core serving more than 1.25x the cores' mean request rate to the least busy core, at most one move per --split-check-ms: "on" or "off" [default: on].
     #[arg(long, value_name = "on|off")]
     pub balance_cores: Option<String>,
@@ -189,6 +192,8 @@ pub struct Settings {
     pub merge_max_bytes: u64,
     /// A region serving fewer requests per second than this is cold (merges).
     pub merge_max_qps: u64,
+    /// Most snapshot bytes sent per second (0: no limit).
+    pub snapshot_max_bytes_per_sec: u64,
     /// Standalone: move regions from busy cores to idle ones.
     pub balance_cores: bool,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
@@ -223,6 +228,9 @@ pub const DEFAULT_BACKGROUND_NICE: i32 = 10;
 
 /// Default of `--region-max-bytes`.
 pub const DEFAULT_REGION_MAX_BYTES: u64 = 96 << 20;
+
+/// Default of `--snapshot-max-bytes-per-sec` (TiKV's `snap-io-max-bytes-per-sec`).
+pub const DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC: u64 = 100 << 20;
 
 /// Default of `--split-check-ms`.
 pub const DEFAULT_SPLIT_CHECK_MS: u64 = 10_000;
@@ -373,6 +381,8 @@ pub struct ConfigFile {
     pub merge_max_bytes: Option<Spanned<ByteSize>>,
     /// `--merge-max-qps`.
     pub merge_max_qps: Option<Spanned<u64>>,
+    /// `--snapshot-max-bytes-per-sec`.
+    pub snapshot_max_bytes_per_sec: Option<Spanned<ByteSize>>,
     /// `--balance-cores`: "on" or "off".
     pub balance_cores: Option<Spanned<String>>,
     /// `--background-nice`.
@@ -630,6 +640,16 @@ impl Settings {
         .map_or(DEFAULT_MERGE_MAX_BYTES, |(b, _)| b.0);
         let merge_max_qps = pick(flags.merge_max_qps, file.merge_max_qps, path, text)
             .map_or(DEFAULT_MERGE_MAX_QPS, |(n, _)| n);
+        let snapshot_max_bytes_per_sec = pick(
+            flag_bytes(
+                "snapshot_max_bytes_per_sec",
+                flags.snapshot_max_bytes_per_sec,
+            )?,
+            file.snapshot_max_bytes_per_sec,
+            path,
+            text,
+        )
+        .map_or(DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC, |(b, _)| b.0);
         let (protected_mode, origin) = pick(flags.protected_mode, file.protected_mode, path, text)
             .unwrap_or_else(|| ("yes".to_string(), Origin::Default));
         let protected_mode = match protected_mode.as_str() {
@@ -829,6 +849,7 @@ impl Settings {
             split_load_bytes,
             merge_max_bytes,
             merge_max_qps,
+            snapshot_max_bytes_per_sec,
             balance_cores,
             background_nice,
             rpc_addr,
@@ -954,6 +975,26 @@ mod tests {
         assert_eq!(s.memory_limit, Some(1 << 30));
         assert_eq!(s.client_output_buffer_limit, 0);
         assert!(resolve(&["--workdir", "/x", "--memory-limit", "lots"]).is_err());
+    }
+
+    #[test]
+    fn the_snapshot_rate_limit_comes_from_file_or_flags() {
+        let (_d, conf) = config("snapshot_max_bytes_per_sec = \"8MiB\"\n");
+        let s = resolve(&["--workdir", "/tmp/x", "--config", &conf]).expect("resolve");
+        assert_eq!(s.snapshot_max_bytes_per_sec, 8 << 20);
+        let s = resolve(&[
+            "--workdir",
+            "/tmp/x",
+            "--config",
+            &conf,
+            "--snapshot-max-bytes-per-sec",
+            "0",
+        ])
+        .expect("resolve");
+        assert_eq!(s.snapshot_max_bytes_per_sec, 0);
+        let s = resolve(&["--workdir", "/tmp/x"]).expect("resolve");
+        assert_eq!(s.snapshot_max_bytes_per_sec, 100 << 20);
+        assert!(resolve(&["--workdir", "/x", "--snapshot-max-bytes-per-sec", "fast"]).is_err());
     }
 
     /// The error for `text` as a config file, as the server prints it.
@@ -1083,6 +1124,7 @@ mod tests {
             split_load_bytes,
             merge_max_bytes,
             merge_max_qps,
+            snapshot_max_bytes_per_sec,
             balance_cores,
             background_nice,
             rpc_addr,
@@ -1112,6 +1154,10 @@ mod tests {
             ("split_load_bytes", split_load_bytes.is_some()),
             ("merge_max_bytes", merge_max_bytes.is_some()),
             ("merge_max_qps", merge_max_qps.is_some()),
+            (
+                "snapshot_max_bytes_per_sec",
+                snapshot_max_bytes_per_sec.is_some(),
+            ),
             ("balance_cores", balance_cores.is_some()),
             ("protected_mode", protected_mode.is_some()),
             ("cluster_id", cluster_id.is_some()),
@@ -1157,6 +1203,11 @@ mod tests {
         assert_eq!(s.split_load_bytes, d.split_load_bytes);
         assert_eq!(s.merge_max_bytes, d.merge_max_bytes);
         assert_eq!(s.merge_max_qps, d.merge_max_qps);
+        assert_eq!(s.snapshot_max_bytes_per_sec, d.snapshot_max_bytes_per_sec);
+        assert_eq!(
+            d.snapshot_max_bytes_per_sec,
+            DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC
+        );
         assert_eq!(s.balance_cores, d.balance_cores);
         assert_eq!(s.protected_mode, d.protected_mode);
         assert!(d.protected_mode);

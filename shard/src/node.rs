@@ -171,6 +171,8 @@ struct NodeShared {
     ids: split::LocalIds,
     /// Split regions whose data grows past this size (0: never by size).
     region_max_bytes: u64,
+    /// The store's snapshot send rate (`--snapshot-max-bytes-per-sec`; None: unlimited).
+    snapshot_limiter: Option<Arc<nokv_raft::RateLimiter>>,
     /// How often each core checks the sizes of the regions it leads.
     split_check: Duration,
     /// Split regions served more requests per second than this (0: never by rate).
@@ -543,6 +545,11 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         routes: Arc::new(layout::SharedRoutes::new(routes)),
         ids,
         region_max_bytes: settings.region_max_bytes,
+        snapshot_limiter: (settings.snapshot_max_bytes_per_sec > 0).then(|| {
+            Arc::new(nokv_raft::RateLimiter::new(
+                settings.snapshot_max_bytes_per_sec,
+            ))
+        }),
         split_check: settings.split_check,
         split_load_qps: settings.split_load_qps,
         split_load_bytes: settings.split_load_bytes,
@@ -1078,6 +1085,7 @@ fn send_messages(core: &Rc<Core>, out: NodeOutbox) {
             dir,
             key,
             env,
+            core.node.snapshot_limiter.clone(),
             move |delivered| {
                 let mut raft = c.raft.borrow_mut();
                 raft.report_snapshot(key.region, peer, delivered);
@@ -1989,8 +1997,8 @@ async fn read_local(
                 "NOKV_DEBUG_HOLD_DISK_READS_WHILE: a disk read is held"
             );
         }
-        // Debug knob: bounded by the test that removes the file.
-        while hold.exists() {
+        // Debug knob: bounded by the test that removes the file, or the core's stop.
+        while hold.exists() && !core.stop.is_fired() {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
     }

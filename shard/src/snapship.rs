@@ -4,7 +4,9 @@
 //!   another store, the driver resolves that store's RPC address and streams the export
 //!   directory there on the core's blocking pool (never the executor: file and socket IO
 //!   block), at most [`MAX_SENDS_PER_CORE`] at once per core (one more is refused and
-//!   reported as failed: raft retries later). The outcome goes back to raft through
+//!   reported as failed: raft retries later). Every chunk first takes its bytes from
+//!   the store's snapshot rate limit (`--snapshot-max-bytes-per-sec`, one
+//!   `nokv_raft::RateLimiter` shared by the cores). The outcome goes back to raft through
 //!   `report_snapshot(.., delivered)`.
 //! - **Receiving** ([`Receiver`]): the RPC reader of a connection hands each
 //!   `SNAPSHOT_CHUNK` frame here; chunks are written (blocking pool) into a staging
@@ -15,16 +17,18 @@
 //!
 //! Counters (`metrics` facade): `nokv_snapshot_sent_total`, `nokv_snapshot_received_total`,
 //! `nokv_snapshot_failed_total{side="send"|"receive"}`, `nokv_snapshot_bytes_sent_total`,
-//! `nokv_snapshot_bytes_received_total`.
+//! `nokv_snapshot_bytes_received_total`, `nokv_snapshot_throttled_milliseconds_total`.
 
 use crate::transport::CoreTransport;
 use nokv_raft::snapshot::SnapshotKey;
 use nokv_raft::snapshot_stream::{send_snapshot, SnapFrame, Staging, StreamError};
 use nokv_raft::transport::RaftEnvelope;
+use nokv_raft::RateLimiter;
 use prost::Message as _;
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Snapshot sends running at once per core (each holds a blocking-pool thread).
@@ -37,9 +41,11 @@ pub fn snap_dir(workdir: &std::path::Path, core: usize) -> PathBuf {
     crate::layout::core_dir(workdir, core).join("snap")
 }
 
-fn sent(bytes: u64) {
+fn sent(bytes: u64, throttled: Duration) {
     metrics::counter!("nokv_snapshot_sent_total").increment(1);
     metrics::counter!("nokv_snapshot_bytes_sent_total").increment(bytes);
+    metrics::counter!("nokv_snapshot_throttled_milliseconds_total")
+        .increment(throttled.as_millis() as u64);
 }
 
 fn failed(side: &'static str) {
@@ -47,7 +53,7 @@ fn failed(side: &'static str) {
 }
 
 /// Every counter name this module reports, with its help text.
-pub fn metric_names() -> [(&'static str, &'static str); 5] {
+pub fn metric_names() -> [(&'static str, &'static str); 6] {
     [
         (
             "nokv_snapshot_sent_total",
@@ -65,6 +71,10 @@ pub fn metric_names() -> [(&'static str, &'static str); 5] {
         (
             "nokv_snapshot_bytes_received_total",
             "snapshot file bytes received",
+        ),
+        (
+            "nokv_snapshot_throttled_milliseconds_total",
+            "time snapshot sends waited for --snapshot-max-bytes-per-sec",
         ),
     ]
 }
@@ -84,6 +94,7 @@ pub fn ship(
     dir: PathBuf,
     key: SnapshotKey,
     env: RaftEnvelope,
+    limiter: Option<Arc<RateLimiter>>,
     done: impl FnOnce(bool) + 'static,
 ) {
     if sends.running.get() >= MAX_SENDS_PER_CORE {
@@ -97,7 +108,7 @@ pub fn ship(
     }
     sends.running.set(sends.running.get() + 1);
     glommio::spawn_local(async move {
-        let ok = send(&transport, dir, key, env).await;
+        let ok = send(&transport, dir, key, env, limiter).await;
         sends.running.set(sends.running.get() - 1);
         done(ok);
     })
@@ -109,6 +120,7 @@ async fn send(
     dir: PathBuf,
     key: SnapshotKey,
     env: RaftEnvelope,
+    limiter: Option<Arc<RateLimiter>>,
 ) -> bool {
     let to_store = env.to_store;
     let Some(addr) = transport.resolve(to_store).await else {
@@ -136,6 +148,7 @@ async fn send(
                 body,
                 SEND_TIMEOUT,
                 connector.as_deref(),
+                limiter.as_deref(),
             )
         })
         .await;
@@ -146,9 +159,10 @@ async fn send(
                 store = to_store,
                 files = s.files,
                 bytes = s.bytes,
+                throttled_ms = s.throttled.as_millis() as u64,
                 "snapshot sent"
             );
-            sent(s.bytes);
+            sent(s.bytes, s.throttled);
             true
         }
         Err(e) => {

@@ -1040,6 +1040,7 @@ fn run_through_recorder(tls: Option<(Arc<ClusterTls>, Arc<ClusterTls>)>, expect_
         envelope(5, b"snapshot").encode_to_vec(),
         Duration::from_secs(10),
         connector.as_deref(),
+        None,
     )
     .map(|_| ())
     .map_err(|e| e.to_string());
