@@ -269,6 +269,10 @@ pub struct RegionHeartbeat {
     /// reporting its core, a leader that has not measured yet) leaves the recorded ones.
     #[prost(bool, tag = "5")]
     pub measured: bool,
+    /// Requests the leader served per second over its last load window (0: idle or not
+    /// measured; older stores never send it). Leader balance by load uses it.
+    #[prost(uint64, tag = "6")]
+    pub requests_per_sec: u64,
 }
 
 /// A route: a region, its leader and the stores that hold it.
@@ -496,7 +500,8 @@ pub struct Operator {
     /// The peer the step is about (id, store, core).
     #[prost(message, optional, tag = "4")]
     pub peer: Option<Peer>,
-    /// Why (`repair`, `decommission`, `balance-region` or `balance-leader`), for operators.
+    /// Why (`repair`, `decommission`, `balance-region`, `balance-size`, `balance-leader` or
+    /// `balance-leader-load`), for operators.
     #[prost(string, tag = "5")]
     pub reason: String,
     /// The store the step moves away from (the down store of a repair, the decommissioned
@@ -835,7 +840,7 @@ mod tests {
         #[test]
         fn requests_round_trip(r in region(), leader in any::<u64>(), size in any::<u64>(), key in proptest::collection::vec(any::<u8>(), 0..32), count in any::<u32>()) {
             let reqs = vec![
-                request::Body::RegionHeartbeat(RegionHeartbeat { region: Some(r.clone()), leader_peer_id: leader, approximate_size_bytes: size, approximate_keys: size / 3, measured: true }),
+                request::Body::RegionHeartbeat(RegionHeartbeat { region: Some(r.clone()), leader_peer_id: leader, approximate_size_bytes: size, approximate_keys: size / 3, measured: true, requests_per_sec: 0 }),
                 request::Body::GetRegionByKey(GetRegionByKeyRequest { key: key.clone() }),
                 request::Body::GetTs(GetTsRequest { count }),
                 request::Body::Bootstrap(BootstrapRequest { split_keys: vec![key.clone()], replicas: count }),

@@ -42,6 +42,13 @@
 //!   store leading the fewest (ties: the least-leading core as the stores report it, then
 //!   the lowest store id), only if that store would still lead fewer than the source.
 //!   Transfers in flight count as done.
+//! - **Leader balance by load.** With leader counts within that bound and `mean` the
+//!   requests per second the up stores' leaders served (each region's load as its leader
+//!   last reported it), a store leading more than 1.25 x `mean` and at least
+//!   `balance_min_qps` above it hands the reporting region's leadership to its voter on
+//!   the store leading the least load, only when the region's load is below the gap
+//!   between the two (the pair ends closer than it started, so the region never moves
+//!   back) and that store would stay within the count bound. Same limit (`max_leader_moves`) and cooldown as leader balance.
 //! - **Rate limits.** One operator in flight per region (re-sent with every heartbeat
 //!   until a heartbeat shows it done), at most `max_repair` repair and decommission steps,
 //!   `max_balance` replica-balance steps and `max_leader_moves` leader-balance transfers in
@@ -72,6 +79,9 @@ pub struct Options {
     pub max_balance: usize,
     /// Size balance moves nothing from a store less than this many bytes above the mean.
     pub balance_min_bytes: u64,
+    /// Load balance moves no leader from a store leading less than this many requests
+    /// per second above the mean.
+    pub balance_min_qps: u64,
     /// Pause of a region after a transfer or an expired operator.
     pub cooldown_ms: u64,
     /// An operator not shown done by the heartbeats after this long is dropped.
@@ -88,6 +98,7 @@ impl Default for Options {
             max_leader_moves: 4,
             max_balance: 2,
             balance_min_bytes: 64 << 20,
+            balance_min_qps: 100,
             cooldown_ms: 10_000,
             timeout_ms: 60_000,
         }
@@ -122,6 +133,8 @@ pub struct ClusterView<'a> {
     pub pending: &'a [PendingPeer],
     /// Region sizes as their leaders last reported them: (approximate bytes, keys).
     pub sizes: &'a HashMap<u64, (u64, u64)>,
+    /// Requests per second each region's leader last reported (absent: not known, 0).
+    pub loads: &'a HashMap<u64, u64>,
 }
 
 /// What a heartbeat's answer carries.
@@ -161,6 +174,7 @@ const DECOMMISSION: &str = "decommission";
 const BALANCE_REGION: &str = "balance-region";
 const BALANCE_SIZE: &str = "balance-size";
 const BALANCE: &str = "balance-leader";
+const BALANCE_LOAD: &str = "balance-leader-load";
 
 /// Which rate limit an operator counts under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -756,7 +770,7 @@ impl Scheduler {
         let limit = total.div_ceil(n) + 1;
         let src = *counts.get(&leader.store_id)?;
         if src <= limit {
-            return None;
+            return self.balance_leader_load(region, leader, &voters, &counts, limit, view);
         }
         let core_leaders = |p: &Peer| -> u64 {
             view.stores
@@ -785,7 +799,73 @@ impl Scheduler {
     }
 }
 
-/// The repair a region needs: `needed` even when no step is possible now.
+impl Scheduler {
+    /// Leader balance by load (see the module docs), once leader counts (`counts`, with
+    /// their bound `limit`) are balanced.
+    fn balance_leader_load(
+        &self,
+        region: &Region,
+        leader: &Peer,
+        voters: &[&Peer],
+        counts: &HashMap<u64, u64>,
+        limit: u64,
+        view: &ClusterView<'_>,
+    ) -> Option<Operator> {
+        let own = view.loads.get(&region.id).copied().unwrap_or(0);
+        if own == 0 {
+            return None;
+        }
+        // Requests per second led per up store (the keys of `counts`).
+        let mut loads: HashMap<u64, u64> = counts.keys().map(|&s| (s, 0)).collect();
+        for e in view.regions {
+            if let Some(l) = e.region.peer(e.leader_peer_id) {
+                if let Some(v) = loads.get_mut(&l.store_id) {
+                    *v += view.loads.get(&e.region.id).copied().unwrap_or(0);
+                }
+            }
+        }
+        // Transfers in flight count as done.
+        for f in self
+            .in_flight
+            .values()
+            .filter(|f| f.op.kind() == OperatorKind::TransferLeader)
+        {
+            let moved = view.loads.get(&f.op.region_id).copied().unwrap_or(0);
+            if let Some(v) = loads.get_mut(&f.op.from_store) {
+                *v = v.saturating_sub(moved);
+            }
+            if let Some(v) = f.op.peer.as_ref().and_then(|p| loads.get_mut(&p.store_id)) {
+                *v += moved;
+            }
+        }
+        let total: u64 = loads.values().sum();
+        let mean = total / loads.len() as u64;
+        let src = *loads.get(&leader.store_id)?;
+        if src * 4 <= mean * 5 || src < mean + self.opts.balance_min_qps {
+            return None;
+        }
+        let (dst, to) = voters
+            .iter()
+            .filter(|p| p.id != leader.id)
+            .filter_map(|p| Some((*loads.get(&p.store_id)?, *p)))
+            .min_by_key(|(load, p)| (*load, p.store_id))?;
+        // The pair ends closer than it started (so the region never comes back), and the
+        // count bound holds.
+        if own >= src.saturating_sub(dst) || counts.get(&to.store_id)? + 1 > limit {
+            return None;
+        }
+        Some(Operator {
+            id: 0,
+            region_id: region.id,
+            kind: OperatorKind::TransferLeader as i32,
+            peer: Some(to.clone()),
+            reason: BALANCE_LOAD.into(),
+            from_store: leader.store_id,
+            age_ms: 0,
+        })
+    }
+}
+
 /// Bytes per store: each replica (placements pending included) counts its region's
 /// reported size. `None` while a region's size is not known yet (a new coordinator leader
 /// waits for every region's heartbeat).
@@ -806,6 +886,7 @@ fn store_bytes(view: &ClusterView<'_>) -> Option<HashMap<u64, u64>> {
     Some(out)
 }
 
+/// The repair a region needs: `needed` even when no step is possible now.
 struct Repair {
     needed: bool,
     op: Option<Operator>,
@@ -939,6 +1020,21 @@ mod tests {
         replicas: usize,
         sizes: &HashMap<u64, (u64, u64)>,
     ) -> Step {
+        beat_loaded(s, now, regions, i, st, replicas, sizes, &HashMap::new())
+    }
+
+    /// [`beat_sized`] with the regions' reported loads (requests per second).
+    #[allow(clippy::too_many_arguments)]
+    fn beat_loaded(
+        s: &mut Scheduler,
+        now: u64,
+        regions: &[RegionEntry],
+        i: usize,
+        st: &[StoreView],
+        replicas: usize,
+        sizes: &HashMap<u64, (u64, u64)>,
+        loads: &HashMap<u64, u64>,
+    ) -> Step {
         let cands = candidates(st, regions);
         let view = ClusterView {
             replicas,
@@ -947,6 +1043,7 @@ mod tests {
             candidates: &cands,
             pending: &[],
             sizes,
+            loads,
         };
         let e = &regions[i];
         s.on_heartbeat(now, &e.region, e.leader_peer_id, &view)
@@ -1077,6 +1174,7 @@ mod tests {
             candidates: &cands,
             pending: &pending,
             sizes: &HashMap::new(),
+            loads: &HashMap::new(),
         };
         let add = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
         assert_eq!(
@@ -1230,6 +1328,140 @@ mod tests {
         regions[0].leader_peer_id = regions[0].region.peers[2].id;
         assert_eq!(beat(&mut s, 100, &regions, 0, &st), Step::Nothing);
         assert_eq!(s.counters().1, 1);
+    }
+
+    /// Nine regions on stores 1..=3, three led by each; store 1's are hot (300 requests
+    /// per second each), the others' cool (30).
+    fn hot_store_1() -> (Vec<RegionEntry>, HashMap<u64, u64>) {
+        let mut regions = skewed();
+        let mut loads = HashMap::new();
+        for (i, r) in regions.iter_mut().enumerate() {
+            r.leader_peer_id = r.region.peers[i % 3].id;
+            loads.insert(r.region.id, if i % 3 == 0 { 300 } else { 30 });
+        }
+        (regions, loads)
+    }
+
+    /// Requests per second led per store 1..=3.
+    fn led_load(regions: &[RegionEntry], loads: &HashMap<u64, u64>) -> Vec<u64> {
+        (1..=3)
+            .map(|s| {
+                regions
+                    .iter()
+                    .filter(|e| e.region.peer(e.leader_peer_id).map(|p| p.store_id) == Some(s))
+                    .map(|e| loads[&e.region.id])
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_store_leading_too_much_load_hands_leaders_over_until_within_a_quarter_of_the_mean() {
+        let (mut regions, loads) = hot_store_1();
+        let st = stores(3, &[]);
+        assert_eq!(led_load(&regions, &loads), vec![900, 90, 90]);
+        let mut s = Scheduler::new(opts());
+        // Counts are balanced (3 / 3 / 3): only load moves leaders.
+        let mut moves = Vec::new();
+        for round in 0..20u64 {
+            let now = round * 20_000;
+            for i in 0..regions.len() {
+                if let Step::Propose(op) =
+                    beat_loaded(&mut s, now, &regions, i, &st, 3, &HashMap::new(), &loads)
+                {
+                    assert_eq!(op.kind(), OperatorKind::TransferLeader, "{op:?}");
+                    assert_eq!(op.reason, BALANCE_LOAD);
+                    let to = op.peer.clone().expect("a target");
+                    s.start(op.clone(), now);
+                    // The transfer happens; the region's next heartbeat shows it done.
+                    regions[i].leader_peer_id = to.id;
+                    let shown =
+                        beat_loaded(&mut s, now, &regions, i, &st, 3, &HashMap::new(), &loads);
+                    assert_eq!(shown, Step::Nothing);
+                    moves.push(op);
+                }
+            }
+        }
+        let led = led_load(&regions, &loads);
+        let mean = led.iter().sum::<u64>() / 3;
+        assert!(
+            led.iter().all(|&l| l * 4 <= mean * 5),
+            "led load {led:?} (mean {mean}) after {moves:?}"
+        );
+        assert_eq!(
+            moves.len(),
+            2,
+            "two hot regions moved, nothing moved back: {moves:?}"
+        );
+        // Each move left store 1, and only hot regions went.
+        assert!(moves
+            .iter()
+            .all(|m| m.from_store == 1 && loads[&m.region_id] == 300));
+    }
+
+    #[test]
+    fn load_balance_needs_a_real_gap_a_region_that_fits_it_and_room_under_the_count_bound() {
+        let st = stores(3, &[]);
+        let (regions, loads) = hot_store_1();
+        // Unknown loads, or every store as busy: nothing.
+        let mut s = Scheduler::new(opts());
+        assert_eq!(beat(&mut s, 0, &regions, 0, &st), Step::Nothing);
+        let even: HashMap<u64, u64> = loads.keys().map(|&r| (r, 100)).collect();
+        assert_eq!(
+            beat_loaded(&mut s, 0, &regions, 0, &st, 3, &HashMap::new(), &even),
+            Step::Nothing
+        );
+        // A gap below balance_min_qps: nothing.
+        let mut s = Scheduler::new(Options {
+            balance_min_qps: 1000,
+            ..opts()
+        });
+        assert_eq!(
+            beat_loaded(&mut s, 0, &regions, 0, &st, 3, &HashMap::new(), &loads),
+            Step::Nothing
+        );
+        // A region as hot as the gap stays where it is (it would only move the imbalance):
+        // store 1 leads 900 in region 1 and idle regions 4 and 7, the others 90 each.
+        let mut hot = loads.clone();
+        hot.extend([(1, 900), (4, 0), (7, 0)]);
+        let mut s = Scheduler::new(opts());
+        assert_eq!(
+            beat_loaded(&mut s, 0, &regions, 0, &st, 3, &HashMap::new(), &hot),
+            Step::Nothing
+        );
+        // The least-loaded store already at the count bound gets no leader. Store 1 leads
+        // two hot regions (600), store 2 three warm ones (300), store 3 four cool ones
+        // (40): the bound is ceil(9 / 3) + 1 = 4, which store 3 is at.
+        let mut regions = skewed();
+        let mut loads = HashMap::new();
+        for (i, r) in regions.iter_mut().enumerate() {
+            let (at, load) = match i {
+                0 | 1 => (0, 300),
+                2..=4 => (1, 100),
+                _ => (2, 10),
+            };
+            r.leader_peer_id = r.region.peers[at].id;
+            loads.insert(r.region.id, load);
+        }
+        let mut s = Scheduler::new(opts());
+        assert_eq!(
+            beat_loaded(&mut s, 0, &regions, 0, &st, 3, &HashMap::new(), &loads),
+            Step::Nothing
+        );
+        // With one of store 3's leaders on store 2 instead, store 3 takes the hot region.
+        regions[8].leader_peer_id = regions[8].region.peers[1].id;
+        let op = proposed(beat_loaded(
+            &mut s,
+            0,
+            &regions,
+            0,
+            &st,
+            3,
+            &HashMap::new(),
+            &loads,
+        ));
+        assert_eq!(op.peer.map(|p| p.store_id), Some(3));
+        assert_eq!(op.reason, BALANCE_LOAD);
     }
 
     #[test]
@@ -1641,6 +1873,7 @@ mod tests {
             candidates: &cands,
             pending: &[],
             sizes: &HashMap::new(),
+            loads: &HashMap::new(),
         };
         let mut s = Scheduler::new(opts());
         for e in &regions {
@@ -1656,6 +1889,7 @@ mod tests {
             candidates: &cands,
             pending: &[],
             sizes: &HashMap::new(),
+            loads: &HashMap::new(),
         };
         let op = proposed(s.on_heartbeat(0, &regions[0].region, regions[0].leader_peer_id, &view));
         assert_eq!(op.peer.map(|p| p.store_id), Some(5));

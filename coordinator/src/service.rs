@@ -116,6 +116,8 @@ struct Inner {
     ids: IdAlloc,
     live: HashMap<u64, Liveness>,
     region_sizes: HashMap<u64, (u64, u64)>,
+    /// Requests per second each region's leader last reported (leader balance by load).
+    region_loads: HashMap<u64, u64>,
     /// Monotonic ms from which stores without a heartbeat count as up (start, leadership).
     grace_from_mono_ms: u64,
     /// The raft term this replica last became a ready leader in (0: never / single process).
@@ -185,6 +187,7 @@ impl Coordinator {
                 ids,
                 live: HashMap::new(),
                 region_sizes: HashMap::new(),
+                region_loads: HashMap::new(),
                 grace_from_mono_ms: config.clock.mono_ms(),
                 leader_term: 0,
                 scheduler: Scheduler::new(scheduler::Options {
@@ -253,6 +256,7 @@ impl Coordinator {
                     inner.ids = IdAlloc::restored(core.state.id_fence());
                     inner.live.clear();
                     inner.region_sizes.clear();
+                    inner.region_loads.clear();
                     inner.grace_from_mono_ms = self.clock.mono_ms();
                     inner.leader_term = term;
                     inner.scheduler = Scheduler::new(inner.scheduler.options().clone());
@@ -651,6 +655,7 @@ impl Coordinator {
             candidates: &candidates,
             pending: &pending,
             sizes: &inner.region_sizes,
+            loads: &inner.region_loads,
         };
         let mut op = match inner.scheduler.on_heartbeat(now, region, leader, &view) {
             Step::Nothing => return None,
@@ -791,6 +796,10 @@ impl Coordinator {
             inner
                 .region_sizes
                 .insert(region.id, (hb.approximate_size_bytes, hb.approximate_keys));
+        }
+        // A replica reporting its core carries neither figure: it keeps the leader's.
+        if hb.measured || hb.requests_per_sec > 0 {
+            inner.region_loads.insert(region.id, hb.requests_per_sec);
         }
         let changed = match &existing {
             Some(e) => e.region != region || e.leader_peer_id != hb.leader_peer_id,

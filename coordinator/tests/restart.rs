@@ -73,6 +73,7 @@ fn restart_keeps_catalog_and_tso_and_ids_stay_monotonic() {
             approximate_size_bytes: 1 << 20,
             approximate_keys: 1000,
             measured: true,
+            requests_per_sec: 0,
         })
         .expect("heartbeat");
         for i in 0..50 {

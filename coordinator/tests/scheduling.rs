@@ -2,7 +2,8 @@
 //! operator would send them. Decommission: the scheduler drains the store, the store ends
 //! `Removed`, that is persisted across a restart, and a removed store cannot register or
 //! heartbeat again. Size balance: measured sizes in the heartbeats move a replica off a
-//! store holding too many bytes.
+//! store holding too many bytes. Load balance: reported request rates move leaderships
+//! off a store leading too much load.
 
 use nokv_coordinator::proto::{
     request, response, BootstrapRequest, Operator, OperatorKind, Region, RegionHeartbeat, Request,
@@ -57,6 +58,17 @@ fn round(
     next_peer: &mut u64,
     size: &dyn Fn(u64) -> Option<u64>,
 ) -> Vec<Operator> {
+    round_loaded(c, stores, next_peer, size, &|_| 0)
+}
+
+/// [`round`] with each region's requests per second as `load` gives them.
+fn round_loaded(
+    c: &Coordinator,
+    stores: &[u64],
+    next_peer: &mut u64,
+    size: &dyn Fn(u64) -> Option<u64>,
+    load: &dyn Fn(u64) -> u64,
+) -> Vec<Operator> {
     // A removed store is gone (its heartbeats are refused).
     for &id in stores
         .iter()
@@ -87,6 +99,7 @@ fn round(
                 leader_peer_id: leader,
                 approximate_size_bytes: measured.unwrap_or(0),
                 measured: measured.is_some(),
+                requests_per_sec: load(region.id),
                 ..Default::default()
             })
             .expect("region heartbeat");
@@ -311,4 +324,87 @@ fn measured_sizes_move_a_replica_off_a_store_holding_too_many_bytes() {
     assert!(routes
         .iter()
         .all(|r| r.approximate_size_bytes == r.region.as_ref().map(|g| sizes[&g.id])));
+}
+
+#[test]
+fn reported_loads_move_leaderships_off_a_store_leading_too_much_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let (c, ids) = four_stores(dir.path(), &clock);
+    c.bootstrap(&BootstrapRequest {
+        split_keys: (1..8u8).map(|k| vec![b'a' + k]).collect(),
+        replicas: 3,
+    })
+    .expect("bootstrap");
+    let mut next_peer = 0;
+    // Leader counts settle first (no load reported).
+    for _ in 0..30 {
+        clock.advance_ms(20_000);
+        if round(&c, &ids, &mut next_peer, &|_| None).is_empty() {
+            break;
+        }
+    }
+    let leaders = |c: &Coordinator| -> std::collections::HashMap<u64, u64> {
+        c.state()
+            .regions_in_order()
+            .map(|e| {
+                let id = if e.leader_peer_id == 0 {
+                    e.region.peers[0].id
+                } else {
+                    e.leader_peer_id
+                };
+                let store = e
+                    .region
+                    .peers
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map(|p| p.store_id);
+                (e.region.id, store.expect("the leader is a peer"))
+            })
+            .collect()
+    };
+    let before = leaders(&c);
+    let hot = *ids
+        .iter()
+        .max_by_key(|s| before.values().filter(|l| l == s).count())
+        .expect("stores");
+    assert!(
+        before.values().filter(|l| **l == hot).count() >= 2,
+        "{before:?}"
+    );
+    // The regions the hot store leads serve 500 requests per second, the others 10.
+    let loads: std::collections::HashMap<u64, u64> = before
+        .iter()
+        .map(|(r, l)| (*r, if *l == hot { 500 } else { 10 }))
+        .collect();
+    let led = |c: &Coordinator, store: u64| -> u64 {
+        leaders(c)
+            .iter()
+            .filter(|(_, l)| **l == store)
+            .map(|(r, _)| loads[r])
+            .sum()
+    };
+    let start = led(&c, hot);
+    let mut ran = Vec::new();
+    for _ in 0..30 {
+        clock.advance_ms(20_000);
+        let r = round_loaded(&c, &ids, &mut next_peer, &|_| None, &|id| loads[&id]);
+        if r.is_empty() {
+            break;
+        }
+        ran.extend(r);
+    }
+    assert!(
+        ran.iter()
+            .any(|o| o.reason == "balance-leader-load" && o.from_store == hot),
+        "{ran:?}"
+    );
+    assert!(
+        led(&c, hot) < start,
+        "store {hot} still leads {start} requests/s"
+    );
+    // Only leaderships moved: every region keeps its three replicas.
+    for e in c.state().regions_in_order() {
+        assert_eq!(e.region.peers.len(), 3, "{:?}", e.region);
+    }
 }

@@ -377,6 +377,7 @@ fn every_rpc_works_through_the_client() {
         approximate_size_bytes: 10,
         approximate_keys: 1,
         measured: true,
+        requests_per_sec: 0,
     })
     .expect("heartbeat");
     match c.region_heartbeat(RegionHeartbeat {

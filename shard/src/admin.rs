@@ -741,6 +741,7 @@ async fn report_core(core: Rc<Core>, region: u64, peer: u64) {
                     core: core.id as u32,
                     core_peer: Some(peer),
                     size_bytes: None,
+                    requests_per_sec: 0,
                 });
             }
         }

@@ -99,6 +99,8 @@ pub struct RegionReport {
     pub core_peer: Option<u64>,
     /// The region's data size as the leader last measured it (`None`: not measured).
     pub size_bytes: Option<u64>,
+    /// Requests per second the leader served over its last load window (0: none).
+    pub requests_per_sec: u64,
 }
 
 /// The other stores' addresses, refreshed from the coordinator: RPC addresses for the
@@ -509,6 +511,7 @@ fn heartbeat_loop(
                 approximate_size_bytes: r.size_bytes.unwrap_or(0),
                 approximate_keys: 0,
                 measured: r.size_bytes.is_some(),
+                requests_per_sec: r.requests_per_sec,
             };
             match client.region_heartbeat_op(hb) {
                 Ok(None) => {}

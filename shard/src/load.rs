@@ -115,6 +115,11 @@ impl Loads {
         figures
     }
 
+    /// Requests per second `region` served over the last window (None: none counted).
+    pub(super) fn ops_per_sec(&self, region: u64) -> Option<f64> {
+        self.last.borrow().get(&region).map(|f| f.ops_per_sec)
+    }
+
     /// The figures of the last window, by region.
     pub(super) fn last(&self) -> HashMap<u64, LoadFigures> {
         self.last.borrow().clone()

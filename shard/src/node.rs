@@ -1289,6 +1289,10 @@ fn report_leaders(core: &Core) -> usize {
             core: core.id as u32,
             core_peer: None,
             size_bytes: sizes.get(&desc.id).copied(),
+            requests_per_sec: core
+                .loads
+                .ops_per_sec(desc.id)
+                .map_or(0, |r| r.round() as u64),
         });
     }
     n

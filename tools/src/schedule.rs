@@ -22,7 +22,8 @@ pub struct OperatorRow {
     pub core: Option<u32>,
     /// The store the step moves away from (`null`: none).
     pub from_store: Option<u64>,
-    /// `repair`, `decommission`, `balance-region` or `balance-leader`.
+    /// `repair`, `decommission`, `balance-region`, `balance-size`, `balance-leader` or
+    /// `balance-leader-load`.
     pub reason: String,
     /// Milliseconds since the operator was issued.
     pub age_ms: u64,

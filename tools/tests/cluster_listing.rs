@@ -53,6 +53,7 @@ fn cluster() -> Cluster {
                 approximate_size_bytes: 1 << 20,
                 approximate_keys: 1000,
                 measured: true,
+                requests_per_sec: 0,
             })
             .expect("region heartbeat");
     }
