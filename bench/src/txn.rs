@@ -464,14 +464,17 @@ fn plain_op(client: &Client, a: &[u8], b: &[u8], value: &[u8]) -> nokv_client::R
     Ok(found_a && found_b)
 }
 
-/// One transaction attempt: whether both keys were found.
-fn txn_attempt(client: &Client, a: &[u8], b: &[u8], value: &[u8]) -> nokv_client::Result<bool> {
-    let mut t = client.begin()?;
+/// One transaction's body (committed by `Client::transact`): whether both keys were found.
+fn txn_body(
+    t: &mut nokv_client::Transaction<'_>,
+    a: &[u8],
+    b: &[u8],
+    value: &[u8],
+) -> nokv_client::Result<bool> {
     let found_a = t.get(a)?.is_some();
     let found_b = t.get(b)?.is_some();
     t.put(a, value)?;
     t.put(b, value)?;
-    t.commit()?;
     Ok(found_a && found_b)
 }
 
@@ -485,36 +488,34 @@ fn one_op(
     st: Option<&mut ThreadStats>,
 ) {
     let t0 = Instant::now();
-    let (mut attempts, mut aborts) = (0u64, 0u64);
+    let (attempts, aborts);
     let outcome = match phase {
         Phase::Plain => {
-            attempts = 1;
+            (attempts, aborts) = (1, 0);
             plain_op(client, pair.0, pair.1, value)
         }
         Phase::Txn => {
-            let mut res = Err(None);
-            for _ in 0..max_attempts {
-                attempts += 1;
-                match txn_attempt(client, pair.0, pair.1, value) {
-                    Ok(found) => {
-                        res = Ok(found);
-                        break;
-                    }
-                    Err(e) if e.is_txn_retryable() => aborts += 1,
-                    Err(e) => {
-                        res = Err(Some(e));
-                        break;
-                    }
-                }
-            }
+            // Retries (after a backoff) are the client's: count the body's runs.
+            let runs = std::cell::Cell::new(0u64);
+            let res = client.transact(max_attempts, |t| {
+                runs.set(runs.get() + 1);
+                txn_body(t, pair.0, pair.1, value)
+            });
+            attempts = runs.get().max(1);
             match res {
-                Ok(found) => Ok(found),
-                Err(Some(e)) => Err(e),
-                Err(None) => {
+                Ok(done) => {
+                    aborts = u64::from(done.attempts - 1);
+                    Ok(done.value)
+                }
+                Err(e) if !e.is_txn_retryable() => {
+                    aborts = attempts - 1;
+                    Err(e)
+                }
+                Err(_) => {
                     // Every attempt aborted.
                     if let Some(st) = st {
                         st.attempts += attempts;
-                        st.aborts += aborts;
+                        st.aborts += attempts;
                         st.failed += 1;
                     }
                     return;

@@ -22,4 +22,4 @@ pub use client::{now_ms, position, Client, ClientOptions, ScanResult, Stats};
 pub use error::{Error, Result};
 pub use plan::Work;
 pub use routes::routing_key;
-pub use txn::{Transaction, DEFAULT_LOCK_TTL_MS};
+pub use txn::{Transacted, Transaction, DEFAULT_LOCK_TTL_MS};

@@ -19,6 +19,12 @@ use nokv_raft::txn_wire::{
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// First backoff before [`Client::transact`] runs a transaction again (doubling up to
+/// [`TXN_RETRY_BACKOFF_MAX`]): about one transaction's time, not a failover's.
+pub const TXN_RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(2);
+/// Longest backoff between two attempts of [`Client::transact`].
+pub const TXN_RETRY_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
 /// TTL of a transaction's locks (ms of physical time after its start_ts): readers roll
 /// back a transaction whose primary lock is older.
 pub const DEFAULT_LOCK_TTL_MS: u64 = 3000;
@@ -34,7 +40,58 @@ pub struct Transaction<'a> {
     began: Instant,
 }
 
+/// What [`Client::transact`] returns: the body's result, the commit timestamp, and how
+/// many attempts it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transacted<T> {
+    /// What the body of the attempt that committed returned.
+    pub value: T,
+    /// The commit timestamp (the start timestamp of a transaction that wrote nothing).
+    pub commit_ts: u64,
+    /// Attempts made, the committed one included (at least 1).
+    pub attempts: u32,
+}
+
 impl Client {
+    /// Runs `body` in a fresh transaction and commits it; while an attempt fails with a
+    /// retryable error ([`Error::is_txn_retryable`]: a write conflict, a lock held too
+    /// long, rolled back), runs it again from a new `begin`, after a jittered backoff
+    /// ([`TXN_RETRY_BACKOFF_INITIAL`] doubling up to [`TXN_RETRY_BACKOFF_MAX`]), at most
+    /// `max_attempts` times (at least 1). The last error when every attempt failed or an
+    /// error is not retryable. `body` may run several times: it must only read and write
+    /// through the transaction it is given.
+    pub fn transact<T>(
+        &self,
+        max_attempts: u32,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<Transacted<T>> {
+        let mut backoff = Backoff::new(TXN_RETRY_BACKOFF_INITIAL, TXN_RETRY_BACKOFF_MAX);
+        let mut attempts = 0;
+        // Bounded by max_attempts.
+        loop {
+            attempts += 1;
+            let run = self.begin().and_then(|mut txn| {
+                let value = body(&mut txn)?;
+                let commit_ts = txn.commit()?;
+                Ok((value, commit_ts))
+            });
+            match run {
+                Ok((value, commit_ts)) => {
+                    return Ok(Transacted {
+                        value,
+                        commit_ts,
+                        attempts,
+                    })
+                }
+                Err(e) if e.is_txn_retryable() && attempts < max_attempts.max(1) => {
+                    let deadline = Instant::now() + self.options().call_timeout;
+                    std::thread::sleep(backoff.next_delay(deadline));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Starts a transaction at a fresh TSO timestamp.
     pub fn begin(&self) -> Result<Transaction<'_>> {
         Ok(Transaction {
