@@ -101,7 +101,7 @@ pub struct Flags {
     /// A region written faster than this many bytes per second is split the same way, e.g. 30MiB; 0: no splits by write rate [default: 30MiB].
     #[arg(long, value_name = "BYTES")]
     pub split_load_bytes: Option<String>,
-    /// On a standalone store, two adjacent regions of one core whose data together is below this size (and below half --region-max-bytes) and that each served fewer than --merge-max-qps requests per second merge, at most one merge per core and --split-check-ms, while the core holds more than 4 regions; 0: no automatic merges [default: 20MiB].
+    /// Two adjacent regions led by one core (in a cluster: with their replicas on the same stores and cores) whose data together is below this size (and below half --region-max-bytes) and that each served fewer than --merge-max-qps requests per second merge, at most one merge per core and --split-check-ms, while the core leads more than 4 regions; 0: no automatic merges [default: 20MiB].
     #[arg(long, value_name = "BYTES")]
     pub merge_max_bytes: Option<String>,
     /// Request rate below which a region counts as cold for --merge-max-bytes [default: 100].
@@ -188,7 +188,7 @@ pub struct Settings {
     pub split_load_qps: u64,
     /// Split a region written more bytes per second than this (0: never by rate).
     pub split_load_bytes: u64,
-    /// Standalone: merge adjacent cold regions whose data together is below this (0: never).
+    /// Merge adjacent cold regions whose data together is below this (0: never).
     pub merge_max_bytes: u64,
     /// A region serving fewer requests per second than this is cold (merges).
     pub merge_max_qps: u64,

@@ -12,6 +12,8 @@ use super::*;
 
 /// Longest each step of a merge is waited for once proposed.
 const MERGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a merge step refused at its apply is answered (`NodeOutbox::merge_done`).
+pub(super) const REFUSED: &str = "ERR merge refused";
 /// Merges applied by this store's cores.
 const MERGES: &str = "nokv_region_merges_total";
 
@@ -28,11 +30,6 @@ pub(super) fn zero_metrics(core: usize) {
 /// Merges regions `a` and `b` of this core (adjacent, both led here); returns the id of
 /// the region that holds both ranges now; the reply to give otherwise.
 pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Result<u64, Reply> {
-    if core.node.cluster.is_some() {
-        return Err(Reply::error(
-            "ERR NOKV.REGION MERGE runs on standalone stores only (not yet in a cluster)",
-        ));
-    }
     if a == b {
         return Err(Reply::error("ERR a region cannot merge with itself"));
     }
@@ -51,27 +48,44 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
     };
     nokv_raft::merge::check_mergeable(&da, &db)
         .map_err(|e| Reply::error(format!("ERR merge refused: {e}")))?;
-    // The region further ahead survives (its log needs the least padding).
-    let (target, source) = {
+    if let Some(cluster) = &core.node.cluster {
+        check_same_cores(cluster, &da, &db)?;
+    }
+    // A merge of the two that an earlier call left prepared (its commit not applied in
+    // time) is finished; else the region further ahead survives (its log needs the least
+    // padding).
+    let resumed = {
         let raft = core.raft.borrow();
-        let applied = |r: u64| raft.applied(r).unwrap_or(0);
-        if applied(a) >= applied(b) {
-            (a, b)
-        } else {
-            (b, a)
+        [(a, b), (b, a)]
+            .into_iter()
+            .find(|&(s, t)| raft.merge_state(s).is_some_and(|m| m.target == t))
+    };
+    let (target, source) = match resumed {
+        Some((source, target)) => (target, source),
+        None => {
+            let raft = core.raft.borrow();
+            let applied = |r: u64| raft.applied(r).unwrap_or(0);
+            if applied(a) >= applied(b) {
+                (a, b)
+            } else {
+                (b, a)
+            }
         }
     };
-    let (tx, rx) = oneshot::channel();
-    let prepared = core
-        .raft
-        .borrow_mut()
-        .propose_prepare_merge(source, target, Waiter::Conf(tx));
-    if let Err((e, _)) = prepared {
-        return Err(Reply::error(format!("ERR merge refused: {e}")));
+    if resumed.is_none() {
+        let (tx, rx) = oneshot::channel();
+        let prepared =
+            core.raft
+                .borrow_mut()
+                .propose_prepare_merge(source, target, Waiter::Conf(tx));
+        if let Err((e, _)) = prepared {
+            return Err(Reply::error(format!("ERR merge refused: {e}")));
+        }
+        await_step(core, rx, source, "prepare").await?;
     }
-    await_step(core, rx, source, "prepare").await?;
-    // Standalone: the only replica applied the prepare with its round, so the commit is
-    // taken at once (a Paused answer means a round is still applying it).
+    // The commit is taken once every replica of the source holds the prepare in its log
+    // (standalone: at once; a Paused answer means a round is still applying it, or a
+    // follower still receiving it).
     let deadline = Instant::now() + MERGE_TIMEOUT;
     let rx = loop {
         let (tx, rx) = oneshot::channel();
@@ -84,6 +98,14 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
             Err((nokv_raft::Error::Paused { .. }, _)) if Instant::now() < deadline => {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
+            // The target is busy with an earlier step (a commit of this merge that an
+            // earlier call proposed may still apply): no rollback.
+            Err((e @ nokv_raft::Error::Paused { region }, _)) if region == target => {
+                return Err(Reply::error(format!(
+                    "ERR merge of region {source} into {target} not committed: {e}; run it again"
+                )));
+            }
+            // Nothing was proposed to the target: the source may take writes again.
             Err((e, _)) => {
                 rollback(core, source).await;
                 return Err(Reply::error(format!("ERR merge refused: {e}")));
@@ -92,13 +114,59 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
     };
     match await_step(core, rx, target, "commit").await {
         Ok(()) => Ok(target),
-        Err(reply) => {
+        // Refused at its apply (the target's epoch moved), the same on every replica: it
+        // can never apply, so the source takes writes again. A commit not applied in time
+        // or abandoned (a lost leadership) may still apply: a rollback then would leave
+        // the target's replicas waiting for a prepared source forever, so the source stays
+        // prepared until the merge is run again.
+        Err(Reply::Error(e)) if e.starts_with(REFUSED) => {
             if core.raft.borrow().region(source).is_some() {
                 rollback(core, source).await;
             }
-            Err(reply)
+            Err(Reply::Error(e))
+        }
+        Err(Reply::Error(e)) => Err(Reply::error(format!(
+            "{e} (region {source} takes no writes until NOKV.REGION MERGE {a} {b} is run again)"
+        ))),
+        Err(other) => Err(other),
+    }
+}
+
+/// In a cluster: refuses unless, on every other store, the replicas of `a` and `b` are on
+/// one core as the coordinator records them (a replica applies the commit only once its
+/// own source replica, on the target's core, applied the prepare; replicas of a cluster
+/// never change core, so the record cannot go stale).
+fn check_same_cores(
+    cluster: &ClusterNode,
+    a: &RegionDescriptor,
+    b: &RegionDescriptor,
+) -> std::result::Result<(), Reply> {
+    for pa in a.peers.iter().filter(|p| p.store_id != cluster.store_id) {
+        // check_mergeable found the same stores in both.
+        let Some(pb) = b.peers.iter().find(|p| p.store_id == pa.store_id) else {
+            continue;
+        };
+        let (ca, cb) = (
+            cluster.directory.peer_core(pa.peer_id),
+            cluster.directory.peer_core(pb.peer_id),
+        );
+        match (ca, cb) {
+            (Some(ca), Some(cb)) if ca == cb => {}
+            (Some(ca), Some(cb)) => {
+                return Err(Reply::error(format!(
+                    "ERR merge refused: on store {}, region {} is on core {ca} and region {} on core {cb}",
+                    pa.store_id, a.id, b.id
+                )))
+            }
+            _ => {
+                return Err(Reply::error(format!(
+                    "ERR merge refused: the coordinator has not recorded the cores of regions {} and {} on store {} yet; retry",
+                    a.id, b.id, pa.store_id
+                )))
+            }
         }
     }
+    Ok(())
 }
 
 /// Waits for a proposed merge step of `region` (bounded by [`MERGE_TIMEOUT`]).
@@ -176,7 +244,7 @@ pub(super) fn applied(core: &Rc<Core>, merges: Vec<(RegionDescriptor, u64)>) {
     report_leaders(core);
 }
 
-/// Standalone stores, at each split check: merges one pair of adjacent regions this core
+/// At each split check: merges one pair of adjacent regions this core
 /// leads whose data together is below `--merge-max-bytes` (and half `--region-max-bytes`)
 /// and that each served fewer than `--merge-max-qps` requests per second over the last
 /// interval, while the core holds more than its first `REGIONS_PER_CORE` regions (so the

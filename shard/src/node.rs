@@ -179,7 +179,7 @@ struct NodeShared {
     split_load_qps: u64,
     /// Split regions written more bytes per second than this (0: never by rate).
     split_load_bytes: u64,
-    /// Standalone: merge adjacent cold regions whose data together is below this (0: never).
+    /// Merge adjacent cold regions whose data together is below this (0: never).
     merge_max_bytes: u64,
     /// Regions serving fewer requests per second than this are cold (merges).
     merge_max_qps: u64,
@@ -987,7 +987,7 @@ impl Outbox<Waiter> for NodeOutbox {
         match (token, result) {
             (Waiter::Conf(tx), Ok(desc)) => tx.send(Ok(desc)),
             (t, Ok(_)) => t.answer(Reply::ok()),
-            (t, Err(e)) => t.answer(Reply::error(format!("ERR merge refused: {e}"))),
+            (t, Err(e)) => t.answer(Reply::error(format!("{}: {e}", merge::REFUSED))),
         }
     }
 

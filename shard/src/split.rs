@@ -252,7 +252,7 @@ pub(super) async fn checks(core: Rc<Core>) {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }
     let balance = node.balance_cores && node.cluster.is_none() && node.cores > 1;
-    let merges = node.merge_max_bytes > 0 && node.cluster.is_none();
+    let merges = node.merge_max_bytes > 0;
     // A cluster's coordinator balances data size: leaders report their regions' sizes.
     let measure_sizes = node.region_max_bytes > 0 || node.cluster.is_some();
     if !measure_sizes

@@ -12,6 +12,8 @@ mod support;
 use nokv_coordinator::proto::{Route, ScanRegionsRequest};
 use nokv_coordinator::Coordinator;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::*;
 use support::{Client, R};
@@ -60,35 +62,44 @@ fn tiles(regions: &[(u64, u32, u32, u64)]) -> bool {
     next == 16384
 }
 
-/// Sends `NOKV.REGION SPLIT <region> [slot]` to each store until its leader answers
-/// (followers answer -MOVED; no leader yet: retried), bounded.
-fn split(specs: &[StoreSpec], region: u64, slot: Option<u32>) -> (u64, u32) {
+/// Sends `cmd` to each store until its region's leader answers (followers answer -MOVED;
+/// no leader yet, or a step to retry: tried again), bounded; the answering store's index
+/// and its reply.
+fn on_leader(specs: &[StoreSpec], cmd: &str) -> (usize, R) {
     let deadline = Instant::now() + OP_BOUND;
-    let cmd = match slot {
-        Some(s) => format!("NOKV.REGION SPLIT {region} {s}"),
-        None => format!("NOKV.REGION SPLIT {region}"),
-    };
+    let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
     loop {
-        for s in specs {
+        for (i, s) in specs.iter().enumerate() {
             let Some(mut c) = Client::try_connect(&s.redis, IO_TIMEOUT) else {
                 continue;
             };
-            let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
             match c.try_cmd(&words) {
-                Some(R::Array(v)) => match v.as_slice() {
-                    [R::Int(child), R::Int(slot)] => return (*child as u64, *slot as u32),
-                    other => panic!("SPLIT reply {other:?}"),
-                },
                 Some(R::Error(e))
                     if e.starts_with("MOVED")
                         || e.starts_with("TRYAGAIN")
-                        || e.contains("not on this store") => {}
-                Some(other) => panic!("{cmd} on {}: {other:?}", s.redis),
+                        || e.contains("not on this store")
+                        || e.ends_with("retry") => {}
+                Some(reply) => return (i, reply),
                 None => {}
             }
         }
         assert!(Instant::now() < deadline, "{cmd}: no leader answered");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `NOKV.REGION SPLIT <region> [slot]` on the region's leader: the child and the slot.
+fn split(specs: &[StoreSpec], region: u64, slot: Option<u32>) -> (u64, u32) {
+    let cmd = match slot {
+        Some(s) => format!("NOKV.REGION SPLIT {region} {s}"),
+        None => format!("NOKV.REGION SPLIT {region}"),
+    };
+    match on_leader(specs, &cmd) {
+        (_, R::Array(v)) => match v.as_slice() {
+            [R::Int(child), R::Int(slot)] => (*child as u64, *slot as u32),
+            other => panic!("SPLIT reply {other:?}"),
+        },
+        (i, other) => panic!("{cmd} on {}: {other:?}", specs[i].redis),
     }
 }
 
@@ -257,4 +268,162 @@ fn a_store_without_a_replica_routes_a_new_region_from_the_coordinator() {
             );
         }
     }
+}
+
+/// Moves the leadership of `region` to `store` (its id), bounded.
+fn lead_on(specs: &[StoreSpec], region: u64, store: u64) {
+    let cmd = format!("NOKV.REGION TRANSFERLEADER {region} {store}");
+    match on_leader(specs, &cmd) {
+        (_, R::Simple(ok)) if ok == "OK" => {}
+        (i, other) => panic!("{cmd} on {}: {other:?}", specs[i].redis),
+    }
+}
+
+/// Waits until no store lists `region` (bounded).
+fn wait_gone(specs: &[StoreSpec], region: u64) {
+    let gone = format!("region={region} ");
+    let deadline = Instant::now() + OP_BOUND;
+    for s in specs {
+        loop {
+            let mut c = Client::connect(&s.redis);
+            if let R::Array(lines) = c.cmd("NOKV.REGION LIST") {
+                let listed = lines.iter().any(
+                    |l| matches!(l, R::Bulk(b) if String::from_utf8_lossy(b).starts_with(&gone)),
+                );
+                if !listed {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store {} still lists region {region}",
+                s.redis
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let mut stores = start_stores(&specs, &coord_addr);
+    let mut client = ClusterClient::new(&specs);
+    let mut acked = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("before:{i}"), format!("b-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    let (parent, start, end, _) = coord_regions(&coord)[0];
+    let (child, slot) = split(&specs, parent, None);
+    wait_everywhere(&specs, child, (slot, end));
+    wait_everywhere(&specs, parent, (start, slot));
+    // Both leaderships on the first store: a merge runs where both regions are led.
+    let first = id_at(&coord, &specs[0].redis);
+    lead_on(&specs, parent, first);
+    lead_on(&specs, child, first);
+    // Clients write through every store while the regions merge.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (specs, stop) = (specs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut client = ClusterClient::new(&specs);
+            let mut acked = BTreeMap::new();
+            for i in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (k, v) = (format!("during:{i}"), format!("d-{i}"));
+                if client.set(i % 3, &k, &v, OP_BOUND) {
+                    acked.insert(k, v);
+                }
+            }
+            acked
+        })
+    };
+    // The coordinator's record of the child's cores reaches the stores within a refresh:
+    // until then the merge answers "retry".
+    let cmd = format!("NOKV.REGION MERGE {parent} {child}");
+    let deadline = Instant::now() + OP_BOUND;
+    let survivor = loop {
+        let mut c = Client::connect(&specs[0].redis);
+        match c.cmd(&cmd) {
+            R::Int(id) => break id as u64,
+            R::Error(e) if e.ends_with("retry") || e.starts_with("TRYAGAIN") => {}
+            R::Error(e) if e.starts_with("MOVED") => {
+                // An election moved a leadership away: back to the first store.
+                lead_on(&specs, parent, first);
+                lead_on(&specs, child, first);
+            }
+            other => panic!("{cmd}: {other:?}\n{}", log_tails(&specs)),
+        }
+        assert!(Instant::now() < deadline, "{cmd}: not done in time");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        survivor == parent || survivor == child,
+        "survivor {survivor}"
+    );
+    let merged = if survivor == parent { child } else { parent };
+    // A follower's store is killed as the merge is acknowledged (it may not have applied
+    // the commit yet): restarted, it finishes the merge from its log.
+    if let Some(server) = stores[2].take() {
+        server.kill();
+    }
+    stores[2] = Some(start_store(&specs[2], &coord_addr));
+    wait_everywhere(&specs, survivor, (start, end));
+    wait_gone(&specs, merged);
+    // The leader reported the merge: the coordinator's routes tile the space without the
+    // merged region.
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let now = coord_regions(&coord);
+        let has = now
+            .iter()
+            .any(|r| r.0 == survivor && r.1 == start && r.2 == end);
+        if tiles(&now) && has && now.iter().all(|r| r.0 != merged) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "coordinator routes {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().expect("writer");
+    assert!(!during.is_empty(), "no write acknowledged during the merge");
+    eprintln!(
+        "merged {merged} into {survivor}; {} writes acknowledged while merging",
+        during.len()
+    );
+    acked.extend(during);
+    for i in 0..100 {
+        let (k, v) = (format!("after:{i}"), format!("a-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    // Every store restarts (SIGKILL): the merged region stays merged, nothing is lost.
+    for s in stores.iter_mut() {
+        if let Some(server) = s.take() {
+            server.kill();
+        }
+    }
+    let _stores = start_stores(&specs, &coord_addr);
+    wait_everywhere(&specs, survivor, (start, end));
+    wait_gone(&specs, merged);
+    let mut client = ClusterClient::new(&specs);
+    for i in 0..50 {
+        let (k, v) = (format!("restarted:{i}"), format!("r-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    let now = coord_regions(&coord);
+    assert!(tiles(&now), "{now:?}");
 }

@@ -142,10 +142,11 @@ enum RegionCmd {
     /// (--addr, or the region's leader found through --coordinator), follows one -MOVED
     /// redirect, and prints `region R split at slot S: new region N`.
     Split(SplitArgs),
-    /// Merges two adjacent regions of one core of a standalone store: sends `NOKV.REGION
-    /// MERGE <A> <B>` to its Redis port (--addr) and prints which region holds both now
-    /// (the one whose raft log is further ahead). Refused when they are not adjacent or
-    /// on two cores (move one first: `NOKV.REGION MOVE`), and on stores of a cluster.
+    /// Merges two adjacent regions led by one core of a store: sends `NOKV.REGION MERGE <A>
+    /// <B>` to its Redis port (--addr; in a cluster, the store leading both) and prints
+    /// which region holds both now (the one whose raft log is further ahead). Refused when
+    /// they are not adjacent, on two cores (move one first: `NOKV.REGION MOVE`), led by two
+    /// stores, or with replicas on different cores of another store.
     Merge(MergeArgs),
 }
 

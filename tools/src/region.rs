@@ -292,7 +292,7 @@ impl MergeDone {
     }
 }
 
-/// Sends `NOKV.REGION MERGE <a> <b>` to the (standalone) store at `addr`, within `timeout`.
+/// Sends `NOKV.REGION MERGE <a> <b>` to the store at `addr`, within `timeout`.
 pub fn merge(
     addr: &str,
     a: u64,
