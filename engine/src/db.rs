@@ -510,6 +510,14 @@ impl Db {
             .copied()
     }
 
+    /// The oldest WAL segment still live: what replays at the next open when the opaque
+    /// floor is set to it. Older segment files may still exist, kept for reuse: a floor
+    /// below this one would make their names part of the log again (and a reused one a
+    /// gap in it).
+    pub fn oldest_live_wal_segment(&self) -> u64 {
+        self.inner().write.lock().wal.oldest_live()
+    }
+
     /// Allows WAL segments older than `segment` to be reused once their batches are flushed.
     /// `None` means the owner needs no opaque records.
     pub fn set_opaque_floor(&self, segment: Option<u64>) -> Result<()> {

@@ -183,6 +183,11 @@ impl Wal {
         self.trim_recycle()
     }
 
+    /// The oldest live segment (the active one when no older one is needed).
+    pub fn oldest_live(&self) -> u64 {
+        self.live.front().copied().unwrap_or(self.gen)
+    }
+
     /// Number of live segments (active included).
     pub fn live_segments(&self) -> usize {
         self.live.len()

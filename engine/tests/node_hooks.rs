@@ -162,3 +162,63 @@ fn namespaces_and_column_families_are_separate_key_spaces() {
     );
     assert_eq!(db.get(b"k").expect("get"), Some(b"kv".to_vec()));
 }
+
+/// Opens `/db`, sets the opaque floor as the raft side does at its start (`to_zero`: at
+/// segment 0, as it did before; else at the oldest live segment), crashes, and reopens.
+fn restart_setting_the_floor(fs: &FaultFs, seen: &Seen, to_zero: bool) -> nokv::Result<Db> {
+    let db = Db::open("/db", replaying(fs, seen)).expect("reopen");
+    let floor = if to_zero {
+        0
+    } else {
+        db.oldest_live_wal_segment()
+    };
+    db.set_opaque_floor(Some(floor)).expect("floor");
+    crash(fs, db, None);
+    Db::open("/db", replaying(fs, seen))
+}
+
+/// Released segments, their files kept for reuse, then two restarts in a row before the
+/// owner moves its floor: each open reuses one of those files as its new segment.
+fn twice_restarted(to_zero: bool) -> nokv::Result<Db> {
+    let fs = FaultFs::new();
+    fs.create_dir_all(Path::new("/db")).expect("mkdir");
+    let seen: Seen = Arc::default();
+    let db = Db::open("/db", replaying(&fs, &seen)).expect("open");
+    let first = db
+        .append_opaque(&[(1, b"entry-1")], &WriteOptions::default())
+        .expect("append");
+    db.set_opaque_floor(Some(first.segment)).expect("retain");
+    for k in 0..600 {
+        db.put(&key(k), &value_for(k, 1, 300)).expect("put");
+    }
+    let later = db
+        .append_opaque(&[(1, b"entry-2")], &WriteOptions::default())
+        .expect("append");
+    assert!(
+        later.segment > first.segment + 2,
+        "the WAL rotated a few times"
+    );
+    db.set_opaque_floor(Some(later.segment)).expect("release");
+    db.flush().expect("flush");
+    crash(&fs, db, None);
+    let db = restart_setting_the_floor(&fs, &seen, to_zero)?;
+    crash(&fs, db, None);
+    let db = restart_setting_the_floor(&fs, &seen, to_zero)?;
+    for k in (0..600).step_by(37) {
+        assert_eq!(db.get(&key(k)).expect("get"), Some(value_for(k, 1, 300)));
+    }
+    Ok(db)
+}
+
+#[test]
+fn a_floor_at_the_oldest_live_segment_survives_restarts_in_a_row() {
+    twice_restarted(false).expect("restarted");
+}
+
+#[test]
+fn negative_control_a_floor_at_segment_zero_makes_a_reused_segment_a_gap() {
+    match twice_restarted(true) {
+        Err(e) => assert!(e.to_string().contains("WAL segment is missing"), "{e}"),
+        Ok(_) => panic!("the checker missed the gap a floor of 0 makes"),
+    }
+}

@@ -433,9 +433,12 @@ impl Recovered {
         regions: Vec<RegionDescriptor>,
         replayed: BTreeMap<u64, ReplayedRegion>,
     ) -> Result<Recovered> {
-        // Keep every WAL segment that still exists until the first checkpoint moves
-        // the floor to where the logs really start.
-        db.set_opaque_floor(Some(0))
+        // Keep every live WAL segment until the first checkpoint moves the floor to where
+        // the logs really start. Not below the oldest live one: segment files older than
+        // that are kept only for reuse, and a restart before that checkpoint would find
+        // them part of the log again, with a gap where one was reused (seen in a test
+        // that killed a store twice in a few seconds: "WAL segment is missing").
+        db.set_opaque_floor(Some(db.oldest_live_wal_segment()))
             .map_err(|e| Error::engine("retain the raft log", e))?;
         let applied = regions
             .iter()
