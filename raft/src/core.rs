@@ -42,7 +42,7 @@ use nokv::{Db, Durability, WriteBatch, WriteOptions};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message,
+    Message, MessageType,
 };
 use raft::{RawNode, StateRole};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1489,9 +1489,24 @@ impl<T> RaftCore<T> {
         quiet.then(|| Some((p.applied, p.node.store().term_of(p.applied)?)))?
     }
 
+    /// The raft term and vote of this core's peer of `region` (a move to another core
+    /// carries them: a peer that forgot its vote could vote twice in one term).
+    pub fn term_and_vote(&self, region: u64) -> Option<(u64, u64)> {
+        let raft = &self.peers.get(&region)?.node.raft;
+        Some((raft.term, raft.vote))
+    }
+
     /// Starts the peer of a region whose data, descriptor and log floor (`index`, `term`)
-    /// the caller made durable (a move from another core): its log starts there. No IO.
-    pub fn adopt_region(&mut self, desc: RegionDescriptor, index: u64, term: u64) -> Result<()> {
+    /// the caller made durable (a move from another core): its log starts there, its hard
+    /// state at `term_vote` (the moved peer's term and vote; made durable by the caller
+    /// too) when given. No IO.
+    pub fn adopt_region(
+        &mut self,
+        desc: RegionDescriptor,
+        index: u64,
+        term: u64,
+        term_vote: Option<(u64, u64)>,
+    ) -> Result<()> {
         if self.peers.contains_key(&desc.id) {
             return Err(Error::InvalidProposal {
                 region: desc.id,
@@ -1501,7 +1516,34 @@ impl<T> RaftCore<T> {
         let cs = conf_state(&desc);
         let mut storage = PeerStorage::new(cs.clone());
         storage.apply_snapshot(index, term, cs);
+        if let Some((current, vote)) = term_vote {
+            let mut hs = storage.hard_state().clone();
+            if current >= hs.term {
+                hs.term = current;
+                hs.vote = vote;
+            }
+            storage.set_hard_state(hs);
+        }
         self.add_peer(desc, storage, index)
+    }
+
+    /// Makes this core's peer of `region` campaign at once, as the target of a leadership
+    /// transfer does (without pre-vote, past the other replicas' leader lease): for a
+    /// replica that led the region on another core of this store and moved here with
+    /// every entry of its log committed, so no other replica's log is ahead.
+    pub fn campaign_as_transferee(&mut self, region: u64) -> Result<()> {
+        self.wake(region);
+        let Some(peer) = self.peers.get_mut(&region) else {
+            return Err(Error::RegionNotFound(region));
+        };
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgTimeoutNow);
+        msg.to = peer.node.raft.id;
+        msg.from = peer.node.raft.id;
+        // Term 0: a local message, stepped whatever the peer's term.
+        peer.node
+            .step(msg)
+            .map_err(|source| Error::Raft { region, source })
     }
 
     /// Test only: forgets that `region`'s leader has a split on its way (as a new leader

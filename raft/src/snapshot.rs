@@ -276,11 +276,21 @@ pub(crate) fn put_log_floor(batch: &mut WriteBatch, region: u64, index: u64, ter
 /// Appends (synced) a checkpoint record that starts `region`'s raft log after (`index`,
 /// `term`) in the WAL, so that a replay drops whatever older entries of the region the WAL
 /// still holds (it was on this core before) instead of finding a gap. For a region whose
-/// data arrived at that index from elsewhere (a move between cores), before its peer starts.
-pub fn write_log_start(db: &Db, region: u64, index: u64, term: u64) -> Result<()> {
+/// data arrived at that index from elsewhere (a move between cores), before its peer starts;
+/// `term_vote`: the moved peer's raft term and vote, kept over a restart (else the term of
+/// the entry at `index` and no vote).
+pub fn write_log_start(
+    db: &Db,
+    region: u64,
+    index: u64,
+    term: u64,
+    term_vote: Option<(u64, u64)>,
+) -> Result<()> {
+    let (current, vote) = term_vote.filter(|(t, _)| *t >= term).unwrap_or((term, 0));
     let c = crate::codec::Checkpoint {
         hard_state: raft::prelude::HardState {
-            term,
+            term: current,
+            vote,
             commit: index,
             ..Default::default()
         },

@@ -246,7 +246,7 @@ pub(super) async fn execute_region(core: &Rc<Core>, region: u64, args: Vec<Vec<u
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCAL") {
         return list_local(core);
     }
-    if args.len() == 7 && args[1].eq_ignore_ascii_case(b"MOVEIN") {
+    if matches!(args.len(), 7 | 9) && args[1].eq_ignore_ascii_case(b"MOVEIN") {
         return super::moves::move_in(core, &args).await;
     }
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"LOCALHOT") {
@@ -720,7 +720,7 @@ async fn create(
 /// Tells the coordinator which core holds the replica `peer` of `region` created here
 /// (a restart places it where the coordinator says), through the heartbeat thread with
 /// the coordinator's own descriptor; repeated until the routes show it (bounded).
-async fn report_core(core: Rc<Core>, region: u64, peer: u64) {
+pub(super) async fn report_core(core: Rc<Core>, region: u64, peer: u64) {
     let Some(cluster) = &core.node.cluster else {
         return;
     };

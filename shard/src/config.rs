@@ -110,7 +110,7 @@ pub struct Flags {
     /// Most bytes per second this store sends in region snapshots to other stores (one limit shared by its cores: disk reads and network), e.g. 100MiB; 0: no limit [default: 100MiB].
     #[arg(long, value_name = "BYTES")]
     pub snapshot_max_bytes_per_sec: Option<String>,
-    /// On a standalone store, move a region from a core serving more than 1.25x the cores' mean request rate to the least busy core, at most one move per --split-check-ms: "on" or "off" [default: on].
+    /// Move regions (in a cluster: the replicas this store leads) from a core serving more than 1.25x the cores' mean request rate to the least busy core, at most one move per --split-check-ms: "on" or "off" [default: on].
     #[arg(long, value_name = "on|off")]
     pub balance_cores: Option<String>,
     /// Internal RPC address for raft messages between stores, e.g. 127.0.0.1:7380 [default: off: a single store, no store-to-store port]. Every core listens on it (SO_REUSEPORT); port 0 picks a free port.
@@ -194,7 +194,7 @@ pub struct Settings {
     pub merge_max_qps: u64,
     /// Most snapshot bytes sent per second (0: no limit).
     pub snapshot_max_bytes_per_sec: u64,
-    /// Standalone: move regions from busy cores to idle ones.
+    /// Move regions from busy cores to idle ones.
     pub balance_cores: bool,
     /// Nice value of the engines' background threads (`nokv::Options::background_nice`).
     pub background_nice: i32,

@@ -1,5 +1,5 @@
-//! Moving a region between the cores of a standalone store (docs/regions.md, "Moving a
-//! region to another core"): `NOKV.REGION MOVE <region> <core>`.
+//! Moving a region between the cores of a store (docs/regions.md, "Moving a region to
+//! another core"): `NOKV.REGION MOVE <region> <core>`.
 //!
 //! The source core fences the region (new writes get `-TRYAGAIN`, nothing written), waits
 //! until everything in its log is applied, exports its data at that index `I` (SST files,
@@ -9,6 +9,13 @@
 //! peer with its log at `I`. Then the routes send the region's slots to the target and the
 //! source forgets the region and deletes its copy. Reads go on throughout (the source
 //! serves them until the routes switch).
+//!
+//! In a cluster the region's replica on this store moves the same way, led here: its
+//! peer stops on the source core as soon as it is quiet (one peer id never runs on two
+//! cores), the target starts it with the raft term and vote it had and campaigns at once,
+//! as the target of a leadership transfer does (its log holds every committed entry), and
+//! the coordinator learns its new core. Raft messages other stores still send to the old
+//! core are handed on over the mesh.
 //!
 //! A crash between the target's durable copy and the source's deletion leaves the region
 //! on both cores: [`resolve_duplicates`] keeps the copy with the newest log floor at the
@@ -48,11 +55,6 @@ pub(super) async fn move_region(
     region: u64,
     to: usize,
 ) -> std::result::Result<(), Reply> {
-    if core.node.cluster.is_some() {
-        return Err(Reply::error(
-            "ERR NOKV.REGION MOVE moves regions of a standalone store (between the cores of a store in a cluster is not built yet)",
-        ));
-    }
     if to >= core.node.cores || to == core.id {
         return Err(Reply::error(format!(
             "ERR core {to} is not another core of this store (cores 0..{}, the region is on {})",
@@ -60,6 +62,12 @@ pub(super) async fn move_region(
         )));
     }
     let desc = admin::led_region(core, region)?;
+    if core.raft.borrow().merge_state(region).is_some() {
+        return Err(Reply::error(format!(
+            "ERR region {region} is merging: it moves once the merge is done"
+        )));
+    }
+    let clustered = core.node.cluster.is_some();
     core.raft.borrow_mut().fence(region, true);
     let _ = core.notify.try_send(());
     let unfence = |why: String| {
@@ -77,6 +85,26 @@ pub(super) async fn move_region(
             )));
         }
     };
+    // A replica of a cluster stops here, in the same step as its quiet state was seen, so
+    // that its log cannot change before the export (it would step other replicas'
+    // messages): one peer id must never run on two cores. Its data and log stay on this
+    // core's disk until the target holds the region durably, and no replica is created
+    // here for the messages that still arrive meanwhile.
+    let term_vote = if clustered {
+        let tv = core.raft.borrow().term_and_vote(region);
+        stop_peer(core, region, to);
+        core.creating.borrow_mut().insert(region);
+        tv
+    } else {
+        None
+    };
+    let back = Back {
+        desc: &desc,
+        index,
+        term,
+        term_vote,
+        clustered,
+    };
     // Pinned here, on the core's thread, where it matches the applied index.
     let engine = core.db.snapshot();
     let dir = core
@@ -90,9 +118,9 @@ pub(super) async fn move_region(
     })
     .await;
     if let Err(e) = exported {
-        return Err(unfence(format!("ERR region {region}: export: {e}")));
+        return Err(give_back(core, &back, format!("ERR region {region}: export: {e}")).await);
     }
-    let args = vec![
+    let mut args = vec![
         b"NOKV.REGION".to_vec(),
         b"MOVEIN".to_vec(),
         region.to_string().into_bytes(),
@@ -101,6 +129,10 @@ pub(super) async fn move_region(
         dir.to_string_lossy().into_owned().into_bytes(),
         desc.encode(),
     ];
+    if let Some((current, vote)) = term_vote {
+        args.push(current.to_string().into_bytes());
+        args.push(vote.to_string().into_bytes());
+    }
     // Boxed: the target's MOVEIN runs through the same admin path (a recursive future).
     let on_target: Pin<Box<dyn Future<Output = Answer> + '_>> =
         Box::pin(super::execute(core, to, Work::Admin { region, args }));
@@ -112,14 +144,20 @@ pub(super) async fn move_region(
                 Reply::Error(e) => e,
                 other => format!("{other:?}"),
             };
-            return Err(unfence(format!(
-                "ERR region {region}: core {to} did not take it: {why}"
-            )));
+            return Err(give_back(
+                core,
+                &back,
+                format!("ERR region {region}: core {to} did not take it: {why}"),
+            )
+            .await);
         }
         _ => {
-            return Err(unfence(format!(
-                "ERR region {region}: core {to} did not answer"
-            )))
+            return Err(give_back(
+                core,
+                &back,
+                format!("ERR region {region}: core {to} did not answer"),
+            )
+            .await)
         }
     }
     if core.node.knobs.abort_after_move_in {
@@ -130,27 +168,25 @@ pub(super) async fn move_region(
         std::process::abort();
     }
     // The target holds it durably and serves it: the source lets go.
-    let removed = core.raft.borrow_mut().remove_region(region, |t| {
-        t.answer(Reply::error(format!(
-            "TRYAGAIN region {region} moved to core {to}; nothing was written, retry"
-        )))
-    });
-    if let Some(desc) = removed {
-        let db = core.db.clone();
-        // Descriptors this core's earlier applies wrote unlogged (the child of a split of
-        // this very region, not flushed yet) become durable before the region's own
-        // descriptor is deleted (synced): a crash would otherwise lose the child with the
-        // memtable while the parent, whose log re-applies the split, is gone — a gap in
-        // the slots (seen in CI: a SIGKILL while size splits and balancing moves ran).
-        let deleted = blocking(move || {
-            db.flush().map_err(|e| e.to_string())?;
-            admin::delete_region_data(&db, &desc).map_err(|e| e.to_string())
-        })
-        .await;
-        if let Err(e) = deleted {
-            tracing::error!(region, error = %e, "deleting a moved region's old copy failed");
-        }
+    if !clustered {
+        stop_peer(core, region, to);
     }
+    let db = core.db.clone();
+    // Descriptors this core's earlier applies wrote unlogged (the child of a split of
+    // this very region, not flushed yet) become durable before the region's own
+    // descriptor is deleted (synced): a crash would otherwise lose the child with the
+    // memtable while the parent, whose log re-applies the split, is gone — a gap in the
+    // slots (seen in CI: a SIGKILL while size splits and balancing moves ran).
+    let old = desc.clone();
+    let deleted = blocking(move || {
+        db.flush().map_err(|e| e.to_string())?;
+        admin::delete_region_data(&db, &old).map_err(|e| e.to_string())
+    })
+    .await;
+    if let Err(e) = deleted {
+        tracing::error!(region, error = %e, "deleting a moved region's old copy failed");
+    }
+    core.creating.borrow_mut().remove(&region);
     metrics::counter!(MOVES, "core" => core.id.to_string()).increment(1);
     tracing::info!(
         region,
@@ -162,8 +198,59 @@ pub(super) async fn move_region(
     Ok(())
 }
 
+/// What undoing a move needs.
+struct Back<'a> {
+    desc: &'a RegionDescriptor,
+    index: u64,
+    term: u64,
+    term_vote: Option<(u64, u64)>,
+    clustered: bool,
+}
+
+/// Undoes a move before the target took the region, answering `why`: a standalone region
+/// is unfenced; a cluster's replica starts again on this core (its engine data flushed
+/// first, as its log then starts at the export's index).
+async fn give_back(core: &Rc<Core>, back: &Back<'_>, why: String) -> Reply {
+    let region = back.desc.id;
+    if !back.clustered {
+        core.raft.borrow_mut().fence(region, false);
+        return Reply::error(why);
+    }
+    let db = core.db.clone();
+    let restarted = blocking(move || db.flush().map_err(|e| e.to_string()))
+        .await
+        .and_then(|()| {
+            core.raft
+                .borrow_mut()
+                .adopt_region(back.desc.clone(), back.index, back.term, back.term_vote)
+                .map_err(|e| e.to_string())
+        });
+    core.creating.borrow_mut().remove(&region);
+    match restarted {
+        Ok(()) => {
+            let _ = core.notify.try_send(());
+        }
+        Err(e) => {
+            tracing::error!(region, error = %e, "a replica whose move failed did not start again here: restart the store")
+        }
+    }
+    Reply::error(why)
+}
+
+/// Stops this core's peer of `region` (moving to core `to`): what waits on it gets
+/// `-TRYAGAIN`, nothing of it was written.
+fn stop_peer(core: &Rc<Core>, region: u64, to: usize) {
+    core.raft.borrow_mut().remove_region(region, |t| {
+        t.answer(Reply::error(format!(
+            "TRYAGAIN region {region} moved to core {to}; nothing was written, retry"
+        )))
+    });
+}
+
 /// The target's side (`MOVEIN`, from the source core over the mesh): applies the export
-/// durably, starts the region's peer at the export's index, routes its slots here.
+/// durably, starts the region's peer at the export's index, routes its slots here. A
+/// replica of a cluster keeps the raft term and vote it had and campaigns at once (it led
+/// the region with its whole log committed).
 pub(super) async fn move_in(core: &Rc<Core>, args: &[Vec<u8>]) -> Reply {
     let text = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
     let num = |i: usize| text(i).and_then(|t| t.parse::<u64>().ok());
@@ -172,6 +259,7 @@ pub(super) async fn move_in(core: &Rc<Core>, args: &[Vec<u8>]) -> Reply {
     else {
         return Reply::error("ERR internal: a malformed MOVEIN");
     };
+    let term_vote = num(7).zip(num(8));
     let desc = match RegionDescriptor::decode(desc) {
         Ok(d) if d.id == region => d,
         Ok(_) => return Reply::error("ERR internal: MOVEIN names another region"),
@@ -196,7 +284,7 @@ pub(super) async fn move_in(core: &Rc<Core>, args: &[Vec<u8>]) -> Reply {
     let db = core.db.clone();
     let applied = blocking(move || {
         apply.run(&db)?;
-        nokv_raft::snapshot::write_log_start(&db, region, index, term)
+        nokv_raft::snapshot::write_log_start(&db, region, index, term, term_vote)
     })
     .await;
     if let Err(e) = applied {
@@ -205,15 +293,35 @@ pub(super) async fn move_in(core: &Rc<Core>, args: &[Vec<u8>]) -> Reply {
             core.id
         ));
     }
-    if let Err(e) = core.raft.borrow_mut().adopt_region(desc, index, term) {
+    let peer = core
+        .node
+        .cluster
+        .as_ref()
+        .and_then(|c| desc.peer_on_store(c.store_id))
+        .map(|p| p.peer_id);
+    if let Err(e) = core
+        .raft
+        .borrow_mut()
+        .adopt_region(desc, index, term, term_vote)
+    {
         return Reply::error(format!(
             "ERR region {region}: start on core {}: {e}",
             core.id
         ));
     }
     let to = core.id;
-    if let Err(e) = core.node.routes.update(|t| t.with_core(region, to)) {
+    // A replica created here while running is found through the hosted map, the others
+    // through the routes.
+    if core.node.hosted_core(region).is_some() {
+        core.node.set_hosted(region, Some(to));
+    } else if let Err(e) = core.node.routes.update(|t| t.with_core(region, to)) {
         tracing::error!(region, error = %e, "routes not updated after a move");
+    }
+    if let Some(peer) = peer {
+        if let Err(e) = core.raft.borrow_mut().campaign_as_transferee(region) {
+            tracing::warn!(region, error = %e, "a moved replica did not campaign: an election will elect a leader");
+        }
+        glommio::spawn_local(admin::report_core(core.clone(), region, peer)).detach();
     }
     let _ = core.notify.try_send(());
     Reply::ok()

@@ -183,7 +183,7 @@ struct NodeShared {
     merge_max_bytes: u64,
     /// Regions serving fewer requests per second than this are cold (merges).
     merge_max_qps: u64,
-    /// Standalone: move regions from busy cores to idle ones (`--balance-cores`).
+    /// Move regions from busy cores to idle ones (`--balance-cores`).
     balance_cores: bool,
     /// Each core's request rate over its last check interval (requests per second).
     core_ops: Vec<AtomicU64>,
@@ -449,9 +449,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             seed,
         )?);
     }
-    if joined.is_none() {
-        moves::resolve_duplicates(&mut opened)?;
-    }
+    moves::resolve_duplicates(&mut opened)?;
     let per_core: Vec<Vec<RegionDescriptor>> = opened.iter().map(|o| o.regions.clone()).collect();
     let routes = match &joined {
         None => RouteTable::build(&per_core)?,
@@ -1047,8 +1045,10 @@ fn send_messages(core: &Rc<Core>, out: NodeOutbox) {
                     .node
                     .knobs
                     .raft_to_core
-                    .or_else(|| cluster.peer_cores.get(&msg.to).copied())
+                    // The coordinator's current record first: a replica moved between
+                    // the cores of its store since this one started.
                     .or_else(|| cluster.directory.peer_core(msg.to))
+                    .or_else(|| cluster.peer_cores.get(&msg.to).copied())
                     .unwrap_or(0),
             };
             let env = match RaftEnvelope::new(route, &msg) {

@@ -251,7 +251,7 @@ pub(super) async fn checks(core: Rc<Core>) {
     for reason in ["size", "load"] {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }
-    let balance = node.balance_cores && node.cluster.is_none() && node.cores > 1;
+    let balance = node.balance_cores && node.cores > 1;
     let merges = node.merge_max_bytes > 0;
     // A cluster's coordinator balances data size: leaders report their regions' sizes.
     let measure_sizes = node.region_max_bytes > 0 || node.cluster.is_some();
@@ -350,8 +350,9 @@ pub(super) async fn checks(core: Rc<Core>) {
     }
 }
 
-/// Standalone stores: when this core served more than 1.25x the cores' mean request rate
-/// over the last interval, moves its busiest regions to the least busy core, as long as
+/// When this core served more than 1.25x the cores' mean request rate over the last
+/// interval (in a cluster: the requests of the regions each core leads), moves its
+/// busiest regions to the least busy core, as long as
 /// their rates add up to at most half the gap between the two (so the moves cannot
 /// overshoot), at most [`MAX_BALANCE_MOVES`] per call.
 async fn balance_cores(

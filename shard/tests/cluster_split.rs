@@ -3,7 +3,9 @@
 //! write through every store: every replica applies the split at the same index, the new
 //! region elects a leader and takes writes, the coordinator's routes show both regions
 //! tiling the slot space once, and every acknowledged write reads back through every
-//! store, also after the new region's leader is killed and restarted.
+//! store, also after the new region's leader is killed and restarted. Also in a cluster:
+//! a merge of two regions, a replica moved between the cores of its store (on request and
+//! by the cores' load balance), each under writes and SIGKILLs.
 //!
 //! Every wait is bounded; nothing asserts a time.
 
@@ -270,6 +272,33 @@ fn a_store_without_a_replica_routes_a_new_region_from_the_coordinator() {
     }
 }
 
+/// A client writing `during:<i>` keys through every store until `stop` is set (at most
+/// 20 000); joined, the writes it got acknowledged.
+fn spawn_writer(
+    specs: &[StoreSpec],
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<BTreeMap<String, String>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (specs, flag) = (specs.to_vec(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        let mut client = ClusterClient::new(&specs);
+        let mut acked = BTreeMap::new();
+        for i in 0..20_000 {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let (k, v) = (format!("during:{i}"), format!("d-{i}"));
+            if client.set(i % 3, &k, &v, OP_BOUND) {
+                acked.insert(k, v);
+            }
+        }
+        acked
+    });
+    (stop, writer)
+}
+
 /// Moves the leadership of `region` to `store` (its id), bounded.
 fn lead_on(specs: &[StoreSpec], region: u64, store: u64) {
     let cmd = format!("NOKV.REGION TRANSFERLEADER {region} {store}");
@@ -329,24 +358,7 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
     lead_on(&specs, parent, first);
     lead_on(&specs, child, first);
     // Clients write through every store while the regions merge.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (specs, stop) = (specs.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut client = ClusterClient::new(&specs);
-            let mut acked = BTreeMap::new();
-            for i in 0..20_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (k, v) = (format!("during:{i}"), format!("d-{i}"));
-                if client.set(i % 3, &k, &v, OP_BOUND) {
-                    acked.insert(k, v);
-                }
-            }
-            acked
-        })
-    };
+    let (stop, writer) = spawn_writer(&specs);
     // The coordinator's record of the child's cores reaches the stores within a refresh:
     // until then the merge answers "retry".
     let cmd = format!("NOKV.REGION MERGE {parent} {child}");
@@ -426,4 +438,269 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
     check_all(&mut client, &acked, &[0, 1, 2]);
     let now = coord_regions(&coord);
     assert!(tiles(&now), "{now:?}");
+}
+
+/// The core store `spec` lists `region` on (None: not listed).
+fn core_on(spec: &StoreSpec, region: u64) -> Option<usize> {
+    let want = format!("region={region} ");
+    let mut c = Client::connect(&spec.redis);
+    let R::Array(lines) = c.cmd("NOKV.REGION LIST") else {
+        return None;
+    };
+    lines.iter().find_map(|l| match l {
+        R::Bulk(b) => {
+            let t = String::from_utf8_lossy(b);
+            if !t.starts_with(&want) {
+                return None;
+            }
+            t.split_whitespace()
+                .find_map(|w| w.strip_prefix("core="))
+                .and_then(|c| c.parse().ok())
+        }
+        _ => None,
+    })
+}
+
+/// The core the coordinator records for `region`'s replica on store `store`.
+fn coord_core(coord: &Coordinator, region: u64, store: u64) -> Option<u32> {
+    let routes: Vec<Route> = coord
+        .scan_regions(&ScanRegionsRequest::default())
+        .expect("scan regions");
+    routes
+        .iter()
+        .filter_map(|r| r.region.as_ref())
+        .find(|r| r.id == region)?
+        .peers
+        .iter()
+        .find(|p| p.store_id == store)?
+        .core
+}
+
+/// Keys of `region` each store holds (`NOKV.REGION LOCALCOUNT`), bounded: waits until all
+/// stores agree and returns the count.
+fn same_count_everywhere(specs: &[StoreSpec], region: u64) -> i64 {
+    let cmd = format!("NOKV.REGION LOCALCOUNT {region}");
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let counts: Vec<R> = specs
+            .iter()
+            .map(|s| Client::connect(&s.redis).cmd(&cmd))
+            .collect();
+        if let [R::Int(a), rest @ ..] = counts.as_slice() {
+            if rest.iter().all(|c| *c == R::Int(*a)) {
+                return *a;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd}: the stores never agreed: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_no_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let mut stores = start_stores(&specs, &coord_addr);
+    let mut client = ClusterClient::new(&specs);
+    let mut acked = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("before:{i}"), format!("b-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    // The first region, led by the first store, moves to that store's other core.
+    let first = id_at(&coord, &specs[0].redis);
+    let (region, ..) = coord_regions(&coord)[0];
+    lead_on(&specs, region, first);
+    let from = core_on(&specs[0], region).expect("the region on the first store");
+    let to = 1 - from;
+    let (stop, writer) = spawn_writer(&specs);
+    std::thread::sleep(Duration::from_millis(300));
+    let cmd = format!("NOKV.REGION MOVE {region} {to}");
+    let deadline = Instant::now() + OP_BOUND;
+    let took = loop {
+        let mut c = Client::connect(&specs[0].redis);
+        let sent = Instant::now();
+        match c.cmd(&cmd) {
+            R::Simple(ok) if ok == "OK" => break sent.elapsed(),
+            R::Error(e) if e.ends_with("retry") || e.starts_with("TRYAGAIN") => {}
+            R::Error(e) if e.starts_with("MOVED") => lead_on(&specs, region, first),
+            other => panic!("{cmd}: {other:?}\n{}", log_tails(&specs)),
+        }
+        assert!(Instant::now() < deadline, "{cmd}: not done in time");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(core_on(&specs[0], region), Some(to));
+    // The coordinator learns the replica's new core (the other stores address it there).
+    let deadline = Instant::now() + OP_BOUND;
+    while coord_core(&coord, region, first) != Some(to as u32) {
+        assert!(
+            Instant::now() < deadline,
+            "coordinator records core {:?}",
+            coord_core(&coord, region, first)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().expect("writer");
+    assert!(!during.is_empty(), "no write acknowledged during the move");
+    eprintln!(
+        "region {region} moved from core {from} to {to} in {took:?}; {} writes acknowledged meanwhile",
+        during.len()
+    );
+    acked.extend(during);
+    for i in 0..100 {
+        let (k, v) = (format!("after:{i}"), format!("a-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    // The moved replica replicates: it holds as many of the region's keys as the others.
+    let keys = same_count_everywhere(&specs, region);
+    assert!(keys > 0, "region {region} holds no key");
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    // The first store restarts (SIGKILL): the replica is on its new core, nothing lost.
+    if let Some(server) = stores[0].take() {
+        server.kill();
+    }
+    stores[0] = Some(start_store(&specs[0], &coord_addr));
+    assert_eq!(core_on(&specs[0], region), Some(to));
+    let mut client = ClusterClient::new(&specs);
+    for i in 0..50 {
+        let (k, v) = (format!("restarted:{i}"), format!("r-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    same_count_everywhere(&specs, region);
+    check_all(&mut client, &acked, &[0, 1, 2]);
+    // Back to the first core, the store aborting once the target core holds the replica
+    // durably, before the source deleted its copy (a debug knob): restarted, it keeps the
+    // newer copy, on the target core.
+    if let Some(server) = stores[0].take() {
+        server.kill();
+    }
+    stores[0] = Some(start_store_env(
+        &specs[0],
+        &coord_addr,
+        &[("NOKV_DEBUG_ABORT_AFTER_MOVE_IN", "1")],
+    ));
+    lead_on(&specs, region, first);
+    let cmd = format!("NOKV.REGION MOVE {region} {from}");
+    let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+    let deadline = Instant::now() + OP_BOUND;
+    loop {
+        let Some(mut c) = Client::try_connect(&specs[0].redis, IO_TIMEOUT) else {
+            break;
+        };
+        match c.try_cmd(&words) {
+            // The abort closed the connection.
+            None => break,
+            Some(R::Error(e)) if e.ends_with("retry") || e.starts_with("TRYAGAIN") => {}
+            Some(R::Error(e)) if e.starts_with("MOVED") => lead_on(&specs, region, first),
+            Some(other) => panic!("{cmd}: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "{cmd}: not done in time");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(server) = stores[0].take() {
+        server.kill();
+    }
+    stores[0] = Some(start_store(&specs[0], &coord_addr));
+    let log = std::fs::read_to_string(specs[0].workdir.with_extension("stderr.log"))
+        .expect("the store's log");
+    assert!(
+        log.contains("a region on two cores after an interrupted move"),
+        "the abort did not leave the region on two cores:\n{log}"
+    );
+    assert_eq!(core_on(&specs[0], region), Some(from));
+    let mut client = ClusterClient::new(&specs);
+    for i in 0..50 {
+        let (k, v) = (format!("aborted:{i}"), format!("x-{i}"));
+        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
+        acked.insert(k, v);
+    }
+    same_count_everywhere(&specs, region);
+    check_all(&mut client, &acked, &[0, 1, 2]);
+}
+
+#[test]
+fn a_load_on_one_core_of_a_cluster_s_store_moves_replicas_to_its_other_core() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let flags = [
+        "--region-max-bytes",
+        "0",
+        "--merge-max-bytes",
+        "0",
+        "--split-load-qps",
+        "0",
+        "--split-check-ms",
+        "500",
+    ];
+    let _stores = start_stores_args(&specs, &coord_addr, &flags);
+    // Every region on core 0 of the first store is led there: its load is that core's.
+    let first = id_at(&coord, &specs[0].redis);
+    let on_core0: Vec<(u64, u32, u32)> = coord_regions(&coord)
+        .into_iter()
+        .filter(|r| core_on(&specs[0], r.0) == Some(0))
+        .map(|r| (r.0, r.1, r.2))
+        .collect();
+    assert!(on_core0.len() >= 2, "regions on core 0: {on_core0:?}");
+    for r in &on_core0 {
+        lead_on(&specs, r.0, first);
+    }
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("skew:{i}"))
+        .filter(|k| {
+            let s = u32::from(nokv_gateway::model::slot(k.as_bytes()));
+            on_core0.iter().any(|&(_, a, b)| a <= s && s < b)
+        })
+        .take(200)
+        .collect();
+    // Writes through the first store (it leads every one of these keys' regions) until a
+    // region moved to core 1 by itself, bounded.
+    let mut client = ClusterClient::new(&specs);
+    let mut acked = BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(90);
+    let mut round = 0;
+    let moved = loop {
+        for k in &keys {
+            let v = format!("{k}-{round}");
+            if client.set(0, k, &v, OP_BOUND) {
+                acked.insert(k.clone(), v);
+            }
+        }
+        round += 1;
+        if let Some(r) = on_core0.iter().find(|r| core_on(&specs[0], r.0) == Some(1)) {
+            break r.0;
+        }
+        assert!(
+            Instant::now() < end,
+            "no region moved to core 1 in time\n{}",
+            log_tails(&specs)
+        );
+    };
+    let log = std::fs::read_to_string(specs[0].workdir.with_extension("stderr.log"))
+        .expect("the store's log");
+    assert!(log.contains("to balance the cores"), "{log}");
+    eprintln!("region {moved} moved to core 1 after {round} rounds of writes");
+    // The coordinator learns the new core; the moved replica keeps replicating.
+    let deadline = Instant::now() + OP_BOUND;
+    while coord_core(&coord, moved, first) != Some(1) {
+        assert!(Instant::now() < deadline, "coordinator record of {moved}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    same_count_everywhere(&specs, moved);
+    check_all(&mut client, &acked, &[0, 1, 2]);
 }
