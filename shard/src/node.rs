@@ -1124,15 +1124,13 @@ fn step_inbox(core: &Rc<Core>) -> usize {
     // Regions no core here holds: looked at once the raft core is no longer borrowed.
     let mut unknown = Vec::new();
     let mut raft = core.raft.borrow_mut();
-    for mut env in envelopes {
+    for env in envelopes {
         let Some(desc) = raft.region(env.region_id) else {
             // Addressed to this core, held by another one here (the sender's idea of the
             // placement is off): one more hop over the transport mesh. Never bounced on.
             match admin::local_core(&core.node, env.region_id) {
                 Some(c) if c != core.id && env.to_core as usize == core.id => {
-                    env.to_core = c as u32;
-                    core.step_drops.rerouted.increment(1);
-                    let _ = transport.deliver(env);
+                    hand_on(core, transport, env, c);
                 }
                 Some(c) if c != core.id => core.step_drops.unknown_region.increment(1),
                 _ => {
@@ -1151,9 +1149,7 @@ fn step_inbox(core: &Rc<Core>) -> usize {
                         .filter(|c| *c != core.id && *c < core.node.cores);
                     match placed {
                         Some(c) if env.to_core as usize == core.id => {
-                            env.to_core = c as u32;
-                            core.step_drops.rerouted.increment(1);
-                            let _ = transport.deliver(env);
+                            hand_on(core, transport, env, c);
                         }
                         _ => {
                             core.step_drops.unknown_region.increment(1);
@@ -1192,6 +1188,45 @@ fn step_inbox(core: &Rc<Core>) -> usize {
         admin::maybe_create(core, region, to_peer, from_store, epoch);
     }
     n
+}
+
+/// Hands `env`, addressed to this core, to core `to` of this store over the mesh (counted
+/// as `rerouted`). A snapshot's files, which the receiver put in this core's snapshot
+/// directory (the one the message was addressed to), move along to `to`'s first: that is
+/// where its raft core looks for them (a sender whose idea of the core was off made the
+/// target core fail its ingest, and stop taking writes, in CI).
+fn hand_on(core: &Core, transport: &CoreTransport, mut env: RaftEnvelope, to: usize) {
+    if let Ok(msg) = env.message() {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let meta = msg.get_snapshot().get_metadata();
+            let key = nokv_raft::SnapshotKey {
+                region: env.region_id,
+                term: meta.term,
+                index: meta.index,
+            };
+            if let (Some(from), Some(into)) = (transport.snap_dir(core.id), transport.snap_dir(to))
+            {
+                let (src, dst) = (from.join(key.dir_name()), into.join(key.dir_name()));
+                let moved = if !src.exists() {
+                    Ok(())
+                } else if dst.exists() {
+                    // The same snapshot arrived there before: this copy is not needed.
+                    std::fs::remove_dir_all(&src)
+                } else {
+                    std::fs::create_dir_all(&into).and_then(|()| std::fs::rename(&src, &dst))
+                };
+                if let Err(e) = moved {
+                    // Dropped: the leader sends the snapshot again.
+                    tracing::warn!(region = env.region_id, from = core.id, to, error = %e, "a snapshot for another core's region could not be moved there: dropped");
+                    core.step_drops.snapshot.increment(1);
+                    return;
+                }
+            }
+        }
+    }
+    env.to_core = to as u32;
+    core.step_drops.rerouted.increment(1);
+    let _ = transport.deliver(env);
 }
 
 /// Most inbox messages stepped between two looks at the rest of the driver's work.

@@ -162,7 +162,26 @@ fn lag_one_store(env: &'static [(&'static str, &'static str)]) -> Lagged {
 
 #[test]
 fn a_store_that_missed_compacted_log_catches_up_from_shipped_snapshots() {
-    let mut l = lag_one_store(&[("NOKV_DEBUG_RAFT_CACHED_ENTRIES", CACHED_ENTRIES)]);
+    catches_up_from_snapshots(&[("NOKV_DEBUG_RAFT_CACHED_ENTRIES", CACHED_ENTRIES)]);
+}
+
+/// Every store addresses its raft messages, snapshots included, to core 0 of the others
+/// (`NOKV_DEBUG_RAFT_TO_CORE`): a snapshot for a replica on core 1 is received into core
+/// 0's snapshot directory, and core 0 hands it on with its files (before that, core 1
+/// found no files, failed its ingest and stopped taking writes: seen in CI when a
+/// placement was off).
+#[test]
+fn a_snapshot_received_by_the_wrong_core_is_handed_on_with_its_files() {
+    catches_up_from_snapshots(&[
+        ("NOKV_DEBUG_RAFT_CACHED_ENTRIES", CACHED_ENTRIES),
+        ("NOKV_DEBUG_RAFT_TO_CORE", "0"),
+    ]);
+}
+
+/// A store lagged (`lag_one_store` with `env`) catches up, from snapshots when the leaders
+/// no longer held its log; what was sent arrived; nothing was dropped.
+fn catches_up_from_snapshots(env: &'static [(&'static str, &'static str)]) {
+    let mut l = lag_one_store(env);
     let remaining: Vec<usize> = (0..3).filter(|&i| i != l.other).collect();
     // With one of the others gone the restarted store is in every quorum: a write is
     // acknowledged only once it caught up.
@@ -183,6 +202,16 @@ fn a_store_that_missed_compacted_log_catches_up_from_shipped_snapshots() {
                 "{k} through store {first}"
             );
         }
+    }
+    // A snapshot whose files its core could not find stops that core's writes.
+    for path in &l.client.logs {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            !log.contains("the engine failed"),
+            "{}: a core failed\n{}",
+            path.display(),
+            snapshot_log(&l.client)
+        );
     }
     let victim = std::slice::from_ref(&l.stores[l.victim]);
     let received = counter(victim, "nokv_snapshot_received_total", "");
