@@ -75,6 +75,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless everything was read.
+    /// Whether everything was read.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub fn finish(self) -> Result<()> {
         if self.buf.is_empty() {
             Ok(())

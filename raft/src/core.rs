@@ -1637,6 +1637,7 @@ impl<T> RaftCore<T> {
                 merges.sources.insert(id, st);
             }
         }
+        let mut retire_for = self.retire_covered(out);
         let segment = self.wal_segment;
         for &id in &self.awake {
             let Some(peer) = self.peers.get_mut(&id) else {
@@ -1684,11 +1685,18 @@ impl<T> RaftCore<T> {
                     .mut_store()
                     .apply_snapshot(index, term, meta.get_conf_state().clone());
                 peer.region = desc.clone();
+                // Committed entries held for a merge source are older than the snapshot.
+                peer.held.clear();
+                let retire = retire_for.remove(&id).unwrap_or_default();
+                for source in &retire {
+                    out.region_merged(&desc, *source);
+                }
                 snapshots.push(ApplySnapshot {
                     key,
                     region: desc.clone(),
                     dir: dir.join(key.dir_name()),
                     ranges: (self.cfg.data_ranges)(&desc),
+                    retire,
                 });
                 regions.push(RegionEntries {
                     region: desc,
@@ -1779,6 +1787,55 @@ impl<T> RaftCore<T> {
             persisting,
             stats,
         }))
+    }
+
+    /// Regions of this core that a snapshot about to be applied covers with a newer epoch
+    /// (its region took them over by a merge this replica missed: the target's snapshot
+    /// arrived while the source's replica still runs here). Their peers stop now (what
+    /// waits on them is abandoned), before the round takes their Readies; the snapshot's
+    /// application deletes their descriptors durably. Returns them by snapshot region.
+    fn retire_covered(&mut self, out: &mut dyn Outbox<T>) -> BTreeMap<u64, Vec<u64>> {
+        let mut retire: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &id in &self.awake {
+            let Some(snap) = self
+                .peers
+                .get(&id)
+                .and_then(|p| p.node.raft.raft_log.unstable.snapshot.as_ref())
+            else {
+                continue;
+            };
+            let Ok(desc) = decode_snapshot_data(&snap.data) else {
+                continue;
+            };
+            let covered: Vec<u64> = self
+                .peers
+                .iter()
+                .filter(|(other, p)| {
+                    **other != id
+                        && p.region.epoch.version < desc.epoch.version
+                        && covers(&desc, &p.region)
+                })
+                .map(|(other, _)| *other)
+                .collect();
+            if !covered.is_empty() {
+                retire.insert(id, covered);
+            }
+        }
+        for (&target, sources) in &retire {
+            for &source in sources {
+                tracing::warn!(
+                    target,
+                    source,
+                    "a snapshot of a region covers another region of this core with an older epoch (a merge this replica missed): retiring it"
+                );
+                let mut waiting = Vec::new();
+                self.remove_region(source, |t| waiting.push(t));
+                for t in waiting {
+                    out.abandon(t, Error::RegionNotFound(source));
+                }
+            }
+        }
+        retire
     }
 
     /// A merge into a region here is committed, so its source's prepare is too: a source
@@ -2054,6 +2111,16 @@ impl<T> RaftCore<T> {
         }
         Some(floor)
     }
+}
+
+/// Whether `outer`'s key range holds all of `inner`'s (an empty start or end is
+/// unbounded).
+fn covers(outer: &RegionDescriptor, inner: &RegionDescriptor) -> bool {
+    let starts_before = outer.start_key.is_empty()
+        || (!inner.start_key.is_empty() && outer.start_key <= inner.start_key);
+    let ends_after =
+        outer.end_key.is_empty() || (!inner.end_key.is_empty() && inner.end_key <= outer.end_key);
+    starts_before && ends_after
 }
 
 /// The most empty entries a merge's commit pads the target's log with (see

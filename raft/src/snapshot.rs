@@ -173,6 +173,10 @@ pub struct ApplySnapshot {
     /// Where its files are (received by the transport).
     pub dir: PathBuf,
     pub(crate) ranges: Vec<DataRange>,
+    /// Other regions of the core that the snapshot's region covers with a newer epoch (a
+    /// merge into it that this replica missed): their descriptors and merge states are
+    /// deleted in the same durable step (recorded in the marker too).
+    pub(crate) retire: Vec<u64>,
 }
 
 impl ApplySnapshot {
@@ -190,6 +194,7 @@ impl ApplySnapshot {
             region,
             dir,
             ranges,
+            retire: Vec::new(),
         }
     }
 
@@ -199,6 +204,13 @@ impl ApplySnapshot {
         put_u64(&mut out, self.key.index);
         put_bytes(&mut out, self.dir.to_string_lossy().as_bytes());
         put_bytes(&mut out, &self.region.encode());
+        // Absent when empty: markers written before the field read the same.
+        if !self.retire.is_empty() {
+            put_u64(&mut out, self.retire.len() as u64);
+            for r in &self.retire {
+                put_u64(&mut out, *r);
+            }
+        }
         out
     }
 
@@ -258,6 +270,10 @@ impl ApplySnapshot {
         let mut meta = WriteBatch::new();
         meta.put_in(META_SPACE, &region_key(region), &self.region.encode());
         put_log_floor(&mut meta, region, self.key.index, self.key.term);
+        for r in &self.retire {
+            meta.delete_in(META_SPACE, &region_key(*r));
+            crate::merge::put_merge_state(&mut meta, *r, None);
+        }
         db.apply_unlogged(&meta, Some((region, self.key.index)))
             .map_err(|e| engine("record the applied index", e))?;
         db.flush().map_err(|e| engine("flush", e))
@@ -344,6 +360,13 @@ pub fn recover_pending(db: &Db, ranges: DataRanges) -> Result<usize> {
             let (term, index) = (r.u64()?, r.u64()?);
             let dir = PathBuf::from(String::from_utf8_lossy(r.bytes()?).into_owned());
             let region = RegionDescriptor::decode(r.bytes()?)?;
+            let mut retire = Vec::new();
+            if !r.is_empty() {
+                // Bounded by the marker's length: each id takes 8 bytes.
+                for _ in 0..r.u64()? {
+                    retire.push(r.u64()?);
+                }
+            }
             r.finish()?;
             pending.push(ApplySnapshot {
                 key: SnapshotKey {
@@ -354,6 +377,7 @@ pub fn recover_pending(db: &Db, ranges: DataRanges) -> Result<usize> {
                 ranges: ranges(&region),
                 region,
                 dir,
+                retire,
             });
             it.next();
         }
@@ -420,11 +444,20 @@ mod tests {
         db.put(b"b", b"old").expect("put");
         db.put(b"d", b"stale").expect("put");
         db.put(b"x", b"outside").expect("put");
+        // A region the snapshot's covers with an older epoch: retired with the snapshot.
+        let covered = RegionDescriptor {
+            id: 5,
+            start_key: b"f".to_vec(),
+            end_key: b"m".to_vec(),
+            ..region()
+        };
+        crate::region::save_region(&db, &covered).expect("save");
         let apply = ApplySnapshot {
             key: task.key,
             region: desc.clone(),
             dir: task.dir.clone(),
             ranges: kv_ranges(&desc),
+            retire: vec![5],
         };
         // The steps of `run` up to the crash: the marker, then the range delete.
         let synced = WriteOptions {
@@ -452,6 +485,16 @@ mod tests {
         assert_eq!(get(&db, b"z"), None, "the source's key outside the range");
         assert_eq!(applied_snapshot(&db, 9).expect("floor"), Some((40, 2)));
         assert_eq!(db.applied_index(9), Some(40));
+        let ids: Vec<u64> = crate::region::load_regions(&db)
+            .expect("regions")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec![9],
+            "the covered region is retired by the marker's list"
+        );
         assert_eq!(
             recover_pending(&db, kv_ranges).expect("again"),
             0,

@@ -1146,6 +1146,67 @@ fn a_merge_takes_the_neighbour_over_on_every_replica_and_versions_keep_growing()
     }
 }
 
+/// A replica cut off once it held the merge's prepare misses the commit and goes down;
+/// the merged region's log then moves past what its leader keeps, so the restarted
+/// replica catches up from a snapshot of the wider target while its source replica still
+/// runs: the snapshot retires that source (before, the source stayed, overlapping the
+/// target).
+#[test]
+fn a_replica_that_missed_a_merge_takes_the_target_s_snapshot_and_retires_its_source() {
+    let mut c = Cluster::with_cache(3, 8);
+    split_at(&mut c, b"m", 77);
+    for i in 0..5 {
+        c.write_to(REGION, &format!("a{i}"), 100 + i);
+        c.write_to(2, &format!("n{i}"), 200 + i);
+    }
+    let source_leader = c.wait_leader_of(2);
+    let cut = (1..=3).find(|&s| s != source_leader).expect("a follower");
+    merge(&mut c, 2, REGION, 300, Some(cut));
+    // It goes down, comes back after many writes: it still has the source (prepared).
+    // (Its split's descriptors made durable first, so that the source is there at once.)
+    c.rec(cut).db.flush().expect("flush");
+    c.stop(cut);
+    c.partitioned.remove(&cut);
+    for i in 0..100 {
+        c.write_to(REGION, &format!("z{i:03}"), 1000 + i);
+    }
+    c.start(cut);
+    assert!(
+        c.core(cut).region(2).is_some(),
+        "the cut-off replica still runs the source"
+    );
+    c.run_until("the cut-off replica caught up", |c| {
+        value(&c.rec(cut).db, "z099").is_some()
+    });
+    assert!(
+        c.snapshots.get(&cut).copied().unwrap_or(0) >= 1,
+        "it caught up through a snapshot"
+    );
+    let check = |c: &mut Cluster| {
+        assert!(c.core(cut).region(2).is_none(), "the source is retired");
+        assert!(c.core(cut).merge_state(2).is_none());
+        let r = c.core(cut).region(REGION).expect("target").clone();
+        assert!(r.start_key.is_empty() && r.end_key.is_empty(), "{r:?}");
+        for k in ["a0", "a4", "n0", "n4", "z000", "z099"] {
+            assert!(value(&c.rec(cut).db, k).is_some(), "lost {k}");
+        }
+    };
+    check(&mut c);
+    assert!(c
+        .rec(cut)
+        .merged
+        .iter()
+        .any(|(t, src)| t.id == REGION && *src == 2));
+    // Restarted, it does not bring the source back.
+    c.stop(cut);
+    c.start(cut);
+    check(&mut c);
+    c.write_to(REGION, "after", 2000);
+    c.run_until("the restarted replica takes writes", |c| {
+        value(&c.rec(cut).db, "after").is_some()
+    });
+}
+
 #[test]
 fn a_write_to_a_region_being_merged_is_paused_and_a_rollback_lets_it_write_again() {
     let mut c = Cluster::new(3);

@@ -12,13 +12,57 @@
 mod support;
 
 use nokv_coordinator::proto::{Route, ScanRegionsRequest};
-use nokv_coordinator::Coordinator;
+use nokv_coordinator::{Coordinator, Server as CoordServer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::*;
-use support::{Client, R};
+use support::{Client, Server, R};
+
+/// A coordinator in this process and three stores (`flags` for each) that forward
+/// commands for regions led elsewhere.
+struct Forwarding {
+    /// Holds every workdir.
+    dir: tempfile::TempDir,
+    coord: Arc<Coordinator>,
+    server: CoordServer,
+    coord_addr: String,
+    specs: Vec<StoreSpec>,
+    stores: Vec<Option<Server>>,
+}
+
+/// Starts a [`Forwarding`] cluster.
+fn forwarding_cluster(flags: &[&str]) -> Forwarding {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (coord, server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let mut specs = store_specs(dir.path());
+    for s in &mut specs {
+        s.redirect = "forward";
+    }
+    let stores = start_stores_args(&specs, &coord_addr, flags);
+    Forwarding {
+        dir,
+        coord,
+        server,
+        coord_addr,
+        specs,
+        stores,
+    }
+}
+
+/// Writes `n` keys `<tag>:<i>` through the stores in turn, each acknowledged (bounded).
+fn write(client: &mut ClusterClient, acked: &mut BTreeMap<String, String>, n: usize, tag: &str) {
+    for i in 0..n {
+        let (k, v) = (format!("{tag}:{i}"), format!("{tag}-{i}"));
+        assert!(
+            client.set(i % 3, &k, &v, OP_BOUND),
+            "SET {k}\n{}",
+            client.log_tails()
+        );
+        acked.insert(k, v);
+    }
+}
 
 /// The coordinator's regions: (id, start slot, end slot, epoch version), by start.
 fn coord_regions(coord: &Coordinator) -> Vec<(u64, u32, u32, u64)> {
@@ -105,55 +149,58 @@ fn split(specs: &[StoreSpec], region: u64, slot: Option<u32>) -> (u64, u32) {
     }
 }
 
-/// Waits until every store lists `region` with `slots` (bounded).
-fn wait_everywhere(specs: &[StoreSpec], region: u64, slots: (u32, u32)) {
-    let want = format!("region={region} ");
-    let range = format!("slots={}..{}", slots.0, slots.1);
+/// Waits until every store's `NOKV.REGION LIST` lines satisfy `ok` (bounded); `what`
+/// names the wait in a failure.
+fn wait_listing(specs: &[StoreSpec], what: &str, ok: impl Fn(&[String]) -> bool) {
     let deadline = Instant::now() + OP_BOUND;
     for s in specs {
         loop {
             let mut c = Client::connect(&s.redis);
             if let R::Array(lines) = c.cmd("NOKV.REGION LIST") {
-                let found = lines.iter().any(|l| {
-                    matches!(l, R::Bulk(b) if { let t = String::from_utf8_lossy(b); t.starts_with(&want) && t.contains(&range) })
-                });
-                if found {
+                let lines: Vec<String> = lines
+                    .iter()
+                    .filter_map(|l| match l {
+                        R::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                        _ => None,
+                    })
+                    .collect();
+                if ok(&lines) {
                     break;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "store {} never listed region {region} {range}",
-                s.redis
-            );
+            assert!(Instant::now() < deadline, "store {}: {what}", s.redis);
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
+/// Waits until every store lists `region` with `slots` (bounded).
+fn wait_everywhere(specs: &[StoreSpec], region: u64, slots: (u32, u32)) {
+    let want = format!("region={region} ");
+    let range = format!("slots={}..{}", slots.0, slots.1);
+    wait_listing(
+        specs,
+        &format!("never listed region {region} {range}"),
+        |lines| {
+            lines
+                .iter()
+                .any(|t| t.starts_with(&want) && t.contains(&range))
+        },
+    );
+}
+
 #[test]
 fn a_split_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let mut specs = store_specs(dir.path());
-    for s in &mut specs {
-        s.redirect = "forward";
-    }
-    let mut stores = start_stores(&specs, &coord_addr);
+    let Forwarding {
+        dir: _dir,
+        coord,
+        server: _server,
+        coord_addr,
+        specs,
+        mut stores,
+    } = forwarding_cluster(&[]);
     let mut client = ClusterClient::new(&specs);
     let mut acked = BTreeMap::new();
-    let write =
-        |client: &mut ClusterClient, acked: &mut BTreeMap<String, String>, n: usize, tag: &str| {
-            for i in 0..n {
-                let (k, v) = (format!("{tag}:{i}"), format!("{tag}-{i}"));
-                assert!(
-                    client.set(i % 3, &k, &v, OP_BOUND),
-                    "SET {k}\n{}",
-                    client.log_tails()
-                );
-                acked.insert(k, v);
-            }
-        };
     write(&mut client, &mut acked, 150, "before");
     let before = coord_regions(&coord);
     assert!(tiles(&before), "{before:?}");
@@ -213,13 +260,14 @@ fn key_in(start: u32, end: u32, n: usize) -> String {
 
 #[test]
 fn a_store_without_a_replica_routes_a_new_region_from_the_coordinator() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let mut specs = store_specs(dir.path());
-    for s in &mut specs {
-        s.redirect = "forward";
-    }
-    let _stores = start_stores(&specs, &coord_addr);
+    let Forwarding {
+        dir,
+        coord,
+        server: _server,
+        coord_addr,
+        specs,
+        stores: _stores,
+    } = forwarding_cluster(&[]);
     // A fourth store joins after the bootstrap: it holds no replica (the scheduler is off).
     let fourth = StoreSpec {
         workdir: dir.path().join("store-4"),
@@ -311,44 +359,24 @@ fn lead_on(specs: &[StoreSpec], region: u64, store: u64) {
 /// Waits until no store lists `region` (bounded).
 fn wait_gone(specs: &[StoreSpec], region: u64) {
     let gone = format!("region={region} ");
-    let deadline = Instant::now() + OP_BOUND;
-    for s in specs {
-        loop {
-            let mut c = Client::connect(&s.redis);
-            if let R::Array(lines) = c.cmd("NOKV.REGION LIST") {
-                let listed = lines.iter().any(
-                    |l| matches!(l, R::Bulk(b) if String::from_utf8_lossy(b).starts_with(&gone)),
-                );
-                if !listed {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "store {} still lists region {region}",
-                s.redis
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    wait_listing(specs, &format!("still lists region {region}"), |lines| {
+        !lines.iter().any(|t| t.starts_with(&gone))
+    });
 }
 
 #[test]
 fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let mut specs = store_specs(dir.path());
-    for s in &mut specs {
-        s.redirect = "forward";
-    }
-    let mut stores = start_stores(&specs, &coord_addr);
+    let Forwarding {
+        dir: _dir,
+        coord,
+        server: _server,
+        coord_addr,
+        specs,
+        mut stores,
+    } = forwarding_cluster(&[]);
     let mut client = ClusterClient::new(&specs);
     let mut acked = BTreeMap::new();
-    for i in 0..100 {
-        let (k, v) = (format!("before:{i}"), format!("b-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 100, "before");
     let (parent, start, end, _) = coord_regions(&coord)[0];
     let (child, slot) = split(&specs, parent, None);
     wait_everywhere(&specs, child, (slot, end));
@@ -414,11 +442,7 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
         during.len()
     );
     acked.extend(during);
-    for i in 0..100 {
-        let (k, v) = (format!("after:{i}"), format!("a-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 100, "after");
     check_all(&mut client, &acked, &[0, 1, 2]);
     // Every store restarts (SIGKILL): the merged region stays merged, nothing is lost.
     for s in stores.iter_mut() {
@@ -430,11 +454,7 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
     wait_everywhere(&specs, survivor, (start, end));
     wait_gone(&specs, merged);
     let mut client = ClusterClient::new(&specs);
-    for i in 0..50 {
-        let (k, v) = (format!("restarted:{i}"), format!("r-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 50, "restarted");
     check_all(&mut client, &acked, &[0, 1, 2]);
     let now = coord_regions(&coord);
     assert!(tiles(&now), "{now:?}");
@@ -501,20 +521,17 @@ fn same_count_everywhere(specs: &[StoreSpec], region: u64) -> i64 {
 
 #[test]
 fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_no_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let mut specs = store_specs(dir.path());
-    for s in &mut specs {
-        s.redirect = "forward";
-    }
-    let mut stores = start_stores(&specs, &coord_addr);
+    let Forwarding {
+        dir: _dir,
+        coord,
+        server: _server,
+        coord_addr,
+        specs,
+        mut stores,
+    } = forwarding_cluster(&[]);
     let mut client = ClusterClient::new(&specs);
     let mut acked = BTreeMap::new();
-    for i in 0..100 {
-        let (k, v) = (format!("before:{i}"), format!("b-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 100, "before");
     // The first region, led by the first store, moves to that store's other core.
     let first = id_at(&coord, &specs[0].redis);
     let (region, ..) = coord_regions(&coord)[0];
@@ -557,11 +574,7 @@ fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_
         during.len()
     );
     acked.extend(during);
-    for i in 0..100 {
-        let (k, v) = (format!("after:{i}"), format!("a-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 100, "after");
     // The moved replica replicates: it holds as many of the region's keys as the others.
     let keys = same_count_everywhere(&specs, region);
     assert!(keys > 0, "region {region} holds no key");
@@ -573,11 +586,7 @@ fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_
     stores[0] = Some(start_store(&specs[0], &coord_addr));
     assert_eq!(core_on(&specs[0], region), Some(to));
     let mut client = ClusterClient::new(&specs);
-    for i in 0..50 {
-        let (k, v) = (format!("restarted:{i}"), format!("r-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 50, "restarted");
     same_count_everywhere(&specs, region);
     check_all(&mut client, &acked, &[0, 1, 2]);
     // Back to the first core, the store aborting once the target core holds the replica
@@ -621,23 +630,13 @@ fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_
     );
     assert_eq!(core_on(&specs[0], region), Some(from));
     let mut client = ClusterClient::new(&specs);
-    for i in 0..50 {
-        let (k, v) = (format!("aborted:{i}"), format!("x-{i}"));
-        assert!(client.set(i % 3, &k, &v, OP_BOUND), "SET {k}");
-        acked.insert(k, v);
-    }
+    write(&mut client, &mut acked, 50, "aborted");
     same_count_everywhere(&specs, region);
     check_all(&mut client, &acked, &[0, 1, 2]);
 }
 
 #[test]
 fn a_load_on_one_core_of_a_cluster_s_store_moves_replicas_to_its_other_core() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, _server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let mut specs = store_specs(dir.path());
-    for s in &mut specs {
-        s.redirect = "forward";
-    }
     let flags = [
         "--region-max-bytes",
         "0",
@@ -648,7 +647,14 @@ fn a_load_on_one_core_of_a_cluster_s_store_moves_replicas_to_its_other_core() {
         "--split-check-ms",
         "500",
     ];
-    let _stores = start_stores_args(&specs, &coord_addr, &flags);
+    let Forwarding {
+        dir: _dir,
+        coord,
+        server: _server,
+        specs,
+        stores: _stores,
+        ..
+    } = forwarding_cluster(&flags);
     // Every region on core 0 of the first store is led there: its load is that core's.
     let first = id_at(&coord, &specs[0].redis);
     let on_core0: Vec<(u64, u32, u32)> = coord_regions(&coord)
