@@ -320,31 +320,43 @@ fn a_store_without_a_replica_routes_a_new_region_from_the_coordinator() {
     }
 }
 
-/// A client writing `during:<i>` keys through every store until `stop` is set (at most
-/// 20 000); joined, the writes it got acknowledged.
-fn spawn_writer(
-    specs: &[StoreSpec],
-) -> (
-    Arc<AtomicBool>,
-    std::thread::JoinHandle<BTreeMap<String, String>>,
-) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (specs, flag) = (specs.to_vec(), stop.clone());
-    let writer = std::thread::spawn(move || {
-        let mut client = ClusterClient::new(&specs);
-        let mut acked = BTreeMap::new();
-        for i in 0..20_000 {
-            if flag.load(Ordering::Relaxed) {
-                break;
+/// A client writing `during:<i>` keys through every store in a thread of its own (at
+/// most 20 000), until [`Writer::finish`].
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeMap<String, String>>,
+}
+
+impl Writer {
+    fn spawn(specs: &[StoreSpec]) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (specs, flag) = (specs.to_vec(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client = ClusterClient::new(&specs);
+            let mut acked = BTreeMap::new();
+            for i in 0..20_000 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (k, v) = (format!("during:{i}"), format!("d-{i}"));
+                if client.set(i % 3, &k, &v, OP_BOUND) {
+                    acked.insert(k, v);
+                }
             }
-            let (k, v) = (format!("during:{i}"), format!("d-{i}"));
-            if client.set(i % 3, &k, &v, OP_BOUND) {
-                acked.insert(k, v);
-            }
-        }
+            acked
+        });
+        Writer { stop, thread }
+    }
+
+    /// Lets it write a little longer, stops it, and returns the writes it got
+    /// acknowledged (at least one, or the test fails: `what` ran without writes).
+    fn finish(self, what: &str) -> BTreeMap<String, String> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop.store(true, Ordering::Relaxed);
+        let acked = self.thread.join().expect("writer");
+        assert!(!acked.is_empty(), "no write acknowledged during the {what}");
         acked
-    });
-    (stop, writer)
+    }
 }
 
 /// Moves the leadership of `region` to `store` (its id), bounded.
@@ -386,7 +398,7 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
     lead_on(&specs, parent, first);
     lead_on(&specs, child, first);
     // Clients write through every store while the regions merge.
-    let (stop, writer) = spawn_writer(&specs);
+    let writer = Writer::spawn(&specs);
     // The coordinator's record of the child's cores reaches the stores within a refresh:
     // until then the merge answers "retry".
     let cmd = format!("NOKV.REGION MERGE {parent} {child}");
@@ -433,10 +445,7 @@ fn a_merge_in_a_cluster_reaches_every_replica_and_the_coordinator_and_loses_no_w
         assert!(Instant::now() < deadline, "coordinator routes {now:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let during = writer.join().expect("writer");
-    assert!(!during.is_empty(), "no write acknowledged during the merge");
+    let during = writer.finish("merge");
     eprintln!(
         "merged {merged} into {survivor}; {} writes acknowledged while merging",
         during.len()
@@ -538,7 +547,7 @@ fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_
     lead_on(&specs, region, first);
     let from = core_on(&specs[0], region).expect("the region on the first store");
     let to = 1 - from;
-    let (stop, writer) = spawn_writer(&specs);
+    let writer = Writer::spawn(&specs);
     std::thread::sleep(Duration::from_millis(300));
     let cmd = format!("NOKV.REGION MOVE {region} {to}");
     let deadline = Instant::now() + OP_BOUND;
@@ -565,10 +574,7 @@ fn a_replica_moved_between_cores_in_a_cluster_keeps_its_region_served_and_loses_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let during = writer.join().expect("writer");
-    assert!(!during.is_empty(), "no write acknowledged during the move");
+    let during = writer.finish("move");
     eprintln!(
         "region {region} moved from core {from} to {to} in {took:?}; {} writes acknowledged meanwhile",
         during.len()
