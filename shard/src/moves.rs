@@ -144,7 +144,7 @@ pub(super) async fn move_region(
                 Reply::Error(e) => e,
                 other => format!("{other:?}"),
             };
-            return Err(give_back(
+            return Err(not_taken(
                 core,
                 &back,
                 format!("ERR region {region}: core {to} did not take it: {why}"),
@@ -152,7 +152,7 @@ pub(super) async fn move_region(
             .await);
         }
         _ => {
-            return Err(give_back(
+            return Err(not_taken(
                 core,
                 &back,
                 format!("ERR region {region}: core {to} did not answer"),
@@ -207,9 +207,9 @@ struct Back<'a> {
     clustered: bool,
 }
 
-/// Undoes a move before the target took the region, answering `why`: a standalone region
-/// is unfenced; a cluster's replica starts again on this core (its engine data flushed
-/// first, as its log then starts at the export's index).
+/// Undoes a move before anything was sent to the target, answering `why`: a standalone
+/// region is unfenced; a cluster's replica starts again on this core (its engine data
+/// flushed first, as its log then starts at the export's index).
 async fn give_back(core: &Rc<Core>, back: &Back<'_>, why: String) -> Reply {
     let region = back.desc.id;
     if !back.clustered {
@@ -235,6 +235,26 @@ async fn give_back(core: &Rc<Core>, back: &Back<'_>, why: String) -> Reply {
         }
     }
     Reply::error(why)
+}
+
+/// The target did not confirm it took the region: a standalone region is unfenced (as
+/// before). A cluster's replica is not started again here: the target may hold a durable
+/// copy already (an ingest cut short finishes at the next start), and a restart keeps
+/// that newer copy (`resolve_duplicates`), which would then miss what this one did since
+/// (its votes, too). It stays stopped on both cores until the store restarts; the
+/// region's other replicas keep it available.
+async fn not_taken(core: &Rc<Core>, back: &Back<'_>, why: String) -> Reply {
+    if !back.clustered {
+        return give_back(core, back, why).await;
+    }
+    tracing::error!(
+        region = back.desc.id,
+        reason = %why,
+        "a replica's move to another core was not confirmed: it stays stopped here; restart the store to settle it"
+    );
+    Reply::error(format!(
+        "{why}; the replica stays stopped until the store restarts (its other replicas serve the region)"
+    ))
 }
 
 /// Stops this core's peer of `region` (moving to core `to`): what waits on it gets
