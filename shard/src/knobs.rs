@@ -12,6 +12,8 @@
 //! | `NOKV_DEBUG_NO_SNAPSHOT_SHIPPING=1` | raft snapshot messages are dropped instead of shipped (a lagging replica cannot catch up: the negative control of the snapshot test) |
 //! | `NOKV_DEBUG_RAFT_CACHED_ENTRIES=n` | applied raft entries kept per region (default 1024; a leader keeps up to 4x for lagging replicas), so tests need fewer writes to make a replica need a snapshot |
 //! | `NOKV_DEBUG_ABORT_AFTER_MOVE_IN=1` | `NOKV.REGION MOVE` aborts the process once the target core holds the region durably, before the source core deleted its copy: the crash window a restart must resolve (the region on two cores) |
+//! | `NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY=1` | a merged-away region's descriptor is deleted apart from the batch that widens its target: the negative control of the merge crash tests (a SIGKILL leaves a gap) |
+//! | `NOKV_DEBUG_MERGE_STOP_AFTER_PREPARE=1` | `NOKV.REGION MERGE` answers an error once the source applied its prepare, without proposing the commit (as when the commit is not applied in time): the next split check must finish the merge |
 //! | `NOKV_DEBUG_TXN_NO_LATCHES=1` | transactional requests take no latches: the negative control of the latch test (two prewrites of one key may then both succeed) |
 //! | `NOKV_DEBUG_NET_FAULTS=path` | the store-to-store transport applies the partitions, drops, duplicates and delays written in `path`, re-read every 50 ms (`transport/faults.rs` has the rules) |
 //! | `NOKV_DEBUG_READ_WITHOUT_QUORUM=1` | leaders serve reads from their own state without a lease or a ReadIndex round and keep leading without a quorum: the negative control of the linearizability suite (a cut-off leader serves stale reads) |
@@ -48,6 +50,8 @@ pub struct Knobs {
     /// Delete a merged-away region's descriptor at once, apart from the merge's own
     /// batch (negative control: a crash then leaves its slots to no region).
     pub merge_delete_source_early: bool,
+    /// A requested merge stops after its prepare (the next split check finishes it).
+    pub merge_stop_after_prepare: bool,
     /// Transactional requests take no latches (negative control).
     pub txn_no_latches: bool,
     /// Prewrites skip the write-conflict check (negative control of the bank's checker:
@@ -89,6 +93,7 @@ impl Knobs {
                     .filter(|&n: &usize| n > 0),
                 abort_after_move_in: var("NOKV_DEBUG_ABORT_AFTER_MOVE_IN").is_some(),
                 merge_delete_source_early: var("NOKV_DEBUG_MERGE_DELETE_SOURCE_EARLY").is_some(),
+                merge_stop_after_prepare: var("NOKV_DEBUG_MERGE_STOP_AFTER_PREPARE").is_some(),
                 txn_no_latches: var("NOKV_DEBUG_TXN_NO_LATCHES").is_some(),
                 txn_skip_write_conflicts: var("NOKV_DEBUG_TXN_SKIP_WRITE_CONFLICTS").is_some(),
                 net_faults: var("NOKV_DEBUG_NET_FAULTS").map(PathBuf::from),
@@ -108,6 +113,7 @@ impl Knobs {
                 || knobs.raft_cached_entries.is_some()
                 || knobs.abort_after_move_in
                 || knobs.merge_delete_source_early
+                || knobs.merge_stop_after_prepare
                 || knobs.txn_no_latches
                 || knobs.txn_skip_write_conflicts
                 || knobs.net_faults.is_some()

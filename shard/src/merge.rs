@@ -72,6 +72,12 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
             }
         }
     };
+    if !core.merges_running.borrow_mut().insert(source) {
+        return Err(Reply::error(format!(
+            "ERR a merge of region {source} into {target} is running; retry"
+        )));
+    }
+    let _running = Running(core, source);
     if resumed.is_none() {
         let (tx, rx) = oneshot::channel();
         let prepared =
@@ -82,6 +88,11 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
             return Err(Reply::error(format!("ERR merge refused: {e}")));
         }
         await_step(core, rx, source, "prepare").await?;
+        if core.node.knobs.merge_stop_after_prepare {
+            return Err(Reply::error(format!(
+                "ERR debug knob: the merge of region {source} into {target} stopped after its prepare"
+            )));
+        }
     }
     // The commit is taken once every replica of the source holds the prepare in its log
     // (standalone: at once; a Paused answer means a round is still applying it, or a
@@ -129,6 +140,15 @@ pub(super) async fn merge(core: &Rc<Core>, a: u64, b: u64) -> std::result::Resul
             "{e} (region {source} takes no writes until NOKV.REGION MERGE {a} {b} is run again)"
         ))),
         Err(other) => Err(other),
+    }
+}
+
+/// Marks a merge source driven by a call of [`merge`] until dropped.
+struct Running<'a>(&'a Rc<Core>, u64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.merges_running.borrow_mut().remove(&self.1);
     }
 }
 
@@ -252,6 +272,26 @@ pub(super) fn applied(core: &Rc<Core>, merges: Vec<(RegionDescriptor, u64)>) {
 /// it merged.
 pub(super) async fn merge_cold(core: &Rc<Core>, loads: &HashMap<u64, load::LoadFigures>) -> bool {
     let node = &core.node;
+    // A merge an earlier call left prepared (its commit not applied in time) is finished
+    // first: its source takes no writes until then.
+    let stuck = {
+        let raft = core.raft.borrow();
+        let found = raft
+            .regions()
+            .filter(|r| raft.is_leader(r.id))
+            .find_map(|r| {
+                raft.merge_state(r.id)
+                    .filter(|m| raft.is_leader(m.target))
+                    .map(|m| (r.id, m.target))
+            })
+            .filter(|(source, _)| !core.merges_running.borrow().contains(source));
+        found
+    };
+    if let Some((source, target)) = stuck {
+        let finished = merge(core, source, target).await;
+        tracing::info!(source, target, result = ?finished, "finishing a prepared merge");
+        return finished.is_ok();
+    }
     let mut led: Vec<RegionDescriptor> = {
         let raft = core.raft.borrow();
         raft.regions()

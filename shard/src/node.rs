@@ -817,6 +817,8 @@ struct Core {
     step_drops: StepDrops,
     /// Regions this core is asking the coordinator about (raft messages came for them).
     creating: RefCell<HashSet<u64>>,
+    /// Merge sources whose merge a call of `merge::merge` is driving now.
+    merges_running: RefCell<HashSet<u64>>,
     /// Regions removed from this core while running: (their last membership version,
     /// whether the old replica's data is deleted). Raft messages recreate one only for a
     /// newer membership (the store was added again), once the deletion is done.
@@ -1497,6 +1499,7 @@ async fn serve_core(
         transport,
         step_drops: StepDrops::new(id),
         creating: RefCell::new(HashSet::new()),
+        merges_running: RefCell::new(HashSet::new()),
         tombstones: RefCell::new(HashMap::new()),
         snapshot_sends: Rc::new(crate::snapship::Sends::default()),
         routes: layout::LocalRoutes::new(&node.routes),

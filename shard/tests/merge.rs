@@ -223,6 +223,66 @@ fn small_cold_regions_merge_by_themselves_down_to_the_first_four_of_a_core() {
     server.terminate();
 }
 
+/// A merge that stopped after its prepare (`NOKV_DEBUG_MERGE_STOP_AFTER_PREPARE`, standing
+/// in for a commit not applied in time) leaves its source taking no writes; the next
+/// split check finishes it by itself, and every key reads back.
+#[test]
+fn a_merge_stopped_after_its_prepare_is_finished_by_the_next_split_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("store");
+    let flags = [
+        "--cores",
+        "1",
+        "--region-max-bytes",
+        "0",
+        "--split-load-qps",
+        "0",
+        "--split-check-ms",
+        "300",
+    ];
+    let server = Server::start_env(
+        &workdir,
+        &flags,
+        &[("NOKV_DEBUG_MERGE_STOP_AFTER_PREPARE", "1")],
+    );
+    let mut c = server.client();
+    let pairs: Vec<(String, String)> = (0..400)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    load(&mut c, &pairs);
+    let before = regions(&mut c);
+    let (a, b) = (before[0], before[1]);
+    let stopped = c.cmd(&format!("NOKV.REGION MERGE {} {}", a.0, b.0));
+    assert!(
+        matches!(&stopped, R::Error(e) if e.contains("stopped after its prepare")),
+        "{stopped:?}"
+    );
+    wait_for(
+        "the prepared merge finished by a split check",
+        Duration::from_secs(30),
+        || regions(&mut c).len() == before.len() - 1,
+    );
+    let now = regions(&mut c);
+    assert_tiles(&now);
+    assert!(
+        now.iter().any(|r| r.1 == a.1 && r.2 == b.2),
+        "one region holds both ranges: {now:?}"
+    );
+    let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+    assert!(
+        log.contains("finishing a prepared merge"),
+        "the log says so"
+    );
+    assert_values(&mut c, &pairs.iter().cloned().collect());
+    // The merged range takes writes again.
+    let more: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("after:{i}"), format!("w{i}")))
+        .collect();
+    load(&mut c, &more);
+    assert_values(&mut c, &more.into_iter().collect());
+    server.terminate();
+}
+
 /// Found by `bench/anchors/spread.sh`: a core whose regions all moved to another core and
 /// merged there came back at the next start with the bootstrap layout, over slots the
 /// other core held (the store refused to start: regions did not tile).
