@@ -58,6 +58,17 @@ measure() {
 report() { # label regions hibernating rss_kib cpu
     printf '%-28s %7d regions %7d hibernating  RSS %7.1f MiB  idle CPU %4d ms/s\n' "$1" "$2" "$3" "$(awk -v k="$4" 'BEGIN { print k / 1024 }')" "$5"
 }
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+# Measures and reports as <label>; with <what>, also the memory per region above the first
+# measurement (n0, rss0).
+step() { # label [what]
+    local n h rss cpu
+    read -r n h rss cpu < <(measure)
+    report "$1" "$n" "$h" "$rss" "$cpu"
+    if [[ -n ${2:-} ]]; then
+        echo "memory per region ($2): $(awk -v a="$rss0" -v b="$rss" -v n0="$n0" -v n="$n" 'BEGIN { printf "%.1f", (b - a) / (n - n0) }') KiB"
+    fi
+}
 sleep 2
 read -r n0 h0 rss0 cpu0 < <(measure)
 report "first regions, idle" "$n0" "$h0" "$rss0" "$cpu0"
@@ -92,24 +103,16 @@ for line in "${originals[@]}"; do
     done
 done
 exec {CLI[1]}>&-
-t1=$(date +%s.%N)
-echo "$splits splits in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+echo "$splits splits in $(since "$t0") s"
 sleep 2
-read -r n1 h1 rss1 cpu1 < <(measure)
-report "after the splits, idle" "$n1" "$h1" "$rss1" "$cpu1"
-per=$(awk -v a="$rss0" -v b="$rss1" -v n0="$n0" -v n1="$n1" 'BEGIN { printf "%.1f", (b - a) / (n1 - n0) }')
-echo "memory per region (idle, empty): $per KiB"
+step "after the splits, idle" "idle, empty"
 
 if [[ $WRITE == 1 ]]; then
     # 12 keys per region on average (k{0}, k{1}, ...: their slots spread evenly), so
     # that every region gets at least one write with near certainty (e^-12 each).
     t0=$(date +%s.%N)
     seq 0 $((REGIONS * 12)) | awk '{ printf "SET k{%d} v\n", $1 }' | redis-cli -p "$PORT" >/dev/null
-    t1=$(date +%s.%N)
-    echo "$((REGIONS * 12 + 1)) SETs over every region in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+    echo "$((REGIONS * 12 + 1)) SETs over every region in $(since "$t0") s"
     sleep 3
-    read -r n2 h2 rss2 cpu2 < <(measure)
-    report "after a write to each, idle" "$n2" "$h2" "$rss2" "$cpu2"
-    per=$(awk -v a="$rss0" -v b="$rss2" -v n0="$n0" -v n2="$n2" 'BEGIN { printf "%.1f", (b - a) / (n2 - n0) }')
-    echo "memory per region (idle, written once, memtables included): $per KiB"
+    step "after a write to each, idle" "idle, written once, memtables included"
 fi

@@ -9,6 +9,18 @@ use std::time::Duration;
 use support::regions::*;
 use support::{Server, R};
 
+/// One core, no splits by size or load, a split check (and merges) every 300 ms.
+const ONE_CORE_MERGING: [&str; 8] = [
+    "--cores",
+    "1",
+    "--region-max-bytes",
+    "0",
+    "--split-load-qps",
+    "0",
+    "--split-check-ms",
+    "300",
+];
+
 /// Pairs of adjacent regions on one core: (left, right), each region in one pair at most.
 fn mergeable_pairs(regions: &[Region]) -> Vec<(Region, Region)> {
     let mut out = Vec::new();
@@ -178,16 +190,7 @@ fn a_merge_persisted_in_two_steps_leaves_a_gap_that_the_check_finds() {
 fn small_cold_regions_merge_by_themselves_down_to_the_first_four_of_a_core() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = [
-        "--cores",
-        "1",
-        "--region-max-bytes",
-        "0",
-        "--split-load-qps",
-        "0",
-        "--split-check-ms",
-        "300",
-    ];
+    let flags = ONE_CORE_MERGING;
     let server = Server::start(&workdir, &flags);
     let mut c = server.client();
     let before = regions(&mut c);
@@ -230,16 +233,7 @@ fn small_cold_regions_merge_by_themselves_down_to_the_first_four_of_a_core() {
 fn a_merge_stopped_after_its_prepare_is_finished_by_the_next_split_check() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workdir = dir.path().join("store");
-    let flags = [
-        "--cores",
-        "1",
-        "--region-max-bytes",
-        "0",
-        "--split-load-qps",
-        "0",
-        "--split-check-ms",
-        "300",
-    ];
+    let flags = ONE_CORE_MERGING;
     let server = Server::start_env(
         &workdir,
         &flags,
