@@ -252,6 +252,46 @@ pub fn pick(v: &Version, opts: &Options, scanned: bool) -> Option<Plan> {
     Some(finish_plan(v, level, out, vec![f], next, score))
 }
 
+/// What a full compaction ([`pick_full`]) does next.
+#[derive(Debug)]
+pub enum FullStep {
+    /// Run this plan.
+    Plan(Plan),
+    /// Files it needs are being compacted: wait.
+    Busy,
+    /// Every level above the last is empty and the last was rewritten.
+    Done,
+}
+
+/// The next step of a full compaction: the highest level above the last that holds
+/// files, whole, into the next level below that holds files (the last if none); once only
+/// the last level holds files, the last level rewritten into itself (unless `bottom_done`),
+/// so that every entry passes through a bottommost merge. Never a trivial move.
+pub fn pick_full(v: &Version, bottom_done: bool) -> FullStep {
+    let last = v.levels.len() - 1;
+    let plan = |level: usize, out: usize, inputs: Vec<Arc<FileMeta>>, next: Vec<Arc<FileMeta>>| {
+        if busy(&inputs) || busy(&next) {
+            return FullStep::Busy;
+        }
+        let mut p = finish_plan(v, level, out, inputs, next, 1.0);
+        p.trivial_move = false;
+        FullStep::Plan(p)
+    };
+    if let Some(level) = (0..last).find(|&l| !v.levels[l].is_empty()) {
+        let inputs = v.levels[level].clone();
+        let out = ((level + 1)..last)
+            .find(|&l| !v.levels[l].is_empty())
+            .unwrap_or(last);
+        let (lo, hi) = key_range(&inputs);
+        let next = v.overlapping(out, Some(&lo), Some(&hi));
+        return plan(level, out, inputs, next);
+    }
+    if bottom_done || v.levels[last].is_empty() {
+        return FullStep::Done;
+    }
+    plan(last, last, v.levels[last].clone(), Vec::new())
+}
+
 /// True when `f` lies entirely inside range tombstones of `index` that every reader under
 /// `policy` sees and that are newer than everything in `f`: compaction may delete the file
 /// without reading it (a tombstone newer than all of it hides every entry and every
@@ -376,6 +416,8 @@ pub struct JobSettings {
     pub clock: Arc<dyn Clock>,
     /// Where large values go (`None`: every value stays in the tables).
     pub vlog: Option<SeparatorSettings>,
+    /// `Options::unsafe_txn_gc_any_record_shadows`.
+    pub unsafe_txn_gc_any_record_shadows: bool,
 }
 
 impl JobSettings {
@@ -401,6 +443,7 @@ impl JobSettings {
         });
         JobSettings {
             vlog,
+            unsafe_txn_gc_any_record_shadows: opts.unsafe_txn_gc_any_record_shadows,
             dir,
             fs,
             next_file_number,
@@ -495,6 +538,80 @@ pub struct MergeJob {
     discards: BTreeMap<u64, u64>,
     /// Trailer of the previous entry (a copy of the same internal key is a duplicate).
     last_trailer: [u8; TRAILER_LEN],
+    /// The transaction GC of `NS_KV`'s write records (see [`MergeJob::with_txn_gc`]).
+    txn: TxnGc,
+    /// Write records of `NS_KV` dropped by the transaction GC.
+    pub entries_txn_collected: u64,
+}
+
+/// The transaction GC's state: its safe point and what it met of the current key.
+#[derive(Debug, Default)]
+struct TxnGc {
+    /// 0: off.
+    safe_point: u64,
+    /// A put or delete record at or below the safe point, seen by every reader, was met:
+    /// the key's older records are hidden from every transactional read.
+    shadowed: bool,
+    /// An entry of the key seen by every reader was kept: the key's newest entry (what a
+    /// latest read, such as a consistency check, sees) is not the one at hand.
+    kept_visible: bool,
+    /// `Options::unsafe_txn_gc_any_record_shadows`.
+    any_record_shadows: bool,
+}
+
+impl TxnGc {
+    /// Whether to drop an entry of the current key that nothing else drops: `write_tag`
+    /// is the first byte of the value of a plain put in `NS_KV`'s `CF_WRITE` (the
+    /// Percolator record's kind), None for any other entry.
+    ///
+    /// Transactions read at or above the safe point, so below it only the newest put or
+    /// delete record matters: it hides every older record of the key (dropped), and a
+    /// delete record hides nothing more once nothing older lies below (`bottommost`).
+    /// Lock-only and rollback records below the safe point are dropped unless they are the
+    /// key's newest entry (a latest read must see the same on every replica, whenever it
+    /// compacted; a delete record dropped in that place reads like no record, which the
+    /// consistency check skips). Records at or above the safe point, or newer than a
+    /// snapshot (`by_all` false), are kept. Unknown kinds are kept.
+    fn drops(
+        &mut self,
+        write_tag: Option<u8>,
+        version: u64,
+        by_all: bool,
+        bottommost: bool,
+    ) -> bool {
+        if self.safe_point == 0 {
+            return false;
+        }
+        let keep = |gc: &mut TxnGc| {
+            gc.kept_visible |= by_all;
+            false
+        };
+        let Some(tag) = write_tag else {
+            return keep(self);
+        };
+        if self.shadowed {
+            return true;
+        }
+        if version > self.safe_point || !by_all {
+            return keep(self);
+        }
+        match tag {
+            b'P' => {
+                self.shadowed = true;
+                keep(self)
+            }
+            _ if self.any_record_shadows => {
+                self.shadowed = true;
+                keep(self)
+            }
+            b'D' => {
+                self.shadowed = true;
+                bottommost || keep(self)
+            }
+            b'L' | b'R' if self.kept_visible => true,
+            _ => keep(self),
+        }
+    }
 }
 
 /// A job's range tombstones: what hides entries, and what is written to the outputs.
@@ -523,6 +640,11 @@ fn coverage(f: Fragment<'_>, seq: u64, policy: &GcPolicy) -> (bool, u64) {
         .min()
         .unwrap_or(u64::MAX);
     (hidden, limit)
+}
+
+/// Whether `logical` is a key of `NS_KV`'s `CF_WRITE` (Percolator write records).
+fn is_txn_write(logical: &[u8]) -> bool {
+    logical.len() >= 2 && logical[0] == crate::key::NS_KV && logical[1] == crate::key::CF_WRITE
 }
 
 /// What a step left to do.
@@ -577,8 +699,19 @@ impl MergeJob {
             presplit_value: Vec::new(),
             discards: BTreeMap::new(),
             last_trailer: [0; TRAILER_LEN],
+            txn: TxnGc::default(),
+            entries_txn_collected: 0,
             settings,
         }
+    }
+
+    /// Collects `NS_KV`'s transactional write records under the transaction safe point
+    /// `safe_point` (0: off): below it only the newest put or delete record of a key is
+    /// kept (see `TxnGc::drops` and docs/transactions.md, "Garbage collection").
+    pub fn with_txn_gc(mut self, safe_point: u64) -> Self {
+        self.txn.safe_point = safe_point;
+        self.txn.any_record_shadows = self.settings.unsafe_txn_gc_any_record_shadows;
+        self
     }
 
     /// Gives the job the inputs' range tombstones and the live snapshot sequence numbers.
@@ -641,8 +774,11 @@ impl MergeJob {
                 self.current_key.extend_from_slice(logical);
                 self.has_current_key = true;
                 self.shadowed = false;
+                self.txn.shadowed = false;
+                self.txn.kept_visible = false;
             }
             let version = parse_version(ikey);
+            let txn_write = kind == Kind::Put as u8 && is_txn_write(logical);
             // An expired value reads as absent, exactly like a tombstone; it must not be
             // dropped above the bottom, or it would let an older version show through.
             let expired = has_expiry(kind)
@@ -660,10 +796,20 @@ impl MergeJob {
             // A second copy of one internal key (left behind by value-log GC, which re-points
             // a value with a newer copy in L0) loses to the first, which merging yields first.
             let duplicate = self.is_duplicate(new_key);
-            let drop = range_deleted
+            let mut drop = range_deleted
                 || shadowed
                 || duplicate
                 || (absent && seen_by_all && self.bottommost);
+            if !drop && self.txn.safe_point > 0 {
+                let write_tag = txn_write
+                    .then(|| self.input.value().first().copied())
+                    .flatten();
+                let by_all = seq <= self.smallest_snapshot;
+                if self.txn.drops(write_tag, version, by_all, self.bottommost) {
+                    drop = true;
+                    self.entries_txn_collected += 1;
+                }
+            }
             if drop || expired {
                 self.note_discard(kind);
             }
@@ -936,6 +1082,44 @@ fn settings_vlog(settings: &JobSettings) -> Option<ValueSeparator> {
 mod tests {
     use super::*;
 
+    /// What the transaction GC drops of one key's entries (newest first): (kind tag,
+    /// version, seen by every reader).
+    fn txn_drops(entries: &[(u8, u64, bool)], bottommost: bool) -> Vec<bool> {
+        let mut gc = TxnGc {
+            safe_point: 100,
+            ..TxnGc::default()
+        };
+        entries
+            .iter()
+            .map(|&(tag, version, by_all)| gc.drops(Some(tag), version, by_all, bottommost))
+            .collect()
+    }
+
+    #[test]
+    fn the_txn_gc_keeps_the_newest_put_or_delete_below_its_safe_point() {
+        // Above the safe point everything stays; below it the newest put hides the rest.
+        let e = [
+            (b'P', 150, true),
+            (b'R', 90, true),
+            (b'P', 80, true),
+            (b'P', 70, true),
+            (b'L', 60, true),
+        ];
+        assert_eq!(txn_drops(&e, false), [false, true, false, true, true]);
+        // A rollback that is the key's newest entry stays (a latest read sees it).
+        let e = [(b'R', 90, true), (b'P', 80, true), (b'D', 70, true)];
+        assert_eq!(txn_drops(&e, false), [false, false, true]);
+        // A delete hides the rest, and goes itself at the bottom.
+        let e = [(b'D', 90, true), (b'P', 80, true)];
+        assert_eq!(txn_drops(&e, false), [false, true]);
+        assert_eq!(txn_drops(&e, true), [true, true]);
+        // An entry a snapshot does not see hides nothing.
+        let e = [(b'P', 90, false), (b'P', 80, true), (b'P', 70, true)];
+        assert_eq!(txn_drops(&e, false), [false, false, true]);
+        // Off: nothing.
+        let mut off = TxnGc::default();
+        assert!(!off.drops(Some(b'P'), 1, true, true));
+    }
     fn opts() -> Options {
         Options {
             level_base_bytes: 256,

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{decode_batch, BatchOp, WriteBatch, MAX_RANGE_DELETES_PER_BATCH};
 use crate::cache::BlockCache;
-use crate::compaction::{self, JobSettings, MergeJob, Plan, Step};
+use crate::compaction::{self, FullStep, JobSettings, MergeJob, Plan, Step};
 use crate::db_iter::DbIterator;
 use crate::error::{Error, IoContext, Result};
 use crate::filename::{self, FileKind};
@@ -183,6 +183,10 @@ struct State {
     log_floor: u64,
     flushing: bool,
     compacting: usize,
+    /// A step of a full compaction runs: it runs alone (its outputs may span gaps between
+    /// the output level's files, where another compaction could write), so the
+    /// background thread picks nothing meanwhile.
+    full_compaction: bool,
     bg_error: Option<String>,
     /// Number of background failures so far (lets a waiter see only new ones).
     bg_errors: u64,
@@ -215,6 +219,8 @@ struct Inner {
     last_seq: AtomicU64,
     /// GC safe point set by the owner (`Options::retain_versions`).
     gc_safe_point: AtomicU64,
+    /// Transaction GC safe point set by the owner (`Db::set_txn_safe_point`).
+    txn_safe_point: AtomicU64,
     next_file_number: Arc<AtomicU64>,
     pending: Mutex<VecDeque<Arc<PendingWrite>>>,
     write: Mutex<WriteState>,
@@ -639,6 +645,19 @@ impl Db {
         self.inner().safe_point()
     }
 
+    /// Raises the transaction GC safe point to `ts` (never lowers it): compaction may then
+    /// drop `NS_KV`'s Percolator write records that no transaction reading at or above
+    /// `ts` can see (docs/transactions.md, "Garbage collection"). The transaction layer
+    /// must refuse reads and prewrites below it. Persisted by the compactions that use it.
+    pub fn set_txn_safe_point(&self, ts: u64) {
+        self.inner().txn_safe_point.fetch_max(ts, Ordering::AcqRel);
+    }
+
+    /// The transaction GC safe point (see [`Db::set_txn_safe_point`]; 0: none yet).
+    pub fn txn_safe_point(&self) -> u64 {
+        self.inner().txn_safe_point.load(Ordering::Acquire)
+    }
+
     /// An iterator over the ordered-KV namespace's default column family.
     pub fn iter(&self, ro: ReadOptions) -> Result<DbIterator> {
         self.iter_in(KeySpace::KV, ro)
@@ -722,6 +741,7 @@ impl Db {
             inline: Box::new(move |kind, value| fetcher.inline(kind, value)),
             range_dels: read_view_range_dels(&sv, &lo, &hi)
                 .map(|t| RangeDelCursor::new(t, MAX_VERSION, seq)),
+            txn_safe_point: inner.txn_safe_point.load(Ordering::Acquire),
         };
         let last_level = inner.opts.num_levels - 1;
         region_snapshot::export(
@@ -834,6 +854,16 @@ impl Db {
     pub fn compact_all(&self) -> Result<()> {
         self.flush()?;
         self.wait_for_compaction()
+    }
+
+    /// Flushes, then compacts every level into the last one and rewrites the last: every
+    /// entry passes through a bottommost merge, so whatever no reader can see any more
+    /// (overwritten, deleted or expired data, versions below the GC safe points) is
+    /// dropped. Blocks until done (heavy IO for a large database); writes and background
+    /// compactions go on meanwhile.
+    pub fn compact_full(&self) -> Result<()> {
+        self.compact_all()?;
+        self.inner().run_full_compaction()
     }
 
     /// Collects the value-log segment with the most garbage if its discard ratio is at least
@@ -1258,6 +1288,7 @@ fn recover(
     let recycler = write_log_on(&opts).then(|| Arc::new(Recycler::new(RECYCLED_SEGMENTS)));
     let vlog = VlogState::new(&state, &dir, &fs, &readers, recycler.clone());
     let gc_safe_point_floor = state.gc_safe_point;
+    let txn_safe_point_floor = state.txn_safe_point;
     let mem = Arc::new(Memtable::new(opts.write_buffer_bytes));
     let version = Arc::new(version);
     let sv = Arc::new(SuperVersion {
@@ -1278,6 +1309,7 @@ fn recover(
         log_floor: new_gen,
         flushing: false,
         compacting: 0,
+        full_compaction: false,
         bg_error: None,
         bg_errors: 0,
         shutting_down: false,
@@ -1294,6 +1326,8 @@ fn recover(
         last_seq: AtomicU64::new(last_seq),
         // A value-log GC relied on the safe point it recorded: reads never go below it again.
         gc_safe_point: AtomicU64::new(gc_safe_point_floor),
+        // Compaction collected write records under it: it never restarts lower.
+        txn_safe_point: AtomicU64::new(txn_safe_point_floor),
         next_file_number,
         pending: Mutex::new(VecDeque::new()),
         write: Mutex::new(WriteState {
@@ -2103,8 +2137,14 @@ impl Inner {
         let mut st = self.state.lock();
         let mut edit = VersionEdit {
             seq_floor: Some(global_seq),
+            // The exporter may have collected records below its safe point: reads below
+            // it are refused here too, also after a restart.
+            txn_safe_point: manifest.txn_safe_point,
             ..Default::default()
         };
+        if let Some(t) = manifest.txn_safe_point {
+            self.txn_safe_point.fetch_max(t, Ordering::AcqRel);
+        }
         let mut placed = Vec::new();
         for m in &opened {
             let (lo, hi) = (m.desc.smallest_logical(), m.desc.largest_logical());
@@ -2441,7 +2481,7 @@ impl Inner {
             if st.shutting_down {
                 return;
             }
-            let plan = if self.is_poisoned.load(Ordering::Acquire) {
+            let plan = if self.is_poisoned.load(Ordering::Acquire) || st.full_compaction {
                 None
             } else {
                 self.pick_compaction(&st.version)
@@ -2462,51 +2502,9 @@ impl Inner {
             plan.set_being_compacted(false);
             match res {
                 Ok((edit, outputs)) => {
-                    let written: u64 = outputs.iter().map(|m| m.desc.size).sum();
-                    if let Err(e) = self.log_and_apply(&mut st, edit, &outputs) {
-                        for m in &outputs {
-                            m.mark_obsolete();
-                        }
+                    if let Err(e) = self.install_compaction(&mut st, &plan, edit, &outputs, t) {
                         self.note_bg_error(&mut st, &e);
-                        continue;
                     }
-                    tracing::debug!(
-                        level = plan.level,
-                        output_level = plan.output_level,
-                        input_files = plan.inputs.len(),
-                        input_bytes = plan.inputs.iter().map(|f| f.desc.size).sum::<u64>(),
-                        next_files = plan.next_inputs.len(),
-                        next_bytes = plan.next_inputs.iter().map(|f| f.desc.size).sum::<u64>(),
-                        output_bytes = written,
-                        trivial_move = plan.trivial_move,
-                        score = plan.score,
-                        "compaction finished"
-                    );
-                    if plan.trivial_move {
-                        Counters::add(&self.counters.trivial_moves, "nokv_trivial_moves_total", 1);
-                    } else {
-                        for f in plan.all_inputs() {
-                            f.mark_obsolete();
-                        }
-                        let read: u64 = plan.all_inputs().map(|f| f.desc.size).sum();
-                        Counters::add(&self.counters.compactions, "nokv_compactions_total", 1);
-                        Counters::add(
-                            &self.counters.compaction_bytes_read,
-                            "nokv_compaction_bytes_read_total",
-                            read,
-                        );
-                        Counters::add(
-                            &self.counters.compaction_bytes_written,
-                            "nokv_compaction_bytes_written_total",
-                            written,
-                        );
-                        Counters::add(
-                            &self.counters.compaction_micros,
-                            "nokv_compaction_micros_total",
-                            t.elapsed().as_micros() as u64,
-                        );
-                    }
-                    self.state_cv.notify_all();
                 }
                 Err(Error::Closed) => return,
                 Err(e) => {
@@ -2515,6 +2513,116 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Installs a finished compaction of `plan` (its `edit` and `outputs`, started at `t`)
+    /// and counts it; on an error the outputs are dropped and nothing changed.
+    fn install_compaction(
+        &self,
+        st: &mut State,
+        plan: &Plan,
+        edit: VersionEdit,
+        outputs: &[Arc<FileMeta>],
+        t: Instant,
+    ) -> Result<()> {
+        let written: u64 = outputs.iter().map(|m| m.desc.size).sum();
+        if let Err(e) = self.log_and_apply(st, edit, outputs) {
+            for m in outputs {
+                m.mark_obsolete();
+            }
+            return Err(e);
+        }
+        tracing::debug!(
+            level = plan.level,
+            output_level = plan.output_level,
+            input_files = plan.inputs.len(),
+            input_bytes = plan.inputs.iter().map(|f| f.desc.size).sum::<u64>(),
+            next_files = plan.next_inputs.len(),
+            next_bytes = plan.next_inputs.iter().map(|f| f.desc.size).sum::<u64>(),
+            output_bytes = written,
+            trivial_move = plan.trivial_move,
+            score = plan.score,
+            "compaction finished"
+        );
+        if plan.trivial_move {
+            Counters::add(&self.counters.trivial_moves, "nokv_trivial_moves_total", 1);
+        } else {
+            for f in plan.all_inputs() {
+                f.mark_obsolete();
+            }
+            let read: u64 = plan.all_inputs().map(|f| f.desc.size).sum();
+            Counters::add(&self.counters.compactions, "nokv_compactions_total", 1);
+            Counters::add(
+                &self.counters.compaction_bytes_read,
+                "nokv_compaction_bytes_read_total",
+                read,
+            );
+            Counters::add(
+                &self.counters.compaction_bytes_written,
+                "nokv_compaction_bytes_written_total",
+                written,
+            );
+            Counters::add(
+                &self.counters.compaction_micros,
+                "nokv_compaction_micros_total",
+                t.elapsed().as_micros() as u64,
+            );
+        }
+        self.state_cv.notify_all();
+        Ok(())
+    }
+
+    /// Runs the steps of a full compaction ([`Db::compact_full`]) on the caller's thread,
+    /// beside the background compactions.
+    fn run_full_compaction(&self) -> Result<()> {
+        let last = self.opts.num_levels - 1;
+        let mut bottom_done = false;
+        // Bounded: each step empties a level above the last or rewrites the last (once);
+        // levels that new flushes fill meanwhile are followed a bounded number of times.
+        for _ in 0..self.opts.num_levels * 4 {
+            let mut st = self.state.lock();
+            let plan = loop {
+                self.check_open()?;
+                if st.shutting_down {
+                    return Err(Error::Closed);
+                }
+                // Alone: once the background compactions in flight are done.
+                let step = match st.compacting {
+                    0 => compaction::pick_full(&st.version, bottom_done),
+                    _ => FullStep::Busy,
+                };
+                match step {
+                    FullStep::Done => return Ok(()),
+                    // A value-log GC commit waits for L0 to be still (see `vlog_gc`).
+                    FullStep::Plan(p) if p.level != 0 || !st.vlog.hold_l0 => break p,
+                    _ => {
+                        self.state_cv.wait_for(&mut st, Duration::from_millis(100));
+                    }
+                }
+            };
+            bottom_done |= plan.level == last;
+            plan.set_being_compacted(true);
+            st.compacting += 1;
+            st.full_compaction = true;
+            drop(st);
+            let t = Instant::now();
+            let res = self.run_compaction(&plan);
+            let mut st = self.state.lock();
+            st.compacting -= 1;
+            st.full_compaction = false;
+            plan.set_being_compacted(false);
+            self.state_cv.notify_all();
+            let installed = res.and_then(|(edit, outputs)| {
+                self.install_compaction(&mut st, &plan, edit, &outputs, t)
+            });
+            if let Err(e) = installed {
+                if !matches!(e, Error::Closed) {
+                    self.note_bg_error(&mut st, &e);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn run_compaction(&self, plan: &Plan) -> Result<(VersionEdit, Vec<Arc<FileMeta>>)> {
@@ -2556,6 +2664,7 @@ impl Inner {
             self.cache.clone(),
         );
         let boundaries = compaction::next_level_boundaries(&self.state.lock().version, plan);
+        let txn_safe_point = self.txn_safe_point.load(Ordering::Acquire);
         let mut job = MergeJob::new(
             Box::new(MergingIterator::new(children)),
             settings,
@@ -2563,11 +2672,22 @@ impl Inner {
             self.safe_point(),
             plan.bottommost,
         )
+        .with_txn_gc(txn_safe_point)
         .with_boundaries(boundaries)
         .with_range_tombstones(input_range_dels(plan, &unread), self.snapshots.all());
         self.drive(&mut job)?;
+        let txn_collected = job.entries_txn_collected;
         let out = job.finish_all()?;
         self.note_separated(out.separated);
+        if txn_collected > 0 {
+            // Reads below it may miss what this compaction dropped: persist it with the edit.
+            edit.txn_safe_point = Some(txn_safe_point);
+            Counters::add(
+                &self.counters.txn_records_collected,
+                "nokv_txn_gc_records_total",
+                txn_collected,
+            );
+        }
         edit.segments_added = out.segments;
         edit.discards = out.discards.into_iter().collect();
         let outputs: Vec<Arc<FileMeta>> = out
@@ -2664,6 +2784,7 @@ impl Inner {
             wal_segments,
             last_sequence: self.last_seq.load(Ordering::Acquire),
             range_del_files_dropped: ld(&c.range_del_files_dropped),
+            txn_records_collected: ld(&c.txn_records_collected),
             range_del_bytes_dropped: ld(&c.range_del_bytes_dropped),
             ..Default::default()
         };

@@ -40,6 +40,8 @@ pub struct ManifestState {
     pub discard: DiscardStats,
     /// Highest GC safe point a value-log GC relied on (0: none).
     pub gc_safe_point: u64,
+    /// Highest transaction GC safe point a flush or compaction collected under (0: none).
+    pub txn_safe_point: u64,
 }
 
 impl ManifestState {
@@ -125,6 +127,9 @@ impl ManifestState {
         if let Some(v) = e.gc_safe_point {
             self.gc_safe_point = self.gc_safe_point.max(v);
         }
+        if let Some(v) = e.txn_safe_point {
+            self.txn_safe_point = self.txn_safe_point.max(v);
+        }
         Ok(())
     }
 
@@ -154,6 +159,7 @@ impl ManifestState {
                 .map(|(id, u)| (id, u.discarded))
                 .collect(),
             gc_safe_point: (self.gc_safe_point > 0).then_some(self.gc_safe_point),
+            txn_safe_point: (self.txn_safe_point > 0).then_some(self.txn_safe_point),
         }
     }
 }

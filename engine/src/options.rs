@@ -171,6 +171,11 @@ pub struct Options {
     /// memtables back and drive writes into a stop deterministically.
     #[doc(hidden)]
     pub test_hold_flush: Option<FlushHold>,
+    /// TEST ONLY: the transaction GC lets any write record (lock-only and rollback records
+    /// too) hide the older ones, as a plain version GC would. Exists so tests can prove
+    /// they catch the committed values it loses. Never set this in production.
+    #[doc(hidden)]
+    pub unsafe_txn_gc_any_record_shadows: bool,
     /// Key spaces (at most 64) for which [`crate::Db::may_hold`] can answer "empty": an
     /// owner that looks up a usually empty space on every request (the Redis gateway's
     /// lock records) skips the lookups until a record appears.
@@ -227,6 +232,7 @@ impl Default for Options {
             unsafe_ack_before_sync: false,
             unsafe_ingest_skip_sync: false,
             test_hold_flush: None,
+            unsafe_txn_gc_any_record_shadows: false,
             tracked_spaces: Vec::new(),
         }
     }

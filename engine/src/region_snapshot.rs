@@ -130,6 +130,9 @@ pub struct SnapshotManifest {
     pub range: RegionRange,
     /// The read timestamp of a latest-value export (`None`: every version).
     pub read_ts: Option<u64>,
+    /// The exporter's transaction GC safe point, for an `NS_KV` range (`None`: none set):
+    /// the data may lack records below it, so the ingesting database raises its own.
+    pub txn_safe_point: Option<u64>,
     /// The tables, in key order.
     pub files: Vec<SnapshotFile>,
 }
@@ -161,6 +164,9 @@ impl SnapshotManifest {
             "read_ts {}",
             self.read_ts.map_or("all".to_string(), |t| t.to_string())
         );
+        if let Some(t) = self.txn_safe_point {
+            let _ = writeln!(s, "txn_safe_point {t}");
+        }
         for f in &self.files {
             let _ = writeln!(
                 s,
@@ -244,8 +250,15 @@ impl SnapshotManifest {
             t => Some(t.parse().map_err(|_| bad(at, "bad read_ts".into()))?),
         };
         let mut files = Vec::new();
+        let mut txn_safe_point = None;
         while let Ok((at, p)) = next("file") {
             match p.as_slice() {
+                ["txn_safe_point", t] if files.is_empty() && txn_safe_point.is_none() => {
+                    txn_safe_point = Some(
+                        t.parse()
+                            .map_err(|_| bad(at, "bad txn_safe_point".into()))?,
+                    );
+                }
                 ["file", name, size, crc, entries] if is_plain_name(name) => {
                     files.push(SnapshotFile {
                         name: name.to_string(),
@@ -269,6 +282,7 @@ impl SnapshotManifest {
         Ok(SnapshotManifest {
             range,
             read_ts,
+            txn_safe_point,
             files,
         })
     }
@@ -357,6 +371,8 @@ pub(crate) struct ExportSource {
     pub inline: InlineValue,
     /// Range tombstones of the read view (entries they hide are not exported).
     pub range_dels: Option<RangeDelCursor>,
+    /// The database's transaction GC safe point (0: none), recorded for `NS_KV` ranges.
+    pub txn_safe_point: u64,
 }
 
 /// Writes the range's entries from `src` into tables plus a manifest in `dir`.
@@ -394,6 +410,8 @@ pub(crate) fn export(
     let manifest = SnapshotManifest {
         range: range.clone(),
         read_ts: opts.read_ts,
+        txn_safe_point: (range.ns == crate::key::NS_KV && src.txn_safe_point > 0)
+            .then_some(src.txn_safe_point),
         files: writer.files.clone(),
     };
     let text = manifest.encode();
@@ -716,6 +734,7 @@ mod tests {
                 end: Some(b"m".to_vec()),
             },
             read_ts: Some(42),
+            txn_safe_point: None,
             files: vec![SnapshotFile {
                 name: "000001.sst".into(),
                 size: 1234,
@@ -736,6 +755,7 @@ mod tests {
         let all = SnapshotManifest {
             range: RegionRange::namespace(b'k'),
             read_ts: None,
+            txn_safe_point: Some(77),
             files: Vec::new(),
         };
         let text = all.encode();

@@ -226,6 +226,9 @@ pub struct VersionEdit {
     pub discards: Vec<(u64, u64)>,
     /// The GC safe point a value-log GC relied on; the safe point never restarts below it.
     pub gc_safe_point: Option<u64>,
+    /// The transaction GC safe point a flush or compaction collected `NS_KV`'s write
+    /// records under; the transaction safe point never restarts below it.
+    pub txn_safe_point: Option<u64>,
 }
 
 const TAG_NEXT_FILE: u64 = 1;
@@ -242,6 +245,7 @@ const TAG_DISCARD: u64 = 11;
 const TAG_GC_SAFE_POINT: u64 = 12;
 const TAG_SEQ_FLOOR: u64 = 13;
 const TAG_ADD_INGESTED_FILE: u64 = 14;
+const TAG_TXN_SAFE_POINT: u64 = 15;
 
 /// The manifest format this build writes and the highest it reads.
 pub const MANIFEST_FORMAT: u64 = 2;
@@ -261,6 +265,7 @@ impl VersionEdit {
             (TAG_OPAQUE_FLOOR, self.opaque_floor),
             (TAG_SEQ_FLOOR, self.seq_floor),
             (TAG_GC_SAFE_POINT, self.gc_safe_point),
+            (TAG_TXN_SAFE_POINT, self.txn_safe_point),
         ] {
             if let Some(v) = v {
                 put_varint(&mut out, tag);
@@ -322,6 +327,7 @@ impl VersionEdit {
         let trunc = || "truncated edit".to_string();
         match tag {
             TAG_GC_SAFE_POINT => self.gc_safe_point = Some(r.varint().ok_or_else(trunc)?),
+            TAG_TXN_SAFE_POINT => self.txn_safe_point = Some(r.varint().ok_or_else(trunc)?),
             TAG_DELETE_SEGMENT => self.segments_deleted.push(r.varint().ok_or_else(trunc)?),
             TAG_ADD_SEGMENT => {
                 let id = r.varint().ok_or_else(trunc)?;
@@ -439,6 +445,7 @@ mod tests {
             seg_del in proptest::collection::vec(any::<u64>(), 0..3),
             discards in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
             gsp in proptest::option::of(any::<u64>()),
+            tsp in proptest::option::of(any::<u64>()),
         ) {
             let e = VersionEdit {
                 added: added.into_iter().map(|(l, n, s, c, a, b)| (l, FileDesc { number: n, size: s, entries: c, smallest: a, largest: b, global_seq: (n % 3 == 0).then_some(n / 3) })).collect(),
@@ -451,6 +458,7 @@ mod tests {
                 segments_deleted: seg_del,
                 discards,
                 gc_safe_point: gsp,
+                txn_safe_point: tsp,
             };
             prop_assert_eq!(VersionEdit::decode(&e.encode()), Ok(e));
         }
@@ -525,6 +533,7 @@ mod tests {
             segments_added: vec![seg(3, 1000), seg(4, 500)],
             discards: vec![(3, 200)],
             gc_safe_point: Some(9),
+            txn_safe_point: Some(11),
             ..Default::default()
         };
         st.apply(&add).unwrap();
@@ -560,6 +569,7 @@ mod tests {
         assert_eq!(again.segments, st.segments);
         assert_eq!(again.discard, st.discard);
         assert_eq!(again.gc_safe_point, 9);
+        assert_eq!(again.txn_safe_point, 11);
         // GC swaps segments in one edit: delete the old, add the new with its garbage.
         st.apply(&VersionEdit {
             segments_deleted: vec![3],

@@ -31,6 +31,7 @@ enum OpKind {
     Prefix(u8),
     Flush,
     Compact,
+    CompactFull,
     Reopen,
     TakeSnapshot,
     CheckSnapshot(u8, bool),
@@ -65,6 +66,7 @@ fn op() -> impl Strategy<Value = OpKind> {
         2 => (0u8..37).prop_map(OpKind::Prefix),
         2 => Just(OpKind::Flush),
         1 => Just(OpKind::Compact),
+        1 => Just(OpKind::CompactFull),
         1 => Just(OpKind::Reopen),
         2 => Just(OpKind::TakeSnapshot),
         3 => (any::<u8>(), any::<bool>()).prop_map(|(i, r)| OpKind::CheckSnapshot(i, r)),
@@ -237,6 +239,15 @@ fn run(ops: Vec<OpKind>) {
             }
             OpKind::Flush => db.flush().expect("flush"),
             OpKind::Compact => db.compact_all().expect("compact"),
+            OpKind::CompactFull => {
+                db.compact_full().expect("full compaction");
+                let levels = db.stats().levels;
+                let last = levels.len() - 1;
+                assert!(
+                    levels[..last].iter().all(|l| l.files == 0),
+                    "step {step}: files above the last level after a full compaction: {levels:?}"
+                );
+            }
             OpKind::Gc => {
                 for _ in 0..4 {
                     if !db.run_value_log_gc(0.05).expect("value-log gc") {
