@@ -235,9 +235,12 @@ impl CoordClient {
         }
     }
 
-    /// Sends a store heartbeat.
-    pub fn store_heartbeat(&self, stats: StoreStats) -> Result<()> {
-        self.ack(request::Body::StoreHeartbeat(stats))
+    /// Sends a store heartbeat; returns the transaction GC safe point (0: none yet).
+    pub fn store_heartbeat(&self, stats: StoreStats) -> Result<u64> {
+        match self.call(request::Body::StoreHeartbeat(stats))? {
+            response::Body::Ack(a) => Ok(a.txn_safe_point),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Sends a region leader's heartbeat; a stale epoch comes back as
@@ -382,13 +385,6 @@ impl CoordClient {
             response::Body::Route(r) => r
                 .route
                 .ok_or_else(|| Error::UnexpectedResponse("route response without a route".into())),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    fn ack(&self, body: request::Body) -> Result<()> {
-        match self.call(body)? {
-            response::Body::Ack(_) => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

@@ -38,6 +38,13 @@ struct Args {
     /// --store-down-after on other stores, and balances region leaders across stores.
     #[arg(long, default_value = "on", value_parser = parse_switch)]
     schedule: bool,
+    /// How long a transaction may run (`nokv-client` transactions): the transaction GC
+    /// safe point trails the wall clock by this much, and the stores' compactions collect
+    /// old versions of transactional keys below it. A transaction older than this is
+    /// refused (`TxnTooOld`) and runs again. A duration like --store-down-after; `off`
+    /// keeps every version.
+    #[arg(long, default_value = "10m", value_parser = parse_gc_life)]
+    txn_gc_life: GcLife,
     /// Voters per region the scheduler keeps (0: as many as the cluster was bootstrapped
     /// with).
     #[arg(long, default_value_t = 0)]
@@ -57,6 +64,20 @@ struct Args {
     /// leader serves, the others answer with its address.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+}
+
+/// `--txn-gc-life`: a duration, or `off` (None).
+#[derive(Clone, Copy, Debug)]
+struct GcLife(Option<Duration>);
+
+fn parse_gc_life(s: &str) -> Result<GcLife, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(GcLife(None));
+    }
+    match nokv_coordinator::args::parse_duration(s)? {
+        d if d.is_zero() => Err("--txn-gc-life must be above 0 (or `off`)".into()),
+        d => Ok(GcLife(Some(d))),
+    }
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -86,6 +107,7 @@ fn run(args: Args) -> Result<(), String> {
         workdir: args.workdir.clone(),
         cluster_id: args.cluster_id,
         store_down_after: args.store_down_after,
+        txn_gc_life: args.txn_gc_life.0,
         clock: Arc::new(SystemClock::new()),
         scheduler: nokv_coordinator::scheduler::Options {
             enabled: args.schedule,

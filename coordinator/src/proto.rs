@@ -93,6 +93,10 @@ pub struct StoreStats {
     /// Per-core figures.
     #[prost(message, repeated, tag = "8")]
     pub cores: Vec<CoreStats>,
+    /// The oldest start timestamp of a transaction lock (`NS_KV`) on the store's replicas
+    /// (none: no lock); the transaction GC safe point stays at or below it.
+    #[prost(uint64, optional, tag = "9")]
+    pub min_lock_ts: Option<u64>,
 }
 
 /// Whether a store is alive.
@@ -467,6 +471,11 @@ pub struct Ack {
     /// scheduler asks the region's leader to run (older stores ignore the field).
     #[prost(message, optional, tag = "1")]
     pub operator: Option<Operator>,
+    /// Only in answer to a `StoreHeartbeat`: the transaction GC safe point the store's
+    /// engines may collect `NS_KV`'s write records under (0: none yet; see
+    /// docs/transactions.md, "Garbage collection").
+    #[prost(uint64, tag = "2")]
+    pub txn_safe_point: u64,
 }
 
 /// What a scheduler operator does.
@@ -859,7 +868,7 @@ mod tests {
             let resps = vec![
                 response::Body::Route(RouteResponse { route: Some(route) }),
                 response::Body::Ts(GetTsResponse { first, count: 3 }),
-                response::Body::Ack(Ack { operator: Some(Operator { id: first, region_id: r.id, kind: OperatorKind::AddLearner as i32, peer: r.peers.first().cloned(), reason: "repair".into(), from_store: leader, age_ms: 0 }) }),
+                response::Body::Ack(Ack { txn_safe_point: 0, operator: Some(Operator { id: first, region_id: r.id, kind: OperatorKind::AddLearner as i32, peer: r.peers.first().cloned(), reason: "repair".into(), from_store: leader, age_ms: 0 }) }),
                 response::Body::Error(crate::Error::StaleEpoch { region: r.id, current: Box::new(r.clone()) }.to_proto()),
             ];
             for body in resps {

@@ -20,7 +20,7 @@ use crate::proto::{
 use crate::replica::{LeaderStatus, Replica, ReplicaConfig};
 use crate::scheduler::{self, ClusterView, Scheduler, Step, StoreView};
 use crate::state::ClusterState;
-use crate::tso::Tso;
+use crate::tso::{self, Tso};
 use nokv::{Db, Options, WriteOptions};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -30,6 +30,9 @@ use std::time::Duration;
 
 /// Default time without a heartbeat after which a store is down.
 pub const DEFAULT_STORE_DOWN_AFTER: Duration = Duration::from_secs(30);
+/// Default longest transaction run time: how far the transaction GC safe point trails
+/// the wall clock.
+pub const DEFAULT_TXN_GC_LIFE: Duration = Duration::from_secs(600);
 /// Largest number of routes one scan returns.
 pub const MAX_SCAN_ROUTES: usize = 1024;
 /// Largest replica count of a region.
@@ -63,6 +66,9 @@ pub struct Config {
     /// The scheduler's settings (its `store_down_after_ms` is taken from
     /// `store_down_after`).
     pub scheduler: scheduler::Options,
+    /// How long a transaction may run: the transaction GC safe point trails the wall
+    /// clock by this much (`None`: no transaction GC).
+    pub txn_gc_life: Option<Duration>,
 }
 
 impl Config {
@@ -72,6 +78,7 @@ impl Config {
             workdir: workdir.into(),
             cluster_id,
             store_down_after: DEFAULT_STORE_DOWN_AFTER,
+            txn_gc_life: Some(DEFAULT_TXN_GC_LIFE),
             clock: Arc::new(SystemClock::new()),
             replica: None,
             // Off in the library (tests drive heartbeats by hand); the binary's
@@ -120,6 +127,8 @@ struct Inner {
     region_loads: HashMap<u64, u64>,
     /// Monotonic ms from which stores without a heartbeat count as up (start, leadership).
     grace_from_mono_ms: u64,
+    /// The transaction GC safe point handed out last (never lowered; 0: none).
+    txn_safe_point: u64,
     /// The raft term this replica last became a ready leader in (0: never / single process).
     leader_term: u64,
     /// Operators in flight and the scheduler's counters (volatile).
@@ -134,6 +143,8 @@ pub struct Coordinator {
     cluster_id: u64,
     store_down_after_ms: u64,
     clock: Arc<dyn Clock>,
+    /// `Config::txn_gc_life` in ms (0: off).
+    txn_gc_life_ms: u64,
 }
 
 fn engine_options() -> Options {
@@ -189,6 +200,7 @@ impl Coordinator {
                 region_sizes: HashMap::new(),
                 region_loads: HashMap::new(),
                 grace_from_mono_ms: config.clock.mono_ms(),
+                txn_safe_point: 0,
                 leader_term: 0,
                 scheduler: Scheduler::new(scheduler::Options {
                     store_down_after_ms: config.store_down_after.as_millis() as u64,
@@ -199,6 +211,9 @@ impl Coordinator {
             backend,
             cluster_id: config.cluster_id,
             store_down_after_ms: config.store_down_after.as_millis() as u64,
+            txn_gc_life_ms: config
+                .txn_gc_life
+                .map_or(0, |d| d.as_millis().max(1) as u64),
             clock: config.clock,
         })
     }
@@ -328,10 +343,14 @@ impl Coordinator {
             }
             Q::StoreHeartbeat(s) => {
                 self.store_heartbeat(s)?;
-                A::Ack(Ack { operator: None })
+                A::Ack(Ack {
+                    operator: None,
+                    txn_safe_point: self.txn_safe_point(),
+                })
             }
             Q::RegionHeartbeat(h) => A::Ack(Ack {
                 operator: self.region_heartbeat_op(h)?,
+                txn_safe_point: 0,
             }),
             Q::Bootstrap(b) => A::Bootstrap(BootstrapResponse {
                 regions: self.bootstrap(&b)?,
@@ -480,6 +499,40 @@ impl Coordinator {
         l.stats = Some(stats);
         self.finish_decommissions(&mut inner);
         Ok(())
+    }
+
+    /// The transaction GC safe point stores may collect under: `Config::txn_gc_life`
+    /// behind the wall clock (timestamps handed out later are above it), held at or below every
+    /// transaction lock the stores last reported. It does not advance while a store that is
+    /// not removed is down or has not reported since this coordinator (replica) started
+    /// serving: its replicas may hold older locks. Never lowered; 0: none yet.
+    pub fn txn_safe_point(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        if self.txn_gc_life_ms == 0 {
+            return 0;
+        }
+        let now = self.clock.mono_ms();
+        let behind = self.clock.wall_ms().saturating_sub(self.txn_gc_life_ms);
+        let mut candidate = tso::compose(behind, 0);
+        {
+            let core = self.core.lock();
+            for m in core.state.stores().values() {
+                if m.admin_state() == StoreAdminState::Removed {
+                    continue;
+                }
+                let stats = inner.live.get(&m.id).and_then(|l| l.stats.as_ref());
+                match stats {
+                    Some(s) if self.is_up(&inner, m.id, now) => {
+                        if let Some(ts) = s.min_lock_ts {
+                            candidate = candidate.min(ts);
+                        }
+                    }
+                    _ => return inner.txn_safe_point,
+                }
+            }
+        }
+        inner.txn_safe_point = inner.txn_safe_point.max(candidate);
+        inner.txn_safe_point
     }
 
     /// Marks store `id` `Decommissioning`: it gets no new replica and the scheduler moves

@@ -1,6 +1,7 @@
 //! A coordinator that restarts (dropped without a clean close, then reopened on the same
 //! workdir) keeps its stores, regions and routes; its TSO never goes backwards, even with
-//! the wall clock stepped back; its ids never repeat.
+//! the wall clock stepped back; its ids never repeat. Also store liveness, and the
+//! transaction GC safe point it derives from the clock and the stores' heartbeats.
 
 use nokv_coordinator::proto::{Peer, Region, RegionHeartbeat, StoreMeta};
 use nokv_coordinator::{Config, Coordinator, Error, ManualClock};
@@ -462,4 +463,47 @@ fn a_new_store_at_a_known_address_replaces_the_old_one_at_once() {
     moved.id = ids[2];
     assert_eq!(c.register_store(moved).expect("re-register"), ids[2]);
     assert_eq!(state(ids[2]), StoreState::Up as i32);
+}
+
+#[test]
+fn the_txn_safe_point_trails_the_clock_stops_at_locks_and_waits_for_every_store() {
+    use nokv_coordinator::proto::StoreStats;
+    use nokv_coordinator::tso::{compose, physical};
+    use nokv_coordinator::Clock;
+    let (_dir, clock, c, ids) = fresh(2);
+    let life = nokv_coordinator::service::DEFAULT_TXN_GC_LIFE.as_millis() as u64;
+    let beat = |id: u64, min_lock_ts: Option<u64>| {
+        c.store_heartbeat(StoreStats {
+            store_id: id,
+            min_lock_ts,
+            ..Default::default()
+        })
+        .expect("heartbeat");
+    };
+    let behind = |clock: &ManualClock| compose(clock.wall_ms() - life, 0);
+    // Not before every store reported.
+    assert_eq!(c.txn_safe_point(), 0);
+    beat(ids[0], None);
+    assert_eq!(c.txn_safe_point(), 0, "store 2 has not reported");
+    beat(ids[1], None);
+    assert_eq!(c.txn_safe_point(), behind(&clock));
+    // A lock holds it at its start; it never goes back.
+    let lock = behind(&clock) + compose(1_000, 0);
+    beat(ids[1], Some(lock));
+    clock.advance_ms(5_000);
+    beat(ids[0], None);
+    assert_eq!(c.txn_safe_point(), lock);
+    beat(ids[1], Some(compose(1, 0)));
+    assert_eq!(c.txn_safe_point(), lock, "lowered");
+    beat(ids[1], None);
+    assert_eq!(c.txn_safe_point(), behind(&clock));
+    // A store down (no heartbeat for longer than --store-down-after) stops it.
+    let before = c.txn_safe_point();
+    for _ in 0..40 {
+        clock.advance_ms(1_000);
+        beat(ids[0], None);
+    }
+    assert_eq!(c.txn_safe_point(), before, "advanced with store 2 down");
+    beat(ids[1], None);
+    assert_eq!(physical(c.txn_safe_point()), clock.wall_ms() - life);
 }

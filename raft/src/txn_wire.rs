@@ -342,6 +342,9 @@ pub enum TxnErrorKind {
     Engine = 10,
     /// A key is not in the region (stale routes: look the route up again).
     KeyNotInRegion = 11,
+    /// The timestamp is below the transaction GC safe point (`min_commit_ts` holds it):
+    /// what it would read may be collected; start the transaction again.
+    TxnTooOld = 12,
 }
 
 /// An operation's typed failure: nothing of it was written.

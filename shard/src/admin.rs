@@ -156,8 +156,32 @@ pub(super) fn local_core(node: &NodeShared, region: u64) -> Option<usize> {
         .filter(|c| *c != layout::NOT_HERE)
 }
 
+/// `NOKV.COMPACT`: flushes and fully compacts every core's engine, so that space held by
+/// deleted and overwritten data (and old transactional versions below the transaction
+/// GC safe point) is reclaimed now. Runs on the blocking pool; the store keeps serving.
+async fn compact(core: &Rc<Core>) -> Reply {
+    let engines = core.node.engines.clone();
+    let done = blocking(move || {
+        for db in &engines {
+            db.compact_full()?;
+        }
+        Ok::<(), nokv::Error>(())
+    })
+    .await;
+    match done {
+        Ok(()) => Reply::ok(),
+        Err(e) => Reply::error(format!("ERR compaction failed: {e}")),
+    }
+}
+
 /// Runs an operator command (`NOKV.*`) that a connection of this core received.
 pub(super) async fn execute(core: &Rc<Core>, args: Vec<Vec<u8>>) -> Reply {
+    if args[0].eq_ignore_ascii_case(b"NOKV.COMPACT") {
+        if args.len() != 1 {
+            return Reply::error("ERR wrong number of arguments for 'NOKV.COMPACT'");
+        }
+        return compact(core).await;
+    }
     if !args[0].eq_ignore_ascii_case(b"NOKV.REGION") {
         return Reply::error(format!(
             "ERR unknown command '{}'",

@@ -441,15 +441,23 @@ pub fn spawn_heartbeats(
     reports: Receiver<RegionReport>,
     operators: Arc<OperatorQueue>,
     routes: Arc<crate::layout::SharedRoutes>,
+    engines: Vec<nokv::Db>,
 ) -> Result<Heartbeats> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::Builder::new()
         .name("nokv-heartbeat".into())
         .spawn(move || {
-            heartbeat_loop(
-                client, store_id, directory, reports, operators, routes, flag,
-            )
+            let parts = HeartbeatParts {
+                client,
+                store_id,
+                directory,
+                reports,
+                operators,
+                routes,
+                engines,
+            };
+            heartbeat_loop(parts, flag)
         })
         .map_err(|e| Error::Cluster(format!("start the heartbeat thread: {e}")))?;
     Ok(Heartbeats {
@@ -458,15 +466,28 @@ pub fn spawn_heartbeats(
     })
 }
 
-fn heartbeat_loop(
+/// What the heartbeat thread works with.
+struct HeartbeatParts {
     client: Arc<CoordClient>,
     store_id: u64,
     directory: Arc<Directory>,
     reports: Receiver<RegionReport>,
     operators: Arc<OperatorQueue>,
     routes: Arc<crate::layout::SharedRoutes>,
-    shutdown: Arc<AtomicBool>,
-) {
+    /// Every core's engine (the transaction GC's lock census and safe point).
+    engines: Vec<nokv::Db>,
+}
+
+fn heartbeat_loop(parts: HeartbeatParts, shutdown: Arc<AtomicBool>) {
+    let HeartbeatParts {
+        client,
+        store_id,
+        directory,
+        reports,
+        operators,
+        routes,
+        engines,
+    } = parts;
     let mut pending: HashMap<u64, RegionReport> = HashMap::new();
     // Operator id -> when it was last handed to a core.
     let mut handed: HashMap<u64, Instant> = HashMap::new();
@@ -541,15 +562,26 @@ fn heartbeat_loop(
         if last_store.elapsed() >= STORE_HEARTBEAT_INTERVAL {
             last_store = Instant::now();
             handed.retain(|_, at| at.elapsed() < Duration::from_secs(120));
-            let stats = StoreStats {
-                store_id,
-                leader_count: leaders.len() as u64,
-                ..StoreStats::default()
-            };
-            leaders.clear();
-            if let Err(e) = client.store_heartbeat(stats) {
-                tracing::warn!(error = %e, "store heartbeat failed");
+            // The transaction GC's lock census: a store that cannot read its locks does
+            // not report, which holds the safe point where it is.
+            match crate::node::txn::min_lock_ts(&engines) {
+                Ok(min_lock_ts) => {
+                    let stats = StoreStats {
+                        store_id,
+                        leader_count: leaders.len() as u64,
+                        min_lock_ts,
+                        ..StoreStats::default()
+                    };
+                    match client.store_heartbeat(stats) {
+                        Ok(safe_point) => crate::node::txn::hand_safe_point(&engines, safe_point),
+                        Err(e) => tracing::warn!(error = %e, "store heartbeat failed"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the transaction locks failed: no store heartbeat")
+                }
             }
+            leaders.clear();
         }
         if last_directory.elapsed() >= DIRECTORY_REFRESH_INTERVAL {
             last_directory = Instant::now();

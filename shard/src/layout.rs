@@ -296,11 +296,13 @@ pub fn engine_options(
         // Transactions read older versions of NS_KV (their start_ts); the safe point
         // (`node::txn::set_safe_point`) is above every raft index the Redis namespace
         // uses as version, which so keeps newest versions only, and below every TSO
-        // timestamp: every transactional version is kept.
+        // timestamp. Old transactional versions are collected under the coordinator's
+        // transaction safe point instead (`node::txn::hand_safe_point`).
         retain_versions: true,
         // Every Redis read and write looks for lock records of multi-region writes; the
-        // engine says when there can be none (`nokv_gateway::lock`).
-        tracked_spaces: vec![nokv_gateway::lock::LOCKS],
+        // engine says when there can be none (`nokv_gateway::lock`). The transaction
+        // GC's lock census (`node::txn::min_lock_ts`) skips engines without locks.
+        tracked_spaces: vec![nokv_gateway::lock::LOCKS, crate::node::txn::KV_LOCKS],
         ..nokv::Options::default()
     };
     budget.apply(&mut opts);

@@ -211,6 +211,8 @@ struct NodeShared {
     /// Regions whose replica was removed from this store while running: the store that
     /// led them then (where `-MOVED` sends their requests).
     moved_out: std::sync::RwLock<HashMap<u64, u64>>,
+    /// Every core's engine (store-wide operator commands: `NOKV.COMPACT`).
+    engines: Vec<nokv::Db>,
 }
 
 impl NodeShared {
@@ -435,6 +437,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
     split::register_metrics();
     merge::register_metrics();
     moves::register_metrics();
+    txn::register_metrics();
 
     let mut opened: Vec<OpenedCore> = Vec::with_capacity(cores);
     for (core, seed) in seeds.iter().enumerate() {
@@ -570,6 +573,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         checks: crate::consistency::CheckBook::default(),
         hosted: std::sync::RwLock::new(HashMap::new()),
         moved_out: std::sync::RwLock::new(HashMap::new()),
+        engines: opened.iter().map(|o| o.db.clone()).collect(),
     });
     {
         let clients = client_memory.clone();
@@ -605,6 +609,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
             rx,
             operators,
             node.routes.clone(),
+            opened.iter().map(|o| o.db.clone()).collect(),
         )?),
         None => None,
     };

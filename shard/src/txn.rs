@@ -23,7 +23,7 @@
 
 use super::*;
 use nokv::txn::{self as ptxn, DbReader};
-use nokv::{KeySpace, WriteBatch, NS_KV};
+use nokv::{KeySpace, ReadOptions, WriteBatch, NS_KV};
 use nokv_raft::txn_wire::{
     self as wire, Done, KvPair, Pairs, Status, TxnErrorKind, TxnOp, TxnRequest, TxnResponse,
     TxnResult, Value,
@@ -62,14 +62,61 @@ pub fn user_key(stored: &[u8]) -> Vec<u8> {
 
 /// Sets `db`'s GC safe point to [`SAFE_POINT_MS`] in TSO units. The Redis namespace's
 /// versions (raft indexes) are all below it, so its keys keep only their newest version
-/// as without `retain_versions`; every transactional version is above it and kept. (The
-/// engine's version GC keeps the newest version at or below the safe point and drops the
-/// older ones: for `CF_WRITE` that newest one may be another transaction's rollback
-/// record hiding the committed put below it, and a long value in `CF_DEFAULT` is read at
-/// its start_ts, below the safe point. A safe point that trailed the wall clock made such
-/// keys unreadable and then lost them; a transaction-aware GC is still to be built.)
+/// as without `retain_versions`; every transactional version is above it, out of the
+/// plain version GC's reach. (That GC keeps the newest version at or below the safe point
+/// and drops the older ones: for `CF_WRITE` that newest one may be another transaction's
+/// rollback record hiding the committed put below it. `NS_KV` is collected by the
+/// transaction GC instead: [`hand_safe_point`].)
 pub fn set_safe_point(db: &Db) {
     db.set_gc_safe_point(safe_point());
+}
+
+/// The transactional namespace's locks.
+pub const KV_LOCKS: KeySpace = KeySpace::new(NS_KV, nokv::CF_LOCK);
+
+/// The oldest start timestamp of a transaction lock in any of `dbs` (None: no lock), for
+/// the store heartbeat: the coordinator keeps the transaction GC safe point at or below
+/// it. Reads every lock: call off the cores.
+pub fn min_lock_ts(dbs: &[Db]) -> std::result::Result<Option<u64>, nokv::Error> {
+    let mut min: Option<u64> = None;
+    for db in dbs.iter().filter(|db| db.may_hold(KV_LOCKS)) {
+        let ro = ReadOptions {
+            skip_cache_fill: true,
+            ..ReadOptions::default()
+        };
+        let mut it = db.iter_in(KV_LOCKS, ro)?;
+        it.seek_to_first();
+        while it.valid() {
+            // A lock that does not decode holds the safe point at 0: nothing is collected
+            // until it is resolved.
+            let ts = ptxn::Lock::decode(it.value()).map_or(0, |l| l.start_ts);
+            min = Some(min.map_or(ts, |m: u64| m.min(ts)));
+            it.next();
+        }
+        it.status()?;
+    }
+    Ok(min)
+}
+
+/// Hands the coordinator's transaction GC safe point `ts` to every core engine (their
+/// compactions collect `NS_KV`'s old versions below it; reads and prewrites below it are
+/// refused, see `below_safe_point`).
+pub fn hand_safe_point(dbs: &[Db], ts: u64) {
+    if ts == 0 {
+        return;
+    }
+    for db in dbs {
+        db.set_txn_safe_point(ts);
+    }
+    metrics::gauge!(TXN_SAFE_POINT_MS).set(ptxn::ts::physical_ms(ts) as f64);
+}
+
+/// Gauge: the physical time (ms since the Unix epoch) of the transaction GC safe point.
+pub const TXN_SAFE_POINT_MS: &str = "nokv_txn_safe_point_ms";
+
+/// Registers the transaction GC's gauge at 0 (none yet; standalone stores keep it there).
+pub(super) fn register_metrics() {
+    metrics::gauge!(TXN_SAFE_POINT_MS).set(0.0);
 }
 
 /// The engines' GC safe point (see [`set_safe_point`]).
@@ -533,6 +580,9 @@ enum Computed {
 /// Runs the operation against `db` (on the blocking pool). Keys are stored keys already.
 /// `skip_conflicts` (a debug knob) skips the prewrites' write-conflict check.
 fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) -> Computed {
+    if let Some(refused) = below_safe_point(db, &op) {
+        return Computed::Reply(refused);
+    }
     let r = DbReader::new(db, NS_KV);
     let err =
         |e: ptxn::TxnError| Computed::Reply(failed(wire::TxnError::from_engine(&e, user_key)));
@@ -653,6 +703,38 @@ fn compute(db: &Db, desc: &RegionDescriptor, op: TxnOp, skip_conflicts: bool) ->
             }
         }
     }
+}
+
+/// A `TxnTooOld` refusal of a read or a new write (prewrite, one-phase commit) whose
+/// timestamp is below `db`'s transaction GC safe point: what it would read may already be
+/// collected. Commits, rollbacks and lock resolution of older transactions still run.
+fn below_safe_point(db: &Db, op: &TxnOp) -> Option<Reply> {
+    let (ts, key) = match op {
+        TxnOp::Prewrite(p) => (p.start_ts, p.primary.clone()),
+        TxnOp::Commit1pc(p) => (
+            p.start_ts,
+            p.mutations
+                .first()
+                .map(|m| user_key(&m.key))
+                .unwrap_or_default(),
+        ),
+        TxnOp::Get(g) => (g.ts, user_key(&g.key)),
+        TxnOp::Scan(s) => (s.ts, Vec::new()),
+        _ => return None,
+    };
+    let safe_point = db.txn_safe_point();
+    (ts < safe_point).then(|| {
+        failed(wire::TxnError {
+            kind: TxnErrorKind::TxnTooOld as i32,
+            key,
+            start_ts: ts,
+            min_commit_ts: safe_point,
+            message: format!(
+                "timestamp {ts} is below the transaction GC safe point {safe_point}: the transaction ran longer than the coordinator's --txn-gc-life-secs; start it again"
+            ),
+            ..Default::default()
+        })
+    })
 }
 
 /// The request with every user key replaced by its stored key (the primary of a prewrite

@@ -54,17 +54,44 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[], |_| {})
+}
+
+/// A cluster whose stores run with the environment `env` (debug knobs).
+fn cluster_env(env: &'static [(&'static str, &'static str)]) -> Cluster {
+    cluster_with(env, |_| {})
+}
+
+/// A cluster whose stores run with the environment `env` and whose coordinator's config
+/// is changed by `tune`.
+fn cluster_with(
+    env: &'static [(&'static str, &'static str)],
+    tune: impl FnOnce(&mut nokv_coordinator::Config),
+) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, server, coord_addr) = start_coordinator(&dir.path().join("coord"));
+    let (coord, server, coord_addr) =
+        start_coordinator_tuned(&dir.path().join("coord"), "127.0.0.1:0", tune);
     let specs = store_specs(dir.path());
-    let stores = start_stores(&specs, &coord_addr);
+    // Started at once: each waits for the others before it listens.
+    let handles: Vec<_> = specs
+        .iter()
+        .cloned()
+        .map(|spec| {
+            let coord_addr = coord_addr.clone();
+            std::thread::spawn(move || Some(start_store_env(&spec, &coord_addr, env)))
+        })
+        .collect();
+    let stores = handles
+        .into_iter()
+        .map(|h| h.join().expect("store started"))
+        .collect();
     let client = Client::connect(vec![coord_addr.clone()], options()).expect("client connects");
     Cluster {
-        coord_addr,
-        specs,
         _dir: dir,
         _coord: (coord, server),
         stores: std::sync::Mutex::new(stores),
+        coord_addr,
+        specs,
         client,
     }
 }
@@ -887,35 +914,6 @@ fn bank(c: &Cluster, kills: usize) -> Vec<String> {
     violations.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A cluster whose stores run with the environment `env` (debug knobs).
-fn cluster_env(env: &'static [(&'static str, &'static str)]) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (coord, server, coord_addr) = start_coordinator(&dir.path().join("coord"));
-    let specs = store_specs(dir.path());
-    // Started at once: each waits for the others before it listens.
-    let handles: Vec<_> = specs
-        .iter()
-        .cloned()
-        .map(|spec| {
-            let coord_addr = coord_addr.clone();
-            std::thread::spawn(move || Some(start_store_env(&spec, &coord_addr, env)))
-        })
-        .collect();
-    let stores = handles
-        .into_iter()
-        .map(|h| h.join().expect("store started"))
-        .collect();
-    let client = Client::connect(vec![coord_addr.clone()], options()).expect("client connects");
-    Cluster {
-        _dir: dir,
-        _coord: (coord, server),
-        stores: std::sync::Mutex::new(stores),
-        coord_addr,
-        specs,
-        client,
-    }
-}
-
 /// Prewrites `key` by `n` transactions at once (distinct start timestamps, raw
 /// requests): how many succeeded (the others found a lock). A prewrite that neither
 /// locks nor finds a lock fails the test with every store's regions and log tail.
@@ -1005,4 +1003,144 @@ fn racing_prewrites_of_one_key_lock_it_once_and_not_without_latches() {
         doubled.is_some(),
         "without latches every racing prewrite still locked its key once"
     );
+}
+
+/// The value of metric `name` (no labels) in store `i`'s scrape (0 when absent).
+fn store_metric(c: &Cluster, i: usize, name: &str) -> f64 {
+    let stores = c.stores.lock().unwrap_or_else(|e| e.into_inner());
+    let scrape = stores[i].as_ref().expect("store runs").scrape();
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (bounded by 30 s) until every store's transaction safe point (physical ms)
+/// satisfies `ok`; the last values seen.
+fn wait_safe_points(c: &Cluster, ok: impl Fn(u64) -> bool) -> Vec<u64> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<u64> = (0..c.specs.len())
+            .map(|i| store_metric(c, i, "nokv_txn_safe_point_ms") as u64)
+            .collect();
+        if seen.iter().all(|&ms| ok(ms)) || Instant::now() > end {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The physical part (ms) of a TSO timestamp.
+fn physical_ms(ts: u64) -> u64 {
+    nokv::txn::ts::physical_ms(ts)
+}
+
+/// The transaction GC end to end, with a 2 s GC life: the coordinator hands its safe
+/// point to every store; a live lock holds it at the lock's start; once the lock is
+/// resolved it passes; a read below it and a transaction that outlived the GC life are
+/// refused `TxnTooOld` (retryable); after `NOKV.COMPACT` on one store its old versions are
+/// collected (`nokv_txn_gc_records_total`), reads answer as before, and that store's
+/// replicas still match the others (`NOKV.REGION CHECK`: the GC keeps each key's newest
+/// record, which the check hashes).
+#[test]
+fn old_transactional_versions_are_collected_under_the_coordinators_safe_point() {
+    let _serial = serial();
+    let c = cluster_with(&[], |config| {
+        config.txn_gc_life = Some(Duration::from_secs(2))
+    });
+    let client = &c.client;
+    let keys = ["gc:a", "gc:b", "gc:c", "gc:d"];
+    let mut commits = Vec::new();
+    for i in 0..24 {
+        commits.push(run_txn(client, |t| {
+            for (n, k) in keys.iter().enumerate() {
+                if (i + n) % 7 == 6 {
+                    t.delete(k.as_bytes())?;
+                } else {
+                    t.put(k.as_bytes(), format!("{k}={i}").as_bytes())?;
+                }
+            }
+            Ok(())
+        }));
+    }
+    // A dead client's lock with a long TTL: the safe point stops at its start.
+    let held = client.timestamp().expect("ts");
+    prewrite(client, held, "gc:lock", &["gc:lock"], 600_000);
+    let seen = wait_safe_points(&c, |ms| ms == physical_ms(held));
+    assert!(
+        seen.iter().all(|&ms| ms == physical_ms(held)),
+        "safe points {seen:?}, lock at {}",
+        physical_ms(held)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = wait_safe_points(&c, |_| true);
+    assert!(
+        seen.iter().all(|&ms| ms == physical_ms(held)),
+        "the safe point passed a live lock: {seen:?}, lock at {}",
+        physical_ms(held)
+    );
+    // A reader that started before the lock, and the rollback of the lock.
+    let old_reader = client.begin().expect("begin");
+    let deadline = || Instant::now() + Duration::from_secs(10);
+    client
+        .txn_op(
+            b"gc:lock",
+            TxnOp::Rollback(nokv_raft::txn_wire::Rollback {
+                keys: vec![b"gc:lock".to_vec()],
+                start_ts: held,
+            }),
+            deadline(),
+        )
+        .expect("rollback");
+    let seen = wait_safe_points(&c, |ms| ms > physical_ms(old_reader.start_ts()));
+    assert!(
+        seen.iter()
+            .all(|&ms| ms > physical_ms(old_reader.start_ts())),
+        "the safe point did not pass the resolved lock: {seen:?}"
+    );
+    let too_old = |r: &nokv_client::Result<TxnResult>| {
+        r.as_ref()
+            .err()
+            .and_then(|e| e.txn_error())
+            .map(|t| t.kind())
+            == Some(TxnErrorKind::TxnTooOld)
+    };
+    let old = client.txn_op(
+        b"gc:a",
+        TxnOp::Get(nokv_raft::txn_wire::Get {
+            key: b"gc:a".to_vec(),
+            ts: commits[3],
+        }),
+        deadline(),
+    );
+    assert!(too_old(&old), "a read below the safe point: {old:?}");
+    let outlived = old_reader.get(b"gc:a");
+    assert!(
+        outlived.as_ref().is_err_and(|e| e.is_txn_retryable()
+            && e.txn_error().map(|t| t.kind()) == Some(TxnErrorKind::TxnTooOld)),
+        "a transaction older than the GC life: {outlived:?}"
+    );
+    // Latest reads, then a full compaction of store 1 only.
+    let before: Vec<Option<String>> = keys.iter().map(|k| read(client, k)).collect();
+    assert!(before.iter().any(Option::is_some));
+    {
+        let stores = c.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut redis = stores[0].as_ref().expect("store runs").client();
+        assert_eq!(redis.cmd("NOKV.COMPACT"), R::ok());
+    }
+    let collected = store_metric(&c, 0, "nokv_txn_gc_records_total");
+    assert!(collected > 0.0, "nothing collected on store 1");
+    eprintln!("store 1 collected {collected} write records");
+    let after: Vec<Option<String>> = keys.iter().map(|k| read(client, k)).collect();
+    assert_eq!(before, after);
+    let mut redis = ClusterClient::new(&c.specs);
+    for k in keys {
+        let region = client.region_for_key(k.as_bytes()).expect("region");
+        if let Err(verdict) = replicas_match(&mut redis, region) {
+            panic!("region {region} of {k} after the GC of store 1: {verdict:?}");
+        }
+    }
+    // New transactions run as before.
+    run_txn(client, |t| t.put(b"gc:a", b"after"));
+    assert_eq!(read(client, "gc:a").as_deref(), Some("after"));
 }

@@ -121,13 +121,14 @@ impl Error {
     }
 
     /// Whether the transaction failed on a conflict with another (write conflict, a lock
-    /// that stayed, rolled back by a reader): running it again from `begin` may succeed.
+    /// that stayed, rolled back by a reader) or ran longer than the GC life time (too
+    /// old): running it again from `begin` may succeed.
     pub fn is_txn_retryable(&self) -> bool {
         use nokv_raft::txn_wire::TxnErrorKind as K;
         self.txn_error().is_some_and(|e| {
             matches!(
                 e.kind(),
-                K::WriteConflict | K::KeyIsLocked | K::RolledBack | K::TxnNotFound
+                K::WriteConflict | K::KeyIsLocked | K::RolledBack | K::TxnNotFound | K::TxnTooOld
             )
         })
     }

@@ -231,6 +231,7 @@ fn cluster() -> Cluster {
         workdir: dir.path().join("coord"),
         cluster_id: CLUSTER,
         store_down_after: Duration::from_secs(30),
+        txn_gc_life: None,
         clock: Arc::new(SystemClock::new()),
         replica: None,
         // Fake stores run no operators.

@@ -308,10 +308,21 @@ pub fn start_coordinator_on(
     schedule: bool,
     bind: &str,
 ) -> (Arc<Coordinator>, CoordServer, String) {
+    start_coordinator_tuned(dir, bind, |config| {
+        config.store_down_after = store_down_after;
+        config.scheduler.enabled = schedule;
+    })
+}
+
+/// A coordinator of cluster 7 serving on `bind`, its default config changed by `tune`.
+pub fn start_coordinator_tuned(
+    dir: &Path,
+    bind: &str,
+    tune: impl FnOnce(&mut Config),
+) -> (Arc<Coordinator>, CoordServer, String) {
     let mut config = Config::new(dir, 7);
-    config.store_down_after = store_down_after;
     config.clock = Arc::new(SystemClock::new());
-    config.scheduler.enabled = schedule;
+    tune(&mut config);
     let coord = Arc::new(Coordinator::open(config).expect("coordinator opens"));
     let server = CoordServer::start(coord.clone(), bind, ServerOptions::default())
         .expect("coordinator serves");
