@@ -19,7 +19,7 @@ use crate::fs::{new_queue, FileSystem, OpenMode, QueueKind};
 use crate::iter::InternalIterator;
 use crate::key::{
     encode_trailer, has_expiry, is_pointer_kind, logical_key, parse_trailer, parse_version,
-    pointer_bytes, resolve, Kind, Resolved, TRAILER_LEN,
+    pointer_bytes, resolve, Kind, Resolved, CF_DEFAULT, CF_WRITE, PREFIX_LEN, TRAILER_LEN,
 };
 use crate::options::{IoBackend, Options};
 use crate::range_del::{self, Fragment, FragmentedTombstones, GcPolicy, RangeDelCursor};
@@ -542,6 +542,8 @@ pub struct MergeJob {
     txn: TxnGc,
     /// Write records of `NS_KV` dropped by the transaction GC.
     pub entries_txn_collected: u64,
+    /// Long values (and their tombstones) of `NS_KV` dropped by the transaction GC.
+    pub values_txn_collected: u64,
 }
 
 /// The transaction GC's state: its safe point and what it met of the current key.
@@ -557,6 +559,9 @@ struct TxnGc {
     kept_visible: bool,
     /// `Options::unsafe_txn_gc_any_record_shadows`.
     any_record_shadows: bool,
+    /// The version of a `CF_DEFAULT` tombstone of the key (a rollback's) at or below the
+    /// safe point, seen by every reader: the value it deletes goes.
+    value_tombstone: Option<u64>,
 }
 
 impl TxnGc {
@@ -612,6 +617,30 @@ impl TxnGc {
             _ => keep(self),
         }
     }
+
+    /// Whether to drop an entry (raw `kind`) of the current key of `NS_KV`'s
+    /// `CF_DEFAULT` (long values, at their transaction's start_ts) that nothing else drops.
+    /// At or below the safe point and seen by every reader: a tombstone (a rollback's)
+    /// deletes the value of its version, and goes itself at the bottom; a value goes when
+    /// `referenced` says that neither its transaction's lock nor its put record refers to
+    /// it any more (the record was collected, or it is a rollback record).
+    fn drops_value(
+        &mut self,
+        kind: u8,
+        version: u64,
+        by_all: bool,
+        bottommost: bool,
+        referenced: impl FnOnce() -> bool,
+    ) -> bool {
+        if version > self.safe_point || !by_all {
+            return false;
+        }
+        if kind == Kind::Delete as u8 {
+            self.value_tombstone = Some(version);
+            return bottommost;
+        }
+        self.value_tombstone == Some(version) || !referenced()
+    }
 }
 
 /// A job's range tombstones: what hides entries, and what is written to the outputs.
@@ -642,9 +671,9 @@ fn coverage(f: Fragment<'_>, seq: u64, policy: &GcPolicy) -> (bool, u64) {
     (hidden, limit)
 }
 
-/// Whether `logical` is a key of `NS_KV`'s `CF_WRITE` (Percolator write records).
-fn is_txn_write(logical: &[u8]) -> bool {
-    logical.len() >= 2 && logical[0] == crate::key::NS_KV && logical[1] == crate::key::CF_WRITE
+/// Whether `logical` is a key of `NS_KV`'s column family `cf` (the Percolator layout).
+fn is_txn_space(logical: &[u8], cf: u8) -> bool {
+    logical.len() >= PREFIX_LEN && logical[0] == crate::key::NS_KV && logical[1] == cf
 }
 
 /// What a step left to do.
@@ -701,6 +730,7 @@ impl MergeJob {
             last_trailer: [0; TRAILER_LEN],
             txn: TxnGc::default(),
             entries_txn_collected: 0,
+            values_txn_collected: 0,
             settings,
         }
     }
@@ -755,6 +785,18 @@ impl MergeJob {
 
     /// Processes up to `max_entries` input entries.
     pub fn step(&mut self, max_entries: usize) -> Result<Step> {
+        self.step_with(max_entries, &|_, _| true)
+    }
+
+    /// [`MergeJob::step`], asking `value_referenced(user key, start_ts)` whether a long
+    /// value of `NS_KV` below the transaction safe point is still referred to (by its
+    /// transaction's lock or put record); the transaction GC drops it when not (see
+    /// `txn::gc::value_referenced`).
+    pub fn step_with(
+        &mut self,
+        max_entries: usize,
+        value_referenced: &dyn Fn(&[u8], u64) -> bool,
+    ) -> Result<Step> {
         if !self.started {
             self.input.seek_to_first();
             self.started = true;
@@ -776,9 +818,11 @@ impl MergeJob {
                 self.shadowed = false;
                 self.txn.shadowed = false;
                 self.txn.kept_visible = false;
+                self.txn.value_tombstone = None;
             }
             let version = parse_version(ikey);
-            let txn_write = kind == Kind::Put as u8 && is_txn_write(logical);
+            let txn_write = kind == Kind::Put as u8 && is_txn_space(logical, CF_WRITE);
+            let txn_value = is_txn_space(logical, CF_DEFAULT);
             // An expired value reads as absent, exactly like a tombstone; it must not be
             // dropped above the bottom, or it would let an older version show through.
             let expired = has_expiry(kind)
@@ -808,6 +852,19 @@ impl MergeJob {
                 if self.txn.drops(write_tag, version, by_all, self.bottommost) {
                     drop = true;
                     self.entries_txn_collected += 1;
+                }
+            }
+            if !drop && txn_value && self.txn.safe_point > 0 {
+                let by_all = seq <= self.smallest_snapshot;
+                let user_key = &logical_key(self.input.key())[PREFIX_LEN..];
+                if self
+                    .txn
+                    .drops_value(kind, version, by_all, self.bottommost, || {
+                        value_referenced(user_key, version)
+                    })
+                {
+                    drop = true;
+                    self.values_txn_collected += 1;
                 }
             }
             if drop || expired {

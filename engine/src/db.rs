@@ -981,6 +981,48 @@ fn read_view_range_dels(
     (!index.is_empty()).then(|| Arc::new(index))
 }
 
+/// The newest entry of `logical` visible at (`ts`, `seq`) in any memtable or table of `sv`.
+///
+/// Every layer may hold a higher version than the layers above it (explicit versions
+/// arrive in any order), so a layer is skipped only when its highest version cannot beat
+/// what was found; with engine-assigned versions that prunes every layer below the first hit.
+fn find_in(
+    sv: &SuperVersion,
+    logical: &[u8],
+    ts: u64,
+    seq: u64,
+    mode: BlockRead,
+) -> Result<Option<Found>> {
+    // Entries below the newest range tombstone covering the key are gone for this reader.
+    let min_seq = range_del_floor(sv, logical, seq);
+    let mut best: Option<Found> = None;
+    let beats = |best: &Option<Found>, max_version: u64| match best {
+        None => true,
+        Some(b) => max_version > b.version,
+    };
+    let offer = |best: &mut Option<Found>, f: Found| {
+        if best.as_ref().is_none_or(|b| f.newer_than(b)) {
+            *best = Some(f);
+        }
+    };
+    for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
+        if beats(&best, m.max_version()) {
+            if let Some(f) = m.get_from(logical, ts, seq, min_seq) {
+                offer(&mut best, f);
+            }
+        }
+    }
+    let lookup = lookup_key(logical, ts, seq);
+    for f in sv.version.files_for_key(logical) {
+        if beats(&best, f.table.properties().max_version) {
+            if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, mode)? {
+                offer(&mut best, Found::from_entry(&ikey, value));
+            }
+        }
+    }
+    Ok(best)
+}
+
 /// One past the sequence number of the newest range tombstone over `logical` that a reader
 /// at sequence `seq` sees, in any memtable or table of `sv` (0 when there is none): the
 /// smallest sequence number an entry of `logical` needs to be seen.
@@ -2195,41 +2237,22 @@ impl Inner {
         Ok((ts, seq))
     }
 
-    /// The newest entry of `logical` visible at (`ts`, `seq`) in any memtable or table.
-    ///
-    /// Every layer may hold a higher version than the layers above it (explicit versions
-    /// arrive in any order), so a layer is skipped only when its highest version cannot beat
-    /// what was found; with engine-assigned versions that prunes every layer below the first hit.
+    /// Whether `NS_KV`'s long value of `key` at `start_ts` is still referred to by its
+    /// transaction's lock or put record, as of now (see `txn::gc::value_referenced`).
+    fn txn_value_referenced(&self, key: &[u8], start_ts: u64) -> bool {
+        if self.opts.unsafe_txn_gc_drop_referenced_values {
+            return false;
+        }
+        let sv = self.sv.read().clone();
+        let seq = self.last_seq.load(Ordering::Acquire);
+        let find = |logical: &[u8], ts: u64| find_in(&sv, logical, ts, seq, BlockRead::NoFill);
+        crate::txn::gc::value_referenced(&find, crate::key::NS_KV, key, start_ts)
+    }
+
+    /// The newest entry of `logical` visible at (`ts`, `seq`) (see [`find_in`]).
     fn find(&self, logical: &[u8], ts: u64, seq: u64, mode: BlockRead) -> Result<Option<Found>> {
         let sv = self.sv.read().clone();
-        // Entries below the newest range tombstone covering the key are gone for this reader.
-        let min_seq = range_del_floor(&sv, logical, seq);
-        let mut best: Option<Found> = None;
-        let beats = |best: &Option<Found>, max_version: u64| match best {
-            None => true,
-            Some(b) => max_version > b.version,
-        };
-        let offer = |best: &mut Option<Found>, f: Found| {
-            if best.as_ref().is_none_or(|b| f.newer_than(b)) {
-                *best = Some(f);
-            }
-        };
-        for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
-            if beats(&best, m.max_version()) {
-                if let Some(f) = m.get_from(logical, ts, seq, min_seq) {
-                    offer(&mut best, f);
-                }
-            }
-        }
-        let lookup = lookup_key(logical, ts, seq);
-        for f in sv.version.files_for_key(logical) {
-            if beats(&best, f.table.properties().max_version) {
-                if let Some((ikey, value)) = f.table.get_from(&lookup, min_seq, mode)? {
-                    offer(&mut best, Found::from_entry(&ikey, value));
-                }
-            }
-        }
-        Ok(best)
+        find_in(&sv, logical, ts, seq, mode)
     }
 
     /// The readers compaction must preserve: live snapshots and the GC safe point.
@@ -2464,7 +2487,9 @@ impl Inner {
                 job.abandon();
                 return Err(Error::Closed);
             }
-            match job.step(STEP_ENTRIES) {
+            match job.step_with(STEP_ENTRIES, &|key, start_ts| {
+                self.txn_value_referenced(key, start_ts)
+            }) {
                 Ok(Step::More) => {}
                 Ok(Step::Done) => return Ok(()),
                 Err(e) => {
@@ -2676,17 +2701,19 @@ impl Inner {
         .with_boundaries(boundaries)
         .with_range_tombstones(input_range_dels(plan, &unread), self.snapshots.all());
         self.drive(&mut job)?;
-        let txn_collected = job.entries_txn_collected;
+        let (records, values) = (job.entries_txn_collected, job.values_txn_collected);
         let out = job.finish_all()?;
         self.note_separated(out.separated);
-        if txn_collected > 0 {
+        if records + values > 0 {
             // Reads below it may miss what this compaction dropped: persist it with the edit.
             edit.txn_safe_point = Some(txn_safe_point);
+            let c = &self.counters;
             Counters::add(
-                &self.counters.txn_records_collected,
+                &c.txn_records_collected,
                 "nokv_txn_gc_records_total",
-                txn_collected,
+                records,
             );
+            Counters::add(&c.txn_values_collected, "nokv_txn_gc_values_total", values);
         }
         edit.segments_added = out.segments;
         edit.discards = out.discards.into_iter().collect();
@@ -2785,6 +2812,7 @@ impl Inner {
             last_sequence: self.last_seq.load(Ordering::Acquire),
             range_del_files_dropped: ld(&c.range_del_files_dropped),
             txn_records_collected: ld(&c.txn_records_collected),
+            txn_values_collected: ld(&c.txn_values_collected),
             range_del_bytes_dropped: ld(&c.range_del_bytes_dropped),
             ..Default::default()
         };

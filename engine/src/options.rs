@@ -176,6 +176,11 @@ pub struct Options {
     /// they catch the committed values it loses. Never set this in production.
     #[doc(hidden)]
     pub unsafe_txn_gc_any_record_shadows: bool,
+    /// TEST ONLY: the transaction GC drops long values below its safe point whether or
+    /// not a lock or put record still refers to them. Exists so tests can prove they catch
+    /// the values it loses. Never set this in production.
+    #[doc(hidden)]
+    pub unsafe_txn_gc_drop_referenced_values: bool,
     /// Key spaces (at most 64) for which [`crate::Db::may_hold`] can answer "empty": an
     /// owner that looks up a usually empty space on every request (the Redis gateway's
     /// lock records) skips the lookups until a record appears.
@@ -233,6 +238,7 @@ impl Default for Options {
             unsafe_ingest_skip_sync: false,
             test_hold_flush: None,
             unsafe_txn_gc_any_record_shadows: false,
+            unsafe_txn_gc_drop_referenced_values: false,
             tracked_spaces: Vec::new(),
         }
     }

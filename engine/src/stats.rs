@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub range_del_files_dropped: AtomicU64,
     pub range_del_bytes_dropped: AtomicU64,
     pub txn_records_collected: AtomicU64,
+    pub txn_values_collected: AtomicU64,
     pub vlog_values_separated: AtomicU64,
     pub vlog_bytes_separated: AtomicU64,
     pub vlog_segments_created: AtomicU64,
@@ -124,6 +125,8 @@ pub struct Stats {
     pub range_del_bytes_dropped: u64,
     /// `NS_KV` write records compactions dropped below the transaction safe point.
     pub txn_records_collected: u64,
+    /// `NS_KV` long values (and rollback tombstones) compactions dropped below it.
+    pub txn_values_collected: u64,
     /// Live value-log segments.
     pub vlog_segments: usize,
     /// Bytes of the live value-log segment files.

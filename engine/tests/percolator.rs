@@ -9,10 +9,11 @@
 
 mod common;
 
+use common::{apply_txn as apply, txn_reader as reader};
 use std::collections::BTreeMap;
 
 use nokv::txn::{self, ts, Mutation, PrewriteOptions, TxnError, TxnStatus};
-use nokv::{Db, Durability, WriteBatch, WriteOptions, NS_KV};
+use nokv::{Db, NS_KV};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -23,19 +24,6 @@ fn open(dir: &std::path::Path) -> Db {
         ..common::small_options()
     };
     Db::open(dir, opts).expect("open")
-}
-
-fn reader(db: &Db) -> txn::DbReader<'_> {
-    txn::DbReader::new(db, NS_KV)
-}
-
-fn apply(db: &Db, b: &WriteBatch) {
-    if !b.is_empty() {
-        let wo = WriteOptions {
-            durability: Some(Durability::Relaxed),
-        };
-        db.write(b, &wo).expect("write");
-    }
 }
 
 fn opts(ttl_ms: u64) -> PrewriteOptions {

@@ -4,38 +4,36 @@
 //! rollbacks (with and without a prewrite) on a few keys: every read at or above the safe
 //! point answers as before the GC, the newest write record of every key (what a latest
 //! read such as a consistency check sees, delete records aside) is unchanged, records were
-//! dropped, and the safe point survives a reopen. The negative control
-//! (`Options::unsafe_txn_gc_any_record_shadows`, a plain version GC's rule) loses
-//! committed values the check must catch.
+//! dropped (write records and long values), and the safe point survives a reopen. The
+//! negative controls (`Options::unsafe_txn_gc_any_record_shadows`, a plain version GC's
+//! rule; `Options::unsafe_txn_gc_drop_referenced_values`) lose committed values the check
+//! must catch.
 
 mod common;
 
+use common::{apply_txn as apply, txn_reader as reader};
 use nokv::txn::{self, Mutation, MvccRead, PrewriteOptions};
-use nokv::{Db, Durability, KeySpace, ReadOptions, WriteBatch, WriteOptions, CF_WRITE, NS_KV};
+use nokv::{Db, KeySpace, ReadOptions, CF_WRITE, NS_KV};
 use rand::{Rng, SeedableRng};
 
 const KEYS: u8 = 6;
 
-fn open(dir: &std::path::Path, any_record_shadows: bool) -> Db {
+/// A fault of the transaction GC a negative control switches on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    AnyRecordShadows,
+    DropReferencedValues,
+}
+
+fn open(dir: &std::path::Path, fault: Fault) -> Db {
     let opts = nokv::Options {
         retain_versions: true,
-        unsafe_txn_gc_any_record_shadows: any_record_shadows,
+        unsafe_txn_gc_any_record_shadows: fault == Fault::AnyRecordShadows,
+        unsafe_txn_gc_drop_referenced_values: fault == Fault::DropReferencedValues,
         ..common::small_options()
     };
     Db::open(dir, opts).expect("open")
-}
-
-fn reader(db: &Db) -> txn::DbReader<'_> {
-    txn::DbReader::new(db, NS_KV)
-}
-
-fn apply(db: &Db, b: &WriteBatch) {
-    if !b.is_empty() {
-        let wo = WriteOptions {
-            durability: Some(Durability::Relaxed),
-        };
-        db.write(b, &wo).expect("write");
-    }
 }
 
 fn key(i: u8) -> Vec<u8> {
@@ -108,12 +106,15 @@ fn random_history(db: &Db, seed: u64, steps: usize, mut ts: u64) -> u64 {
     ts
 }
 
+/// One read: key index, timestamp, and its answer (an error as its text).
+type Read = (u8, u64, Result<Option<Vec<u8>>, String>);
+
 /// What every read at `from..=to` answers, per key.
-fn reads(db: &Db, from: u64, to: u64) -> Vec<(u8, u64, Option<Vec<u8>>)> {
+fn reads(db: &Db, from: u64, to: u64) -> Vec<Read> {
     let mut out = Vec::new();
     for i in 0..KEYS {
         for ts in from..=to {
-            let v = txn::get(&reader(db), &key(i), ts).expect("get");
+            let v = txn::get(&reader(db), &key(i), ts).map_err(|e| e.to_string());
             out.push((i, ts, v));
         }
     }
@@ -136,13 +137,14 @@ fn latest_records(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Write records of `keys`, all versions.
-fn record_count(db: &Db, keys: &[Vec<u8>]) -> usize {
+/// Entries of `keys` in column family `cf` of `NS_KV`, all versions (down to the first
+/// tombstone).
+fn record_count(db: &Db, cf: u8, keys: &[Vec<u8>]) -> usize {
     let r = reader(db);
     let mut n = 0;
     for k in keys {
         let mut at = u64::MAX;
-        while let Some((v, _)) = r.get_versioned(CF_WRITE, k, at).expect("versions") {
+        while let Some((v, _)) = r.get_versioned(cf, k, at).expect("versions") {
             n += 1;
             match v.checked_sub(1) {
                 Some(x) => at = x,
@@ -159,10 +161,10 @@ fn compact(db: &Db) {
 }
 
 /// Runs one history, the GC at its middle timestamp, and returns the reads at or above
-/// the safe point that changed.
-fn gc_changes(seed: u64, any_record_shadows: bool) -> Vec<String> {
+/// the safe point that changed, and the long values collected.
+fn gc_changes(seed: u64, fault: Fault) -> (Vec<String>, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), any_record_shadows);
+    let db = open(dir.path(), fault);
     let end = random_history(&db, seed, 160, 10);
     // Flush some of the history to its own files, so records meet in several levels.
     db.flush().expect("flush");
@@ -171,7 +173,7 @@ fn gc_changes(seed: u64, any_record_shadows: bool) -> Vec<String> {
     let before = reads(&db, safe_point, end);
     let latest = latest_records(&db);
     let all: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
-    let records = record_count(&db, &all);
+    let records = record_count(&db, CF_WRITE, &all);
     db.set_txn_safe_point(safe_point);
     compact(&db);
     let after = reads(&db, safe_point, end);
@@ -184,43 +186,52 @@ fn gc_changes(seed: u64, any_record_shadows: bool) -> Vec<String> {
     if latest_records(&db) != latest {
         changed.push("the newest write records changed".into());
     }
-    let collected = db.stats().txn_records_collected;
-    assert!(collected > 0, "seed {seed}: nothing collected");
+    let stats = db.stats();
     assert!(
-        record_count(&db, &all) < records,
+        stats.txn_records_collected > 0,
+        "seed {seed}: nothing collected"
+    );
+    assert!(
+        record_count(&db, CF_WRITE, &all) < records,
         "seed {seed}: as many records as before"
     );
     drop(db);
-    let db = open(dir.path(), any_record_shadows);
+    let db = open(dir.path(), fault);
     assert_eq!(db.txn_safe_point(), safe_point, "persisted safe point");
     let reopened = reads(&db, safe_point, end);
     if reopened != after {
         changed.push("reads changed across the reopen".into());
     }
-    changed
+    (changed, stats.txn_values_collected)
 }
 
 #[test]
 fn reads_at_or_above_the_txn_safe_point_are_unchanged_by_gc() {
+    let mut values = 0;
     for seed in 0..6 {
-        let changed = gc_changes(seed, false);
+        let (changed, collected) = gc_changes(seed, Fault::None);
         assert!(changed.is_empty(), "seed {seed}: {changed:#?}");
+        values += collected;
     }
+    eprintln!("{values} long values collected over 6 histories");
+    assert!(values > 0, "no long value collected");
 }
 
 #[test]
-fn negative_control_a_plain_version_gc_loses_committed_values() {
-    let caught = (0..6).filter(|&s| !gc_changes(s, true).is_empty()).count();
-    assert!(
-        caught > 0,
-        "no seed caught the rule that lets rollbacks hide commits"
-    );
+fn negative_controls_lose_values_the_check_catches() {
+    for fault in [Fault::AnyRecordShadows, Fault::DropReferencedValues] {
+        let caught = (0..6)
+            .filter(|&s| !gc_changes(s, fault).0.is_empty())
+            .count();
+        eprintln!("{fault:?}: caught in {caught} of 6 histories");
+        assert!(caught > 0, "no seed caught {fault:?}");
+    }
 }
 
 #[test]
 fn a_rollback_record_above_a_commit_below_the_safe_point_keeps_the_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), false);
+    let db = open(dir.path(), Fault::None);
     for (start, commit, v) in [(10, 11, "old"), (20, 21, "new")] {
         prewrite(&db, &[Mutation::put(b"a", v.as_bytes())], start);
         apply(
@@ -247,7 +258,7 @@ fn a_rollback_record_above_a_commit_below_the_safe_point_keeps_the_commit() {
         Some(b"newest".to_vec())
     );
     // The older commit and the rollback are gone: 2 records remain.
-    assert_eq!(record_count(&db, &[b"a".to_vec()]), 2);
+    assert_eq!(record_count(&db, CF_WRITE, &[b"a".to_vec()]), 2);
 }
 
 #[test]
@@ -257,7 +268,7 @@ fn a_region_snapshot_hands_its_txn_safe_point_to_the_ingesting_database() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    let a = open(a_dir.path(), false);
+    let a = open(a_dir.path(), Fault::None);
     let end = random_history(&a, 7, 40, 10);
     a.set_txn_safe_point(end / 2);
     compact(&a);
@@ -265,12 +276,12 @@ fn a_region_snapshot_hands_its_txn_safe_point_to_the_ingesting_database() {
     let out = snap.path().join("s");
     a.export_range(&range, &out, &nokv::ExportOptions::default())
         .expect("export");
-    let b = open(b_dir.path(), false);
+    let b = open(b_dir.path(), Fault::None);
     assert_eq!(b.txn_safe_point(), 0);
     b.ingest(&out, Some(&range)).expect("ingest");
     assert_eq!(b.txn_safe_point(), end / 2);
     assert_eq!(reads(&b, end / 2, end), reads(&a, end / 2, end));
     drop(b);
-    let b = open(b_dir.path(), false);
+    let b = open(b_dir.path(), Fault::None);
     assert_eq!(b.txn_safe_point(), end / 2, "persisted by the ingest");
 }

@@ -108,6 +108,12 @@ pub fn hash_region(db: &Db, pending: &PendingHash) -> Result<u64, nokv::Error> {
                 ns: range.range.ns,
                 cf,
             };
+            // Each replica's transaction GC drops long values of collected records when its
+            // compactions come: the values the newest write records refer to are hashed
+            // with them instead.
+            if space == TXN_VALUES {
+                continue;
+            }
             let ro = ReadOptions {
                 lower_bound: Some(range.range.start.clone()),
                 upper_bound: range.range.end.clone(),
@@ -127,11 +133,45 @@ pub fn hash_region(db: &Db, pending: &PendingHash) -> Result<u64, nokv::Error> {
                     h.feed_field(it.key());
                     h.feed_field(it.value());
                 }
+                if txn_writes {
+                    if let Some(value) = long_value(db, pending, it.key(), it.value())? {
+                        h.feed_field(&value);
+                    }
+                }
                 it.next();
             }
         }
     }
     Ok(h.0)
+}
+
+/// `NS_KV`'s long values (`CF_DEFAULT`).
+const TXN_VALUES: KeySpace = KeySpace::new(nokv::NS_KV, nokv::CF_DEFAULT);
+
+/// The long value a transactional put record `record` of `key` refers to, in `pending`'s
+/// snapshot (None: no such record, or a short value it carries itself).
+fn long_value(
+    db: &Db,
+    pending: &PendingHash,
+    key: &[u8],
+    record: &[u8],
+) -> Result<Option<Vec<u8>>, nokv::Error> {
+    let Ok(w) = nokv::txn::Write::decode(record) else {
+        return Ok(None);
+    };
+    if w.kind != nokv::txn::WriteKind::Put || w.short_value.is_some() {
+        return Ok(None);
+    }
+    let ro = ReadOptions {
+        read_ts: Some(w.start_ts),
+        snapshot: Some(pending.snapshot.clone()),
+        skip_cache_fill: true,
+        ..ReadOptions::default()
+    };
+    Ok(db
+        .get_entry(TXN_VALUES, key, &ro)?
+        .filter(|e| e.version == w.start_ts)
+        .map(|e| e.value))
 }
 
 /// Counts the engine keys of the region's data (all its column families, every key

@@ -46,6 +46,7 @@ pub const ENGINE_FACADE_COUNTERS: &[&str] = &[
     "nokv_range_del_bytes_dropped_total",
     "nokv_range_del_files_dropped_total",
     "nokv_txn_gc_records_total",
+    "nokv_txn_gc_values_total",
     "nokv_trivial_moves_total",
     "nokv_user_bytes_total",
     "nokv_user_writes_total",

@@ -1039,9 +1039,10 @@ fn physical_ms(ts: u64) -> u64 {
 /// point to every store; a live lock holds it at the lock's start; once the lock is
 /// resolved it passes; a read below it and a transaction that outlived the GC life are
 /// refused `TxnTooOld` (retryable); after `NOKV.COMPACT` on one store its old versions are
-/// collected (`nokv_txn_gc_records_total`), reads answer as before, and that store's
-/// replicas still match the others (`NOKV.REGION CHECK`: the GC keeps each key's newest
-/// record, which the check hashes).
+/// collected (`nokv_txn_gc_records_total`, `nokv_txn_gc_values_total`), reads answer as
+/// before, and that store's replicas still match the others (`NOKV.REGION CHECK`: the GC
+/// keeps each key's newest record and the long value it refers to, which the check
+/// hashes).
 #[test]
 fn old_transactional_versions_are_collected_under_the_coordinators_safe_point() {
     let _serial = serial();
@@ -1049,15 +1050,20 @@ fn old_transactional_versions_are_collected_under_the_coordinators_safe_point() 
         config.txn_gc_life = Some(Duration::from_secs(2))
     });
     let client = &c.client;
-    let keys = ["gc:a", "gc:b", "gc:c", "gc:d"];
+    // gc:long's values are long (in CF_DEFAULT).
+    let keys = ["gc:a", "gc:b", "gc:c", "gc:long"];
     let mut commits = Vec::new();
     for i in 0..24 {
         commits.push(run_txn(client, |t| {
             for (n, k) in keys.iter().enumerate() {
+                let mut value = format!("{k}={i}");
+                if k.ends_with("long") {
+                    value.push_str(&".".repeat(400));
+                }
                 if (i + n) % 7 == 6 {
                     t.delete(k.as_bytes())?;
                 } else {
-                    t.put(k.as_bytes(), format!("{k}={i}").as_bytes())?;
+                    t.put(k.as_bytes(), value.as_bytes())?;
                 }
             }
             Ok(())
@@ -1129,8 +1135,10 @@ fn old_transactional_versions_are_collected_under_the_coordinators_safe_point() 
         assert_eq!(redis.cmd("NOKV.COMPACT"), R::ok());
     }
     let collected = store_metric(&c, 0, "nokv_txn_gc_records_total");
-    assert!(collected > 0.0, "nothing collected on store 1");
-    eprintln!("store 1 collected {collected} write records");
+    let values = store_metric(&c, 0, "nokv_txn_gc_values_total");
+    assert!(collected > 0.0, "no write record collected on store 1");
+    assert!(values > 0.0, "no long value collected on store 1");
+    eprintln!("store 1 collected {collected} write records and {values} long values");
     let after: Vec<Option<String>> = keys.iter().map(|k| read(client, k)).collect();
     assert_eq!(before, after);
     let mut redis = ClusterClient::new(&c.specs);

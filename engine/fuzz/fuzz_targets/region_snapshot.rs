@@ -53,13 +53,14 @@ fuzz_target!(|data: &[u8]| {
             name,
         });
     }
-    let (range, read_ts) = match decoded {
-        Ok(m) => (m.range, m.read_ts),
-        Err(_) => (RegionRange::namespace(nokv::NS_KV), None),
+    let (range, read_ts, txn_safe_point) = match decoded {
+        Ok(m) => (m.range, m.read_ts, m.txn_safe_point),
+        Err(_) => (RegionRange::namespace(nokv::NS_KV), None, None),
     };
     let manifest = SnapshotManifest {
         range: range.clone(),
         read_ts,
+        txn_safe_point,
         files,
     };
     write_file(&*fs, &dir.join(MANIFEST_NAME), manifest.encode().as_bytes());

@@ -14,6 +14,7 @@
 
 pub mod commit;
 pub mod error;
+pub(crate) mod gc;
 pub mod heartbeat;
 pub mod lock;
 pub mod mvcc;

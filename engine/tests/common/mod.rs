@@ -399,3 +399,18 @@ pub fn expect_detected<T>(
     }
     assert!(!found.is_empty(), "the checker missed it: {what}");
 }
+
+/// A Percolator reader of `db`'s ordered-KV namespace.
+pub fn txn_reader(db: &Db) -> nokv::txn::DbReader<'_> {
+    nokv::txn::DbReader::new(db, nokv::NS_KV)
+}
+
+/// Writes a Percolator operation's batch (nothing when it is empty).
+pub fn apply_txn(db: &Db, b: &nokv::WriteBatch) {
+    if !b.is_empty() {
+        let wo = nokv::WriteOptions {
+            durability: Some(nokv::Durability::Relaxed),
+        };
+        db.write(b, &wo).expect("write");
+    }
+}
