@@ -187,6 +187,8 @@ struct NodeShared {
     balance_cores: bool,
     /// Each core's request rate over its last check interval (requests per second).
     core_ops: Vec<AtomicU64>,
+    /// Each core's data size in the regions it leads, as last measured (size balancing).
+    core_bytes: Vec<AtomicU64>,
     gateway: Arc<nokv_gateway::Shared>,
     durability: nokv::Durability,
     max_clients: usize,
@@ -558,6 +560,7 @@ pub fn run_with(settings: Settings, hooks: NodeHooks) -> Result<()> {
         merge_max_qps: settings.merge_max_qps,
         balance_cores: settings.balance_cores,
         core_ops: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+        core_bytes: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         gateway: nokv_gateway::Shared::new(gateway_config, now_ms()),
         durability: settings.durability,
         max_clients: settings.max_clients,

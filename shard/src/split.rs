@@ -19,8 +19,13 @@ const ID_HIGH_WATER: &[u8] = b"ids/high-water";
 const SPLITS: &str = "nokv_region_splits_total";
 /// Each core's request rate over the last check interval.
 const CORE_OPS: &str = "nokv_core_ops_per_second";
-/// A core is rebalanced once its rate exceeds the cores' mean by this factor.
+/// Bytes of data in the regions each core leads, as last measured.
+const CORE_BYTES: &str = "nokv_core_data_bytes";
+/// A core is rebalanced once its rate (or data size) exceeds the cores' mean by this factor.
 const BALANCE_TOLERANCE: f64 = 1.25;
+/// A core whose data size exceeds the cores' mean by less than this is left as it is
+/// (small stores do not move regions for a few bytes).
+const BALANCE_MIN_BYTES: u64 = 1 << 20;
 /// Most regions one balancing check moves off a core.
 const MAX_BALANCE_MOVES: usize = 8;
 /// Regions past `--region-max-bytes` that hold one hash slot and cannot split.
@@ -30,6 +35,10 @@ const UNSPLITTABLE: &str = "nokv_region_unsplittable_total";
 pub(super) fn register_metrics() {
     metrics::describe_counter!(SPLITS, "Region splits applied by this store's cores");
     metrics::describe_gauge!(CORE_OPS, "Requests per second the core served for the regions it leads, over its last split-check interval");
+    metrics::describe_gauge!(
+        CORE_BYTES,
+        "Bytes of data in the regions the core leads, as its last split check measured them"
+    );
     metrics::describe_counter!(
         UNSPLITTABLE,
         "Checks that found a region past --region-max-bytes (reason=size) or the load limits (reason=load) that cannot split: one hash slot holds it (a hot key range)"
@@ -248,6 +257,7 @@ pub(super) async fn checks(core: Rc<Core>) {
     super::moves::zero_metrics(core.id);
     super::merge::zero_metrics(core.id);
     metrics::gauge!(CORE_OPS, "core" => label.clone()).set(0.0);
+    metrics::gauge!(CORE_BYTES, "core" => label.clone()).set(0.0);
     for reason in ["size", "load"] {
         metrics::counter!(UNSPLITTABLE, "core" => label.clone(), "reason" => reason).increment(0);
     }
@@ -338,12 +348,20 @@ pub(super) async fn checks(core: Rc<Core>) {
                 }
             }
         }
+        if measure_sizes {
+            let bytes: u64 = core.sizes.borrow().values().sum();
+            node.core_bytes[core.id].store(bytes, Ordering::Relaxed);
+            metrics::gauge!(CORE_BYTES, "core" => label.clone()).set(bytes as f64);
+        }
         if merges && !split_done {
             super::merge::merge_cold(&core, &loads).await;
         }
         if cooldown > 0 {
             cooldown -= 1;
-        } else if balance && balance_cores(&core, &loads, mine).await {
+        } else if balance
+            && (balance_cores(&core, &loads, mine).await
+                || (measure_sizes && balance_sizes(&core, &loads, mine).await))
+        {
             // The moved load shows in the next window's rates: skip one.
             cooldown = 1;
         }
@@ -410,6 +428,93 @@ async fn balance_cores(
             }
             Err(reply) => {
                 tracing::debug!(region, to, reply = ?reply, "balancing move not done");
+            }
+        }
+    }
+    moves > 0
+}
+
+/// When the cores' load is balanced (this core within the load tolerance) and the regions
+/// this core leads hold more than 1.25x the cores' mean data size (and at least
+/// [`BALANCE_MIN_BYTES`] above it), moves its coldest regions to the core that holds the
+/// least, as long as their sizes add up to at most half the gap between the two (the
+/// moves cannot overshoot) and their request rates keep that core within the load
+/// tolerance, at most [`MAX_BALANCE_MOVES`] per call.
+async fn balance_sizes(
+    core: &Rc<Core>,
+    loads: &HashMap<u64, load::LoadFigures>,
+    mine_rate: f64,
+) -> bool {
+    let node = &core.node;
+    let rates: Vec<f64> = node
+        .core_ops
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed) as f64)
+        .collect();
+    let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    if mean_rate > 0.0 && mine_rate > BALANCE_TOLERANCE * mean_rate {
+        return false;
+    }
+    let bytes: Vec<u64> = node
+        .core_bytes
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    let mean = bytes.iter().sum::<u64>() / bytes.len().max(1) as u64;
+    let mine = bytes[core.id];
+    if (mine as f64) <= BALANCE_TOLERANCE * mean as f64
+        || mine.saturating_sub(mean) < BALANCE_MIN_BYTES
+    {
+        return false;
+    }
+    let Some((to, least)) = bytes
+        .iter()
+        .enumerate()
+        .filter(|(c, _)| *c != core.id)
+        .min_by_key(|(_, b)| **b)
+        .map(|(c, b)| (c, *b))
+    else {
+        return false;
+    };
+    let room = mine.saturating_sub(least) / 2;
+    let rate_room = match mean_rate > 0.0 {
+        true => BALANCE_TOLERANCE * mean_rate - rates[to],
+        false => f64::INFINITY,
+    };
+    let rate_of = |id: &u64| loads.get(id).map_or(0.0, |f| f.ops_per_sec);
+    let mut picks: Vec<(u64, u64, f64)> = {
+        let raft = core.raft.borrow();
+        core.sizes
+            .borrow()
+            .iter()
+            .filter(|(id, size)| raft.is_leader(**id) && **size > 0 && **size <= room)
+            .map(|(id, size)| (*id, *size, rate_of(id)))
+            .collect()
+    };
+    // Coldest first, then largest.
+    picks.sort_by(|a, b| a.2.total_cmp(&b.2).then(b.1.cmp(&a.1)));
+    let (mut moved, mut moved_rate, mut moves) = (0u64, 0.0, 0);
+    for (region, size, rate) in picks {
+        if moves >= MAX_BALANCE_MOVES || moved + size > room || moved_rate + rate > rate_room {
+            continue;
+        }
+        match super::moves::move_region(core, region, to).await {
+            Ok(()) => {
+                moved += size;
+                moved_rate += rate;
+                moves += 1;
+                tracing::info!(
+                    region,
+                    from = core.id,
+                    to,
+                    size,
+                    mine,
+                    mean,
+                    "moved a region to balance the cores' data size"
+                );
+            }
+            Err(reply) => {
+                tracing::debug!(region, to, reply = ?reply, "size balancing move not done");
             }
         }
     }
